@@ -1,0 +1,274 @@
+//! `bundle-instance`: analyse the source, stream its root volume through the chunk pipeline
+//! into the store, then write the manifest. A failure at any point removes what was written and
+//! leaves no manifest: a bundle exists only once its manifest does.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use super::manifest::{
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, Layout, Manifest, RootInfo, SourceInfo, Stats,
+};
+use super::plan::{Plan, PlanOptions};
+use super::writer::StreamWriter;
+use super::Keys;
+use crate::Error;
+use crate::chunk::{PipelineConfig, PipelineStats, run_pipeline};
+use crate::progress::Progress;
+use crate::source::DiskFile;
+use crate::store::{ObjectStore, names};
+use crate::task::{self, BundleTask, State, TaskError};
+
+/// Default chunk size: big enough for zstd to compress well and for few seek-table entries,
+/// small enough that a ranged read of one chunk is cheap.
+pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
+/// Default zstd level: level 1 keeps pace with two cores' worth of reading.
+pub const DEFAULT_LEVEL: i32 = 1;
+/// Default part size: 64 MiB parts keep request counts low and memory modest.
+pub const DEFAULT_PART_SIZE: u64 = 64 << 20;
+/// S3 allows at most 10,000 parts per multipart upload; the part size grows to stay below.
+pub const MAX_PARTS: u64 = 10_000;
+/// S3's smallest part (all but the last) and largest object of a single PUT/POST.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+
+/// Everything `bundle-instance` needs.
+#[derive(Debug, Clone)]
+pub struct BundleRequest {
+    pub source: PathBuf,
+    pub bucket: String,
+    pub prefix: String,
+    pub instance_id: Option<String>,
+    pub plan: PlanOptions,
+    pub chunk_size: usize,
+    pub level: i32,
+    pub threads: usize,
+    pub layout: Layout,
+    pub part_size: Option<u64>,
+    pub overwrite: bool,
+}
+
+/// The end of a bundle run: the final task, and on success the manifest and statistics.
+pub struct BundleOutcome {
+    pub task: BundleTask,
+    pub instance_id_derived: bool,
+    pub result: Result<(Manifest, PipelineStats), Error>,
+}
+
+fn invalid(parameter: &'static str, message: impl Into<String>) -> Error {
+    Error::InvalidParameter { parameter, message: message.into() }
+}
+
+/// Checks the request's parameters (before any task exists, as EC2 rejects a bad call).
+pub fn validate(req: &BundleRequest) -> Result<(), Error> {
+    names::check_bucket(&req.bucket)?;
+    names::check_prefix(&req.prefix)?;
+    if let Some(id) = &req.instance_id {
+        task::check_instance_id(id).map_err(|m| invalid("--instance-id", m))?;
+    }
+    let cs = req.chunk_size;
+    if !(64 << 10..=1 << 30).contains(&cs) || cs % 4096 != 0 {
+        return Err(invalid("--chunk-size", format!("{cs} bytes: use a multiple of 4 KiB from 64 KiB to 1 GiB")));
+    }
+    if !(-7..=22).contains(&req.level) || req.level == 0 {
+        return Err(invalid("--zstd-level", format!("{}: use 1 (fastest) to 22, or -7 to -1 for faster", req.level)));
+    }
+    if req.threads == 0 || req.threads > 256 {
+        return Err(invalid("--threads", format!("{}: use 1 to 256", req.threads)));
+    }
+    if let Some(p) = req.part_size {
+        let min = if req.layout == Layout::Single { MIN_PART_SIZE } else { 1 << 20 };
+        if p < min || p > MAX_PART_SIZE {
+            return Err(invalid(
+                "--part-size",
+                format!("{p} bytes: use {} MiB to 5 GiB (S3's part and POST limits)", min >> 20),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The part size for a stream of at most `bound` bytes: the requested (or default) size, grown
+/// in whole MiB so that no more than [`MAX_PARTS`] parts are needed.
+pub fn part_size_for(requested: Option<u64>, bound: u64) -> u64 {
+    let base = requested.unwrap_or(DEFAULT_PART_SIZE);
+    let needed = bound.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+    base.max(needed)
+}
+
+/// Identity of the source for a derived instance id: disk id, root partition, NTFS serial.
+fn instance_identity(plan: &Plan<'_>) -> String {
+    format!(
+        "{}/{}/{}",
+        plan.layout.table.disk_id.as_deref().unwrap_or("-"),
+        plan.layout.root.index,
+        plan.facts.serial64
+    )
+}
+
+/// Runs a whole bundle. `on_update` sees every state change of the task.
+pub fn bundle_instance(
+    req: &BundleRequest,
+    store: &dyn ObjectStore,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+    on_update: &mut dyn FnMut(&BundleTask),
+) -> BundleOutcome {
+    let start = task::now_iso();
+    let mut task = BundleTask {
+        bundle_id: task::new_bundle_id(),
+        instance_id: req.instance_id.clone().unwrap_or_default(),
+        state: State::Pending,
+        start_time: start.clone(),
+        update_time: start,
+        bucket: req.bucket.clone(),
+        prefix: req.prefix.clone(),
+        progress: "0%".into(),
+        error: None,
+    };
+    on_update(&task);
+    let mut derived = false;
+    let result = run(req, store, progress, cancel, &mut task, &mut derived, on_update);
+    task.update_time = task::now_iso();
+    match &result {
+        Ok(_) => {
+            task.state = State::Complete;
+            task.progress = "100%".into();
+        }
+        Err(e) => {
+            task.state = State::Failed;
+            task.error = Some(TaskError { code: e.code().into(), message: e.to_string() });
+        }
+    }
+    on_update(&task);
+    BundleOutcome { task, instance_id_derived: derived, result }
+}
+
+fn run(
+    req: &BundleRequest,
+    store: &dyn ObjectStore,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+    task: &mut BundleTask,
+    derived: &mut bool,
+    on_update: &mut dyn FnMut(&BundleTask),
+) -> Result<(Manifest, PipelineStats), Error> {
+    let disk = DiskFile::open(&req.source)?;
+    let plan = Plan::analyse(&disk, &req.plan)?;
+    if task.instance_id.is_empty() {
+        task.instance_id = task::derived_instance_id(&instance_identity(&plan));
+        *derived = true;
+    }
+    let keys = Keys::new(&req.prefix);
+    if store.exists(&keys.manifest())? {
+        if !req.overwrite {
+            return Err(crate::store::StoreError::BundleExists {
+                bucket: req.bucket.clone(),
+                prefix: req.prefix.clone(),
+                manifest: keys.manifest(),
+            }
+            .into());
+        }
+        // The old bundle stops being complete before any of its objects is replaced.
+        store.delete(&keys.manifest())?;
+    }
+    let chunk_count = plan.image_len.div_ceil(req.chunk_size as u64);
+    let bound = plan.read_bytes + plan.read_bytes / 64 + chunk_count * (256 + 12) + 64;
+    let part_size = part_size_for(req.part_size, bound);
+    if part_size > MAX_PART_SIZE {
+        return Err(invalid("--part-size", "this volume needs parts over 5 GiB to stay within 10,000 parts"));
+    }
+
+    task.state = State::Bundling;
+    task.update_time = task::now_iso();
+    on_update(task);
+    progress.start(plan.read_bytes);
+    let mut source = plan.chunk_source()?;
+    let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
+    let cfg = PipelineConfig { chunk_size: req.chunk_size, level: req.level, threads: req.threads };
+    let stats = match run_pipeline(&mut source, cfg, &mut writer, progress, cancel) {
+        Ok(s) => s,
+        Err(e) => {
+            writer.abort();
+            return Err(e);
+        }
+    };
+    task.state = State::Storing;
+    task.progress = "99%".into();
+    task.update_time = task::now_iso();
+    on_update(task);
+    let (data, bundle_sha256) = writer.finish()?;
+    let root = plan.layout.root();
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        bundle_id: task.bundle_id.clone(),
+        instance_id: task.instance_id.clone(),
+        start_time: task.start_time.clone(),
+        end_time: task::now_iso(),
+        source: SourceInfo {
+            path: req.source.display().to_string(),
+            disk_size: plan.layout.disk_size,
+            partition_table: plan.layout.table.kind,
+            sector_size: plan.layout.table.sector_size,
+            disk_id: plan.layout.table.disk_id.clone(),
+            root: RootInfo {
+                index: root.partition.index,
+                offset: root.partition.offset,
+                length: root.partition.length,
+                type_id: root.partition.ptype.id(),
+                type_name: root.partition.ptype.name().into(),
+                name: root.partition.name.clone(),
+                reason: plan.layout.root.reason.clone(),
+            },
+            ntfs: plan.facts.clone(),
+        },
+        volume_size: plan.image_len,
+        chunk_size: req.chunk_size as u64,
+        chunk_count,
+        compression: Compression {
+            algorithm: "zstd".into(),
+            level: req.level,
+            frame_checksum: "xxh64-low32".into(),
+            zero_chunks: stats.zero_chunks,
+        },
+        data,
+        bundle_sha256,
+        stats: Stats {
+            allocated_bytes: plan.allocated_bytes,
+            data_bytes: stats.data_bytes,
+            excluded_bytes: plan.excluded_bytes,
+        },
+        excluded_partitions: excluded_partitions(&plan),
+        excluded_files: plan.exclusions.items.clone(),
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    if let Err(e) = store.put(&keys.manifest(), &json) {
+        for o in &manifest.data.objects {
+            let _ = store.delete(&o.key);
+        }
+        return Err(e.into());
+    }
+    progress.finish();
+    Ok((manifest, stats))
+}
+
+/// The partitions a bundle leaves out, with why.
+pub fn excluded_partitions(plan: &Plan<'_>) -> Vec<ExcludedPartition> {
+    plan.layout
+        .partitions
+        .iter()
+        .filter_map(|p| {
+            Some(ExcludedPartition {
+                index: p.partition.index,
+                offset: p.partition.offset,
+                length: p.partition.length,
+                type_id: p.partition.ptype.id(),
+                type_name: p.partition.ptype.name().into(),
+                file_system: p.fs.to_string(),
+                label: p.label.clone(),
+                reason: p.excluded_because.clone()?,
+            })
+        })
+        .collect()
+}

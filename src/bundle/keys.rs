@@ -1,0 +1,32 @@
+//! Object keys of a bundle under its prefix.
+
+/// The keys of one bundle.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_string() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Written last; its presence means the bundle is complete.
+    pub fn manifest(&self) -> String {
+        format!("{}.manifest.json", self.prefix)
+    }
+
+    /// The data stream as one object (`--layout single`).
+    pub fn image(&self) -> String {
+        format!("{}.image.zst", self.prefix)
+    }
+
+    /// Part `n` of the data stream as its own object (`--layout parts`).
+    pub fn part(&self, n: u32) -> String {
+        format!("{}.part.{n}", self.prefix)
+    }
+}

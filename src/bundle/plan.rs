@@ -1,0 +1,98 @@
+//! What a bundle of a source will hold, worked out before any data is read: the disk layout,
+//! the root volume and its NTFS facts, the exclusions, and how many bytes will be read.
+//! `inspect` prints it; `bundle-instance` runs it.
+
+use crate::Error;
+use crate::chunk::ChunkSource;
+use crate::ntfs::exclude::{DEFAULT_EXCLUDES, ExclusionOrigin, resolve};
+use crate::ntfs::mft::FileData;
+use crate::ntfs::volume::BITMAP_RECORD;
+use crate::ntfs::{AllocationMap, ExclusionSet, NtfsFacts, NtfsVolume};
+use crate::source::layout::analyse;
+use crate::source::{DiskFile, DiskLayout};
+
+/// What to leave out and which partition to take.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    pub partition: Option<u32>,
+    pub excludes: Vec<String>,
+    pub default_excludes: bool,
+}
+
+/// The analysed source.
+pub struct Plan<'d> {
+    pub disk: &'d DiskFile,
+    pub layout: DiskLayout,
+    pub facts: NtfsFacts,
+    pub exclusions: ExclusionSet,
+    bitmap: FileData,
+    /// Bytes of allocated clusters.
+    pub allocated_bytes: u64,
+    /// Allocated bytes inside excluded files.
+    pub excluded_bytes: u64,
+    /// Bytes the bundle will read from the source.
+    pub read_bytes: u64,
+    /// Length of the restored image (the root partition).
+    pub image_len: u64,
+}
+
+impl<'d> Plan<'d> {
+    pub fn analyse(disk: &'d DiskFile, opts: &PlanOptions) -> Result<Self, Error> {
+        let layout = analyse(disk, opts.partition)?;
+        let root = layout.root().partition.clone();
+        let at = Error::ntfs_at(root.offset);
+        let vol = NtfsVolume::open(disk, root.offset, root.length).map_err(&at)?;
+        let mut paths: Vec<(String, ExclusionOrigin)> = Vec::new();
+        if opts.default_excludes {
+            paths.extend(DEFAULT_EXCLUDES.iter().map(|p| (p.to_string(), ExclusionOrigin::Default)));
+        }
+        paths.extend(opts.excludes.iter().map(|p| (p.clone(), ExclusionOrigin::User)));
+        let exclusions = resolve(&vol, &paths).map_err(&at)?;
+        let bitmap = vol.file_data(BITMAP_RECORD).map_err(&at)?;
+        let facts = vol.facts().clone();
+        let mut plan = Plan {
+            disk,
+            layout,
+            facts,
+            exclusions,
+            bitmap,
+            allocated_bytes: 0,
+            excluded_bytes: 0,
+            read_bytes: 0,
+            image_len: root.length,
+        };
+        let mut map = plan.allocation_map()?;
+        let cs = plan.facts.cluster_size as u64;
+        plan.allocated_bytes = map.count_allocated(0, plan.facts.cluster_count).map_err(&at)? * cs;
+        plan.excluded_bytes = map.count_excluded_allocated().map_err(&at)? * cs;
+        let source = plan.chunk_source()?;
+        plan.read_bytes = plan.allocated_bytes - plan.excluded_bytes + source.tail_len();
+        Ok(plan)
+    }
+
+    fn allocation_map(&self) -> Result<AllocationMap<'d>, Error> {
+        let root = &self.layout.root().partition;
+        AllocationMap::new(
+            self.disk,
+            root.offset,
+            self.facts.cluster_size as u64,
+            self.facts.cluster_count,
+            &self.bitmap,
+            self.exclusions.ranges.clone(),
+        )
+        .map_err(Error::ntfs_at(root.offset))
+    }
+
+    /// A fresh chunk reader over the root volume.
+    pub fn chunk_source(&self) -> Result<ChunkSource<'d>, Error> {
+        let root = &self.layout.root().partition;
+        Ok(ChunkSource::new(
+            self.disk,
+            root.offset,
+            root.length,
+            self.facts.fs_size,
+            self.facts.sector_size as u64,
+            self.allocation_map()?,
+        ))
+    }
+}

@@ -1,0 +1,410 @@
+//! Reading a bundle back: `verify` checks every object against the manifest (sizes, the
+//! SHA-256 of every part, the bundle digest, the seek table, and every frame's content
+//! checksum); `restore` does the same while it rebuilds the raw volume.
+//!
+//! A restore writes to `OUTPUT.partial` (sparse where the data is zero) and renames it only
+//! once everything checked out; on any failure the partial file is removed, so no file that
+//! looks good is left behind.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::Manifest;
+use super::{FormatError, Keys};
+use crate::Error;
+use crate::chunk::frame::{FOOTER_LEN, SeekEntry, frame_checksum, is_all_zero, parse_seek_table};
+use crate::chunk::ordered::{BufPool, ordered_map};
+use crate::progress::Progress;
+use crate::store::ObjectStore;
+
+fn integrity(what: String) -> Error {
+    FormatError::Integrity { what }.into()
+}
+
+/// A part of the stream, with where it lives.
+#[derive(Debug, Clone)]
+struct PartSpan {
+    object: usize,
+    number: usize,
+    stream_offset: u64,
+    size: u64,
+    sha256: [u8; 32],
+}
+
+/// A bundle whose manifest and seek table have been read and checked.
+pub struct OpenedBundle<'s> {
+    store: &'s dyn ObjectStore,
+    pub manifest: Manifest,
+    pub seek: Vec<SeekEntry>,
+    /// Stream offset of each object.
+    object_offsets: Vec<u64>,
+    parts: Vec<PartSpan>,
+}
+
+/// What a read did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReadStats {
+    pub chunks: u64,
+    pub parts_verified: u64,
+    pub stream_bytes: u64,
+    pub volume_bytes: u64,
+    /// Bytes actually written (zeros are skipped in sparse files).
+    pub written_bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl<'s> OpenedBundle<'s> {
+    /// Reads the manifest of `prefix` and the seek table; checks that every object is there
+    /// with its recorded size.
+    pub fn open(store: &'s dyn ObjectStore, prefix: &str) -> Result<Self, Error> {
+        let keys = Keys::new(prefix);
+        let key = keys.manifest();
+        let bytes = store.get(&key)?;
+        let manifest = Manifest::parse(&key, &bytes)?;
+        let mut object_offsets = Vec::new();
+        let mut parts = Vec::new();
+        let mut offset = 0u64;
+        let ps = manifest.data.part_size;
+        for (i, o) in manifest.data.objects.iter().enumerate() {
+            let size = store.size(&o.key)?;
+            if size != o.size {
+                return Err(integrity(format!(
+                    "object {} is {size} bytes, the manifest says {}",
+                    o.key, o.size
+                )));
+            }
+            object_offsets.push(offset);
+            for (n, h) in o.parts_sha256.iter().enumerate() {
+                let mut sha256 = [0u8; 32];
+                hex::decode_to_slice(h, &mut sha256).map_err(|e| integrity(format!("{}: {e}", o.key)))?;
+                let start = n as u64 * ps;
+                parts.push(PartSpan { object: i, number: n, stream_offset: offset + start, size: (o.size - start).min(ps), sha256 });
+            }
+            offset += o.size;
+        }
+        let mut b = Self { store, manifest, seek: Vec::new(), object_offsets, parts };
+        let d = &b.manifest.data;
+        let mut table = vec![0u8; d.seek_table_size as usize];
+        b.read_stream(d.seek_table_offset, &mut table)?;
+        let seek = parse_seek_table(&table).map_err(Error::from)?;
+        b.check_seek(&seek)?;
+        b.seek = seek;
+        Ok(b)
+    }
+
+    fn check_seek(&self, seek: &[SeekEntry]) -> Result<(), Error> {
+        let m = &self.manifest;
+        if seek.len() as u64 != m.chunk_count {
+            return Err(FormatError::SeekTable(format!("{} entries for {} chunks", seek.len(), m.chunk_count)).into());
+        }
+        let mut total = 0u64;
+        for (i, e) in seek.iter().enumerate() {
+            let expect = if i as u64 + 1 == m.chunk_count {
+                m.volume_size - (m.chunk_count - 1) * m.chunk_size
+            } else {
+                m.chunk_size
+            };
+            if e.raw as u64 != expect {
+                return Err(FormatError::SeekTable(format!("chunk {i} holds {} bytes, expected {expect}", e.raw)).into());
+            }
+            total += e.compressed as u64;
+        }
+        if total != m.data.seek_table_offset {
+            return Err(FormatError::SeekTable(format!(
+                "frames add up to {total} bytes but the seek table starts at byte {}",
+                m.data.seek_table_offset
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Reads stream bytes [offset, offset + buf.len()) across objects.
+    fn read_stream(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            let i = self.object_offsets.partition_point(|&o| o <= offset) - 1;
+            let obj = &self.manifest.data.objects[i];
+            let within = offset - self.object_offsets[i];
+            let n = ((obj.size - within) as usize).min(buf.len());
+            let (head, tail) = buf.split_at_mut(n);
+            self.store.read_at(&obj.key, within, head)?;
+            buf = tail;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn describe_part(&self, p: &PartSpan) -> String {
+        let key = &self.manifest.data.objects[p.object].key;
+        let (first, last) = self.chunks_in(p.stream_offset, p.stream_offset + p.size);
+        format!(
+            "SHA-256 mismatch in object {key}, part {} (bytes {}..{} of the object, chunks {first}..={last})",
+            p.number,
+            p.stream_offset - self.object_offsets[p.object],
+            p.stream_offset - self.object_offsets[p.object] + p.size
+        )
+    }
+
+    fn chunks_in(&self, start: u64, end: u64) -> (u64, u64) {
+        let mut off = 0u64;
+        let (mut first, mut last) = (None, 0);
+        for (i, e) in self.seek.iter().enumerate() {
+            let fe = off + e.compressed as u64;
+            if fe > start && off < end {
+                first.get_or_insert(i as u64);
+                last = i as u64;
+            }
+            off = fe;
+        }
+        (first.unwrap_or(self.seek.len() as u64), last)
+    }
+
+    fn locate(&self, stream_offset: u64) -> (String, u64) {
+        let i = self.object_offsets.partition_point(|&o| o <= stream_offset) - 1;
+        (self.manifest.data.objects[i].key.clone(), stream_offset - self.object_offsets[i])
+    }
+
+    /// Streams every frame through parallel decompression, checking parts and frames, and
+    /// hands each chunk's bytes in order to `out`.
+    fn stream(
+        &self,
+        threads: usize,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+        mut out: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+    ) -> Result<ReadStats, Error> {
+        let started = Instant::now();
+        let frames = BufPool::default();
+        let raws = BufPool::default();
+        let mut stats = ReadStats::default();
+        let mut offsets = Vec::with_capacity(self.seek.len());
+        let mut off = 0u64;
+        for e in &self.seek {
+            offsets.push(off);
+            off += e.compressed as u64;
+        }
+        // Part hashing follows the stream as the producer reads it.
+        let mut hasher = Sha256::new();
+        let mut part_index = 0usize;
+        let mut part_filled = 0u64;
+        let mut bundle = Sha256::new();
+        let mut parts_verified = 0u64;
+        let mut feed = |mut bytes: &[u8]| -> Result<(), Error> {
+            while !bytes.is_empty() {
+                let p = &self.parts[part_index];
+                let n = ((p.size - part_filled) as usize).min(bytes.len());
+                hasher.update(&bytes[..n]);
+                part_filled += n as u64;
+                bytes = &bytes[n..];
+                if part_filled == p.size {
+                    let digest: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
+                    if digest != p.sha256 {
+                        return Err(integrity(self.describe_part(p)));
+                    }
+                    bundle.update(digest);
+                    parts_verified += 1;
+                    part_index += 1;
+                    part_filled = 0;
+                }
+            }
+            Ok(())
+        };
+        let count = self.seek.len() as u64;
+        ordered_map(
+            count,
+            threads,
+            2 * threads + 2,
+            cancel,
+            |i| {
+                let e = self.seek[i as usize];
+                let mut buf = frames.take();
+                buf.resize(e.compressed as usize, 0);
+                self.read_stream(offsets[i as usize], &mut buf)?;
+                feed(&buf)?;
+                progress.read(buf.len() as u64);
+                if i + 1 == count {
+                    let mut table = vec![0u8; self.manifest.data.seek_table_size as usize];
+                    self.read_stream(self.manifest.data.seek_table_offset, &mut table)?;
+                    feed(&table)?;
+                }
+                Ok(buf)
+            },
+            || zstd::bulk::Decompressor::new().map_err(|e| Error::Compress(e.to_string())),
+            |dec, i, frame| {
+                let e = self.seek[i as usize];
+                let fail = |why: String| {
+                    let (key, at) = self.locate(offsets[i as usize]);
+                    integrity(format!("chunk {i} (object {key}, byte {at}): {why}"))
+                };
+                if frame_checksum(&frame) != e.checksum {
+                    return Err(fail("its frame checksum differs from the seek table".into()));
+                }
+                let mut raw = raws.take();
+                raw.clear();
+                raw.reserve(e.raw as usize);
+                let n = dec.decompress_to_buffer(&frame, &mut raw).map_err(|err| fail(format!("zstd: {err}")))?;
+                if n != e.raw as usize {
+                    return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                }
+                frames.give(frame);
+                Ok(raw)
+            },
+            |i, raw| {
+                out(i, &raw)?;
+                stats.volume_bytes += raw.len() as u64;
+                raws.give(raw);
+                Ok(())
+            },
+        )?;
+        drop(feed);
+        if part_index != self.parts.len() {
+            return Err(integrity(format!("only {part_index} of {} parts were read", self.parts.len())));
+        }
+        let digest = hex::encode(bundle.finalize());
+        if digest != self.manifest.bundle_sha256 {
+            return Err(integrity(format!(
+                "the bundle digest is {digest}, the manifest says {}",
+                self.manifest.bundle_sha256
+            )));
+        }
+        stats.chunks = count;
+        stats.parts_verified = parts_verified;
+        stats.stream_bytes = self.manifest.data.stream_size;
+        stats.elapsed = started.elapsed();
+        Ok(stats)
+    }
+
+    /// Checks everything, writes nothing.
+    pub fn verify(&self, threads: usize, progress: &dyn Progress, cancel: &AtomicBool) -> Result<ReadStats, Error> {
+        progress.start(self.manifest.data.stream_size);
+        let r = self.stream(threads, progress, cancel, |_, _| Ok(()));
+        progress.finish();
+        r
+    }
+
+    /// Restores the raw volume to `target`.
+    pub fn restore(
+        &self,
+        target: &RestoreTarget,
+        threads: usize,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<ReadStats, Error> {
+        progress.start(self.manifest.data.stream_size);
+        let chunk = self.manifest.chunk_size;
+        let r = match target {
+            RestoreTarget::Stdout => {
+                let stdout = std::io::stdout();
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+                let mut written = 0u64;
+                let mut stats = self.stream(threads, progress, cancel, |_, raw| {
+                    written += raw.len() as u64;
+                    w.write_all(raw).map_err(|e| io_err("write to standard output", e))
+                })?;
+                w.flush().map_err(|e| io_err("write to standard output", e))?;
+                stats.written_bytes = written;
+                Ok(stats)
+            }
+            RestoreTarget::File { path, force } => self.restore_file(path, *force, chunk, threads, progress, cancel),
+        };
+        progress.finish();
+        r
+    }
+
+    fn restore_file(
+        &self,
+        path: &Path,
+        force: bool,
+        chunk: u64,
+        threads: usize,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<ReadStats, Error> {
+        let meta = std::fs::metadata(path).ok();
+        let device = meta.as_ref().is_some_and(|m| !m.is_file() && !m.is_dir());
+        if meta.as_ref().is_some_and(|m| m.is_dir()) {
+            return Err(Error::InvalidParameter { parameter: "--output", message: format!("{} is a directory", path.display()) });
+        }
+        if meta.is_some() && !device && !force {
+            return Err(Error::InvalidParameter {
+                parameter: "--output",
+                message: format!("{} exists: pass --force to replace it", path.display()),
+            });
+        }
+        let volume = self.manifest.volume_size;
+        if device {
+            // A block device: write every chunk, zeros included; it cannot be renamed.
+            let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(&format!("open {}", path.display()), e))?;
+            let mut written = 0;
+            let mut stats = self.stream(threads, progress, cancel, |i, raw| {
+                written += raw.len() as u64;
+                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", path.display()), e))
+            })?;
+            f.sync_all().map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
+            stats.written_bytes = written;
+            return Ok(stats);
+        }
+        let tmp = partial_path(path);
+        let f = File::create(&tmp).map_err(|e| io_err(&format!("create {}", tmp.display()), e))?;
+        let result = (|| {
+            f.set_len(volume).map_err(|e| io_err(&format!("size {}", tmp.display()), e))?;
+            let mut written = 0;
+            let mut stats = self.stream(threads, progress, cancel, |i, raw| {
+                if is_all_zero(raw) {
+                    return Ok(()); // a hole in the sparse file
+                }
+                written += raw.len() as u64;
+                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))
+            })?;
+            f.sync_all().map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
+            stats.written_bytes = written;
+            std::fs::rename(&tmp, path).map_err(|e| io_err(&format!("rename {} to {}", tmp.display(), path.display()), e))?;
+            Ok(stats)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Where a restore goes.
+#[derive(Debug, Clone)]
+pub enum RestoreTarget {
+    File { path: PathBuf, force: bool },
+    Stdout,
+}
+
+fn partial_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+fn io_err(context: &str, source: std::io::Error) -> Error {
+    Error::Io { context: context.to_string(), source }
+}
+
+#[cfg(unix)]
+fn write_at(f: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(f, buf, offset)
+}
+
+#[cfg(windows)]
+fn write_at(f: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_write(buf, offset)?;
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// The footer length, for readers that locate the seek table from the end of the stream.
+pub const SEEK_FOOTER_LEN: usize = FOOTER_LEN;

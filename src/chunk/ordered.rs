@@ -1,0 +1,132 @@
+//! The parallel engine under both bundling and restoring: one producer thread makes jobs in
+//! index order, `threads` workers transform them, and the calling thread consumes the results
+//! in index order. At most `window` items are in flight (a ticket each), so memory is bounded
+//! and no stage can run away from the others. Any error stops all three stages promptly.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{bounded, unbounded};
+
+use crate::Error;
+
+/// A pool of reusable byte buffers.
+#[derive(Default)]
+pub struct BufPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufPool {
+    pub fn take(&self) -> Vec<u8> {
+        self.0.lock().map(|mut v| v.pop()).ok().flatten().unwrap_or_default()
+    }
+
+    pub fn give(&self, buf: Vec<u8>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(buf);
+        }
+    }
+}
+
+/// Runs the three stages; see the module docs. `work` gets a per-thread state made by `init`.
+#[allow(clippy::too_many_arguments)]
+pub fn ordered_map<J, O, S>(
+    count: u64,
+    threads: usize,
+    window: usize,
+    cancel: &AtomicBool,
+    mut produce: impl FnMut(u64) -> Result<J, Error> + Send,
+    init: impl Fn() -> Result<S, Error> + Sync,
+    work: impl Fn(&mut S, u64, J) -> Result<O, Error> + Sync,
+    mut consume: impl FnMut(u64, O) -> Result<(), Error>,
+) -> Result<(), Error>
+where
+    J: Send,
+    O: Send,
+{
+    let threads = threads.max(1);
+    let window = window.max(threads + 1);
+    let (ticket_tx, ticket_rx) = bounded::<()>(window);
+    for _ in 0..window {
+        let _ = ticket_tx.send(());
+    }
+    let (job_tx, job_rx) = bounded::<(u64, J)>(window);
+    let (done_tx, done_rx) = unbounded::<Result<(u64, O), Error>>();
+    let stop = AtomicBool::new(false);
+
+    std::thread::scope(|scope| {
+        let stop = &stop;
+        let producer_done = done_tx.clone();
+        let producer = scope.spawn(move || {
+            for index in 0..count {
+                if ticket_rx.recv().is_err() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if cancel.load(Ordering::Relaxed) {
+                    let _ = producer_done.send(Err(Error::Cancelled));
+                    return;
+                }
+                match produce(index) {
+                    Ok(job) => {
+                        if job_tx.send((index, job)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = producer_done.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let (job_rx, done_tx, init, work) = (job_rx.clone(), done_tx.clone(), &init, &work);
+            workers.push(scope.spawn(move || {
+                let mut state = match init() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = done_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for (index, job) in job_rx.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let r = work(&mut state, index, job).map(|o| (index, o));
+                    if done_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        drop((done_tx, job_rx));
+
+        let outcome = (|| {
+            let mut pending = BTreeMap::new();
+            let mut next = 0u64;
+            while next < count {
+                let Ok(msg) = done_rx.recv() else {
+                    return Err(Error::Internal("a pipeline stage stopped before the last item".into()));
+                };
+                let (index, out) = msg?;
+                pending.insert(index, out);
+                while let Some(out) = pending.remove(&next) {
+                    consume(next, out)?;
+                    next += 1;
+                    let _ = ticket_tx.send(());
+                }
+            }
+            Ok(())
+        })();
+        if outcome.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        drop((ticket_tx, done_rx));
+        let panicked = producer.join().is_err() | workers.into_iter().map(|w| w.join().is_err()).fold(false, |a, b| a | b);
+        match outcome {
+            Ok(()) if panicked => Err(Error::Internal("a pipeline thread panicked".into())),
+            other => other,
+        }
+    })
+}

@@ -1,0 +1,146 @@
+//! The bundling pipeline: a reader fills chunk buffers with the allocated clusters, N threads
+//! compress them into zstd frames, and the frames reach a [`FrameSink`] in chunk order
+//! (see [`super::ordered`] for the engine and its memory bound).
+//!
+//! Memory: at most `2 × threads + 2` chunks are in flight, each holding a read buffer or a
+//! frame buffer; with the defaults (4 MiB chunks, 2 threads) that is under 50 MiB.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::frame::{ChunkCompressor, ZeroFrame, is_all_zero};
+use super::ordered::{BufPool, ordered_map};
+use super::source::ChunkSource;
+use crate::Error;
+use crate::progress::Progress;
+
+/// Settings of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineConfig {
+    pub chunk_size: usize,
+    pub level: i32,
+    pub threads: usize,
+}
+
+/// Receives frames in chunk order.
+pub trait FrameSink {
+    /// `frame` is one complete zstd frame for chunk `index` of `raw_len` bytes; `zero` is set
+    /// when it is the shared all-zero frame.
+    fn frame(&mut self, index: u64, frame: &[u8], raw_len: u32, zero: bool) -> Result<(), Error>;
+}
+
+/// What a run did, and where its time went.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PipelineStats {
+    pub chunks: u64,
+    pub zero_chunks: u64,
+    /// Bytes of allocated data read from the source.
+    pub data_bytes: u64,
+    pub compressed_bytes: u64,
+    pub elapsed: Duration,
+    /// Time the reader spent in read calls.
+    pub read_time: Duration,
+    /// Time the workers spent compressing, summed over threads.
+    pub compress_time: Duration,
+    /// Time the sink spent storing frames.
+    pub store_time: Duration,
+}
+
+enum Job {
+    /// No data in the chunk: nothing was read.
+    Empty { raw_len: u32 },
+    Data(Vec<u8>),
+}
+
+enum Frame {
+    Zero { raw_len: u32 },
+    Data { bytes: Vec<u8>, raw_len: u32 },
+}
+
+/// Runs the pipeline over every chunk of `source`.
+pub fn run_pipeline(
+    source: &mut ChunkSource<'_>,
+    cfg: PipelineConfig,
+    sink: &mut dyn FrameSink,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<PipelineStats, Error> {
+    let started = Instant::now();
+    let chunk = cfg.chunk_size as u64;
+    let image_len = source.image_len();
+    let chunks = image_len.div_ceil(chunk);
+    let compress_err = |e: std::io::Error| Error::Compress(e.to_string());
+    let zero = ZeroFrame::new(cfg.chunk_size, cfg.level).map_err(compress_err)?;
+    let inputs = BufPool::default();
+    let outputs = BufPool::default();
+    let compress_nanos = AtomicU64::new(0);
+    let mut stats = PipelineStats { chunks, ..Default::default() };
+    let (mut data_bytes, mut read_time) = (0u64, Duration::ZERO);
+
+    ordered_map(
+        chunks,
+        cfg.threads,
+        2 * cfg.threads + 2,
+        cancel,
+        |index| {
+            let start = index * chunk;
+            let end = (start + chunk).min(image_len);
+            let n = source.data_ranges(start, end)?;
+            if n == 0 {
+                return Ok(Job::Empty { raw_len: (end - start) as u32 });
+            }
+            let mut buf = inputs.take();
+            let t = Instant::now();
+            source.fill(start, end, &mut buf)?;
+            read_time += t.elapsed();
+            data_bytes += n;
+            progress.read(n);
+            Ok(Job::Data(buf))
+        },
+        || ChunkCompressor::new(cfg.level).map_err(compress_err),
+        |compressor, index, job| {
+            let buf = match job {
+                Job::Empty { raw_len } if raw_len as usize == cfg.chunk_size => return Ok(Frame::Zero { raw_len }),
+                Job::Empty { raw_len } => vec![0u8; raw_len as usize],
+                Job::Data(buf) => buf,
+            };
+            let raw_len = buf.len() as u32;
+            let t = Instant::now();
+            let frame = if buf.len() == cfg.chunk_size && is_all_zero(&buf) {
+                Frame::Zero { raw_len }
+            } else {
+                let mut out = outputs.take();
+                compressor
+                    .compress(&buf, &mut out)
+                    .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
+                Frame::Data { bytes: out, raw_len }
+            };
+            compress_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            inputs.give(buf);
+            Ok(frame)
+        },
+        |index, frame| {
+            let t = Instant::now();
+            match frame {
+                Frame::Zero { raw_len } => {
+                    stats.zero_chunks += 1;
+                    stats.compressed_bytes += zero.bytes.len() as u64;
+                    sink.frame(index, &zero.bytes, raw_len, true)?;
+                }
+                Frame::Data { bytes, raw_len } => {
+                    stats.compressed_bytes += bytes.len() as u64;
+                    sink.frame(index, &bytes, raw_len, false)?;
+                    outputs.give(bytes);
+                }
+            }
+            stats.store_time += t.elapsed();
+            Ok(())
+        },
+    )?;
+    stats.data_bytes = data_bytes;
+    stats.read_time = read_time;
+    stats.compress_time = Duration::from_nanos(compress_nanos.load(Ordering::Relaxed));
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}

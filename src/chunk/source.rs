@@ -1,0 +1,111 @@
+//! Reads one chunk of the root volume: only allocated, non-excluded clusters (plus the tail of
+//! the partition that holds the backup boot sector); everything else is zeros.
+
+use crate::ntfs::AllocationMap;
+use crate::source::DiskFile;
+
+/// Gaps smaller than this between two runs are read through (and zeroed) in one request.
+const COALESCE_GAP: u64 = 64 << 10;
+
+/// The volume as chunks.
+pub struct ChunkSource<'d> {
+    disk: &'d DiskFile,
+    volume_offset: u64,
+    image_len: u64,
+    map: AllocationMap<'d>,
+    /// Byte range (relative to the volume) always read: past the last whole cluster up to and
+    /// including the backup boot sector.
+    tail: (u64, u64),
+    runs: Vec<(u64, u64)>,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl<'d> ChunkSource<'d> {
+    /// `image_len` is the partition length; `fs_size` the file system's size per its boot sector.
+    pub fn new(
+        disk: &'d DiskFile,
+        volume_offset: u64,
+        image_len: u64,
+        fs_size: u64,
+        sector_size: u64,
+        map: AllocationMap<'d>,
+    ) -> Self {
+        let cluster_end = map.clusters() * map.cluster_size();
+        let tail_end = (fs_size + sector_size).min(image_len);
+        Self {
+            disk,
+            volume_offset,
+            image_len,
+            map,
+            tail: (cluster_end.min(tail_end), tail_end),
+            runs: Vec::new(),
+            ranges: Vec::new(),
+        }
+    }
+
+    pub fn image_len(&self) -> u64 {
+        self.image_len
+    }
+
+    pub fn map_mut(&mut self) -> &mut AllocationMap<'d> {
+        &mut self.map
+    }
+
+    /// Bytes the tail range adds to every bundle.
+    pub fn tail_len(&self) -> u64 {
+        self.tail.1 - self.tail.0
+    }
+
+    /// The byte ranges of [start, end) that hold data, coalesced; returns their total length.
+    pub fn data_ranges(&mut self, start: u64, end: u64) -> Result<u64, crate::Error> {
+        let cs = self.map.cluster_size();
+        self.runs.clear();
+        self.ranges.clear();
+        self.map.runs(start / cs, end.div_ceil(cs), &mut self.runs)?;
+        let mut data = 0;
+        let mut push = |ranges: &mut Vec<(u64, u64)>, s: u64, e: u64| {
+            let (s, e) = (s.max(start), e.min(end));
+            if s < e {
+                data += e - s;
+                ranges.push((s, e));
+            }
+        };
+        for &(c, n) in &self.runs {
+            push(&mut self.ranges, c * cs, (c + n) * cs);
+        }
+        push(&mut self.ranges, self.tail.0, self.tail.1);
+        Ok(data)
+    }
+
+    /// Fills `buf` (resized to the chunk length) with chunk [start, end) after
+    /// [`Self::data_ranges`] for the same range. Returns the bytes read from the disk.
+    pub fn fill(&self, start: u64, end: u64, buf: &mut Vec<u8>) -> Result<u64, crate::Error> {
+        let len = (end - start) as usize;
+        buf.resize(len, 0);
+        let mut zero_from = 0u64; // relative offset up to which the buffer is final
+        let mut read = 0;
+        let mut i = 0;
+        while i < self.ranges.len() {
+            // Coalesce ranges separated by small gaps into one read.
+            let (s, mut e) = self.ranges[i];
+            let mut j = i + 1;
+            while j < self.ranges.len() && self.ranges[j].0 - e <= COALESCE_GAP {
+                e = self.ranges[j].1;
+                j += 1;
+            }
+            let (rs, re) = ((s - start) as usize, (e - start) as usize);
+            buf[zero_from as usize..rs].fill(0);
+            self.disk.read_exact_at(&mut buf[rs..re], self.volume_offset + s)?;
+            read += e - s;
+            // Zero the gaps inside the coalesced span.
+            for k in i..j - 1 {
+                let (gs, ge) = ((self.ranges[k].1 - start) as usize, (self.ranges[k + 1].0 - start) as usize);
+                buf[gs..ge].fill(0);
+            }
+            zero_from = re as u64;
+            i = j;
+        }
+        buf[zero_from as usize..].fill(0);
+        Ok(read)
+    }
+}

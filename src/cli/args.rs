@@ -1,0 +1,153 @@
+//! Raw command-line arguments. Checked and turned into library requests by each subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use winbundle::bundle::Layout;
+
+#[derive(Parser, Debug)]
+#[command(name = "winbundle", version, about = "Image the Windows root volume (C:) of a disk into a bundle, like EC2 BundleInstance")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the partitions, which one is C: and why, the NTFS facts, what is left out, and how
+    /// much a bundle will read.
+    Inspect(InspectArgs),
+    /// Bundle the root volume of SOURCE under a bucket and prefix.
+    BundleInstance(Box<BundleArgs>),
+    /// Rebuild the raw root volume from a bundle, verifying every part and chunk.
+    Restore(RestoreArgs),
+    /// Check every object of a bundle against its manifest; writes nothing.
+    Verify(VerifyArgs),
+}
+
+/// Which volume, and what to leave out.
+#[derive(Args, Debug, Clone)]
+pub struct VolumeArgs {
+    /// Bundle partition N instead of the detected root volume (numbers as `inspect` shows them).
+    #[arg(long, value_name = "N")]
+    pub partition: Option<u32>,
+    /// Leave out the contents of this root-relative file or directory (its clusters are imaged
+    /// as zeros; the files stay). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub exclude: Vec<String>,
+    /// Keep \pagefile.sys, \swapfile.sys and \hiberfil.sys (left out by default).
+    #[arg(long)]
+    pub no_default_excludes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Disk image, bare NTFS volume image, or block device.
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a bundle is stored.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Bucket that holds the bundle.
+    #[arg(long)]
+    pub bucket: String,
+    /// Prefix of every object of the bundle (PREFIX.manifest.json, PREFIX.image.zst, ...).
+    #[arg(long)]
+    pub prefix: String,
+    /// Keep the bundle in this folder (objects at DIR/BUCKET/KEY) instead of S3.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub local_store: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Json,
+    Xml,
+    Text,
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// Disk image, bare NTFS volume image, or block device.
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Instance id to record (default: derived from the source, stable across runs).
+    #[arg(long)]
+    pub instance_id: Option<String>,
+    #[command(flatten)]
+    pub volume: VolumeArgs,
+    /// Uncompressed bytes per zstd frame.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// zstd level (1 fastest … 22 smallest; -7…-1 faster still).
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub zstd_level: i32,
+    /// Compression threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// One object PREFIX.image.zst, or objects PREFIX.part.N.
+    #[arg(long, value_enum, default_value = "single")]
+    pub layout: Layout,
+    /// Bytes per part (grown automatically so a bundle never needs more than 10,000 parts).
+    #[arg(long, value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    /// Replace a bundle that already exists under this prefix.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// How to print the final bundle task.
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: OutputFormat,
+    /// No progress bar and no notes on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// File (or block device) to write the raw volume to; `-` for standard output.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Replace OUTPUT if it is an existing file.
+    #[arg(long)]
+    pub force: bool,
+    /// Decompression threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the result as JSON (on stderr when OUTPUT is `-`).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Decompression threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    winbundle::units::parse_size(s)
+}
+
+/// Threads to use when the user did not say.
+pub fn default_threads(requested: Option<usize>) -> usize {
+    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}

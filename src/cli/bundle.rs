@@ -1,0 +1,97 @@
+//! `winbundle bundle-instance`: runs a bundle and prints the final task.
+
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+use winbundle::Error;
+use winbundle::progress::Progress;
+use winbundle::bundle::create::{BundleRequest, bundle_instance, validate};
+use winbundle::store::LocalStore;
+use winbundle::task::new_request_id;
+
+use super::args::{BundleArgs, OutputFormat, default_threads};
+use super::inspect::plan_options;
+use super::progress::Bar;
+
+pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
+    let req = BundleRequest {
+        source: args.source.clone(),
+        bucket: args.store.bucket.clone(),
+        prefix: args.store.prefix.clone(),
+        instance_id: args.instance_id.clone(),
+        plan: plan_options(&args.volume),
+        chunk_size: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
+        level: args.zstd_level,
+        threads: default_threads(args.threads),
+        layout: args.layout,
+        part_size: args.part_size,
+        overwrite: args.overwrite,
+    };
+    validate(&req)?;
+    let dir = args.store.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
+        parameter: "--local-store",
+        message: "S3 destinations are not available yet: give --local-store DIR".into(),
+    })?;
+    let store = LocalStore::open(dir, &req.bucket, true)?;
+    let bar = Bar::new(args.quiet, "bundling");
+    let outcome = bundle_instance(&req, &store, &bar, cancel, &mut |_| {});
+    bar.finish();
+    if outcome.instance_id_derived && !args.quiet {
+        eprintln!(
+            "winbundle: note: no --instance-id given; using {} (derived from the disk id, root partition and NTFS serial: the same for every run on this source)",
+            outcome.task.instance_id
+        );
+    }
+    let summary = match &outcome.result {
+        Ok((m, s)) => {
+            let secs = s.elapsed.as_secs_f64().max(1e-9);
+            Some(json!({
+                "ManifestKey": format!("{}.manifest.json", req.prefix),
+                "Objects": m.data.objects.iter().map(|o| json!({"Key": o.key, "Size": o.size})).collect::<Vec<_>>(),
+                "BundleSha256": m.bundle_sha256,
+                "VolumeSize": m.volume_size,
+                "AllocatedBytes": m.stats.allocated_bytes,
+                "DataBytes": s.data_bytes,
+                "ExcludedBytes": m.stats.excluded_bytes,
+                "StoredBytes": m.data.stream_size,
+                "Chunks": s.chunks,
+                "ZeroChunks": s.zero_chunks,
+                "Seconds": (secs * 1000.0).round() / 1000.0,
+                "MBps": ((s.data_bytes as f64 / 1e6 / secs) * 10.0).round() / 10.0,
+                "ReadSeconds": s.read_time.as_secs_f64(),
+                "CompressSeconds": s.compress_time.as_secs_f64(),
+                "StoreSeconds": s.store_time.as_secs_f64(),
+                "InstanceIdDerived": outcome.instance_id_derived,
+            }))
+        }
+        Err(_) => None,
+    };
+    match args.output {
+        OutputFormat::Json => {
+            let mut v = json!({"BundleTask": outcome.task.to_json()});
+            if let Some(s) = &summary {
+                v["Bundle"] = s.clone();
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        OutputFormat::Xml => print!("{}", outcome.task.to_bundle_instance_xml(&new_request_id())),
+        OutputFormat::Text => {
+            print!("{}", outcome.task.to_text());
+            if let Some(s) = &summary {
+                println!(
+                    "BUNDLE\t{}\t{}\t{} bytes read\t{} bytes stored\t{} s\t{} MB/s",
+                    s["ManifestKey"].as_str().unwrap_or_default(),
+                    s["BundleSha256"].as_str().unwrap_or_default(),
+                    s["DataBytes"],
+                    s["StoredBytes"],
+                    s["Seconds"],
+                    s["MBps"]
+                );
+            }
+        }
+    }
+    match outcome.result {
+        Ok(_) => Ok(0),
+        Err(e) => Ok(super::report(&e)),
+    }
+}

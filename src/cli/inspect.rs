@@ -1,0 +1,149 @@
+//! `winbundle inspect`: what a bundle of SOURCE would hold, as text or JSON.
+
+use serde_json::json;
+use winbundle::Error;
+use winbundle::bundle::create::excluded_partitions;
+use winbundle::bundle::plan::{Plan, PlanOptions};
+use winbundle::source::DiskFile;
+use winbundle::units::human;
+
+use super::args::{InspectArgs, VolumeArgs};
+
+pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
+    PlanOptions { partition: v.partition, excludes: v.exclude.clone(), default_excludes: !v.no_default_excludes }
+}
+
+pub fn run(args: InspectArgs) -> Result<i32, Error> {
+    let disk = DiskFile::open(&args.source)?;
+    let plan = Plan::analyse(&disk, &plan_options(&args.volume))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default());
+    } else {
+        print!("{}", to_text(&plan));
+    }
+    Ok(0)
+}
+
+fn to_json(plan: &Plan<'_>) -> serde_json::Value {
+    let l = &plan.layout;
+    let parts: Vec<_> = l
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "index": p.partition.index,
+                "offset": p.partition.offset,
+                "size": p.partition.length,
+                "type_id": p.partition.ptype.id(),
+                "type": p.partition.ptype.name(),
+                "name": p.partition.name,
+                "bootable": p.partition.bootable,
+                "file_system": p.fs.to_string(),
+                "label": p.label,
+                "has_windows": p.has_windows,
+                "error": p.error,
+                "root": p.partition.index == l.root.index,
+                "excluded_because": p.excluded_because,
+            })
+        })
+        .collect();
+    json!({
+        "source": plan.disk.path().display().to_string(),
+        "disk_size": l.disk_size,
+        "partition_table": l.table.kind,
+        "sector_size": l.table.sector_size,
+        "disk_id": l.table.disk_id,
+        "warnings": l.table.warnings,
+        "partitions": parts,
+        "root": {"index": l.root.index, "reason": l.root.reason, "offset": l.root().partition.offset, "size": plan.image_len},
+        "ntfs": plan.facts,
+        "allocated_bytes": plan.allocated_bytes,
+        "excluded_files": plan.exclusions.items,
+        "excluded_bytes": plan.excluded_bytes,
+        "excluded_partitions": excluded_partitions(plan),
+        "bytes_to_read": plan.read_bytes,
+    })
+}
+
+fn to_text(plan: &Plan<'_>) -> String {
+    let l = &plan.layout;
+    let mut s = String::new();
+    let mut line = |t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
+    line(format!("Source:          {} ({})", plan.disk.path().display(), human(l.disk_size)));
+    line(format!(
+        "Partition table: {}, {}-byte sectors{}",
+        l.table.kind,
+        l.table.sector_size,
+        l.table.disk_id.as_ref().map(|d| format!(", disk id {d}")).unwrap_or_default()
+    ));
+    for w in &l.table.warnings {
+        line(format!("Warning:         {w}"));
+    }
+    line(String::new());
+    line(format!("{:>3}  {:>14}  {:>10}  {:<22} {:<9} {:<18} {}", "#", "offset", "size", "type", "fs", "label", "role"));
+    for p in &l.partitions {
+        let role = if p.partition.index == l.root.index {
+            format!("ROOT (C:): {}", l.root.reason)
+        } else {
+            "excluded (not the root volume)".to_string()
+        };
+        line(format!(
+            "{:>3}  {:>14}  {:>10}  {:<22} {:<9} {:<18} {}",
+            p.partition.index,
+            p.partition.offset,
+            human(p.partition.length),
+            p.partition.ptype.name(),
+            p.fs.to_string(),
+            p.label.as_deref().map(|l| format!("{l:?}")).unwrap_or_else(|| "-".into()),
+            role
+        ));
+        if let Some(e) = &p.error {
+            line(format!("     (cannot read this NTFS volume: {e})"));
+        }
+    }
+    let f = &plan.facts;
+    line(String::new());
+    line(format!("Root volume (partition {}):", l.root.index));
+    line(format!("  NTFS serial      {} (full {})", f.serial, f.serial64));
+    line(format!("  label            {}", f.label.as_deref().unwrap_or("-")));
+    line(format!("  cluster size     {} bytes; {} clusters; sector size {}", f.cluster_size, f.cluster_count, f.sector_size));
+    line(format!("  volume size      {} (file system {}; image {})", human(plan.image_len), human(f.fs_size), plan.image_len));
+    line(format!(
+        "  MFT              {} records of {} bytes{}",
+        f.mft_records,
+        f.mft_record_size,
+        if f.mft_attribute_list { ", fragmented ($ATTRIBUTE_LIST)" } else { "" }
+    ));
+    line(format!("  allocated        {} ({} bytes)", human(plan.allocated_bytes), plan.allocated_bytes));
+    line(String::new());
+    line("Contents left out (clusters imaged as zeros, files kept):".into());
+    if plan.exclusions.items.is_empty() {
+        line("  none".into());
+    }
+    for x in &plan.exclusions.items {
+        if x.found {
+            line(format!(
+                "  {:<28} {:>10} ({} allocated, {} file{}, {:?})",
+                x.path,
+                human(x.size),
+                human(x.allocated_bytes),
+                x.files,
+                if x.files == 1 { "" } else { "s" },
+                x.origin
+            ));
+        } else {
+            line(format!("  {:<28} not present ({:?})", x.path, x.origin));
+        }
+    }
+    line(String::new());
+    line(format!(
+        "A bundle will read {} ({} bytes): allocated minus {} left out, plus the boot-sector tail.",
+        human(plan.read_bytes),
+        plan.read_bytes,
+        human(plan.excluded_bytes)
+    ));
+    s
+}

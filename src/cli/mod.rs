@@ -1,0 +1,61 @@
+//! Command-line interface: clap definitions ([`args`]), one module per subcommand, and the
+//! terminal progress bar. Prints errors with their cause and a hint, and returns exit statuses
+//! (0 ok, 1 failure, 2 usage, 3 damaged source, 4 damaged bundle, 130 cancelled).
+
+mod args;
+mod bundle;
+mod inspect;
+mod progress;
+mod restore;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+
+use args::{Cli, Command};
+use winbundle::Error;
+
+/// Prints an error, its causes and a hint, and returns its exit status.
+pub fn report(e: &Error) -> i32 {
+    eprintln!("winbundle: error: {e}");
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !e.to_string().contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        cause = c.source();
+    }
+    if let Some(h) = e.hint() {
+        eprintln!("  hint: {h}");
+    }
+    e.exit_code()
+}
+
+/// A flag set by Ctrl-C / SIGTERM; long jobs poll it and stop cleanly.
+fn cancel_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130); // a second Ctrl-C: stop now
+        }
+        eprintln!("\nwinbundle: stopping (press Ctrl-C again to quit at once)...");
+    });
+    flag
+}
+
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::BundleInstance(a) => bundle::run(*a, &cancel_flag()),
+        Command::Restore(a) => restore::run_restore(a, &cancel_flag()),
+        Command::Verify(a) => restore::run_verify(a, &cancel_flag()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}

@@ -1,0 +1,85 @@
+//! `winbundle restore` and `winbundle verify`.
+
+use std::sync::atomic::AtomicBool;
+
+use serde_json::json;
+use winbundle::Error;
+use winbundle::bundle::read::{OpenedBundle, ReadStats, RestoreTarget};
+use winbundle::store::{LocalStore, names};
+use winbundle::units::human;
+
+use super::args::{RestoreArgs, StoreArgs, VerifyArgs, default_threads};
+use super::progress::Bar;
+
+fn open_store(s: &StoreArgs) -> Result<LocalStore, Error> {
+    names::check_prefix(&s.prefix)?;
+    let dir = s.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
+        parameter: "--local-store",
+        message: "S3 sources are not available yet: give --local-store DIR".into(),
+    })?;
+    Ok(LocalStore::open(dir, &s.bucket, false)?)
+}
+
+fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
+    json!({
+        "BundleId": b.manifest.bundle_id,
+        "InstanceId": b.manifest.instance_id,
+        "VolumeSize": b.manifest.volume_size,
+        "Chunks": s.chunks,
+        "PartsVerified": s.parts_verified,
+        "StoredBytes": s.stream_bytes,
+        "WrittenBytes": s.written_bytes,
+        "BundleSha256": b.manifest.bundle_sha256,
+        "Seconds": s.elapsed.as_secs_f64(),
+    })
+}
+
+pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error> {
+    let store = open_store(&args.store)?;
+    let bundle = OpenedBundle::open(&store, &args.store.prefix)?;
+    let target = if args.output.as_os_str() == "-" {
+        RestoreTarget::Stdout
+    } else {
+        RestoreTarget::File { path: args.output.clone(), force: args.force }
+    };
+    let bar = Bar::new(args.quiet, "restoring");
+    let stats = bundle.restore(&target, default_threads(args.threads), &bar, cancel)?;
+    let v = summary(&bundle, &stats);
+    let to_stdout = !matches!(target, RestoreTarget::Stdout);
+    if args.json {
+        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+        if to_stdout { println!("{text}") } else { eprintln!("{text}") }
+    } else if !args.quiet {
+        eprintln!(
+            "restored {} ({} bytes) to {}: {} chunks, {} parts verified, bundle SHA-256 {}",
+            human(bundle.manifest.volume_size),
+            bundle.manifest.volume_size,
+            args.output.display(),
+            stats.chunks,
+            stats.parts_verified,
+            bundle.manifest.bundle_sha256
+        );
+    }
+    Ok(0)
+}
+
+pub fn run_verify(args: VerifyArgs, cancel: &AtomicBool) -> Result<i32, Error> {
+    let store = open_store(&args.store)?;
+    let bundle = OpenedBundle::open(&store, &args.store.prefix)?;
+    let bar = Bar::new(args.quiet, "verifying");
+    let stats = bundle.verify(default_threads(args.threads), &bar, cancel)?;
+    if args.json {
+        let mut v = summary(&bundle, &stats);
+        v["Valid"] = json!(true);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if !args.quiet {
+        println!(
+            "OK: {} objects, {} parts and {} chunks verified; bundle SHA-256 {}",
+            bundle.manifest.data.objects.len(),
+            stats.parts_verified,
+            stats.chunks,
+            bundle.manifest.bundle_sha256
+        );
+    }
+    Ok(0)
+}

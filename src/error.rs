@@ -1,0 +1,121 @@
+//! The library's error type. Each module has its own `thiserror` enum with context (path,
+//! offset, chunk, key); this one gathers them, and adds for each an EC2-style error code (used
+//! in failed bundle tasks), a hint of what to do next, and the process exit status.
+//!
+//! Exit statuses: 1 runtime failure, 2 bad usage or parameters, 3 the source is damaged or
+//! unsupported, 4 a bundle failed verification (damaged or tampered), 130 cancelled.
+
+use crate::bundle::FormatError;
+use crate::ntfs::NtfsError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("NTFS volume at byte {offset}: {source}")]
+    Ntfs { offset: u64, source: NtfsError },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("invalid value for {parameter}: {message}")]
+    InvalidParameter { parameter: &'static str, message: String },
+    #[error("compression failed: {0}")]
+    Compress(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+impl From<NtfsError> for Error {
+    fn from(source: NtfsError) -> Self {
+        match source {
+            NtfsError::Source(s) => Error::Source(s),
+            source => Error::Ntfs { offset: 0, source },
+        }
+    }
+}
+
+impl Error {
+    /// An EC2-style error code for a failed bundle task.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Source(SourceError::Open { .. } | SourceError::IsDirectory { .. }) => "InvalidInstanceID.Malformed",
+            Error::Source(SourceError::NoRootVolume { .. }) => "NoRootVolume",
+            Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => {
+                "InvalidParameterValue"
+            }
+            Error::Source(_) => "InvalidSource",
+            Error::Ntfs { .. } => "InvalidSource",
+            Error::Store(StoreError::BundleExists { .. }) => "BundleExists",
+            Error::Store(StoreError::NotFound { .. }) => "NoSuchBundle",
+            Error::Store(_) => "StorageError",
+            Error::Format(FormatError::Integrity { .. }) => "IntegrityError",
+            Error::Format(_) => "InvalidBundle",
+            Error::InvalidParameter { .. } => "InvalidParameterValue",
+            Error::Compress(_) | Error::Internal(_) | Error::Io { .. } => "InternalError",
+            Error::Cancelled => "Cancelled",
+        }
+    }
+
+    /// What the user can do about it, when there is something.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Source(SourceError::Open { .. }) => {
+                "check the path; a block device needs read permission (run as root or add yourself to group disk)".into()
+            }
+            Error::Source(SourceError::AmbiguousRoot { .. }) => {
+                "run `winbundle inspect SOURCE` to see the partitions, then pass --partition N".into()
+            }
+            Error::Source(SourceError::NoRootVolume { .. }) => {
+                "run `winbundle inspect SOURCE` to see what is on the disk; pass --partition N to bundle a specific NTFS volume".into()
+            }
+            Error::Source(SourceError::PastEnd { .. } | SourceError::PartitionPastEnd { .. }) => {
+                "the image is incomplete: copy it again (compare its size with the source disk)".into()
+            }
+            Error::Source(SourceError::Table(_)) => {
+                "the partition table is damaged: repair it (gdisk/testdisk) or image a bare volume instead".into()
+            }
+            Error::Ntfs { .. } => {
+                "the NTFS volume is damaged: run `chkdsk /f` on it in Windows (or `ntfsfix`), then bundle again".into()
+            }
+            Error::Store(StoreError::BundleExists { .. }) => {
+                "choose another --prefix, or pass --overwrite to replace the existing bundle".into()
+            }
+            Error::Store(StoreError::NotFound { .. }) => {
+                "check --bucket, --prefix and --local-store; a bundle without its manifest is incomplete".into()
+            }
+            Error::Format(FormatError::Integrity { .. }) => {
+                "the stored bundle is damaged or was modified: bundle the instance again".into()
+            }
+            Error::Cancelled => "nothing was kept; run the command again to start over".into(),
+            _ => return None,
+        })
+    }
+
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidParameter { .. } => 2,
+            Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => 2,
+            Error::Store(StoreError::BundleExists { .. }) => 2,
+            Error::Source(_) | Error::Ntfs { .. } => 3,
+            Error::Format(_) => 4,
+            Error::Cancelled => 130,
+            _ => 1,
+        }
+    }
+
+    /// Attaches the volume offset to an NTFS error.
+    pub fn ntfs_at(offset: u64) -> impl Fn(NtfsError) -> Error {
+        move |source| match source {
+            NtfsError::Source(s) => Error::Source(s),
+            source => Error::Ntfs { offset, source },
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! winbundle: images the Windows root volume (C:) of a disk into a bundle of compressed, hashed
+//! zstd frames plus a manifest, stored under a bucket and prefix, like EC2's BundleInstance.
+//!
+//! The data flows through the modules in this order:
+//! [`source`] (disk, partitions, which one is C:) → [`ntfs`] (allocation map, exclusions) →
+//! [`chunk`] (read allocated clusters, compress, in parallel) → [`bundle`] (the stream format,
+//! parts, manifest) → [`store`] (where the objects go). [`task`] renders the EC2 bundle-task
+//! shapes; the `winbundle` binary's CLI sits on top of all of it.
+
+pub mod bundle;
+pub mod chunk;
+pub mod error;
+pub mod ntfs;
+pub mod progress;
+pub mod source;
+pub mod store;
+pub mod task;
+pub mod units;
+
+pub use error::Error;

@@ -1,0 +1,333 @@
+//! The `$MFT` itself: where every file record lives (its `$DATA` runs, followed through an
+//! `$ATTRIBUTE_LIST` when the MFT is fragmented), reading records, and the data runs of any
+//! file's unnamed `$DATA` stream.
+//!
+//! Also builds the patched copy of record 0 that lets the `ntfs` crate read records past the
+//! first MFT extent: see [`super::reader`].
+
+use super::NtfsError;
+use super::record::{self, ATTR_ATTRIBUTE_LIST, ATTR_DATA, Run};
+use crate::source::DiskFile;
+
+/// An attribute list larger than this is treated as damage (real ones are a few KiB).
+const MAX_ATTRIBUTE_LIST: u64 = 16 << 20;
+
+/// The data of a file's unnamed `$DATA` stream.
+#[derive(Debug, Clone)]
+pub struct FileData {
+    /// Logical size in bytes.
+    pub size: u64,
+    /// Runs in VCN order (empty for a resident stream).
+    pub runs: Vec<Run>,
+    pub resident: bool,
+}
+
+impl FileData {
+    /// Bytes in clusters that are actually allocated (sparse runs excluded).
+    pub fn allocated_clusters(&self) -> u64 {
+        self.runs.iter().filter(|r| r.lcn.is_some()).map(|r| r.count).sum()
+    }
+}
+
+/// Where the MFT's clusters are, and how to read a record.
+#[derive(Debug, Clone)]
+pub struct MftMap {
+    volume_offset: u64,
+    cluster_size: u64,
+    record_size: u64,
+    clusters: u64,
+    runs: Vec<Run>,
+    data_size: u64,
+    /// True when the `$MFT`'s `$DATA` continues in extension records ($ATTRIBUTE_LIST).
+    pub has_attribute_list: bool,
+}
+
+impl MftMap {
+    /// Reads record 0 at `mft_position` (relative to the volume) and follows its `$DATA`.
+    pub fn load(
+        disk: &DiskFile,
+        volume_offset: u64,
+        mft_position: u64,
+        cluster_size: u64,
+        record_size: u64,
+        clusters: u64,
+    ) -> Result<Self, NtfsError> {
+        let mut rec0 = vec![0u8; record_size as usize];
+        disk.read_exact_at(&mut rec0, volume_offset + mft_position)?;
+        record::apply_fixups(&mut rec0, 0)?;
+        let attrs = record::attributes(&rec0, 0)?;
+        let data = attrs
+            .iter()
+            .find(|a| a.ty == ATTR_DATA && a.name_len == 0 && a.non_resident)
+            .ok_or_else(|| NtfsError::Mft("record 0 has no non-resident $DATA attribute".into()))?;
+        let nr = data.non_resident(&rec0, 0)?;
+        if nr.lowest_vcn != 0 {
+            return Err(NtfsError::Mft(format!("record 0's $DATA starts at VCN {}", nr.lowest_vcn)));
+        }
+        let mp_end = data.offset + data.length;
+        let runs = record::decode_runs(&rec0[nr.mapping_pairs..mp_end], 0, clusters, 0)?;
+        let mut map = MftMap {
+            volume_offset,
+            cluster_size,
+            record_size,
+            clusters,
+            runs,
+            data_size: nr.data_size,
+            has_attribute_list: false,
+        };
+        if let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) {
+            map.has_attribute_list = true;
+            let list = map.attribute_list_bytes(disk, &rec0, list_attr, 0)?;
+            let mut entries = record::attribute_list_entries(&list, ATTR_DATA, 0)?;
+            entries.sort_unstable();
+            for (vcn, rec_no) in entries {
+                if vcn == 0 {
+                    continue;
+                }
+                if vcn != map.next_vcn() {
+                    return Err(NtfsError::Mft(format!(
+                        "$DATA extent in record {rec_no} starts at VCN {vcn}, expected {}",
+                        map.next_vcn()
+                    )));
+                }
+                if rec_no == 0 {
+                    return Err(NtfsError::Mft("the attribute list sends $DATA back to record 0".into()));
+                }
+                let rec = map.read_record(disk, rec_no)?;
+                let runs = extent_runs(&rec, rec_no, vcn, clusters)?;
+                map.runs.extend(runs);
+            }
+        }
+        let needed = nr.data_size.div_ceil(cluster_size);
+        if map.next_vcn() < needed {
+            return Err(NtfsError::Mft(format!(
+                "its $DATA runs cover {} clusters but the MFT is {} bytes ({} clusters)",
+                map.next_vcn(),
+                nr.data_size,
+                needed
+            )));
+        }
+        if let Some(r) = map.runs.iter().find(|r| r.lcn.is_none()) {
+            return Err(NtfsError::Mft(format!("a sparse run at VCN {} in the MFT", r.vcn)));
+        }
+        Ok(map)
+    }
+
+    fn next_vcn(&self) -> u64 {
+        self.runs.last().map_or(0, |r| r.vcn + r.count)
+    }
+
+    /// Number of file records the MFT holds.
+    pub fn record_count(&self) -> u64 {
+        self.data_size / self.record_size
+    }
+
+    /// Total MFT size in bytes.
+    pub fn data_size(&self) -> u64 {
+        self.data_size
+    }
+
+    /// Number of clusters the runs cover.
+    pub fn cluster_count(&self) -> u64 {
+        self.next_vcn()
+    }
+
+    /// Reads `buf.len()` bytes of the MFT stream from `offset` (relative to the MFT's start).
+    pub fn read_bytes(&self, disk: &DiskFile, mut offset: u64, mut buf: &mut [u8]) -> Result<(), NtfsError> {
+        while !buf.is_empty() {
+            let vcn = offset / self.cluster_size;
+            let i = self.runs.partition_point(|r| r.vcn + r.count <= vcn);
+            let run = self
+                .runs
+                .get(i)
+                .filter(|r| r.vcn <= vcn)
+                .ok_or_else(|| NtfsError::Mft(format!("byte {offset} of the MFT is not mapped by its runs")))?;
+            let lcn = run.lcn.ok_or_else(|| NtfsError::Mft(format!("byte {offset} of the MFT is sparse")))?;
+            let run_end = (run.vcn + run.count) * self.cluster_size;
+            let n = ((run_end - offset) as usize).min(buf.len());
+            let pos = lcn * self.cluster_size + (offset - run.vcn * self.cluster_size);
+            let (head, tail) = buf.split_at_mut(n);
+            disk.read_exact_at(head, self.volume_offset + pos)?;
+            buf = tail;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads record `n` with its fixups undone.
+    pub fn read_record(&self, disk: &DiskFile, n: u64) -> Result<Vec<u8>, NtfsError> {
+        if n >= self.record_count() {
+            return Err(NtfsError::Record {
+                record: n,
+                problem: format!("past the end of the MFT ({} records)", self.record_count()),
+            });
+        }
+        let mut rec = vec![0u8; self.record_size as usize];
+        self.read_bytes(disk, n * self.record_size, &mut rec)?;
+        record::apply_fixups(&mut rec, n)?;
+        Ok(rec)
+    }
+
+    fn attribute_list_bytes(
+        &self,
+        disk: &DiskFile,
+        rec: &[u8],
+        attr: &record::Attribute,
+        rec_no: u64,
+    ) -> Result<Vec<u8>, NtfsError> {
+        if !attr.non_resident {
+            return Ok(attr.resident_value(rec, rec_no)?.to_vec());
+        }
+        let nr = attr.non_resident(rec, rec_no)?;
+        if nr.data_size > MAX_ATTRIBUTE_LIST {
+            return Err(NtfsError::Record {
+                record: rec_no,
+                problem: format!("$ATTRIBUTE_LIST of {} bytes is implausibly large", nr.data_size),
+            });
+        }
+        let runs = record::decode_runs(&rec[nr.mapping_pairs..attr.offset + attr.length], 0, self.clusters, rec_no)?;
+        let mut out = vec![0u8; nr.data_size as usize];
+        let mut filled = 0usize;
+        for r in runs {
+            if filled >= out.len() {
+                break;
+            }
+            let n = ((r.count * self.cluster_size) as usize).min(out.len() - filled);
+            match r.lcn {
+                Some(lcn) => disk.read_exact_at(&mut out[filled..filled + n], self.volume_offset + lcn * self.cluster_size)?,
+                None => out[filled..filled + n].fill(0),
+            }
+            filled += n;
+        }
+        if filled < out.len() {
+            return Err(NtfsError::Record { record: rec_no, problem: "$ATTRIBUTE_LIST runs are shorter than its size".into() });
+        }
+        Ok(out)
+    }
+
+    /// The unnamed `$DATA` stream of record `n`, following its attribute list if it has one.
+    pub fn file_data(&self, disk: &DiskFile, n: u64) -> Result<FileData, NtfsError> {
+        let rec = self.read_record(disk, n)?;
+        if !record::in_use(&rec) {
+            return Err(NtfsError::Record { record: n, problem: "the record is not in use".into() });
+        }
+        let attrs = record::attributes(&rec, n)?;
+        if let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) {
+            let list = self.attribute_list_bytes(disk, &rec, list_attr, n)?;
+            let mut entries = record::attribute_list_entries(&list, ATTR_DATA, n)?;
+            entries.sort_unstable();
+            entries.dedup();
+            if !entries.is_empty() {
+                let mut runs: Vec<Run> = Vec::new();
+                let mut size = None;
+                for (vcn, rec_no) in entries {
+                    let next = runs.last().map_or(0, |r| r.vcn + r.count);
+                    if vcn != next {
+                        return Err(NtfsError::Record {
+                            record: n,
+                            problem: format!("$DATA extent in record {rec_no} starts at VCN {vcn}, expected {next}"),
+                        });
+                    }
+                    let other;
+                    let r = if rec_no == n {
+                        &rec
+                    } else {
+                        other = self.read_record(disk, rec_no)?;
+                        &other
+                    };
+                    if vcn == 0 {
+                        // The first extent may be resident (a small file whose list exists for other reasons).
+                        let a = find_data(r, rec_no, 0)?;
+                        if !a.non_resident {
+                            let v = a.resident_value(r, rec_no)?;
+                            return Ok(FileData { size: v.len() as u64, runs: Vec::new(), resident: true });
+                        }
+                        size = Some(a.non_resident(r, rec_no)?.data_size);
+                    }
+                    runs.extend(extent_runs(r, rec_no, vcn, self.clusters)?);
+                }
+                let size = size.ok_or_else(|| NtfsError::Record { record: n, problem: "no $DATA extent at VCN 0".into() })?;
+                return Ok(FileData { size, runs, resident: false });
+            }
+        }
+        let a = find_data(&rec, n, 0)?;
+        if !a.non_resident {
+            let v = a.resident_value(&rec, n)?;
+            return Ok(FileData { size: v.len() as u64, runs: Vec::new(), resident: true });
+        }
+        let nr = a.non_resident(&rec, n)?;
+        let runs = extent_runs(&rec, n, 0, self.clusters)?;
+        Ok(FileData { size: nr.data_size, runs, resident: false })
+    }
+
+    /// A copy of record 0 whose `$DATA` is one run of the whole MFT at `virtual_lcn`, so that the
+    /// `ntfs` crate (which reads only record 0's first `$DATA` extent) can reach every record.
+    pub fn patched_record0(&self, disk: &DiskFile, mft_position: u64, virtual_lcn: u64) -> Result<Vec<u8>, NtfsError> {
+        let mut rec = vec![0u8; self.record_size as usize];
+        disk.read_exact_at(&mut rec, self.volume_offset + mft_position)?;
+        record::apply_fixups(&mut rec, 0)?;
+        let attrs = record::attributes(&rec, 0)?;
+        let data = attrs
+            .iter()
+            .find(|a| a.ty == ATTR_DATA && a.name_len == 0 && a.non_resident)
+            .ok_or_else(|| NtfsError::Mft("record 0 has no non-resident $DATA attribute".into()))?;
+        let nr = data.non_resident(&rec, 0)?;
+        let total = self.cluster_count();
+        let encoded = record::encode_single_run(total, virtual_lcn);
+        let attr_end = data.offset + data.length;
+        let room = attr_end - nr.mapping_pairs;
+        let grow = encoded.len().saturating_sub(room).next_multiple_of(8);
+        if grow > 0 {
+            // Grow the attribute, shifting the ones after it.
+            let used = u32::from_le_bytes([rec[0x18], rec[0x19], rec[0x1a], rec[0x1b]]) as usize;
+            let allocated = u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
+            if used < attr_end || used + grow > allocated.min(rec.len()) {
+                return Err(NtfsError::Mft("no room in record 0 to describe the MFT as one run".into()));
+            }
+            rec.copy_within(attr_end..used, attr_end + grow);
+            rec[0x18..0x1c].copy_from_slice(&((used + grow) as u32).to_le_bytes());
+            rec[data.offset + 4..data.offset + 8].copy_from_slice(&((data.length + grow) as u32).to_le_bytes());
+        }
+        let mp = nr.mapping_pairs;
+        rec[mp..attr_end + grow].fill(0);
+        rec[mp..mp + encoded.len()].copy_from_slice(&encoded);
+        rec[data.offset + 0x18..data.offset + 0x20].copy_from_slice(&(total - 1).to_le_bytes());
+        record::encode_fixups(&mut rec);
+        Ok(rec)
+    }
+}
+
+fn find_data(rec: &[u8], rec_no: u64, lowest_vcn: u64) -> Result<record::Attribute, NtfsError> {
+    record::attributes(rec, rec_no)?
+        .into_iter()
+        .find(|a| {
+            a.ty == ATTR_DATA
+                && a.name_len == 0
+                && (!a.non_resident || a.non_resident(rec, rec_no).is_ok_and(|nr| nr.lowest_vcn == lowest_vcn))
+        })
+        .ok_or_else(|| NtfsError::Record {
+            record: rec_no,
+            problem: format!("no unnamed $DATA attribute starting at VCN {lowest_vcn}"),
+        })
+}
+
+/// The runs of the unnamed non-resident `$DATA` extent of `rec` that starts at `vcn`.
+fn extent_runs(rec: &[u8], rec_no: u64, vcn: u64, clusters: u64) -> Result<Vec<Run>, NtfsError> {
+    let a = find_data(rec, rec_no, vcn)?;
+    if !a.non_resident {
+        return Err(NtfsError::Record { record: rec_no, problem: "a resident $DATA extent in an attribute list".into() });
+    }
+    let nr = a.non_resident(rec, rec_no)?;
+    let runs = record::decode_runs(&rec[nr.mapping_pairs..a.offset + a.length], vcn, clusters, rec_no)?;
+    let covered = runs.last().map_or(vcn, |r| r.vcn + r.count);
+    if nr.highest_vcn.checked_add(1) != Some(covered) && !(runs.is_empty() && nr.highest_vcn == u64::MAX) {
+        return Err(NtfsError::Record {
+            record: rec_no,
+            problem: format!(
+                "$DATA extent claims VCNs {vcn}..={} but its runs cover {vcn}..{covered}",
+                nr.highest_vcn
+            ),
+        });
+    }
+    Ok(runs)
+}

@@ -1,0 +1,234 @@
+//! Which partition is C:. Each partition's file system is recognised from its first sector;
+//! every NTFS volume is opened and searched for `\Windows\System32`. The root volume is the one
+//! NTFS volume that has it; failing that, the only NTFS volume; otherwise the user chooses.
+//! Every other partition is excluded: on EC2 those are instance stores whose data is not kept.
+
+use std::path::Path;
+
+use super::partition::{Partition, PartitionTable, PartitionType, read_table};
+use super::{DiskFile, SourceError};
+use crate::ntfs::NtfsVolume;
+
+/// The file system a partition's first sector announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileSystem {
+    Ntfs,
+    Fat,
+    Exfat,
+    Refs,
+    Bitlocker,
+    Unknown,
+}
+
+impl std::fmt::Display for FileSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileSystem::Ntfs => "NTFS",
+            FileSystem::Fat => "FAT",
+            FileSystem::Exfat => "exFAT",
+            FileSystem::Refs => "ReFS",
+            FileSystem::Bitlocker => "BitLocker",
+            FileSystem::Unknown => "unknown",
+        })
+    }
+}
+
+/// Recognises a file system from its boot sector.
+pub fn detect_fs(sector: &[u8]) -> FileSystem {
+    if sector.len() < 512 {
+        return FileSystem::Unknown;
+    }
+    match &sector[3..11] {
+        b"NTFS    " => FileSystem::Ntfs,
+        b"EXFAT   " => FileSystem::Exfat,
+        b"-FVE-FS-" => FileSystem::Bitlocker,
+        b"ReFS\0\0\0\0" => FileSystem::Refs,
+        _ if &sector[82..87] == b"FAT32" || &sector[54..59] == b"FAT12" || &sector[54..59] == b"FAT16" => FileSystem::Fat,
+        _ => FileSystem::Unknown,
+    }
+}
+
+/// A partition and what was found on it.
+#[derive(Debug, Clone)]
+pub struct PartitionInfo {
+    pub partition: Partition,
+    pub fs: FileSystem,
+    pub label: Option<String>,
+    /// True when the NTFS volume holds `\Windows\System32`.
+    pub has_windows: bool,
+    /// Why an NTFS-looking volume could not be opened.
+    pub error: Option<String>,
+    /// Why this partition is not bundled (None for the root volume).
+    pub excluded_because: Option<String>,
+}
+
+/// The root volume and why.
+#[derive(Debug, Clone)]
+pub struct RootChoice {
+    pub index: u32,
+    pub reason: String,
+}
+
+/// The disk as a bundle sees it.
+#[derive(Debug, Clone)]
+pub struct DiskLayout {
+    pub disk_size: u64,
+    pub table: PartitionTable,
+    pub partitions: Vec<PartitionInfo>,
+    pub root: RootChoice,
+}
+
+impl DiskLayout {
+    pub fn root(&self) -> &PartitionInfo {
+        self.partitions
+            .iter()
+            .find(|p| p.partition.index == self.root.index)
+            .unwrap_or(&self.partitions[0])
+    }
+}
+
+fn describe(p: &PartitionInfo) -> String {
+    let mut s = format!("partition {} ({}", p.partition.index, p.fs);
+    if let Some(l) = &p.label {
+        s.push_str(&format!(", label {l:?}"));
+    }
+    s.push_str(&format!(", {} MiB)", p.partition.length >> 20));
+    s
+}
+
+/// Reads the table, looks at every partition and picks the root volume.
+pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, SourceError> {
+    let table = read_table(disk)?;
+    let mut partitions = Vec::new();
+    for p in &table.partitions {
+        let mut sector = [0u8; 512];
+        let fs = if p.length >= 512 {
+            disk.read_exact_at(&mut sector, p.offset)?;
+            detect_fs(&sector)
+        } else {
+            FileSystem::Unknown
+        };
+        let mut info = PartitionInfo {
+            partition: p.clone(),
+            fs,
+            label: None,
+            has_windows: false,
+            error: None,
+            excluded_because: None,
+        };
+        if fs == FileSystem::Ntfs {
+            match NtfsVolume::open(disk, p.offset, p.length) {
+                Ok(vol) => {
+                    info.label = vol.facts().label.clone();
+                    match vol.lookup("\\Windows\\System32") {
+                        Ok(found) => info.has_windows = found.is_some_and(|f| f.is_dir),
+                        Err(e) => info.error = Some(e.to_string()),
+                    }
+                }
+                Err(e) => info.error = Some(e.to_string()),
+            }
+        }
+        partitions.push(info);
+    }
+    let root = choose_root(disk.path(), &partitions, forced)?;
+    for p in &mut partitions {
+        if p.partition.index != root.index {
+            let what = match (&p.partition.ptype, p.fs) {
+                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _) if p.partition.ptype.name() != "unknown" => {
+                    p.partition.ptype.name().to_string()
+                }
+                _ => format!("{} partition", p.fs),
+            };
+            p.excluded_because = Some(format!(
+                "not the root volume ({what}): only C:\\ is bundled, the data on other volumes is not preserved"
+            ));
+        }
+    }
+    Ok(DiskLayout { disk_size: disk.size(), table, partitions, root })
+}
+
+fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Result<RootChoice, SourceError> {
+    if let Some(index) = forced {
+        let Some(p) = parts.iter().find(|p| p.partition.index == index) else {
+            let have: Vec<String> = parts.iter().map(|p| p.partition.index.to_string()).collect();
+            return Err(SourceError::BadPartitionChoice {
+                index,
+                reason: format!("no such partition (this disk has {})", have.join(", ")),
+            });
+        };
+        if p.fs != FileSystem::Ntfs {
+            return Err(SourceError::BadPartitionChoice { index, reason: format!("it holds {}, not NTFS", p.fs) });
+        }
+        if let Some(e) = &p.error {
+            return Err(SourceError::BadPartitionChoice { index, reason: e.clone() });
+        }
+        return Ok(RootChoice { index, reason: "chosen with --partition".into() });
+    }
+    let windows: Vec<&PartitionInfo> = parts.iter().filter(|p| p.has_windows).collect();
+    match windows.len() {
+        1 => {
+            return Ok(RootChoice {
+                index: windows[0].partition.index,
+                reason: "the NTFS volume that holds \\Windows\\System32".into(),
+            });
+        }
+        n if n > 1 => {
+            let c: Vec<String> = windows.iter().map(|p| describe(p)).collect();
+            return Err(SourceError::AmbiguousRoot {
+                path: path.to_path_buf(),
+                candidates: format!("{n} volumes hold \\Windows\\System32: {}", c.join("; ")),
+            });
+        }
+        _ => {}
+    }
+    let ntfs: Vec<&PartitionInfo> = parts.iter().filter(|p| p.fs == FileSystem::Ntfs).collect();
+    if let Some(broken) = ntfs.iter().find(|p| p.error.is_some()) {
+        // A damaged NTFS volume might be C:; picking another one would bundle the wrong volume.
+        return Err(SourceError::NoRootVolume {
+            path: path.to_path_buf(),
+            reason: format!(
+                "partition {} looks like NTFS but cannot be read: {}",
+                broken.partition.index,
+                broken.error.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    match ntfs.len() {
+        1 => Ok(RootChoice {
+            index: ntfs[0].partition.index,
+            reason: if parts.len() == 1 && parts[0].partition.index == 0 {
+                "a bare NTFS volume image (no \\Windows\\System32 on it)".into()
+            } else {
+                "the only NTFS volume (none holds \\Windows\\System32)".into()
+            },
+        }),
+        0 => {
+            let found: Vec<String> = parts.iter().map(describe).collect();
+            let bitlocker = parts.iter().any(|p| p.fs == FileSystem::Bitlocker);
+            Err(SourceError::NoRootVolume {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "no NTFS volume (found: {}){}",
+                    if found.is_empty() { "no partitions".to_string() } else { found.join("; ") },
+                    if bitlocker { "; a BitLocker volume must be unlocked and imaged decrypted" } else { "" }
+                ),
+            })
+        }
+        n => {
+            let c: Vec<String> = ntfs.iter().map(|p| describe(p)).collect();
+            Err(SourceError::AmbiguousRoot {
+                path: path.to_path_buf(),
+                candidates: format!("{n} NTFS volumes and none holds \\Windows\\System32: {}", c.join("; ")),
+            })
+        }
+    }
+}
+
+/// Opens `path` and analyses it.
+pub fn open_and_analyse(path: &Path, forced: Option<u32>) -> Result<(DiskFile, DiskLayout), SourceError> {
+    let disk = DiskFile::open(path)?;
+    let layout = analyse(&disk, forced)?;
+    Ok((disk, layout))
+}
+

@@ -1,0 +1,41 @@
+//! Where the bytes come from: the disk or volume image ([`disk`]), its partition table
+//! ([`partition`]) and the choice of the Windows root volume among its partitions ([`layout`]).
+//! Nothing here knows about NTFS internals beyond "does this partition start with an NTFS boot
+//! sector"; that lives in [`crate::ntfs`].
+
+pub mod disk;
+pub mod layout;
+pub mod partition;
+
+use std::path::PathBuf;
+
+pub use disk::DiskFile;
+pub use layout::{DiskLayout, FileSystem, PartitionInfo, RootChoice};
+pub use partition::{Partition, PartitionTable, TableKind};
+
+/// Errors reading the source disk and its partition table.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("{path} is a directory: give a disk image file, a volume image or a block device")]
+    IsDirectory { path: PathBuf },
+    #[error("cannot read {path} at byte {offset}: {source}")]
+    Read { path: PathBuf, offset: u64, source: std::io::Error },
+    #[error(
+        "{path} is truncated: reading {len} bytes at byte {offset} goes past its end ({size} bytes)"
+    )]
+    PastEnd { path: PathBuf, offset: u64, len: u64, size: u64 },
+    #[error("bad partition table: {0}")]
+    Table(String),
+    #[error(
+        "partition {index} ends at byte {end} but the image is only {size} bytes long: the image is truncated or the partition table is damaged"
+    )]
+    PartitionPastEnd { index: u32, end: u64, size: u64 },
+    #[error("no Windows root volume found on {path}: {reason}")]
+    NoRootVolume { path: PathBuf, reason: String },
+    #[error("cannot tell which volume is C: on {path}: {candidates}; choose one with --partition N")]
+    AmbiguousRoot { path: PathBuf, candidates: String },
+    #[error("--partition {index}: {reason}")]
+    BadPartitionChoice { index: u32, reason: String },
+}

@@ -1,0 +1,67 @@
+//! Where bundles are kept. [`ObjectStore`] is the one small trait every destination implements
+//! (a local folder now; S3 multipart and S3 POST policies plug in beside it). Keys are exactly
+//! the S3 keys; [`names`] checks bucket names and prefixes the way S3 does.
+
+pub mod local;
+pub mod names;
+
+use std::path::PathBuf;
+
+pub use local::LocalStore;
+
+/// Errors of a store, naming the bucket/key and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {key}: {source}")]
+    Io { op: &'static str, key: String, source: std::io::Error },
+    #[error("a bundle already exists at {bucket}/{prefix} ({manifest} is present)")]
+    BundleExists { bucket: String, prefix: String, manifest: String },
+    #[error("{key} not found in {location}")]
+    NotFound { key: String, location: String },
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidName { what: &'static str, value: String, reason: String },
+    #[error("local store {path}: {problem}")]
+    Local { path: PathBuf, problem: String },
+}
+
+/// A part of a data object as it is being written.
+#[derive(Debug, Clone, Copy)]
+pub struct PartInfo {
+    /// 0-based part number within the object.
+    pub number: u32,
+    pub size: u64,
+    pub sha256: [u8; 32],
+}
+
+/// Writes one data object as a stream of bytes cut into parts.
+pub trait ObjectWriter: Send {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// The bytes written since the last part boundary form `part`.
+    fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError>;
+    /// Makes the object visible under its key. Returns its ETag where the store has one.
+    fn finish(self: Box<Self>) -> Result<Option<String>, StoreError>;
+    /// Drops what was written.
+    fn abort(self: Box<Self>);
+}
+
+/// A bucket in some store.
+pub trait ObjectStore: Send + Sync {
+    /// Where this is, for messages (`local folder /x/bucket`, `s3://bucket`).
+    fn location(&self) -> String;
+    fn exists(&self, key: &str) -> Result<bool, StoreError>;
+    fn size(&self, key: &str) -> Result<u64, StoreError>;
+    /// Reads `buf.len()` bytes of `key` from `offset`.
+    fn read_at(&self, key: &str, offset: u64, buf: &mut [u8]) -> Result<(), StoreError>;
+    /// Writes a small object whole and atomically (the manifest).
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+    fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError>;
+
+    /// Reads a whole (small) object.
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let size = self.size(key)?;
+        let mut buf = vec![0u8; size as usize];
+        self.read_at(key, 0, &mut buf)?;
+        Ok(buf)
+    }
+}
