@@ -1,0 +1,149 @@
+//! Shared test helpers: decompressed fixtures, bundling into a temporary local store, and an
+//! NTFS-aware comparison of a restored volume with its source.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use winbundle::bundle::create::{BundleOutcome, BundleRequest, bundle_instance};
+use winbundle::bundle::plan::{Plan, PlanOptions};
+use winbundle::bundle::read::{OpenedBundle, RestoreTarget};
+use winbundle::bundle::Layout;
+use winbundle::progress::NoProgress;
+use winbundle::source::DiskFile;
+use winbundle::store::LocalStore;
+
+/// Decompresses `testdata/NAME.zst` once per test run and returns a private copy's path
+/// (tests may damage their copy).
+pub fn fixture(name: &str, dir: &Path) -> PathBuf {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&cache).unwrap();
+    let plain = cache.join(name);
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !plain.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(format!("{name}.zst"));
+        let data = zstd::decode_all(std::fs::File::open(&src).unwrap()).unwrap();
+        let tmp = cache.join(format!("{name}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, data).unwrap();
+        std::fs::rename(&tmp, &plain).unwrap();
+    }
+    let copy = dir.join(name);
+    std::fs::copy(&plain, &copy).unwrap();
+    copy
+}
+
+pub fn request(source: &Path, prefix: &str) -> BundleRequest {
+    BundleRequest {
+        source: source.to_path_buf(),
+        bucket: "test-bucket".into(),
+        prefix: prefix.into(),
+        instance_id: None,
+        plan: PlanOptions { partition: None, excludes: Vec::new(), default_excludes: true },
+        chunk_size: 1 << 20,
+        level: 1,
+        threads: 2,
+        layout: Layout::Single,
+        part_size: None,
+        overwrite: false,
+    }
+}
+
+pub fn bundle(req: &BundleRequest, store_dir: &Path) -> BundleOutcome {
+    let store = LocalStore::open(store_dir, &req.bucket, true).unwrap();
+    bundle_instance(req, &store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+}
+
+/// Restores `prefix` from the store into `out`.
+pub fn restore(store_dir: &Path, prefix: &str, out: &Path) -> Result<(), winbundle::Error> {
+    let store = LocalStore::open(store_dir, "test-bucket", false)?;
+    let b = OpenedBundle::open(&store, prefix)?;
+    b.restore(&RestoreTarget::File { path: out.to_path_buf(), force: true }, 2, &NoProgress, &AtomicBool::new(false))?;
+    Ok(())
+}
+
+pub fn verify(store_dir: &Path, prefix: &str) -> Result<(), winbundle::Error> {
+    let store = LocalStore::open(store_dir, "test-bucket", false)?;
+    let b = OpenedBundle::open(&store, prefix)?;
+    b.verify(2, &NoProgress, &AtomicBool::new(false))?;
+    Ok(())
+}
+
+/// Checks the restored volume against the source: equal on every allocated cluster that is not
+/// excluded, zero on free clusters and on excluded files' clusters, and equal on the tail that
+/// holds the backup boot sector. Returns (clusters compared equal, clusters checked zero).
+pub fn assert_restored_matches(source: &Path, opts: &PlanOptions, restored: &Path) -> (u64, u64) {
+    let disk = DiskFile::open(source).unwrap();
+    let plan = Plan::analyse(&disk, opts).unwrap();
+    let root = plan.layout.root().partition.clone();
+    let src = std::fs::read(source).unwrap();
+    let src = &src[root.offset as usize..(root.offset + root.length) as usize];
+    let out = std::fs::read(restored).unwrap();
+    assert_eq!(out.len() as u64, root.length, "restored image length");
+    let cs = plan.facts.cluster_size as usize;
+    let mut excluded = vec![false; plan.facts.cluster_count as usize];
+    for &(s, e) in &plan.exclusions.ranges {
+        for c in s..e {
+            excluded[c as usize] = true;
+        }
+    }
+    let bitmap = bitmap_bits(src, plan.facts.cluster_count);
+    let (mut same, mut zero) = (0, 0);
+    for c in 0..plan.facts.cluster_count as usize {
+        let (a, b) = (&src[c * cs..(c + 1) * cs], &out[c * cs..(c + 1) * cs]);
+        if bitmap[c] && !excluded[c] {
+            assert!(a == b, "allocated cluster {c} differs");
+            same += 1;
+        } else {
+            assert!(b.iter().all(|&x| x == 0), "free or excluded cluster {c} is not zero");
+            zero += 1;
+        }
+    }
+    let tail_start = plan.facts.cluster_count as usize * cs;
+    let fs_end = (plan.facts.fs_size + plan.facts.sector_size as u64).min(root.length) as usize;
+    assert_eq!(&src[tail_start..fs_end], &out[tail_start..fs_end], "boot-sector tail differs");
+    let ss = plan.facts.sector_size as usize;
+    assert_eq!(&out[fs_end - ss..fs_end][3..11], b"NTFS    ", "backup boot sector kept");
+    (same, zero)
+}
+
+/// The allocation bitmap of a volume, read with the `ntfs` crate alone (independent of
+/// winbundle's own MFT and bitmap code).
+pub fn bitmap_bits(volume: &[u8], clusters: u64) -> Vec<bool> {
+    let bytes = read_file(volume, 6);
+    (0..clusters).map(|c| bytes[(c / 8) as usize] & (1 << (c % 8)) != 0).collect()
+}
+
+/// The unnamed $DATA of file record `record`, read with the `ntfs` crate.
+pub fn read_file(volume: &[u8], record: u64) -> Vec<u8> {
+    use std::io::Read;
+    let mut fs = std::io::Cursor::new(volume);
+    let ntfs = ntfs::Ntfs::new(&mut fs).unwrap();
+    let file = ntfs.file(&mut fs, record).unwrap();
+    let item = file.data(&mut fs, "").unwrap().unwrap();
+    let attr = item.to_attribute().unwrap();
+    let mut out = Vec::new();
+    attr.value(&mut fs).unwrap().attach(&mut fs).read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Reads a root-level file by name with the `ntfs` crate.
+pub fn read_root_file(volume: &[u8], name: &str) -> Vec<u8> {
+    let mut fs = std::io::Cursor::new(volume);
+    let mut ntfs = ntfs::Ntfs::new(&mut fs).unwrap();
+    ntfs.read_upcase_table(&mut fs).unwrap();
+    let root = ntfs.root_directory(&mut fs).unwrap();
+    let index = root.directory_index(&mut fs).unwrap();
+    let mut finder = index.finder();
+    let entry = ntfs::indexes::NtfsFileNameIndex::find(&mut finder, &ntfs, &mut fs, name).unwrap().unwrap();
+    read_file(volume, entry.file_reference().file_record_number())
+}
+
+/// Runs the winbundle binary.
+pub fn winbundle(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle")).args(args).output().unwrap()
+}
+
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
