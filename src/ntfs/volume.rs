@@ -187,6 +187,11 @@ impl<'d> NtfsVolume<'d> {
         Ok(out)
     }
 
+    /// File record `n` with its fixups undone.
+    pub fn read_record(&self, n: u64) -> Result<Vec<u8>, NtfsError> {
+        self.mft.read_record(self.disk, n)
+    }
+
     /// The unnamed `$DATA` stream of a record.
     pub fn file_data(&self, record: u64) -> Result<FileData, NtfsError> {
         self.mft.file_data(self.disk, record)

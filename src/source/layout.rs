@@ -88,6 +88,20 @@ impl DiskLayout {
     }
 }
 
+/// True when the last sector of the partition (at 512 or 4096 bytes) is an NTFS boot sector.
+fn backup_boot_sector_is_ntfs(disk: &DiskFile, p: &Partition) -> Result<bool, SourceError> {
+    for ss in [512u64, 4096] {
+        if p.length >= 2 * ss {
+            let mut s = vec![0u8; 512];
+            disk.read_exact_at(&mut s, p.offset + p.length - ss)?;
+            if detect_fs(&s) == FileSystem::Ntfs {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 fn describe(p: &PartitionInfo) -> String {
     let mut s = format!("partition {} ({}", p.partition.index, p.fs);
     if let Some(l) = &p.label {
@@ -103,21 +117,31 @@ pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, Sourc
     let mut partitions = Vec::new();
     for p in &table.partitions {
         let mut sector = [0u8; 512];
-        let fs = if p.length >= 512 {
+        let mut fs = if p.length >= 512 {
             disk.read_exact_at(&mut sector, p.offset)?;
             detect_fs(&sector)
         } else {
             FileSystem::Unknown
         };
+        let mut error = None;
+        if fs == FileSystem::Unknown && backup_boot_sector_is_ntfs(disk, p)? {
+            // The primary boot sector is gone but NTFS's backup copy survives: this is a
+            // damaged NTFS volume, possibly C:, and must not be passed over silently.
+            fs = FileSystem::Ntfs;
+            error = Some(
+                "its boot sector is damaged (the backup boot sector at the end of the partition is intact: `ntfsfix` or `chkdsk` can restore it)"
+                    .to_string(),
+            );
+        }
         let mut info = PartitionInfo {
             partition: p.clone(),
             fs,
             label: None,
             has_windows: false,
-            error: None,
+            error,
             excluded_because: None,
         };
-        if fs == FileSystem::Ntfs {
+        if fs == FileSystem::Ntfs && info.error.is_none() {
             match NtfsVolume::open(disk, p.offset, p.length) {
                 Ok(vol) => {
                     info.label = vol.facts().label.clone();

@@ -309,13 +309,16 @@ fn read_gpt(disk: &DiskFile, ss: u32) -> Result<PartitionTable, SourceError> {
             {
                 Ok(ok) => {
                     warnings.push(format!(
-                        "the primary GPT is damaged ({primary}); the backup GPT at the end of the disk was used"
+                        "the primary GPT is damaged ({}); the backup GPT at the end of the disk was used",
+                        table_msg(primary)
                     ));
                     ok
                 }
                 Err(backup) => {
                     return Err(SourceError::Table(format!(
-                        "primary GPT: {primary}; backup GPT: {backup}"
+                        "primary GPT: {}; backup GPT: {}",
+                        table_msg(primary),
+                        table_msg(backup)
                     )));
                 }
             }
@@ -323,6 +326,14 @@ fn read_gpt(disk: &DiskFile, ss: u32) -> Result<PartitionTable, SourceError> {
     };
     let _ = (header.my_lba, header.alternate_lba);
     finish(disk, TableKind::Gpt, ss, Some(header.disk_guid), parts, warnings)
+}
+
+/// The message of a table error without the "bad partition table" prefix.
+fn table_msg(e: SourceError) -> String {
+    match e {
+        SourceError::Table(m) => m,
+        other => other.to_string(),
+    }
 }
 
 fn read_gpt_backup_only(disk: &DiskFile, ss: u32) -> Result<PartitionTable, SourceError> {
