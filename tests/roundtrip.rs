@@ -200,3 +200,15 @@ fn pipe_through(cmd: &str, args: &[&str], input: &[u8]) -> Vec<u8> {
     assert!(out.status.success());
     out.stdout
 }
+
+#[test]
+fn lookups_inside_a_directory_whose_index_spans_two_records() {
+    // \many holds 14,000 files: its $INDEX_ALLOCATION is split across an attribute list, which
+    // the ntfs crate alone cannot follow.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("attrlist-volume.img", dir.path());
+    let disk = winbundle::source::DiskFile::open(&src).unwrap();
+    let opts = PlanOptions { partition: None, excludes: vec!["\\many\\s13999".into(), "\\many\\s1".into()], default_excludes: false };
+    let plan = winbundle::bundle::plan::Plan::analyse(&disk, &opts).unwrap();
+    assert!(plan.exclusions.items.iter().all(|x| x.found && x.files == 1), "{:?}", plan.exclusions.items);
+}

@@ -78,7 +78,7 @@ impl MftMap {
         if let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) {
             map.has_attribute_list = true;
             let list = map.attribute_list_bytes(disk, &rec0, list_attr, 0)?;
-            let mut entries = record::attribute_list_entries(&list, ATTR_DATA, 0)?;
+            let mut entries = record::attribute_list_entries(&list, ATTR_DATA, &[], 0)?;
             entries.sort_unstable();
             for (vcn, rec_no) in entries {
                 if vcn == 0 {
@@ -94,7 +94,8 @@ impl MftMap {
                     return Err(NtfsError::Mft("the attribute list sends $DATA back to record 0".into()));
                 }
                 let rec = map.read_record(disk, rec_no)?;
-                let runs = extent_runs(&rec, rec_no, vcn, clusters)?;
+                let a = find_attr(&rec, rec_no, ATTR_DATA, &[], Some(vcn))?;
+                let runs = extent_runs(&rec, rec_no, &a, vcn, clusters)?;
                 map.runs.extend(runs);
             }
         }
@@ -133,25 +134,8 @@ impl MftMap {
     }
 
     /// Reads `buf.len()` bytes of the MFT stream from `offset` (relative to the MFT's start).
-    pub fn read_bytes(&self, disk: &DiskFile, mut offset: u64, mut buf: &mut [u8]) -> Result<(), NtfsError> {
-        while !buf.is_empty() {
-            let vcn = offset / self.cluster_size;
-            let i = self.runs.partition_point(|r| r.vcn + r.count <= vcn);
-            let run = self
-                .runs
-                .get(i)
-                .filter(|r| r.vcn <= vcn)
-                .ok_or_else(|| NtfsError::Mft(format!("byte {offset} of the MFT is not mapped by its runs")))?;
-            let lcn = run.lcn.ok_or_else(|| NtfsError::Mft(format!("byte {offset} of the MFT is sparse")))?;
-            let run_end = (run.vcn + run.count) * self.cluster_size;
-            let n = ((run_end - offset) as usize).min(buf.len());
-            let pos = lcn * self.cluster_size + (offset - run.vcn * self.cluster_size);
-            let (head, tail) = buf.split_at_mut(n);
-            disk.read_exact_at(head, self.volume_offset + pos)?;
-            buf = tail;
-            offset += n as u64;
-        }
-        Ok(())
+    pub fn read_bytes(&self, disk: &DiskFile, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
+        read_runs(disk, self.volume_offset, self.cluster_size, &self.runs, offset, buf)
     }
 
     /// Reads record `n` with its fixups undone.
@@ -168,7 +152,7 @@ impl MftMap {
         Ok(rec)
     }
 
-    fn attribute_list_bytes(
+    pub fn attribute_list_bytes(
         &self,
         disk: &DiskFile,
         rec: &[u8],
@@ -207,72 +191,83 @@ impl MftMap {
 
     /// The unnamed `$DATA` stream of record `n`, following its attribute list if it has one.
     pub fn file_data(&self, disk: &DiskFile, n: u64) -> Result<FileData, NtfsError> {
+        let x = self.extents(disk, n, ATTR_DATA, &[])?.ok_or_else(|| NtfsError::Record {
+            record: n,
+            problem: "no unnamed $DATA attribute".into(),
+        })?;
+        Ok(FileData { size: x.size, runs: x.runs, resident: x.resident })
+    }
+
+    /// All extents of attribute (`ty`, `name` as UTF-16LE bytes) of record `n`, in VCN order.
+    pub fn extents(&self, disk: &DiskFile, n: u64, ty: u32, name: &[u8]) -> Result<Option<Extents>, NtfsError> {
         let rec = self.read_record(disk, n)?;
         if !record::in_use(&rec) {
             return Err(NtfsError::Record { record: n, problem: "the record is not in use".into() });
         }
         let attrs = record::attributes(&rec, n)?;
-        if let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) {
-            let list = self.attribute_list_bytes(disk, &rec, list_attr, n)?;
-            let mut entries = record::attribute_list_entries(&list, ATTR_DATA, n)?;
-            entries.sort_unstable();
-            entries.dedup();
-            if !entries.is_empty() {
-                let mut runs: Vec<Run> = Vec::new();
-                let mut size = None;
-                for (vcn, rec_no) in entries {
-                    let next = runs.last().map_or(0, |r| r.vcn + r.count);
-                    if vcn != next {
-                        return Err(NtfsError::Record {
-                            record: n,
-                            problem: format!("$DATA extent in record {rec_no} starts at VCN {vcn}, expected {next}"),
-                        });
-                    }
-                    let other;
-                    let r = if rec_no == n {
-                        &rec
-                    } else {
-                        other = self.read_record(disk, rec_no)?;
-                        &other
-                    };
-                    if vcn == 0 {
-                        // The first extent may be resident (a small file whose list exists for other reasons).
-                        let a = find_data(r, rec_no, 0)?;
-                        if !a.non_resident {
-                            let v = a.resident_value(r, rec_no)?;
-                            return Ok(FileData { size: v.len() as u64, runs: Vec::new(), resident: true });
-                        }
-                        size = Some(a.non_resident(r, rec_no)?.data_size);
-                    }
-                    runs.extend(extent_runs(r, rec_no, vcn, self.clusters)?);
-                }
-                let size = size.ok_or_else(|| NtfsError::Record { record: n, problem: "no $DATA extent at VCN 0".into() })?;
-                return Ok(FileData { size, runs, resident: false });
+        let mut pieces: Vec<(u64, u64)> = match attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) {
+            Some(list_attr) => {
+                let list = self.attribute_list_bytes(disk, &rec, list_attr, n)?;
+                record::attribute_list_entries(&list, ty, name, n)?
             }
+            None => Vec::new(),
+        };
+        if pieces.is_empty() {
+            if find_attr(&rec, n, ty, name, None).is_err() {
+                return Ok(None);
+            }
+            pieces.push((0, n));
         }
-        let a = find_data(&rec, n, 0)?;
-        if !a.non_resident {
-            let v = a.resident_value(&rec, n)?;
-            return Ok(FileData { size: v.len() as u64, runs: Vec::new(), resident: true });
+        pieces.sort_unstable();
+        pieces.dedup();
+        let mut runs: Vec<Run> = Vec::new();
+        let mut size = 0;
+        let mut first_record = n;
+        for (vcn, rec_no) in pieces {
+            let next = runs.last().map_or(0, |r| r.vcn + r.count);
+            if vcn != next {
+                return Err(NtfsError::Record {
+                    record: n,
+                    problem: format!("attribute 0x{ty:x} extent in record {rec_no} starts at VCN {vcn}, expected {next}"),
+                });
+            }
+            let other;
+            let r = if rec_no == n {
+                &rec
+            } else {
+                other = self.read_record(disk, rec_no)?;
+                &other
+            };
+            let a = find_attr(r, rec_no, ty, name, Some(vcn))?;
+            if vcn == 0 {
+                first_record = rec_no;
+                if !a.non_resident {
+                    let v = a.resident_value(r, rec_no)?;
+                    return Ok(Some(Extents { size: v.len() as u64, runs: Vec::new(), resident: true, first_record }));
+                }
+                size = a.non_resident(r, rec_no)?.data_size;
+            }
+            runs.extend(extent_runs(r, rec_no, &a, vcn, self.clusters)?);
         }
-        let nr = a.non_resident(&rec, n)?;
-        let runs = extent_runs(&rec, n, 0, self.clusters)?;
-        Ok(FileData { size: nr.data_size, runs, resident: false })
+        Ok(Some(Extents { size, runs, resident: false, first_record }))
     }
 
-    /// A copy of record 0 whose `$DATA` is one run of the whole MFT at `virtual_lcn`, so that the
-    /// `ntfs` crate (which reads only record 0's first `$DATA` extent) can reach every record.
-    pub fn patched_record0(&self, disk: &DiskFile, mft_position: u64, virtual_lcn: u64) -> Result<Vec<u8>, NtfsError> {
-        let mut rec = vec![0u8; self.record_size as usize];
-        disk.read_exact_at(&mut rec, self.volume_offset + mft_position)?;
-        record::apply_fixups(&mut rec, 0)?;
-        let attrs = record::attributes(&rec, 0)?;
-        let data = attrs
-            .iter()
-            .find(|a| a.ty == ATTR_DATA && a.name_len == 0 && a.non_resident)
-            .ok_or_else(|| NtfsError::Mft("record 0 has no non-resident $DATA attribute".into()))?;
-        let nr = data.non_resident(&rec, 0)?;
-        let total = self.cluster_count();
+    /// Rewrites, in the decoded record `rec`, the first extent of attribute (`ty`, `name`) as one
+    /// run of `total` clusters at `virtual_lcn` (the caller redoes the fixups). This lets the `ntfs`
+    /// crate (which cannot follow a non-resident attribute into a second extent) read it whole.
+    pub fn patch_first_extent(
+        rec: &mut [u8],
+        rec_no: u64,
+        ty: u32,
+        name: &[u8],
+        total: u64,
+        virtual_lcn: u64,
+    ) -> Result<(), NtfsError> {
+        let data = find_attr(rec, rec_no, ty, name, Some(0))?;
+        if !data.non_resident {
+            return Err(NtfsError::Record { record: rec_no, problem: "cannot remap a resident attribute".into() });
+        }
+        let nr = data.non_resident(rec, rec_no)?;
         let encoded = record::encode_single_run(total, virtual_lcn);
         let attr_end = data.offset + data.length;
         let room = attr_end - nr.mapping_pairs;
@@ -282,7 +277,10 @@ impl MftMap {
             let used = u32::from_le_bytes([rec[0x18], rec[0x19], rec[0x1a], rec[0x1b]]) as usize;
             let allocated = u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
             if used < attr_end || used + grow > allocated.min(rec.len()) {
-                return Err(NtfsError::Mft("no room in record 0 to describe the MFT as one run".into()));
+                return Err(NtfsError::Record {
+                    record: rec_no,
+                    problem: format!("no room to describe attribute 0x{ty:x} as one run"),
+                });
             }
             rec.copy_within(attr_end..used, attr_end + grow);
             rec[0x18..0x1c].copy_from_slice(&((used + grow) as u32).to_le_bytes());
@@ -292,30 +290,125 @@ impl MftMap {
         rec[mp..attr_end + grow].fill(0);
         rec[mp..mp + encoded.len()].copy_from_slice(&encoded);
         rec[data.offset + 0x18..data.offset + 0x20].copy_from_slice(&(total - 1).to_le_bytes());
-        record::encode_fixups(&mut rec);
-        Ok(rec)
+        Ok(())
+    }
+
+    /// Writes `list` as the value of the resident `$ATTRIBUTE_LIST` of the decoded record `rec`
+    /// (no longer than the value it replaces).
+    pub fn set_resident_list(rec: &mut [u8], rec_no: u64, list: &[u8]) -> Result<(), NtfsError> {
+        let a = record::attributes(rec, rec_no)?
+            .into_iter()
+            .find(|a| a.ty == ATTR_ATTRIBUTE_LIST && !a.non_resident)
+            .ok_or_else(|| NtfsError::Record { record: rec_no, problem: "no resident $ATTRIBUTE_LIST".into() })?;
+        let old = a.resident_value(rec, rec_no)?.len();
+        if list.len() > old {
+            return Err(NtfsError::Record { record: rec_no, problem: "a longer $ATTRIBUTE_LIST".into() });
+        }
+        let vofs = a.offset + u16::from_le_bytes([rec[a.offset + 0x14], rec[a.offset + 0x15]]) as usize;
+        rec[vofs..vofs + old].fill(0);
+        rec[vofs..vofs + list.len()].copy_from_slice(list);
+        rec[a.offset + 0x10..a.offset + 0x14].copy_from_slice(&(list.len() as u32).to_le_bytes());
+        Ok(())
+    }
+
+    /// Points the non-resident `$ATTRIBUTE_LIST` of the decoded record `rec` at `clusters`
+    /// clusters at `virtual_lcn` holding `len` bytes.
+    pub fn set_virtual_list(rec: &mut [u8], rec_no: u64, clusters: u64, virtual_lcn: u64, len: u64, cluster_size: u64) -> Result<(), NtfsError> {
+        Self::patch_first_extent(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], clusters, virtual_lcn)?;
+        let a = find_attr(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], Some(0))?;
+        rec[a.offset + 0x28..a.offset + 0x30].copy_from_slice(&(clusters * cluster_size).to_le_bytes());
+        rec[a.offset + 0x30..a.offset + 0x38].copy_from_slice(&len.to_le_bytes());
+        rec[a.offset + 0x38..a.offset + 0x40].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    /// Record numbers whose bytes overlap MFT stream bytes [start, end).
+    pub fn records_in(&self, start: u64, end: u64) -> std::ops::Range<u64> {
+        start / self.record_size..end.div_ceil(self.record_size).min(self.record_count())
+    }
+
+    /// MFT stream offset of the real volume byte `pos`, when it lies inside the MFT.
+    pub fn stream_offset_of(&self, pos: u64) -> Option<u64> {
+        let lcn = pos / self.cluster_size;
+        self.runs.iter().find_map(|r| {
+            let l = r.lcn?;
+            (lcn >= l && lcn < l + r.count).then(|| (r.vcn + lcn - l) * self.cluster_size + pos % self.cluster_size)
+        })
+    }
+
+    pub fn runs(&self) -> &[Run] {
+        &self.runs
+    }
+
+    pub fn record_size(&self) -> u64 {
+        self.record_size
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.cluster_size
     }
 }
 
-fn find_data(rec: &[u8], rec_no: u64, lowest_vcn: u64) -> Result<record::Attribute, NtfsError> {
+/// Every extent of one attribute, joined.
+#[derive(Debug, Clone)]
+pub struct Extents {
+    pub size: u64,
+    pub runs: Vec<Run>,
+    pub resident: bool,
+    /// The record that holds the extent starting at VCN 0.
+    pub first_record: u64,
+}
+
+/// Reads `buf.len()` bytes at `offset` of the stream that `runs` describe (sparse runs read as zeros).
+pub fn read_runs(
+    disk: &DiskFile,
+    volume_offset: u64,
+    cluster_size: u64,
+    runs: &[Run],
+    mut offset: u64,
+    mut buf: &mut [u8],
+) -> Result<(), NtfsError> {
+    while !buf.is_empty() {
+        let vcn = offset / cluster_size;
+        let i = runs.partition_point(|r| r.vcn + r.count <= vcn);
+        let run = runs
+            .get(i)
+            .filter(|r| r.vcn <= vcn)
+            .ok_or_else(|| NtfsError::Crate(format!("byte {offset} of a remapped attribute is past its runs")))?;
+        let run_end = (run.vcn + run.count) * cluster_size;
+        let n = ((run_end - offset) as usize).min(buf.len());
+        let (head, tail) = buf.split_at_mut(n);
+        match run.lcn {
+            Some(lcn) => disk.read_exact_at(head, volume_offset + lcn * cluster_size + (offset - run.vcn * cluster_size))?,
+            None => head.fill(0),
+        }
+        buf = tail;
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+fn find_attr(rec: &[u8], rec_no: u64, ty: u32, name: &[u8], lowest_vcn: Option<u64>) -> Result<record::Attribute, NtfsError> {
     record::attributes(rec, rec_no)?
         .into_iter()
         .find(|a| {
-            a.ty == ATTR_DATA
-                && a.name_len == 0
-                && (!a.non_resident || a.non_resident(rec, rec_no).is_ok_and(|nr| nr.lowest_vcn == lowest_vcn))
+            a.ty == ty
+                && a.name(rec) == Some(name)
+                && match lowest_vcn {
+                    None => true,
+                    Some(v) => !a.non_resident || a.non_resident(rec, rec_no).is_ok_and(|nr| nr.lowest_vcn == v),
+                }
         })
         .ok_or_else(|| NtfsError::Record {
             record: rec_no,
-            problem: format!("no unnamed $DATA attribute starting at VCN {lowest_vcn}"),
+            problem: format!("no attribute 0x{ty:x} starting at VCN {}", lowest_vcn.unwrap_or(0)),
         })
 }
 
-/// The runs of the unnamed non-resident `$DATA` extent of `rec` that starts at `vcn`.
-fn extent_runs(rec: &[u8], rec_no: u64, vcn: u64, clusters: u64) -> Result<Vec<Run>, NtfsError> {
-    let a = find_data(rec, rec_no, vcn)?;
+/// The runs of the non-resident extent `a` of `rec`, which starts at `vcn`.
+fn extent_runs(rec: &[u8], rec_no: u64, a: &record::Attribute, vcn: u64, clusters: u64) -> Result<Vec<Run>, NtfsError> {
     if !a.non_resident {
-        return Err(NtfsError::Record { record: rec_no, problem: "a resident $DATA extent in an attribute list".into() });
+        return Err(NtfsError::Record { record: rec_no, problem: "a resident extent in an attribute list".into() });
     }
     let nr = a.non_resident(rec, rec_no)?;
     let runs = record::decode_runs(&rec[nr.mapping_pairs..a.offset + a.length], vcn, clusters, rec_no)?;
@@ -324,8 +417,8 @@ fn extent_runs(rec: &[u8], rec_no: u64, vcn: u64, clusters: u64) -> Result<Vec<R
         return Err(NtfsError::Record {
             record: rec_no,
             problem: format!(
-                "$DATA extent claims VCNs {vcn}..={} but its runs cover {vcn}..{covered}",
-                nr.highest_vcn
+                "attribute 0x{:x} extent claims VCNs {vcn}..={} but its runs cover {vcn}..{covered}",
+                a.ty, nr.highest_vcn
             ),
         });
     }

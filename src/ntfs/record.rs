@@ -86,6 +86,16 @@ pub struct Attribute {
 }
 
 impl Attribute {
+    /// The attribute's name as raw UTF-16LE bytes.
+    pub fn name<'a>(&self, rec: &'a [u8]) -> Option<&'a [u8]> {
+        let ofs = u16::from_le_bytes([rec[self.offset + 10], rec[self.offset + 11]]) as usize;
+        let len = self.name_len as usize * 2;
+        if len == 0 {
+            return Some(&[]);
+        }
+        rec.get(self.offset + ofs..self.offset + ofs + len).filter(|_| ofs + len <= self.length)
+    }
+
     /// The resident value bytes.
     pub fn resident_value<'a>(&self, rec: &'a [u8], record: u64) -> Result<&'a [u8], NtfsError> {
         let a = &rec[self.offset..self.offset + self.length];
@@ -243,8 +253,49 @@ pub fn encode_single_run(count: u64, lcn: u64) -> Vec<u8> {
     out
 }
 
-/// Attribute-list entries of one attribute type and name-less: (lowest VCN, record number).
-pub fn attribute_list_entries(list: &[u8], ty: u32, record: u64) -> Result<Vec<(u64, u64)>, NtfsError> {
+/// Every (type, name) in an attribute list, once each.
+pub fn attribute_list_names(list: &[u8]) -> Vec<(u32, Vec<u8>)> {
+    let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut pos = 0usize;
+    while pos + 26 <= list.len() {
+        let len = u16::from_le_bytes([list[pos + 4], list[pos + 5]]) as usize;
+        if len < 26 || pos + len > list.len() {
+            break;
+        }
+        let (name_len, name_ofs) = (list[pos + 6] as usize * 2, list[pos + 7] as usize);
+        if let Some(name) = list.get(pos + name_ofs..pos + name_ofs + name_len) {
+            let key = (u32_at(list, pos), name.to_vec());
+            if !out.contains(&key) {
+                out.push(key);
+            }
+        }
+        pos += len;
+    }
+    out
+}
+
+/// `list` without the entries of later extents (lowest VCN > 0) of the attributes in `drop`.
+pub fn prune_attribute_list(list: &[u8], drop: &[(u32, Vec<u8>)]) -> Vec<u8> {
+    let mut kept = Vec::with_capacity(list.len());
+    let mut pos = 0usize;
+    while pos + 26 <= list.len() {
+        let len = u16::from_le_bytes([list[pos + 4], list[pos + 5]]) as usize;
+        if len < 26 || pos + len > list.len() {
+            break;
+        }
+        let e = &list[pos..pos + len];
+        let (nl, no) = (e[6] as usize * 2, e[7] as usize);
+        let name = e.get(no..no + nl).unwrap_or_default();
+        if !(u64_at(e, 8) > 0 && drop.iter().any(|(t, n)| *t == u32_at(e, 0) && n.as_slice() == name)) {
+            kept.extend_from_slice(e);
+        }
+        pos += len;
+    }
+    kept
+}
+
+/// Attribute-list entries of attribute (`ty`, `name` as UTF-16LE bytes): (lowest VCN, record number).
+pub fn attribute_list_entries(list: &[u8], ty: u32, name: &[u8], record: u64) -> Result<Vec<(u64, u64)>, NtfsError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos + 26 <= list.len() {
@@ -253,8 +304,9 @@ pub fn attribute_list_entries(list: &[u8], ty: u32, record: u64) -> Result<Vec<(
         if len < 26 || pos + len > list.len() {
             return Err(bad(record, format!("$ATTRIBUTE_LIST entry at byte {pos} has a bad length {len}")));
         }
-        let name_len = list[pos + 6];
-        if ety == ty && name_len == 0 {
+        let (name_len, name_ofs) = (list[pos + 6] as usize * 2, list[pos + 7] as usize);
+        let ename = list.get(pos + name_ofs..pos + name_ofs + name_len).filter(|_| name_ofs + name_len <= len);
+        if ety == ty && ename == Some(name) {
             let lowest_vcn = u64_at(list, pos + 8);
             let reference = u64_at(list, pos + 16) & 0x0000_ffff_ffff_ffff;
             out.push((lowest_vcn, reference));

@@ -1,8 +1,6 @@
 //! One NTFS volume on the source: boot-sector facts, label, path lookup (through the `ntfs`
 //! crate's directory indexes) and file data runs (through [`super::mft::MftMap`]).
 
-use std::sync::Arc;
-
 use ntfs::Ntfs;
 use ntfs::indexes::NtfsFileNameIndex;
 
@@ -48,8 +46,7 @@ pub struct NtfsVolume<'d> {
     offset: u64,
     length: u64,
     ntfs: Ntfs,
-    mft: MftMap,
-    remap: Option<Arc<Remap>>,
+    remap: Remap<'d>,
     facts: NtfsFacts,
 }
 
@@ -64,8 +61,8 @@ impl<'d> NtfsVolume<'d> {
                 String::from_utf8_lossy(&boot[3..11])
             )));
         }
-        let mut plain = VolumeReader::new(disk, offset, length, None);
-        let mut ntfs = Ntfs::new(&mut plain).map_err(|e| NtfsError::BootSector(e.to_string()))?;
+        let mut ntfs = Ntfs::new(&mut std::io::Cursor::new(&boot[..]))
+            .map_err(|e| NtfsError::BootSector(e.to_string()))?;
         let cluster_size = ntfs.cluster_size() as u64;
         if ntfs.size() > length {
             return Err(NtfsError::BootSector(format!(
@@ -87,19 +84,10 @@ impl<'d> NtfsVolume<'d> {
         }
         let record_size = ntfs.file_record_size() as u64;
         let mft = MftMap::load(disk, offset, mft_position, cluster_size, record_size, clusters)?;
-        let remap = if mft.has_attribute_list {
-            let virtual_lcn = length.div_ceil(cluster_size) + 16;
-            let record0 = mft.patched_record0(disk, mft_position, virtual_lcn)?;
-            Some(Arc::new(Remap {
-                map: mft.clone(),
-                record0,
-                real_record0: mft_position,
-                virtual_start: virtual_lcn * cluster_size,
-            }))
-        } else {
-            None
-        };
-        let mut fs = VolumeReader::new(disk, offset, length, remap.clone());
+        let has_attribute_list = mft.has_attribute_list;
+        let records = mft.record_count();
+        let remap = Remap::new(disk, mft, offset, length);
+        let mut fs = VolumeReader::new(&remap);
         ntfs.read_upcase_table(&mut fs)?;
         let label = match ntfs.volume_name(&mut fs) {
             Some(Ok(name)) => Some(name.name().to_string_lossy()),
@@ -116,10 +104,10 @@ impl<'d> NtfsVolume<'d> {
             fs_size: ntfs.size(),
             cluster_count: clusters,
             mft_record_size: ntfs.file_record_size(),
-            mft_records: mft.record_count(),
-            mft_attribute_list: mft.has_attribute_list,
+            mft_records: records,
+            mft_attribute_list: has_attribute_list,
         };
-        Ok(Self { disk, offset, length, ntfs, mft, remap, facts })
+        Ok(Self { disk, offset, length, ntfs, remap, facts })
     }
 
     pub fn facts(&self) -> &NtfsFacts {
@@ -140,8 +128,8 @@ impl<'d> NtfsVolume<'d> {
         self.length
     }
 
-    fn reader(&self) -> VolumeReader<'d> {
-        VolumeReader::new(self.disk, self.offset, self.length, self.remap.clone())
+    fn reader(&self) -> VolumeReader<'_, 'd> {
+        VolumeReader::new(&self.remap)
     }
 
     /// Looks up a root-relative path (`\Windows\System32`, `/pagefile.sys`), case-insensitively.
@@ -189,11 +177,11 @@ impl<'d> NtfsVolume<'d> {
 
     /// File record `n` with its fixups undone.
     pub fn read_record(&self, n: u64) -> Result<Vec<u8>, NtfsError> {
-        self.mft.read_record(self.disk, n)
+        self.remap.map().read_record(self.disk, n)
     }
 
     /// The unnamed `$DATA` stream of a record.
     pub fn file_data(&self, record: u64) -> Result<FileData, NtfsError> {
-        self.mft.file_data(self.disk, record)
+        self.remap.map().file_data(self.disk, record)
     }
 }
