@@ -53,6 +53,7 @@ impl Error {
             Error::Source(_) => "InvalidSource",
             Error::Ntfs { .. } => "InvalidSource",
             Error::Store(StoreError::BundleExists { .. }) => "BundleExists",
+            Error::Store(StoreError::InvalidName { .. }) => "InvalidParameterValue",
             Error::Store(StoreError::NotFound { .. }) => "NoSuchBundle",
             Error::Store(_) => "StorageError",
             Error::Format(FormatError::Integrity { .. }) => "IntegrityError",
@@ -103,7 +104,7 @@ impl Error {
         match self {
             Error::InvalidParameter { .. } => 2,
             Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => 2,
-            Error::Store(StoreError::BundleExists { .. }) => 2,
+            Error::Store(StoreError::BundleExists { .. } | StoreError::InvalidName { .. }) => 2,
             Error::Source(_) | Error::Ntfs { .. } => 3,
             Error::Format(_) => 4,
             Error::Cancelled => 130,
