@@ -20,19 +20,32 @@ fn inspect_json_describes_the_disk() {
     assert_eq!(v["partition_table"], "gpt");
     assert_eq!(v["partitions"].as_array().unwrap().len(), 4);
     assert_eq!(v["root"]["index"], 3);
-    assert!(v["root"]["reason"].as_str().unwrap().contains("Windows\\System32"));
+    assert!(
+        v["root"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Windows\\System32")
+    );
     assert_eq!(v["ntfs"]["cluster_size"], 4096);
     assert_eq!(v["excluded_files"][0]["path"], "\\pagefile.sys");
     assert_eq!(v["excluded_files"][0]["size"], 1 << 20);
     let read = v["bytes_to_read"].as_u64().unwrap();
     let allocated = v["allocated_bytes"].as_u64().unwrap();
     assert!(read < allocated, "{read} {allocated}");
-    let excluded: Vec<u64> = v["excluded_partitions"].as_array().unwrap().iter().map(|p| p["index"].as_u64().unwrap()).collect();
+    let excluded: Vec<u64> = v["excluded_partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(excluded, vec![1, 2, 4]);
     // The text form names the root and the left-out files.
     let o = winbundle(&["inspect", s(&src)]);
     let text = String::from_utf8(o.stdout).unwrap();
-    assert!(text.contains("ROOT (C:)") && text.contains("\\pagefile.sys"), "{text}");
+    assert!(
+        text.contains("ROOT (C:)") && text.contains("\\pagefile.sys"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -41,8 +54,19 @@ fn bundle_instance_prints_the_ec2_xml_document() {
     let src = fixture("bare-volume.img", dir.path());
     let store = dir.path().join("store");
     let o = winbundle(&[
-        "bundle-instance", s(&src), "--bucket", "my-bucket", "--prefix", "winami", "--local-store", s(&store),
-        "--instance-id", "i-1234567890abcdef0", "--output", "xml", "--quiet",
+        "bundle-instance",
+        s(&src),
+        "--bucket",
+        "my-bucket",
+        "--prefix",
+        "winami",
+        "--local-store",
+        s(&store),
+        "--instance-id",
+        "i-1234567890abcdef0",
+        "--output",
+        "xml",
+        "--quiet",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let xml = String::from_utf8(o.stdout).unwrap();
@@ -54,7 +78,10 @@ fn bundle_instance_prints_the_ec2_xml_document() {
         match reader.read_event().unwrap() {
             Event::Start(e) => {
                 if path.is_empty() {
-                    ns = e.try_get_attribute("xmlns").unwrap().map(|a| String::from_utf8(a.value.to_vec()).unwrap());
+                    ns = e
+                        .try_get_attribute("xmlns")
+                        .unwrap()
+                        .map(|a| String::from_utf8(a.value.to_vec()).unwrap());
                 }
                 path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
             }
@@ -68,8 +95,16 @@ fn bundle_instance_prints_the_ec2_xml_document() {
             _ => {}
         }
     }
-    assert_eq!(ns.as_deref(), Some("http://ec2.amazonaws.com/doc/2016-11-15/"));
-    let f = |k: &str| fields.get(&format!("BundleInstanceResponse/{k}")).cloned().unwrap_or_default();
+    assert_eq!(
+        ns.as_deref(),
+        Some("http://ec2.amazonaws.com/doc/2016-11-15/")
+    );
+    let f = |k: &str| {
+        fields
+            .get(&format!("BundleInstanceResponse/{k}"))
+            .cloned()
+            .unwrap_or_default()
+    };
     assert_eq!(f("requestId").len(), 36);
     assert_eq!(f("bundleInstanceTask/instanceId"), "i-1234567890abcdef0");
     let id = f("bundleInstanceTask/bundleId");
@@ -80,7 +115,10 @@ fn bundle_instance_prints_the_ec2_xml_document() {
     assert_eq!(f("bundleInstanceTask/storage/S3/prefix"), "winami");
     for t in ["startTime", "updateTime"] {
         let v = f(&format!("bundleInstanceTask/{t}"));
-        assert!(v.len() == 24 && v.ends_with('Z') && v.as_bytes()[19] == b'.', "{t} = {v}");
+        assert!(
+            v.len() == 24 && v.ends_with('Z') && v.as_bytes()[19] == b'.',
+            "{t} = {v}"
+        );
     }
     assert!(store.join("my-bucket/winami.manifest.json").is_file());
 }
@@ -90,7 +128,20 @@ fn bundle_json_then_restore_to_stdout_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("mbr-disk.img", dir.path());
     let store = dir.path().join("store");
-    let o = winbundle(&["bundle-instance", s(&src), "--bucket", "bkt", "--prefix", "p/x", "--local-store", s(&store), "--chunk-size", "256K", "--threads", "1"]);
+    let o = winbundle(&[
+        "bundle-instance",
+        s(&src),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p/x",
+        "--local-store",
+        s(&store),
+        "--chunk-size",
+        "256K",
+        "--threads",
+        "1",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let t = &v["BundleTask"];
@@ -100,14 +151,45 @@ fn bundle_json_then_restore_to_stdout_and_verify() {
     assert_eq!(t["Storage"]["S3"]["Prefix"], "p/x");
     assert_eq!(v["Bundle"]["Chunks"], 128);
     let file = dir.path().join("r.img");
-    let o = winbundle(&["restore", "--bucket", "bkt", "--prefix", "p/x", "--local-store", s(&store), "--output", s(&file), "--json"]);
+    let o = winbundle(&[
+        "restore",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p/x",
+        "--local-store",
+        s(&store),
+        "--output",
+        s(&file),
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["VolumeSize"], 32 << 20);
-    let o = winbundle(&["restore", "--bucket", "bkt", "--prefix", "p/x", "--local-store", s(&store), "--output", "-", "--quiet"]);
+    let o = winbundle(&[
+        "restore",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p/x",
+        "--local-store",
+        s(&store),
+        "--output",
+        "-",
+        "--quiet",
+    ]);
     assert!(o.status.success());
     assert_eq!(o.stdout, std::fs::read(&file).unwrap());
-    let o = winbundle(&["verify", "--bucket", "bkt", "--prefix", "p/x", "--local-store", s(&store), "--json"]);
+    let o = winbundle(&[
+        "verify",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p/x",
+        "--local-store",
+        s(&store),
+        "--json",
+    ]);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["Valid"], true);
     // Tamper: verify exits 4 and names the object.
@@ -116,7 +198,15 @@ fn bundle_json_then_restore_to_stdout_and_verify() {
     let n = data.len() / 3;
     data[n] ^= 0xff;
     std::fs::write(&obj, data).unwrap();
-    let o = winbundle(&["verify", "--bucket", "bkt", "--prefix", "p/x", "--local-store", s(&store)]);
+    let o = winbundle(&[
+        "verify",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p/x",
+        "--local-store",
+        s(&store),
+    ]);
     assert_eq!(o.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&o.stderr).contains("p/x.image.zst"));
 }
@@ -126,24 +216,69 @@ fn failures_exit_non_zero_with_a_failed_task_and_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let missing = dir.path().join("no-such.img");
-    let o = winbundle(&["bundle-instance", s(&missing), "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store)]);
+    let o = winbundle(&[
+        "bundle-instance",
+        s(&missing),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(&store),
+    ]);
     assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["BundleTask"]["State"], "failed");
-    assert!(v["BundleTask"]["BundleTaskError"]["Message"].as_str().unwrap().contains("no-such.img"));
+    assert!(
+        v["BundleTask"]["BundleTaskError"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such.img")
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("hint:"), "{err}");
     // Bad parameters are refused before any task exists (exit 2).
     let src = fixture("bare-volume.img", dir.path());
-    let o = winbundle(&["bundle-instance", s(&src), "--bucket", "Bad_Bucket", "--prefix", "p", "--local-store", s(&store)]);
+    let o = winbundle(&[
+        "bundle-instance",
+        s(&src),
+        "--bucket",
+        "Bad_Bucket",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(&store),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid bucket name \"Bad_Bucket\""));
     assert!(o.stdout.is_empty());
-    let o = winbundle(&["bundle-instance", s(&src), "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store), "--chunk-size", "1000"]);
+    let o = winbundle(&[
+        "bundle-instance",
+        s(&src),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(&store),
+        "--chunk-size",
+        "1000",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--chunk-size"));
     // An ambiguous disk (two NTFS volumes, no Windows) asks for --partition.
-    let o = winbundle(&["bundle-instance", s(&src), "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store), "--partition", "7"]);
+    let o = winbundle(&[
+        "bundle-instance",
+        s(&src),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(&store),
+        "--partition",
+        "7",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--partition 7: no such partition"));
 }

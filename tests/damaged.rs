@@ -15,17 +15,29 @@ use winbundle::source::{DiskFile, SourceError};
 
 fn analyse(path: &Path, excludes: &[&str]) -> Result<(), Error> {
     let disk = DiskFile::open(path)?;
-    let opts = PlanOptions { partition: None, excludes: excludes.iter().map(|s| s.to_string()).collect(), default_excludes: true };
+    let opts = PlanOptions {
+        partition: None,
+        excludes: excludes.iter().map(|s| s.to_string()).collect(),
+        default_excludes: true,
+    };
     Plan::analyse(&disk, &opts).map(|_| ())
 }
 
 fn patch(path: &Path, offset: u64, bytes: &[u8]) {
-    std::fs::OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, offset).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, offset)
+        .unwrap();
 }
 
 fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
-    std::fs::File::open(path).unwrap().read_exact_at(&mut b, offset).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, offset)
+        .unwrap();
     b
 }
 
@@ -37,7 +49,11 @@ fn find_record(path: &Path, vol: u64, name: &str) -> (u64, usize, Vec<u8>) {
     let boot = read_at(path, vol, 512);
     let cluster = u16::from_le_bytes([boot[11], boot[12]]) as u64 * boot[13] as u64;
     let mft = u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap()) * cluster;
-    let rs = 1024usize.max(if (boot[0x40] as i8) < 0 { 1 << (-(boot[0x40] as i8)) as u32 } else { boot[0x40] as usize * cluster as usize } as usize);
+    let rs = 1024usize.max(if (boot[0x40] as i8) < 0 {
+        1 << (-(boot[0x40] as i8)) as u32
+    } else {
+        boot[0x40] as usize * cluster as usize
+    });
     let utf16: Vec<u8> = name.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
     for n in 0..4096u64 {
         let at = vol + mft + n * rs as u64;
@@ -45,7 +61,9 @@ fn find_record(path: &Path, vol: u64, name: &str) -> (u64, usize, Vec<u8>) {
         if &rec[0..4] != b"FILE" || record::apply_fixups(&mut rec, n).is_err() {
             continue;
         }
-        let Ok(attrs) = record::attributes(&rec, n) else { continue };
+        let Ok(attrs) = record::attributes(&rec, n) else {
+            continue;
+        };
         for a in attrs.iter().filter(|a| a.ty == record::ATTR_FILE_NAME) {
             let v = a.resident_value(&rec, n).unwrap();
             let len = v[0x40] as usize * 2;
@@ -58,16 +76,31 @@ fn find_record(path: &Path, vol: u64, name: &str) -> (u64, usize, Vec<u8>) {
 }
 
 fn data_attr(rec: &[u8]) -> record::Attribute {
-    record::attributes(rec, 0).unwrap().into_iter().find(|a| a.ty == record::ATTR_DATA && a.name_len == 0).unwrap()
+    record::attributes(rec, 0)
+        .unwrap()
+        .into_iter()
+        .find(|a| a.ty == record::ATTR_DATA && a.name_len == 0)
+        .unwrap()
 }
 
 #[test]
 fn truncated_image_names_the_partition() {
     let dir = tempfile::tempdir().unwrap();
     let img = fixture("gpt-disk.img", dir.path());
-    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(60 << 20).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(60 << 20)
+        .unwrap();
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(matches!(e, Error::Source(SourceError::PartitionPastEnd { index: 3, .. })), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Source(SourceError::PartitionPastEnd { index: 3, .. })
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("truncated"), "{e}");
     assert_eq!(e.exit_code(), 3);
 }
@@ -78,9 +111,20 @@ fn damaged_primary_gpt_falls_back_to_the_backup() {
     let img = fixture("gpt-disk.img", dir.path());
     patch(&img, 512 + 40, &[0xff]);
     let disk = DiskFile::open(&img).unwrap();
-    let plan = Plan::analyse(&disk, &PlanOptions { default_excludes: true, ..Default::default() }).unwrap();
+    let plan = Plan::analyse(
+        &disk,
+        &PlanOptions {
+            default_excludes: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(plan.layout.root.index, 3);
-    assert!(plan.layout.table.warnings[0].contains("backup GPT"), "{:?}", plan.layout.table.warnings);
+    assert!(
+        plan.layout.table.warnings[0].contains("backup GPT"),
+        "{:?}",
+        plan.layout.table.warnings
+    );
 }
 
 #[test]
@@ -92,7 +136,10 @@ fn both_gpt_headers_damaged() {
     patch(&img, size - 512 + 40, &[0xff]);
     let e = analyse(&img, &[]).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("primary GPT: header CRC32 mismatch") && msg.contains("backup GPT"), "{msg}");
+    assert!(
+        msg.contains("primary GPT: header CRC32 mismatch") && msg.contains("backup GPT"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -107,19 +154,37 @@ fn looping_logical_partition_chain() {
     link[12..16].copy_from_slice(&2048u32.to_le_bytes());
     patch(&img, ebr + 446 + 16, &link);
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(e.to_string().contains("loops back to the EBR at sector 83968"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("loops back to the EBR at sector 83968"),
+        "{e}"
+    );
 }
 
 #[test]
 fn garbage_and_tiny_files_are_not_images() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.img");
-    std::fs::write(&junk, (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(
+        &junk,
+        (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
     let e = analyse(&junk, &[]).unwrap_err();
-    assert!(e.to_string().contains("not a disk or NTFS volume image"), "{e}");
+    assert!(
+        e.to_string().contains("not a disk or NTFS volume image"),
+        "{e}"
+    );
     let tiny = dir.path().join("tiny.img");
     std::fs::write(&tiny, [0u8; 100]).unwrap();
-    assert!(analyse(&tiny, &[]).unwrap_err().to_string().contains("too small"));
+    assert!(
+        analyse(&tiny, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("too small")
+    );
     let e = analyse(dir.path(), &[]).unwrap_err();
     assert!(e.to_string().contains("is a directory"), "{e}");
 }
@@ -130,8 +195,15 @@ fn bad_boot_sector_on_c_is_an_error_not_a_bundle_of_d() {
     let img = fixture("gpt-disk.img", dir.path());
     patch(&img, GPT_C + 11, &0x0300u16.to_le_bytes()); // 768 bytes per sector
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(matches!(e, Error::Source(SourceError::NoRootVolume { .. })), "{e}");
-    assert!(e.to_string().contains("partition 3 looks like NTFS but cannot be read"), "{e}");
+    assert!(
+        matches!(e, Error::Source(SourceError::NoRootVolume { .. })),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("partition 3 looks like NTFS but cannot be read"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -141,7 +213,10 @@ fn zeroed_boot_sector_is_found_through_the_backup() {
     patch(&img, GPT_C, &[0u8; 512]);
     let e = analyse(&img, &[]).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("partition 3") && msg.contains("backup boot sector"), "{msg}");
+    assert!(
+        msg.contains("partition 3") && msg.contains("backup boot sector"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -161,8 +236,21 @@ fn data_run_outside_the_volume() {
     record::encode_fixups(&mut rec);
     patch(&img, at, &rec);
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(matches!(&e, Error::Ntfs { source: NtfsError::Path { .. }, .. }), "{e}");
-    assert!(e.to_string().contains("\\pagefile.sys") && e.to_string().contains("points outside the volume"), "{e}");
+    assert!(
+        matches!(
+            &e,
+            Error::Ntfs {
+                source: NtfsError::Path { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("\\pagefile.sys")
+            && e.to_string().contains("points outside the volume"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -175,7 +263,19 @@ fn bitmap_shorter_than_the_volume() {
     record::encode_fixups(&mut rec);
     patch(&img, at, &rec);
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(matches!(&e, Error::Ntfs { source: NtfsError::BitmapTooShort { bits: 128, clusters: 16383 }, .. }), "{e}");
+    assert!(
+        matches!(
+            &e,
+            Error::Ntfs {
+                source: NtfsError::BitmapTooShort {
+                    bits: 128,
+                    clusters: 16383
+                },
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 #[test]
@@ -187,7 +287,10 @@ fn torn_mft_record_is_named() {
     let raw = read_at(&img, at + 510, 2);
     patch(&img, at + 510, &[raw[0] ^ 0xff, raw[1]]);
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(e.to_string().contains("update sequence") || e.to_string().contains("fixup"), "{e}");
+    assert!(
+        e.to_string().contains("update sequence") || e.to_string().contains("fixup"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -199,9 +302,19 @@ fn looping_directory_index_stops_with_an_error() {
     let vol = winbundle::ntfs::NtfsVolume::open(&disk, 0, disk.size()).unwrap();
     let many = vol.lookup("\\many").unwrap().unwrap();
     let rec = vol.read_record(many.record).unwrap();
-    let alloc = record::attributes(&rec, 0).unwrap().into_iter().find(|a| a.ty == 0xa0).unwrap();
+    let alloc = record::attributes(&rec, 0)
+        .unwrap()
+        .into_iter()
+        .find(|a| a.ty == 0xa0)
+        .unwrap();
     let nr = alloc.non_resident(&rec, 0).unwrap();
-    let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 20, 0).unwrap();
+    let runs = record::decode_runs(
+        &rec[nr.mapping_pairs..alloc.offset + alloc.length],
+        0,
+        1 << 20,
+        0,
+    )
+    .unwrap();
     // Point every node entry of every block at the block itself: a cycle.
     let mut patched = 0;
     for run in runs {
@@ -256,7 +369,11 @@ fn looping_directory_index_stops_with_an_error() {
     let started = std::time::Instant::now();
     let e = analyse(&img, &["\\many\\s13999"]).unwrap_err();
     assert!(e.to_string().contains("probably loop"), "{e}");
-    assert!(started.elapsed().as_secs() < 120, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed().as_secs() < 120,
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -287,7 +404,11 @@ fn random_metadata_damage_never_panics() {
     for _ in 0..150 {
         let mut undo = Vec::new();
         for _ in 0..1 + next() % 6 {
-            let off = if next() % 8 == 0 { next() % 512 } else { mft + next() % (64 * 1024) };
+            let off = if next() % 8 == 0 {
+                next() % 512
+            } else {
+                mft + next() % (64 * 1024)
+            };
             let old = read_at(&img, off, 1);
             undo.push((off, old[0]));
             patch(&img, off, &[old[0] ^ (1 << (next() % 8))]);

@@ -20,7 +20,10 @@ fn roundtrip(name: &str, expect_root: u32) -> (tempfile::TempDir, winbundle::bun
     let out = dir.path().join("restored.img");
     restore(&store, "win/bundle", &out).unwrap();
     let (same, zero) = assert_restored_matches(&src, &req.plan, &out);
-    assert!(same > 0 && zero > 0, "{same} allocated, {zero} free clusters");
+    assert!(
+        same > 0 && zero > 0,
+        "{same} allocated, {zero} free clusters"
+    );
     (dir, manifest)
 }
 
@@ -30,11 +33,23 @@ fn gpt_disk_restores_byte_exact_and_leaves_out_other_volumes() {
     assert_eq!(m.source.partition_table, winbundle::source::TableKind::Gpt);
     let excluded: Vec<u32> = m.excluded_partitions.iter().map(|p| p.index).collect();
     assert_eq!(excluded, vec![1, 2, 4]);
-    assert!(m.excluded_partitions.iter().all(|p| p.reason.contains("not the root volume")));
+    assert!(
+        m.excluded_partitions
+            .iter()
+            .all(|p| p.reason.contains("not the root volume"))
+    );
     assert_eq!(m.source.ntfs.label.as_deref(), Some("Windows"));
     // The default exclusions were found and saved their clusters.
-    let found: Vec<&str> = m.excluded_files.iter().filter(|x| x.found).map(|x| x.path.as_str()).collect();
-    assert_eq!(found, vec!["\\pagefile.sys", "\\swapfile.sys", "\\hiberfil.sys"]);
+    let found: Vec<&str> = m
+        .excluded_files
+        .iter()
+        .filter(|x| x.found)
+        .map(|x| x.path.as_str())
+        .collect();
+    assert_eq!(
+        found,
+        vec!["\\pagefile.sys", "\\swapfile.sys", "\\hiberfil.sys"]
+    );
     assert_eq!(m.stats.excluded_bytes, (1024 + 128 + 512) * 1024);
     // The restored page file reads back as zeros through an independent NTFS reader, and a
     // normal file reads back as in the source.
@@ -43,9 +58,13 @@ fn gpt_disk_restores_byte_exact_and_leaves_out_other_volumes() {
     assert_eq!(page.len(), 1 << 20);
     assert!(page.iter().all(|&b| b == 0));
     let src = std::fs::read(dir.path().join("gpt-disk.img")).unwrap();
-    let vol = &src[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
+    let vol =
+        &src[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
     assert_ne!(read_root_file(vol, "pagefile.sys"), page);
-    assert_eq!(read_root_file(vol, "sparse.bin"), read_root_file(&restored, "sparse.bin"));
+    assert_eq!(
+        read_root_file(vol, "sparse.bin"),
+        read_root_file(&restored, "sparse.bin")
+    );
 }
 
 #[test]
@@ -53,7 +72,10 @@ fn mbr_disk_with_logical_partitions() {
     let (_dir, m) = roundtrip("mbr-disk.img", 2);
     let excluded: Vec<u32> = m.excluded_partitions.iter().map(|p| p.index).collect();
     assert_eq!(excluded, vec![1, 5, 6]);
-    assert_eq!(m.excluded_partitions[0].label.as_deref(), Some("System Reserved"));
+    assert_eq!(
+        m.excluded_partitions[0].label.as_deref(),
+        Some("System Reserved")
+    );
 }
 
 #[test]
@@ -73,10 +95,21 @@ fn bare_volume_image() {
 #[test]
 fn volume_whose_mft_has_an_attribute_list() {
     let (_dir, m) = roundtrip("attrlist-volume.img", 0);
-    assert!(m.source.ntfs.mft_attribute_list, "the fixture must have a fragmented MFT");
+    assert!(
+        m.source.ntfs.mft_attribute_list,
+        "the fixture must have a fragmented MFT"
+    );
     // \Windows\System32 and \pagefile.sys were created last, in records past the MFT's first extent.
-    assert!(m.source.root.reason.contains("Windows"), "{}", m.source.root.reason);
-    let page = m.excluded_files.iter().find(|x| x.path == "\\pagefile.sys").unwrap();
+    assert!(
+        m.source.root.reason.contains("Windows"),
+        "{}",
+        m.source.root.reason
+    );
+    let page = m
+        .excluded_files
+        .iter()
+        .find(|x| x.path == "\\pagefile.sys")
+        .unwrap();
     assert!(page.found && page.allocated_bytes == 1 << 20, "{page:?}");
 }
 
@@ -103,7 +136,11 @@ fn parts_layout_and_zstd_cli_give_the_same_volume() {
             stream.extend(std::fs::read(store.join("test-bucket").join(&o.key)).unwrap());
         }
         let decoded = pipe_through("zstd", &["-d", "-c"], &stream);
-        assert_eq!(decoded, std::fs::read(&out).unwrap(), "zstd -d of the parts equals the restore");
+        assert_eq!(
+            decoded,
+            std::fs::read(&out).unwrap(),
+            "zstd -d of the parts equals the restore"
+        );
     }
 }
 
@@ -121,7 +158,10 @@ fn single_layout_decodes_with_the_zstd_cli() {
     let out = dir.path().join("restored.img");
     restore(&store, "one", &out).unwrap();
     let stream = std::fs::read(store.join("test-bucket/one.image.zst")).unwrap();
-    assert_eq!(pipe_through("zstd", &["-d", "-c"], &stream), std::fs::read(&out).unwrap());
+    assert_eq!(
+        pipe_through("zstd", &["-d", "-c"], &stream),
+        std::fs::read(&out).unwrap()
+    );
 }
 
 #[test]
@@ -138,9 +178,18 @@ fn ntfs3g_lists_the_same_tree_on_the_restored_volume() {
     restore(&store, "t", &out).unwrap();
     let data = std::fs::read(&src).unwrap();
     let vol = dir.path().join("c.img");
-    std::fs::write(&vol, &data[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize]).unwrap();
+    std::fs::write(
+        &vol,
+        &data
+            [m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize],
+    )
+    .unwrap();
     let ls = |p: &std::path::Path| {
-        let o = std::process::Command::new("ntfsls").args(["-R", "-a", "-l"]).arg(p).output().unwrap();
+        let o = std::process::Command::new("ntfsls")
+            .args(["-R", "-a", "-l"])
+            .arg(p)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
@@ -155,18 +204,29 @@ fn exclusions_can_be_turned_off_and_added() {
     let src = fixture("gpt-disk.img", dir.path());
     let store = dir.path().join("store");
     let mut req = request(&src, "noexcl");
-    req.plan = PlanOptions { partition: None, excludes: vec!["/Windows/System32/kernel32.dll".into(), "\\frag".into()], default_excludes: false };
+    req.plan = PlanOptions {
+        partition: None,
+        excludes: vec!["/Windows/System32/kernel32.dll".into(), "\\frag".into()],
+        default_excludes: false,
+    };
     let (m, _) = bundle(&req, &store).result.unwrap();
     assert_eq!(m.excluded_files.len(), 2);
     assert_eq!(m.excluded_files[1].path, "\\frag");
-    assert_eq!(m.excluded_files[1].files, 25, "a directory exclusion covers every file under it");
+    assert_eq!(
+        m.excluded_files[1].files, 25,
+        "a directory exclusion covers every file under it"
+    );
     let out = dir.path().join("restored.img");
     restore(&store, "noexcl", &out).unwrap();
     assert_restored_matches(&src, &req.plan, &out);
     let restored = std::fs::read(&out).unwrap();
     let data = std::fs::read(&src).unwrap();
-    let vol = &data[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
-    assert_eq!(read_root_file(vol, "pagefile.sys"), read_root_file(&restored, "pagefile.sys"));
+    let vol = &data
+        [m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
+    assert_eq!(
+        read_root_file(vol, "pagefile.sys"),
+        read_root_file(&restored, "pagefile.sys")
+    );
 }
 
 #[test]
@@ -208,7 +268,18 @@ fn lookups_inside_a_directory_whose_index_spans_two_records() {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("attrlist-volume.img", dir.path());
     let disk = winbundle::source::DiskFile::open(&src).unwrap();
-    let opts = PlanOptions { partition: None, excludes: vec!["\\many\\s13999".into(), "\\many\\s1".into()], default_excludes: false };
+    let opts = PlanOptions {
+        partition: None,
+        excludes: vec!["\\many\\s13999".into(), "\\many\\s1".into()],
+        default_excludes: false,
+    };
     let plan = winbundle::bundle::plan::Plan::analyse(&disk, &opts).unwrap();
-    assert!(plan.exclusions.items.iter().all(|x| x.found && x.files == 1), "{:?}", plan.exclusions.items);
+    assert!(
+        plan.exclusions
+            .items
+            .iter()
+            .all(|x| x.found && x.files == 1),
+        "{:?}",
+        plan.exclusions.items
+    );
 }

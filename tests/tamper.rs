@@ -25,7 +25,11 @@ fn object(store: &Path) -> PathBuf {
 }
 
 fn flip(path: &Path, offset: u64) {
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
     f.write_all_at(&[b[0] ^ 0x5a], offset).unwrap();
@@ -35,7 +39,10 @@ fn assert_restore_fails_cleanly(dir: &Path, store: &Path) -> Error {
     let out = dir.join("out.img");
     let e = restore(store, "b", &out).unwrap_err();
     assert!(!out.exists(), "a failed restore left {}", out.display());
-    assert!(!dir.join("out.img.partial").exists(), "a failed restore left the partial file");
+    assert!(
+        !dir.join("out.img.partial").exists(),
+        "a failed restore left the partial file"
+    );
     e
 }
 
@@ -45,9 +52,15 @@ fn a_flipped_byte_fails_verify_and_restore_naming_object_and_chunk() {
     let size = std::fs::metadata(object(&store)).unwrap().len();
     flip(&object(&store), size / 2);
     let e = verify(&store, "b").unwrap_err();
-    assert!(matches!(e, Error::Format(FormatError::Integrity { .. })), "{e}");
+    assert!(
+        matches!(e, Error::Format(FormatError::Integrity { .. })),
+        "{e}"
+    );
     let msg = e.to_string();
-    assert!(msg.contains("b.image.zst") && msg.contains("chunk"), "{msg}");
+    assert!(
+        msg.contains("b.image.zst") && msg.contains("chunk"),
+        "{msg}"
+    );
     assert_eq!(e.exit_code(), 4);
     let e = assert_restore_fails_cleanly(dir.path(), &store);
     assert!(e.to_string().contains("b.image.zst"), "{e}");
@@ -61,7 +74,8 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
     let (dir, _src, store) = bundled("bare-volume.img");
     let obj = object(&store);
     let data = std::fs::read(&obj).unwrap();
-    let footer_count = u32::from_le_bytes(data[data.len() - 9..data.len() - 5].try_into().unwrap()) as usize;
+    let footer_count =
+        u32::from_le_bytes(data[data.len() - 9..data.len() - 5].try_into().unwrap()) as usize;
     let table_len = 8 + footer_count * 12 + 9;
     let seek = parse_seek_table(&data[data.len() - table_len..]).unwrap();
     let mut out = Vec::new();
@@ -74,12 +88,17 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
             let mut raw = zstd::bulk::decompress(frame, e.raw as usize).unwrap();
             raw[100] ^= 1;
             let mut c = zstd::bulk::Compressor::new(1).unwrap();
-            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true)).unwrap();
+            c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .unwrap();
             c.compress(&raw).unwrap()
         } else {
             frame.to_vec()
         };
-        entries.push(SeekEntry { compressed: new.len() as u32, raw: e.raw, checksum: frame_checksum(&new) });
+        entries.push(SeekEntry {
+            compressed: new.len() as u32,
+            raw: e.raw,
+            checksum: frame_checksum(&new),
+        });
         out.extend_from_slice(&new);
     }
     out.extend_from_slice(&encode_seek_table(&entries));
@@ -87,7 +106,8 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
     let e = verify(&store, "b").unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("SHA-256 mismatch in object b.image.zst") || msg.contains("object b.image.zst is"),
+        msg.contains("SHA-256 mismatch in object b.image.zst")
+            || msg.contains("object b.image.zst is"),
         "{msg}"
     );
     assert_restore_fails_cleanly(dir.path(), &store);
@@ -96,11 +116,20 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
 #[test]
 fn a_truncated_object_is_reported_with_its_size() {
     let (dir, _src, store) = bundled("gpt-disk.img");
-    let f = std::fs::OpenOptions::new().write(true).open(object(&store)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(object(&store))
+        .unwrap();
     let size = f.metadata().unwrap().len();
     f.set_len(size - 100).unwrap();
     let e = verify(&store, "b").unwrap_err();
-    assert!(e.to_string().contains(&format!("object b.image.zst is {} bytes, the manifest says {size}", size - 100)), "{e}");
+    assert!(
+        e.to_string().contains(&format!(
+            "object b.image.zst is {} bytes, the manifest says {size}",
+            size - 100
+        )),
+        "{e}"
+    );
     assert_restore_fails_cleanly(dir.path(), &store);
 }
 
@@ -109,10 +138,16 @@ fn a_missing_object_or_manifest() {
     let (dir, _src, store) = bundled("bare-volume.img");
     std::fs::remove_file(object(&store)).unwrap();
     let e = verify(&store, "b").unwrap_err();
-    assert!(matches!(&e, Error::Store(StoreError::NotFound { key, .. }) if key == "b.image.zst"), "{e}");
+    assert!(
+        matches!(&e, Error::Store(StoreError::NotFound { key, .. }) if key == "b.image.zst"),
+        "{e}"
+    );
     assert_restore_fails_cleanly(dir.path(), &store);
     let e = verify(&store, "nothing-here").unwrap_err();
-    assert!(matches!(&e, Error::Store(StoreError::NotFound { key, .. }) if key == "nothing-here.manifest.json"), "{e}");
+    assert!(
+        matches!(&e, Error::Store(StoreError::NotFound { key, .. }) if key == "nothing-here.manifest.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -122,19 +157,31 @@ fn a_damaged_manifest() {
     let text = std::fs::read_to_string(&key).unwrap();
     std::fs::write(&key, &text[..text.len() / 2]).unwrap();
     let e = verify(&store, "b").unwrap_err();
-    assert!(matches!(e, Error::Format(FormatError::Manifest { .. })), "{e}");
+    assert!(
+        matches!(e, Error::Format(FormatError::Manifest { .. })),
+        "{e}"
+    );
     assert!(e.to_string().contains("not a valid manifest"), "{e}");
     // A part digest changed in an otherwise valid manifest.
     let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
     m["data"]["objects"][0]["parts_sha256"][0] = serde_json::json!("00".repeat(32));
     std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
     let e = verify(&store, "b").unwrap_err();
-    assert!(e.to_string().contains("SHA-256 mismatch in object b.image.zst, part 0"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("SHA-256 mismatch in object b.image.zst, part 0"),
+        "{e}"
+    );
     assert_restore_fails_cleanly(dir.path(), &store);
     // A future format version.
     m["format_version"] = serde_json::json!(99);
     std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
-    assert!(verify(&store, "b").unwrap_err().to_string().contains("format version 99 is not supported"));
+    assert!(
+        verify(&store, "b")
+            .unwrap_err()
+            .to_string()
+            .contains("format version 99 is not supported")
+    );
 }
 
 #[test]
@@ -152,10 +199,17 @@ fn an_existing_bundle_is_not_overwritten_unless_asked() {
     let before = std::fs::read(object(&store)).unwrap();
     let outcome = bundle(&request(&src, "b"), &store);
     let e = outcome.result.err().unwrap();
-    assert!(matches!(e, Error::Store(StoreError::BundleExists { .. })), "{e}");
+    assert!(
+        matches!(e, Error::Store(StoreError::BundleExists { .. })),
+        "{e}"
+    );
     assert_eq!(outcome.task.state.as_str(), "failed");
     assert_eq!(outcome.task.error.as_ref().unwrap().code, "BundleExists");
-    assert_eq!(std::fs::read(object(&store)).unwrap(), before, "the old bundle is untouched");
+    assert_eq!(
+        std::fs::read(object(&store)).unwrap(),
+        before,
+        "the old bundle is untouched"
+    );
     let mut req = request(&src, "b");
     req.overwrite = true;
     bundle(&req, &store).result.unwrap();
@@ -171,7 +225,13 @@ fn a_cancelled_bundle_leaves_nothing() {
     let store_dir = dir.path().join("store");
     let store = winbundle::store::LocalStore::open(&store_dir, "test-bucket", true).unwrap();
     let cancel = AtomicBool::new(true);
-    let outcome = winbundle::bundle::create::bundle_instance(&request(&src, "c"), &store, &winbundle::progress::NoProgress, &cancel, &mut |_| {});
+    let outcome = winbundle::bundle::create::bundle_instance(
+        &request(&src, "c"),
+        &store,
+        &winbundle::progress::NoProgress,
+        &cancel,
+        &mut |_| {},
+    );
     assert!(matches!(outcome.result, Err(Error::Cancelled)));
     assert_eq!(outcome.task.state.as_str(), "failed");
     let left: Vec<_> = walk(&store_dir.join("test-bucket"));
@@ -185,8 +245,18 @@ fn restore_refuses_to_replace_a_file_without_force() {
     std::fs::write(&out, b"keep me").unwrap();
     let s = winbundle::store::LocalStore::open(&store, "test-bucket", false).unwrap();
     let b = winbundle::bundle::read::OpenedBundle::open(&s, "b").unwrap();
-    let target = winbundle::bundle::read::RestoreTarget::File { path: out.clone(), force: false };
-    let e = b.restore(&target, 2, &winbundle::progress::NoProgress, &AtomicBool::new(false)).unwrap_err();
+    let target = winbundle::bundle::read::RestoreTarget::File {
+        path: out.clone(),
+        force: false,
+    };
+    let e = b
+        .restore(
+            &target,
+            2,
+            &winbundle::progress::NoProgress,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err();
     assert!(e.to_string().contains("pass --force"), "{e}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
 }

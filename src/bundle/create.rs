@@ -5,12 +5,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
+use super::Keys;
 use super::manifest::{
-    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, Layout, Manifest, RootInfo, SourceInfo, Stats,
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, Layout, Manifest, RootInfo,
+    SourceInfo, Stats,
 };
 use super::plan::{Plan, PlanOptions};
 use super::writer::StreamWriter;
-use super::Keys;
 use crate::Error;
 use crate::chunk::{PipelineConfig, PipelineStats, run_pipeline};
 use crate::progress::Progress;
@@ -55,7 +56,10 @@ pub struct BundleOutcome {
 }
 
 fn invalid(parameter: &'static str, message: impl Into<String>) -> Error {
-    Error::InvalidParameter { parameter, message: message.into() }
+    Error::InvalidParameter {
+        parameter,
+        message: message.into(),
+    }
 }
 
 /// Checks the request's parameters (before any task exists, as EC2 rejects a bad call).
@@ -66,21 +70,40 @@ pub fn validate(req: &BundleRequest) -> Result<(), Error> {
         task::check_instance_id(id).map_err(|m| invalid("--instance-id", m))?;
     }
     let cs = req.chunk_size;
-    if !(64 << 10..=1 << 30).contains(&cs) || cs % 4096 != 0 {
-        return Err(invalid("--chunk-size", format!("{cs} bytes: use a multiple of 4 KiB from 64 KiB to 1 GiB")));
+    if !(64 << 10..=1 << 30).contains(&cs) || !cs.is_multiple_of(4096) {
+        return Err(invalid(
+            "--chunk-size",
+            format!("{cs} bytes: use a multiple of 4 KiB from 64 KiB to 1 GiB"),
+        ));
     }
     if !(-7..=22).contains(&req.level) || req.level == 0 {
-        return Err(invalid("--zstd-level", format!("{}: use 1 (fastest) to 22, or -7 to -1 for faster", req.level)));
+        return Err(invalid(
+            "--zstd-level",
+            format!(
+                "{}: use 1 (fastest) to 22, or -7 to -1 for faster",
+                req.level
+            ),
+        ));
     }
     if req.threads == 0 || req.threads > 256 {
-        return Err(invalid("--threads", format!("{}: use 1 to 256", req.threads)));
+        return Err(invalid(
+            "--threads",
+            format!("{}: use 1 to 256", req.threads),
+        ));
     }
     if let Some(p) = req.part_size {
-        let min = if req.layout == Layout::Single { MIN_PART_SIZE } else { 1 << 20 };
+        let min = if req.layout == Layout::Single {
+            MIN_PART_SIZE
+        } else {
+            1 << 20
+        };
         if p < min || p > MAX_PART_SIZE {
             return Err(invalid(
                 "--part-size",
-                format!("{p} bytes: use {} MiB to 5 GiB (S3's part and POST limits)", min >> 20),
+                format!(
+                    "{p} bytes: use {} MiB to 5 GiB (S3's part and POST limits)",
+                    min >> 20
+                ),
             ));
         }
     }
@@ -127,7 +150,15 @@ pub fn bundle_instance(
     };
     on_update(&task);
     let mut derived = false;
-    let result = run(req, store, progress, cancel, &mut task, &mut derived, on_update);
+    let result = run(
+        req,
+        store,
+        progress,
+        cancel,
+        &mut task,
+        &mut derived,
+        on_update,
+    );
     task.update_time = task::now_iso();
     match &result {
         Ok(_) => {
@@ -136,11 +167,18 @@ pub fn bundle_instance(
         }
         Err(e) => {
             task.state = State::Failed;
-            task.error = Some(TaskError { code: e.code().into(), message: e.to_string() });
+            task.error = Some(TaskError {
+                code: e.code().into(),
+                message: e.to_string(),
+            });
         }
     }
     on_update(&task);
-    BundleOutcome { task, instance_id_derived: derived, result }
+    BundleOutcome {
+        task,
+        instance_id_derived: derived,
+        result,
+    }
 }
 
 fn run(
@@ -175,7 +213,10 @@ fn run(
     let bound = plan.read_bytes + plan.read_bytes / 64 + chunk_count * (256 + 12) + 64;
     let part_size = part_size_for(req.part_size, bound);
     if part_size > MAX_PART_SIZE {
-        return Err(invalid("--part-size", "this volume needs parts over 5 GiB to stay within 10,000 parts"));
+        return Err(invalid(
+            "--part-size",
+            "this volume needs parts over 5 GiB to stay within 10,000 parts",
+        ));
     }
 
     task.state = State::Bundling;
@@ -184,7 +225,11 @@ fn run(
     progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
     let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
-    let cfg = PipelineConfig { chunk_size: req.chunk_size, level: req.level, threads: req.threads };
+    let cfg = PipelineConfig {
+        chunk_size: req.chunk_size,
+        level: req.level,
+        threads: req.threads,
+    };
     let stats = match run_pipeline(&mut source, cfg, &mut writer, progress, cancel) {
         Ok(s) => s,
         Err(e) => {

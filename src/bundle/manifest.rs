@@ -123,10 +123,17 @@ pub struct ExcludedPartition {
 impl Manifest {
     /// Parses and checks a manifest read from `key`.
     pub fn parse(key: &str, bytes: &[u8]) -> Result<Self, FormatError> {
-        let bad = |problem: String| FormatError::Manifest { key: key.to_string(), problem };
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
+        let bad = |problem: String| FormatError::Manifest {
+            key: key.to_string(),
+            problem,
+        };
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
         if m.format != FORMAT_NAME {
-            return Err(bad(format!("format is {:?}, not {FORMAT_NAME:?}", m.format)));
+            return Err(bad(format!(
+                "format is {:?}, not {FORMAT_NAME:?}",
+                m.format
+            )));
         }
         if m.format_version != FORMAT_VERSION {
             return Err(bad(format!(
@@ -149,13 +156,24 @@ impl Manifest {
         }
         let total: u64 = d.objects.iter().map(|o| o.size).sum();
         if total != d.stream_size {
-            return Err(bad(format!("objects add up to {total} bytes, the stream is {}", d.stream_size)));
+            return Err(bad(format!(
+                "objects add up to {total} bytes, the stream is {}",
+                d.stream_size
+            )));
         }
         for o in &d.objects {
             if o.parts_sha256.len() as u64 != o.size.div_ceil(d.part_size).max(1) {
-                return Err(bad(format!("object {} lists {} part digests for {} bytes", o.key, o.parts_sha256.len(), o.size)));
+                return Err(bad(format!(
+                    "object {} lists {} part digests for {} bytes",
+                    o.key,
+                    o.parts_sha256.len(),
+                    o.size
+                )));
             }
-            if o.parts_sha256.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
+            if o.parts_sha256
+                .iter()
+                .any(|h| h.len() != 64 || hex::decode(h).is_err())
+            {
                 return Err(bad(format!("object {} has a malformed SHA-256", o.key)));
             }
         }

@@ -81,13 +81,26 @@ impl<'s> OpenedBundle<'s> {
             object_offsets.push(offset);
             for (n, h) in o.parts_sha256.iter().enumerate() {
                 let mut sha256 = [0u8; 32];
-                hex::decode_to_slice(h, &mut sha256).map_err(|e| integrity(format!("{}: {e}", o.key)))?;
+                hex::decode_to_slice(h, &mut sha256)
+                    .map_err(|e| integrity(format!("{}: {e}", o.key)))?;
                 let start = n as u64 * ps;
-                parts.push(PartSpan { object: i, number: n, stream_offset: offset + start, size: (o.size - start).min(ps), sha256 });
+                parts.push(PartSpan {
+                    object: i,
+                    number: n,
+                    stream_offset: offset + start,
+                    size: (o.size - start).min(ps),
+                    sha256,
+                });
             }
             offset += o.size;
         }
-        let mut b = Self { store, manifest, seek: Vec::new(), object_offsets, parts };
+        let mut b = Self {
+            store,
+            manifest,
+            seek: Vec::new(),
+            object_offsets,
+            parts,
+        };
         let d = &b.manifest.data;
         let mut table = vec![0u8; d.seek_table_size as usize];
         b.read_stream(d.seek_table_offset, &mut table)?;
@@ -100,7 +113,12 @@ impl<'s> OpenedBundle<'s> {
     fn check_seek(&self, seek: &[SeekEntry]) -> Result<(), Error> {
         let m = &self.manifest;
         if seek.len() as u64 != m.chunk_count {
-            return Err(FormatError::SeekTable(format!("{} entries for {} chunks", seek.len(), m.chunk_count)).into());
+            return Err(FormatError::SeekTable(format!(
+                "{} entries for {} chunks",
+                seek.len(),
+                m.chunk_count
+            ))
+            .into());
         }
         let mut total = 0u64;
         for (i, e) in seek.iter().enumerate() {
@@ -110,7 +128,11 @@ impl<'s> OpenedBundle<'s> {
                 m.chunk_size
             };
             if e.raw as u64 != expect {
-                return Err(FormatError::SeekTable(format!("chunk {i} holds {} bytes, expected {expect}", e.raw)).into());
+                return Err(FormatError::SeekTable(format!(
+                    "chunk {i} holds {} bytes, expected {expect}",
+                    e.raw
+                ))
+                .into());
             }
             total += e.compressed as u64;
         }
@@ -166,7 +188,10 @@ impl<'s> OpenedBundle<'s> {
 
     fn locate(&self, stream_offset: u64) -> (String, u64) {
         let i = self.object_offsets.partition_point(|&o| o <= stream_offset) - 1;
-        (self.manifest.data.objects[i].key.clone(), stream_offset - self.object_offsets[i])
+        (
+            self.manifest.data.objects[i].key.clone(),
+            stream_offset - self.object_offsets[i],
+        )
     }
 
     /// Streams every frame through parallel decompression, checking parts and frames, and
@@ -242,14 +267,21 @@ impl<'s> OpenedBundle<'s> {
                     integrity(format!("chunk {i} (object {key}, byte {at}): {why}"))
                 };
                 if frame_checksum(&frame) != e.checksum {
-                    return Err(fail("its frame checksum differs from the seek table".into()));
+                    return Err(fail(
+                        "its frame checksum differs from the seek table".into(),
+                    ));
                 }
                 let mut raw = raws.take();
                 raw.clear();
                 raw.reserve(e.raw as usize);
-                let n = dec.decompress_to_buffer(&frame, &mut raw).map_err(|err| fail(format!("zstd: {err}")))?;
+                let n = dec
+                    .decompress_to_buffer(&frame, &mut raw)
+                    .map_err(|err| fail(format!("zstd: {err}")))?;
                 if n != e.raw as usize {
-                    return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                    return Err(fail(format!(
+                        "decompressed to {n} bytes, expected {}",
+                        e.raw
+                    )));
                 }
                 frames.give(frame);
                 Ok(raw)
@@ -261,9 +293,11 @@ impl<'s> OpenedBundle<'s> {
                 Ok(())
             },
         )?;
-        drop(feed);
         if part_index != self.parts.len() {
-            return Err(integrity(format!("only {part_index} of {} parts were read", self.parts.len())));
+            return Err(integrity(format!(
+                "only {part_index} of {} parts were read",
+                self.parts.len()
+            )));
         }
         let digest = hex::encode(bundle.finalize());
         if digest != self.manifest.bundle_sha256 {
@@ -280,7 +314,12 @@ impl<'s> OpenedBundle<'s> {
     }
 
     /// Checks everything, writes nothing.
-    pub fn verify(&self, threads: usize, progress: &dyn Progress, cancel: &AtomicBool) -> Result<ReadStats, Error> {
+    pub fn verify(
+        &self,
+        threads: usize,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<ReadStats, Error> {
         progress.start(self.manifest.data.stream_size);
         let r = self.stream(threads, progress, cancel, |_, _| Ok(()));
         progress.finish();
@@ -304,13 +343,17 @@ impl<'s> OpenedBundle<'s> {
                 let mut written = 0u64;
                 let mut stats = self.stream(threads, progress, cancel, |_, raw| {
                     written += raw.len() as u64;
-                    w.write_all(raw).map_err(|e| io_err("write to standard output", e))
+                    w.write_all(raw)
+                        .map_err(|e| io_err("write to standard output", e))
                 })?;
-                w.flush().map_err(|e| io_err("write to standard output", e))?;
+                w.flush()
+                    .map_err(|e| io_err("write to standard output", e))?;
                 stats.written_bytes = written;
                 Ok(stats)
             }
-            RestoreTarget::File { path, force } => self.restore_file(path, *force, chunk, threads, progress, cancel),
+            RestoreTarget::File { path, force } => {
+                self.restore_file(path, *force, chunk, threads, progress, cancel)
+            }
         };
         progress.finish();
         r
@@ -328,7 +371,10 @@ impl<'s> OpenedBundle<'s> {
         let meta = std::fs::metadata(path).ok();
         let device = meta.as_ref().is_some_and(|m| !m.is_file() && !m.is_dir());
         if meta.as_ref().is_some_and(|m| m.is_dir()) {
-            return Err(Error::InvalidParameter { parameter: "--output", message: format!("{} is a directory", path.display()) });
+            return Err(Error::InvalidParameter {
+                parameter: "--output",
+                message: format!("{} is a directory", path.display()),
+            });
         }
         if meta.is_some() && !device && !force {
             return Err(Error::InvalidParameter {
@@ -339,31 +385,44 @@ impl<'s> OpenedBundle<'s> {
         let volume = self.manifest.volume_size;
         if device {
             // A block device: write every chunk, zeros included; it cannot be renamed.
-            let f = OpenOptions::new().write(true).open(path).map_err(|e| io_err(&format!("open {}", path.display()), e))?;
+            let f = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| io_err(&format!("open {}", path.display()), e))?;
             let mut written = 0;
             let mut stats = self.stream(threads, progress, cancel, |i, raw| {
                 written += raw.len() as u64;
-                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", path.display()), e))
+                write_at(&f, raw, i * chunk)
+                    .map_err(|e| io_err(&format!("write {}", path.display()), e))
             })?;
-            f.sync_all().map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
+            f.sync_all()
+                .map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
             stats.written_bytes = written;
             return Ok(stats);
         }
         let tmp = partial_path(path);
         let f = File::create(&tmp).map_err(|e| io_err(&format!("create {}", tmp.display()), e))?;
         let result = (|| {
-            f.set_len(volume).map_err(|e| io_err(&format!("size {}", tmp.display()), e))?;
+            f.set_len(volume)
+                .map_err(|e| io_err(&format!("size {}", tmp.display()), e))?;
             let mut written = 0;
             let mut stats = self.stream(threads, progress, cancel, |i, raw| {
                 if is_all_zero(raw) {
                     return Ok(()); // a hole in the sparse file
                 }
                 written += raw.len() as u64;
-                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))
+                write_at(&f, raw, i * chunk)
+                    .map_err(|e| io_err(&format!("write {}", tmp.display()), e))
             })?;
-            f.sync_all().map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
+            f.sync_all()
+                .map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
             stats.written_bytes = written;
-            std::fs::rename(&tmp, path).map_err(|e| io_err(&format!("rename {} to {}", tmp.display(), path.display()), e))?;
+            std::fs::rename(&tmp, path).map_err(|e| {
+                io_err(
+                    &format!("rename {} to {}", tmp.display(), path.display()),
+                    e,
+                )
+            })?;
             Ok(stats)
         })();
         if result.is_err() {
@@ -387,7 +446,10 @@ fn partial_path(path: &Path) -> PathBuf {
 }
 
 fn io_err(context: &str, source: std::io::Error) -> Error {
-    Error::Io { context: context.to_string(), source }
+    Error::Io {
+        context: context.to_string(),
+        source,
+    }
 }
 
 #[cfg(unix)]

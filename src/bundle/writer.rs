@@ -30,7 +30,13 @@ pub struct StreamWriter<'a> {
 }
 
 impl<'a> StreamWriter<'a> {
-    pub fn new(store: &'a dyn ObjectStore, keys: Keys, layout: Layout, part_size: u64, progress: &'a dyn Progress) -> Self {
+    pub fn new(
+        store: &'a dyn ObjectStore,
+        keys: Keys,
+        layout: Layout,
+        part_size: u64,
+        progress: &'a dyn Progress,
+    ) -> Self {
         Self {
             store,
             keys,
@@ -55,7 +61,15 @@ impl<'a> StreamWriter<'a> {
                 Layout::Parts => self.keys.part(self.done.len() as u32),
             };
             let w = self.store.writer(&key)?;
-            self.current = Some((w, ObjectInfo { key, size: 0, parts_sha256: Vec::new(), etag: None }));
+            self.current = Some((
+                w,
+                ObjectInfo {
+                    key,
+                    size: 0,
+                    parts_sha256: Vec::new(),
+                    etag: None,
+                },
+            ));
             self.part_number = 0;
         }
         Ok(())
@@ -85,7 +99,11 @@ impl<'a> StreamWriter<'a> {
     fn end_part(&mut self) -> Result<(), Error> {
         let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         self.bundle_hasher.update(digest);
-        let part = PartInfo { number: self.part_number, size: self.part_len, sha256: digest };
+        let part = PartInfo {
+            number: self.part_number,
+            size: self.part_len,
+            sha256: digest,
+        };
         self.part_len = 0;
         self.part_number += 1;
         if let Some((w, info)) = self.current.as_mut() {
@@ -141,7 +159,11 @@ impl<'a> StreamWriter<'a> {
 
 impl FrameSink for StreamWriter<'_> {
     fn frame(&mut self, _index: u64, frame: &[u8], raw_len: u32, _zero: bool) -> Result<(), Error> {
-        self.seek.push(SeekEntry { compressed: frame.len() as u32, raw: raw_len, checksum: frame_checksum(frame) });
+        self.seek.push(SeekEntry {
+            compressed: frame.len() as u32,
+            raw: raw_len,
+            checksum: frame_checksum(frame),
+        });
         self.write_bytes(frame)
     }
 }

@@ -56,12 +56,17 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Vec<SeekEntry>, FormatError> {
     if bytes.len() < 8 + FOOTER_LEN {
         return Err(bad(format!("{} bytes is too short", bytes.len())));
     }
-    let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u32_at =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     if u32_at(0) != SKIPPABLE_MAGIC {
         return Err(bad(format!("skippable-frame magic is {:08x}", u32_at(0))));
     }
     if u32_at(4) as usize != bytes.len() - 8 {
-        return Err(bad(format!("frame size {} does not match {} bytes", u32_at(4), bytes.len() - 8)));
+        return Err(bad(format!(
+            "frame size {} does not match {} bytes",
+            u32_at(4),
+            bytes.len() - 8
+        )));
     }
     let f = bytes.len() - FOOTER_LEN;
     if u32_at(f + 5) != SEEKABLE_MAGIC {
@@ -70,7 +75,9 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Vec<SeekEntry>, FormatError> {
     let count = u32_at(f) as usize;
     let desc = bytes[f + 4];
     if desc != DESCRIPTOR_CHECKSUMS {
-        return Err(bad(format!("descriptor 0x{desc:02x} (this format always stores checksums)")));
+        return Err(bad(format!(
+            "descriptor 0x{desc:02x} (this format always stores checksums)"
+        )));
     }
     if count.checked_mul(12) != Some(f - 8) {
         return Err(bad(format!("{count} entries do not fill {} bytes", f - 8)));
@@ -78,7 +85,11 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Vec<SeekEntry>, FormatError> {
     Ok((0..count)
         .map(|i| {
             let at = 8 + i * 12;
-            SeekEntry { compressed: u32_at(at), raw: u32_at(at + 4), checksum: u32_at(at + 8) }
+            SeekEntry {
+                compressed: u32_at(at),
+                raw: u32_at(at + 4),
+                checksum: u32_at(at + 8),
+            }
         })
         .collect())
 }
@@ -119,13 +130,18 @@ impl ZeroFrame {
         let mut bytes = Vec::new();
         c.compress(&vec![0u8; chunk_size], &mut bytes)?;
         let checksum = frame_checksum(&bytes);
-        Ok(Self { bytes, raw_len: chunk_size as u32, checksum })
+        Ok(Self {
+            bytes,
+            raw_len: chunk_size as u32,
+            checksum,
+        })
     }
 }
 
 /// True when every byte is zero. The OR-fold vectorises; pages stop the scan early.
 pub fn is_all_zero(buf: &[u8]) -> bool {
-    buf.chunks(4096).all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
+    buf.chunks(4096)
+        .all(|page| page.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 #[cfg(test)]
@@ -135,15 +151,28 @@ mod tests {
     #[test]
     fn seek_table_round_trips_and_rejects_damage() {
         let entries = vec![
-            SeekEntry { compressed: 10, raw: 4096, checksum: 0xdeadbeef },
-            SeekEntry { compressed: 99, raw: 100, checksum: 1 },
+            SeekEntry {
+                compressed: 10,
+                raw: 4096,
+                checksum: 0xdeadbeef,
+            },
+            SeekEntry {
+                compressed: 99,
+                raw: 100,
+                checksum: 1,
+            },
         ];
         let t = encode_seek_table(&entries);
         assert_eq!(parse_seek_table(&t).unwrap(), entries);
         let mut broken = t.clone();
         let n = broken.len();
         broken[n - 1] ^= 1;
-        assert!(parse_seek_table(&broken).unwrap_err().to_string().contains("footer magic"));
+        assert!(
+            parse_seek_table(&broken)
+                .unwrap_err()
+                .to_string()
+                .contains("footer magic")
+        );
         assert!(parse_seek_table(&t[..t.len() - 12]).is_err());
     }
 

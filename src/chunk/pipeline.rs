@@ -49,7 +49,9 @@ pub struct PipelineStats {
 
 enum Job {
     /// No data in the chunk: nothing was read.
-    Empty { raw_len: u32 },
+    Empty {
+        raw_len: u32,
+    },
     Data(Vec<u8>),
 }
 
@@ -75,7 +77,10 @@ pub fn run_pipeline(
     let inputs = BufPool::default();
     let outputs = BufPool::default();
     let compress_nanos = AtomicU64::new(0);
-    let mut stats = PipelineStats { chunks, ..Default::default() };
+    let mut stats = PipelineStats {
+        chunks,
+        ..Default::default()
+    };
     let (mut data_bytes, mut read_time) = (0u64, Duration::ZERO);
 
     ordered_map(
@@ -88,7 +93,9 @@ pub fn run_pipeline(
             let end = (start + chunk).min(image_len);
             let n = source.data_ranges(start, end)?;
             if n == 0 {
-                return Ok(Job::Empty { raw_len: (end - start) as u32 });
+                return Ok(Job::Empty {
+                    raw_len: (end - start) as u32,
+                });
             }
             let mut buf = inputs.take();
             let t = Instant::now();
@@ -101,7 +108,9 @@ pub fn run_pipeline(
         || ChunkCompressor::new(cfg.level).map_err(compress_err),
         |compressor, index, job| {
             let buf = match job {
-                Job::Empty { raw_len } if raw_len as usize == cfg.chunk_size => return Ok(Frame::Zero { raw_len }),
+                Job::Empty { raw_len } if raw_len as usize == cfg.chunk_size => {
+                    return Ok(Frame::Zero { raw_len });
+                }
                 Job::Empty { raw_len } => vec![0u8; raw_len as usize],
                 Job::Data(buf) => buf,
             };
@@ -114,7 +123,10 @@ pub fn run_pipeline(
                 compressor
                     .compress(&buf, &mut out)
                     .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
-                Frame::Data { bytes: out, raw_len }
+                Frame::Data {
+                    bytes: out,
+                    raw_len,
+                }
             };
             compress_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             inputs.give(buf);

@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use winbundle::bundle::Layout;
 
 #[derive(Parser, Debug)]
-#[command(name = "winbundle", version, about = "Image the Windows root volume (C:) of a disk into a bundle, like EC2 BundleInstance")]
+#[command(
+    name = "winbundle",
+    version,
+    about = "Image the Windows root volume (C:) of a disk into a bundle, like EC2 BundleInstance"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -4,8 +4,8 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::progress::Progress;
 use winbundle::bundle::create::{BundleRequest, bundle_instance, validate};
+use winbundle::progress::Progress;
 use winbundle::store::LocalStore;
 use winbundle::task::new_request_id;
 
@@ -28,10 +28,14 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         overwrite: args.overwrite,
     };
     validate(&req)?;
-    let dir = args.store.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
-        parameter: "--local-store",
-        message: "S3 destinations are not available yet: give --local-store DIR".into(),
-    })?;
+    let dir = args
+        .store
+        .local_store
+        .as_ref()
+        .ok_or_else(|| Error::InvalidParameter {
+            parameter: "--local-store",
+            message: "S3 destinations are not available yet: give --local-store DIR".into(),
+        })?;
     let store = LocalStore::open(dir, &req.bucket, true)?;
     let bar = Bar::new(args.quiet, "bundling");
     let outcome = bundle_instance(&req, &store, &bar, cancel, &mut |_| {});
@@ -41,6 +45,20 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
             "winbundle: note: no --instance-id given; using {} (derived from the disk id, root partition and NTFS serial: the same for every run on this source)",
             outcome.task.instance_id
         );
+    }
+    if let Ok((m, _)) = &outcome.result {
+        for x in m
+            .excluded_files
+            .iter()
+            .filter(|x| !x.found && x.origin == winbundle::ntfs::exclude::ExclusionOrigin::User)
+        {
+            if !args.quiet {
+                eprintln!(
+                    "winbundle: warning: --exclude {}: no such file or directory on the volume (nothing left out)",
+                    x.path
+                );
+            }
+        }
     }
     let summary = match &outcome.result {
         Ok((m, s)) => {

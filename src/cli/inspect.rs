@@ -10,14 +10,21 @@ use winbundle::units::human;
 use super::args::{InspectArgs, VolumeArgs};
 
 pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
-    PlanOptions { partition: v.partition, excludes: v.exclude.clone(), default_excludes: !v.no_default_excludes }
+    PlanOptions {
+        partition: v.partition,
+        excludes: v.exclude.clone(),
+        default_excludes: !v.no_default_excludes,
+    }
 }
 
 pub fn run(args: InspectArgs) -> Result<i32, Error> {
     let disk = DiskFile::open(&args.source)?;
     let plan = Plan::analyse(&disk, &plan_options(&args.volume))?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default()
+        );
     } else {
         print!("{}", to_text(&plan));
     }
@@ -72,18 +79,29 @@ fn to_text(plan: &Plan<'_>) -> String {
         s.push_str(&t);
         s.push('\n');
     };
-    line(format!("Source:          {} ({})", plan.disk.path().display(), human(l.disk_size)));
+    line(format!(
+        "Source:          {} ({})",
+        plan.disk.path().display(),
+        human(l.disk_size)
+    ));
     line(format!(
         "Partition table: {}, {}-byte sectors{}",
         l.table.kind,
         l.table.sector_size,
-        l.table.disk_id.as_ref().map(|d| format!(", disk id {d}")).unwrap_or_default()
+        l.table
+            .disk_id
+            .as_ref()
+            .map(|d| format!(", disk id {d}"))
+            .unwrap_or_default()
     ));
     for w in &l.table.warnings {
         line(format!("Warning:         {w}"));
     }
     line(String::new());
-    line(format!("{:>3}  {:>14}  {:>10}  {:<22} {:<9} {:<18} {}", "#", "offset", "size", "type", "fs", "label", "role"));
+    line(format!(
+        "{:>3}  {:>14}  {:>10}  {:<22} {:<9} {:<18} {}",
+        "#", "offset", "size", "type", "fs", "label", "role"
+    ));
     for p in &l.partitions {
         let role = if p.partition.index == l.root.index {
             format!("ROOT (C:): {}", l.root.reason)
@@ -97,7 +115,10 @@ fn to_text(plan: &Plan<'_>) -> String {
             human(p.partition.length),
             p.partition.ptype.name(),
             p.fs.to_string(),
-            p.label.as_deref().map(|l| format!("{l:?}")).unwrap_or_else(|| "-".into()),
+            p.label
+                .as_deref()
+                .map(|l| format!("{l:?}"))
+                .unwrap_or_else(|| "-".into()),
             role
         ));
         if let Some(e) = &p.error {
@@ -107,17 +128,39 @@ fn to_text(plan: &Plan<'_>) -> String {
     let f = &plan.facts;
     line(String::new());
     line(format!("Root volume (partition {}):", l.root.index));
-    line(format!("  NTFS serial      {} (full {})", f.serial, f.serial64));
-    line(format!("  label            {}", f.label.as_deref().unwrap_or("-")));
-    line(format!("  cluster size     {} bytes; {} clusters; sector size {}", f.cluster_size, f.cluster_count, f.sector_size));
-    line(format!("  volume size      {} (file system {}; image {})", human(plan.image_len), human(f.fs_size), plan.image_len));
+    line(format!(
+        "  NTFS serial      {} (full {})",
+        f.serial, f.serial64
+    ));
+    line(format!(
+        "  label            {}",
+        f.label.as_deref().unwrap_or("-")
+    ));
+    line(format!(
+        "  cluster size     {} bytes; {} clusters; sector size {}",
+        f.cluster_size, f.cluster_count, f.sector_size
+    ));
+    line(format!(
+        "  volume size      {} (file system {}; image {})",
+        human(plan.image_len),
+        human(f.fs_size),
+        plan.image_len
+    ));
     line(format!(
         "  MFT              {} records of {} bytes{}",
         f.mft_records,
         f.mft_record_size,
-        if f.mft_attribute_list { ", fragmented ($ATTRIBUTE_LIST)" } else { "" }
+        if f.mft_attribute_list {
+            ", fragmented ($ATTRIBUTE_LIST)"
+        } else {
+            ""
+        }
     ));
-    line(format!("  allocated        {} ({} bytes)", human(plan.allocated_bytes), plan.allocated_bytes));
+    line(format!(
+        "  allocated        {} ({} bytes)",
+        human(plan.allocated_bytes),
+        plan.allocated_bytes
+    ));
     line(String::new());
     line("Contents left out (clusters imaged as zeros, files kept):".into());
     if plan.exclusions.items.is_empty() {

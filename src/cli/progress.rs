@@ -29,7 +29,11 @@ impl Bar {
             .progress_chars("=> "),
         );
         bar.set_prefix(verb);
-        Self { bar, stored: AtomicU64::new(0), verb }
+        Self {
+            bar,
+            stored: AtomicU64::new(0),
+            verb,
+        }
     }
 }
 
@@ -47,7 +51,8 @@ impl Progress for Bar {
         let before = self.stored.fetch_add(n, Ordering::Relaxed);
         // Refresh the message about every 16 MiB.
         if (before >> 24) != ((before + n) >> 24) {
-            self.bar.set_message(format!("stored {}", human(before + n)));
+            self.bar
+                .set_message(format!("stored {}", human(before + n)));
         }
     }
 

@@ -13,10 +13,13 @@ use super::progress::Bar;
 
 fn open_store(s: &StoreArgs) -> Result<LocalStore, Error> {
     names::check_prefix(&s.prefix)?;
-    let dir = s.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
-        parameter: "--local-store",
-        message: "S3 sources are not available yet: give --local-store DIR".into(),
-    })?;
+    let dir = s
+        .local_store
+        .as_ref()
+        .ok_or_else(|| Error::InvalidParameter {
+            parameter: "--local-store",
+            message: "S3 sources are not available yet: give --local-store DIR".into(),
+        })?;
     Ok(LocalStore::open(dir, &s.bucket, false)?)
 }
 
@@ -40,7 +43,10 @@ pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error>
     let target = if args.output.as_os_str() == "-" {
         RestoreTarget::Stdout
     } else {
-        RestoreTarget::File { path: args.output.clone(), force: args.force }
+        RestoreTarget::File {
+            path: args.output.clone(),
+            force: args.force,
+        }
     };
     let bar = Bar::new(args.quiet, "restoring");
     let stats = bundle.restore(&target, default_threads(args.threads), &bar, cancel)?;
@@ -48,7 +54,11 @@ pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error>
     let to_stdout = !matches!(target, RestoreTarget::Stdout);
     if args.json {
         let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        if to_stdout { println!("{text}") } else { eprintln!("{text}") }
+        if to_stdout {
+            println!("{text}")
+        } else {
+            eprintln!("{text}")
+        }
     } else if !args.quiet {
         eprintln!(
             "restored {} ({} bytes) to {}: {} chunks, {} parts verified, bundle SHA-256 {}",

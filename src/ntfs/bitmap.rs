@@ -32,7 +32,10 @@ impl<'d> AllocationMap<'d> {
         mut excluded: Vec<(u64, u64)>,
     ) -> Result<Self, NtfsError> {
         if bitmap.size.saturating_mul(8) < clusters {
-            return Err(NtfsError::BitmapTooShort { bits: bitmap.size.saturating_mul(8), clusters });
+            return Err(NtfsError::BitmapTooShort {
+                bits: bitmap.size.saturating_mul(8),
+                clusters,
+            });
         }
         let mut extents = Vec::new();
         for r in &bitmap.runs {
@@ -41,7 +44,10 @@ impl<'d> AllocationMap<'d> {
         }
         let covered = extents.last().map_or(0, |e| e.0 + e.2);
         if covered < clusters.div_ceil(8) {
-            return Err(NtfsError::BitmapTooShort { bits: covered * 8, clusters });
+            return Err(NtfsError::BitmapTooShort {
+                bits: covered * 8,
+                clusters,
+            });
         }
         excluded.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -89,7 +95,9 @@ impl<'d> AllocationMap<'d> {
             let n = (ext_off + len - pos).min(want_end - pos);
             let dst = &mut self.window[(pos - first) as usize..(pos - first + n) as usize];
             match abs {
-                Some(abs) => self.disk.read_exact_at(dst, self.volume_offset + abs + (pos - ext_off))?,
+                Some(abs) => self
+                    .disk
+                    .read_exact_at(dst, self.volume_offset + abs + (pos - ext_off))?,
                 None => dst.fill(0),
             }
             pos += n;
@@ -104,7 +112,12 @@ impl<'d> AllocationMap<'d> {
 
     /// Appends to `out` the runs (start cluster, count) of allocated clusters in [c0, c1),
     /// ignoring exclusions.
-    fn allocated_runs(&mut self, c0: u64, c1: u64, out: &mut Vec<(u64, u64)>) -> Result<(), NtfsError> {
+    fn allocated_runs(
+        &mut self,
+        c0: u64,
+        c1: u64,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<(), NtfsError> {
         let c1 = c1.min(self.clusters);
         if c0 >= c1 {
             return Ok(());
@@ -114,7 +127,7 @@ impl<'d> AllocationMap<'d> {
         let mut run_start: Option<u64> = None;
         while c < c1 {
             // Whole bytes of 0x00 or 0xff are skipped eight clusters at a time.
-            if c % 8 == 0 && c + 8 <= c1 {
+            if c.is_multiple_of(8) && c + 8 <= c1 {
                 let byte = self.window[(c / 8 - self.window_start) as usize];
                 if byte == 0 {
                     if let Some(s) = run_start.take() {
@@ -183,13 +196,16 @@ impl<'d> AllocationMap<'d> {
         let mut runs = Vec::new();
         while c < c1.min(self.clusters) {
             let end = (c + step).min(c1).min(self.clusters);
-            if c % 8 == 0 {
+            if c.is_multiple_of(8) {
                 // Popcount whole bytes, then the tail bit by bit.
                 let whole_end = c + (end - c) / 8 * 8;
                 self.load(c / 8, end.div_ceil(8))?;
                 let a = (c / 8 - self.window_start) as usize;
                 let b = (whole_end / 8 - self.window_start) as usize;
-                total += self.window[a..b].iter().map(|x| x.count_ones() as u64).sum::<u64>();
+                total += self.window[a..b]
+                    .iter()
+                    .map(|x| x.count_ones() as u64)
+                    .sum::<u64>();
                 runs.clear();
                 self.allocated_runs(whole_end, end, &mut runs)?;
             } else {

@@ -50,16 +50,29 @@ pub fn normalise(path: &str) -> String {
 }
 
 /// Resolves `paths` on `vol`.
-pub fn resolve(vol: &NtfsVolume<'_>, paths: &[(String, ExclusionOrigin)]) -> Result<ExclusionSet, NtfsError> {
+pub fn resolve(
+    vol: &NtfsVolume<'_>,
+    paths: &[(String, ExclusionOrigin)],
+) -> Result<ExclusionSet, NtfsError> {
     let mut set = ExclusionSet::default();
     let mut seen_records = HashSet::new();
     let cluster = vol.facts().cluster_size as u64;
     for (path, origin) in paths {
         let path = normalise(path);
         if path == "\\" {
-            return Err(NtfsError::Path { path, problem: "cannot exclude the root directory".into() });
+            return Err(NtfsError::Path {
+                path,
+                problem: "cannot exclude the root directory".into(),
+            });
         }
-        let mut item = Exclusion { path: path.clone(), origin: *origin, found: false, files: 0, size: 0, allocated_bytes: 0 };
+        let mut item = Exclusion {
+            path: path.clone(),
+            origin: *origin,
+            found: false,
+            files: 0,
+            size: 0,
+            allocated_bytes: 0,
+        };
         if let Some(found) = vol.lookup(&path)? {
             item.found = true;
             let mut stack = vec![found];
@@ -67,12 +80,16 @@ pub fn resolve(vol: &NtfsVolume<'_>, paths: &[(String, ExclusionOrigin)]) -> Res
             while let Some(f) = stack.pop() {
                 visited += 1;
                 if visited > MAX_DIR_ENTRIES {
-                    return Err(NtfsError::Path { path, problem: format!("more than {MAX_DIR_ENTRIES} entries") });
+                    return Err(NtfsError::Path {
+                        path,
+                        problem: format!("more than {MAX_DIR_ENTRIES} entries"),
+                    });
                 }
                 if f.record < 16 {
                     return Err(NtfsError::Path {
                         path,
-                        problem: "is NTFS metadata (an MFT record below 16) and cannot be left out".into(),
+                        problem: "is NTFS metadata (an MFT record below 16) and cannot be left out"
+                            .into(),
                     });
                 }
                 if !seen_records.insert(f.record) {

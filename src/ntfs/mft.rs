@@ -25,7 +25,11 @@ pub struct FileData {
 impl FileData {
     /// Bytes in clusters that are actually allocated (sparse runs excluded).
     pub fn allocated_clusters(&self) -> u64 {
-        self.runs.iter().filter(|r| r.lcn.is_some()).map(|r| r.count).sum()
+        self.runs
+            .iter()
+            .filter(|r| r.lcn.is_some())
+            .map(|r| r.count)
+            .sum()
     }
 }
 
@@ -62,7 +66,10 @@ impl MftMap {
             .ok_or_else(|| NtfsError::Mft("record 0 has no non-resident $DATA attribute".into()))?;
         let nr = data.non_resident(&rec0, 0)?;
         if nr.lowest_vcn != 0 {
-            return Err(NtfsError::Mft(format!("record 0's $DATA starts at VCN {}", nr.lowest_vcn)));
+            return Err(NtfsError::Mft(format!(
+                "record 0's $DATA starts at VCN {}",
+                nr.lowest_vcn
+            )));
         }
         let mp_end = data.offset + data.length;
         let runs = record::decode_runs(&rec0[nr.mapping_pairs..mp_end], 0, clusters, 0)?;
@@ -91,7 +98,9 @@ impl MftMap {
                     )));
                 }
                 if rec_no == 0 {
-                    return Err(NtfsError::Mft("the attribute list sends $DATA back to record 0".into()));
+                    return Err(NtfsError::Mft(
+                        "the attribute list sends $DATA back to record 0".into(),
+                    ));
                 }
                 let rec = map.read_record(disk, rec_no)?;
                 let a = find_attr(&rec, rec_no, ATTR_DATA, &[], Some(vcn))?;
@@ -109,7 +118,10 @@ impl MftMap {
             )));
         }
         if let Some(r) = map.runs.iter().find(|r| r.lcn.is_none()) {
-            return Err(NtfsError::Mft(format!("a sparse run at VCN {} in the MFT", r.vcn)));
+            return Err(NtfsError::Mft(format!(
+                "a sparse run at VCN {} in the MFT",
+                r.vcn
+            )));
         }
         Ok(map)
     }
@@ -134,8 +146,20 @@ impl MftMap {
     }
 
     /// Reads `buf.len()` bytes of the MFT stream from `offset` (relative to the MFT's start).
-    pub fn read_bytes(&self, disk: &DiskFile, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
-        read_runs(disk, self.volume_offset, self.cluster_size, &self.runs, offset, buf)
+    pub fn read_bytes(
+        &self,
+        disk: &DiskFile,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), NtfsError> {
+        read_runs(
+            disk,
+            self.volume_offset,
+            self.cluster_size,
+            &self.runs,
+            offset,
+            buf,
+        )
     }
 
     /// Reads record `n` with its fixups undone.
@@ -166,10 +190,18 @@ impl MftMap {
         if nr.data_size > MAX_ATTRIBUTE_LIST {
             return Err(NtfsError::Record {
                 record: rec_no,
-                problem: format!("$ATTRIBUTE_LIST of {} bytes is implausibly large", nr.data_size),
+                problem: format!(
+                    "$ATTRIBUTE_LIST of {} bytes is implausibly large",
+                    nr.data_size
+                ),
             });
         }
-        let runs = record::decode_runs(&rec[nr.mapping_pairs..attr.offset + attr.length], 0, self.clusters, rec_no)?;
+        let runs = record::decode_runs(
+            &rec[nr.mapping_pairs..attr.offset + attr.length],
+            0,
+            self.clusters,
+            rec_no,
+        )?;
         let mut out = vec![0u8; nr.data_size as usize];
         let mut filled = 0usize;
         for r in runs {
@@ -178,31 +210,52 @@ impl MftMap {
             }
             let n = ((r.count * self.cluster_size) as usize).min(out.len() - filled);
             match r.lcn {
-                Some(lcn) => disk.read_exact_at(&mut out[filled..filled + n], self.volume_offset + lcn * self.cluster_size)?,
+                Some(lcn) => disk.read_exact_at(
+                    &mut out[filled..filled + n],
+                    self.volume_offset + lcn * self.cluster_size,
+                )?,
                 None => out[filled..filled + n].fill(0),
             }
             filled += n;
         }
         if filled < out.len() {
-            return Err(NtfsError::Record { record: rec_no, problem: "$ATTRIBUTE_LIST runs are shorter than its size".into() });
+            return Err(NtfsError::Record {
+                record: rec_no,
+                problem: "$ATTRIBUTE_LIST runs are shorter than its size".into(),
+            });
         }
         Ok(out)
     }
 
     /// The unnamed `$DATA` stream of record `n`, following its attribute list if it has one.
     pub fn file_data(&self, disk: &DiskFile, n: u64) -> Result<FileData, NtfsError> {
-        let x = self.extents(disk, n, ATTR_DATA, &[])?.ok_or_else(|| NtfsError::Record {
-            record: n,
-            problem: "no unnamed $DATA attribute".into(),
-        })?;
-        Ok(FileData { size: x.size, runs: x.runs, resident: x.resident })
+        let x = self
+            .extents(disk, n, ATTR_DATA, &[])?
+            .ok_or_else(|| NtfsError::Record {
+                record: n,
+                problem: "no unnamed $DATA attribute".into(),
+            })?;
+        Ok(FileData {
+            size: x.size,
+            runs: x.runs,
+            resident: x.resident,
+        })
     }
 
     /// All extents of attribute (`ty`, `name` as UTF-16LE bytes) of record `n`, in VCN order.
-    pub fn extents(&self, disk: &DiskFile, n: u64, ty: u32, name: &[u8]) -> Result<Option<Extents>, NtfsError> {
+    pub fn extents(
+        &self,
+        disk: &DiskFile,
+        n: u64,
+        ty: u32,
+        name: &[u8],
+    ) -> Result<Option<Extents>, NtfsError> {
         let rec = self.read_record(disk, n)?;
         if !record::in_use(&rec) {
-            return Err(NtfsError::Record { record: n, problem: "the record is not in use".into() });
+            return Err(NtfsError::Record {
+                record: n,
+                problem: "the record is not in use".into(),
+            });
         }
         let attrs = record::attributes(&rec, n)?;
         let mut pieces: Vec<(u64, u64)> = match attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) {
@@ -228,7 +281,9 @@ impl MftMap {
             if vcn != next {
                 return Err(NtfsError::Record {
                     record: n,
-                    problem: format!("attribute 0x{ty:x} extent in record {rec_no} starts at VCN {vcn}, expected {next}"),
+                    problem: format!(
+                        "attribute 0x{ty:x} extent in record {rec_no} starts at VCN {vcn}, expected {next}"
+                    ),
                 });
             }
             let other;
@@ -243,13 +298,23 @@ impl MftMap {
                 first_record = rec_no;
                 if !a.non_resident {
                     let v = a.resident_value(r, rec_no)?;
-                    return Ok(Some(Extents { size: v.len() as u64, runs: Vec::new(), resident: true, first_record }));
+                    return Ok(Some(Extents {
+                        size: v.len() as u64,
+                        runs: Vec::new(),
+                        resident: true,
+                        first_record,
+                    }));
                 }
                 size = a.non_resident(r, rec_no)?.data_size;
             }
             runs.extend(extent_runs(r, rec_no, &a, vcn, self.clusters)?);
         }
-        Ok(Some(Extents { size, runs, resident: false, first_record }))
+        Ok(Some(Extents {
+            size,
+            runs,
+            resident: false,
+            first_record,
+        }))
     }
 
     /// Rewrites, in the decoded record `rec`, the first extent of attribute (`ty`, `name`) as one
@@ -265,7 +330,10 @@ impl MftMap {
     ) -> Result<(), NtfsError> {
         let data = find_attr(rec, rec_no, ty, name, Some(0))?;
         if !data.non_resident {
-            return Err(NtfsError::Record { record: rec_no, problem: "cannot remap a resident attribute".into() });
+            return Err(NtfsError::Record {
+                record: rec_no,
+                problem: "cannot remap a resident attribute".into(),
+            });
         }
         let nr = data.non_resident(rec, rec_no)?;
         let encoded = record::encode_single_run(total, virtual_lcn);
@@ -275,7 +343,8 @@ impl MftMap {
         if grow > 0 {
             // Grow the attribute, shifting the ones after it.
             let used = u32::from_le_bytes([rec[0x18], rec[0x19], rec[0x1a], rec[0x1b]]) as usize;
-            let allocated = u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
+            let allocated =
+                u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
             if used < attr_end || used + grow > allocated.min(rec.len()) {
                 return Err(NtfsError::Record {
                     record: rec_no,
@@ -284,7 +353,8 @@ impl MftMap {
             }
             rec.copy_within(attr_end..used, attr_end + grow);
             rec[0x18..0x1c].copy_from_slice(&((used + grow) as u32).to_le_bytes());
-            rec[data.offset + 4..data.offset + 8].copy_from_slice(&((data.length + grow) as u32).to_le_bytes());
+            rec[data.offset + 4..data.offset + 8]
+                .copy_from_slice(&((data.length + grow) as u32).to_le_bytes());
         }
         let mp = nr.mapping_pairs;
         rec[mp..attr_end + grow].fill(0);
@@ -299,12 +369,19 @@ impl MftMap {
         let a = record::attributes(rec, rec_no)?
             .into_iter()
             .find(|a| a.ty == ATTR_ATTRIBUTE_LIST && !a.non_resident)
-            .ok_or_else(|| NtfsError::Record { record: rec_no, problem: "no resident $ATTRIBUTE_LIST".into() })?;
+            .ok_or_else(|| NtfsError::Record {
+                record: rec_no,
+                problem: "no resident $ATTRIBUTE_LIST".into(),
+            })?;
         let old = a.resident_value(rec, rec_no)?.len();
         if list.len() > old {
-            return Err(NtfsError::Record { record: rec_no, problem: "a longer $ATTRIBUTE_LIST".into() });
+            return Err(NtfsError::Record {
+                record: rec_no,
+                problem: "a longer $ATTRIBUTE_LIST".into(),
+            });
         }
-        let vofs = a.offset + u16::from_le_bytes([rec[a.offset + 0x14], rec[a.offset + 0x15]]) as usize;
+        let vofs =
+            a.offset + u16::from_le_bytes([rec[a.offset + 0x14], rec[a.offset + 0x15]]) as usize;
         rec[vofs..vofs + old].fill(0);
         rec[vofs..vofs + list.len()].copy_from_slice(list);
         rec[a.offset + 0x10..a.offset + 0x14].copy_from_slice(&(list.len() as u32).to_le_bytes());
@@ -313,10 +390,18 @@ impl MftMap {
 
     /// Points the non-resident `$ATTRIBUTE_LIST` of the decoded record `rec` at `clusters`
     /// clusters at `virtual_lcn` holding `len` bytes.
-    pub fn set_virtual_list(rec: &mut [u8], rec_no: u64, clusters: u64, virtual_lcn: u64, len: u64, cluster_size: u64) -> Result<(), NtfsError> {
+    pub fn set_virtual_list(
+        rec: &mut [u8],
+        rec_no: u64,
+        clusters: u64,
+        virtual_lcn: u64,
+        len: u64,
+        cluster_size: u64,
+    ) -> Result<(), NtfsError> {
         Self::patch_first_extent(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], clusters, virtual_lcn)?;
         let a = find_attr(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], Some(0))?;
-        rec[a.offset + 0x28..a.offset + 0x30].copy_from_slice(&(clusters * cluster_size).to_le_bytes());
+        rec[a.offset + 0x28..a.offset + 0x30]
+            .copy_from_slice(&(clusters * cluster_size).to_le_bytes());
         rec[a.offset + 0x30..a.offset + 0x38].copy_from_slice(&len.to_le_bytes());
         rec[a.offset + 0x38..a.offset + 0x40].copy_from_slice(&len.to_le_bytes());
         Ok(())
@@ -332,7 +417,8 @@ impl MftMap {
         let lcn = pos / self.cluster_size;
         self.runs.iter().find_map(|r| {
             let l = r.lcn?;
-            (lcn >= l && lcn < l + r.count).then(|| (r.vcn + lcn - l) * self.cluster_size + pos % self.cluster_size)
+            (lcn >= l && lcn < l + r.count)
+                .then(|| (r.vcn + lcn - l) * self.cluster_size + pos % self.cluster_size)
         })
     }
 
@@ -371,15 +457,19 @@ pub fn read_runs(
     while !buf.is_empty() {
         let vcn = offset / cluster_size;
         let i = runs.partition_point(|r| r.vcn + r.count <= vcn);
-        let run = runs
-            .get(i)
-            .filter(|r| r.vcn <= vcn)
-            .ok_or_else(|| NtfsError::Crate(format!("byte {offset} of a remapped attribute is past its runs")))?;
+        let run = runs.get(i).filter(|r| r.vcn <= vcn).ok_or_else(|| {
+            NtfsError::Crate(format!(
+                "byte {offset} of a remapped attribute is past its runs"
+            ))
+        })?;
         let run_end = (run.vcn + run.count) * cluster_size;
         let n = ((run_end - offset) as usize).min(buf.len());
         let (head, tail) = buf.split_at_mut(n);
         match run.lcn {
-            Some(lcn) => disk.read_exact_at(head, volume_offset + lcn * cluster_size + (offset - run.vcn * cluster_size))?,
+            Some(lcn) => disk.read_exact_at(
+                head,
+                volume_offset + lcn * cluster_size + (offset - run.vcn * cluster_size),
+            )?,
             None => head.fill(0),
         }
         buf = tail;
@@ -388,7 +478,13 @@ pub fn read_runs(
     Ok(())
 }
 
-fn find_attr(rec: &[u8], rec_no: u64, ty: u32, name: &[u8], lowest_vcn: Option<u64>) -> Result<record::Attribute, NtfsError> {
+fn find_attr(
+    rec: &[u8],
+    rec_no: u64,
+    ty: u32,
+    name: &[u8],
+    lowest_vcn: Option<u64>,
+) -> Result<record::Attribute, NtfsError> {
     record::attributes(rec, rec_no)?
         .into_iter()
         .find(|a| {
@@ -396,24 +492,47 @@ fn find_attr(rec: &[u8], rec_no: u64, ty: u32, name: &[u8], lowest_vcn: Option<u
                 && a.name(rec) == Some(name)
                 && match lowest_vcn {
                     None => true,
-                    Some(v) => !a.non_resident || a.non_resident(rec, rec_no).is_ok_and(|nr| nr.lowest_vcn == v),
+                    Some(v) => {
+                        !a.non_resident
+                            || a.non_resident(rec, rec_no)
+                                .is_ok_and(|nr| nr.lowest_vcn == v)
+                    }
                 }
         })
         .ok_or_else(|| NtfsError::Record {
             record: rec_no,
-            problem: format!("no attribute 0x{ty:x} starting at VCN {}", lowest_vcn.unwrap_or(0)),
+            problem: format!(
+                "no attribute 0x{ty:x} starting at VCN {}",
+                lowest_vcn.unwrap_or(0)
+            ),
         })
 }
 
 /// The runs of the non-resident extent `a` of `rec`, which starts at `vcn`.
-fn extent_runs(rec: &[u8], rec_no: u64, a: &record::Attribute, vcn: u64, clusters: u64) -> Result<Vec<Run>, NtfsError> {
+fn extent_runs(
+    rec: &[u8],
+    rec_no: u64,
+    a: &record::Attribute,
+    vcn: u64,
+    clusters: u64,
+) -> Result<Vec<Run>, NtfsError> {
     if !a.non_resident {
-        return Err(NtfsError::Record { record: rec_no, problem: "a resident extent in an attribute list".into() });
+        return Err(NtfsError::Record {
+            record: rec_no,
+            problem: "a resident extent in an attribute list".into(),
+        });
     }
     let nr = a.non_resident(rec, rec_no)?;
-    let runs = record::decode_runs(&rec[nr.mapping_pairs..a.offset + a.length], vcn, clusters, rec_no)?;
+    let runs = record::decode_runs(
+        &rec[nr.mapping_pairs..a.offset + a.length],
+        vcn,
+        clusters,
+        rec_no,
+    )?;
     let covered = runs.last().map_or(vcn, |r| r.vcn + r.count);
-    if nr.highest_vcn.checked_add(1) != Some(covered) && !(runs.is_empty() && nr.highest_vcn == u64::MAX) {
+    if nr.highest_vcn.checked_add(1) != Some(covered)
+        && !(runs.is_empty() && nr.highest_vcn == u64::MAX)
+    {
         return Err(NtfsError::Record {
             record: rec_no,
             problem: format!(

@@ -26,11 +26,20 @@ pub enum NtfsError {
     BootSector(String),
     #[error("MFT record {record}: {problem}")]
     Record { record: u64, problem: String },
-    #[error("MFT record {record}: a data run points outside the volume (clusters {lcn}..{end}, the volume has {clusters})")]
-    RunOutsideVolume { record: u64, lcn: u64, end: u64, clusters: u64 },
+    #[error(
+        "MFT record {record}: a data run points outside the volume (clusters {lcn}..{end}, the volume has {clusters})"
+    )]
+    RunOutsideVolume {
+        record: u64,
+        lcn: u64,
+        end: u64,
+        clusters: u64,
+    },
     #[error("the $MFT is damaged: {0}")]
     Mft(String),
-    #[error("$Bitmap covers {bits} clusters but the volume has {clusters}: the bitmap is shorter than the volume")]
+    #[error(
+        "$Bitmap covers {bits} clusters but the volume has {clusters}: the bitmap is shorter than the volume"
+    )]
     BitmapTooShort { bits: u64, clusters: u64 },
     #[error("reading NTFS metadata: {0}")]
     Crate(String),
@@ -47,10 +56,12 @@ pub enum NtfsError {
 impl From<ntfs::NtfsError> for NtfsError {
     fn from(e: ntfs::NtfsError) -> Self {
         // Errors that our reader raised (bounds, budget) travel through the crate as io errors.
-        if let ntfs::NtfsError::Io(io) = &e {
-            if let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<reader::ReaderError>()) {
-                return inner.clone().into();
-            }
+        if let ntfs::NtfsError::Io(io) = &e
+            && let Some(inner) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<reader::ReaderError>())
+        {
+            return inner.clone().into();
         }
         NtfsError::Crate(e.to_string())
     }

@@ -26,7 +26,9 @@ pub const METADATA_READ_BUDGET: u64 = 512 << 20;
 /// Errors this view raises; they travel through the crate inside `io::Error`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReaderError {
-    #[error("a read at byte {offset} of the volume goes past its end ({len} bytes): a data run points outside the volume")]
+    #[error(
+        "a read at byte {offset} of the volume goes past its end ({len} bytes): a data run points outside the volume"
+    )]
     PastVolume { offset: u64, len: u64 },
     #[error("metadata read budget of {limit_mib} MiB exhausted")]
     Budget { limit_mib: u64 },
@@ -89,7 +91,10 @@ impl<'d> Remap<'d> {
             map,
             volume_offset,
             volume_len,
-            state: Mutex::new(State { next_virtual: first_virtual, ..Default::default() }),
+            state: Mutex::new(State {
+                next_virtual: first_virtual,
+                ..Default::default()
+            }),
         }
     }
 
@@ -113,7 +118,8 @@ impl<'d> Remap<'d> {
         }
         let base = match self.map.read_record(self.disk, r) {
             Ok(rec) if record::in_use(&rec) => {
-                let base = u64::from_le_bytes(rec[0x20..0x28].try_into().unwrap_or_default()) & 0xffff_ffff_ffff;
+                let base = u64::from_le_bytes(rec[0x20..0x28].try_into().unwrap_or_default())
+                    & 0xffff_ffff_ffff;
                 if base == 0 { r } else { base }
             }
             _ => r,
@@ -143,15 +149,21 @@ impl<'d> Remap<'d> {
     fn compute_patches(&self, base: u64, out: &mut HashMap<u64, Vec<u8>>) -> Result<(), NtfsError> {
         let rec = self.map.read_record(self.disk, base)?;
         let attrs = record::attributes(&rec, base)?;
-        let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) else { return Ok(()) };
-        let list = self.map.attribute_list_bytes(self.disk, &rec, list_attr, base)?;
+        let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) else {
+            return Ok(());
+        };
+        let list = self
+            .map
+            .attribute_list_bytes(self.disk, &rec, list_attr, base)?;
         let cs = self.map.cluster_size();
         let mut remapped = Vec::new();
         for (ty, name) in record::attribute_list_names(&list) {
             if record::attribute_list_entries(&list, ty, &name, base)?.len() < 2 {
                 continue;
             }
-            let Some(x) = self.map.extents(self.disk, base, ty, &name)? else { continue };
+            let Some(x) = self.map.extents(self.disk, base, ty, &name)? else {
+                continue;
+            };
             let total = x.runs.last().map_or(0, |r| r.vcn + r.count);
             if x.resident || total == 0 {
                 continue;
@@ -179,7 +191,14 @@ impl<'d> Remap<'d> {
                 let mut data = pruned.clone();
                 data.resize((clusters * cs) as usize, 0);
                 let start = self.add_region(clusters * cs, Backing::Bytes(Arc::new(data)), false);
-                MftMap::set_virtual_list(&mut bytes, base, clusters, start / cs, pruned.len() as u64, cs)?;
+                MftMap::set_virtual_list(
+                    &mut bytes,
+                    base,
+                    clusters,
+                    start / cs,
+                    pruned.len() as u64,
+                    cs,
+                )?;
             } else {
                 MftMap::set_resident_list(&mut bytes, base, &pruned)?;
             }
@@ -197,14 +216,22 @@ impl<'d> Remap<'d> {
         let mut st = self.state();
         let start = st.next_virtual;
         st.next_virtual += len.div_ceil(cs) * cs + 16 * cs;
-        st.regions.push(Region { start, len, backing, is_mft });
+        st.regions.push(Region {
+            start,
+            len,
+            backing,
+            is_mft,
+        });
         start
     }
 
     /// Overlays patched records onto `buf`, which holds MFT stream bytes from `mft_offset`.
     fn overlay_records(&self, buf: &mut [u8], mft_offset: u64) {
         let rs = self.map.record_size();
-        for r in self.map.records_in(mft_offset, mft_offset + buf.len() as u64) {
+        for r in self
+            .map
+            .records_in(mft_offset, mft_offset + buf.len() as u64)
+        {
             if let Some(p) = self.patch_for(r) {
                 overlay(buf, mft_offset, r * rs, &p);
             }
@@ -213,16 +240,30 @@ impl<'d> Remap<'d> {
 
     fn read_virtual(&self, pos: u64, buf: &mut [u8]) -> Result<usize, ReaderError> {
         let st = self.state();
-        let Some(region) = st.regions.iter().find(|g| pos >= g.start && pos < g.start + g.len) else {
-            return Err(ReaderError::PastVolume { offset: pos, len: self.volume_len });
+        let Some(region) = st
+            .regions
+            .iter()
+            .find(|g| pos >= g.start && pos < g.start + g.len)
+        else {
+            return Err(ReaderError::PastVolume {
+                offset: pos,
+                len: self.volume_len,
+            });
         };
         let o = pos - region.start;
         let n = buf.len().min((region.len - o) as usize);
         let (backing, is_mft) = (region.backing.clone(), region.is_mft);
         drop(st);
         match backing {
-            Backing::Runs(runs) => read_runs(self.disk, self.volume_offset, self.map.cluster_size(), &runs, o, &mut buf[..n])
-                .map_err(|e| ReaderError::Other(e.to_string()))?,
+            Backing::Runs(runs) => read_runs(
+                self.disk,
+                self.volume_offset,
+                self.map.cluster_size(),
+                &runs,
+                o,
+                &mut buf[..n],
+            )
+            .map_err(|e| ReaderError::Other(e.to_string()))?,
             Backing::Bytes(b) => buf[..n].copy_from_slice(&b[o as usize..o as usize + n]),
         }
         if is_mft {
@@ -233,7 +274,10 @@ impl<'d> Remap<'d> {
 
     fn read_real(&self, pos: u64, buf: &mut [u8]) -> Result<usize, ReaderError> {
         if pos >= self.volume_len {
-            return Err(ReaderError::PastVolume { offset: pos, len: self.volume_len });
+            return Err(ReaderError::PastVolume {
+                offset: pos,
+                len: self.volume_len,
+            });
         }
         let n = buf.len().min((self.volume_len - pos) as usize);
         self.disk
@@ -279,7 +323,12 @@ pub struct VolumeReader<'r, 'd> {
 
 impl<'r, 'd> VolumeReader<'r, 'd> {
     pub fn new(remap: &'r Remap<'d>) -> Self {
-        Self { remap, pos: 0, used: 0, budget: METADATA_READ_BUDGET }
+        Self {
+            remap,
+            pos: 0,
+            used: 0,
+            budget: METADATA_READ_BUDGET,
+        }
     }
 }
 
@@ -290,7 +339,9 @@ impl Read for VolumeReader<'_, '_> {
         }
         self.used += buf.len() as u64;
         if self.used > self.budget {
-            return Err(io::Error::other(ReaderError::Budget { limit_mib: self.budget >> 20 }));
+            return Err(io::Error::other(ReaderError::Budget {
+                limit_mib: self.budget >> 20,
+            }));
         }
         let r = if self.pos >= self.remap.first_virtual() {
             self.remap.read_virtual(self.pos, buf)
@@ -310,7 +361,8 @@ impl Seek for VolumeReader<'_, '_> {
             SeekFrom::End(d) => self.remap.volume_len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        self.pos =
+            new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
         Ok(self.pos)
     }
 }

@@ -17,7 +17,10 @@ pub struct Run {
 }
 
 fn bad(record: u64, problem: impl Into<String>) -> NtfsError {
-    NtfsError::Record { record, problem: problem.into() }
+    NtfsError::Record {
+        record,
+        problem: problem.into(),
+    }
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -38,21 +41,36 @@ pub fn apply_fixups(buf: &mut [u8], record: u64) -> Result<(), NtfsError> {
         return Err(bad(record, "record is shorter than its header"));
     }
     if &buf[0..4] != b"FILE" {
-        return Err(bad(record, format!("no FILE signature (found {:02x?})", &buf[0..4])));
+        return Err(bad(
+            record,
+            format!("no FILE signature (found {:02x?})", &buf[0..4]),
+        ));
     }
     let (usa_ofs, usa_count) = (u16_at(buf, 4) as usize, u16_at(buf, 6) as usize);
-    if usa_count < 2 || usa_ofs + usa_count * 2 > buf.len() || buf.len() % (usa_count - 1) != 0 {
-        return Err(bad(record, format!("bad update sequence array (offset {usa_ofs}, count {usa_count})")));
+    if usa_count < 2
+        || usa_ofs + usa_count * 2 > buf.len()
+        || !buf.len().is_multiple_of(usa_count - 1)
+    {
+        return Err(bad(
+            record,
+            format!("bad update sequence array (offset {usa_ofs}, count {usa_count})"),
+        ));
     }
     let stride = buf.len() / (usa_count - 1);
     if stride < 256 {
-        return Err(bad(record, format!("update sequence stride {stride} is too small")));
+        return Err(bad(
+            record,
+            format!("update sequence stride {stride} is too small"),
+        ));
     }
     let usn = [buf[usa_ofs], buf[usa_ofs + 1]];
     for i in 1..usa_count {
         let end = i * stride - 2;
         if buf[end..end + 2] != usn {
-            return Err(bad(record, format!("torn write: update sequence mismatch in sector {}", i - 1)));
+            return Err(bad(
+                record,
+                format!("torn write: update sequence mismatch in sector {}", i - 1),
+            ));
         }
         buf[end] = buf[usa_ofs + 2 * i];
         buf[end + 1] = buf[usa_ofs + 2 * i + 1];
@@ -93,7 +111,8 @@ impl Attribute {
         if len == 0 {
             return Some(&[]);
         }
-        rec.get(self.offset + ofs..self.offset + ofs + len).filter(|_| ofs + len <= self.length)
+        rec.get(self.offset + ofs..self.offset + ofs + len)
+            .filter(|_| ofs + len <= self.length)
     }
 
     /// The resident value bytes.
@@ -103,8 +122,12 @@ impl Attribute {
             return Err(bad(record, "resident attribute header is truncated"));
         }
         let (len, ofs) = (u32_at(a, 0x10) as usize, u16_at(a, 0x14) as usize);
-        a.get(ofs..ofs.saturating_add(len))
-            .ok_or_else(|| bad(record, format!("resident value of attribute 0x{:x} overruns it", self.ty)))
+        a.get(ofs..ofs.saturating_add(len)).ok_or_else(|| {
+            bad(
+                record,
+                format!("resident value of attribute 0x{:x} overruns it", self.ty),
+            )
+        })
     }
 
     /// Header fields of a non-resident attribute.
@@ -115,7 +138,10 @@ impl Attribute {
         }
         let mp = u16_at(a, 0x20) as usize;
         if mp < 0x40 || mp > a.len() {
-            return Err(bad(record, format!("mapping pairs offset {mp} is outside the attribute")));
+            return Err(bad(
+                record,
+                format!("mapping pairs offset {mp} is outside the attribute"),
+            ));
         }
         Ok(NonResident {
             lowest_vcn: u64_at(a, 0x10),
@@ -151,18 +177,27 @@ pub fn attributes(rec: &[u8], record: u64) -> Result<Vec<Attribute>, NtfsError> 
     let mut ofs = first;
     loop {
         if ofs + 4 > used {
-            return Err(bad(record, "attribute list runs past the end of the record without an end marker"));
+            return Err(bad(
+                record,
+                "attribute list runs past the end of the record without an end marker",
+            ));
         }
         let ty = u32_at(rec, ofs);
         if ty == ATTR_END {
             return Ok(out);
         }
         if ofs + 16 > used {
-            return Err(bad(record, format!("attribute at offset {ofs} is truncated")));
+            return Err(bad(
+                record,
+                format!("attribute at offset {ofs} is truncated"),
+            ));
         }
         let length = u32_at(rec, ofs + 4) as usize;
-        if length < 16 || length % 8 != 0 || ofs + length > used {
-            return Err(bad(record, format!("attribute 0x{ty:x} at offset {ofs} has a bad length {length}")));
+        if length < 16 || !length.is_multiple_of(8) || ofs + length > used {
+            return Err(bad(
+                record,
+                format!("attribute 0x{ty:x} at offset {ofs} has a bad length {length}"),
+            ));
         }
         out.push(Attribute {
             offset: ofs,
@@ -191,11 +226,17 @@ pub fn decode_runs(
         let h = bytes[pos];
         let (nlen, olen) = ((h & 0x0f) as usize, (h >> 4) as usize);
         if nlen == 0 || nlen > 8 || olen > 8 || pos + 1 + nlen + olen > bytes.len() {
-            return Err(bad(record, format!("bad data run header 0x{h:02x} at byte {pos} of the mapping pairs")));
+            return Err(bad(
+                record,
+                format!("bad data run header 0x{h:02x} at byte {pos} of the mapping pairs"),
+            ));
         }
         let count = read_uint(&bytes[pos + 1..pos + 1 + nlen]);
         if count == 0 || count > i64::MAX as u64 {
-            return Err(bad(record, format!("data run at byte {pos} has a bad length {count}")));
+            return Err(bad(
+                record,
+                format!("data run at byte {pos} has a bad length {count}"),
+            ));
         }
         let run_lcn = if olen == 0 {
             None
@@ -215,8 +256,14 @@ pub fn decode_runs(
             }
             Some(lcn as u64)
         };
-        runs.push(Run { vcn, lcn: run_lcn, count });
-        vcn = vcn.checked_add(count).ok_or_else(|| bad(record, "data run VCN overflows"))?;
+        runs.push(Run {
+            vcn,
+            lcn: run_lcn,
+            count,
+        });
+        vcn = vcn
+            .checked_add(count)
+            .ok_or_else(|| bad(record, "data run VCN overflows"))?;
         pos += 1 + nlen + olen;
     }
     Ok(runs)
@@ -241,7 +288,11 @@ pub fn encode_single_run(count: u64, lcn: u64) -> Vec<u8> {
         (1..=8)
             .find(|&n| {
                 let bits = n * 8;
-                if signed { bits == 64 || v < (1u64 << (bits - 1)) } else { bits == 64 || v < (1u64 << bits) }
+                if signed {
+                    bits == 64 || v < (1u64 << (bits - 1))
+                } else {
+                    bits == 64 || v < (1u64 << bits)
+                }
             })
             .unwrap_or(8)
     }
@@ -286,7 +337,11 @@ pub fn prune_attribute_list(list: &[u8], drop: &[(u32, Vec<u8>)]) -> Vec<u8> {
         let e = &list[pos..pos + len];
         let (nl, no) = (e[6] as usize * 2, e[7] as usize);
         let name = e.get(no..no + nl).unwrap_or_default();
-        if !(u64_at(e, 8) > 0 && drop.iter().any(|(t, n)| *t == u32_at(e, 0) && n.as_slice() == name)) {
+        if !(u64_at(e, 8) > 0
+            && drop
+                .iter()
+                .any(|(t, n)| *t == u32_at(e, 0) && n.as_slice() == name))
+        {
             kept.extend_from_slice(e);
         }
         pos += len;
@@ -295,17 +350,27 @@ pub fn prune_attribute_list(list: &[u8], drop: &[(u32, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Attribute-list entries of attribute (`ty`, `name` as UTF-16LE bytes): (lowest VCN, record number).
-pub fn attribute_list_entries(list: &[u8], ty: u32, name: &[u8], record: u64) -> Result<Vec<(u64, u64)>, NtfsError> {
+pub fn attribute_list_entries(
+    list: &[u8],
+    ty: u32,
+    name: &[u8],
+    record: u64,
+) -> Result<Vec<(u64, u64)>, NtfsError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos + 26 <= list.len() {
         let ety = u32_at(list, pos);
         let len = u16_at(list, pos + 4) as usize;
         if len < 26 || pos + len > list.len() {
-            return Err(bad(record, format!("$ATTRIBUTE_LIST entry at byte {pos} has a bad length {len}")));
+            return Err(bad(
+                record,
+                format!("$ATTRIBUTE_LIST entry at byte {pos} has a bad length {len}"),
+            ));
         }
         let (name_len, name_ofs) = (list[pos + 6] as usize * 2, list[pos + 7] as usize);
-        let ename = list.get(pos + name_ofs..pos + name_ofs + name_len).filter(|_| name_ofs + name_len <= len);
+        let ename = list
+            .get(pos + name_ofs..pos + name_ofs + name_len)
+            .filter(|_| name_ofs + name_len <= len);
         if ety == ty && ename == Some(name) {
             let lowest_vcn = u64_at(list, pos + 8);
             let reference = u64_at(list, pos + 16) & 0x0000_ffff_ffff_ffff;
@@ -329,9 +394,21 @@ mod tests {
         assert_eq!(
             runs,
             vec![
-                Run { vcn: 0, lcn: Some(256), count: 16 },
-                Run { vcn: 16, lcn: Some(240), count: 8 },
-                Run { vcn: 24, lcn: None, count: 4 },
+                Run {
+                    vcn: 0,
+                    lcn: Some(256),
+                    count: 16
+                },
+                Run {
+                    vcn: 16,
+                    lcn: Some(240),
+                    count: 8
+                },
+                Run {
+                    vcn: 24,
+                    lcn: None,
+                    count: 4
+                },
             ]
         );
     }
@@ -340,7 +417,17 @@ mod tests {
     fn run_outside_volume_is_an_error() {
         let mp = [0x21, 0x10, 0x00, 0x01, 0x00];
         let err = decode_runs(&mp, 0, 100, 9).unwrap_err();
-        assert!(matches!(err, NtfsError::RunOutsideVolume { record: 9, lcn: 256, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                NtfsError::RunOutsideVolume {
+                    record: 9,
+                    lcn: 256,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -348,7 +435,14 @@ mod tests {
         for (count, lcn) in [(1u64, 1u64), (300, 70_000), (1 << 33, 1 << 40), (255, 128)] {
             let enc = encode_single_run(count, lcn);
             let runs = decode_runs(&enc, 0, u64::MAX / 2, 0).unwrap();
-            assert_eq!(runs, vec![Run { vcn: 0, lcn: Some(lcn), count }]);
+            assert_eq!(
+                runs,
+                vec![Run {
+                    vcn: 0,
+                    lcn: Some(lcn),
+                    count
+                }]
+            );
         }
     }
 }

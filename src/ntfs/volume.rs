@@ -83,7 +83,14 @@ impl<'d> NtfsVolume<'d> {
             )));
         }
         let record_size = ntfs.file_record_size() as u64;
-        let mft = MftMap::load(disk, offset, mft_position, cluster_size, record_size, clusters)?;
+        let mft = MftMap::load(
+            disk,
+            offset,
+            mft_position,
+            cluster_size,
+            record_size,
+            clusters,
+        )?;
         let has_attribute_list = mft.has_attribute_list;
         let records = mft.record_count();
         let remap = Remap::new(disk, mft, offset, length);
@@ -96,7 +103,11 @@ impl<'d> NtfsVolume<'d> {
         };
         let serial64 = ntfs.serial_number();
         let facts = NtfsFacts {
-            serial: format!("{:04X}-{:04X}", (serial64 >> 16) & 0xffff, serial64 & 0xffff),
+            serial: format!(
+                "{:04X}-{:04X}",
+                (serial64 >> 16) & 0xffff,
+                serial64 & 0xffff
+            ),
             serial64: format!("{serial64:016X}"),
             label: label.filter(|l| !l.is_empty()),
             cluster_size: ntfs.cluster_size(),
@@ -107,7 +118,14 @@ impl<'d> NtfsVolume<'d> {
             mft_records: records,
             mft_attribute_list: has_attribute_list,
         };
-        Ok(Self { disk, offset, length, ntfs, remap, facts })
+        Ok(Self {
+            disk,
+            offset,
+            length,
+            ntfs,
+            remap,
+            facts,
+        })
     }
 
     pub fn facts(&self) -> &NtfsFacts {
@@ -135,7 +153,10 @@ impl<'d> NtfsVolume<'d> {
     /// Looks up a root-relative path (`\Windows\System32`, `/pagefile.sys`), case-insensitively.
     pub fn lookup(&self, path: &str) -> Result<Option<Found>, NtfsError> {
         let mut fs = self.reader();
-        let mut current = Found { record: ROOT_RECORD, is_dir: true };
+        let mut current = Found {
+            record: ROOT_RECORD,
+            is_dir: true,
+        };
         for name in path.split(['\\', '/']).filter(|c| !c.is_empty()) {
             if !current.is_dir {
                 return Ok(None);
@@ -143,7 +164,8 @@ impl<'d> NtfsVolume<'d> {
             let dir = self.ntfs.file(&mut fs, current.record)?;
             let index = dir.directory_index(&mut fs)?;
             let mut finder = index.finder();
-            let Some(entry) = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut fs, name) else {
+            let Some(entry) = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut fs, name)
+            else {
                 return Ok(None);
             };
             let entry = entry?;
@@ -151,7 +173,10 @@ impl<'d> NtfsVolume<'d> {
                 Some(key) => key?.is_directory(),
                 None => false,
             };
-            current = Found { record: entry.file_reference().file_record_number(), is_dir };
+            current = Found {
+                record: entry.file_reference().file_record_number(),
+                is_dir,
+            };
         }
         Ok(Some(current))
     }
@@ -170,7 +195,11 @@ impl<'d> NtfsVolume<'d> {
             if key.namespace() == ntfs::structured_values::NtfsFileNamespace::Dos {
                 continue;
             }
-            out.push((key.name().to_string_lossy(), entry.file_reference().file_record_number(), key.is_directory()));
+            out.push((
+                key.name().to_string_lossy(),
+                entry.file_reference().file_record_number(),
+                key.is_directory(),
+            ));
         }
         Ok(out)
     }

@@ -2,7 +2,7 @@
 //! and read with positioned reads (no shared seek position, so several threads can read at once).
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::SourceError;
@@ -16,15 +16,30 @@ pub struct DiskFile {
 }
 
 impl DiskFile {
-    /// Opens `path` read-only and finds its size (seeking to the end also works for block devices).
+    /// Opens `path` read-only and finds its size (seeking to the end also works for block
+    /// devices). A zstd-compressed image (`disk.img.zst`) is first decompressed into a sparse
+    /// temporary file, which is removed when the `DiskFile` is dropped.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let open_err = |source| SourceError::Open { path: path.to_path_buf(), source };
+        let open_err = |source| SourceError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut file = File::open(path).map_err(open_err)?;
         if file.metadata().map_err(open_err)?.is_dir() {
-            return Err(SourceError::IsDirectory { path: path.to_path_buf() });
+            return Err(SourceError::IsDirectory {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut magic = [0u8; 4];
+        if file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC {
+            file = decompress_to_temp(path, file).map_err(open_err)?;
         }
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        Ok(Self { file, path: path.to_path_buf(), size })
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            size,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -54,6 +69,45 @@ impl DiskFile {
             source,
         })
     }
+}
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Decompresses a zstd image into an anonymous temporary file, leaving holes where the data is
+/// zero, and returns it.
+fn decompress_to_temp(path: &Path, mut compressed: File) -> std::io::Result<File> {
+    compressed.seek(SeekFrom::Start(0))?;
+    let mut out = tempfile::tempfile()?;
+    let mut dec = zstd::stream::read::Decoder::new(compressed)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            match dec.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("decompressing {}: {e}", path.display()),
+                    ));
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            out.seek(SeekFrom::Start(len))?;
+            out.write_all(&buf[..n])?;
+        }
+        len += n as u64;
+    }
+    out.set_len(len)?;
+    Ok(out)
 }
 
 #[cfg(unix)]

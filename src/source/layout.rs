@@ -44,7 +44,12 @@ pub fn detect_fs(sector: &[u8]) -> FileSystem {
         b"EXFAT   " => FileSystem::Exfat,
         b"-FVE-FS-" => FileSystem::Bitlocker,
         b"ReFS\0\0\0\0" => FileSystem::Refs,
-        _ if &sector[82..87] == b"FAT32" || &sector[54..59] == b"FAT12" || &sector[54..59] == b"FAT16" => FileSystem::Fat,
+        _ if &sector[82..87] == b"FAT32"
+            || &sector[54..59] == b"FAT12"
+            || &sector[54..59] == b"FAT16" =>
+        {
+            FileSystem::Fat
+        }
         _ => FileSystem::Unknown,
     }
 }
@@ -159,7 +164,9 @@ pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, Sourc
     for p in &mut partitions {
         if p.partition.index != root.index {
             let what = match (&p.partition.ptype, p.fs) {
-                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _) if p.partition.ptype.name() != "unknown" => {
+                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _)
+                    if p.partition.ptype.name() != "unknown" =>
+                {
                     p.partition.ptype.name().to_string()
                 }
                 _ => format!("{} partition", p.fs),
@@ -169,25 +176,46 @@ pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, Sourc
             ));
         }
     }
-    Ok(DiskLayout { disk_size: disk.size(), table, partitions, root })
+    Ok(DiskLayout {
+        disk_size: disk.size(),
+        table,
+        partitions,
+        root,
+    })
 }
 
-fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Result<RootChoice, SourceError> {
+fn choose_root(
+    path: &Path,
+    parts: &[PartitionInfo],
+    forced: Option<u32>,
+) -> Result<RootChoice, SourceError> {
     if let Some(index) = forced {
         let Some(p) = parts.iter().find(|p| p.partition.index == index) else {
-            let have: Vec<String> = parts.iter().map(|p| p.partition.index.to_string()).collect();
+            let have: Vec<String> = parts
+                .iter()
+                .map(|p| p.partition.index.to_string())
+                .collect();
             return Err(SourceError::BadPartitionChoice {
                 index,
                 reason: format!("no such partition (this disk has {})", have.join(", ")),
             });
         };
         if p.fs != FileSystem::Ntfs {
-            return Err(SourceError::BadPartitionChoice { index, reason: format!("it holds {}, not NTFS", p.fs) });
+            return Err(SourceError::BadPartitionChoice {
+                index,
+                reason: format!("it holds {}, not NTFS", p.fs),
+            });
         }
         if let Some(e) = &p.error {
-            return Err(SourceError::BadPartitionChoice { index, reason: e.clone() });
+            return Err(SourceError::BadPartitionChoice {
+                index,
+                reason: e.clone(),
+            });
         }
-        return Ok(RootChoice { index, reason: "chosen with --partition".into() });
+        return Ok(RootChoice {
+            index,
+            reason: "chosen with --partition".into(),
+        });
     }
     let windows: Vec<&PartitionInfo> = parts.iter().filter(|p| p.has_windows).collect();
     match windows.len() {
@@ -234,8 +262,16 @@ fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Res
                 path: path.to_path_buf(),
                 reason: format!(
                     "no NTFS volume (found: {}){}",
-                    if found.is_empty() { "no partitions".to_string() } else { found.join("; ") },
-                    if bitlocker { "; a BitLocker volume must be unlocked and imaged decrypted" } else { "" }
+                    if found.is_empty() {
+                        "no partitions".to_string()
+                    } else {
+                        found.join("; ")
+                    },
+                    if bitlocker {
+                        "; a BitLocker volume must be unlocked and imaged decrypted"
+                    } else {
+                        ""
+                    }
                 ),
             })
         }
@@ -243,16 +279,21 @@ fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Res
             let c: Vec<String> = ntfs.iter().map(|p| describe(p)).collect();
             Err(SourceError::AmbiguousRoot {
                 path: path.to_path_buf(),
-                candidates: format!("{n} NTFS volumes and none holds \\Windows\\System32: {}", c.join("; ")),
+                candidates: format!(
+                    "{n} NTFS volumes and none holds \\Windows\\System32: {}",
+                    c.join("; ")
+                ),
             })
         }
     }
 }
 
 /// Opens `path` and analyses it.
-pub fn open_and_analyse(path: &Path, forced: Option<u32>) -> Result<(DiskFile, DiskLayout), SourceError> {
+pub fn open_and_analyse(
+    path: &Path,
+    forced: Option<u32>,
+) -> Result<(DiskFile, DiskLayout), SourceError> {
     let disk = DiskFile::open(path)?;
     let layout = analyse(&disk, forced)?;
     Ok((disk, layout))
 }
-

@@ -159,7 +159,8 @@ pub fn read_table(disk: &DiskFile) -> Result<PartitionTable, SourceError> {
             }
         }
         return Err(SourceError::Table(
-            "protective MBR (type 0xEE) but no valid GPT header at LBA 1 or at the end of the disk".into(),
+            "protective MBR (type 0xEE) but no valid GPT header at LBA 1 or at the end of the disk"
+                .into(),
         ));
     }
     read_mbr(disk, &first)
@@ -228,9 +229,11 @@ fn parse_gpt_header(disk: &DiskFile, ss: u32, lba: u64) -> Result<GptHeader, Str
     let num_entries = le_u32(&h, 80);
     let entry_size = le_u32(&h, 84);
     if num_entries > MAX_GPT_ENTRIES {
-        return Err(format!("{num_entries} partition entries (at most {MAX_GPT_ENTRIES} are accepted)"));
+        return Err(format!(
+            "{num_entries} partition entries (at most {MAX_GPT_ENTRIES} are accepted)"
+        ));
     }
-    if entry_size < 128 || entry_size > 4096 || entry_size % 8 != 0 {
+    if !(128..=4096).contains(&entry_size) || !entry_size.is_multiple_of(8) {
         return Err(format!("partition entry size {entry_size} is invalid"));
     }
     Ok(GptHeader {
@@ -274,7 +277,11 @@ fn gpt_partitions(disk: &DiskFile, ss: u32, h: &GptHeader) -> Result<Vec<Partiti
         }
         let (offset, length) = first
             .checked_mul(ss as u64)
-            .zip((last - first).checked_add(1).and_then(|n| n.checked_mul(ss as u64)))
+            .zip(
+                (last - first)
+                    .checked_add(1)
+                    .and_then(|n| n.checked_mul(ss as u64)),
+            )
             .ok_or_else(|| SourceError::Table(format!("GPT partition {index} LBAs overflow")))?;
         let name_units: Vec<u16> = e[56..128]
             .chunks_exact(2)
@@ -325,7 +332,14 @@ fn read_gpt(disk: &DiskFile, ss: u32) -> Result<PartitionTable, SourceError> {
         }
     };
     let _ = (header.my_lba, header.alternate_lba);
-    finish(disk, TableKind::Gpt, ss, Some(header.disk_guid), parts, warnings)
+    finish(
+        disk,
+        TableKind::Gpt,
+        ss,
+        Some(header.disk_guid),
+        parts,
+        warnings,
+    )
 }
 
 /// The message of a table error without the "bad partition table" prefix.
@@ -340,7 +354,9 @@ fn read_gpt_backup_only(disk: &DiskFile, ss: u32) -> Result<PartitionTable, Sour
     let backup_lba = disk.size() / ss as u64 - 1;
     let h = parse_gpt_header(disk, ss, backup_lba).map_err(SourceError::Table)?;
     let parts = gpt_partitions(disk, ss, &h)?;
-    let warnings = vec!["the primary GPT header is missing; the backup GPT at the end of the disk was used".into()];
+    let warnings = vec![
+        "the primary GPT header is missing; the backup GPT at the end of the disk was used".into(),
+    ];
     finish(disk, TableKind::Gpt, ss, Some(h.disk_guid), parts, warnings)
 }
 
@@ -357,7 +373,12 @@ fn mbr_entries(sector: &[u8]) -> Vec<MbrEntry> {
     (0..4)
         .map(|i| {
             let e = &sector[446 + 16 * i..446 + 16 * (i + 1)];
-            MbrEntry { status: e[0], ptype: e[4], lba: le_u32(e, 8), sectors: le_u32(e, 12) }
+            MbrEntry {
+                status: e[0],
+                ptype: e[4],
+                lba: le_u32(e, 8),
+                sectors: le_u32(e, 12),
+            }
         })
         .collect()
 }
@@ -366,7 +387,11 @@ fn is_extended(t: u8) -> bool {
     matches!(t, 0x05 | 0x0f | 0x85)
 }
 
-fn mbr_with_sector_size(disk: &DiskFile, first: &[u8], ss: u64) -> Result<Vec<Partition>, SourceError> {
+fn mbr_with_sector_size(
+    disk: &DiskFile,
+    first: &[u8],
+    ss: u64,
+) -> Result<Vec<Partition>, SourceError> {
     let mut parts = Vec::new();
     let mut extended = None;
     for (i, e) in mbr_entries(first).into_iter().enumerate() {
@@ -382,7 +407,9 @@ fn mbr_with_sector_size(disk: &DiskFile, first: &[u8], ss: u64) -> Result<Vec<Pa
         }
         if is_extended(e.ptype) {
             if extended.is_some() {
-                return Err(SourceError::Table("the MBR has more than one extended partition".into()));
+                return Err(SourceError::Table(
+                    "the MBR has more than one extended partition".into(),
+                ));
             }
             extended = Some((e.lba as u64, e.sectors as u64));
             continue;
@@ -407,7 +434,9 @@ fn mbr_with_sector_size(disk: &DiskFile, first: &[u8], ss: u64) -> Result<Vec<Pa
                 )));
             }
             if seen.len() > MAX_LOGICAL {
-                return Err(SourceError::Table(format!("more than {MAX_LOGICAL} logical partitions")));
+                return Err(SourceError::Table(format!(
+                    "more than {MAX_LOGICAL} logical partitions"
+                )));
             }
             if ebr_lba < ext_start || ebr_lba >= ext_start + ext_len {
                 return Err(SourceError::Table(format!(
@@ -445,7 +474,9 @@ fn mbr_with_sector_size(disk: &DiskFile, first: &[u8], ss: u64) -> Result<Vec<Pa
 
 fn starts_with_known_fs(disk: &DiskFile, p: &Partition) -> bool {
     let mut s = [0u8; 512];
-    if p.offset.checked_add(512).is_none_or(|e| e > disk.size()) || disk.read_exact_at(&mut s, p.offset).is_err() {
+    if p.offset.checked_add(512).is_none_or(|e| e > disk.size())
+        || disk.read_exact_at(&mut s, p.offset).is_err()
+    {
         return false;
     }
     super::layout::detect_fs(&s) != super::FileSystem::Unknown
@@ -457,14 +488,12 @@ fn read_mbr(disk: &DiskFile, first: &[u8]) -> Result<PartitionTable, SourceError
     // MBR LBAs count sectors of the disk's logical sector size: 512 nearly always, 4096 on
     // 4Kn disks. Use 4096 only when 512 finds no file system where 4096 does.
     let parts512 = mbr_with_sector_size(disk, first, 512);
-    if let Ok(p) = &parts512 {
-        if !p.iter().any(|p| starts_with_known_fs(disk, p)) {
-            if let Ok(p4) = mbr_with_sector_size(disk, first, 4096) {
-                if p4.iter().any(|p| starts_with_known_fs(disk, p)) {
-                    return finish(disk, TableKind::Mbr, 4096, disk_id, p4, Vec::new());
-                }
-            }
-        }
+    if let Ok(p) = &parts512
+        && !p.iter().any(|p| starts_with_known_fs(disk, p))
+        && let Ok(p4) = mbr_with_sector_size(disk, first, 4096)
+        && p4.iter().any(|p| starts_with_known_fs(disk, p))
+    {
+        return finish(disk, TableKind::Mbr, 4096, disk_id, p4, Vec::new());
     }
     finish(disk, TableKind::Mbr, 512, disk_id, parts512?, Vec::new())
 }
@@ -484,7 +513,11 @@ fn finish(
             .checked_add(p.length)
             .ok_or_else(|| SourceError::Table(format!("partition {} overflows", p.index)))?;
         if end > disk.size() {
-            return Err(SourceError::PartitionPastEnd { index: p.index, end, size: disk.size() });
+            return Err(SourceError::PartitionPastEnd {
+                index: p.index,
+                end,
+                size: disk.size(),
+            });
         }
     }
     partitions.sort_by_key(|p| p.offset);
@@ -497,5 +530,11 @@ fn finish(
         }
     }
     partitions.sort_by_key(|p| p.index);
-    Ok(PartitionTable { kind, sector_size, disk_id, partitions, warnings })
+    Ok(PartitionTable {
+        kind,
+        sector_size,
+        disk_id,
+        partitions,
+        warnings,
+    })
 }

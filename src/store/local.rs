@@ -36,11 +36,18 @@ impl LocalStore {
     }
 
     fn io<'k>(op: &'static str, key: &'k str) -> impl FnOnce(std::io::Error) -> StoreError + 'k {
-        move |source| StoreError::Io { op, key: key.to_string(), source }
+        move |source| StoreError::Io {
+            op,
+            key: key.to_string(),
+            source,
+        }
     }
 
     fn not_found(&self, key: &str) -> StoreError {
-        StoreError::NotFound { key: key.to_string(), location: self.location() }
+        StoreError::NotFound {
+            key: key.to_string(),
+            location: self.location(),
+        }
     }
 
     fn parent_dirs(&self, key: &str) -> Result<(), StoreError> {
@@ -111,7 +118,12 @@ impl ObjectStore for LocalStore {
             .truncate(true)
             .open(&tmp)
             .map_err(Self::io("create", key))?;
-        Ok(Box::new(LocalWriter { file, tmp, path, key: key.to_string() }))
+        Ok(Box::new(LocalWriter {
+            file,
+            tmp,
+            path,
+            key: key.to_string(),
+        }))
     }
 }
 
@@ -124,7 +136,11 @@ struct LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(bytes).map_err(|source| StoreError::Io { op: "write", key: self.key.clone(), source })
+        self.file.write_all(bytes).map_err(|source| StoreError::Io {
+            op: "write",
+            key: self.key.clone(),
+            source,
+        })
     }
 
     fn end_part(&mut self, _part: &PartInfo) -> Result<(), StoreError> {
@@ -133,8 +149,16 @@ impl ObjectWriter for LocalWriter {
 
     fn finish(self: Box<Self>) -> Result<Option<String>, StoreError> {
         let key = self.key.clone();
-        self.file.sync_data().map_err(|source| StoreError::Io { op: "sync", key: key.clone(), source })?;
-        fs::rename(&self.tmp, &self.path).map_err(|source| StoreError::Io { op: "rename", key, source })?;
+        self.file.sync_data().map_err(|source| StoreError::Io {
+            op: "sync",
+            key: key.clone(),
+            source,
+        })?;
+        fs::rename(&self.tmp, &self.path).map_err(|source| StoreError::Io {
+            op: "rename",
+            key,
+            source,
+        })?;
         Ok(None)
     }
 

@@ -13,13 +13,25 @@ pub use local::LocalStore;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {key}: {source}")]
-    Io { op: &'static str, key: String, source: std::io::Error },
+    Io {
+        op: &'static str,
+        key: String,
+        source: std::io::Error,
+    },
     #[error("a bundle already exists at {bucket}/{prefix} ({manifest} is present)")]
-    BundleExists { bucket: String, prefix: String, manifest: String },
+    BundleExists {
+        bucket: String,
+        prefix: String,
+        manifest: String,
+    },
     #[error("{key} not found in {location}")]
     NotFound { key: String, location: String },
     #[error("invalid {what} {value:?}: {reason}")]
-    InvalidName { what: &'static str, value: String, reason: String },
+    InvalidName {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("local store {path}: {problem}")]
     Local { path: PathBuf, problem: String },
 }

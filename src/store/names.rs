@@ -4,7 +4,11 @@
 use super::StoreError;
 
 fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> StoreError {
-    StoreError::InvalidName { what, value: value.to_string(), reason: reason.into() }
+    StoreError::InvalidName {
+        what,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// S3 bucket naming rules (3–63 chars of a-z 0-9 . -, starting and ending with a letter or digit).
@@ -12,18 +16,33 @@ pub fn check_bucket(b: &str) -> Result<(), StoreError> {
     if !(3..=63).contains(&b.len()) {
         return Err(invalid("bucket name", b, "must be 3 to 63 characters long"));
     }
-    if !b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-') {
-        return Err(invalid("bucket name", b, "may hold only lower-case letters, digits, '.' and '-'"));
+    if !b
+        .bytes()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+    {
+        return Err(invalid(
+            "bucket name",
+            b,
+            "may hold only lower-case letters, digits, '.' and '-'",
+        ));
     }
     let first_last_ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     if !first_last_ok(b.as_bytes()[0]) || !first_last_ok(b.as_bytes()[b.len() - 1]) {
-        return Err(invalid("bucket name", b, "must start and end with a letter or digit"));
+        return Err(invalid(
+            "bucket name",
+            b,
+            "must start and end with a letter or digit",
+        ));
     }
     if b.contains("..") {
         return Err(invalid("bucket name", b, "must not contain '..'"));
     }
     if b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok()) {
-        return Err(invalid("bucket name", b, "must not look like an IP address"));
+        return Err(invalid(
+            "bucket name",
+            b,
+            "must not look like an IP address",
+        ));
     }
     Ok(())
 }
@@ -34,16 +53,30 @@ pub fn check_prefix(p: &str) -> Result<(), StoreError> {
         return Err(invalid("prefix", p, "must not be empty"));
     }
     if p.len() > 900 {
-        return Err(invalid("prefix", p, "must be at most 900 bytes (keys are limited to 1024)"));
+        return Err(invalid(
+            "prefix",
+            p,
+            "must be at most 900 bytes (keys are limited to 1024)",
+        ));
     }
     if p.starts_with('/') || p.ends_with('/') {
         return Err(invalid("prefix", p, "must not start or end with '/'"));
     }
     if p.chars().any(|c| c.is_control() || c == '\\') {
-        return Err(invalid("prefix", p, "must not contain control characters or '\\'"));
+        return Err(invalid(
+            "prefix",
+            p,
+            "must not contain control characters or '\\'",
+        ));
     }
-    if p.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err(invalid("prefix", p, "must not contain empty, '.' or '..' path segments"));
+    if p.split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(invalid(
+            "prefix",
+            p,
+            "must not contain empty, '.' or '..' path segments",
+        ));
     }
     Ok(())
 }

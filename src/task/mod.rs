@@ -61,7 +61,9 @@ pub struct TaskError {
 
 /// Now, as EC2 writes times: `2008-10-07T11:41:50.000Z`.
 pub fn now_iso() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -82,20 +84,37 @@ pub fn new_bundle_id() -> String {
 /// A request id for EC2 responses (a UUID).
 pub fn new_request_id() -> String {
     let h = random_hex(16);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// A stable instance id derived from what identifies the source: `i-` + 17 hex digits.
 pub fn derived_instance_id(identity: &str) -> String {
-    let h = hex::encode(Sha256::digest(format!("winbundle-instance:{identity}").as_bytes()));
+    let h = hex::encode(Sha256::digest(
+        format!("winbundle-instance:{identity}").as_bytes(),
+    ));
     format!("i-{}", &h[..17])
 }
 
 /// Checks a user-given instance id (`i-` + 8 or 17 hex digits).
 pub fn check_instance_id(id: &str) -> Result<(), String> {
-    let hex = id.strip_prefix("i-").ok_or_else(|| format!("{id:?} does not start with 'i-'"))?;
-    if !(hex.len() == 8 || hex.len() == 17) || !hex.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
-        return Err(format!("{id:?} is not i- followed by 8 or 17 lower-case hex digits"));
+    let hex = id
+        .strip_prefix("i-")
+        .ok_or_else(|| format!("{id:?} does not start with 'i-'"))?;
+    if !(hex.len() == 8 || hex.len() == 17)
+        || !hex
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return Err(format!(
+            "{id:?} is not i- followed by 8 or 17 lower-case hex digits"
+        ));
     }
     Ok(())
 }
@@ -171,8 +190,14 @@ impl BundleTask {
     pub fn to_text(&self) -> String {
         let mut s = format!(
             "BUNDLETASK\t{}\t{}\t{}\t{}\t{}\t{}\nS3\t{}\t{}\n",
-            self.bundle_id, self.instance_id, self.progress, self.start_time, self.state.as_str(), self.update_time,
-            self.bucket, self.prefix
+            self.bundle_id,
+            self.instance_id,
+            self.progress,
+            self.start_time,
+            self.state.as_str(),
+            self.update_time,
+            self.bucket,
+            self.prefix
         );
         if let Some(e) = &self.error {
             s.push_str(&format!("BUNDLETASKERROR\t{}\t{}\n", e.code, e.message));
@@ -188,7 +213,10 @@ mod tests {
     #[test]
     fn ids_have_ec2_shapes() {
         let b = new_bundle_id();
-        assert!(b.starts_with("bun-") && b.len() == 12 && b[4..].bytes().all(|c| c.is_ascii_hexdigit()), "{b}");
+        assert!(
+            b.starts_with("bun-") && b.len() == 12 && b[4..].bytes().all(|c| c.is_ascii_hexdigit()),
+            "{b}"
+        );
         let i = derived_instance_id("disk-guid/3/serial");
         assert_eq!(i, derived_instance_id("disk-guid/3/serial"));
         assert!(check_instance_id(&i).is_ok());

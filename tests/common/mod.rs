@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use winbundle::bundle::Layout;
 use winbundle::bundle::create::{BundleOutcome, BundleRequest, bundle_instance};
 use winbundle::bundle::plan::{Plan, PlanOptions};
 use winbundle::bundle::read::{OpenedBundle, RestoreTarget};
-use winbundle::bundle::Layout;
 use winbundle::progress::NoProgress;
 use winbundle::source::DiskFile;
 use winbundle::store::LocalStore;
@@ -22,7 +22,9 @@ pub fn fixture(name: &str, dir: &Path) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !plain.exists() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(format!("{name}.zst"));
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(format!("{name}.zst"));
         let data = zstd::decode_all(std::fs::File::open(&src).unwrap()).unwrap();
         let tmp = cache.join(format!("{name}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, data).unwrap();
@@ -39,7 +41,11 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         bucket: "test-bucket".into(),
         prefix: prefix.into(),
         instance_id: None,
-        plan: PlanOptions { partition: None, excludes: Vec::new(), default_excludes: true },
+        plan: PlanOptions {
+            partition: None,
+            excludes: Vec::new(),
+            default_excludes: true,
+        },
         chunk_size: 1 << 20,
         level: 1,
         threads: 2,
@@ -51,14 +57,28 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
 
 pub fn bundle(req: &BundleRequest, store_dir: &Path) -> BundleOutcome {
     let store = LocalStore::open(store_dir, &req.bucket, true).unwrap();
-    bundle_instance(req, &store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+    bundle_instance(
+        req,
+        &store,
+        &NoProgress,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
 }
 
 /// Restores `prefix` from the store into `out`.
 pub fn restore(store_dir: &Path, prefix: &str, out: &Path) -> Result<(), winbundle::Error> {
     let store = LocalStore::open(store_dir, "test-bucket", false)?;
     let b = OpenedBundle::open(&store, prefix)?;
-    b.restore(&RestoreTarget::File { path: out.to_path_buf(), force: true }, 2, &NoProgress, &AtomicBool::new(false))?;
+    b.restore(
+        &RestoreTarget::File {
+            path: out.to_path_buf(),
+            force: true,
+        },
+        2,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )?;
     Ok(())
 }
 
@@ -95,15 +115,26 @@ pub fn assert_restored_matches(source: &Path, opts: &PlanOptions, restored: &Pat
             assert!(a == b, "allocated cluster {c} differs");
             same += 1;
         } else {
-            assert!(b.iter().all(|&x| x == 0), "free or excluded cluster {c} is not zero");
+            assert!(
+                b.iter().all(|&x| x == 0),
+                "free or excluded cluster {c} is not zero"
+            );
             zero += 1;
         }
     }
     let tail_start = plan.facts.cluster_count as usize * cs;
     let fs_end = (plan.facts.fs_size + plan.facts.sector_size as u64).min(root.length) as usize;
-    assert_eq!(&src[tail_start..fs_end], &out[tail_start..fs_end], "boot-sector tail differs");
+    assert_eq!(
+        &src[tail_start..fs_end],
+        &out[tail_start..fs_end],
+        "boot-sector tail differs"
+    );
     let ss = plan.facts.sector_size as usize;
-    assert_eq!(&out[fs_end - ss..fs_end][3..11], b"NTFS    ", "backup boot sector kept");
+    assert_eq!(
+        &out[fs_end - ss..fs_end][3..11],
+        b"NTFS    ",
+        "backup boot sector kept"
+    );
     (same, zero)
 }
 
@@ -111,7 +142,9 @@ pub fn assert_restored_matches(source: &Path, opts: &PlanOptions, restored: &Pat
 /// winbundle's own MFT and bitmap code).
 pub fn bitmap_bits(volume: &[u8], clusters: u64) -> Vec<bool> {
     let bytes = read_file(volume, 6);
-    (0..clusters).map(|c| bytes[(c / 8) as usize] & (1 << (c % 8)) != 0).collect()
+    (0..clusters)
+        .map(|c| bytes[(c / 8) as usize] & (1 << (c % 8)) != 0)
+        .collect()
 }
 
 /// The unnamed $DATA of file record `record`, read with the `ntfs` crate.
@@ -123,7 +156,11 @@ pub fn read_file(volume: &[u8], record: u64) -> Vec<u8> {
     let item = file.data(&mut fs, "").unwrap().unwrap();
     let attr = item.to_attribute().unwrap();
     let mut out = Vec::new();
-    attr.value(&mut fs).unwrap().attach(&mut fs).read_to_end(&mut out).unwrap();
+    attr.value(&mut fs)
+        .unwrap()
+        .attach(&mut fs)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -135,15 +172,23 @@ pub fn read_root_file(volume: &[u8], name: &str) -> Vec<u8> {
     let root = ntfs.root_directory(&mut fs).unwrap();
     let index = root.directory_index(&mut fs).unwrap();
     let mut finder = index.finder();
-    let entry = ntfs::indexes::NtfsFileNameIndex::find(&mut finder, &ntfs, &mut fs, name).unwrap().unwrap();
+    let entry = ntfs::indexes::NtfsFileNameIndex::find(&mut finder, &ntfs, &mut fs, name)
+        .unwrap()
+        .unwrap();
     read_file(volume, entry.file_reference().file_record_number())
 }
 
 /// Runs the winbundle binary.
 pub fn winbundle(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle")).args(args).output().unwrap()
+    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 pub fn have(tool: &str) -> bool {
-    std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Makes a Windows-like GPT disk image for benchmarks:
+#   EFI (FAT, 100 MiB) + MSR (16 MiB) + C: (NTFS, C_GIB GiB) + D: (NTFS, 1 GiB)
+# C: holds \Windows\System32, real-looking content (copies of this machine's libraries and
+# documentation, many small files and some large ones: COPY_DIRS), a 512 MiB pagefile.sys and
+# a 256 MiB hiberfil.sys of random bytes, and free space pre-filled with stale random data.
+# Usage: bench/make-disk.sh OUT.img [C_GIB] ; needs root, FUSE, ntfs-3g, gdisk, dosfstools.
+set -euo pipefail
+out=${1:?usage: make-disk.sh OUT.img [C_GIB]}
+c_gib=${2:-6}
+copy_dirs=${COPY_DIRS:-/usr/lib}
+stale_mib=${STALE_MIB:-1024}
+mnt=$(mktemp -d)
+loops=()
+cleanup() {
+  mountpoint -q "$mnt" && umount "$mnt"
+  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  rmdir "$mnt"
+}
+trap cleanup EXIT
+
+rm -f "$out"
+truncate -s $(( (c_gib + 2) * 1024 ))M "$out"
+sgdisk -Z "$out" >/dev/null
+sgdisk -n 1:2048:+100M -t 1:EF00 -c 1:"EFI system partition" \
+       -n 2:0:+16M -t 2:0C01 -c 2:"Microsoft reserved partition" \
+       -n 3:0:+${c_gib}G -t 3:0700 -c 3:"Basic data partition" \
+       -n 4:0:+1G -t 4:0700 -c 4:"Data" "$out" >/dev/null
+loop() { # loop PARTNUM -> device
+  local first last
+  first=$(sgdisk -i "$1" "$out" | awk '/First sector/ {print $3}')
+  last=$(sgdisk -i "$1" "$out" | awk '/Last sector/ {print $3}')
+  local dev
+  dev=$(losetup -f --show -o $((first * 512)) --sizelimit $(((last - first + 1) * 512)) "$out")
+  loops+=("$dev")
+  echo "$dev"
+}
+efi=$(loop 1); mkfs.vfat -n SYSTEM "$efi" >/dev/null
+c=$(loop 3); mkntfs -F -Q -q -L Windows -c 4096 "$c" 2>/dev/null
+d=$(loop 4); mkntfs -F -Q -q -L Data -c 4096 "$d" 2>/dev/null
+
+ntfs-3g -o big_writes "$c" "$mnt"
+# stale data in what will be free space
+head -c $((stale_mib << 20)) /dev/urandom >"$mnt/stale.tmp"; sync; rm "$mnt/stale.tmp"
+mkdir -p "$mnt/Windows/System32/config" "$mnt/Program Files" "$mnt/Users/Public"
+head -c $((64 << 20)) /dev/urandom >"$mnt/Windows/System32/config/SYSTEM"
+for dir in $copy_dirs; do cp -a --no-preserve=ownership "$dir" "$mnt/Program Files/" 2>/dev/null || true; done
+cp -a /usr/share/doc "$mnt/Users/Public/" 2>/dev/null || true
+head -c $((512 << 20)) /dev/urandom >"$mnt/pagefile.sys"
+head -c $((256 << 20)) /dev/urandom >"$mnt/hiberfil.sys"
+sync; umount "$mnt"
+ntfs-3g "$d" "$mnt"; head -c $((64 << 20)) /dev/urandom >"$mnt/data.bin"; sync; umount "$mnt"
+echo "$out: $(du -h --apparent-size "$out" | cut -f1) apparent, $(du -h "$out" | cut -f1) on disk"
