@@ -10,6 +10,26 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `winbundle bundle-instance SRC --bucket bkt --prefix p --local-store STORE EXTRA...`
+fn bundle_cmd(
+    src: &std::path::Path,
+    store: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "bundle-instance",
+        s(src),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(store),
+    ];
+    args.extend_from_slice(extra);
+    winbundle(&args)
+}
+
 #[test]
 fn inspect_json_describes_the_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,33 +272,11 @@ fn failures_exit_non_zero_with_a_failed_task_and_a_hint() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid bucket name \"Bad_Bucket\""));
     assert!(o.stdout.is_empty());
-    let o = winbundle(&[
-        "bundle-instance",
-        s(&src),
-        "--bucket",
-        "bkt",
-        "--prefix",
-        "p",
-        "--local-store",
-        s(&store),
-        "--chunk-size",
-        "1000",
-    ]);
+    let o = bundle_cmd(&src, &store, &["--chunk-size", "1000"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--chunk-size"));
     // An ambiguous disk (two NTFS volumes, no Windows) asks for --partition.
-    let o = winbundle(&[
-        "bundle-instance",
-        s(&src),
-        "--bucket",
-        "bkt",
-        "--prefix",
-        "p",
-        "--local-store",
-        s(&store),
-        "--partition",
-        "7",
-    ]);
+    let o = bundle_cmd(&src, &store, &["--partition", "7"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--partition 7: no such partition"));
 }

@@ -324,13 +324,7 @@ fn looping_directory_index_stops_with_an_error() {
             if &rec[0..4] != b"INDX" {
                 continue;
             }
-            let usa_ofs = u16::from_le_bytes([rec[4], rec[5]]) as usize;
-            let usa_cnt = u16::from_le_bytes([rec[6], rec[7]]) as usize;
-            for i in 1..usa_cnt {
-                let e = i * 512 - 2;
-                rec[e] = rec[usa_ofs + 2 * i];
-                rec[e + 1] = rec[usa_ofs + 2 * i + 1];
-            }
+            record::apply_fixups_of(&mut rec, b"INDX", 0).unwrap();
             let vcn = (run.vcn + c).to_le_bytes();
             let hdr = 0x18;
             let first = hdr + u32::from_le_bytes(rec[hdr..hdr + 4].try_into().unwrap()) as usize;
@@ -354,14 +348,7 @@ fn looping_directory_index_stops_with_an_error() {
                 }
                 e += len;
             }
-            let usn = [rec[usa_ofs], rec[usa_ofs + 1]];
-            for i in 1..usa_cnt {
-                let e = i * 512 - 2;
-                rec[usa_ofs + 2 * i] = rec[e];
-                rec[usa_ofs + 2 * i + 1] = rec[e + 1];
-                rec[e] = usn[0];
-                rec[e + 1] = usn[1];
-            }
+            record::encode_fixups(&mut rec);
             patch(&img, off, &rec);
         }
     }

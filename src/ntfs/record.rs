@@ -37,10 +37,15 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Checks the `FILE` signature and undoes the update-sequence fixups in place.
 pub fn apply_fixups(buf: &mut [u8], record: u64) -> Result<(), NtfsError> {
+    apply_fixups_of(buf, b"FILE", record)
+}
+
+/// Checks signature `magic` (`FILE`, `INDX`) and undoes the update-sequence fixups in place.
+pub fn apply_fixups_of(buf: &mut [u8], magic: &[u8; 4], record: u64) -> Result<(), NtfsError> {
     if buf.len() < 48 {
         return Err(bad(record, "record is shorter than its header"));
     }
-    if &buf[0..4] != b"FILE" {
+    if &buf[0..4] != magic {
         return Err(bad(
             record,
             format!("no FILE signature (found {:02x?})", &buf[0..4]),
