@@ -13,10 +13,6 @@ impl Keys {
         }
     }
 
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Written last; its presence means the bundle is complete.
     pub fn manifest(&self) -> String {
         format!("{}.manifest.json", self.prefix)

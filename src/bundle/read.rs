@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::manifest::Manifest;
 use super::{FormatError, Keys};
 use crate::Error;
-use crate::chunk::frame::{FOOTER_LEN, SeekEntry, frame_checksum, is_all_zero, parse_seek_table};
+use crate::chunk::frame::{SeekEntry, frame_checksum, is_all_zero, parse_seek_table};
 use crate::chunk::ordered::{BufPool, ordered_map};
 use crate::progress::Progress;
 use crate::store::ObjectStore;
@@ -467,6 +467,3 @@ fn write_at(f: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-/// The footer length, for readers that locate the seek table from the end of the stream.
-pub const SEEK_FOOTER_LEN: usize = FOOTER_LEN;

@@ -47,10 +47,6 @@ impl<'d> ChunkSource<'d> {
         self.image_len
     }
 
-    pub fn map_mut(&mut self) -> &mut AllocationMap<'d> {
-        &mut self.map
-    }
-
     /// Bytes the tail range adds to every bundle.
     pub fn tail_len(&self) -> u64 {
         self.tail.1 - self.tail.0

@@ -140,11 +140,6 @@ impl MftMap {
         self.data_size
     }
 
-    /// Number of clusters the runs cover.
-    pub fn cluster_count(&self) -> u64 {
-        self.next_vcn()
-    }
-
     /// Reads `buf.len()` bytes of the MFT stream from `offset` (relative to the MFT's start).
     pub fn read_bytes(
         &self,

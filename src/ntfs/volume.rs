@@ -43,8 +43,6 @@ pub struct Found {
 /// An opened NTFS volume.
 pub struct NtfsVolume<'d> {
     disk: &'d DiskFile,
-    offset: u64,
-    length: u64,
     ntfs: Ntfs,
     remap: Remap<'d>,
     facts: NtfsFacts,
@@ -130,20 +128,6 @@ impl<'d> NtfsVolume<'d> {
 
     pub fn facts(&self) -> &NtfsFacts {
         &self.facts
-    }
-
-    pub fn disk(&self) -> &'d DiskFile {
-        self.disk
-    }
-
-    /// Byte offset of the volume on the disk.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// Length of the volume (its partition) in bytes.
-    pub fn length(&self) -> u64 {
-        self.length
     }
 
     fn reader(&self) -> VolumeReader<'_, 'd> {

@@ -287,13 +287,3 @@ fn choose_root(
         }
     }
 }
-
-/// Opens `path` and analyses it.
-pub fn open_and_analyse(
-    path: &Path,
-    forced: Option<u32>,
-) -> Result<(DiskFile, DiskLayout), SourceError> {
-    let disk = DiskFile::open(path)?;
-    let layout = analyse(&disk, forced)?;
-    Ok((disk, layout))
-}
