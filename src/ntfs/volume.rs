@@ -118,8 +118,6 @@ impl<'d> NtfsVolume<'d> {
         };
         Ok(Self {
             disk,
-            offset,
-            length,
             ntfs,
             remap,
             facts,
