@@ -21,10 +21,7 @@ pub enum Error {
     #[error(transparent)]
     Format(#[from] FormatError),
     #[error("invalid value for {parameter}: {message}")]
-    InvalidParameter {
-        parameter: &'static str,
-        message: String,
-    },
+    InvalidParameter { parameter: &'static str, message: String },
     #[error("compression failed: {0}")]
     Compress(String),
     #[error("cancelled")]
@@ -32,10 +29,7 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
 }
 
 impl From<NtfsError> for Error {
@@ -51,13 +45,11 @@ impl Error {
     /// An EC2-style error code for a failed bundle task.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Source(SourceError::Open { .. } | SourceError::IsDirectory { .. }) => {
-                "InvalidInstanceID.Malformed"
-            }
+            Error::Source(SourceError::Open { .. } | SourceError::IsDirectory { .. }) => "InvalidInstanceID.Malformed",
             Error::Source(SourceError::NoRootVolume { .. }) => "NoRootVolume",
-            Error::Source(
-                SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. },
-            ) => "InvalidParameterValue",
+            Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => {
+                "InvalidParameterValue"
+            }
             Error::Source(_) => "InvalidSource",
             Error::Ntfs { .. } => "InvalidSource",
             Error::Store(StoreError::BundleExists { .. }) => "BundleExists",
@@ -111,9 +103,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidParameter { .. } => 2,
-            Error::Source(
-                SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. },
-            ) => 2,
+            Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => 2,
             Error::Store(StoreError::BundleExists { .. } | StoreError::InvalidName { .. }) => 2,
             Error::Source(_) | Error::Ntfs { .. } => 3,
             Error::Format(_) => 4,

@@ -15,13 +15,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
         other => {
-            return Err(format!(
-                "unknown size unit {other:?} in {s:?} (use K, M, G or T)"
-            ));
+            return Err(format!("unknown size unit {other:?} in {s:?} (use K, M, G or T)"));
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Formats bytes for people: `1.5 GiB`.

@@ -11,11 +11,7 @@ fn s(p: &std::path::Path) -> &str {
 }
 
 /// `winbundle bundle-instance SRC --bucket bkt --prefix p --local-store STORE EXTRA...`
-fn bundle_cmd(
-    src: &std::path::Path,
-    store: &std::path::Path,
-    extra: &[&str],
-) -> std::process::Output {
+fn bundle_cmd(src: &std::path::Path, store: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
         "bundle-instance",
         s(src),
@@ -40,12 +36,7 @@ fn inspect_json_describes_the_disk() {
     assert_eq!(v["partition_table"], "gpt");
     assert_eq!(v["partitions"].as_array().unwrap().len(), 4);
     assert_eq!(v["root"]["index"], 3);
-    assert!(
-        v["root"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("Windows\\System32")
-    );
+    assert!(v["root"]["reason"].as_str().unwrap().contains("Windows\\System32"));
     assert_eq!(v["ntfs"]["cluster_size"], 4096);
     assert_eq!(v["excluded_files"][0]["path"], "\\pagefile.sys");
     assert_eq!(v["excluded_files"][0]["size"], 1 << 20);
@@ -62,10 +53,7 @@ fn inspect_json_describes_the_disk() {
     // The text form names the root and the left-out files.
     let o = winbundle(&["inspect", s(&src)]);
     let text = String::from_utf8(o.stdout).unwrap();
-    assert!(
-        text.contains("ROOT (C:)") && text.contains("\\pagefile.sys"),
-        "{text}"
-    );
+    assert!(text.contains("ROOT (C:)") && text.contains("\\pagefile.sys"), "{text}");
 }
 
 #[test]
@@ -115,10 +103,7 @@ fn bundle_instance_prints_the_ec2_xml_document() {
             _ => {}
         }
     }
-    assert_eq!(
-        ns.as_deref(),
-        Some("http://ec2.amazonaws.com/doc/2016-11-15/")
-    );
+    assert_eq!(ns.as_deref(), Some("http://ec2.amazonaws.com/doc/2016-11-15/"));
     let f = |k: &str| {
         fields
             .get(&format!("BundleInstanceResponse/{k}"))

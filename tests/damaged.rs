@@ -95,10 +95,7 @@ fn truncated_image_names_the_partition() {
         .unwrap();
     let e = analyse(&img, &[]).unwrap_err();
     assert!(
-        matches!(
-            e,
-            Error::Source(SourceError::PartitionPastEnd { index: 3, .. })
-        ),
+        matches!(e, Error::Source(SourceError::PartitionPastEnd { index: 3, .. })),
         "{e}"
     );
     assert!(e.to_string().contains("truncated"), "{e}");
@@ -154,11 +151,7 @@ fn looping_logical_partition_chain() {
     link[12..16].copy_from_slice(&2048u32.to_le_bytes());
     patch(&img, ebr + 446 + 16, &link);
     let e = analyse(&img, &[]).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("loops back to the EBR at sector 83968"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("loops back to the EBR at sector 83968"), "{e}");
 }
 
 #[test]
@@ -173,18 +166,10 @@ fn garbage_and_tiny_files_are_not_images() {
     )
     .unwrap();
     let e = analyse(&junk, &[]).unwrap_err();
-    assert!(
-        e.to_string().contains("not a disk or NTFS volume image"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not a disk or NTFS volume image"), "{e}");
     let tiny = dir.path().join("tiny.img");
     std::fs::write(&tiny, [0u8; 100]).unwrap();
-    assert!(
-        analyse(&tiny, &[])
-            .unwrap_err()
-            .to_string()
-            .contains("too small")
-    );
+    assert!(analyse(&tiny, &[]).unwrap_err().to_string().contains("too small"));
     let e = analyse(dir.path(), &[]).unwrap_err();
     assert!(e.to_string().contains("is a directory"), "{e}");
 }
@@ -195,13 +180,9 @@ fn bad_boot_sector_on_c_is_an_error_not_a_bundle_of_d() {
     let img = fixture("gpt-disk.img", dir.path());
     patch(&img, GPT_C + 11, &0x0300u16.to_le_bytes()); // 768 bytes per sector
     let e = analyse(&img, &[]).unwrap_err();
+    assert!(matches!(e, Error::Source(SourceError::NoRootVolume { .. })), "{e}");
     assert!(
-        matches!(e, Error::Source(SourceError::NoRootVolume { .. })),
-        "{e}"
-    );
-    assert!(
-        e.to_string()
-            .contains("partition 3 looks like NTFS but cannot be read"),
+        e.to_string().contains("partition 3 looks like NTFS but cannot be read"),
         "{e}"
     );
 }
@@ -247,8 +228,7 @@ fn data_run_outside_the_volume() {
         "{e}"
     );
     assert!(
-        e.to_string().contains("\\pagefile.sys")
-            && e.to_string().contains("points outside the volume"),
+        e.to_string().contains("\\pagefile.sys") && e.to_string().contains("points outside the volume"),
         "{e}"
     );
 }
@@ -308,13 +288,7 @@ fn looping_directory_index_stops_with_an_error() {
         .find(|a| a.ty == 0xa0)
         .unwrap();
     let nr = alloc.non_resident(&rec, 0).unwrap();
-    let runs = record::decode_runs(
-        &rec[nr.mapping_pairs..alloc.offset + alloc.length],
-        0,
-        1 << 20,
-        0,
-    )
-    .unwrap();
+    let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 20, 0).unwrap();
     // Point every node entry of every block at the block itself: a cycle.
     let mut patched = 0;
     for run in runs {
@@ -356,11 +330,7 @@ fn looping_directory_index_stops_with_an_error() {
     let started = std::time::Instant::now();
     let e = analyse(&img, &["\\many\\s13999"]).unwrap_err();
     assert!(e.to_string().contains("probably loop"), "{e}");
-    assert!(
-        started.elapsed().as_secs() < 120,
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed().as_secs() < 120, "took {:?}", started.elapsed());
 }
 
 #[test]

@@ -20,10 +20,7 @@ fn roundtrip(name: &str, expect_root: u32) -> (tempfile::TempDir, winbundle::bun
     let out = dir.path().join("restored.img");
     restore(&store, "win/bundle", &out).unwrap();
     let (same, zero) = assert_restored_matches(&src, &req.plan, &out);
-    assert!(
-        same > 0 && zero > 0,
-        "{same} allocated, {zero} free clusters"
-    );
+    assert!(same > 0 && zero > 0, "{same} allocated, {zero} free clusters");
     (dir, manifest)
 }
 
@@ -46,10 +43,7 @@ fn gpt_disk_restores_byte_exact_and_leaves_out_other_volumes() {
         .filter(|x| x.found)
         .map(|x| x.path.as_str())
         .collect();
-    assert_eq!(
-        found,
-        vec!["\\pagefile.sys", "\\swapfile.sys", "\\hiberfil.sys"]
-    );
+    assert_eq!(found, vec!["\\pagefile.sys", "\\swapfile.sys", "\\hiberfil.sys"]);
     assert_eq!(m.stats.excluded_bytes, (1024 + 128 + 512) * 1024);
     // The restored page file reads back as zeros through an independent NTFS reader, and a
     // normal file reads back as in the source.
@@ -58,8 +52,7 @@ fn gpt_disk_restores_byte_exact_and_leaves_out_other_volumes() {
     assert_eq!(page.len(), 1 << 20);
     assert!(page.iter().all(|&b| b == 0));
     let src = std::fs::read(dir.path().join("gpt-disk.img")).unwrap();
-    let vol =
-        &src[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
+    let vol = &src[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
     assert_ne!(read_root_file(vol, "pagefile.sys"), page);
     assert_eq!(
         read_root_file(vol, "sparse.bin"),
@@ -72,10 +65,7 @@ fn mbr_disk_with_logical_partitions() {
     let (_dir, m) = roundtrip("mbr-disk.img", 2);
     let excluded: Vec<u32> = m.excluded_partitions.iter().map(|p| p.index).collect();
     assert_eq!(excluded, vec![1, 5, 6]);
-    assert_eq!(
-        m.excluded_partitions[0].label.as_deref(),
-        Some("System Reserved")
-    );
+    assert_eq!(m.excluded_partitions[0].label.as_deref(), Some("System Reserved"));
 }
 
 #[test]
@@ -100,16 +90,8 @@ fn volume_whose_mft_has_an_attribute_list() {
         "the fixture must have a fragmented MFT"
     );
     // \Windows\System32 and \pagefile.sys were created last, in records past the MFT's first extent.
-    assert!(
-        m.source.root.reason.contains("Windows"),
-        "{}",
-        m.source.root.reason
-    );
-    let page = m
-        .excluded_files
-        .iter()
-        .find(|x| x.path == "\\pagefile.sys")
-        .unwrap();
+    assert!(m.source.root.reason.contains("Windows"), "{}", m.source.root.reason);
+    let page = m.excluded_files.iter().find(|x| x.path == "\\pagefile.sys").unwrap();
     assert!(page.found && page.allocated_bytes == 1 << 20, "{page:?}");
 }
 
@@ -180,8 +162,7 @@ fn ntfs3g_lists_the_same_tree_on_the_restored_volume() {
     let vol = dir.path().join("c.img");
     std::fs::write(
         &vol,
-        &data
-            [m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize],
+        &data[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize],
     )
     .unwrap();
     let ls = |p: &std::path::Path| {
@@ -221,8 +202,7 @@ fn exclusions_can_be_turned_off_and_added() {
     assert_restored_matches(&src, &req.plan, &out);
     let restored = std::fs::read(&out).unwrap();
     let data = std::fs::read(&src).unwrap();
-    let vol = &data
-        [m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
+    let vol = &data[m.source.root.offset as usize..(m.source.root.offset + m.source.root.length) as usize];
     assert_eq!(
         read_root_file(vol, "pagefile.sys"),
         read_root_file(&restored, "pagefile.sys")
@@ -275,10 +255,7 @@ fn lookups_inside_a_directory_whose_index_spans_two_records() {
     };
     let plan = winbundle::bundle::plan::Plan::analyse(&disk, &opts).unwrap();
     assert!(
-        plan.exclusions
-            .items
-            .iter()
-            .all(|x| x.found && x.files == 1),
+        plan.exclusions.items.iter().all(|x| x.found && x.files == 1),
         "{:?}",
         plan.exclusions.items
     );

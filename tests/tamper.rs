@@ -25,11 +25,7 @@ fn object(store: &Path) -> PathBuf {
 }
 
 fn flip(path: &Path, offset: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
     let mut b = [0u8];
     f.read_exact_at(&mut b, offset).unwrap();
     f.write_all_at(&[b[0] ^ 0x5a], offset).unwrap();
@@ -52,15 +48,9 @@ fn a_flipped_byte_fails_verify_and_restore_naming_object_and_chunk() {
     let size = std::fs::metadata(object(&store)).unwrap().len();
     flip(&object(&store), size / 2);
     let e = verify(&store, "b").unwrap_err();
-    assert!(
-        matches!(e, Error::Format(FormatError::Integrity { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Format(FormatError::Integrity { .. })), "{e}");
     let msg = e.to_string();
-    assert!(
-        msg.contains("b.image.zst") && msg.contains("chunk"),
-        "{msg}"
-    );
+    assert!(msg.contains("b.image.zst") && msg.contains("chunk"), "{msg}");
     assert_eq!(e.exit_code(), 4);
     let e = assert_restore_fails_cleanly(dir.path(), &store);
     assert!(e.to_string().contains("b.image.zst"), "{e}");
@@ -74,8 +64,7 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
     let (dir, _src, store) = bundled("bare-volume.img");
     let obj = object(&store);
     let data = std::fs::read(&obj).unwrap();
-    let footer_count =
-        u32::from_le_bytes(data[data.len() - 9..data.len() - 5].try_into().unwrap()) as usize;
+    let footer_count = u32::from_le_bytes(data[data.len() - 9..data.len() - 5].try_into().unwrap()) as usize;
     let table_len = 8 + footer_count * 12 + 9;
     let seek = parse_seek_table(&data[data.len() - table_len..]).unwrap();
     let mut out = Vec::new();
@@ -106,8 +95,7 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
     let e = verify(&store, "b").unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("SHA-256 mismatch in object b.image.zst")
-            || msg.contains("object b.image.zst is"),
+        msg.contains("SHA-256 mismatch in object b.image.zst") || msg.contains("object b.image.zst is"),
         "{msg}"
     );
     assert_restore_fails_cleanly(dir.path(), &store);
@@ -116,10 +104,7 @@ fn a_consistent_forgery_with_valid_frames_is_caught() {
 #[test]
 fn a_truncated_object_is_reported_with_its_size() {
     let (dir, _src, store) = bundled("gpt-disk.img");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(object(&store))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(object(&store)).unwrap();
     let size = f.metadata().unwrap().len();
     f.set_len(size - 100).unwrap();
     let e = verify(&store, "b").unwrap_err();
@@ -157,10 +142,7 @@ fn a_damaged_manifest() {
     let text = std::fs::read_to_string(&key).unwrap();
     std::fs::write(&key, &text[..text.len() / 2]).unwrap();
     let e = verify(&store, "b").unwrap_err();
-    assert!(
-        matches!(e, Error::Format(FormatError::Manifest { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Format(FormatError::Manifest { .. })), "{e}");
     assert!(e.to_string().contains("not a valid manifest"), "{e}");
     // A part digest changed in an otherwise valid manifest.
     let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -168,8 +150,7 @@ fn a_damaged_manifest() {
     std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
     let e = verify(&store, "b").unwrap_err();
     assert!(
-        e.to_string()
-            .contains("SHA-256 mismatch in object b.image.zst, part 0"),
+        e.to_string().contains("SHA-256 mismatch in object b.image.zst, part 0"),
         "{e}"
     );
     assert_restore_fails_cleanly(dir.path(), &store);
@@ -199,10 +180,7 @@ fn an_existing_bundle_is_not_overwritten_unless_asked() {
     let before = std::fs::read(object(&store)).unwrap();
     let outcome = bundle(&request(&src, "b"), &store);
     let e = outcome.result.err().unwrap();
-    assert!(
-        matches!(e, Error::Store(StoreError::BundleExists { .. })),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Store(StoreError::BundleExists { .. })), "{e}");
     assert_eq!(outcome.task.state.as_str(), "failed");
     assert_eq!(outcome.task.error.as_ref().unwrap().code, "BundleExists");
     assert_eq!(
@@ -250,12 +228,7 @@ fn restore_refuses_to_replace_a_file_without_force() {
         force: false,
     };
     let e = b
-        .restore(
-            &target,
-            2,
-            &winbundle::progress::NoProgress,
-            &AtomicBool::new(false),
-        )
+        .restore(&target, 2, &winbundle::progress::NoProgress, &AtomicBool::new(false))
         .unwrap_err();
     assert!(e.to_string().contains("pass --force"), "{e}");
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");

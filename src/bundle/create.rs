@@ -7,8 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::Keys;
 use super::manifest::{
-    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, Layout, Manifest, RootInfo,
-    SourceInfo, Stats,
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, Layout, Manifest, RootInfo, SourceInfo, Stats,
 };
 use super::plan::{Plan, PlanOptions};
 use super::writer::StreamWriter;
@@ -79,17 +78,11 @@ pub fn validate(req: &BundleRequest) -> Result<(), Error> {
     if !(-7..=22).contains(&req.level) || req.level == 0 {
         return Err(invalid(
             "--zstd-level",
-            format!(
-                "{}: use 1 (fastest) to 22, or -7 to -1 for faster",
-                req.level
-            ),
+            format!("{}: use 1 (fastest) to 22, or -7 to -1 for faster", req.level),
         ));
     }
     if req.threads == 0 || req.threads > 256 {
-        return Err(invalid(
-            "--threads",
-            format!("{}: use 1 to 256", req.threads),
-        ));
+        return Err(invalid("--threads", format!("{}: use 1 to 256", req.threads)));
     }
     if let Some(p) = req.part_size {
         let min = if req.layout == Layout::Single {
@@ -100,10 +93,7 @@ pub fn validate(req: &BundleRequest) -> Result<(), Error> {
         if p < min || p > MAX_PART_SIZE {
             return Err(invalid(
                 "--part-size",
-                format!(
-                    "{p} bytes: use {} MiB to 5 GiB (S3's part and POST limits)",
-                    min >> 20
-                ),
+                format!("{p} bytes: use {} MiB to 5 GiB (S3's part and POST limits)", min >> 20),
             ));
         }
     }
@@ -150,15 +140,7 @@ pub fn bundle_instance(
     };
     on_update(&task);
     let mut derived = false;
-    let result = run(
-        req,
-        store,
-        progress,
-        cancel,
-        &mut task,
-        &mut derived,
-        on_update,
-    );
+    let result = run(req, store, progress, cancel, &mut task, &mut derived, on_update);
     task.update_time = task::now_iso();
     match &result {
         Ok(_) => {

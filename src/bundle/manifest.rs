@@ -96,6 +96,9 @@ pub struct ObjectInfo {
     /// ETag the store returned, where it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+    /// ETag of each part of a multipart upload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts_etag: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,13 +130,9 @@ impl Manifest {
             key: key.to_string(),
             problem,
         };
-        let m: Manifest =
-            serde_json::from_slice(bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(format!("not a valid manifest: {e}")))?;
         if m.format != FORMAT_NAME {
-            return Err(bad(format!(
-                "format is {:?}, not {FORMAT_NAME:?}",
-                m.format
-            )));
+            return Err(bad(format!("format is {:?}, not {FORMAT_NAME:?}", m.format)));
         }
         if m.format_version != FORMAT_VERSION {
             return Err(bad(format!(
@@ -170,10 +169,7 @@ impl Manifest {
                     o.size
                 )));
             }
-            if o.parts_sha256
-                .iter()
-                .any(|h| h.len() != 64 || hex::decode(h).is_err())
-            {
+            if o.parts_sha256.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
                 return Err(bad(format!("object {} has a malformed SHA-256", o.key)));
             }
         }

@@ -50,11 +50,7 @@ impl<'d> Plan<'d> {
                     .map(|p| (p.to_string(), ExclusionOrigin::Default)),
             );
         }
-        paths.extend(
-            opts.excludes
-                .iter()
-                .map(|p| (p.clone(), ExclusionOrigin::User)),
-        );
+        paths.extend(opts.excludes.iter().map(|p| (p.clone(), ExclusionOrigin::User)));
         let exclusions = resolve(&vol, &paths).map_err(&at)?;
         let bitmap = vol.file_data(BITMAP_RECORD).map_err(&at)?;
         let facts = vol.facts().clone();
@@ -71,10 +67,7 @@ impl<'d> Plan<'d> {
         };
         let mut map = plan.allocation_map()?;
         let cs = plan.facts.cluster_size as u64;
-        plan.allocated_bytes = map
-            .count_allocated(0, plan.facts.cluster_count)
-            .map_err(&at)?
-            * cs;
+        plan.allocated_bytes = map.count_allocated(0, plan.facts.cluster_count).map_err(&at)? * cs;
         plan.excluded_bytes = map.count_excluded_allocated().map_err(&at)? * cs;
         let source = plan.chunk_source()?;
         plan.read_bytes = plan.allocated_bytes - plan.excluded_bytes + source.tail_len();

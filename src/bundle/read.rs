@@ -44,6 +44,8 @@ pub struct OpenedBundle<'s> {
     /// Stream offset of each object.
     object_offsets: Vec<u64>,
     parts: Vec<PartSpan>,
+    /// Requests that read the stream at once.
+    fetchers: usize,
 }
 
 /// What a read did.
@@ -81,8 +83,7 @@ impl<'s> OpenedBundle<'s> {
             object_offsets.push(offset);
             for (n, h) in o.parts_sha256.iter().enumerate() {
                 let mut sha256 = [0u8; 32];
-                hex::decode_to_slice(h, &mut sha256)
-                    .map_err(|e| integrity(format!("{}: {e}", o.key)))?;
+                hex::decode_to_slice(h, &mut sha256).map_err(|e| integrity(format!("{}: {e}", o.key)))?;
                 let start = n as u64 * ps;
                 parts.push(PartSpan {
                     object: i,
@@ -100,6 +101,7 @@ impl<'s> OpenedBundle<'s> {
             seek: Vec::new(),
             object_offsets,
             parts,
+            fetchers: 2,
         };
         let d = &b.manifest.data;
         let mut table = vec![0u8; d.seek_table_size as usize];
@@ -110,15 +112,15 @@ impl<'s> OpenedBundle<'s> {
         Ok(b)
     }
 
+    /// Sets how many ranged reads run at once (S3: more hides latency).
+    pub fn set_fetchers(&mut self, n: usize) {
+        self.fetchers = n.max(1);
+    }
+
     fn check_seek(&self, seek: &[SeekEntry]) -> Result<(), Error> {
         let m = &self.manifest;
         if seek.len() as u64 != m.chunk_count {
-            return Err(FormatError::SeekTable(format!(
-                "{} entries for {} chunks",
-                seek.len(),
-                m.chunk_count
-            ))
-            .into());
+            return Err(FormatError::SeekTable(format!("{} entries for {} chunks", seek.len(), m.chunk_count)).into());
         }
         let mut total = 0u64;
         for (i, e) in seek.iter().enumerate() {
@@ -128,11 +130,9 @@ impl<'s> OpenedBundle<'s> {
                 m.chunk_size
             };
             if e.raw as u64 != expect {
-                return Err(FormatError::SeekTable(format!(
-                    "chunk {i} holds {} bytes, expected {expect}",
-                    e.raw
-                ))
-                .into());
+                return Err(
+                    FormatError::SeekTable(format!("chunk {i} holds {} bytes, expected {expect}", e.raw)).into(),
+                );
             }
             total += e.compressed as u64;
         }
@@ -240,59 +240,86 @@ impl<'s> OpenedBundle<'s> {
             Ok(())
         };
         let count = self.seek.len() as u64;
-        ordered_map(
-            count,
-            threads,
-            2 * threads + 2,
-            cancel,
-            |i| {
-                let e = self.seek[i as usize];
-                let mut buf = frames.take();
-                buf.resize(e.compressed as usize, 0);
-                self.read_stream(offsets[i as usize], &mut buf)?;
-                feed(&buf)?;
-                progress.read(buf.len() as u64);
-                if i + 1 == count {
-                    let mut table = vec![0u8; self.manifest.data.seek_table_size as usize];
-                    self.read_stream(self.manifest.data.seek_table_offset, &mut table)?;
-                    feed(&table)?;
+        let fetchers = self.fetchers;
+        let stream_size = self.manifest.data.stream_size;
+        let blocks = stream_size.div_ceil(FETCH_BLOCK);
+        let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Vec<u8>, Error>>(fetchers);
+        std::thread::scope(|scope| {
+            // Fetchers: the stream in FETCH_BLOCK pieces, several at once, handed on in order.
+            scope.spawn(move || {
+                let sent = ordered_map(
+                    blocks,
+                    fetchers,
+                    2 * fetchers,
+                    cancel,
+                    Ok,
+                    || Ok(()),
+                    |_, k, _| {
+                        let start = k * FETCH_BLOCK;
+                        let mut buf = vec![0u8; (stream_size - start).min(FETCH_BLOCK) as usize];
+                        self.read_stream(start, &mut buf)?;
+                        Ok(buf)
+                    },
+                    |_, block| block_tx.send(Ok(block)).map_err(|_| Error::Cancelled),
+                );
+                if let Err(e) = sent {
+                    let _ = block_tx.send(Err(e));
                 }
-                Ok(buf)
-            },
-            || zstd::bulk::Decompressor::new().map_err(|e| Error::Compress(e.to_string())),
-            |dec, i, frame| {
-                let e = self.seek[i as usize];
-                let fail = |why: String| {
-                    let (key, at) = self.locate(offsets[i as usize]);
-                    integrity(format!("chunk {i} (object {key}, byte {at}): {why}"))
-                };
-                if frame_checksum(&frame) != e.checksum {
-                    return Err(fail(
-                        "its frame checksum differs from the seek table".into(),
-                    ));
-                }
-                let mut raw = raws.take();
-                raw.clear();
-                raw.reserve(e.raw as usize);
-                let n = dec
-                    .decompress_to_buffer(&frame, &mut raw)
-                    .map_err(|err| fail(format!("zstd: {err}")))?;
-                if n != e.raw as usize {
-                    return Err(fail(format!(
-                        "decompressed to {n} bytes, expected {}",
-                        e.raw
-                    )));
-                }
-                frames.give(frame);
-                Ok(raw)
-            },
-            |i, raw| {
-                out(i, &raw)?;
-                stats.volume_bytes += raw.len() as u64;
-                raws.give(raw);
-                Ok(())
-            },
-        )?;
+            });
+            let mut cursor = BlockCursor {
+                rx: block_rx,
+                block: Vec::new(),
+                pos: 0,
+            };
+            ordered_map(
+                count,
+                threads,
+                2 * threads + 2,
+                cancel,
+                |i| {
+                    let e = self.seek[i as usize];
+                    let mut buf = frames.take();
+                    buf.resize(e.compressed as usize, 0);
+                    cursor.read_exact(&mut buf)?;
+                    feed(&buf)?;
+                    progress.read(buf.len() as u64);
+                    if i + 1 == count {
+                        let mut table = vec![0u8; self.manifest.data.seek_table_size as usize];
+                        cursor.read_exact(&mut table)?;
+                        feed(&table)?;
+                    }
+                    Ok(buf)
+                },
+                || zstd::bulk::Decompressor::new().map_err(|e| Error::Compress(e.to_string())),
+                |dec, i, frame| {
+                    let e = self.seek[i as usize];
+                    let fail = |why: String| {
+                        let (key, at) = self.locate(offsets[i as usize]);
+                        integrity(format!("chunk {i} (object {key}, byte {at}): {why}"))
+                    };
+                    if frame_checksum(&frame) != e.checksum {
+                        return Err(fail("its frame checksum differs from the seek table".into()));
+                    }
+                    let mut raw = raws.take();
+                    raw.clear();
+                    raw.reserve(e.raw as usize);
+                    let n = dec
+                        .decompress_to_buffer(&frame, &mut raw)
+                        .map_err(|err| fail(format!("zstd: {err}")))?;
+                    if n != e.raw as usize {
+                        return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                    }
+                    frames.give(frame);
+                    Ok(raw)
+                },
+                |i, raw| {
+                    out(i, &raw)?;
+                    stats.volume_bytes += raw.len() as u64;
+                    raws.give(raw);
+                    Ok(())
+                },
+            )
+        })?;
         if part_index != self.parts.len() {
             return Err(integrity(format!(
                 "only {part_index} of {} parts were read",
@@ -314,12 +341,7 @@ impl<'s> OpenedBundle<'s> {
     }
 
     /// Checks everything, writes nothing.
-    pub fn verify(
-        &self,
-        threads: usize,
-        progress: &dyn Progress,
-        cancel: &AtomicBool,
-    ) -> Result<ReadStats, Error> {
+    pub fn verify(&self, threads: usize, progress: &dyn Progress, cancel: &AtomicBool) -> Result<ReadStats, Error> {
         progress.start(self.manifest.data.stream_size);
         let r = self.stream(threads, progress, cancel, |_, _| Ok(()));
         progress.finish();
@@ -343,17 +365,13 @@ impl<'s> OpenedBundle<'s> {
                 let mut written = 0u64;
                 let mut stats = self.stream(threads, progress, cancel, |_, raw| {
                     written += raw.len() as u64;
-                    w.write_all(raw)
-                        .map_err(|e| io_err("write to standard output", e))
+                    w.write_all(raw).map_err(|e| io_err("write to standard output", e))
                 })?;
-                w.flush()
-                    .map_err(|e| io_err("write to standard output", e))?;
+                w.flush().map_err(|e| io_err("write to standard output", e))?;
                 stats.written_bytes = written;
                 Ok(stats)
             }
-            RestoreTarget::File { path, force } => {
-                self.restore_file(path, *force, chunk, threads, progress, cancel)
-            }
+            RestoreTarget::File { path, force } => self.restore_file(path, *force, chunk, threads, progress, cancel),
         };
         progress.finish();
         r
@@ -392,8 +410,7 @@ impl<'s> OpenedBundle<'s> {
             let mut written = 0;
             let mut stats = self.stream(threads, progress, cancel, |i, raw| {
                 written += raw.len() as u64;
-                write_at(&f, raw, i * chunk)
-                    .map_err(|e| io_err(&format!("write {}", path.display()), e))
+                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", path.display()), e))
             })?;
             f.sync_all()
                 .map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
@@ -411,24 +428,49 @@ impl<'s> OpenedBundle<'s> {
                     return Ok(()); // a hole in the sparse file
                 }
                 written += raw.len() as u64;
-                write_at(&f, raw, i * chunk)
-                    .map_err(|e| io_err(&format!("write {}", tmp.display()), e))
+                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))
             })?;
             f.sync_all()
                 .map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
             stats.written_bytes = written;
-            std::fs::rename(&tmp, path).map_err(|e| {
-                io_err(
-                    &format!("rename {} to {}", tmp.display(), path.display()),
-                    e,
-                )
-            })?;
+            std::fs::rename(&tmp, path)
+                .map_err(|e| io_err(&format!("rename {} to {}", tmp.display(), path.display()), e))?;
             Ok(stats)
         })();
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// Stream bytes fetched per request when reading a bundle.
+const FETCH_BLOCK: u64 = 8 << 20;
+
+/// Reads the stream sequentially from the blocks the fetchers deliver in order.
+struct BlockCursor {
+    rx: crossbeam_channel::Receiver<Result<Vec<u8>, Error>>,
+    block: Vec<u8>,
+    pos: usize,
+}
+
+impl BlockCursor {
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
+        while !buf.is_empty() {
+            if self.pos == self.block.len() {
+                self.block = self
+                    .rx
+                    .recv()
+                    .map_err(|_| Error::Internal("the stream ended before the seek table said".into()))??;
+                self.pos = 0;
+            }
+            let n = (self.block.len() - self.pos).min(buf.len());
+            let (head, tail) = buf.split_at_mut(n);
+            head.copy_from_slice(&self.block[self.pos..self.pos + n]);
+            self.pos += n;
+            buf = tail;
+        }
+        Ok(())
     }
 }
 

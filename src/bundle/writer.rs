@@ -27,6 +27,9 @@ pub struct StreamWriter<'a> {
     stream_size: u64,
     /// SHA-256 over the part digests so far.
     bundle_hasher: Sha256,
+    /// Bytes of closed objects, and bytes reported as stored so far.
+    stored_before: u64,
+    reported: u64,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -51,6 +54,8 @@ impl<'a> StreamWriter<'a> {
             seek: Vec::new(),
             stream_size: 0,
             bundle_hasher: Sha256::new(),
+            stored_before: 0,
+            reported: 0,
         }
     }
 
@@ -68,6 +73,7 @@ impl<'a> StreamWriter<'a> {
                     size: 0,
                     parts_sha256: Vec::new(),
                     etag: None,
+                    parts_etag: Vec::new(),
                 },
             ));
             self.part_number = 0;
@@ -87,7 +93,7 @@ impl<'a> StreamWriter<'a> {
             }
             self.part_len += n as u64;
             self.stream_size += n as u64;
-            self.progress.stored(n as u64);
+            self.report_stored();
             if self.part_len == self.part_size {
                 self.end_part()?;
             }
@@ -118,10 +124,23 @@ impl<'a> StreamWriter<'a> {
 
     fn close_object(&mut self) -> Result<(), Error> {
         if let Some((w, mut info)) = self.current.take() {
-            info.etag = w.finish()?;
+            let receipt = w.finish()?;
+            self.stored_before += info.size;
+            info.etag = receipt.etag;
+            info.parts_etag = receipt.part_etags;
             self.done.push(info);
+            self.report_stored();
         }
         Ok(())
+    }
+
+    /// Tells the progress how many more bytes the store has taken for good.
+    fn report_stored(&mut self) {
+        let now = self.stored_before + self.current.as_ref().map_or(0, |(w, _)| w.stored_bytes());
+        if now > self.reported {
+            self.progress.stored(now - self.reported);
+            self.reported = now;
+        }
     }
 
     /// Writes the seek table, closes the last part and object. Returns the data description

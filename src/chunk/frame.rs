@@ -56,8 +56,7 @@ pub fn parse_seek_table(bytes: &[u8]) -> Result<Vec<SeekEntry>, FormatError> {
     if bytes.len() < 8 + FOOTER_LEN {
         return Err(bad(format!("{} bytes is too short", bytes.len())));
     }
-    let u32_at =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     if u32_at(0) != SKIPPABLE_MAGIC {
         return Err(bad(format!("skippable-frame magic is {:08x}", u32_at(0))));
     }

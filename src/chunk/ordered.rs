@@ -17,12 +17,7 @@ pub struct BufPool(Mutex<Vec<Vec<u8>>>);
 
 impl BufPool {
     pub fn take(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .map(|mut v| v.pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        self.0.lock().map(|mut v| v.pop()).ok().flatten().unwrap_or_default()
     }
 
     pub fn give(&self, buf: Vec<u8>) {
@@ -112,9 +107,7 @@ where
             let mut next = 0u64;
             while next < count {
                 let Ok(msg) = done_rx.recv() else {
-                    return Err(Error::Internal(
-                        "a pipeline stage stopped before the last item".into(),
-                    ));
+                    return Err(Error::Internal("a pipeline stage stopped before the last item".into()));
                 };
                 let (index, out) = msg?;
                 pending.insert(index, out);
@@ -130,11 +123,8 @@ where
             stop.store(true, Ordering::Relaxed);
         }
         drop((ticket_tx, done_rx));
-        let panicked = producer.join().is_err()
-            | workers
-                .into_iter()
-                .map(|w| w.join().is_err())
-                .fold(false, |a, b| a | b);
+        let panicked =
+            producer.join().is_err() | workers.into_iter().map(|w| w.join().is_err()).fold(false, |a, b| a | b);
         match outcome {
             Ok(()) if panicked => Err(Error::Internal("a pipeline thread panicked".into())),
             other => other,

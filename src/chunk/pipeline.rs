@@ -123,10 +123,7 @@ pub fn run_pipeline(
                 compressor
                     .compress(&buf, &mut out)
                     .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
-                Frame::Data {
-                    bytes: out,
-                    raw_len,
-                }
+                Frame::Data { bytes: out, raw_len }
             };
             compress_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             inputs.give(buf);

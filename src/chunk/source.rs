@@ -57,8 +57,7 @@ impl<'d> ChunkSource<'d> {
         let cs = self.map.cluster_size();
         self.runs.clear();
         self.ranges.clear();
-        self.map
-            .runs(start / cs, end.div_ceil(cs), &mut self.runs)?;
+        self.map.runs(start / cs, end.div_ceil(cs), &mut self.runs)?;
         let mut data = 0;
         let mut push = |ranges: &mut Vec<(u64, u64)>, s: u64, e: u64| {
             let (s, e) = (s.max(start), e.min(end));
@@ -92,8 +91,7 @@ impl<'d> ChunkSource<'d> {
             }
             let (rs, re) = ((s - start) as usize, (e - start) as usize);
             buf[zero_from as usize..rs].fill(0);
-            self.disk
-                .read_exact_at(&mut buf[rs..re], self.volume_offset + s)?;
+            self.disk.read_exact_at(&mut buf[rs..re], self.volume_offset + s)?;
             read += e - s;
             // Zero the gaps inside the coalesced span.
             for k in i..j - 1 {

@@ -28,14 +28,10 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         overwrite: args.overwrite,
     };
     validate(&req)?;
-    let dir = args
-        .store
-        .local_store
-        .as_ref()
-        .ok_or_else(|| Error::InvalidParameter {
-            parameter: "--local-store",
-            message: "S3 destinations are not available yet: give --local-store DIR".into(),
-        })?;
+    let dir = args.store.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
+        parameter: "--local-store",
+        message: "S3 destinations are not available yet: give --local-store DIR".into(),
+    })?;
     let store = LocalStore::open(dir, &req.bucket, true)?;
     let bar = Bar::new(args.quiet, "bundling");
     let outcome = bundle_instance(&req, &store, &bar, cancel, &mut |_| {});

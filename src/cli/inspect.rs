@@ -21,10 +21,7 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
     let disk = DiskFile::open(&args.source)?;
     let plan = Plan::analyse(&disk, &plan_options(&args.volume))?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default());
     } else {
         print!("{}", to_text(&plan));
     }
@@ -128,14 +125,8 @@ fn to_text(plan: &Plan<'_>) -> String {
     let f = &plan.facts;
     line(String::new());
     line(format!("Root volume (partition {}):", l.root.index));
-    line(format!(
-        "  NTFS serial      {} (full {})",
-        f.serial, f.serial64
-    ));
-    line(format!(
-        "  label            {}",
-        f.label.as_deref().unwrap_or("-")
-    ));
+    line(format!("  NTFS serial      {} (full {})", f.serial, f.serial64));
+    line(format!("  label            {}", f.label.as_deref().unwrap_or("-")));
     line(format!(
         "  cluster size     {} bytes; {} clusters; sector size {}",
         f.cluster_size, f.cluster_count, f.sector_size

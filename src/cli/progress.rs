@@ -22,11 +22,9 @@ impl Bar {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
         bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_prefix(verb);
         Self {
@@ -51,8 +49,7 @@ impl Progress for Bar {
         let before = self.stored.fetch_add(n, Ordering::Relaxed);
         // Refresh the message about every 16 MiB.
         if (before >> 24) != ((before + n) >> 24) {
-            self.bar
-                .set_message(format!("stored {}", human(before + n)));
+            self.bar.set_message(format!("stored {}", human(before + n)));
         }
     }
 

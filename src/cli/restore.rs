@@ -13,13 +13,10 @@ use super::progress::Bar;
 
 fn open_store(s: &StoreArgs) -> Result<LocalStore, Error> {
     names::check_prefix(&s.prefix)?;
-    let dir = s
-        .local_store
-        .as_ref()
-        .ok_or_else(|| Error::InvalidParameter {
-            parameter: "--local-store",
-            message: "S3 sources are not available yet: give --local-store DIR".into(),
-        })?;
+    let dir = s.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
+        parameter: "--local-store",
+        message: "S3 sources are not available yet: give --local-store DIR".into(),
+    })?;
     Ok(LocalStore::open(dir, &s.bucket, false)?)
 }
 

@@ -112,12 +112,7 @@ impl<'d> AllocationMap<'d> {
 
     /// Appends to `out` the runs (start cluster, count) of allocated clusters in [c0, c1),
     /// ignoring exclusions.
-    fn allocated_runs(
-        &mut self,
-        c0: u64,
-        c1: u64,
-        out: &mut Vec<(u64, u64)>,
-    ) -> Result<(), NtfsError> {
+    fn allocated_runs(&mut self, c0: u64, c1: u64, out: &mut Vec<(u64, u64)>) -> Result<(), NtfsError> {
         let c1 = c1.min(self.clusters);
         if c0 >= c1 {
             return Ok(());
@@ -202,10 +197,7 @@ impl<'d> AllocationMap<'d> {
                 self.load(c / 8, end.div_ceil(8))?;
                 let a = (c / 8 - self.window_start) as usize;
                 let b = (whole_end / 8 - self.window_start) as usize;
-                total += self.window[a..b]
-                    .iter()
-                    .map(|x| x.count_ones() as u64)
-                    .sum::<u64>();
+                total += self.window[a..b].iter().map(|x| x.count_ones() as u64).sum::<u64>();
                 runs.clear();
                 self.allocated_runs(whole_end, end, &mut runs)?;
             } else {

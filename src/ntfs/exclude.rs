@@ -50,10 +50,7 @@ pub fn normalise(path: &str) -> String {
 }
 
 /// Resolves `paths` on `vol`.
-pub fn resolve(
-    vol: &NtfsVolume<'_>,
-    paths: &[(String, ExclusionOrigin)],
-) -> Result<ExclusionSet, NtfsError> {
+pub fn resolve(vol: &NtfsVolume<'_>, paths: &[(String, ExclusionOrigin)]) -> Result<ExclusionSet, NtfsError> {
     let mut set = ExclusionSet::default();
     let mut seen_records = HashSet::new();
     let cluster = vol.facts().cluster_size as u64;
@@ -88,8 +85,7 @@ pub fn resolve(
                 if f.record < 16 {
                     return Err(NtfsError::Path {
                         path,
-                        problem: "is NTFS metadata (an MFT record below 16) and cannot be left out"
-                            .into(),
+                        problem: "is NTFS metadata (an MFT record below 16) and cannot be left out".into(),
                     });
                 }
                 if !seen_records.insert(f.record) {

@@ -25,11 +25,7 @@ pub struct FileData {
 impl FileData {
     /// Bytes in clusters that are actually allocated (sparse runs excluded).
     pub fn allocated_clusters(&self) -> u64 {
-        self.runs
-            .iter()
-            .filter(|r| r.lcn.is_some())
-            .map(|r| r.count)
-            .sum()
+        self.runs.iter().filter(|r| r.lcn.is_some()).map(|r| r.count).sum()
     }
 }
 
@@ -98,9 +94,7 @@ impl MftMap {
                     )));
                 }
                 if rec_no == 0 {
-                    return Err(NtfsError::Mft(
-                        "the attribute list sends $DATA back to record 0".into(),
-                    ));
+                    return Err(NtfsError::Mft("the attribute list sends $DATA back to record 0".into()));
                 }
                 let rec = map.read_record(disk, rec_no)?;
                 let a = find_attr(&rec, rec_no, ATTR_DATA, &[], Some(vcn))?;
@@ -118,10 +112,7 @@ impl MftMap {
             )));
         }
         if let Some(r) = map.runs.iter().find(|r| r.lcn.is_none()) {
-            return Err(NtfsError::Mft(format!(
-                "a sparse run at VCN {} in the MFT",
-                r.vcn
-            )));
+            return Err(NtfsError::Mft(format!("a sparse run at VCN {} in the MFT", r.vcn)));
         }
         Ok(map)
     }
@@ -141,20 +132,8 @@ impl MftMap {
     }
 
     /// Reads `buf.len()` bytes of the MFT stream from `offset` (relative to the MFT's start).
-    pub fn read_bytes(
-        &self,
-        disk: &DiskFile,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<(), NtfsError> {
-        read_runs(
-            disk,
-            self.volume_offset,
-            self.cluster_size,
-            &self.runs,
-            offset,
-            buf,
-        )
+    pub fn read_bytes(&self, disk: &DiskFile, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
+        read_runs(disk, self.volume_offset, self.cluster_size, &self.runs, offset, buf)
     }
 
     /// Reads record `n` with its fixups undone.
@@ -185,10 +164,7 @@ impl MftMap {
         if nr.data_size > MAX_ATTRIBUTE_LIST {
             return Err(NtfsError::Record {
                 record: rec_no,
-                problem: format!(
-                    "$ATTRIBUTE_LIST of {} bytes is implausibly large",
-                    nr.data_size
-                ),
+                problem: format!("$ATTRIBUTE_LIST of {} bytes is implausibly large", nr.data_size),
             });
         }
         let runs = record::decode_runs(
@@ -238,13 +214,7 @@ impl MftMap {
     }
 
     /// All extents of attribute (`ty`, `name` as UTF-16LE bytes) of record `n`, in VCN order.
-    pub fn extents(
-        &self,
-        disk: &DiskFile,
-        n: u64,
-        ty: u32,
-        name: &[u8],
-    ) -> Result<Option<Extents>, NtfsError> {
+    pub fn extents(&self, disk: &DiskFile, n: u64, ty: u32, name: &[u8]) -> Result<Option<Extents>, NtfsError> {
         let rec = self.read_record(disk, n)?;
         if !record::in_use(&rec) {
             return Err(NtfsError::Record {
@@ -338,8 +308,7 @@ impl MftMap {
         if grow > 0 {
             // Grow the attribute, shifting the ones after it.
             let used = u32::from_le_bytes([rec[0x18], rec[0x19], rec[0x1a], rec[0x1b]]) as usize;
-            let allocated =
-                u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
+            let allocated = u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
             if used < attr_end || used + grow > allocated.min(rec.len()) {
                 return Err(NtfsError::Record {
                     record: rec_no,
@@ -348,8 +317,7 @@ impl MftMap {
             }
             rec.copy_within(attr_end..used, attr_end + grow);
             rec[0x18..0x1c].copy_from_slice(&((used + grow) as u32).to_le_bytes());
-            rec[data.offset + 4..data.offset + 8]
-                .copy_from_slice(&((data.length + grow) as u32).to_le_bytes());
+            rec[data.offset + 4..data.offset + 8].copy_from_slice(&((data.length + grow) as u32).to_le_bytes());
         }
         let mp = nr.mapping_pairs;
         rec[mp..attr_end + grow].fill(0);
@@ -375,8 +343,7 @@ impl MftMap {
                 problem: "a longer $ATTRIBUTE_LIST".into(),
             });
         }
-        let vofs =
-            a.offset + u16::from_le_bytes([rec[a.offset + 0x14], rec[a.offset + 0x15]]) as usize;
+        let vofs = a.offset + u16::from_le_bytes([rec[a.offset + 0x14], rec[a.offset + 0x15]]) as usize;
         rec[vofs..vofs + old].fill(0);
         rec[vofs..vofs + list.len()].copy_from_slice(list);
         rec[a.offset + 0x10..a.offset + 0x14].copy_from_slice(&(list.len() as u32).to_le_bytes());
@@ -395,8 +362,7 @@ impl MftMap {
     ) -> Result<(), NtfsError> {
         Self::patch_first_extent(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], clusters, virtual_lcn)?;
         let a = find_attr(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], Some(0))?;
-        rec[a.offset + 0x28..a.offset + 0x30]
-            .copy_from_slice(&(clusters * cluster_size).to_le_bytes());
+        rec[a.offset + 0x28..a.offset + 0x30].copy_from_slice(&(clusters * cluster_size).to_le_bytes());
         rec[a.offset + 0x30..a.offset + 0x38].copy_from_slice(&len.to_le_bytes());
         rec[a.offset + 0x38..a.offset + 0x40].copy_from_slice(&len.to_le_bytes());
         Ok(())
@@ -412,8 +378,7 @@ impl MftMap {
         let lcn = pos / self.cluster_size;
         self.runs.iter().find_map(|r| {
             let l = r.lcn?;
-            (lcn >= l && lcn < l + r.count)
-                .then(|| (r.vcn + lcn - l) * self.cluster_size + pos % self.cluster_size)
+            (lcn >= l && lcn < l + r.count).then(|| (r.vcn + lcn - l) * self.cluster_size + pos % self.cluster_size)
         })
     }
 
@@ -452,11 +417,10 @@ pub fn read_runs(
     while !buf.is_empty() {
         let vcn = offset / cluster_size;
         let i = runs.partition_point(|r| r.vcn + r.count <= vcn);
-        let run = runs.get(i).filter(|r| r.vcn <= vcn).ok_or_else(|| {
-            NtfsError::Crate(format!(
-                "byte {offset} of a remapped attribute is past its runs"
-            ))
-        })?;
+        let run = runs
+            .get(i)
+            .filter(|r| r.vcn <= vcn)
+            .ok_or_else(|| NtfsError::Crate(format!("byte {offset} of a remapped attribute is past its runs")))?;
         let run_end = (run.vcn + run.count) * cluster_size;
         let n = ((run_end - offset) as usize).min(buf.len());
         let (head, tail) = buf.split_at_mut(n);
@@ -487,30 +451,17 @@ fn find_attr(
                 && a.name(rec) == Some(name)
                 && match lowest_vcn {
                     None => true,
-                    Some(v) => {
-                        !a.non_resident
-                            || a.non_resident(rec, rec_no)
-                                .is_ok_and(|nr| nr.lowest_vcn == v)
-                    }
+                    Some(v) => !a.non_resident || a.non_resident(rec, rec_no).is_ok_and(|nr| nr.lowest_vcn == v),
                 }
         })
         .ok_or_else(|| NtfsError::Record {
             record: rec_no,
-            problem: format!(
-                "no attribute 0x{ty:x} starting at VCN {}",
-                lowest_vcn.unwrap_or(0)
-            ),
+            problem: format!("no attribute 0x{ty:x} starting at VCN {}", lowest_vcn.unwrap_or(0)),
         })
 }
 
 /// The runs of the non-resident extent `a` of `rec`, which starts at `vcn`.
-fn extent_runs(
-    rec: &[u8],
-    rec_no: u64,
-    a: &record::Attribute,
-    vcn: u64,
-    clusters: u64,
-) -> Result<Vec<Run>, NtfsError> {
+fn extent_runs(rec: &[u8], rec_no: u64, a: &record::Attribute, vcn: u64, clusters: u64) -> Result<Vec<Run>, NtfsError> {
     if !a.non_resident {
         return Err(NtfsError::Record {
             record: rec_no,
@@ -518,16 +469,9 @@ fn extent_runs(
         });
     }
     let nr = a.non_resident(rec, rec_no)?;
-    let runs = record::decode_runs(
-        &rec[nr.mapping_pairs..a.offset + a.length],
-        vcn,
-        clusters,
-        rec_no,
-    )?;
+    let runs = record::decode_runs(&rec[nr.mapping_pairs..a.offset + a.length], vcn, clusters, rec_no)?;
     let covered = runs.last().map_or(vcn, |r| r.vcn + r.count);
-    if nr.highest_vcn.checked_add(1) != Some(covered)
-        && !(runs.is_empty() && nr.highest_vcn == u64::MAX)
-    {
+    if nr.highest_vcn.checked_add(1) != Some(covered) && !(runs.is_empty() && nr.highest_vcn == u64::MAX) {
         return Err(NtfsError::Record {
             record: rec_no,
             problem: format!(

@@ -37,9 +37,7 @@ pub enum NtfsError {
     },
     #[error("the $MFT is damaged: {0}")]
     Mft(String),
-    #[error(
-        "$Bitmap covers {bits} clusters but the volume has {clusters}: the bitmap is shorter than the volume"
-    )]
+    #[error("$Bitmap covers {bits} clusters but the volume has {clusters}: the bitmap is shorter than the volume")]
     BitmapTooShort { bits: u64, clusters: u64 },
     #[error("reading NTFS metadata: {0}")]
     Crate(String),
@@ -57,9 +55,7 @@ impl From<ntfs::NtfsError> for NtfsError {
     fn from(e: ntfs::NtfsError) -> Self {
         // Errors that our reader raised (bounds, budget) travel through the crate as io errors.
         if let ntfs::NtfsError::Io(io) = &e
-            && let Some(inner) = io
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<reader::ReaderError>())
+            && let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<reader::ReaderError>())
         {
             return inner.clone().into();
         }

@@ -118,8 +118,7 @@ impl<'d> Remap<'d> {
         }
         let base = match self.map.read_record(self.disk, r) {
             Ok(rec) if record::in_use(&rec) => {
-                let base = u64::from_le_bytes(rec[0x20..0x28].try_into().unwrap_or_default())
-                    & 0xffff_ffff_ffff;
+                let base = u64::from_le_bytes(rec[0x20..0x28].try_into().unwrap_or_default()) & 0xffff_ffff_ffff;
                 if base == 0 { r } else { base }
             }
             _ => r,
@@ -152,9 +151,7 @@ impl<'d> Remap<'d> {
         let Some(list_attr) = attrs.iter().find(|a| a.ty == ATTR_ATTRIBUTE_LIST) else {
             return Ok(());
         };
-        let list = self
-            .map
-            .attribute_list_bytes(self.disk, &rec, list_attr, base)?;
+        let list = self.map.attribute_list_bytes(self.disk, &rec, list_attr, base)?;
         let cs = self.map.cluster_size();
         let mut remapped = Vec::new();
         for (ty, name) in record::attribute_list_names(&list) {
@@ -191,14 +188,7 @@ impl<'d> Remap<'d> {
                 let mut data = pruned.clone();
                 data.resize((clusters * cs) as usize, 0);
                 let start = self.add_region(clusters * cs, Backing::Bytes(Arc::new(data)), false);
-                MftMap::set_virtual_list(
-                    &mut bytes,
-                    base,
-                    clusters,
-                    start / cs,
-                    pruned.len() as u64,
-                    cs,
-                )?;
+                MftMap::set_virtual_list(&mut bytes, base, clusters, start / cs, pruned.len() as u64, cs)?;
             } else {
                 MftMap::set_resident_list(&mut bytes, base, &pruned)?;
             }
@@ -228,10 +218,7 @@ impl<'d> Remap<'d> {
     /// Overlays patched records onto `buf`, which holds MFT stream bytes from `mft_offset`.
     fn overlay_records(&self, buf: &mut [u8], mft_offset: u64) {
         let rs = self.map.record_size();
-        for r in self
-            .map
-            .records_in(mft_offset, mft_offset + buf.len() as u64)
-        {
+        for r in self.map.records_in(mft_offset, mft_offset + buf.len() as u64) {
             if let Some(p) = self.patch_for(r) {
                 overlay(buf, mft_offset, r * rs, &p);
             }
@@ -240,11 +227,7 @@ impl<'d> Remap<'d> {
 
     fn read_virtual(&self, pos: u64, buf: &mut [u8]) -> Result<usize, ReaderError> {
         let st = self.state();
-        let Some(region) = st
-            .regions
-            .iter()
-            .find(|g| pos >= g.start && pos < g.start + g.len)
-        else {
+        let Some(region) = st.regions.iter().find(|g| pos >= g.start && pos < g.start + g.len) else {
             return Err(ReaderError::PastVolume {
                 offset: pos,
                 len: self.volume_len,
@@ -361,8 +344,7 @@ impl Seek for VolumeReader<'_, '_> {
             SeekFrom::End(d) => self.remap.volume_len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos =
-            new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek out of range"))?;
         Ok(self.pos)
     }
 }

@@ -46,16 +46,10 @@ pub fn apply_fixups_of(buf: &mut [u8], magic: &[u8; 4], record: u64) -> Result<(
         return Err(bad(record, "record is shorter than its header"));
     }
     if &buf[0..4] != magic {
-        return Err(bad(
-            record,
-            format!("no FILE signature (found {:02x?})", &buf[0..4]),
-        ));
+        return Err(bad(record, format!("no FILE signature (found {:02x?})", &buf[0..4])));
     }
     let (usa_ofs, usa_count) = (u16_at(buf, 4) as usize, u16_at(buf, 6) as usize);
-    if usa_count < 2
-        || usa_ofs + usa_count * 2 > buf.len()
-        || !buf.len().is_multiple_of(usa_count - 1)
-    {
+    if usa_count < 2 || usa_ofs + usa_count * 2 > buf.len() || !buf.len().is_multiple_of(usa_count - 1) {
         return Err(bad(
             record,
             format!("bad update sequence array (offset {usa_ofs}, count {usa_count})"),
@@ -63,10 +57,7 @@ pub fn apply_fixups_of(buf: &mut [u8], magic: &[u8; 4], record: u64) -> Result<(
     }
     let stride = buf.len() / (usa_count - 1);
     if stride < 256 {
-        return Err(bad(
-            record,
-            format!("update sequence stride {stride} is too small"),
-        ));
+        return Err(bad(record, format!("update sequence stride {stride} is too small")));
     }
     let usn = [buf[usa_ofs], buf[usa_ofs + 1]];
     for i in 1..usa_count {
@@ -192,10 +183,7 @@ pub fn attributes(rec: &[u8], record: u64) -> Result<Vec<Attribute>, NtfsError> 
             return Ok(out);
         }
         if ofs + 16 > used {
-            return Err(bad(
-                record,
-                format!("attribute at offset {ofs} is truncated"),
-            ));
+            return Err(bad(record, format!("attribute at offset {ofs} is truncated")));
         }
         let length = u32_at(rec, ofs + 4) as usize;
         if length < 16 || !length.is_multiple_of(8) || ofs + length > used {
@@ -217,12 +205,7 @@ pub fn attributes(rec: &[u8], record: u64) -> Result<Vec<Attribute>, NtfsError> 
 
 /// Decodes the mapping pairs at `rec[start..end]` into runs starting at `first_vcn`.
 /// LCNs are checked against `clusters` (the volume's cluster count).
-pub fn decode_runs(
-    bytes: &[u8],
-    first_vcn: u64,
-    clusters: u64,
-    record: u64,
-) -> Result<Vec<Run>, NtfsError> {
+pub fn decode_runs(bytes: &[u8], first_vcn: u64, clusters: u64, record: u64) -> Result<Vec<Run>, NtfsError> {
     let mut runs = Vec::new();
     let mut pos = 0usize;
     let mut vcn = first_vcn;
@@ -238,10 +221,7 @@ pub fn decode_runs(
         }
         let count = read_uint(&bytes[pos + 1..pos + 1 + nlen]);
         if count == 0 || count > i64::MAX as u64 {
-            return Err(bad(
-                record,
-                format!("data run at byte {pos} has a bad length {count}"),
-            ));
+            return Err(bad(record, format!("data run at byte {pos} has a bad length {count}")));
         }
         let run_lcn = if olen == 0 {
             None
@@ -342,11 +322,7 @@ pub fn prune_attribute_list(list: &[u8], drop: &[(u32, Vec<u8>)]) -> Vec<u8> {
         let e = &list[pos..pos + len];
         let (nl, no) = (e[6] as usize * 2, e[7] as usize);
         let name = e.get(no..no + nl).unwrap_or_default();
-        if !(u64_at(e, 8) > 0
-            && drop
-                .iter()
-                .any(|(t, n)| *t == u32_at(e, 0) && n.as_slice() == name))
-        {
+        if !(u64_at(e, 8) > 0 && drop.iter().any(|(t, n)| *t == u32_at(e, 0) && n.as_slice() == name)) {
             kept.extend_from_slice(e);
         }
         pos += len;
@@ -355,12 +331,7 @@ pub fn prune_attribute_list(list: &[u8], drop: &[(u32, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// Attribute-list entries of attribute (`ty`, `name` as UTF-16LE bytes): (lowest VCN, record number).
-pub fn attribute_list_entries(
-    list: &[u8],
-    ty: u32,
-    name: &[u8],
-    record: u64,
-) -> Result<Vec<(u64, u64)>, NtfsError> {
+pub fn attribute_list_entries(list: &[u8], ty: u32, name: &[u8], record: u64) -> Result<Vec<(u64, u64)>, NtfsError> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while pos + 26 <= list.len() {

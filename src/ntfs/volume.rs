@@ -59,8 +59,8 @@ impl<'d> NtfsVolume<'d> {
                 String::from_utf8_lossy(&boot[3..11])
             )));
         }
-        let mut ntfs = Ntfs::new(&mut std::io::Cursor::new(&boot[..]))
-            .map_err(|e| NtfsError::BootSector(e.to_string()))?;
+        let mut ntfs =
+            Ntfs::new(&mut std::io::Cursor::new(&boot[..])).map_err(|e| NtfsError::BootSector(e.to_string()))?;
         let cluster_size = ntfs.cluster_size() as u64;
         if ntfs.size() > length {
             return Err(NtfsError::BootSector(format!(
@@ -81,14 +81,7 @@ impl<'d> NtfsVolume<'d> {
             )));
         }
         let record_size = ntfs.file_record_size() as u64;
-        let mft = MftMap::load(
-            disk,
-            offset,
-            mft_position,
-            cluster_size,
-            record_size,
-            clusters,
-        )?;
+        let mft = MftMap::load(disk, offset, mft_position, cluster_size, record_size, clusters)?;
         let has_attribute_list = mft.has_attribute_list;
         let records = mft.record_count();
         let remap = Remap::new(disk, mft, offset, length);
@@ -101,11 +94,7 @@ impl<'d> NtfsVolume<'d> {
         };
         let serial64 = ntfs.serial_number();
         let facts = NtfsFacts {
-            serial: format!(
-                "{:04X}-{:04X}",
-                (serial64 >> 16) & 0xffff,
-                serial64 & 0xffff
-            ),
+            serial: format!("{:04X}-{:04X}", (serial64 >> 16) & 0xffff, serial64 & 0xffff),
             serial64: format!("{serial64:016X}"),
             label: label.filter(|l| !l.is_empty()),
             cluster_size: ntfs.cluster_size(),
@@ -146,8 +135,7 @@ impl<'d> NtfsVolume<'d> {
             let dir = self.ntfs.file(&mut fs, current.record)?;
             let index = dir.directory_index(&mut fs)?;
             let mut finder = index.finder();
-            let Some(entry) = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut fs, name)
-            else {
+            let Some(entry) = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut fs, name) else {
                 return Ok(None);
             };
             let entry = entry?;

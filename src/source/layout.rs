@@ -44,10 +44,7 @@ pub fn detect_fs(sector: &[u8]) -> FileSystem {
         b"EXFAT   " => FileSystem::Exfat,
         b"-FVE-FS-" => FileSystem::Bitlocker,
         b"ReFS\0\0\0\0" => FileSystem::Refs,
-        _ if &sector[82..87] == b"FAT32"
-            || &sector[54..59] == b"FAT12"
-            || &sector[54..59] == b"FAT16" =>
-        {
+        _ if &sector[82..87] == b"FAT32" || &sector[54..59] == b"FAT12" || &sector[54..59] == b"FAT16" => {
             FileSystem::Fat
         }
         _ => FileSystem::Unknown,
@@ -164,9 +161,7 @@ pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, Sourc
     for p in &mut partitions {
         if p.partition.index != root.index {
             let what = match (&p.partition.ptype, p.fs) {
-                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _)
-                    if p.partition.ptype.name() != "unknown" =>
-                {
+                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _) if p.partition.ptype.name() != "unknown" => {
                     p.partition.ptype.name().to_string()
                 }
                 _ => format!("{} partition", p.fs),
@@ -184,17 +179,10 @@ pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, Sourc
     })
 }
 
-fn choose_root(
-    path: &Path,
-    parts: &[PartitionInfo],
-    forced: Option<u32>,
-) -> Result<RootChoice, SourceError> {
+fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Result<RootChoice, SourceError> {
     if let Some(index) = forced {
         let Some(p) = parts.iter().find(|p| p.partition.index == index) else {
-            let have: Vec<String> = parts
-                .iter()
-                .map(|p| p.partition.index.to_string())
-                .collect();
+            let have: Vec<String> = parts.iter().map(|p| p.partition.index.to_string()).collect();
             return Err(SourceError::BadPartitionChoice {
                 index,
                 reason: format!("no such partition (this disk has {})", have.join(", ")),
@@ -279,10 +267,7 @@ fn choose_root(
             let c: Vec<String> = ntfs.iter().map(|p| describe(p)).collect();
             Err(SourceError::AmbiguousRoot {
                 path: path.to_path_buf(),
-                candidates: format!(
-                    "{n} NTFS volumes and none holds \\Windows\\System32: {}",
-                    c.join("; ")
-                ),
+                candidates: format!("{n} NTFS volumes and none holds \\Windows\\System32: {}", c.join("; ")),
             })
         }
     }

@@ -17,10 +17,7 @@ pub use partition::{Partition, PartitionTable, TableKind};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     #[error("{path} is a directory: give a disk image file, a volume image or a block device")]
     IsDirectory { path: PathBuf },
     #[error("cannot read {path} at byte {offset}: {source}")]
@@ -29,9 +26,7 @@ pub enum SourceError {
         offset: u64,
         source: std::io::Error,
     },
-    #[error(
-        "{path} is truncated: reading {len} bytes at byte {offset} goes past its end ({size} bytes)"
-    )]
+    #[error("{path} is truncated: reading {len} bytes at byte {offset} goes past its end ({size} bytes)")]
     PastEnd {
         path: PathBuf,
         offset: u64,
@@ -46,9 +41,7 @@ pub enum SourceError {
     PartitionPastEnd { index: u32, end: u64, size: u64 },
     #[error("no Windows root volume found on {path}: {reason}")]
     NoRootVolume { path: PathBuf, reason: String },
-    #[error(
-        "cannot tell which volume is C: on {path}: {candidates}; choose one with --partition N"
-    )]
+    #[error("cannot tell which volume is C: on {path}: {candidates}; choose one with --partition N")]
     AmbiguousRoot { path: PathBuf, candidates: String },
     #[error("--partition {index}: {reason}")]
     BadPartitionChoice { index: u32, reason: String },

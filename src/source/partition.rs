@@ -159,8 +159,7 @@ pub fn read_table(disk: &DiskFile) -> Result<PartitionTable, SourceError> {
             }
         }
         return Err(SourceError::Table(
-            "protective MBR (type 0xEE) but no valid GPT header at LBA 1 or at the end of the disk"
-                .into(),
+            "protective MBR (type 0xEE) but no valid GPT header at LBA 1 or at the end of the disk".into(),
         ));
     }
     read_mbr(disk, &first)
@@ -277,11 +276,7 @@ fn gpt_partitions(disk: &DiskFile, ss: u32, h: &GptHeader) -> Result<Vec<Partiti
         }
         let (offset, length) = first
             .checked_mul(ss as u64)
-            .zip(
-                (last - first)
-                    .checked_add(1)
-                    .and_then(|n| n.checked_mul(ss as u64)),
-            )
+            .zip((last - first).checked_add(1).and_then(|n| n.checked_mul(ss as u64)))
             .ok_or_else(|| SourceError::Table(format!("GPT partition {index} LBAs overflow")))?;
         let name_units: Vec<u16> = e[56..128]
             .chunks_exact(2)
@@ -332,14 +327,7 @@ fn read_gpt(disk: &DiskFile, ss: u32) -> Result<PartitionTable, SourceError> {
         }
     };
     let _ = (header.my_lba, header.alternate_lba);
-    finish(
-        disk,
-        TableKind::Gpt,
-        ss,
-        Some(header.disk_guid),
-        parts,
-        warnings,
-    )
+    finish(disk, TableKind::Gpt, ss, Some(header.disk_guid), parts, warnings)
 }
 
 /// The message of a table error without the "bad partition table" prefix.
@@ -354,9 +342,7 @@ fn read_gpt_backup_only(disk: &DiskFile, ss: u32) -> Result<PartitionTable, Sour
     let backup_lba = disk.size() / ss as u64 - 1;
     let h = parse_gpt_header(disk, ss, backup_lba).map_err(SourceError::Table)?;
     let parts = gpt_partitions(disk, ss, &h)?;
-    let warnings = vec![
-        "the primary GPT header is missing; the backup GPT at the end of the disk was used".into(),
-    ];
+    let warnings = vec!["the primary GPT header is missing; the backup GPT at the end of the disk was used".into()];
     finish(disk, TableKind::Gpt, ss, Some(h.disk_guid), parts, warnings)
 }
 
@@ -387,11 +373,7 @@ fn is_extended(t: u8) -> bool {
     matches!(t, 0x05 | 0x0f | 0x85)
 }
 
-fn mbr_with_sector_size(
-    disk: &DiskFile,
-    first: &[u8],
-    ss: u64,
-) -> Result<Vec<Partition>, SourceError> {
+fn mbr_with_sector_size(disk: &DiskFile, first: &[u8], ss: u64) -> Result<Vec<Partition>, SourceError> {
     let mut parts = Vec::new();
     let mut extended = None;
     for (i, e) in mbr_entries(first).into_iter().enumerate() {
@@ -474,9 +456,7 @@ fn mbr_with_sector_size(
 
 fn starts_with_known_fs(disk: &DiskFile, p: &Partition) -> bool {
     let mut s = [0u8; 512];
-    if p.offset.checked_add(512).is_none_or(|e| e > disk.size())
-        || disk.read_exact_at(&mut s, p.offset).is_err()
-    {
+    if p.offset.checked_add(512).is_none_or(|e| e > disk.size()) || disk.read_exact_at(&mut s, p.offset).is_err() {
         return false;
     }
     super::layout::detect_fs(&s) != super::FileSystem::Unknown

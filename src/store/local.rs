@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{ObjectStore, ObjectWriter, PartInfo, StoreError, names};
+use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
 
 pub struct LocalStore {
     root: PathBuf,
@@ -123,6 +123,7 @@ impl ObjectStore for LocalStore {
             tmp,
             path,
             key: key.to_string(),
+            written: 0,
         }))
     }
 }
@@ -132,6 +133,7 @@ struct LocalWriter {
     tmp: PathBuf,
     path: PathBuf,
     key: String,
+    written: u64,
 }
 
 impl ObjectWriter for LocalWriter {
@@ -140,14 +142,20 @@ impl ObjectWriter for LocalWriter {
             op: "write",
             key: self.key.clone(),
             source,
-        })
+        })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        self.written
     }
 
     fn end_part(&mut self, _part: &PartInfo) -> Result<(), StoreError> {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<Option<String>, StoreError> {
+    fn finish(self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
         let key = self.key.clone();
         self.file.sync_data().map_err(|source| StoreError::Io {
             op: "sync",
@@ -159,7 +167,7 @@ impl ObjectWriter for LocalWriter {
             key,
             source,
         })?;
-        Ok(None)
+        Ok(ObjectReceipt::default())
     }
 
     fn abort(self: Box<Self>) {

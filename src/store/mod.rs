@@ -4,10 +4,12 @@
 
 pub mod local;
 pub mod names;
+pub mod s3;
 
 use std::path::PathBuf;
 
 pub use local::LocalStore;
+pub use s3::{S3Options, S3Store};
 
 /// Errors of a store, naming the bucket/key and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,29 @@ pub enum StoreError {
     },
     #[error("local store {path}: {problem}")]
     Local { path: PathBuf, problem: String },
+    #[error("S3 {op} {location}: {code}: {message}")]
+    S3 {
+        op: &'static str,
+        location: String,
+        code: String,
+        message: String,
+    },
+    #[error("S3 {op} {location}: {detail}")]
+    S3Transport {
+        op: &'static str,
+        location: String,
+        detail: String,
+    },
+    #[error("S3 setup: {0}")]
+    S3Config(String),
+}
+
+/// What a finished data object is, per the store.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectReceipt {
+    pub etag: Option<String>,
+    /// ETag of each part (S3 multipart uploads).
+    pub part_etags: Vec<String>,
 }
 
 /// A part of a data object as it is being written.
@@ -50,8 +75,10 @@ pub trait ObjectWriter: Send {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
     /// The bytes written since the last part boundary form `part`.
     fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError>;
-    /// Makes the object visible under its key. Returns its ETag where the store has one.
-    fn finish(self: Box<Self>) -> Result<Option<String>, StoreError>;
+    /// Bytes durably stored so far (written to disk, or parts whose upload completed).
+    fn stored_bytes(&self) -> u64;
+    /// Makes the object visible under its key.
+    fn finish(self: Box<Self>) -> Result<ObjectReceipt, StoreError>;
     /// Drops what was written.
     fn abort(self: Box<Self>);
 }

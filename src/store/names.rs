@@ -28,21 +28,13 @@ pub fn check_bucket(b: &str) -> Result<(), StoreError> {
     }
     let first_last_ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
     if !first_last_ok(b.as_bytes()[0]) || !first_last_ok(b.as_bytes()[b.len() - 1]) {
-        return Err(invalid(
-            "bucket name",
-            b,
-            "must start and end with a letter or digit",
-        ));
+        return Err(invalid("bucket name", b, "must start and end with a letter or digit"));
     }
     if b.contains("..") {
         return Err(invalid("bucket name", b, "must not contain '..'"));
     }
     if b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok()) {
-        return Err(invalid(
-            "bucket name",
-            b,
-            "must not look like an IP address",
-        ));
+        return Err(invalid("bucket name", b, "must not look like an IP address"));
     }
     Ok(())
 }
@@ -63,15 +55,9 @@ pub fn check_prefix(p: &str) -> Result<(), StoreError> {
         return Err(invalid("prefix", p, "must not start or end with '/'"));
     }
     if p.chars().any(|c| c.is_control() || c == '\\') {
-        return Err(invalid(
-            "prefix",
-            p,
-            "must not contain control characters or '\\'",
-        ));
+        return Err(invalid("prefix", p, "must not contain control characters or '\\'"));
     }
-    if p.split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-    {
+    if p.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
         return Err(invalid(
             "prefix",
             p,

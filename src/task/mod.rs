@@ -61,9 +61,7 @@ pub struct TaskError {
 
 /// Now, as EC2 writes times: `2008-10-07T11:41:50.000Z`.
 pub fn now_iso() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -96,9 +94,7 @@ pub fn new_request_id() -> String {
 
 /// A stable instance id derived from what identifies the source: `i-` + 17 hex digits.
 pub fn derived_instance_id(identity: &str) -> String {
-    let h = hex::encode(Sha256::digest(
-        format!("winbundle-instance:{identity}").as_bytes(),
-    ));
+    let h = hex::encode(Sha256::digest(format!("winbundle-instance:{identity}").as_bytes()));
     format!("i-{}", &h[..17])
 }
 
@@ -107,14 +103,8 @@ pub fn check_instance_id(id: &str) -> Result<(), String> {
     let hex = id
         .strip_prefix("i-")
         .ok_or_else(|| format!("{id:?} does not start with 'i-'"))?;
-    if !(hex.len() == 8 || hex.len() == 17)
-        || !hex
-            .bytes()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-    {
-        return Err(format!(
-            "{id:?} is not i- followed by 8 or 17 lower-case hex digits"
-        ));
+    if !(hex.len() == 8 || hex.len() == 17) || !hex.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        return Err(format!("{id:?} is not i- followed by 8 or 17 lower-case hex digits"));
     }
     Ok(())
 }

@@ -57,13 +57,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
 
 pub fn bundle(req: &BundleRequest, store_dir: &Path) -> BundleOutcome {
     let store = LocalStore::open(store_dir, &req.bucket, true).unwrap();
-    bundle_instance(
-        req,
-        &store,
-        &NoProgress,
-        &AtomicBool::new(false),
-        &mut |_| {},
-    )
+    bundle_instance(req, &store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
 }
 
 /// Restores `prefix` from the store into `out`.
@@ -115,10 +109,7 @@ pub fn assert_restored_matches(source: &Path, opts: &PlanOptions, restored: &Pat
             assert!(a == b, "allocated cluster {c} differs");
             same += 1;
         } else {
-            assert!(
-                b.iter().all(|&x| x == 0),
-                "free or excluded cluster {c} is not zero"
-            );
+            assert!(b.iter().all(|&x| x == 0), "free or excluded cluster {c} is not zero");
             zero += 1;
         }
     }
@@ -130,11 +121,7 @@ pub fn assert_restored_matches(source: &Path, opts: &PlanOptions, restored: &Pat
         "boot-sector tail differs"
     );
     let ss = plan.facts.sector_size as usize;
-    assert_eq!(
-        &out[fs_end - ss..fs_end][3..11],
-        b"NTFS    ",
-        "backup boot sector kept"
-    );
+    assert_eq!(&out[fs_end - ss..fs_end][3..11], b"NTFS    ", "backup boot sector kept");
     (same, zero)
 }
 

@@ -1,0 +1,87 @@
+//! S3 errors in our terms: the operation, the key, the server's code and message, and a hint.
+//! Retrying is the SDK's job (standard mode: throttling, 5xx, timeouts, dropped connections);
+//! what reaches here has failed for good.
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use crate::store::StoreError;
+
+/// Converts an SDK error of operation `op` on `bucket`/`key`.
+pub fn convert<E, R>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let location = format!("{bucket}/{key}");
+    match &err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let code = e.code().unwrap_or("Unknown").to_string();
+            let message = e.message().unwrap_or_default().to_string();
+            StoreError::S3 {
+                op,
+                location,
+                code,
+                message,
+            }
+        }
+        SdkError::TimeoutError(_) => StoreError::S3Transport {
+            op,
+            location,
+            detail: "timed out (after retries)".into(),
+        },
+        SdkError::DispatchFailure(d) => {
+            let detail = match d.as_connector_error() {
+                Some(c) if c.is_timeout() => "connection timed out".to_string(),
+                Some(c) if c.is_io() => format!("connection failed: {}", error_chain(c)),
+                _ => error_chain(&err),
+            };
+            StoreError::S3Transport { op, location, detail }
+        }
+        _ => StoreError::S3Transport {
+            op,
+            location,
+            detail: error_chain(&err),
+        },
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s
+}
+
+/// What to do about an S3 error code.
+pub fn hint(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "AccessDenied" => {
+            "the credentials may not write or read this bucket and prefix: check the key's policy or the bucket policy"
+        }
+        "NoSuchBucket" => "create the bucket first (aws s3 mb s3://BUCKET), or check --bucket and --endpoint-url",
+        "InvalidAccessKeyId" => {
+            "the endpoint does not know this access key: check AWS_ACCESS_KEY_ID or --profile, and --endpoint-url"
+        }
+        "SignatureDoesNotMatch" => {
+            "the secret key does not match the access key, or the region is wrong: check AWS_SECRET_ACCESS_KEY and --region"
+        }
+        "AuthorizationHeaderMalformed" => {
+            "the region is wrong for this endpoint: pass --region (Garage's default is `garage`)"
+        }
+        "NoSuchKey" | "NotFound" => "check --bucket and --prefix; a bundle without its manifest is incomplete",
+        "EntityTooSmall" => "a part is below the server's minimum: raise --part-size (at least 5 MiB)",
+        "InvalidRequest" | "NotImplemented" => {
+            "the server rejected a request feature: see docs (MinIO/Garage settings) in the README"
+        }
+        _ => return None,
+    })
+}
