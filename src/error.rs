@@ -55,6 +55,10 @@ impl Error {
             Error::Store(StoreError::BundleExists { .. }) => "BundleExists",
             Error::Store(StoreError::InvalidName { .. }) => "InvalidParameterValue",
             Error::Store(StoreError::NotFound { .. }) => "NoSuchBundle",
+            Error::Store(StoreError::S3 { code, .. }) if code == "AccessDenied" || code == "Forbidden" => {
+                "AccessDenied"
+            }
+            Error::Store(StoreError::S3 { code, .. }) if code == "NoSuchBucket" => "NoSuchBucket",
             Error::Store(_) => "StorageError",
             Error::Format(FormatError::Integrity { .. }) => "IntegrityError",
             Error::Format(_) => "InvalidBundle",
@@ -95,6 +99,10 @@ impl Error {
                 "the stored bundle is damaged or was modified: bundle the instance again".into()
             }
             Error::Cancelled => "nothing was kept; run the command again to start over".into(),
+            Error::Store(StoreError::S3 { code, .. }) => crate::store::s3::error::hint(code)?.into(),
+            Error::Store(StoreError::S3Transport { .. }) => {
+                "check --endpoint-url (and that the server is running) and the network; transient failures were already retried".into()
+            }
             _ => return None,
         })
     }

@@ -23,8 +23,9 @@ use crate::task::{self, BundleTask, State, TaskError};
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 /// Default zstd level: level 1 keeps pace with two cores' worth of reading.
 pub const DEFAULT_LEVEL: i32 = 1;
-/// Default part size: 64 MiB parts keep request counts low and memory modest.
-pub const DEFAULT_PART_SIZE: u64 = 64 << 20;
+/// Default part size: 16 MiB parts keep S3 request counts low while (concurrency + 1) part
+/// buffers stay small; it grows for streams over 160 GB (10,000 parts).
+pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 /// S3 allows at most 10,000 parts per multipart upload; the part size grows to stay below.
 pub const MAX_PARTS: u64 = 10_000;
 /// S3's smallest part (all but the last) and largest object of a single PUT/POST.

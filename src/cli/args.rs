@@ -65,8 +65,36 @@ pub struct StoreArgs {
     #[arg(long)]
     pub prefix: String,
     /// Keep the bundle in this folder (objects at DIR/BUCKET/KEY) instead of S3.
-    #[arg(long, value_name = "DIR", required = true)]
+    #[arg(long, value_name = "DIR")]
     pub local_store: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// How to reach S3 (credentials come from the standard AWS chain: environment, profile, SSO,
+/// instance metadata).
+#[derive(Args, Debug, Clone)]
+pub struct S3Args {
+    /// AWS region (default: AWS_REGION or the profile's; `us-east-1` with a custom endpoint).
+    #[arg(long, env = "AWS_REGION", hide_env_values = true)]
+    pub region: Option<String>,
+    /// S3-compatible endpoint, e.g. http://127.0.0.1:9000 (AWS_ENDPOINT_URL_S3 and
+    /// AWS_ENDPOINT_URL are honoured too).
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Named profile from ~/.aws/config and ~/.aws/credentials.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Path-style addressing (http://host/bucket/key); on by default with an endpoint URL.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub force_path_style: Option<bool>,
+    /// Requests in flight at once (parts uploaded, ranges fetched).
+    #[arg(long, default_value_t = winbundle::store::s3::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Attempts per request, first try included (throttling, 5xx, timeouts and dropped
+    /// connections are retried with backoff; access and signature errors never are).
+    #[arg(long, default_value_t = winbundle::store::s3::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,6 @@ use serde_json::json;
 use winbundle::Error;
 use winbundle::bundle::create::{BundleRequest, bundle_instance, validate};
 use winbundle::progress::Progress;
-use winbundle::store::LocalStore;
 use winbundle::task::new_request_id;
 
 use super::args::{BundleArgs, OutputFormat, default_threads};
@@ -28,13 +27,9 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         overwrite: args.overwrite,
     };
     validate(&req)?;
-    let dir = args.store.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
-        parameter: "--local-store",
-        message: "S3 destinations are not available yet: give --local-store DIR".into(),
-    })?;
-    let store = LocalStore::open(dir, &req.bucket, true)?;
+    let store = super::open_store(&args.store, true)?;
     let bar = Bar::new(args.quiet, "bundling");
-    let outcome = bundle_instance(&req, &store, &bar, cancel, &mut |_| {});
+    let outcome = bundle_instance(&req, store.as_ref(), &bar, cancel, &mut |_| {});
     bar.finish();
     if outcome.instance_id_derived && !args.quiet {
         eprintln!(

@@ -15,6 +15,7 @@ use clap::Parser;
 
 use args::{Cli, Command};
 use winbundle::Error;
+use winbundle::store::{LocalStore, ObjectStore, S3Options, S3Store};
 
 /// Prints an error, its causes and a hint, and returns its exit status.
 pub fn report(e: &Error) -> i32 {
@@ -31,6 +32,25 @@ pub fn report(e: &Error) -> i32 {
         eprintln!("  hint: {h}");
     }
     e.exit_code()
+}
+
+/// Opens the store the arguments name: a local folder, or S3.
+pub fn open_store(a: &args::StoreArgs, create: bool) -> Result<Box<dyn ObjectStore>, Error> {
+    winbundle::store::names::check_prefix(&a.prefix)?;
+    Ok(match &a.local_store {
+        Some(dir) => Box::new(LocalStore::open(dir, &a.bucket, create)?),
+        None => {
+            let opts = S3Options {
+                region: a.s3.region.clone(),
+                endpoint_url: a.s3.endpoint_url.clone(),
+                profile: a.s3.profile.clone(),
+                force_path_style: a.s3.force_path_style,
+                concurrency: a.s3.concurrency,
+                max_attempts: a.s3.max_attempts,
+            };
+            Box::new(S3Store::connect(&a.bucket, &opts)?)
+        }
+    })
 }
 
 /// A flag set by Ctrl-C / SIGTERM; long jobs poll it and stop cleanly.

@@ -5,20 +5,10 @@ use std::sync::atomic::AtomicBool;
 use serde_json::json;
 use winbundle::Error;
 use winbundle::bundle::read::{OpenedBundle, ReadStats, RestoreTarget};
-use winbundle::store::{LocalStore, names};
 use winbundle::units::human;
 
-use super::args::{RestoreArgs, StoreArgs, VerifyArgs, default_threads};
+use super::args::{RestoreArgs, VerifyArgs, default_threads};
 use super::progress::Bar;
-
-fn open_store(s: &StoreArgs) -> Result<LocalStore, Error> {
-    names::check_prefix(&s.prefix)?;
-    let dir = s.local_store.as_ref().ok_or_else(|| Error::InvalidParameter {
-        parameter: "--local-store",
-        message: "S3 sources are not available yet: give --local-store DIR".into(),
-    })?;
-    Ok(LocalStore::open(dir, &s.bucket, false)?)
-}
 
 fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
     json!({
@@ -35,8 +25,11 @@ fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
 }
 
 pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error> {
-    let store = open_store(&args.store)?;
-    let bundle = OpenedBundle::open(&store, &args.store.prefix)?;
+    let store = super::open_store(&args.store, false)?;
+    let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
+    if args.store.local_store.is_none() {
+        bundle.set_fetchers(args.store.s3.concurrency);
+    }
     let target = if args.output.as_os_str() == "-" {
         RestoreTarget::Stdout
     } else {
@@ -71,8 +64,11 @@ pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error>
 }
 
 pub fn run_verify(args: VerifyArgs, cancel: &AtomicBool) -> Result<i32, Error> {
-    let store = open_store(&args.store)?;
-    let bundle = OpenedBundle::open(&store, &args.store.prefix)?;
+    let store = super::open_store(&args.store, false)?;
+    let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
+    if args.store.local_store.is_none() {
+        bundle.set_fetchers(args.store.s3.concurrency);
+    }
     let bar = Bar::new(args.quiet, "verifying");
     let stats = bundle.verify(default_threads(args.threads), &bar, cancel)?;
     if args.json {

@@ -3,21 +3,34 @@
 //! what reaches here has failed for good.
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 
 use crate::store::StoreError;
 
 /// Converts an SDK error of operation `op` on `bucket`/`key`.
-pub fn convert<E, R>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, R>) -> StoreError
+pub fn convert<E>(op: &'static str, bucket: &str, key: &str, err: SdkError<E, HttpResponse>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     let location = format!("{bucket}/{key}");
     match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
-            let code = e.code().unwrap_or("Unknown").to_string();
-            let message = e.message().unwrap_or_default().to_string();
+            let status = se.raw().status().as_u16();
+            let code = e.code().filter(|c| !c.is_empty() && *c != "Unknown");
+            let (code, message) = match (code, status) {
+                (Some(c), _) => (c.to_string(), e.message().unwrap_or_default().to_string()),
+                // HEAD responses carry no error body: name the status instead.
+                (None, 403) => (
+                    "Forbidden".to_string(),
+                    "HTTP 403: wrong credentials, or no permission for this bucket and key".to_string(),
+                ),
+                (None, 301 | 307) => (
+                    "PermanentRedirect".to_string(),
+                    format!("HTTP {status}: the bucket is in another region"),
+                ),
+                (None, s) => ("Unknown".to_string(), format!("HTTP {s}")),
+            };
             StoreError::S3 {
                 op,
                 location,
@@ -64,6 +77,10 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// What to do about an S3 error code.
 pub fn hint(code: &str) -> Option<&'static str> {
     Some(match code {
+        "Forbidden" => {
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or --profile) and that the key may access this bucket"
+        }
+        "PermanentRedirect" => "pass the bucket's --region",
         "AccessDenied" => {
             "the credentials may not write or read this bucket and prefix: check the key's policy or the bucket policy"
         }
