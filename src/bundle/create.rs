@@ -28,8 +28,9 @@ pub const DEFAULT_LEVEL: i32 = 1;
 pub const DEFAULT_PART_SIZE: u64 = 16 << 20;
 /// S3 allows at most 10,000 parts per multipart upload; the part size grows to stay below.
 pub const MAX_PARTS: u64 = 10_000;
-/// S3's smallest part (all but the last) and largest object of a single PUT/POST.
-pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// Smallest part we write; S3 multipart uploads need 5 MiB (checked against the store).
+pub const MIN_PART_SIZE: u64 = 1 << 20;
+/// S3's largest part, and largest object of a single PUT/POST.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 
 /// Everything `bundle-instance` needs.
@@ -195,6 +196,16 @@ fn run(
     let chunk_count = plan.image_len.div_ceil(req.chunk_size as u64);
     let bound = plan.read_bytes + plan.read_bytes / 64 + chunk_count * (256 + 12) + 64;
     let part_size = part_size_for(req.part_size, bound);
+    if req.layout == Layout::Single && part_size < store.min_part_size() {
+        return Err(invalid(
+            "--part-size",
+            format!(
+                "{part_size} bytes: {} needs parts of at least {} MiB",
+                store.location(),
+                store.min_part_size() >> 20
+            ),
+        ));
+    }
     if part_size > MAX_PART_SIZE {
         return Err(invalid(
             "--part-size",

@@ -47,6 +47,7 @@ pub fn open_store(a: &args::StoreArgs, create: bool) -> Result<Box<dyn ObjectSto
                 force_path_style: a.s3.force_path_style,
                 concurrency: a.s3.concurrency,
                 max_attempts: a.s3.max_attempts,
+                credentials: None,
             };
             Box::new(S3Store::connect(&a.bucket, &opts)?)
         }

@@ -96,6 +96,11 @@ pub trait ObjectStore: Send + Sync {
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError>;
 
+    /// The smallest part (but the last) a single-object data upload may have.
+    fn min_part_size(&self) -> u64 {
+        1
+    }
+
     /// Reads a whole (small) object.
     fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let size = self.size(key)?;

@@ -41,6 +41,8 @@ use signing::PrecomputedSha256;
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// Attempts per request (the first plus retries) in the SDK's standard retry mode.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// S3's smallest multipart part (all but the last).
+pub const MIN_MULTIPART_PART: u64 = 5 << 20;
 /// Establishing a TCP/TLS connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Waiting for the next bytes of a response (a server that stalls mid-body).
@@ -60,6 +62,8 @@ pub struct S3Options {
     pub force_path_style: Option<bool>,
     pub concurrency: usize,
     pub max_attempts: u32,
+    /// Fixed credentials (access key id, secret key) instead of the default chain.
+    pub credentials: Option<(String, String)>,
 }
 
 pub(crate) struct Inner {
@@ -120,6 +124,9 @@ impl S3Store {
         }
         if let Some(e) = &opts.endpoint_url {
             loader = loader.endpoint_url(e);
+        }
+        if let Some((ak, sk)) = &opts.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "winbundle"));
         }
         let sdk = rt.block_on(loader.load());
         let endpoint = opts.endpoint_url.clone().or_else(endpoint_from_env);
@@ -268,5 +275,9 @@ impl ObjectStore for S3Store {
 
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
         Ok(Box::new(multipart::MultipartWriter::start(self.inner.clone(), key)?))
+    }
+
+    fn min_part_size(&self) -> u64 {
+        MIN_MULTIPART_PART
     }
 }

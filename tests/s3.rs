@@ -1,0 +1,243 @@
+//! Bundles to S3 (an in-process s3s-fs server): many parts, retries of transient failures, no
+//! retries of AccessDenied, aborts, concurrent bundles, and restores equal to local ones.
+
+mod common;
+#[path = "common/s3server.rs"]
+mod s3server;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use s3server::TestS3;
+use winbundle::Error;
+use winbundle::bundle::create::bundle_instance;
+use winbundle::bundle::read::{OpenedBundle, RestoreTarget};
+use winbundle::progress::NoProgress;
+use winbundle::store::{ObjectStore, StoreError};
+
+/// gpt-disk.img with every free cluster of C: filled with random bytes and marked allocated:
+/// 64 MiB of data, enough for many 5 MiB parts.
+fn big_disk(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let img = fixture("gpt-disk.img", dir);
+    let disk = winbundle::source::DiskFile::open(&img).unwrap();
+    let c = 10u64 << 20;
+    let vol = winbundle::ntfs::NtfsVolume::open(&disk, c, 64 << 20).unwrap();
+    let bitmap = vol.file_data(6).unwrap();
+    let cs = vol.facts().cluster_size as u64;
+    let clusters = vol.facts().cluster_count;
+    drop(vol);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let run = bitmap.runs[0];
+    assert_eq!(bitmap.runs.len(), 1);
+    let pos = c + run.lcn.unwrap() * cs;
+    let mut bits = vec![0u8; clusters.div_ceil(8) as usize];
+    f.read_exact_at(&mut bits, pos).unwrap();
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut random = vec![0u8; cs as usize];
+    for cl in 0..clusters {
+        if bits[(cl / 8) as usize] & (1 << (cl % 8)) == 0 {
+            for b in random.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                b.copy_from_slice(&seed.to_le_bytes());
+            }
+            f.write_all_at(&random, c + cl * cs).unwrap();
+            bits[(cl / 8) as usize] |= 1 << (cl % 8);
+        }
+    }
+    f.write_all_at(&bits, pos).unwrap();
+    img
+}
+
+fn restore_from(store: &dyn ObjectStore, prefix: &str, out: &Path) -> Result<(), Error> {
+    let mut b = OpenedBundle::open(store, prefix)?;
+    b.set_fetchers(4);
+    b.restore(
+        &RestoreTarget::File {
+            path: out.to_path_buf(),
+            force: true,
+        },
+        2,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )?;
+    Ok(())
+}
+
+fn run(
+    req: &winbundle::bundle::create::BundleRequest,
+    store: &dyn ObjectStore,
+) -> winbundle::bundle::create::BundleOutcome {
+    bundle_instance(req, store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+}
+
+#[test]
+fn many_parts_to_s3_restore_and_verify_like_the_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let mut req = request(&src, "win/many");
+    req.part_size = Some(5 << 20);
+    let (m, _) = run(&req, &store).result.unwrap();
+    let o = &m.data.objects[0];
+    assert_eq!(o.key, "win/many.image.zst");
+    assert!(o.parts_sha256.len() >= 10, "{} parts", o.parts_sha256.len());
+    assert_eq!(o.parts_etag.len(), o.parts_sha256.len());
+    assert!(
+        o.etag
+            .as_deref()
+            .is_some_and(|e| e.ends_with(&format!("-{}\"", o.parts_sha256.len()))),
+        "{:?}",
+        o.etag
+    );
+    assert_eq!(s3.faults.count("UploadPart"), o.parts_sha256.len());
+    assert_eq!(s3.faults.count("CompleteMultipartUpload"), 1);
+    // Verify and restore from S3.
+    let b = OpenedBundle::open(&store, "win/many").unwrap();
+    b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
+    let from_s3 = dir.path().join("from-s3.img");
+    restore_from(&store, "win/many", &from_s3).unwrap();
+    assert_restored_matches(&src, &req.plan, &from_s3);
+    // The same bundle in a local store: same digest, same restored bytes.
+    let local = dir.path().join("local");
+    let (lm, _) = bundle(&req, &local).result.unwrap();
+    assert_eq!(lm.bundle_sha256, m.bundle_sha256);
+    let from_local = dir.path().join("from-local.img");
+    restore(&local, "win/many", &from_local).unwrap();
+    assert!(std::fs::read(&from_local).unwrap() == std::fs::read(&from_s3).unwrap());
+}
+
+#[test]
+fn transient_failures_are_retried_to_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.fail_5xx.store(3, Ordering::SeqCst);
+    s3.faults.drop.store(2, Ordering::SeqCst);
+    let store = s3.store("bkt");
+    let mut req = request(&src, "retry");
+    req.part_size = Some(5 << 20);
+    let (m, _) = run(&req, &store).result.unwrap();
+    let parts = m.data.objects[0].parts_sha256.len();
+    assert_eq!(
+        s3.faults.count("UploadPart"),
+        parts + 5,
+        "every failed attempt was retried once"
+    );
+    let out = dir.path().join("out.img");
+    restore_from(&store, "retry", &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+}
+
+#[test]
+fn access_denied_is_not_retried_and_the_upload_is_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.deny.store(true, Ordering::SeqCst);
+    let store = s3.store("bkt");
+    let mut req = request(&src, "denied");
+    req.part_size = Some(5 << 20);
+    let outcome = run(&req, &store);
+    let e = outcome.result.err().unwrap();
+    assert!(
+        matches!(&e, Error::Store(StoreError::S3 { code, op: "UploadPart", .. }) if code == "AccessDenied"),
+        "{e}"
+    );
+    assert_eq!(outcome.task.state.as_str(), "failed");
+    assert_eq!(outcome.task.error.as_ref().unwrap().code, "AccessDenied");
+    assert!(e.hint().unwrap().contains("policy"));
+    // Each part was tried once at most (no retries): far fewer attempts than parts × attempts.
+    let attempts = s3.faults.count("UploadPart");
+    assert!(attempts >= 1 && attempts <= 4 + 1, "{attempts} UploadPart requests");
+    assert_eq!(s3.faults.count("AbortMultipartUpload"), 1);
+    assert!(!store.exists("denied.manifest.json").unwrap());
+    assert!(!store.exists("denied.image.zst").unwrap());
+}
+
+/// Sets the cancel flag once `after` bytes have been read, as Ctrl-C would mid-run.
+struct CancelAfter<'a> {
+    flag: &'a AtomicBool,
+    after: u64,
+    read: std::sync::atomic::AtomicU64,
+}
+
+impl winbundle::progress::Progress for CancelAfter<'_> {
+    fn read(&self, n: u64) {
+        if self.read.fetch_add(n, Ordering::SeqCst) + n >= self.after {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_bundle_cancelled_mid_upload_is_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let cancel = AtomicBool::new(false);
+    let progress = CancelAfter {
+        flag: &cancel,
+        after: 40 << 20,
+        read: Default::default(),
+    };
+    let mut req = request(&src, "cancel");
+    req.part_size = Some(5 << 20);
+    let outcome = bundle_instance(&req, &store, &progress, &cancel, &mut |_| {});
+    assert!(
+        matches!(outcome.result, Err(Error::Cancelled)),
+        "{:?}",
+        outcome.result.err()
+    );
+    assert_eq!(outcome.task.error.as_ref().unwrap().code, "Cancelled");
+    assert!(s3.faults.count("UploadPart") >= 2, "parts were on their way");
+    assert_eq!(s3.faults.count("CreateMultipartUpload"), 1);
+    assert_eq!(s3.faults.count("AbortMultipartUpload"), 1);
+    assert_eq!(s3.faults.count("CompleteMultipartUpload"), 0);
+    assert!(!store.exists("cancel.manifest.json").unwrap());
+    assert!(!store.exists("cancel.image.zst").unwrap());
+}
+
+#[test]
+fn two_bundles_into_one_bucket_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fixture("gpt-disk.img", dir.path());
+    let b = fixture("mbr-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let (sa, sb) = (s3.store("bkt"), s3.store("bkt"));
+    std::thread::scope(|scope| {
+        let ta = scope.spawn(|| run(&request(&a, "pair/a"), &sa).result.map(|(m, _)| m.bundle_sha256));
+        let tb = scope.spawn(|| run(&request(&b, "pair/b"), &sb).result.map(|(m, _)| m.bundle_sha256));
+        ta.join().unwrap().unwrap();
+        tb.join().unwrap().unwrap();
+    });
+    for (src, prefix) in [(&a, "pair/a"), (&b, "pair/b")] {
+        let out = dir.path().join(format!("{}.img", prefix.replace('/', "-")));
+        restore_from(&sa, prefix, &out).unwrap();
+        assert_restored_matches(src, &request(src, prefix).plan, &out);
+    }
+}
+
+#[test]
+fn wrong_secret_and_missing_bucket_fail_fast_with_their_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("bare-volume.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let mut opts = s3.options();
+    opts.credentials = Some((s3server::ACCESS_KEY.into(), "not-the-secret".into()));
+    let store = winbundle::store::S3Store::connect("bkt", &opts).unwrap();
+    let started = std::time::Instant::now();
+    let e = run(&request(&src, "x"), &store).result.err().unwrap();
+    assert!(
+        matches!(&e, Error::Store(StoreError::S3 { code, .. }) if code == "Forbidden" || code == "SignatureDoesNotMatch"),
+        "{e}"
+    );
+    assert!(started.elapsed().as_secs() < 10, "not retried: {:?}", started.elapsed());
+    let e = OpenedBundle::open(&s3.store("nothing-here"), "x").err().unwrap();
+    assert!(e.to_string().contains("x.manifest.json"), "{e}");
+}
