@@ -149,6 +149,51 @@ s3_roundtrip() { # server-name fixture: bundle to S3, verify, restore, compare; 
   ntfsls -R "$work/s3-restored.img" >/dev/null
 }
 
+big_volume() { # a 128 MiB NTFS volume holding 48 MiB of random data (made without FUSE)
+  truncate -s 128M "$work/big.img"
+  mkntfs -F -Q -q -L Big "$work/big.img" 2>/dev/null
+  head -c $((48 << 20)) /dev/urandom >"$work/random.bin"
+  ntfscp "$work/big.img" "$work/random.bin" random.bin >/dev/null 2>&1
+}
+
+s3_many_parts() { # server: a bundle of ~10 parts of 5 MiB, restored equal to the source's data
+  local name=$1 ep ak sk region
+  case $name in
+    s3s) ep=http://127.0.0.1:8014 ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
+    garage) ep=http://127.0.0.1:3910 ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
+  esac
+  [ -f "$work/big.img" ] || big_volume
+  local s3=(--endpoint-url "$ep" --region "$region")
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" bundle-instance "$work/big.img" --bucket e2e-bucket \
+    --prefix e2e/big --overwrite "${s3[@]}" --part-size 5MiB --concurrency 3 -q >"$work/task.json"
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$ep" --region "$region" \
+    s3 cp s3://e2e-bucket/e2e/big.manifest.json "$work/big.manifest.json" >/dev/null
+  python3 - "$work/big.manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+o = m["data"]["objects"][0]
+assert len(o["parts_sha256"]) >= 8 and len(o["parts_etag"]) == len(o["parts_sha256"]), o
+PY
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" restore --bucket e2e-bucket --prefix e2e/big "${s3[@]}" \
+    --output - -q >"$work/big-restored.img"
+  ntfscat "$work/big-restored.img" random.bin | cmp - "$work/random.bin"
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$ep" --region "$region" \
+    s3 cp s3://e2e-bucket/e2e/big.image.zst - | zstd -d -c | cmp - "$work/big-restored.img"
+}
+
+s3s_sigterm() { # SIGTERM mid-bundle: exit non-zero, upload aborted, no manifest, no object
+  [ -f "$work/big.img" ] || big_volume
+  AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" bundle-instance "$work/big.img" --bucket e2e-bucket \
+    --prefix e2e/term --endpoint-url http://127.0.0.1:8014 --zstd-level 19 --part-size 5MiB -q >"$work/term.json" 2>"$work/term.err" &
+  local pid=$! rc=0
+  sleep 2
+  kill -TERM "$pid"
+  wait "$pid" || rc=$?
+  [ "$rc" = 130 ] || { echo "exit status $rc"; return 1; }
+  grep -q '"Code": "Cancelled"' "$work/term.json"
+  [ ! -e "$work/s3s/e2e-bucket/e2e/term.manifest.json" ] && [ ! -e "$work/s3s/e2e-bucket/e2e/term.image.zst" ]
+}
+
 s3_wrong_secret() { # name: AuthFailure-like refusal, non-zero exit, no manifest
   local name=$1 ep region ak
   case $name in
@@ -180,8 +225,12 @@ for server in "${servers[@]}"; do
   for fx in "${fixtures[@]}"; do
     check "$server: bundle $fx, verify, restore, aws s3 cp | zstd -d" s3_roundtrip "$server" "$fx"
   done
+  check "$server: many parts (48 MiB of random data in 5 MiB parts), restore to stdout" s3_many_parts "$server"
   check "$server: a wrong secret key fails with a failed task and a hint" s3_wrong_secret "$server"
 done
+if [[ " ${servers[*]} " == *" s3s "* ]]; then
+  check "s3s: SIGTERM during a bundle aborts the upload and leaves no manifest" s3s_sigterm
+fi
 check "README main command" "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket demo-bucket --prefix win2019 --local-store "$work/readme-store" -q
 echo "e2e: $pass passed, $fail failed"
 [ "$fail" = 0 ]
