@@ -30,6 +30,13 @@ pub enum Error {
     Internal(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    /// A failure after which objects remain in a store that cannot delete them.
+    #[error("{message}")]
+    Incomplete {
+        code: &'static str,
+        message: String,
+        exit: i32,
+    },
 }
 
 impl From<NtfsError> for Error {
@@ -53,6 +60,7 @@ impl Error {
             Error::Source(_) => "InvalidSource",
             Error::Ntfs { .. } => "InvalidSource",
             Error::Store(StoreError::BundleExists { .. }) => "BundleExists",
+            Error::Store(StoreError::Policy(p)) => p.code,
             Error::Store(StoreError::InvalidName { .. }) => "InvalidParameterValue",
             Error::Store(StoreError::NotFound { .. }) => "NoSuchBundle",
             Error::Store(StoreError::S3 { code, .. }) if code == "AccessDenied" || code == "Forbidden" => {
@@ -65,6 +73,7 @@ impl Error {
             Error::InvalidParameter { .. } => "InvalidParameterValue",
             Error::Compress(_) | Error::Internal(_) | Error::Io { .. } => "InternalError",
             Error::Cancelled => "Cancelled",
+            Error::Incomplete { code, .. } => code,
         }
     }
 
@@ -116,6 +125,8 @@ impl Error {
             Error::Source(_) | Error::Ntfs { .. } => 3,
             Error::Format(_) => 4,
             Error::Cancelled => 130,
+            Error::Incomplete { exit, .. } => *exit,
+            Error::Store(StoreError::Policy(_)) => 2,
             _ => 1,
         }
     }

@@ -33,6 +33,10 @@ pub const MIN_PART_SIZE: u64 = 1 << 20;
 /// S3's largest part, and largest object of a single PUT/POST.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 
+/// Bytes per second assumed when estimating when a bundle ends (for upload-policy expiry):
+/// slow on purpose, so a policy that might run out is refused up front.
+const PESSIMISTIC_RATE: f64 = 20e6;
+
 /// Everything `bundle-instance` needs.
 #[derive(Debug, Clone)]
 pub struct BundleRequest {
@@ -53,6 +57,8 @@ pub struct BundleRequest {
 pub struct BundleOutcome {
     pub task: BundleTask,
     pub instance_id_derived: bool,
+    /// Things the user should know that did not stop the bundle.
+    pub warnings: Vec<String>,
     pub result: Result<(Manifest, PipelineStats), Error>,
 }
 
@@ -142,7 +148,32 @@ pub fn bundle_instance(
     };
     on_update(&task);
     let mut derived = false;
-    let result = run(req, store, progress, cancel, &mut task, &mut derived, on_update);
+    let mut warnings = Vec::new();
+    let mut result = run(
+        req,
+        store,
+        progress,
+        cancel,
+        &mut task,
+        &mut derived,
+        &mut warnings,
+        on_update,
+    );
+    if let Err(e) = &result {
+        let left = store.leftovers();
+        if !left.is_empty() {
+            // A store that cannot delete (an upload policy): say what stays behind.
+            let what = format!(
+                "{e}; these objects were written and remain (an upload policy cannot delete them): {}",
+                left.join(", ")
+            );
+            result = Err(Error::Incomplete {
+                code: e.code(),
+                message: what,
+                exit: e.exit_code(),
+            });
+        }
+    }
     task.update_time = task::now_iso();
     match &result {
         Ok(_) => {
@@ -161,6 +192,7 @@ pub fn bundle_instance(
     BundleOutcome {
         task,
         instance_id_derived: derived,
+        warnings,
         result,
     }
 }
@@ -172,6 +204,7 @@ fn run(
     cancel: &AtomicBool,
     task: &mut BundleTask,
     derived: &mut bool,
+    warnings: &mut Vec<String>,
     on_update: &mut dyn FnMut(&BundleTask),
 ) -> Result<(Manifest, PipelineStats), Error> {
     let disk = DiskFile::open(&req.source)?;
@@ -212,6 +245,12 @@ fn run(
             "this volume needs parts over 5 GiB to stay within 10,000 parts",
         ));
     }
+    let max_parts = bound.div_ceil(part_size).max(1) as u32;
+    let planned_keys = match req.layout {
+        Layout::Single => vec![keys.manifest(), keys.image()],
+        Layout::Parts => vec![keys.manifest(), keys.part(0), keys.part(max_parts - 1)],
+    };
+    warnings.extend(store.preflight(&planned_keys, part_size, plan.read_bytes as f64 / PESSIMISTIC_RATE)?);
 
     task.state = State::Bundling;
     task.update_time = task::now_iso();
@@ -236,6 +275,7 @@ fn run(
     task.update_time = task::now_iso();
     on_update(task);
     let (data, bundle_sha256) = writer.finish()?;
+    store.flush()?;
     let root = plan.layout.root();
     let manifest = Manifest {
         format: FORMAT_NAME.into(),

@@ -27,6 +27,57 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check every object of a bundle against its manifest; writes nothing.
     Verify(VerifyArgs),
+    /// Make an upload policy and its signature (as the aws-cli does for ec2 bundle-instance):
+    /// what a machine needs to bundle into your bucket without your secret key.
+    UploadPolicy(UploadPolicyArgs),
+}
+
+/// BundleInstance's storage parameters: upload with a policy instead of credentials.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// Access key id of the bucket owner (pairs with the policy signature).
+    #[arg(long, value_name = "AKID")]
+    pub owner_akid: Option<String>,
+    /// base64 upload policy from the bucket owner (`winbundle upload-policy` or the aws-cli).
+    #[arg(long, value_name = "BASE64")]
+    pub upload_policy: Option<String>,
+    /// base64 signature of the upload policy.
+    #[arg(long, value_name = "BASE64")]
+    pub upload_policy_signature: Option<String>,
+    /// The owner's secret key: make the policy (24 h) and signature here, as the aws-cli does.
+    /// The key is used for signing only and never sent.
+    #[arg(long, value_name = "SECRET", hide_env_values = true)]
+    pub owner_sak: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UploadPolicyArgs {
+    /// Bucket the policy allows.
+    #[arg(long)]
+    pub bucket: String,
+    /// Key prefix the policy allows.
+    #[arg(long)]
+    pub prefix: String,
+    /// Access key id of the bucket owner.
+    #[arg(long, value_name = "AKID")]
+    pub owner_akid: String,
+    /// The owner's secret key (default: AWS_SECRET_ACCESS_KEY).
+    #[arg(long, value_name = "SECRET", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub owner_sak: Option<String>,
+    /// Validity from now (`24h`, `90m`, `2d`, `3600s`).
+    #[arg(long, default_value = "24h", conflicts_with = "expires_at")]
+    pub expires: String,
+    /// Expiry as an ISO-8601 UTC time (`2026-12-01T00:00:00Z`).
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: PolicyOutput,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOutput {
+    Json,
+    Text,
 }
 
 /// Which volume, and what to leave out.
@@ -113,6 +164,8 @@ pub struct BundleArgs {
     /// Instance id to record (default: derived from the source, stable across runs).
     #[arg(long)]
     pub instance_id: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub volume: VolumeArgs,
     /// Uncompressed bytes per zstd frame.

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::create::{BundleRequest, bundle_instance, validate};
+use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, bundle_instance, validate};
 use winbundle::progress::Progress;
 use winbundle::task::new_request_id;
 
@@ -26,11 +26,23 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         part_size: args.part_size,
         overwrite: args.overwrite,
     };
+    let post = super::policy::post_store(&args.policy, &args.store, req.part_size.unwrap_or(DEFAULT_PART_SIZE))?;
+    let mut req = req;
+    if post.is_some() {
+        // Policy uploads write one object per part, as EC2 bundles did.
+        req.layout = winbundle::bundle::Layout::Parts;
+    }
     validate(&req)?;
-    let store = super::open_store(&args.store, true)?;
+    let store: Box<dyn winbundle::store::ObjectStore> = match post {
+        Some(p) => Box::new(p),
+        None => super::open_store(&args.store, true)?,
+    };
     let bar = Bar::new(args.quiet, "bundling");
     let outcome = bundle_instance(&req, store.as_ref(), &bar, cancel, &mut |_| {});
     bar.finish();
+    for w in &outcome.warnings {
+        eprintln!("winbundle: warning: {w}");
+    }
     if outcome.instance_id_derived && !args.quiet {
         eprintln!(
             "winbundle: note: no --instance-id given; using {} (derived from the disk id, root partition and NTFS serial: the same for every run on this source)",

@@ -5,6 +5,7 @@
 mod args;
 mod bundle;
 mod inspect;
+mod policy;
 mod progress;
 mod restore;
 
@@ -74,6 +75,7 @@ pub fn run() -> i32 {
         Command::BundleInstance(a) => bundle::run(*a, &cancel_flag()),
         Command::Restore(a) => restore::run_restore(a, &cancel_flag()),
         Command::Verify(a) => restore::run_verify(a, &cancel_flag()),
+        Command::UploadPolicy(a) => policy::run(a),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod names;
+pub mod post;
 pub mod s3;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub enum StoreError {
     },
     #[error("S3 setup: {0}")]
     S3Config(String),
+    #[error(transparent)]
+    Policy(#[from] post::PolicyError),
 }
 
 /// What a finished data object is, per the store.
@@ -95,6 +98,22 @@ pub trait ObjectStore: Send + Sync {
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError>;
+
+    /// Waits until everything handed to the store is stored (background uploads).
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Objects a failed bundle could not remove (a store that cannot delete).
+    fn leftovers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Checks a planned bundle (its keys, part size, expected duration) before any data is
+    /// read; returns warnings.
+    fn preflight(&self, _keys: &[String], _part_size: u64, _seconds: f64) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// The smallest part (but the last) a single-object data upload may have.
     fn min_part_size(&self) -> u64 {

@@ -1,0 +1,363 @@
+//! Uploads with only an upload policy: S3 POST Object (browser-form upload, signature version 2),
+//! the way EC2's BundleInstance wrote bundles. The form carries `key`, `acl=ec2-bundle-read`,
+//! `AWSAccessKeyId`, the base64 `policy` and its `signature` exactly as given, then `file`. No
+//! secret key is needed or read. A policy can only add objects: nothing can be read back,
+//! replaced or deleted, so a failed bundle lists the parts it left behind.
+
+pub mod policy;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, bounded};
+
+use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
+pub use policy::{PolicyError, UploadPolicy};
+
+/// A POST upload waiting for a worker.
+struct Job {
+    key: String,
+    body: Vec<u8>,
+}
+
+/// Where and how to POST.
+#[derive(Debug, Clone)]
+pub struct PostTarget {
+    /// `https://BUCKET.s3.amazonaws.com/`, or `ENDPOINT/BUCKET` (path style) for other servers.
+    pub url: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    pub policy: UploadPolicy,
+    /// base64 HMAC-SHA1 of the policy; sent unchanged, never logged.
+    pub signature: String,
+}
+
+impl PostTarget {
+    /// The form-upload URL for `bucket` at `endpoint` (None: AWS, in `region` if given).
+    pub fn url_for(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> String {
+        match (endpoint, region) {
+            (Some(e), _) => format!("{}/{bucket}", e.trim_end_matches('/')),
+            (None, Some(r)) if r != "us-east-1" => format!("https://{bucket}.s3.{r}.amazonaws.com/"),
+            (None, _) => format!("https://{bucket}.s3.amazonaws.com/"),
+        }
+    }
+}
+
+struct Shared {
+    target: PostTarget,
+    client: reqwest::blocking::Client,
+    max_attempts: u32,
+    uploaded: Mutex<Vec<String>>,
+    error: Mutex<Option<StoreError>>,
+}
+
+/// A bucket reachable only through an upload policy.
+pub struct PostStore {
+    shared: std::sync::Arc<Shared>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl PostStore {
+    pub fn new(target: PostTarget, concurrency: usize, max_attempts: u32) -> Result<Self, StoreError> {
+        names::check_bucket(&target.bucket)?;
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(1200))
+            .build()
+            .map_err(|e| StoreError::S3Config(format!("cannot build the HTTP client: {e}")))?;
+        let shared = std::sync::Arc::new(Shared {
+            target,
+            client,
+            max_attempts: max_attempts.max(1),
+            uploaded: Mutex::default(),
+            error: Mutex::default(),
+        });
+        let (tx, rx) = bounded::<Job>(0);
+        let mut workers = Vec::new();
+        for _ in 0..concurrency.max(1) {
+            let (rx, shared) = (rx.clone(), shared.clone());
+            workers.push(std::thread::spawn(move || {
+                for job in rx.iter() {
+                    if shared.error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        continue; // after a failure, drop the rest
+                    }
+                    match post(&shared, &job.key, job.body) {
+                        Ok(()) => shared.uploaded.lock().map(|mut u| u.push(job.key)).unwrap_or(()),
+                        Err(e) => {
+                            if let Ok(mut slot) = shared.error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Ok(Self {
+            shared,
+            jobs: Mutex::new(Some(tx)),
+            workers: Mutex::new(workers),
+        })
+    }
+
+    fn failed(&self) -> Option<StoreError> {
+        self.shared.failed()
+    }
+
+    /// Objects uploaded so far.
+    pub fn uploaded(&self) -> Vec<String> {
+        self.shared.uploaded.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
+    fn read_only_error(&self) -> StoreError {
+        StoreError::S3Config(
+            "an upload policy only allows uploads: reading, replacing or deleting objects needs credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)".into(),
+        )
+    }
+}
+
+impl Shared {
+    fn failed(&self) -> Option<StoreError> {
+        self.error.lock().ok().and_then(|e| e.as_ref().map(clone_error))
+    }
+}
+
+/// One object, buffered whole, then handed to an upload worker.
+struct PostWriter {
+    tx: Sender<Job>,
+    shared: std::sync::Arc<Shared>,
+    key: String,
+    buf: Vec<u8>,
+}
+
+impl ObjectWriter for PostWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn end_part(&mut self, _part: &PartInfo) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn stored_bytes(&self) -> u64 {
+        0
+    }
+
+    fn finish(self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
+        if let Some(e) = self.shared.failed() {
+            return Err(e);
+        }
+        let PostWriter { tx, key, buf, .. } = *self;
+        tx.send(Job { key, body: buf })
+            .map_err(|_| StoreError::S3Config("the upload workers stopped".into()))?;
+        Ok(ObjectReceipt::default())
+    }
+
+    fn abort(self: Box<Self>) {}
+}
+
+/// StoreError is not Clone (io errors); the POST store only ever holds these kinds.
+fn clone_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::S3 {
+            op,
+            location,
+            code,
+            message,
+        } => StoreError::S3 {
+            op,
+            location: location.clone(),
+            code: code.clone(),
+            message: message.clone(),
+        },
+        StoreError::S3Transport { op, location, detail } => StoreError::S3Transport {
+            op,
+            location: location.clone(),
+            detail: detail.clone(),
+        },
+        other => StoreError::S3Config(other.to_string()),
+    }
+}
+
+/// One POST Object, retried on 5xx and connection failures with backoff.
+fn post(s: &Shared, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+    let t = &s.target;
+    let location = format!("{}/{key}", t.bucket);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let form = reqwest::blocking::multipart::Form::new()
+            .text("key", key.to_string())
+            .text("acl", policy::BUNDLE_ACL)
+            .text("AWSAccessKeyId", t.access_key_id.clone())
+            .text("policy", t.policy.base64.clone())
+            .text("signature", t.signature.clone())
+            .part(
+                "file",
+                reqwest::blocking::multipart::Part::bytes(body.clone())
+                    .file_name(key.rsplit('/').next().unwrap_or(key).to_string())
+                    .mime_str("application/octet-stream")
+                    .map_err(|e| StoreError::S3Config(e.to_string()))?,
+            );
+        let retry_later = match s.client.post(&t.url).multipart(form).send() {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().unwrap_or_default();
+                let code = xml_field(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
+                let message = xml_field(&text, "Message").unwrap_or_else(|| format!("HTTP {status}"));
+                let err = StoreError::S3 {
+                    op: "PostObject",
+                    location: location.clone(),
+                    code,
+                    message,
+                };
+                if status < 500 && status != 429 {
+                    return Err(err);
+                }
+                err
+            }
+            Err(e) => StoreError::S3Transport {
+                op: "PostObject",
+                location: location.clone(),
+                detail: super::s3::error::error_chain(&e),
+            },
+        };
+        if attempt >= s.max_attempts {
+            return Err(retry_later);
+        }
+        // Exponential backoff with jitter: 200 ms, 400 ms, ... up to 10 s.
+        let base = 200u64 << (attempt - 1).min(6);
+        let jitter = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0) as u64)
+            % base;
+        std::thread::sleep(Duration::from_millis((base + jitter).min(10_000)));
+    }
+}
+
+/// The text of `<name>…</name>` in an XML error document.
+fn xml_field(xml: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{name}>"))? + start;
+    Some(xml[start..end].to_string())
+}
+
+impl ObjectStore for PostStore {
+    fn location(&self) -> String {
+        format!(
+            "s3://{} (POST with an upload policy, {})",
+            self.shared.target.bucket, self.shared.target.url
+        )
+    }
+
+    /// A policy cannot look: assume nothing is there.
+    fn exists(&self, _key: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    fn size(&self, _key: &str) -> Result<u64, StoreError> {
+        Err(self.read_only_error())
+    }
+
+    fn read_at(&self, _key: &str, _offset: u64, _buf: &mut [u8]) -> Result<(), StoreError> {
+        Err(self.read_only_error())
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.flush()?;
+        post(&self.shared, key, bytes.to_vec())?;
+        if let Ok(mut u) = self.shared.uploaded.lock() {
+            u.push(key.to_string());
+        }
+        Ok(())
+    }
+
+    fn delete(&self, _key: &str) -> Result<(), StoreError> {
+        Err(self.read_only_error())
+    }
+
+    fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        let tx = self
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|j| j.clone())
+            .ok_or_else(|| StoreError::S3Config("the store is closed".into()))?;
+        Ok(Box::new(PostWriter {
+            tx,
+            shared: self.shared.clone(),
+            key: key.to_string(),
+            buf: Vec::new(),
+        }))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        // Closing the queue lets the workers finish what they have; then they are joined.
+        if let Ok(mut j) = self.jobs.lock() {
+            j.take();
+        }
+        let workers: Vec<_> = self
+            .workers
+            .lock()
+            .map(|mut w| w.drain(..).collect())
+            .unwrap_or_default();
+        for w in workers {
+            let _ = w.join();
+        }
+        match self.failed() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        self.uploaded()
+    }
+
+    fn preflight(&self, keys: &[String], part_size: u64, seconds: f64) -> Result<Vec<String>, StoreError> {
+        Ok(self.check_policy(keys, part_size, Some(seconds))?)
+    }
+}
+
+impl PostStore {
+    /// Asks the server whether it takes this policy and signature, before anything is read: a
+    /// tiny upload to `key` (the first part's key, which the real part replaces). A refusal
+    /// comes back with the server's code and message; a large part refused mid-upload could
+    /// only report a dropped connection.
+    pub fn probe(&self, key: &str) -> Result<(), StoreError> {
+        let min = self
+            .shared
+            .target
+            .policy
+            .conditions
+            .iter()
+            .find_map(|c| match c {
+                policy::Condition::LengthRange { min, .. } => Some(*min),
+                _ => None,
+            })
+            .unwrap_or(0);
+        post(&self.shared, key, vec![0u8; min as usize])
+    }
+
+    /// The policy checks for a bundle: keys, part size, and whether it lasts until the end.
+    pub fn check_policy(
+        &self,
+        keys: &[String],
+        part_size: u64,
+        seconds: Option<f64>,
+    ) -> Result<Vec<String>, PolicyError> {
+        let now = chrono::Utc::now();
+        let finish_by = seconds.map(|s| now + chrono::Duration::seconds(s.ceil() as i64));
+        self.shared
+            .target
+            .policy
+            .check(&self.shared.target.bucket, keys, part_size, now, finish_by)
+    }
+}
