@@ -90,7 +90,7 @@ start_s3s() { # serves $work/s3s on 127.0.0.1:8014
   S3S_AK=e2eaccess S3S_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
   s3s-fs --host 127.0.0.1 --port 8014 --access-key "$S3S_AK" --secret-key "$S3S_SK" "$work/s3s" >"$work/s3s.log" 2>&1 &
   pids+=($!)
-  wait_port 8014
+  wait_port 8014 && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "s3s-fs did not start (port 8014 busy?)"; return 1; }
 }
 
 start_garage() { # a one-node Garage on 127.0.0.1:3900, bucket e2e-bucket, key e2e-key
@@ -113,7 +113,7 @@ TOML
   local gc=(garage -c "$g/garage.toml")
   "${gc[@]}" server >"$g/server.log" 2>&1 &
   pids+=($!)
-  wait_port 3910
+  wait_port 3910 && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "garage did not start (port 3910 busy?)"; return 1; }
   for _ in $(seq 1 50); do "${gc[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
   local node; node=$("${gc[@]}" node id -q 2>/dev/null | cut -d@ -f1)
   "${gc[@]}" layout assign -z dc1 -c 1G "$node" >/dev/null 2>&1
@@ -194,6 +194,41 @@ s3s_sigterm() { # SIGTERM mid-bundle: exit non-zero, upload aborted, no manifest
   [ ! -e "$work/s3s/e2e-bucket/e2e/term.manifest.json" ] && [ ! -e "$work/s3s/e2e-bucket/e2e/term.image.zst" ]
 }
 
+s3s_policy() { # POST mode: a policy made by Python's hmac/base64, no secret key in the bundler's environment
+  local prefix=e2e/policy
+  local made; made=$(S3S_SK=$S3S_SK python3 - "$prefix" <<'PY'
+import base64, datetime, hashlib, hmac, os, sys
+exp = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+text = '{"expiration": "%s","conditions": [{"bucket": "e2e-bucket"},{"acl": "ec2-bundle-read"},["starts-with", "$key", "%s"]]}' % (exp, sys.argv[1])
+b64 = base64.b64encode(text.encode()).decode()
+sig = base64.b64encode(hmac.new(os.environ["S3S_SK"].encode(), b64.encode(), hashlib.sha1).digest()).decode()
+print(b64, sig)
+PY
+)
+  local pol=${made% *} sig=${made#* }
+  env -u AWS_SECRET_ACCESS_KEY -u AWS_ACCESS_KEY_ID -u AWS_SESSION_TOKEN -u S3S_SK "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" \
+    --bucket e2e-bucket --prefix "$prefix" --endpoint-url http://127.0.0.1:8014 --owner-akid "$S3S_AK" \
+    --upload-policy "$pol" --upload-policy-signature "$sig" --part-size 1MiB -q >"$work/task.json"
+  grep -q '"State": "complete"' "$work/task.json"
+  [ -e "$work/s3s/e2e-bucket/$prefix.part.0" ] && [ -e "$work/s3s/e2e-bucket/$prefix.manifest.json" ]
+  AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" restore --bucket e2e-bucket --prefix "$prefix" \
+    --endpoint-url http://127.0.0.1:8014 --output "$work/policy.img" --force -q
+  "$wb" restore --bucket e2e-bucket --prefix "e2e/gpt-disk" --local-store "$work/store-gpt-disk.img.zst-single" --output "$work/local.img" --force -q
+  cmp "$work/policy.img" "$work/local.img"
+  # The signature is not in the task output.
+  ! grep -q "$sig" "$work/task.json"
+}
+
+garage_policy_refused() { # Garage takes only SigV4 POST policies: the refusal is reported, nothing read
+  local out rc=0
+  out=$("$wb" upload-policy --bucket e2e-bucket --prefix e2e/gp --owner-akid "$GARAGE_AK" --owner-sak "$GARAGE_SK" --output text)
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix e2e/gp \
+    --endpoint-url http://127.0.0.1:3910 --region garage --owner-akid "$GARAGE_AK" \
+    --upload-policy "$(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$out")" \
+    --upload-policy-signature "$(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$out")" -q >/dev/null 2>"$work/err.txt" || rc=$?
+  [ "$rc" != 0 ] && grep -q "PostObject" "$work/err.txt"
+}
+
 s3_wrong_secret() { # name: AuthFailure-like refusal, non-zero exit, no manifest
   local name=$1 ep region ak
   case $name in
@@ -230,6 +265,10 @@ for server in "${servers[@]}"; do
 done
 if [[ " ${servers[*]} " == *" s3s "* ]]; then
   check "s3s: SIGTERM during a bundle aborts the upload and leaves no manifest" s3s_sigterm
+  check "s3s: upload-policy mode with a Python-made policy and no secret key in the environment" s3s_policy
+fi
+if [[ " ${servers[*]} " == *" garage "* ]]; then
+  check "garage: a SigV2 upload policy is refused with the server's code" garage_policy_refused
 fi
 check "README main command" "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket demo-bucket --prefix win2019 --local-store "$work/readme-store" -q
 echo "e2e: $pass passed, $fail failed"

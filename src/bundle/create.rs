@@ -160,6 +160,7 @@ pub fn bundle_instance(
         on_update,
     );
     if let Err(e) = &result {
+        let _ = store.flush(); // uploads already under way finish (or fail) first
         let left = store.leftovers();
         if !left.is_empty() {
             // A store that cannot delete (an upload policy): say what stays behind.

@@ -47,6 +47,7 @@ fn classify(method: &hyper::Method, query: &str) -> &'static str {
         ("PUT", true, _, true) => "UploadPart",
         ("POST", _, true, _) => "CreateMultipartUpload",
         ("POST", true, _, _) => "CompleteMultipartUpload",
+        ("POST", false, false, _) if query.is_empty() => "PostObject",
         ("DELETE", true, _, _) => "AbortMultipartUpload",
         ("PUT", _, _, _) => "PutObject",
         ("GET", _, _, _) => "GetObject",

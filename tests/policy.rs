@@ -1,0 +1,218 @@
+//! Upload-policy mode: checks that refuse bad policies before anything is uploaded, and
+//! bundles POSTed with a policy alone (no secret key) to an in-process s3s server that checks
+//! policies and signatures.
+
+mod common;
+#[path = "common/s3server.rs"]
+mod s3server;
+
+use std::sync::atomic::AtomicBool;
+
+use chrono::{Duration, Utc};
+use common::*;
+use s3server::{ACCESS_KEY, SECRET_KEY, TestS3};
+use winbundle::bundle::Layout;
+use winbundle::bundle::create::bundle_instance;
+use winbundle::progress::NoProgress;
+use winbundle::store::post::policy::{self, UploadPolicy};
+use winbundle::store::post::{PostStore, PostTarget};
+use winbundle::store::{ObjectStore, StoreError};
+
+fn b64(s: &str) -> String {
+    policy::encode(s)
+}
+
+fn check(policy_text: &str, bucket: &str, prefix: &str, part_size: u64) -> Result<Vec<String>, (&'static str, String)> {
+    let p = UploadPolicy::parse(&b64(policy_text)).map_err(|e| (e.code, e.message))?;
+    let keys = winbundle::bundle::Keys::new(prefix);
+    p.check(
+        bucket,
+        &[keys.manifest(), keys.part(0), keys.part(9999)],
+        part_size,
+        Utc::now(),
+        None,
+    )
+    .map_err(|e| (e.code, e.message))
+}
+
+fn policy_text(expires: chrono::DateTime<Utc>, bucket: &str, acl: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        r#"{{"expiration": "{}","conditions": [{{"bucket": "{bucket}"}},{{"acl": "{acl}"}},["starts-with", "$key", "{prefix}"]{extra}]}}"#,
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    )
+}
+
+#[test]
+fn each_bad_policy_has_its_own_message_and_code() {
+    let soon = Utc::now() + Duration::hours(24);
+    let ok = policy_text(soon, "bkt", "ec2-bundle-read", "win", "");
+    assert!(check(&ok, "bkt", "win/a", 16 << 20).unwrap().is_empty());
+    let cases: Vec<(String, &str, &str, &str)> = vec![
+        (
+            policy_text(Utc::now() - Duration::hours(1), "bkt", "ec2-bundle-read", "win", ""),
+            "win/a",
+            "InvalidParameterValue",
+            "expired",
+        ),
+        (
+            policy_text(soon, "other", "ec2-bundle-read", "win", ""),
+            "win/a",
+            "InvalidParameterValue",
+            "another bucket",
+        ),
+        (
+            policy_text(soon, "bkt", "public-read", "win", ""),
+            "win/a",
+            "InvalidParameterValue",
+            "does not allow ec2-bundle-read",
+        ),
+        (
+            policy_text(soon, "bkt", "ec2-bundle-read", "win", ""),
+            "elsewhere/a",
+            "InvalidParameterValue",
+            "does not allow the key",
+        ),
+        (
+            policy_text(
+                soon,
+                "bkt",
+                "ec2-bundle-read",
+                "win",
+                r#",["content-length-range", 0, 1048576]"#,
+            ),
+            "win/a",
+            "InvalidParameterValue",
+            "content-length-range allows at most 1048576",
+        ),
+        (
+            r#"{"expiration": "2030-01-01T00:00:00Z","conditions": [{"acl": "ec2-bundle-read"}]}"#.to_string(),
+            "win/a",
+            "MissingParameter",
+            "no bucket condition",
+        ),
+        (
+            r#"{"conditions": []}"#.to_string(),
+            "win/a",
+            "MissingParameter",
+            "no \"expiration\"",
+        ),
+    ];
+    for (text, prefix, code, words) in cases {
+        let (c, m) = check(&text, "bkt", prefix, 16 << 20).unwrap_err();
+        assert_eq!(c, code, "{m}");
+        assert!(m.contains(words), "{m:?} should mention {words:?}");
+    }
+    let e = UploadPolicy::parse("not base64!").unwrap_err();
+    assert!(e.message.contains("not valid base64"), "{}", e.message);
+    let e = UploadPolicy::parse(&b64("{not json")).unwrap_err();
+    assert!(e.message.contains("not JSON"), "{}", e.message);
+    // A short validity warns; one that ends before the bundle would is refused.
+    let short = policy_text(Utc::now() + Duration::hours(2), "bkt", "ec2-bundle-read", "win", "");
+    let w = check(&short, "bkt", "win/a", 16 << 20).unwrap();
+    assert!(w[0].contains("12 hours"), "{w:?}");
+    let p = UploadPolicy::parse(&b64(&short)).unwrap();
+    let e = p
+        .check("bkt", &[], 1 << 20, Utc::now(), Some(Utc::now() + Duration::hours(3)))
+        .unwrap_err();
+    assert!(
+        e.message.contains("before this bundle is expected to finish"),
+        "{}",
+        e.message
+    );
+}
+
+fn post_store(s3: &TestS3, bucket: &str, prefix: &str, secret: &str) -> PostStore {
+    let text = policy::aws_cli_policy(bucket, prefix, Utc::now() + Duration::hours(24));
+    let b64 = policy::encode(&text);
+    let signature = policy::sign(secret, &b64);
+    let target = PostTarget {
+        url: PostTarget::url_for(bucket, Some(&s3.endpoint), None),
+        bucket: bucket.into(),
+        access_key_id: ACCESS_KEY.into(),
+        policy: UploadPolicy::parse(&b64).unwrap(),
+        signature,
+    };
+    PostStore::new(target, 3, 3).unwrap()
+}
+
+#[test]
+fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let post = post_store(&s3, "bkt", "pol/win", SECRET_KEY);
+    post.probe("pol/win.part.0").unwrap();
+    let mut req = request(&src, "pol/win");
+    req.layout = Layout::Parts;
+    req.part_size = Some(1 << 20);
+    let (m, _) = bundle_instance(&req, &post, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+        .result
+        .unwrap();
+    assert!(m.data.objects.len() >= 3, "{} parts", m.data.objects.len());
+    assert_eq!(
+        s3.faults.count("PostObject"),
+        m.data.objects.len() + 2,
+        "parts, the probe and the manifest"
+    );
+    assert_eq!(
+        s3.faults.count("PutObject") + s3.faults.count("CreateMultipartUpload"),
+        0
+    );
+    // Read back with credentials: every part, and the restored volume.
+    let reader = s3.store("bkt");
+    assert!(reader.exists("pol/win.manifest.json").unwrap());
+    let out = dir.path().join("out.img");
+    let b = winbundle::bundle::read::OpenedBundle::open(&reader, "pol/win").unwrap();
+    b.restore(
+        &winbundle::bundle::read::RestoreTarget::File {
+            path: out.clone(),
+            force: true,
+        },
+        2,
+        &NoProgress,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+}
+
+#[test]
+fn a_wrong_signature_is_refused_by_the_server_before_any_data() {
+    let s3 = TestS3::start(&["bkt"]);
+    let post = post_store(&s3, "bkt", "pol/bad", "not-the-owner-secret");
+    let e = post.probe("pol/bad.part.0").unwrap_err();
+    assert!(
+        matches!(&e, StoreError::S3 { op: "PostObject", code, .. } if code == "SignatureDoesNotMatch" || code == "AccessDenied"),
+        "{e}"
+    );
+    assert!(!s3.store("bkt").exists("pol/bad.part.0").unwrap());
+}
+
+#[test]
+fn a_failed_policy_bundle_lists_the_parts_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let post = post_store(&s3, "bkt", "pol/cancel", SECRET_KEY);
+    let mut req = request(&src, "pol/cancel");
+    req.layout = Layout::Parts;
+    req.part_size = Some(1 << 20);
+    // Cancel once a few MiB were read: some parts are already stored and cannot be deleted.
+    struct After<'a>(&'a AtomicBool, std::sync::atomic::AtomicU64);
+    impl winbundle::progress::Progress for After<'_> {
+        fn read(&self, n: u64) {
+            if self.1.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n > (5 << 20) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+    let cancel = AtomicBool::new(false);
+    let outcome = bundle_instance(&req, &post, &After(&cancel, Default::default()), &cancel, &mut |_| {});
+    let e = outcome.result.err().unwrap();
+    let msg = e.to_string();
+    assert_eq!(e.code(), "Cancelled");
+    if s3.faults.count("PostObject") > 0 {
+        assert!(msg.contains("remain") && msg.contains("pol/cancel.part.0"), "{msg}");
+    }
+    assert!(!s3.store("bkt").exists("pol/cancel.manifest.json").unwrap());
+}
