@@ -69,6 +69,13 @@ fn invalid(parameter: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
+/// What a run found out besides its result.
+#[derive(Default)]
+struct Notes {
+    derived: bool,
+    warnings: Vec<String>,
+}
+
 /// Checks the request's parameters (before any task exists, as EC2 rejects a bad call).
 pub fn validate(req: &BundleRequest) -> Result<(), Error> {
     names::check_bucket(&req.bucket)?;
@@ -204,15 +211,14 @@ fn run(
     progress: &dyn Progress,
     cancel: &AtomicBool,
     task: &mut BundleTask,
-    derived: &mut bool,
-    warnings: &mut Vec<String>,
+    notes: &mut Notes,
     on_update: &mut dyn FnMut(&BundleTask),
 ) -> Result<(Manifest, PipelineStats), Error> {
     let disk = DiskFile::open(&req.source)?;
     let plan = Plan::analyse(&disk, &req.plan)?;
     if task.instance_id.is_empty() {
         task.instance_id = task::derived_instance_id(&instance_identity(&plan));
-        *derived = true;
+        notes.derived = true;
     }
     let keys = Keys::new(&req.prefix);
     if store.exists(&keys.manifest())? {
@@ -251,7 +257,9 @@ fn run(
         Layout::Single => vec![keys.manifest(), keys.image()],
         Layout::Parts => vec![keys.manifest(), keys.part(0), keys.part(max_parts - 1)],
     };
-    warnings.extend(store.preflight(&planned_keys, part_size, plan.read_bytes as f64 / PESSIMISTIC_RATE)?);
+    notes
+        .warnings
+        .extend(store.preflight(&planned_keys, part_size, plan.read_bytes as f64 / PESSIMISTIC_RATE)?);
 
     task.state = State::Bundling;
     task.update_time = task::now_iso();

@@ -141,14 +141,14 @@ impl UploadPolicy {
                 ),
             });
         }
-        if let Some(end) = finish_by {
-            if self.expiration <= end {
-                return Err(invalid(format!(
-                    "it expires at {}, before this bundle is expected to finish (about {}): ask for a policy valid longer",
-                    self.expiration.to_rfc3339(),
-                    end.to_rfc3339()
-                )));
-            }
+        if let Some(end) = finish_by
+            && self.expiration <= end
+        {
+            return Err(invalid(format!(
+                "it expires at {}, before this bundle is expected to finish (about {}): ask for a policy valid longer",
+                self.expiration.to_rfc3339(),
+                end.to_rfc3339()
+            )));
         }
         if self.expiration - now < RECOMMENDED_VALIDITY {
             warnings.push(format!(
