@@ -154,18 +154,8 @@ pub fn bundle_instance(
         error: None,
     };
     on_update(&task);
-    let mut derived = false;
-    let mut warnings = Vec::new();
-    let mut result = run(
-        req,
-        store,
-        progress,
-        cancel,
-        &mut task,
-        &mut derived,
-        &mut warnings,
-        on_update,
-    );
+    let mut notes = Notes::default();
+    let mut result = run(req, store, progress, cancel, &mut task, &mut notes, on_update);
     if let Err(e) = &result {
         let _ = store.flush(); // uploads already under way finish (or fail) first
         let left = store.leftovers();
@@ -199,8 +189,8 @@ pub fn bundle_instance(
     on_update(&task);
     BundleOutcome {
         task,
-        instance_id_derived: derived,
-        warnings,
+        instance_id_derived: notes.derived,
+        warnings: notes.warnings,
         result,
     }
 }
