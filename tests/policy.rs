@@ -162,17 +162,7 @@ fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
     let reader = s3.store("bkt");
     assert!(reader.exists("pol/win.manifest.json").unwrap());
     let out = dir.path().join("out.img");
-    let b = winbundle::bundle::read::OpenedBundle::open(&reader, "pol/win").unwrap();
-    b.restore(
-        &winbundle::bundle::read::RestoreTarget::File {
-            path: out.clone(),
-            force: true,
-        },
-        2,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    restore_from(&reader, "pol/win", &out).unwrap();
     assert_restored_matches(&src, &req.plan, &out);
 }
 

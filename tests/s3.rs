@@ -12,7 +12,7 @@ use common::*;
 use s3server::TestS3;
 use winbundle::Error;
 use winbundle::bundle::create::bundle_instance;
-use winbundle::bundle::read::{OpenedBundle, RestoreTarget};
+use winbundle::bundle::read::OpenedBundle;
 use winbundle::progress::NoProgress;
 use winbundle::store::{ObjectStore, StoreError};
 
@@ -50,21 +50,6 @@ fn big_disk(dir: &Path) -> PathBuf {
     }
     f.write_all_at(&bits, pos).unwrap();
     img
-}
-
-fn restore_from(store: &dyn ObjectStore, prefix: &str, out: &Path) -> Result<(), Error> {
-    let mut b = OpenedBundle::open(store, prefix)?;
-    b.set_fetchers(4);
-    b.restore(
-        &RestoreTarget::File {
-            path: out.to_path_buf(),
-            force: true,
-        },
-        2,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )?;
-    Ok(())
 }
 
 fn run(

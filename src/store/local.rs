@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
+use crate::source::disk::read_exact_at;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -173,24 +174,4 @@ impl ObjectWriter for LocalWriter {
     fn abort(self: Box<Self>) {
         let _ = fs::remove_file(&self.tmp);
     }
-}
-
-#[cfg(unix)]
-fn read_exact_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(f, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_exact_at(f: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        match f.seek_read(buf, offset)? {
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            n => {
-                buf = &mut buf[n..];
-                offset += n as u64;
-            }
-        }
-    }
-    Ok(())
 }

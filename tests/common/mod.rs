@@ -60,19 +60,24 @@ pub fn bundle(req: &BundleRequest, store_dir: &Path) -> BundleOutcome {
     bundle_instance(req, &store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
 }
 
-/// Restores `prefix` from the store into `out`.
+/// Restores `prefix` from the local store folder into `out`.
 pub fn restore(store_dir: &Path, prefix: &str, out: &Path) -> Result<(), winbundle::Error> {
-    let store = LocalStore::open(store_dir, "test-bucket", false)?;
-    let b = OpenedBundle::open(&store, prefix)?;
-    b.restore(
-        &RestoreTarget::File {
-            path: out.to_path_buf(),
-            force: true,
-        },
-        2,
-        &NoProgress,
-        &AtomicBool::new(false),
-    )?;
+    restore_from(&LocalStore::open(store_dir, "test-bucket", false)?, prefix, out)
+}
+
+/// Restores `prefix` from any store into `out`.
+pub fn restore_from(
+    store: &dyn winbundle::store::ObjectStore,
+    prefix: &str,
+    out: &Path,
+) -> Result<(), winbundle::Error> {
+    let mut b = OpenedBundle::open(store, prefix)?;
+    b.set_fetchers(4);
+    let target = RestoreTarget::File {
+        path: out.to_path_buf(),
+        force: true,
+    };
+    b.restore(&target, 2, &NoProgress, &AtomicBool::new(false))?;
     Ok(())
 }
 
