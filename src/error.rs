@@ -24,12 +24,16 @@ pub enum Error {
     InvalidParameter { parameter: &'static str, message: String },
     #[error("compression failed: {0}")]
     Compress(String),
-    #[error("cancelled")]
+    #[error(
+        "cancelled (by cancel-bundle-task, Ctrl-C or SIGTERM): what was uploaded was aborted or removed, and no manifest was written"
+    )]
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    Task(#[from] crate::task::store::TaskStoreError),
     /// A failure after which objects remain in a store that cannot delete them.
     #[error("{message}")]
     Incomplete {
@@ -74,6 +78,7 @@ impl Error {
             Error::Compress(_) | Error::Internal(_) | Error::Io { .. } => "InternalError",
             Error::Cancelled => "Cancelled",
             Error::Incomplete { code, .. } => code,
+            Error::Task(t) => t.code(),
         }
     }
 
@@ -126,6 +131,8 @@ impl Error {
             Error::Format(_) => 4,
             Error::Cancelled => 130,
             Error::Incomplete { exit, .. } => *exit,
+            Error::Task(crate::task::store::TaskStoreError::Io { .. }) => 1,
+            Error::Task(_) => 2,
             Error::Store(StoreError::Policy(_)) => 2,
             _ => 1,
         }

@@ -265,3 +265,134 @@ fn failures_exit_non_zero_with_a_failed_task_and_a_hint() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--partition 7: no such partition"));
 }
+
+#[test]
+fn describe_and_cancel_a_running_bundle_from_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("attrlist-volume.img", dir.path());
+    let (store, state) = (dir.path().join("store"), dir.path().join("state"));
+    // Slow settings so the bundle is still running when we look.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args([
+            "bundle-instance",
+            s(&src),
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "slow",
+            "--local-store",
+            s(&store),
+        ])
+        .args([
+            "--zstd-level",
+            "19",
+            "--threads",
+            "1",
+            "--chunk-size",
+            "64K",
+            "--instance-id",
+            "i-0123456789abcdef0",
+        ])
+        .args(["--state-dir", s(&state), "-q"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let describe = |extra: &[&str]| {
+        let mut args = vec!["describe-bundle-tasks", "--state-dir", s(&state)];
+        args.extend_from_slice(extra);
+        let o = winbundle(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let mut id = String::new();
+    for _ in 0..200 {
+        let v: serde_json::Value =
+            serde_json::from_slice(&describe(&["--filters", "Name=state,Values=bundling"])).unwrap();
+        if let Some(t) = v["BundleTasks"].as_array().and_then(|a| a.first()) {
+            id = t["BundleId"].as_str().unwrap().to_string();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(id.starts_with("bun-"), "the bundle never showed up as bundling");
+    // A second bundle of the same instance is refused.
+    let o = winbundle(&[
+        "bundle-instance",
+        s(&src),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "other",
+        "--local-store",
+        s(&store),
+        "--instance-id",
+        "i-0123456789abcdef0",
+        "--state-dir",
+        s(&state),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("already being bundled by {id}")));
+    // Filters: values ORed, filters ANDed, wildcards.
+    let v: serde_json::Value = serde_json::from_slice(&describe(&[
+        "--filters",
+        "Name=instance-id,Values=i-nope,i-0123*",
+        "--filters",
+        "Name=s3-prefix,Values=slow",
+    ]))
+    .unwrap();
+    assert_eq!(v["BundleTasks"].as_array().unwrap().len(), 1);
+    let v: serde_json::Value =
+        serde_json::from_slice(&describe(&["--filters", "Name=s3-bucket,Values=elsewhere"])).unwrap();
+    assert!(v["BundleTasks"].as_array().unwrap().is_empty());
+    // Cancel from this process.
+    let o = winbundle(&["cancel-bundle-task", "--bundle-id", &id, "--state-dir", s(&state)]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTask"]["State"], "cancelling");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!store.join("bkt/slow.manifest.json").exists());
+    // The final state, in the EC2 XML document.
+    let xml = String::from_utf8(describe(&["--bundle-ids", &id, "--output", "xml"])).unwrap();
+    let mut reader = Reader::from_str(&xml);
+    let mut path = Vec::<String>::new();
+    let mut fields = std::collections::HashMap::new();
+    loop {
+        match reader.read_event().unwrap() {
+            Event::Start(e) => path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap()),
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(t) => {
+                fields.insert(path.join("/"), t.unescape().unwrap().into_owned());
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    let f = |k: &str| {
+        fields
+            .get(&format!("DescribeBundleTasksResponse/bundleInstanceTasksSet/item/{k}"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(f("bundleId"), id);
+    assert_eq!(f("state"), "failed");
+    assert_eq!(f("error/code"), "Cancelled");
+    assert_eq!(f("storage/S3/prefix"), "slow");
+    assert_eq!(
+        fields.get("DescribeBundleTasksResponse/requestId").map(String::len),
+        Some(36)
+    );
+    // Unknown ids.
+    let o = winbundle(&[
+        "cancel-bundle-task",
+        "--bundle-id",
+        "bun-00000000",
+        "--state-dir",
+        s(&state),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+}

@@ -10,6 +10,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 wb="$root/target/release/winbundle"
 work=$(mktemp -d)
+export XDG_STATE_HOME="$work/state" # task files of this run
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -145,7 +145,7 @@ fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
     let mut req = request(&src, "pol/win");
     req.layout = Layout::Parts;
     req.part_size = Some(1 << 20);
-    let (m, _) = bundle_instance(&req, &post, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+    let (m, _) = bundle_instance(&req, &post, &NoProgress, &AtomicBool::new(false), &mut |_| Ok(()))
         .result
         .unwrap();
     assert!(m.data.objects.len() >= 3, "{} parts", m.data.objects.len());
@@ -197,7 +197,9 @@ fn a_failed_policy_bundle_lists_the_parts_it_left() {
         }
     }
     let cancel = AtomicBool::new(false);
-    let outcome = bundle_instance(&req, &post, &After(&cancel, Default::default()), &cancel, &mut |_| {});
+    let outcome = bundle_instance(&req, &post, &After(&cancel, Default::default()), &cancel, &mut |_| {
+        Ok(())
+    });
     let e = outcome.result.err().unwrap();
     let msg = e.to_string();
     assert_eq!(e.code(), "Cancelled");

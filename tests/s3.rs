@@ -56,7 +56,7 @@ fn run(
     req: &winbundle::bundle::create::BundleRequest,
     store: &dyn ObjectStore,
 ) -> winbundle::bundle::create::BundleOutcome {
-    bundle_instance(req, store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+    bundle_instance(req, store, &NoProgress, &AtomicBool::new(false), &mut |_| Ok(()))
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn a_bundle_cancelled_mid_upload_is_aborted() {
     };
     let mut req = request(&src, "cancel");
     req.part_size = Some(5 << 20);
-    let outcome = bundle_instance(&req, &store, &progress, &cancel, &mut |_| {});
+    let outcome = bundle_instance(&req, &store, &progress, &cancel, &mut |_| Ok(()));
     assert!(
         matches!(outcome.result, Err(Error::Cancelled)),
         "{:?}",

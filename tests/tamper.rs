@@ -208,7 +208,7 @@ fn a_cancelled_bundle_leaves_nothing() {
         &store,
         &winbundle::progress::NoProgress,
         &cancel,
-        &mut |_| {},
+        &mut |_| Ok(()),
     );
     assert!(matches!(outcome.result, Err(Error::Cancelled)));
     assert_eq!(outcome.task.state.as_str(), "failed");

@@ -133,13 +133,14 @@ fn instance_identity(plan: &Plan<'_>) -> String {
     )
 }
 
-/// Runs a whole bundle. `on_update` sees every state change of the task.
+/// Runs a whole bundle. `on_update` sees every state change of the task; an error from it (say,
+/// the instance is already being bundled) stops the run.
 pub fn bundle_instance(
     req: &BundleRequest,
     store: &dyn ObjectStore,
     progress: &dyn Progress,
     cancel: &AtomicBool,
-    on_update: &mut dyn FnMut(&BundleTask),
+    on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> BundleOutcome {
     let start = task::now_iso();
     let mut task = BundleTask {
@@ -153,9 +154,12 @@ pub fn bundle_instance(
         progress: "0%".into(),
         error: None,
     };
-    on_update(&task);
+    let first = on_update(&task);
     let mut notes = Notes::default();
-    let mut result = run(req, store, progress, cancel, &mut task, &mut notes, on_update);
+    let mut result = match first {
+        Ok(()) => run(req, store, progress, cancel, &mut task, &mut notes, on_update),
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         let _ = store.flush(); // uploads already under way finish (or fail) first
         let left = store.leftovers();
@@ -186,7 +190,7 @@ pub fn bundle_instance(
             });
         }
     }
-    on_update(&task);
+    let _ = on_update(&task);
     BundleOutcome {
         task,
         instance_id_derived: notes.derived,
@@ -202,7 +206,7 @@ fn run(
     cancel: &AtomicBool,
     task: &mut BundleTask,
     notes: &mut Notes,
-    on_update: &mut dyn FnMut(&BundleTask),
+    on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> Result<(Manifest, PipelineStats), Error> {
     let disk = DiskFile::open(&req.source)?;
     let plan = Plan::analyse(&disk, &req.plan)?;
@@ -253,7 +257,7 @@ fn run(
 
     task.state = State::Bundling;
     task.update_time = task::now_iso();
-    on_update(task);
+    on_update(task)?;
     progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
     let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
@@ -272,7 +276,7 @@ fn run(
     task.state = State::Storing;
     task.progress = "99%".into();
     task.update_time = task::now_iso();
-    on_update(task);
+    on_update(task)?;
     let (data, bundle_sha256) = writer.finish()?;
     store.flush()?;
     let root = plan.layout.root();

@@ -30,6 +30,38 @@ pub enum Command {
     /// Make an upload policy and its signature (as the aws-cli does for ec2 bundle-instance):
     /// what a machine needs to bundle into your bucket without your secret key.
     UploadPolicy(UploadPolicyArgs),
+    /// List bundle tasks (from any terminal, while bundles run), with EC2's filters.
+    DescribeBundleTasks(DescribeArgs),
+    /// Stop a running bundle cleanly: uploads are aborted and the task ends failed (Cancelled).
+    CancelBundleTask(CancelArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DescribeArgs {
+    /// Only these bundle ids.
+    #[arg(long, num_args = 1..)]
+    pub bundle_ids: Vec<String>,
+    /// `Name=NAME,Values=V1,V2` (values ORed, filters ANDed; * and ? wildcards): bundle-id,
+    /// error-code, error-message, instance-id, progress, s3-bucket, s3-prefix, start-time, state,
+    /// update-time. Repeatable.
+    #[arg(long)]
+    pub filters: Vec<String>,
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: OutputFormat,
+    /// Folder of the task files (default: $XDG_STATE_HOME/winbundle/tasks).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CancelArgs {
+    #[arg(long)]
+    pub bundle_id: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: OutputFormat,
+    /// Folder of the task files (default: $XDG_STATE_HOME/winbundle/tasks).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// BundleInstance's storage parameters: upload with a policy instead of credentials.
@@ -192,6 +224,9 @@ pub struct BundleArgs {
     /// No progress bar and no notes on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Folder of the task files (default: $XDG_STATE_HOME/winbundle/tasks).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

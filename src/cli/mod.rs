@@ -8,6 +8,7 @@ mod inspect;
 mod policy;
 mod progress;
 mod restore;
+mod tasks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +77,8 @@ pub fn run() -> i32 {
         Command::Restore(a) => restore::run_restore(a, &cancel_flag()),
         Command::Verify(a) => restore::run_verify(a, &cancel_flag()),
         Command::UploadPolicy(a) => policy::run(a),
+        Command::DescribeBundleTasks(a) => tasks::describe(a),
+        Command::CancelBundleTask(a) => tasks::cancel(a),
     };
     match result {
         Ok(code) => code,

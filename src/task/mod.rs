@@ -2,6 +2,8 @@
 //! ISO-8601 times with milliseconds, and the three renderings: the aws-cli JSON shape, the
 //! exact EC2 `BundleInstanceResponse` XML, and text.
 
+pub mod store;
+
 use std::io::Cursor;
 
 use quick_xml::Writer;
@@ -159,21 +161,16 @@ impl BundleTask {
 
     /// The EC2 `BundleInstanceResponse` document for this task.
     pub fn to_bundle_instance_xml(&self, request_id: &str) -> String {
-        let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
-        let r = (|| -> std::io::Result<()> {
-            w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
-            let mut root = BytesStart::new("BundleInstanceResponse");
-            root.push_attribute(("xmlns", EC2_NAMESPACE));
-            w.write_event(Event::Start(root))?;
-            w.write_event(Event::Start(BytesStart::new("requestId")))?;
-            w.write_event(Event::Text(BytesText::new(request_id)))?;
-            w.write_event(Event::End(BytesEnd::new("requestId")))?;
-            self.write_xml(&mut w, "bundleInstanceTask")?;
-            w.write_event(Event::End(BytesEnd::new("BundleInstanceResponse")))?;
-            Ok(())
-        })();
-        debug_assert!(r.is_ok());
-        String::from_utf8_lossy(&w.into_inner().into_inner()).into_owned() + "\n"
+        response_xml("BundleInstanceResponse", request_id, |w| {
+            self.write_xml(w, "bundleInstanceTask")
+        })
+    }
+
+    /// The EC2 `CancelBundleTaskResponse` document for this task.
+    pub fn to_cancel_xml(&self, request_id: &str) -> String {
+        response_xml("CancelBundleTaskResponse", request_id, |w| {
+            self.write_xml(w, "bundleInstanceTask")
+        })
     }
 
     /// Tab-separated text, like the aws-cli's `--output text`.
@@ -194,6 +191,39 @@ impl BundleTask {
         }
         s
     }
+}
+
+type XmlWriter = Writer<Cursor<Vec<u8>>>;
+
+/// An EC2 response document: `<NAME xmlns=…><requestId>…</requestId>BODY</NAME>`.
+fn response_xml(name: &str, request_id: &str, body: impl FnOnce(&mut XmlWriter) -> std::io::Result<()>) -> String {
+    let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
+    let r = (|| -> std::io::Result<()> {
+        w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+        let mut root = BytesStart::new(name);
+        root.push_attribute(("xmlns", EC2_NAMESPACE));
+        w.write_event(Event::Start(root))?;
+        w.write_event(Event::Start(BytesStart::new("requestId")))?;
+        w.write_event(Event::Text(BytesText::new(request_id)))?;
+        w.write_event(Event::End(BytesEnd::new("requestId")))?;
+        body(&mut w)?;
+        w.write_event(Event::End(BytesEnd::new(name)))?;
+        Ok(())
+    })();
+    debug_assert!(r.is_ok());
+    String::from_utf8_lossy(&w.into_inner().into_inner()).into_owned() + "\n"
+}
+
+/// The EC2 `DescribeBundleTasksResponse` document.
+pub fn describe_xml(tasks: &[BundleTask], request_id: &str) -> String {
+    response_xml("DescribeBundleTasksResponse", request_id, |w| {
+        w.write_event(Event::Start(BytesStart::new("bundleInstanceTasksSet")))?;
+        for t in tasks {
+            t.write_xml(w, "item")?;
+        }
+        w.write_event(Event::End(BytesEnd::new("bundleInstanceTasksSet")))?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
 
 pub fn bundle(req: &BundleRequest, store_dir: &Path) -> BundleOutcome {
     let store = LocalStore::open(store_dir, &req.bucket, true).unwrap();
-    bundle_instance(req, &store, &NoProgress, &AtomicBool::new(false), &mut |_| {})
+    bundle_instance(req, &store, &NoProgress, &AtomicBool::new(false), &mut |_| Ok(()))
 }
 
 /// Restores `prefix` from the local store folder into `out`.
@@ -170,9 +170,13 @@ pub fn read_root_file(volume: &[u8], name: &str) -> Vec<u8> {
     read_file(volume, entry.file_reference().file_record_number())
 }
 
-/// Runs the winbundle binary.
+/// Runs the winbundle binary. Task files go to a folder of the test run, not the user's.
 pub fn winbundle(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .env(
+            "XDG_STATE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-state"),
+        )
         .args(args)
         .output()
         .unwrap()

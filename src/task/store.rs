@@ -1,0 +1,263 @@
+//! Bundle tasks kept in a state folder, one JSON file per task (written to a temporary name and
+//! renamed, so a reader never sees half a file), shared by every process: a bundle updates its
+//! task as it goes, `describe-bundle-tasks` reads them from another terminal, and
+//! `cancel-bundle-task` leaves a cancel request that the bundling process picks up.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BundleTask, State, TaskError};
+
+/// A task as stored: the EC2 fields plus the process that runs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredTask {
+    pub task: BundleTask,
+    /// Process id of the bundling process while it runs.
+    pub pid: u32,
+}
+
+/// Errors of the task folder.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStoreError {
+    #[error("task folder {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("The bundle task ID '{0}' does not exist")]
+    NotFound(String),
+    #[error(
+        "Instance {instance} is already being bundled by {bundle}: wait for it, or cancel it with cancel-bundle-task"
+    )]
+    InProgress { instance: String, bundle: String },
+}
+
+impl TaskStoreError {
+    /// The EC2 error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TaskStoreError::Io { .. } => "InternalError",
+            TaskStoreError::NotFound(_) => "InvalidBundleID.NotFound",
+            TaskStoreError::InProgress { .. } => "BundlingInProgress",
+        }
+    }
+}
+
+/// The state folder.
+#[derive(Debug, Clone)]
+pub struct TaskStore {
+    dir: PathBuf,
+}
+
+/// `$XDG_STATE_HOME/winbundle/tasks`, or `~/.local/state/winbundle/tasks`.
+pub fn default_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("winbundle/tasks")
+}
+
+fn alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists() || !Path::new("/proc/self").exists()
+}
+
+fn running(state: State) -> bool {
+    matches!(
+        state,
+        State::Pending | State::WaitingForShutdown | State::Bundling | State::Storing | State::Cancelling
+    )
+}
+
+impl TaskStore {
+    pub fn open(dir: &Path) -> Result<Self, TaskStoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| TaskStoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn cancel_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.cancel"))
+    }
+
+    /// Writes a task atomically.
+    pub fn save(&self, task: &BundleTask) -> Result<(), TaskStoreError> {
+        let path = self.path(&task.bundle_id);
+        let io = |source| TaskStoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let stored = StoredTask {
+            task: task.clone(),
+            pid: std::process::id(),
+        };
+        let tmp = self.dir.join(format!(".{}.{}.tmp", task.bundle_id, std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&stored).unwrap_or_default()).map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)
+    }
+
+    /// Every task; tasks whose process is gone are reported (and saved) as failed.
+    pub fn all(&self) -> Result<Vec<BundleTask>, TaskStoreError> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|source| TaskStoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut out = Vec::new();
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json")
+                || p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&p) else { continue };
+            let Ok(mut stored) = serde_json::from_slice::<StoredTask>(&bytes) else {
+                continue;
+            };
+            if running(stored.task.state) && !alive(stored.pid) {
+                stored.task.state = State::Failed;
+                stored.task.update_time = super::now_iso();
+                stored.task.error = Some(TaskError {
+                    code: "InternalError".into(),
+                    message: "the bundling process ended without finishing (killed or crashed); bundle again".into(),
+                });
+                let _ = self.save(&stored.task);
+            }
+            out.push(stored.task);
+        }
+        out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.bundle_id.cmp(&b.bundle_id)));
+        Ok(out)
+    }
+
+    pub fn get(&self, id: &str) -> Result<BundleTask, TaskStoreError> {
+        self.all()?
+            .into_iter()
+            .find(|t| t.bundle_id == id)
+            .ok_or_else(|| TaskStoreError::NotFound(id.to_string()))
+    }
+
+    /// Fails when `instance` already has a running task (other than `except`).
+    pub fn check_not_running(&self, instance: &str, except: &str) -> Result<(), TaskStoreError> {
+        match self
+            .all()?
+            .into_iter()
+            .find(|t| t.instance_id == instance && t.bundle_id != except && running(t.state))
+        {
+            Some(t) => Err(TaskStoreError::InProgress {
+                instance: instance.to_string(),
+                bundle: t.bundle_id,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the process running `id` to stop; returns the task, now `cancelling` if it ran.
+    pub fn request_cancel(&self, id: &str) -> Result<BundleTask, TaskStoreError> {
+        let mut task = self.get(id)?;
+        if running(task.state) {
+            let p = self.cancel_path(id);
+            std::fs::write(&p, b"cancel").map_err(|source| TaskStoreError::Io {
+                path: p.clone(),
+                source,
+            })?;
+            task.state = State::Cancelling;
+            task.update_time = super::now_iso();
+            self.save(&task)?;
+        }
+        Ok(task)
+    }
+
+    /// True once a cancel was requested for `id`.
+    pub fn cancel_requested(&self, id: &str) -> bool {
+        self.cancel_path(id).exists()
+    }
+
+    /// Removes the cancel request of a finished task.
+    pub fn clear_cancel(&self, id: &str) {
+        let _ = std::fs::remove_file(self.cancel_path(id));
+    }
+}
+
+/// An EC2 DescribeBundleTasks filter: values of one filter are ORed, filters are ANDed.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub name: String,
+    pub values: Vec<String>,
+}
+
+/// Names DescribeBundleTasks accepts.
+pub const FILTER_NAMES: [&str; 10] = [
+    "bundle-id",
+    "error-code",
+    "error-message",
+    "instance-id",
+    "progress",
+    "s3-bucket",
+    "s3-prefix",
+    "start-time",
+    "state",
+    "update-time",
+];
+
+/// Parses `Name=state,Values=complete,failed`.
+pub fn parse_filter(s: &str) -> Result<Filter, String> {
+    let (n, v) = s
+        .split_once(",Values=")
+        .ok_or_else(|| format!("{s:?} is not Name=NAME,Values=V1,V2"))?;
+    let name = n
+        .strip_prefix("Name=")
+        .ok_or_else(|| format!("{s:?} is not Name=NAME,Values=V1,V2"))?
+        .to_string();
+    if !FILTER_NAMES.contains(&name.as_str()) {
+        return Err(format!(
+            "unknown filter name {name:?} (one of {})",
+            FILTER_NAMES.join(", ")
+        ));
+    }
+    Ok(Filter {
+        name,
+        values: v.split(',').map(str::to_string).collect(),
+    })
+}
+
+fn glob(pattern: &str, text: &str) -> bool {
+    // EC2 filters take * and ? wildcards.
+    fn m(p: &[char], t: &[char]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some('*'), _) => m(&p[1..], t) || (!t.is_empty() && m(p, &t[1..])),
+            (Some('?'), Some(_)) => m(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    m(&p, &t)
+}
+
+/// True when `task` passes every filter.
+pub fn matches(task: &BundleTask, filters: &[Filter]) -> bool {
+    filters.iter().all(|f| {
+        let field = match f.name.as_str() {
+            "bundle-id" => task.bundle_id.clone(),
+            "error-code" => task.error.as_ref().map(|e| e.code.clone()).unwrap_or_default(),
+            "error-message" => task.error.as_ref().map(|e| e.message.clone()).unwrap_or_default(),
+            "instance-id" => task.instance_id.clone(),
+            "progress" => task.progress.clone(),
+            "s3-bucket" => task.bucket.clone(),
+            "s3-prefix" => task.prefix.clone(),
+            "start-time" => task.start_time.clone(),
+            "state" => task.state.as_str().to_string(),
+            "update-time" => task.update_time.clone(),
+            _ => return false,
+        };
+        f.values.iter().any(|v| glob(v, &field))
+    })
+}
