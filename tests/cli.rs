@@ -10,6 +10,36 @@ fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Text of every element of an XML document by its path (`A/B/c`), and the root's xmlns.
+fn xml_fields(xml: &str) -> (std::collections::HashMap<String, String>, Option<String>) {
+    let mut reader = Reader::from_str(xml);
+    let mut path = Vec::<String>::new();
+    let mut fields = std::collections::HashMap::new();
+    let mut ns = None;
+    loop {
+        match reader.read_event().unwrap() {
+            Event::Start(e) => {
+                if path.is_empty() {
+                    ns = e
+                        .try_get_attribute("xmlns")
+                        .unwrap()
+                        .map(|a| String::from_utf8(a.value.to_vec()).unwrap());
+                }
+                path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
+            }
+            Event::End(_) => {
+                path.pop();
+            }
+            Event::Text(t) => {
+                fields.insert(path.join("/"), t.unescape().unwrap().into_owned());
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    (fields, ns)
+}
+
 /// `winbundle bundle-instance SRC --bucket bkt --prefix p --local-store STORE EXTRA...`
 fn bundle_cmd(src: &std::path::Path, store: &std::path::Path, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -78,31 +108,7 @@ fn bundle_instance_prints_the_ec2_xml_document() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let xml = String::from_utf8(o.stdout).unwrap();
-    let mut reader = Reader::from_str(&xml);
-    let mut path = Vec::<String>::new();
-    let mut fields = std::collections::HashMap::new();
-    let mut ns = None;
-    loop {
-        match reader.read_event().unwrap() {
-            Event::Start(e) => {
-                if path.is_empty() {
-                    ns = e
-                        .try_get_attribute("xmlns")
-                        .unwrap()
-                        .map(|a| String::from_utf8(a.value.to_vec()).unwrap());
-                }
-                path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
-            }
-            Event::End(_) => {
-                path.pop();
-            }
-            Event::Text(t) => {
-                fields.insert(path.join("/"), t.unescape().unwrap().into_owned());
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
+    let (fields, ns) = xml_fields(&xml);
     assert_eq!(ns.as_deref(), Some("http://ec2.amazonaws.com/doc/2016-11-15/"));
     let f = |k: &str| {
         fields
@@ -355,22 +361,7 @@ fn describe_and_cancel_a_running_bundle_from_another_process() {
     assert!(!store.join("bkt/slow.manifest.json").exists());
     // The final state, in the EC2 XML document.
     let xml = String::from_utf8(describe(&["--bundle-ids", &id, "--output", "xml"])).unwrap();
-    let mut reader = Reader::from_str(&xml);
-    let mut path = Vec::<String>::new();
-    let mut fields = std::collections::HashMap::new();
-    loop {
-        match reader.read_event().unwrap() {
-            Event::Start(e) => path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap()),
-            Event::End(_) => {
-                path.pop();
-            }
-            Event::Text(t) => {
-                fields.insert(path.join("/"), t.unescape().unwrap().into_owned());
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
+    let (fields, _) = xml_fields(&xml);
     let f = |k: &str| {
         fields
             .get(&format!("DescribeBundleTasksResponse/bundleInstanceTasksSet/item/{k}"))

@@ -67,21 +67,22 @@ impl MultipartWriter {
         while i < self.tasks.len() {
             if self.tasks[i].is_finished() {
                 let t = self.tasks.remove(i);
-                match self.inner.rt.block_on(t) {
-                    Ok(Ok(part)) => self.done.push(part),
-                    Ok(Err(e)) => return Err(e),
-                    Err(e) => {
-                        return Err(StoreError::S3Transport {
-                            op: "UploadPart",
-                            location: self.location(),
-                            detail: e.to_string(),
-                        });
-                    }
-                }
+                self.join(t)?;
             } else {
                 i += 1;
             }
         }
+        Ok(())
+    }
+
+    /// Waits for one part upload and records the part.
+    fn join(&mut self, t: JoinHandle<Result<CompletedPart, StoreError>>) -> Result<(), StoreError> {
+        let part = self.inner.rt.block_on(t).map_err(|e| StoreError::S3Transport {
+            op: "UploadPart",
+            location: self.location(),
+            detail: e.to_string(),
+        })??;
+        self.done.push(part);
         Ok(())
     }
 
@@ -169,20 +170,9 @@ impl ObjectWriter for MultipartWriter {
     fn finish(mut self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
         let tasks = std::mem::take(&mut self.tasks);
         for t in tasks {
-            match self.inner.rt.block_on(t) {
-                Ok(Ok(part)) => self.done.push(part),
-                Ok(Err(e)) => {
-                    self.abort_upload();
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.abort_upload();
-                    return Err(StoreError::S3Transport {
-                        op: "UploadPart",
-                        location: self.location(),
-                        detail: e.to_string(),
-                    });
-                }
+            if let Err(e) = self.join(t) {
+                self.abort_upload();
+                return Err(e);
             }
         }
         let mut parts = std::mem::take(&mut self.done);
