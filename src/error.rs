@@ -34,6 +34,8 @@ pub enum Error {
     Io { context: String, source: std::io::Error },
     #[error(transparent)]
     Task(#[from] crate::task::store::TaskStoreError),
+    #[error(transparent)]
+    Config(#[from] crate::api::config::ConfigError),
     /// A failure after which objects remain in a store that cannot delete them.
     #[error("{message}")]
     Incomplete {
@@ -79,6 +81,7 @@ impl Error {
             Error::Cancelled => "Cancelled",
             Error::Incomplete { code, .. } => code,
             Error::Task(t) => t.code(),
+            Error::Config(_) => "InvalidParameterValue",
         }
     }
 
@@ -113,6 +116,9 @@ impl Error {
                 "the stored bundle is damaged or was modified: bundle the instance again".into()
             }
             Error::Cancelled => "nothing was kept; run the command again to start over".into(),
+            Error::Config(_) => {
+                "fix the configuration file (README: \"EC2 API server\" has a complete example), then start the server again".into()
+            }
             Error::Store(StoreError::S3 { code, .. }) => crate::store::s3::error::hint(code)?.into(),
             Error::Store(StoreError::S3Transport { .. }) => {
                 "check --endpoint-url (and that the server is running) and the network; transient failures were already retried".into()
@@ -134,6 +140,7 @@ impl Error {
             Error::Task(crate::task::store::TaskStoreError::Io { .. }) => 1,
             Error::Task(_) => 2,
             Error::Store(StoreError::Policy(_)) => 2,
+            Error::Config(_) => 2,
             _ => 1,
         }
     }

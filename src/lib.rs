@@ -5,8 +5,10 @@
 //! [`source`] (disk, partitions, which one is C:) → [`ntfs`] (allocation map, exclusions) →
 //! [`chunk`] (read allocated clusters, compress, in parallel) → [`bundle`] (the stream format,
 //! parts, manifest) → [`store`] (where the objects go). [`task`] renders the EC2 bundle-task
-//! shapes; the `winbundle` binary's CLI sits on top of all of it.
+//! shapes and runs bundles as tasks; [`api`] serves the EC2 Query API over them (`winbundle
+//! serve`); the `winbundle` binary's CLI sits on top of all of it.
 
+pub mod api;
 pub mod bundle;
 pub mod chunk;
 pub mod error;

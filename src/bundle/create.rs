@@ -51,6 +51,16 @@ pub struct BundleRequest {
     pub layout: Layout,
     pub part_size: Option<u64>,
     pub overwrite: bool,
+    /// The bundle id and start time, when the task was announced before the run (the API
+    /// server answers `pending` at once); otherwise both are made when the run starts.
+    pub assigned: Option<Assigned>,
+}
+
+/// A task's identity given before its run.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub bundle_id: String,
+    pub start_time: String,
 }
 
 /// The end of a bundle run: the final task, and on success the manifest and statistics.
@@ -142,13 +152,16 @@ pub fn bundle_instance(
     cancel: &AtomicBool,
     on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> BundleOutcome {
-    let start = task::now_iso();
+    let (bundle_id, start_time) = match &req.assigned {
+        Some(a) => (a.bundle_id.clone(), a.start_time.clone()),
+        None => (task::new_bundle_id(), task::now_iso()),
+    };
     let mut task = BundleTask {
-        bundle_id: task::new_bundle_id(),
+        bundle_id,
         instance_id: req.instance_id.clone().unwrap_or_default(),
         state: State::Pending,
-        start_time: start.clone(),
-        update_time: start,
+        update_time: task::now_iso(),
+        start_time,
         bucket: req.bucket.clone(),
         prefix: req.prefix.clone(),
         progress: "0%".into(),

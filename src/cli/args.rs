@@ -34,6 +34,24 @@ pub enum Command {
     DescribeBundleTasks(DescribeArgs),
     /// Stop a running bundle cleanly: uploads are aborted and the task ends failed (Cancelled).
     CancelBundleTask(CancelArgs),
+    /// Serve the EC2 Query API (BundleInstance, DescribeBundleTasks, CancelBundleTask) so the
+    /// aws-cli, boto3 and the SDKs drive winbundle with only --endpoint-url.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The server's configuration (TOML): instances, S3 endpoint, callers, state folder.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Address to listen on (default: the file's `listen`, else 127.0.0.1:8773; port 0 picks a
+    /// free port, printed on the first line of stdout).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Folder of the task files (default: the file's `state_dir`, else
+    /// $XDG_STATE_HOME/winbundle/tasks).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,14 +1,13 @@
 //! `winbundle bundle-instance`: runs a bundle and prints the final task.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, bundle_instance, validate};
+use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, validate};
 use winbundle::progress::Progress;
-use winbundle::task::{BundleTask, State, new_request_id};
+use winbundle::task::new_request_id;
+use winbundle::task::run::run_tracked;
 
 use super::args::{BundleArgs, OutputFormat, default_threads};
 use super::inspect::plan_options;
@@ -27,6 +26,7 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         layout: args.layout,
         part_size: args.part_size,
         overwrite: args.overwrite,
+        assigned: None,
     };
     let post = super::policy::post_store(&args.policy, &args.store, req.part_size.unwrap_or(DEFAULT_PART_SIZE))?;
     let mut req = req;
@@ -44,52 +44,7 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         tasks.check_not_running(id, "")?;
     }
     let bar = Bar::new(args.quiet, "bundling");
-    let counted = Counted {
-        inner: &bar,
-        read: AtomicU64::new(0),
-        total: AtomicU64::new(0),
-    };
-    let current: Mutex<Option<BundleTask>> = Mutex::new(None);
-    let done = AtomicBool::new(false);
-    let outcome = std::thread::scope(|scope| {
-        // Keeps the task file's progress current and picks up cancel requests from other processes.
-        scope.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                let mut guard = current.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(task) = guard.as_mut() else { continue };
-                if tasks.cancel_requested(&task.bundle_id) && !cancel.swap(true, Ordering::SeqCst) {
-                    task.state = State::Cancelling;
-                    task.update_time = winbundle::task::now_iso();
-                    let _ = tasks.save(task);
-                }
-                let total = counted.total.load(Ordering::Relaxed).max(1);
-                let pct = (counted.read.load(Ordering::Relaxed) * 100 / total).min(99);
-                let progress = format!("{pct}%");
-                if task.state == State::Bundling && task.progress != progress {
-                    task.progress = progress;
-                    task.update_time = winbundle::task::now_iso();
-                    let _ = tasks.save(task);
-                }
-            }
-        });
-        let outcome = bundle_instance(&req, store.as_ref(), &counted, cancel, &mut |t| {
-            if t.state == State::Bundling {
-                tasks.check_not_running(&t.instance_id, &t.bundle_id)?;
-            }
-            let mut guard = current.lock().unwrap_or_else(|e| e.into_inner());
-            let mut t = t.clone();
-            if let (State::Failed, Some(last)) = (t.state, guard.as_ref()) {
-                t.progress = last.progress.clone(); // how far it got
-            }
-            tasks.save(&t)?;
-            *guard = Some(t);
-            Ok(())
-        });
-        done.store(true, Ordering::Relaxed);
-        outcome
-    });
-    tasks.clear_cancel(&outcome.task.bundle_id);
+    let outcome = run_tracked(&req, store.as_ref(), &tasks, &bar, cancel);
     bar.finish();
     for w in &outcome.warnings {
         eprintln!("winbundle: warning: {w}");
@@ -165,32 +120,5 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
     match outcome.result {
         Ok(_) => Ok(0),
         Err(e) => Ok(super::report(&e)),
-    }
-}
-
-/// Forwards progress to the bar and counts it for the task file.
-struct Counted<'a> {
-    inner: &'a Bar,
-    read: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Progress for Counted<'_> {
-    fn start(&self, total: u64) {
-        self.total.store(total, Ordering::Relaxed);
-        self.inner.start(total);
-    }
-
-    fn read(&self, n: u64) {
-        self.read.fetch_add(n, Ordering::Relaxed);
-        self.inner.read(n);
-    }
-
-    fn stored(&self, n: u64) {
-        self.inner.stored(n);
-    }
-
-    fn finish(&self) {
-        self.inner.finish();
     }
 }

@@ -79,6 +79,14 @@ pub fn run() -> i32 {
         Command::UploadPolicy(a) => policy::run(a),
         Command::DescribeBundleTasks(a) => tasks::describe(a),
         Command::CancelBundleTask(a) => tasks::cancel(a),
+        Command::Serve(a) => winbundle::api::serve(
+            &a.config,
+            &winbundle::api::ServeOptions {
+                listen: a.listen,
+                state_dir: a.state_dir,
+            },
+        )
+        .map(|()| 0),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,13 @@ pub struct StoredTask {
     pub task: BundleTask,
     /// Process id of the bundling process while it runs.
     pub pid: u32,
+    /// When that process started (clock ticks since boot), so a reused pid is not mistaken
+    /// for it.
+    #[serde(default)]
+    pub pid_started: Option<u64>,
+    /// What runs the task: `cli`, or `serve` for the API server.
+    #[serde(default)]
+    pub origin: Option<String>,
 }
 
 /// Errors of the task folder.
@@ -45,6 +52,7 @@ impl TaskStoreError {
 #[derive(Debug, Clone)]
 pub struct TaskStore {
     dir: PathBuf,
+    origin: &'static str,
 }
 
 /// `$XDG_STATE_HOME/winbundle/tasks`, or `~/.local/state/winbundle/tasks`.
@@ -56,14 +64,29 @@ pub fn default_dir() -> PathBuf {
     base.join("winbundle/tasks")
 }
 
-fn alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    Path::new(&format!("/proc/{pid}")).exists() || !Path::new("/proc/self").exists()
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn running(state: State) -> bool {
+/// Whether the process that saved a task still runs (and is the same process, not a new one
+/// that got its pid: after a restart in a container the server can be pid 1 again).
+fn alive(pid: u32, started: Option<u64>) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true; // no way to tell: assume it runs
+    }
+    match (started, process_start(pid)) {
+        (_, None) => false,
+        (Some(a), Some(b)) => a == b,
+        (None, Some(_)) => true,
+    }
+}
+
+/// Whether a task in `state` is still under way (not complete or failed).
+pub fn running(state: State) -> bool {
     matches!(
         state,
         State::Pending | State::WaitingForShutdown | State::Bundling | State::Storing | State::Cancelling
@@ -76,7 +99,16 @@ impl TaskStore {
             path: dir.to_path_buf(),
             source,
         })?;
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            origin: "cli",
+        })
+    }
+
+    /// The same folder, with tasks saved from now on marked as run by `origin` (`serve`).
+    pub fn with_origin(mut self, origin: &'static str) -> Self {
+        self.origin = origin;
+        self
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -94,9 +126,12 @@ impl TaskStore {
             path: path.clone(),
             source,
         };
+        let pid = std::process::id();
         let stored = StoredTask {
             task: task.clone(),
-            pid: std::process::id(),
+            pid,
+            pid_started: process_start(pid),
+            origin: Some(self.origin.to_string()),
         };
         let tmp = self.dir.join(format!(".{}.{}.tmp", task.bundle_id, std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&stored).unwrap_or_default()).map_err(io)?;
@@ -105,6 +140,16 @@ impl TaskStore {
 
     /// Every task; tasks whose process is gone are reported (and saved) as failed.
     pub fn all(&self) -> Result<Vec<BundleTask>, TaskStoreError> {
+        Ok(self.load()?.0)
+    }
+
+    /// Marks the tasks whose process is gone failed; returns how many there were.
+    pub fn sweep(&self) -> Result<usize, TaskStoreError> {
+        Ok(self.load()?.1)
+    }
+
+    fn load(&self) -> Result<(Vec<BundleTask>, usize), TaskStoreError> {
+        let mut swept = 0;
         let rd = std::fs::read_dir(&self.dir).map_err(|source| TaskStoreError::Io {
             path: self.dir.clone(),
             source,
@@ -121,19 +166,25 @@ impl TaskStore {
             let Ok(mut stored) = serde_json::from_slice::<StoredTask>(&bytes) else {
                 continue;
             };
-            if running(stored.task.state) && !alive(stored.pid) {
+            if running(stored.task.state) && !alive(stored.pid, stored.pid_started) {
+                let message = if stored.origin.as_deref() == Some("serve") {
+                    "the winbundle server stopped (restarted, killed or crashed) while this task was pending or running; nothing was completed: call BundleInstance again"
+                } else {
+                    "the bundling process ended without finishing (killed or crashed); bundle again"
+                };
                 stored.task.state = State::Failed;
                 stored.task.update_time = super::now_iso();
                 stored.task.error = Some(TaskError {
                     code: "InternalError".into(),
-                    message: "the bundling process ended without finishing (killed or crashed); bundle again".into(),
+                    message: message.into(),
                 });
                 let _ = self.save(&stored.task);
+                swept += 1;
             }
             out.push(stored.task);
         }
         out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.bundle_id.cmp(&b.bundle_id)));
-        Ok(out)
+        Ok((out, swept))
     }
 
     pub fn get(&self, id: &str) -> Result<BundleTask, TaskStoreError> {

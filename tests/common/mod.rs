@@ -52,6 +52,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         layout: Layout::Single,
         part_size: None,
         overwrite: false,
+        assigned: None,
     }
 }
 

@@ -75,9 +75,9 @@ impl UploadPolicy {
     pub fn parse(b64: &str) -> Result<Self, PolicyError> {
         let bytes = B64
             .decode(b64.trim())
-            .map_err(|e| invalid(format!("--upload-policy is not valid base64 ({e}): pass the policy exactly as printed by `winbundle upload-policy` or the aws-cli")))?;
+            .map_err(|e| invalid(format!("the upload policy is not valid base64 ({e}): pass the policy exactly as printed by `winbundle upload-policy` or the aws-cli")))?;
         let json: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| invalid(format!("the decoded --upload-policy is not JSON ({e})")))?;
+            .map_err(|e| invalid(format!("the decoded upload policy is not JSON ({e})")))?;
         let exp = json
             .get("expiration")
             .and_then(Value::as_str)
@@ -164,7 +164,7 @@ impl UploadPolicy {
         }
         if !self.allows("bucket", bucket) {
             return Err(invalid(format!(
-                "the upload policy is for another bucket, not --bucket {bucket}"
+                "the upload policy is for another bucket, not {bucket}"
             )));
         }
         if self.field("acl").next().is_none() {
@@ -181,7 +181,7 @@ impl UploadPolicy {
         for key in keys {
             if !self.allows("key", key) {
                 return Err(invalid(format!(
-                    "the upload policy does not allow the key {key:?} (check --prefix)"
+                    "the upload policy does not allow the key {key:?} (check the prefix)"
                 )));
             }
         }

@@ -1,0 +1,325 @@
+//! The three EC2 actions. A request is authenticated first, then its parameters are checked
+//! (each failure names the parameter), then `DryRun` answers `DryRunOperation`, and only then
+//! does anything happen.
+
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chrono::Utc;
+
+use super::config::{Config, ResolvedCaller};
+use super::error::ApiError;
+use super::jobs::{JobSpec, Jobs};
+use super::query::Params;
+use super::sigv4::{self, Expect, Incoming};
+use crate::bundle::Keys;
+use crate::bundle::create::{Assigned, BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, validate};
+use crate::bundle::manifest::Layout;
+use crate::store::names;
+use crate::store::post::{PostTarget, UploadPolicy};
+use crate::task::store::{FILTER_NAMES, TaskStore, matches};
+use crate::task::{self, BundleTask, State};
+
+/// The service name callers sign for.
+pub const SERVICE: &str = "ec2";
+
+/// What a request produced, for the response and the log line.
+pub struct Answer {
+    pub request_id: String,
+    pub action: String,
+    pub caller: Option<String>,
+    pub result: Result<String, ApiError>,
+}
+
+/// The API: configuration, callers, tasks and jobs.
+pub struct Api {
+    pub config: Config,
+    callers: Vec<ResolvedCaller>,
+    pub tasks: TaskStore,
+    pub jobs: Jobs,
+    /// Serialises "is this instance busy? then add a task" within this server.
+    admit: Mutex<()>,
+}
+
+impl Api {
+    pub fn new(config: Config, callers: Vec<ResolvedCaller>, tasks: TaskStore) -> Self {
+        let jobs = Jobs::new(config.max_concurrent_bundles, tasks.clone());
+        Self {
+            config,
+            callers,
+            tasks,
+            jobs,
+            admit: Mutex::new(()),
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: &Incoming<'_>) -> Answer {
+        let mut answer = Answer {
+            request_id: task::new_request_id(),
+            action: "-".into(),
+            caller: None,
+            result: Err(ApiError::internal("not handled")),
+        };
+        answer.result = self.dispatch(req, &mut answer);
+        answer
+    }
+
+    fn dispatch(&self, req: &Incoming<'_>, answer: &mut Answer) -> Result<String, ApiError> {
+        let form = match req.method {
+            "GET" => None,
+            "POST" => {
+                let ct = req
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+                    .map(|(_, v)| v.to_ascii_lowercase());
+                match ct {
+                    Some(ct) if ct.starts_with("application/x-www-form-urlencoded") => Some(req.body),
+                    _ if req.body.is_empty() => None,
+                    _ => {
+                        return Err(ApiError::malformed_request(
+                            "a POST body must be application/x-www-form-urlencoded (the EC2 Query protocol)",
+                        ));
+                    }
+                }
+            }
+            m => {
+                return Err(ApiError::new(
+                    405,
+                    "InvalidAction",
+                    format!("method {m} is not supported: send the EC2 Query API as a form POST or a GET"),
+                ));
+            }
+        };
+        let expect = Expect {
+            service: SERVICE,
+            region: &self.config.region,
+            now: Utc::now(),
+            max_skew_seconds: self.config.max_clock_skew_seconds,
+        };
+        let verified = sigv4::verify(req, &expect, |akid| {
+            self.callers
+                .iter()
+                .find(|c| c.access_key_id == akid)
+                .map(|c| c.secret.expose())
+        })
+        .map_err(|e| ApiError::auth(e.to_string()))?;
+        answer.caller = Some(verified.access_key_id);
+        let params = Params::parse(req.raw_query, form)?;
+        let action = params.required("Action")?.to_string();
+        answer.action = action.clone();
+        match action.as_str() {
+            "BundleInstance" => self.bundle_instance(&params, &answer.request_id),
+            "DescribeBundleTasks" => self.describe(&params, &answer.request_id),
+            "CancelBundleTask" => self.cancel(&params, &answer.request_id),
+            other => Err(ApiError::invalid_action(other)),
+        }
+    }
+
+    fn bundle_instance(&self, p: &Params, request_id: &str) -> Result<String, ApiError> {
+        const BUCKET: &str = "Storage.S3.Bucket";
+        const PREFIX: &str = "Storage.S3.Prefix";
+        const AKID: &str = "Storage.S3.AWSAccessKeyId";
+        const POLICY: &str = "Storage.S3.UploadPolicy";
+        const SIGNATURE: &str = "Storage.S3.UploadPolicySignature";
+        p.only(&["InstanceId", BUCKET, PREFIX, AKID, POLICY, SIGNATURE], &[])?;
+        let dry = p.flag("DryRun")?;
+        let instance_id = p.required("InstanceId")?;
+        task::check_instance_id(instance_id)
+            .map_err(|m| ApiError::new(400, "InvalidInstanceID.Malformed", format!("Invalid id: {m}")))?;
+        let bucket = p.required(BUCKET)?;
+        names::check_bucket(bucket).map_err(|e| ApiError::invalid(BUCKET, &e.to_string()))?;
+        let prefix = p.required(PREFIX)?;
+        names::check_prefix(prefix).map_err(|e| ApiError::invalid(PREFIX, &e.to_string()))?;
+        let akid = p.required(AKID)?;
+        let policy_b64 = policy_base64(p.required(POLICY)?).map_err(|m| ApiError::invalid(POLICY, &m))?;
+        let signature = p.required(SIGNATURE)?;
+        if B64.decode(signature.trim()).map(|s| s.len()) != Ok(20) {
+            return Err(ApiError::invalid(
+                SIGNATURE,
+                "it is not the base64 of an HMAC-SHA1 (20 bytes): pass the signature the bucket owner made for this policy",
+            ));
+        }
+        let policy = UploadPolicy::parse(&policy_b64).map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+        let b = &self.config.bundle;
+        let part_size = b.part_size.map_or(DEFAULT_PART_SIZE, |s| s.0);
+        let keys = Keys::new(prefix);
+        let warnings = policy
+            .check(
+                bucket,
+                &[keys.manifest(), keys.part(0), keys.part(9999)],
+                part_size,
+                Utc::now(),
+                None,
+            )
+            .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+        let inst = self.config.instance(instance_id).ok_or_else(|| {
+            ApiError::new(
+                400,
+                "InvalidInstanceID.NotFound",
+                format!("The instance ID '{instance_id}' does not exist"),
+            )
+        })?;
+        let request = BundleRequest {
+            source: inst.source.clone(),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            instance_id: Some(instance_id.to_string()),
+            plan: inst.plan_options(),
+            chunk_size: b
+                .chunk_size
+                .map_or(DEFAULT_CHUNK_SIZE, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
+            level: b.zstd_level.unwrap_or(DEFAULT_LEVEL),
+            threads: b
+                .threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            layout: Layout::Parts,
+            part_size: Some(part_size),
+            overwrite: b.overwrite,
+            assigned: None,
+        };
+        validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
+        if self.jobs.stopping() {
+            return Err(ApiError::unavailable(
+                "the server is shutting down: try again when it is back",
+            ));
+        }
+        let _admit = self.admit.lock().unwrap_or_else(|e| e.into_inner());
+        self.tasks.check_not_running(instance_id, "")?;
+        if dry {
+            return Err(ApiError::dry_run());
+        }
+        let now = task::now_iso();
+        let task = BundleTask {
+            bundle_id: task::new_bundle_id(),
+            instance_id: instance_id.to_string(),
+            state: State::Pending,
+            start_time: now.clone(),
+            update_time: now.clone(),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            progress: "0%".into(),
+            error: None,
+        };
+        self.tasks.save(&task)?;
+        for w in &warnings {
+            super::jobs::log(&format!("{} {instance_id} warning: {w}", task.bundle_id));
+        }
+        let spec = JobSpec {
+            request: BundleRequest {
+                assigned: Some(Assigned {
+                    bundle_id: task.bundle_id.clone(),
+                    start_time: now,
+                }),
+                ..request
+            },
+            target: PostTarget {
+                url: PostTarget::url_for(
+                    bucket,
+                    self.config.s3.endpoint_url.as_deref(),
+                    self.config.s3.region.as_deref(),
+                ),
+                bucket: bucket.to_string(),
+                access_key_id: akid.to_string(),
+                policy,
+                signature: signature.trim().to_string(),
+            },
+            concurrency: self
+                .config
+                .s3
+                .concurrency
+                .unwrap_or(crate::store::s3::DEFAULT_CONCURRENCY),
+            max_attempts: self
+                .config
+                .s3
+                .max_attempts
+                .unwrap_or(crate::store::s3::DEFAULT_MAX_ATTEMPTS),
+        };
+        let xml = task.to_bundle_instance_xml(request_id);
+        if let Err(e) = self.jobs.spawn(task.clone(), spec) {
+            let mut failed = task;
+            failed.state = State::Failed;
+            failed.error = Some(task::TaskError {
+                code: "InternalError".into(),
+                message: e.to_string(),
+            });
+            let _ = self.tasks.save(&failed);
+            return Err(ApiError::internal(e.to_string()));
+        }
+        Ok(xml)
+    }
+
+    fn describe(&self, p: &Params, request_id: &str) -> Result<String, ApiError> {
+        p.only(&[], &["BundleId.", "Filter."])?;
+        let dry = p.flag("DryRun")?;
+        let ids = p.list("BundleId")?;
+        let filters = p.filters(&FILTER_NAMES)?;
+        let all = self.tasks.all()?;
+        if let Some(missing) = ids.iter().find(|id| !all.iter().any(|t| &t.bundle_id == *id)) {
+            return Err(crate::task::store::TaskStoreError::NotFound(missing.clone()).into());
+        }
+        if dry {
+            return Err(ApiError::dry_run());
+        }
+        let chosen: Vec<BundleTask> = all
+            .into_iter()
+            .filter(|t| ids.is_empty() || ids.contains(&t.bundle_id))
+            .filter(|t| matches(t, &filters))
+            .collect();
+        Ok(task::describe_xml(&chosen, request_id))
+    }
+
+    fn cancel(&self, p: &Params, request_id: &str) -> Result<String, ApiError> {
+        p.only(&["BundleId"], &[])?;
+        let dry = p.flag("DryRun")?;
+        let id = p.required("BundleId")?;
+        self.tasks.get(id)?;
+        if dry {
+            return Err(ApiError::dry_run());
+        }
+        let task = self.tasks.request_cancel(id)?;
+        self.jobs.cancel(id);
+        Ok(task.to_cancel_xml(request_id))
+    }
+}
+
+/// The base64 policy that the signature signs. Clients send it base64-encoded once (the
+/// aws-cli, and boto3 given the policy JSON); a policy that was already base64 when given to
+/// boto3 arrives encoded twice, and is unwrapped once.
+pub fn policy_base64(wire: &str) -> Result<String, String> {
+    let once = B64
+        .decode(wire.trim())
+        .map_err(|e| format!("it is not base64 ({e}): send the base64 of the policy JSON"))?;
+    if serde_json::from_slice::<serde_json::Value>(&once).is_ok() {
+        return Ok(wire.trim().to_string());
+    }
+    if let Ok(inner) = std::str::from_utf8(&once)
+        && let Ok(twice) = B64.decode(inner.trim())
+        && serde_json::from_slice::<serde_json::Value>(&twice).is_ok()
+    {
+        return Ok(inner.trim().to_string());
+    }
+    Err("the decoded policy is not JSON: send the base64 of the policy JSON".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_encoded_once_or_twice() {
+        let json = r#"{"expiration": "2030-01-01T00:00:00Z","conditions": []}"#;
+        let once = B64.encode(json);
+        let twice = B64.encode(&once);
+        assert_eq!(policy_base64(&once).unwrap(), once);
+        assert_eq!(policy_base64(&twice).unwrap(), once);
+        assert!(policy_base64("not base64!").unwrap_err().contains("not base64"));
+        assert!(
+            policy_base64(&B64.encode("plain text"))
+                .unwrap_err()
+                .contains("not JSON")
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! Running a bundle as a task: the task file follows every state change, its progress is kept
+//! current, a cancel request left by another process (cancel-bundle-task, the API server) stops
+//! the run, and a second bundle of the same instance is refused. Used by the CLI and the server.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::store::TaskStore;
+use super::{BundleTask, State};
+use crate::bundle::create::{BundleOutcome, BundleRequest, bundle_instance};
+use crate::progress::Progress;
+use crate::store::ObjectStore;
+
+/// How often the task file's progress is refreshed and cancel requests are looked for.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Runs `req` into `store`, recording the task in `tasks`. `cancel` stops the run when set
+/// (and is set when a cancel request for the task appears).
+pub fn run_tracked(
+    req: &BundleRequest,
+    store: &dyn ObjectStore,
+    tasks: &TaskStore,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> BundleOutcome {
+    let counted = Counted {
+        inner: progress,
+        read: AtomicU64::new(0),
+        total: AtomicU64::new(0),
+    };
+    let current: Mutex<Option<BundleTask>> = Mutex::new(None);
+    let done = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(POLL);
+                let mut guard = current.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(task) = guard.as_mut() else { continue };
+                if tasks.cancel_requested(&task.bundle_id) && !cancel.swap(true, Ordering::SeqCst) {
+                    task.state = State::Cancelling;
+                    task.update_time = super::now_iso();
+                    let _ = tasks.save(task);
+                }
+                let total = counted.total.load(Ordering::Relaxed).max(1);
+                let pct = (counted.read.load(Ordering::Relaxed) * 100 / total).min(99);
+                let progress = format!("{pct}%");
+                if task.state == State::Bundling && task.progress != progress {
+                    task.progress = progress;
+                    task.update_time = super::now_iso();
+                    let _ = tasks.save(task);
+                }
+            }
+        });
+        let outcome = bundle_instance(req, store, &counted, cancel, &mut |t| {
+            if t.state == State::Bundling {
+                tasks.check_not_running(&t.instance_id, &t.bundle_id)?;
+            }
+            let mut guard = current.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = t.clone();
+            if let (State::Failed, Some(last)) = (t.state, guard.as_ref()) {
+                t.progress = last.progress.clone(); // how far it got
+            }
+            if t.state == State::Bundling && tasks.cancel_requested(&t.bundle_id) {
+                cancel.store(true, Ordering::SeqCst); // cancelled while it was pending
+            }
+            tasks.save(&t)?;
+            *guard = Some(t);
+            Ok(())
+        });
+        done.store(true, Ordering::Relaxed);
+        outcome
+    });
+    tasks.clear_cancel(&outcome.task.bundle_id);
+    outcome
+}
+
+/// Forwards progress and counts it for the task file.
+struct Counted<'a> {
+    inner: &'a dyn Progress,
+    read: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Progress for Counted<'_> {
+    fn start(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.inner.start(total);
+    }
+
+    fn read(&self, n: u64) {
+        self.read.fetch_add(n, Ordering::Relaxed);
+        self.inner.read(n);
+    }
+
+    fn stored(&self, n: u64) {
+        self.inner.stored(n);
+    }
+
+    fn finish(&self) {
+        self.inner.finish();
+    }
+}
