@@ -3,41 +3,9 @@
 mod common;
 
 use common::*;
-use quick_xml::Reader;
-use quick_xml::events::Event;
 
 fn s(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Text of every element of an XML document by its path (`A/B/c`), and the root's xmlns.
-fn xml_fields(xml: &str) -> (std::collections::HashMap<String, String>, Option<String>) {
-    let mut reader = Reader::from_str(xml);
-    let mut path = Vec::<String>::new();
-    let mut fields = std::collections::HashMap::new();
-    let mut ns = None;
-    loop {
-        match reader.read_event().unwrap() {
-            Event::Start(e) => {
-                if path.is_empty() {
-                    ns = e
-                        .try_get_attribute("xmlns")
-                        .unwrap()
-                        .map(|a| String::from_utf8(a.value.to_vec()).unwrap());
-                }
-                path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
-            }
-            Event::End(_) => {
-                path.pop();
-            }
-            Event::Text(t) => {
-                fields.insert(path.join("/"), t.unescape().unwrap().into_owned());
-            }
-            Event::Eof => break,
-            _ => {}
-        }
-    }
-    (fields, ns)
 }
 
 /// `winbundle bundle-instance SRC --bucket bkt --prefix p --local-store STORE EXTRA...`

@@ -135,10 +135,7 @@ impl Jobs {
 fn fail(tasks: &TaskStore, mut task: BundleTask, e: &Error) -> BundleTask {
     task.state = State::Failed;
     task.update_time = crate::task::now_iso();
-    task.error = Some(TaskError {
-        code: e.code().into(),
-        message: e.to_string(),
-    });
+    task.error = Some(TaskError::from_error(e));
     let _ = tasks.save(&task);
     task
 }

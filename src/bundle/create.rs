@@ -197,10 +197,7 @@ pub fn bundle_instance(
         }
         Err(e) => {
             task.state = State::Failed;
-            task.error = Some(TaskError {
-                code: e.code().into(),
-                message: e.to_string(),
-            });
+            task.error = Some(TaskError::from_error(e));
         }
     }
     let _ = on_update(&task);
@@ -292,6 +289,13 @@ fn run(
     on_update(task)?;
     let (data, bundle_sha256) = writer.finish()?;
     store.flush()?;
+    if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        // Cancelled while the last parts were stored: the bundle must not become complete.
+        for o in &data.objects {
+            let _ = store.delete(&o.key);
+        }
+        return Err(Error::Cancelled);
+    }
     let root = plan.layout.root();
     let manifest = Manifest {
         format: FORMAT_NAME.into(),

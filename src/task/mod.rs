@@ -62,6 +62,20 @@ pub struct TaskError {
     pub message: String,
 }
 
+impl TaskError {
+    /// The task error for `e`: its code, and its message followed by what to do about it.
+    pub fn from_error(e: &crate::Error) -> Self {
+        let message = match e.hint() {
+            Some(h) => format!("{e} ({h})"),
+            None => e.to_string(),
+        };
+        Self {
+            code: e.code().into(),
+            message,
+        }
+    }
+}
+
 /// Now, as EC2 writes times: `2008-10-07T11:41:50.000Z`.
 pub fn now_iso() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()

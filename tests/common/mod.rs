@@ -189,3 +189,33 @@ pub fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// Text of every element of an XML document by its path (`A/B/c`), and the root's xmlns.
+pub fn xml_fields(xml: &str) -> (std::collections::HashMap<String, String>, Option<String>) {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut path = Vec::<String>::new();
+    let mut fields = std::collections::HashMap::new();
+    let mut ns = None;
+    loop {
+        match reader.read_event().unwrap() {
+            quick_xml::events::Event::Start(e) => {
+                if path.is_empty() {
+                    ns = e
+                        .try_get_attribute("xmlns")
+                        .unwrap()
+                        .map(|a| String::from_utf8(a.value.to_vec()).unwrap());
+                }
+                path.push(String::from_utf8(e.name().as_ref().to_vec()).unwrap());
+            }
+            quick_xml::events::Event::End(_) => {
+                path.pop();
+            }
+            quick_xml::events::Event::Text(t) => {
+                fields.insert(path.join("/"), t.unescape().unwrap().into_owned());
+            }
+            quick_xml::events::Event::Eof => break,
+            _ => {}
+        }
+    }
+    (fields, ns)
+}

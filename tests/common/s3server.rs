@@ -2,7 +2,7 @@
 //! that tests can switch on (5xx answers, dropped connections, AccessDenied) and a log of the
 //! operations it saw.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hyper::body::Incoming;
@@ -26,6 +26,8 @@ pub struct Faults {
     pub drop: AtomicU32,
     /// Answer every UploadPart with 403 AccessDenied.
     pub deny: AtomicBool,
+    /// Hold every PostObject (policy upload) this many milliseconds: keeps a bundle running.
+    pub post_delay_ms: AtomicU64,
     /// Operations seen, in order.
     pub log: Mutex<Vec<String>>,
 }
@@ -85,6 +87,10 @@ impl Service<http::Request<Incoming>> for Faulty {
         Box::pin(async move {
             let op = classify(req.method(), req.uri().query().unwrap_or(""));
             faults.log.lock().unwrap().push(op.to_string());
+            let delay = faults.post_delay_ms.load(Ordering::SeqCst);
+            if op == "PostObject" && delay > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
             if op == "UploadPart" {
                 if faults.deny.load(Ordering::SeqCst) {
                     return Ok(s3_error(403, "AccessDenied", "Access Denied"));

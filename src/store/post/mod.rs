@@ -14,6 +14,26 @@ use crossbeam_channel::{Sender, bounded};
 use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
 pub use policy::{PolicyError, UploadPolicy};
 
+/// What to do about a server's refusal of a policy upload.
+pub fn hint(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "SignatureDoesNotMatch" => {
+            "the policy signature does not match: the bucket owner must sign this exact policy with the secret key of the access key id given (--owner-akid / Storage.S3.AWSAccessKeyId)"
+        }
+        "InvalidAccessKeyId" => {
+            "the S3 server does not know the owner's access key id (--owner-akid / Storage.S3.AWSAccessKeyId): check it, and the S3 endpoint"
+        }
+        "AccessDenied" | "Forbidden" => {
+            "the server refused the policy upload: the policy may have expired or not cover this bucket and prefix, or the owner's key may not write the bucket; ask the bucket owner for a new policy"
+        }
+        "NoSuchBucket" => "the bucket does not exist: the bucket owner must create it first",
+        "InvalidArgument" | "InvalidRequest" | "NotImplemented" => {
+            "the server does not take signature-version-2 POST policies (Garage, for one): use an S3 server that does (AWS, MinIO, Ceph, s3s), or bundle with credentials instead of a policy"
+        }
+        _ => return None,
+    })
+}
+
 /// A POST upload waiting for a worker.
 struct Job {
     key: String,

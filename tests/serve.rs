@@ -1,0 +1,676 @@
+//! `winbundle serve` as a process: EC2 Query requests signed by an independent SigV4 signer
+//! (the aws-sigv4 crate), bundles POSTed with a policy to an in-process s3s server, every EC2
+//! error code, cancel, the concurrency limit, restart and SIGTERM.
+
+mod common;
+#[path = "common/s3server.rs"]
+mod s3server;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use common::*;
+use s3server::{ACCESS_KEY, SECRET_KEY, TestS3};
+use winbundle::api::sigv4::uri_encode;
+use winbundle::store::ObjectStore;
+use winbundle::store::post::policy;
+
+const CALLER_AK: &str = "AKIACALLEREXAMPLE";
+const CALLER_SK: &str = "caller/secret+key";
+const INSTANCE: &str = "i-0123456789abcdef0";
+const INSTANCE2: &str = "i-00000000000000002";
+
+/// A running `winbundle serve`; killed when dropped.
+struct Server {
+    child: Child,
+    endpoint: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    fn start(config: &Path, state: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(state)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let endpoint = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_string();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut err, sink) = (child.stderr.take().unwrap(), stderr.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Server {
+            child,
+            endpoint,
+            stderr,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn client(&self) -> Client {
+        Client {
+            endpoint: self.endpoint.clone(),
+            ak: CALLER_AK.into(),
+            sk: CALLER_SK.into(),
+            region: "us-east-1".into(),
+            time: None,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let end = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < end, "the server did not exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An EC2 client: requests signed with aws-sigv4 (not with winbundle's own code).
+#[derive(Clone)]
+struct Client {
+    endpoint: String,
+    ak: String,
+    sk: String,
+    region: String,
+    /// Signing time (default: now).
+    time: Option<SystemTime>,
+}
+
+fn form(params: &[(&str, &str)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn code(&self) -> String {
+        xml_fields(&self.body)
+            .0
+            .get("Response/Errors/Error/Code")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn message(&self) -> String {
+        xml_fields(&self.body)
+            .0
+            .get("Response/Errors/Error/Message")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn task_field(&self, f: &str) -> String {
+        let (fields, _) = xml_fields(&self.body);
+        for root in [
+            "BundleInstanceResponse/bundleInstanceTask",
+            "CancelBundleTaskResponse/bundleInstanceTask",
+            "DescribeBundleTasksResponse/bundleInstanceTasksSet/item",
+        ] {
+            if let Some(v) = fields.get(&format!("{root}/{f}")) {
+                return v.clone();
+            }
+        }
+        String::new()
+    }
+}
+
+impl Client {
+    /// Signs and sends; `after_signing` may change the body before it goes out.
+    fn send(&self, method: &str, query: &str, body: &str, after_signing: Option<&str>) -> Reply {
+        let url = if query.is_empty() {
+            format!("{}/", self.endpoint)
+        } else {
+            format!("{}/?{query}", self.endpoint)
+        };
+        let host = self.endpoint.trim_start_matches("http://").to_string();
+        let mut headers = vec![("host".to_string(), host)];
+        if method == "POST" {
+            headers.push((
+                "content-type".into(),
+                "application/x-www-form-urlencoded; charset=utf-8".into(),
+            ));
+        }
+        let identity: Identity = Credentials::new(&self.ak, &self.sk, None, None, "test").into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("ec2")
+            .time(self.time.unwrap_or_else(SystemTime::now))
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let signable = SignableRequest::new(
+            method,
+            &url,
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        for (k, v) in instructions.headers() {
+            headers.push((k.to_string(), v.to_string()));
+        }
+        self.raw(method, &url, &headers, after_signing.unwrap_or(body))
+    }
+
+    fn raw(&self, method: &str, url: &str, headers: &[(String, String)], body: &str) -> Reply {
+        let client = reqwest::blocking::Client::new();
+        let mut rb = client.request(method.parse().unwrap(), url);
+        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
+            rb = rb.header(k, v);
+        }
+        let resp = rb.body(body.to_string()).send().unwrap();
+        Reply {
+            status: resp.status().as_u16(),
+            body: resp.text().unwrap(),
+        }
+    }
+
+    fn post(&self, params: &[(&str, &str)]) -> Reply {
+        self.send("POST", "", &form(params), None)
+    }
+
+    fn get(&self, params: &[(&str, &str)]) -> Reply {
+        self.send("GET", &form(params), "", None)
+    }
+
+    fn describe(&self, id: &str) -> Reply {
+        self.post(&[
+            ("Action", "DescribeBundleTasks"),
+            ("Version", "2016-11-15"),
+            ("BundleId.1", id),
+        ])
+    }
+
+    /// Polls until the task is in `state` (or failed), returning the last reply.
+    fn wait_for(&self, id: &str, states: &[&str], within: Duration) -> Reply {
+        let end = Instant::now() + within;
+        loop {
+            let r = self.describe(id);
+            assert_eq!(r.status, 200, "{}", r.body);
+            if states.contains(&r.task_field("state").as_str()) {
+                return r;
+            }
+            assert!(
+                Instant::now() < end,
+                "task {id} not in {states:?} within {within:?}: {}",
+                r.body
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A BundleInstance request as the aws-cli sends it, with a policy signed by the bucket owner.
+fn bundle_params(instance: &str, bucket: &str, prefix: &str) -> Vec<(&'static str, String)> {
+    let text = policy::aws_cli_policy(bucket, prefix, chrono::Utc::now() + chrono::Duration::hours(24));
+    let b64 = policy::encode(&text);
+    let sig = policy::sign(SECRET_KEY, &b64);
+    vec![
+        ("Action", "BundleInstance".into()),
+        ("Version", "2016-11-15".into()),
+        ("InstanceId", instance.into()),
+        ("Storage.S3.Bucket", bucket.into()),
+        ("Storage.S3.Prefix", prefix.into()),
+        ("Storage.S3.AWSAccessKeyId", ACCESS_KEY.into()),
+        ("Storage.S3.UploadPolicy", b64),
+        ("Storage.S3.UploadPolicySignature", sig),
+    ]
+}
+
+fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    state: PathBuf,
+    source: PathBuf,
+}
+
+/// A config for `s3`, with two instances on copies of the GPT fixture.
+fn setup(s3: &TestS3, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("gpt-disk.img", dir.path());
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"region = "us-east-1"
+{extra}
+[s3]
+endpoint_url = "{}"
+concurrency = 1
+max_attempts = 2
+[bundle]
+threads = 2
+part_size = "1MiB"
+[[caller]]
+access_key_id = "{CALLER_AK}"
+secret_access_key = "{CALLER_SK}"
+[[instance]]
+id = "{INSTANCE}"
+source = "{}"
+[[instance]]
+id = "{INSTANCE2}"
+source = "{}"
+"#,
+            s3.endpoint,
+            source.display(),
+            source.display()
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    Setup {
+        config,
+        state,
+        source,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn aws_style_bundle_runs_in_the_background_and_restores_exactly() {
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    let server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let params = bundle_params(INSTANCE, "bkt", "win/serve");
+    let r = c.post(&refs(&params));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (fields, ns) = xml_fields(&r.body);
+    assert_eq!(ns.as_deref(), Some("http://ec2.amazonaws.com/doc/2016-11-15/"));
+    assert!(fields.contains_key("BundleInstanceResponse/requestId"));
+    assert_eq!(r.task_field("state"), "pending");
+    assert_eq!(r.task_field("instanceId"), INSTANCE);
+    let id = r.task_field("bundleId");
+    assert!(id.starts_with("bun-") && id.len() == 12, "{id}");
+    // Never echoed: the policy signature (nor the policy itself).
+    let sig = &params[7].1;
+    assert!(
+        !r.body.contains(sig.as_str()) && !r.body.contains("uploadPolicy"),
+        "{}",
+        r.body
+    );
+
+    let done = c.wait_for(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done.task_field("state"), "complete", "{}", done.body);
+    assert_eq!(done.task_field("progress"), "100%");
+    assert_eq!(done.task_field("storage/S3/bucket"), "bkt");
+    assert_eq!(done.task_field("storage/S3/prefix"), "win/serve");
+    assert_eq!(done.task_field("startTime"), r.task_field("startTime"));
+    assert!(done.task_field("updateTime") >= done.task_field("startTime"));
+    assert_eq!(done.task_field("error/code"), "");
+
+    // Policy mode writes parts and the manifest with POSTs only.
+    assert!(s3.faults.count("PostObject") >= 2);
+    assert_eq!(s3.faults.count("CreateMultipartUpload"), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restored.img");
+    restore_from(&s3.store("bkt"), "win/serve", &out).unwrap();
+    assert_restored_matches(&st.source, &request(&st.source, "x").plan, &out);
+
+    // The CLI sees the same task in the shared folder.
+    let o = winbundle(&[
+        "describe-bundle-tasks",
+        "--state-dir",
+        st.state.to_str().unwrap(),
+        "--bundle-ids",
+        &id,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTasks"][0]["State"], "complete");
+
+    // No secret in the server's log.
+    let log = server.log();
+    assert!(log.contains(&id), "{log}");
+    for secret in [sig.as_str(), CALLER_SK, SECRET_KEY] {
+        assert!(!log.contains(secret), "{log}");
+    }
+}
+
+#[test]
+fn every_error_has_its_ec2_code_and_nothing_runs() {
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    let server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let good = bundle_params(INSTANCE, "bkt", "win/e");
+    let with = |k: &str, v: &str| -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = good.iter().map(|(a, b)| (a.to_string(), b.clone())).collect();
+        match p.iter_mut().find(|(a, _)| a == k) {
+            Some(e) => e.1 = v.to_string(),
+            None => p.push((k.to_string(), v.to_string())),
+        }
+        p.retain(|(_, b)| b != "<drop>");
+        p
+    };
+    let call = |p: &[(String, String)]| {
+        let r: Vec<(&str, &str)> = p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        c.post(&r)
+    };
+    let expect = |r: Reply, status: u16, code: &str, mentions: &str| {
+        assert_eq!((r.status, r.code().as_str()), (status, code), "{}", r.body);
+        assert!(
+            r.message().contains(mentions),
+            "{code}: {:?} lacks {mentions:?}",
+            r.message()
+        );
+        let (fields, _) = xml_fields(&r.body);
+        assert!(fields.contains_key("Response/RequestID"), "{}", r.body);
+    };
+
+    // Authentication.
+    let wrong = Client {
+        sk: "not-the-secret".into(),
+        ..c.clone()
+    };
+    expect(wrong.post(&refs(&good)), 401, "AuthFailure", "does not match");
+    let unknown = Client {
+        ak: "AKIAUNKNOWN".into(),
+        ..c.clone()
+    };
+    expect(unknown.describe("bun-00000000"), 401, "AuthFailure", "AKIAUNKNOWN");
+    let stale = Client {
+        time: Some(SystemTime::now() - Duration::from_secs(20 * 60)),
+        ..c.clone()
+    };
+    expect(stale.post(&refs(&good)), 401, "AuthFailure", "seconds away");
+    let elsewhere = Client {
+        region: "eu-west-1".into(),
+        ..c.clone()
+    };
+    expect(elsewhere.post(&refs(&good)), 401, "AuthFailure", "--region us-east-1");
+    let body = form(&refs(&good));
+    let tampered = body.replace("win%2Fe", "win%2Fx");
+    expect(
+        c.send("POST", "", &body, Some(&tampered)),
+        401,
+        "AuthFailure",
+        "does not match",
+    );
+    let unsigned = c.raw(
+        "POST",
+        &format!("{}/", c.endpoint),
+        &[("content-type".into(), "application/x-www-form-urlencoded".into())],
+        &body,
+    );
+    expect(unsigned, 401, "AuthFailure", "not signed");
+
+    // Parameters.
+    expect(
+        call(&with("InstanceId", "<drop>")),
+        400,
+        "MissingParameter",
+        "InstanceId",
+    );
+    expect(
+        call(&with("Storage.S3.UploadPolicySignature", "<drop>")),
+        400,
+        "MissingParameter",
+        "Storage.S3.UploadPolicySignature",
+    );
+    expect(
+        call(&with("Storage.S3.Bucket", "Bad_Bucket")),
+        400,
+        "InvalidParameterValue",
+        "Storage.S3.Bucket",
+    );
+    expect(
+        call(&with("Storage.S3.Prefix", "../up")),
+        400,
+        "InvalidParameterValue",
+        "Storage.S3.Prefix",
+    );
+    expect(call(&with("DryRun", "maybe")), 400, "InvalidParameterValue", "DryRun");
+    expect(
+        call(&with("Storage.S3.UploadPolicy", "bm90IGpzb24=")),
+        400,
+        "InvalidParameterValue",
+        "Storage.S3.UploadPolicy",
+    );
+    expect(
+        call(&with("Storage.S3.UploadPolicySignature", "c2hvcnQ=")),
+        400,
+        "InvalidParameterValue",
+        "Storage.S3.UploadPolicySignature",
+    );
+    let other_bucket = bundle_params(INSTANCE, "other", "win/e");
+    expect(
+        call(&with("Storage.S3.UploadPolicy", &other_bucket[6].1)),
+        400,
+        "InvalidParameterValue",
+        "another bucket",
+    );
+    expect(
+        call(&with("InstanceId", "vm-1")),
+        400,
+        "InvalidInstanceID.Malformed",
+        "vm-1",
+    );
+    expect(
+        call(&with("InstanceId", "i-0fffffffffffffff0")),
+        400,
+        "InvalidInstanceID.NotFound",
+        "i-0fffffffffffffff0",
+    );
+    expect(call(&with("Colour", "red")), 400, "UnknownParameter", "Colour");
+    expect(
+        call(&with("Action", "RunInstances")),
+        400,
+        "InvalidAction",
+        "RunInstances",
+    );
+    expect(call(&with("Action", "<drop>")), 400, "MissingParameter", "Action");
+    expect(
+        c.describe("bun-0000dead"),
+        400,
+        "InvalidBundleID.NotFound",
+        "bun-0000dead",
+    );
+    expect(
+        c.post(&[("Action", "CancelBundleTask"), ("BundleId", "bun-0000dead")]),
+        400,
+        "InvalidBundleID.NotFound",
+        "bun-0000dead",
+    );
+    expect(
+        c.post(&[("Action", "CancelBundleTask")]),
+        400,
+        "MissingParameter",
+        "BundleId",
+    );
+    expect(
+        c.post(&[
+            ("Action", "DescribeBundleTasks"),
+            ("Filter.1.Name", "colour"),
+            ("Filter.1.Value.1", "red"),
+        ]),
+        400,
+        "InvalidParameterValue",
+        "colour",
+    );
+    expect(
+        c.send("PUT", "Action=DescribeBundleTasks", "", None),
+        405,
+        "InvalidAction",
+        "PUT",
+    );
+
+    // DryRun answers DryRunOperation after every check passed, and starts nothing.
+    expect(call(&with("DryRun", "true")), 412, "DryRunOperation", "DryRun flag");
+    expect(
+        c.post(&[("Action", "DescribeBundleTasks"), ("DryRun", "true")]),
+        412,
+        "DryRunOperation",
+        "DryRun",
+    );
+
+    // GET works as well as POST; no task was created by any of the above.
+    let r = c.get(&[("Action", "DescribeBundleTasks"), ("Version", "2016-11-15")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("<item>"), "{}", r.body);
+    assert_eq!(s3.faults.count("PostObject"), 0);
+    let log = server.log();
+    assert!(!log.contains(&good[7].1), "signature in the log: {log}");
+}
+
+#[test]
+fn busy_instance_queue_and_cancel() {
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.post_delay_ms.store(1200, Ordering::SeqCst);
+    let st = setup(&s3, "max_concurrent_bundles = 1");
+    let server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let first = c.post(&refs(&bundle_params(INSTANCE, "bkt", "q/one")));
+    let a = first.task_field("bundleId");
+    assert_eq!(first.status, 200, "{}", first.body);
+    // A second bundle of the same instance is refused while the first runs.
+    let again = c.post(&refs(&bundle_params(INSTANCE, "bkt", "q/again")));
+    assert_eq!(
+        (again.status, again.code().as_str()),
+        (400, "BundlingInProgress"),
+        "{}",
+        again.body
+    );
+    assert!(again.message().contains(&a), "{}", again.message());
+    // Another instance waits for the one slot, as pending.
+    let second = c.post(&refs(&bundle_params(INSTANCE2, "bkt", "q/two")));
+    let b = second.task_field("bundleId");
+    c.wait_for(&a, &["bundling"], Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(c.describe(&b).task_field("state"), "pending");
+    // Filters: by state and by instance (wildcards).
+    let r = c.post(&[
+        ("Action", "DescribeBundleTasks"),
+        ("Filter.1.Name", "state"),
+        ("Filter.1.Value.1", "pending"),
+        ("Filter.1.Value.2", "complete"),
+        ("Filter.2.Name", "instance-id"),
+        ("Filter.2.Value.1", "i-0000*"),
+    ]);
+    assert_eq!(
+        (r.body.matches("<item>").count(), r.task_field("bundleId")),
+        (1, b.clone()),
+        "{}",
+        r.body
+    );
+
+    // Cancel the running one: cancelling at once, then failed/Cancelled, no manifest.
+    let r = c.post(&[("Action", "CancelBundleTask"), ("BundleId", &a)]);
+    assert_eq!(
+        (r.status, r.task_field("state").as_str()),
+        (200, "cancelling"),
+        "{}",
+        r.body
+    );
+    let done = c.wait_for(&a, &["failed", "complete"], Duration::from_secs(30));
+    assert_eq!(done.task_field("state"), "failed", "{}", done.body);
+    assert_eq!(done.task_field("error/code"), "Cancelled", "{}", done.body);
+    assert!(!s3.store("bkt").exists("q/one.manifest.json").unwrap());
+    // The queued one then runs to the end.
+    s3.faults.post_delay_ms.store(0, Ordering::SeqCst);
+    let done = c.wait_for(&b, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done.task_field("state"), "complete", "{}", done.body);
+    assert!(s3.store("bkt").exists("q/two.manifest.json").unwrap());
+}
+
+#[test]
+fn restart_fails_orphaned_tasks_and_sigterm_cancels_cleanly() {
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.post_delay_ms.store(1200, Ordering::SeqCst);
+    let st = setup(&s3, "");
+    // A server killed outright mid-bundle: the next one reports the task failed.
+    let mut server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let id = c
+        .post(&refs(&bundle_params(INSTANCE, "bkt", "r/one")))
+        .task_field("bundleId");
+    c.wait_for(&id, &["bundling"], Duration::from_secs(30));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let r = c.describe(&id);
+    assert_eq!(r.task_field("state"), "failed", "{}", r.body);
+    assert!(r.task_field("error/message").contains("server stopped"), "{}", r.body);
+    assert!(
+        server.log().contains("1 task(s) of an earlier server"),
+        "{}",
+        server.log()
+    );
+
+    // SIGTERM: the running bundle is cancelled cleanly and the server exits 0.
+    let id = c
+        .post(&refs(&bundle_params(INSTANCE, "bkt", "r/two")))
+        .task_field("bundleId");
+    c.wait_for(&id, &["bundling"], Duration::from_secs(30));
+    let status = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", server.log());
+    assert!(server.log().contains("stopping"), "{}", server.log());
+    let o = winbundle(&[
+        "describe-bundle-tasks",
+        "--state-dir",
+        st.state.to_str().unwrap(),
+        "--bundle-ids",
+        &id,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTasks"][0]["State"], "failed", "{v}");
+    assert_eq!(v["BundleTasks"][0]["BundleTaskError"]["Code"], "Cancelled", "{v}");
+    assert!(!s3.store("bkt").exists("r/two.manifest.json").unwrap());
+}
