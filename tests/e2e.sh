@@ -4,7 +4,9 @@
 # stored objects, check the restored volume with ntfs-3g, check that tampering is caught.
 # S3: the same against s3s-fs (a separate process) and Garage (a real, independent server),
 # plus reading the object back with the aws-cli (`aws s3 cp s3://B/P.image.zst - | zstd -d`).
-# Needs: zstd, ntfs-3g, s3s-fs, garage, aws (installed by .ci/run). A missing server is
+# Then `winbundle serve` in front of s3s-fs, driven by the aws-cli's ec2 commands, curl's SigV4
+# signer and boto3.
+# Needs: zstd, ntfs-3g, s3s-fs, garage, aws, boto3, curl (installed by .ci/run). A missing server is
 # reported and fails the suite unless E2E_ALLOW_MISSING=1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,8 +22,9 @@ cleanup() {
 trap cleanup EXIT
 pass=0
 fail=0
-check() { # name, command...
+check() { # name, command... (E2E_ONLY=TEXT runs only the checks whose name holds TEXT)
   local name=$1; shift
+  if [ -n "${E2E_ONLY:-}" ] && [[ "$name" != *"$E2E_ONLY"* ]]; then return 0; fi
   if "$@" >"$work/out.txt" 2>&1; then
     pass=$((pass + 1)); echo "ok   $name"
   else
@@ -242,6 +245,193 @@ s3_wrong_secret() { # name: AuthFailure-like refusal, non-zero exit, no manifest
   [ "$rc" != 0 ] && grep -q '"State": "failed"' "$work/task.json" && grep -q "hint:" "$work/err.txt"
 }
 
+# --- winbundle serve: the EC2 Query API driven by the aws-cli, curl and boto3 -----------------
+huge_volume() { # a 1 GiB NTFS volume holding 640 MiB of random data: a bundle that runs for seconds
+  truncate -s 1G "$work/huge.img"
+  mkntfs -F -Q -q -L Huge "$work/huge.img" 2>/dev/null
+  head -c $((640 << 20)) /dev/urandom >"$work/random-huge.bin"
+  ntfscp "$work/huge.img" "$work/random-huge.bin" random.bin >/dev/null 2>&1
+  rm -f "$work/random-huge.bin"
+}
+
+start_serve() { # winbundle serve on 127.0.0.1:8773, uploading to s3s-fs; one bundle at a time
+  [ -f "$work/huge.img" ] || huge_volume
+  SERVE_AK=AKIASERVEE2E SERVE_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+  cat >"$work/serve.toml" <<TOML
+region = "us-east-1"
+state_dir = "$work/serve-tasks"
+max_concurrent_bundles = 1
+[s3]
+endpoint_url = "http://127.0.0.1:8014"
+[bundle]
+part_size = "8MiB"
+[[caller]]
+access_key_id = "$SERVE_AK"
+secret_access_key_env = "WINBUNDLE_E2E_CALLER_SECRET"
+[[instance]]
+id = "i-0123456789abcdef0"
+source = "$root/testdata/gpt-disk.img.zst"
+[[instance]]
+id = "i-0bbbbbbbbbbbbbbb1"
+source = "$work/huge.img"
+zstd_level = 19 # slow on purpose: runs long enough to be cancelled
+TOML
+  WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:8773 \
+    >>"$work/serve.out" 2>>"$work/serve.log" &
+  serve_pid=$!
+  pids+=($serve_pid)
+  wait_port 8773 || { echo "winbundle serve did not start"; cat "$work/serve.log"; return 1; }
+}
+
+ec2() { # the aws-cli's ec2 commands against winbundle serve, as the configured caller
+  AWS_ACCESS_KEY_ID=$SERVE_AK AWS_SECRET_ACCESS_KEY=$SERVE_SK AWS_DEFAULT_REGION=us-east-1 \
+    aws ec2 --endpoint-url http://127.0.0.1:8773 "$@"
+}
+
+task_field() { # json-file field (of BundleTask or BundleTasks[0])
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+t = d.get("BundleTask") or d["BundleTasks"][0]
+v = t
+for k in sys.argv[2].split("."):
+    v = v.get(k, "") if isinstance(v, dict) else ""
+print(v)
+PY
+}
+
+wait_state() { # bundle-id state...: poll describe-bundle-tasks until the task is in one of them
+  local id=$1; shift
+  for _ in $(seq 1 300); do
+    ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/poll.json"
+    local st; st=$(task_field "$work/poll.json" State)
+    for want in "$@"; do [ "$st" = "$want" ] && return 0; done
+    sleep 0.2
+  done
+  echo "task $id never reached $*"; cat "$work/poll.json"; return 1
+}
+
+serve_bundle_wait_restore() { # aws ec2 bundle-instance, wait bundle-task-complete, every field, restore = source
+  ec2 bundle-instance --instance-id i-0123456789abcdef0 --bucket e2e-bucket --prefix e2e/ec2 \
+    --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" >"$work/bi.json"
+  [ "$(task_field "$work/bi.json" State)" = pending ]
+  local id; id=$(task_field "$work/bi.json" BundleId)
+  ec2 wait bundle-task-complete --bundle-ids "$id"
+  ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/dbt.json"
+  python3 - "$work/bi.json" "$work/dbt.json" <<'PY'
+import json, re, sys
+first = json.load(open(sys.argv[1]))["BundleTask"]
+d = json.load(open(sys.argv[2]))
+assert len(d["BundleTasks"]) == 1, d
+t = d["BundleTasks"][0]
+stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+assert set(t) == {"InstanceId", "BundleId", "State", "StartTime", "UpdateTime", "Storage", "Progress"}, t
+assert t["InstanceId"] == "i-0123456789abcdef0" and t["BundleId"] == first["BundleId"], t
+assert re.match(r"^bun-[0-9a-f]{8}$", t["BundleId"]), t
+assert t["State"] == "complete" and t["Progress"] == "100%", t
+assert stamp.match(t["StartTime"]) and stamp.match(t["UpdateTime"]), t
+assert t["StartTime"] == first["StartTime"] and t["UpdateTime"] >= t["StartTime"], (first, t)
+assert t["Storage"] == {"S3": {"Bucket": "e2e-bucket", "Prefix": "e2e/ec2"}}, t
+PY
+  # The raw XML, from an independent signer (curl's --aws-sigv4).
+  curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:ec2" --user "$SERVE_AK:$SERVE_SK" \
+    -d Action=DescribeBundleTasks -d Version=2016-11-15 -d "BundleId.1=$id" http://127.0.0.1:8773/ >"$work/dbt.xml"
+  python3 - "$work/dbt.xml" "$id" <<'PY'
+import sys, xml.etree.ElementTree as ET
+ns = "{http://ec2.amazonaws.com/doc/2016-11-15/}"
+root = ET.parse(sys.argv[1]).getroot()
+assert root.tag == ns + "DescribeBundleTasksResponse", root.tag
+assert len(root.find(ns + "requestId").text) == 36
+items = root.find(ns + "bundleInstanceTasksSet").findall(ns + "item")
+assert len(items) == 1
+i = items[0]
+get = lambda p: i.find("/".join(ns + x for x in p.split("/"))).text
+assert get("bundleId") == sys.argv[2] and get("instanceId") == "i-0123456789abcdef0"
+assert get("state") == "complete" and get("progress") == "100%"
+assert get("storage/S3/bucket") == "e2e-bucket" and get("storage/S3/prefix") == "e2e/ec2"
+assert i.find(ns + "error") is None
+assert [c.tag[len(ns):] for c in i] == ["instanceId", "bundleId", "state", "startTime", "updateTime", "storage", "progress"]
+PY
+  AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" restore --bucket e2e-bucket --prefix e2e/ec2 \
+    --endpoint-url http://127.0.0.1:8014 --output "$work/ec2.img" --force -q
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix e2e/ec2-local \
+    --local-store "$work/store-ec2" --overwrite -q >/dev/null
+  "$wb" restore --bucket e2e-bucket --prefix e2e/ec2-local --local-store "$work/store-ec2" \
+    --output "$work/local.img" --force -q
+  cmp "$work/ec2.img" "$work/local.img"
+  ! grep -q "$SERVE_SK\|$S3S_SK" "$work/serve.log" "$work/dbt.json" "$work/dbt.xml" "$work/serve-tasks"/*.json
+}
+
+serve_cancel_and_filters() { # a queued and a running bundle cancelled with aws ec2 cancel-bundle-task; filters
+  ec2 bundle-instance --instance-id i-0bbbbbbbbbbbbbbb1 --bucket e2e-bucket --prefix e2e/huge \
+    --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" >"$work/a.json"
+  ec2 bundle-instance --instance-id i-0123456789abcdef0 --bucket e2e-bucket --prefix e2e/queued \
+    --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" >"$work/b.json"
+  local a b; a=$(task_field "$work/a.json" BundleId) b=$(task_field "$work/b.json" BundleId)
+  # The second waits for the one slot; cancel it while it is pending.
+  ec2 cancel-bundle-task --bundle-id "$b" >"$work/cb.json"
+  [ "$(task_field "$work/cb.json" State)" = cancelling ]
+  wait_state "$a" bundling
+  ec2 cancel-bundle-task --bundle-id "$a" >"$work/ca.json"
+  [ "$(task_field "$work/ca.json" State)" = cancelling ]
+  wait_state "$a" failed complete
+  wait_state "$b" failed complete
+  for id in "$a" "$b"; do
+    ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/t.json"
+    [ "$(task_field "$work/t.json" State)" = failed ] && [ "$(task_field "$work/t.json" BundleTaskError.Code)" = Cancelled ] \
+      || { cat "$work/t.json"; return 1; }
+  done
+  [ ! -e "$work/s3s/e2e-bucket/e2e/huge.manifest.json" ] && [ ! -e "$work/s3s/e2e-bucket/e2e/queued.manifest.json" ]
+  # The waiter stops at a failed task (aws-cli exit 255).
+  local rc=0
+  ec2 wait bundle-task-complete --bundle-ids "$a" 2>"$work/err.txt" || rc=$?
+  [ "$rc" = 255 ] && grep -q "failure state" "$work/err.txt"
+  # Filters through the aws-cli: values ORed, filters ANDed, wildcards.
+  ec2 describe-bundle-tasks --filters Name=state,Values=failed Name=s3-prefix,Values='e2e/h*' \
+    --query 'BundleTasks[].BundleId' --output text >"$work/f.txt"
+  [ "$(cat "$work/f.txt")" = "$a" ] || { cat "$work/f.txt"; return 1; }
+  ec2 describe-bundle-tasks --filters Name=error-code,Values=Cancelled Name=instance-id,Values=i-0123456789abcdef0,i-nothing \
+    --query 'BundleTasks[].BundleId' --output text >"$work/f.txt"
+  [ "$(cat "$work/f.txt")" = "$b" ] || { cat "$work/f.txt"; return 1; }
+  ec2 describe-bundle-tasks --filters Name=state,Values=complete --query 'length(BundleTasks)' >"$work/f.txt"
+  [ "$(cat "$work/f.txt")" = 1 ]
+}
+
+serve_auth_failure() { # a wrong secret key: AuthFailure, exit 255, nothing started
+  local rc=0 before after
+  before=$(ls "$work/serve-tasks" | wc -l)
+  AWS_ACCESS_KEY_ID=$SERVE_AK AWS_SECRET_ACCESS_KEY=wrong-secret AWS_DEFAULT_REGION=us-east-1 \
+    aws ec2 --endpoint-url http://127.0.0.1:8773 bundle-instance --instance-id i-0123456789abcdef0 \
+    --bucket e2e-bucket --prefix e2e/denied --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" 2>"$work/err.txt" || rc=$?
+  after=$(ls "$work/serve-tasks" | wc -l)
+  [ "$rc" = 255 ] && grep -q "(AuthFailure)" "$work/err.txt" && [ "$before" = "$after" ]
+}
+
+serve_boto3() { # boto3: bundle_instance, the waiter, DryRun, BundlingInProgress, cancel, error codes
+  E2E_ENDPOINT=http://127.0.0.1:8773 E2E_CALLER_AK=$SERVE_AK E2E_CALLER_SK=$SERVE_SK \
+    E2E_OWNER_AK=$S3S_AK E2E_OWNER_SK=$S3S_SK python3 "$root/tests/e2e_boto3.py"
+}
+
+serve_sigterm_restart() { # SIGTERM cancels the running bundle and exits 0; a new server shows the task failed
+  ec2 bundle-instance --instance-id i-0bbbbbbbbbbbbbbb1 --bucket e2e-bucket --prefix e2e/term2 \
+    --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" >"$work/st.json"
+  local id rc=0; id=$(task_field "$work/st.json" BundleId)
+  wait_state "$id" bundling
+  kill -TERM "$serve_pid"
+  wait "$serve_pid" || rc=$?
+  [ "$rc" = 0 ] || { echo "serve exit status $rc"; tail "$work/serve.log"; return 1; }
+  "$wb" describe-bundle-tasks --state-dir "$work/serve-tasks" --bundle-ids "$id" >"$work/st.json"
+  [ "$(task_field "$work/st.json" BundleTaskError.Code)" = Cancelled ]
+  [ ! -e "$work/s3s/e2e-bucket/e2e/term2.manifest.json" ]
+  WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:8773 \
+    >>"$work/serve.out" 2>>"$work/serve.log" &
+  serve_pid=$!
+  pids+=($serve_pid)
+  wait_port 8773
+  ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/st.json"
+  [ "$(task_field "$work/st.json" State)" = failed ]
+}
+
 fixtures=(gpt-disk.img.zst mbr-disk.img.zst gpt4k-disk.img.zst bare-volume.img.zst attrlist-volume.img.zst)
 for fx in "${fixtures[@]}"; do
   check "round trip $fx (single object)" roundtrip "$fx" single
@@ -270,6 +460,13 @@ if [[ " ${servers[*]} " == *" s3s "* ]]; then
 fi
 if [[ " ${servers[*]} " == *" garage "* ]]; then
   check "garage: a SigV2 upload policy is refused with the server's code" garage_policy_refused
+fi
+if [[ " ${servers[*]} " == *" s3s "* ]] && check "serve: winbundle serve starts (config, caller secret from the environment)" start_serve; then
+  check "serve: aws ec2 bundle-instance, wait bundle-task-complete, every field (JSON and raw XML), restore = source" serve_bundle_wait_restore
+  check "serve: aws ec2 cancel-bundle-task on a queued and a running bundle; filters" serve_cancel_and_filters
+  check "serve: a wrong secret key gives AuthFailure and starts nothing" serve_auth_failure
+  check "serve: boto3 bundle_instance, waiter, DryRun, BundlingInProgress, cancel_bundle_task" serve_boto3
+  check "serve: SIGTERM cancels the running bundle and exits 0; the restarted server reports it" serve_sigterm_restart
 fi
 check "README main command" "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket demo-bucket --prefix win2019 --local-store "$work/readme-store" -q
 echo "e2e: $pass passed, $fail failed"

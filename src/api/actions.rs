@@ -171,9 +171,10 @@ impl Api {
             chunk_size: b
                 .chunk_size
                 .map_or(DEFAULT_CHUNK_SIZE, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
-            level: b.zstd_level.unwrap_or(DEFAULT_LEVEL),
-            threads: b
+            level: inst.zstd_level.or(b.zstd_level).unwrap_or(DEFAULT_LEVEL),
+            threads: inst
                 .threads
+                .or(b.threads)
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             layout: Layout::Parts,
             part_size: Some(part_size),

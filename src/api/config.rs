@@ -141,6 +141,10 @@ pub struct Instance {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub no_default_excludes: bool,
+    /// This instance's compression threads and zstd level, instead of `[bundle]`'s (a disk
+    /// that shares its machine with running work may need fewer threads).
+    pub threads: Option<usize>,
+    pub zstd_level: Option<i32>,
 }
 
 impl Instance {

@@ -173,6 +173,10 @@ pub fn bundle_instance(
         Ok(()) => run(req, store, progress, cancel, &mut task, &mut notes, on_update),
         Err(e) => Err(e),
     };
+    if result.is_err() && cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        // Whatever failed after a cancel request (an upload cut short, say) is the cancel.
+        result = Err(Error::Cancelled);
+    }
     if let Err(e) = &result {
         let _ = store.flush(); // uploads already under way finish (or fail) first
         let left = store.leftovers();

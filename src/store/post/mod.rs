@@ -233,7 +233,12 @@ fn post(s: &Shared, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
                     code,
                     message,
                 };
-                if status < 500 && status != 429 {
+                // A body the server could not read whole is worth sending again: AWS says
+                // IncompleteBody or RequestTimeout; s3s answers InvalidRequest ("failed to read
+                // file stream"), so that one gets a single second try.
+                let resend = matches!(&err, StoreError::S3 { code, .. }
+                    if code == "IncompleteBody" || code == "RequestTimeout" || (code == "InvalidRequest" && attempt == 1));
+                if status < 500 && status != 429 && !resend {
                     return Err(err);
                 }
                 err
