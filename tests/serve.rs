@@ -674,3 +674,16 @@ fn restart_fails_orphaned_tasks_and_sigterm_cancels_cleanly() {
     assert_eq!(v["BundleTasks"][0]["BundleTaskError"]["Code"], "Cancelled", "{v}");
     assert!(!s3.store("bkt").exists("r/two.manifest.json").unwrap());
 }
+
+#[test]
+fn the_readme_configuration_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("```toml\nlisten =")
+        .expect("README has the serve configuration")
+        + 8;
+    let text = &readme[start..start + readme[start..].find("```").unwrap()];
+    let cfg = winbundle::api::config::Config::parse(text, Path::new("README.md")).unwrap();
+    assert_eq!(cfg.instances[0].id, "i-0123456789abcdef0");
+    assert_eq!(cfg.bundle.part_size.map(|s| s.0), Some(16 << 20));
+}
