@@ -149,10 +149,13 @@ fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
         .result
         .unwrap();
     assert!(m.data.objects.len() >= 3, "{} parts", m.data.objects.len());
-    assert_eq!(
-        s3.faults.count("PostObject"),
-        m.data.objects.len() + 2,
-        "parts, the probe and the manifest"
+    // Parts, the probe and the manifest; s3s now and then fails to read a form body (answering
+    // InvalidRequest), and that POST is sent again.
+    let posts = s3.faults.count("PostObject");
+    assert!(
+        (m.data.objects.len() + 2..=m.data.objects.len() + 4).contains(&posts),
+        "{posts} POSTs for {} parts, the probe and the manifest",
+        m.data.objects.len()
     );
     assert_eq!(
         s3.faults.count("PutObject") + s3.faults.count("CreateMultipartUpload"),
