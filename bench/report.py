@@ -1,0 +1,148 @@
+"""Turns bench/run.sh's measurements (results.jsonl) into bench/RESULTS.md.
+
+Usage: report.py RESULTS.jsonl ALLOC.txt MACHINE ARGS
+"""
+
+import collections
+import datetime
+import json
+import re
+import subprocess
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+alloc = {}
+for line in open(sys.argv[2]):
+    size, n = line.split()
+    alloc[int(size)] = int(n)
+machine, args = sys.argv[3], sys.argv[4]
+try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+except OSError:
+    commit = "?"
+
+out = []
+w = out.append
+w("# Benchmark results\n")
+w(f"Made by `bench/run.sh {args}`".rstrip() + f" on {datetime.date.today()}, winbundle at commit `{commit}`.\n")
+w(f"Machine: {machine}. Every pipeline ran once, one after the other in the same run, on the same")
+w("disk image (in the page cache) and the same local servers, so the ratios compare like with like;")
+w("the machine is shared and noisy, so read single numbers as ±10 %.\n")
+w("Columns: **MB/s** is allocated volume data (what `winbundle inspect` calls allocated bytes) per")
+w("wall-clock second; **CPU s** is user + system time of every process of the pipeline (not the")
+w("server's); **RSS** is the peak resident size of the largest process of the pipeline; **server")
+w("CPU s** is what the S3 server spent meanwhile; **requests** counts the S3 requests the server")
+w("served (s3s-fs: its request log; Garage: its `api_s3_request_counter` metrics); **stored** is")
+w("the bytes the pipeline left in the store.\n")
+
+by_size = collections.defaultdict(list)
+for r in rows:
+    by_size[r["size"]].append(r)
+
+
+def mbps(r):
+    return alloc[r["size"]] / 1e6 / r["wall"]
+
+
+def cpu_per_gb(r):
+    return r["cpu"] / (alloc[r["size"]] / 1e9)
+
+
+targets = []
+for size in sorted(by_size):
+    rs = by_size[size]
+    a = alloc[size]
+    w(f"## C: of {size} GiB, {a / 1e9:.2f} GB allocated\n")
+    limit = next((r for r in rs if r["kind"] == "limit"), None)
+    w("| pipeline | wall s | MB/s | CPU s | CPU s/GB | peak RSS MiB | server CPU s | requests | stored GB | ratio |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rs:
+        ratio = ""
+        if r["kind"] in ("local", "limit") and limit:
+            ratio = f"{limit['wall'] / r['wall']:.2f}× the CPU limit"
+        elif r["kind"] in ("s3", "peer"):
+            peers = [p for p in rs if p["kind"] == "peer" and p["server"] == r["server"]]
+            if peers:
+                best = min(peers, key=lambda p: p["wall"])
+                ratio = f"{best['wall'] / r['wall']:.2f}× the best peer"
+        elif r["kind"] == "restore":
+            peer = next((p for p in rs if p["kind"] == "restore-peer" and p["server"] == r["server"]), None)
+            if peer:
+                ratio = f"{peer['wall'] / r['wall']:.2f}× the peer"
+        server = "" if r["server"] == "-" else f"{r['server_cpu']:.1f}"
+        reqs = "" if r["server"] == "-" else str(r["requests"])
+        stored = f"{r['stored'] / 1e9:.2f}" if r["stored"] else ""
+        w(
+            f"| {r['name']} | {r['wall']:.2f} | {mbps(r):.0f} | {r['cpu']:.1f} | {cpu_per_gb(r):.2f} | "
+            f"{r['rss_kib'] / 1024:.0f} | {server} | {reqs} | {stored} | {ratio} |"
+        )
+    w("")
+    # Targets, for this size.
+    for server in sorted({r["server"] for r in rs if r["kind"] == "s3"}):
+        mine = [r for r in rs if r["kind"] == "s3" and r["server"] == server and "policy" not in r["name"]]
+        peers = [r for r in rs if r["kind"] == "peer" and r["server"] == server]
+        if mine and peers:
+            best = min(peers, key=lambda p: p["wall"])
+            m = mine[0]
+            targets.append((f"{size} GiB: bundle to {server}, throughput vs the best peer", best["wall"] / m["wall"], 1.5, "≥"))
+            targets.append(
+                (f"{size} GiB: client CPU per GB, winbundle → {server} / best peer", cpu_per_gb(m) / cpu_per_gb(best), 0.5, "≤")
+            )
+        rest = next((r for r in rs if r["kind"] == "restore" and r["server"] == server), None)
+        rpeer = next((r for r in rs if r["kind"] == "restore-peer" and r["server"] == server), None)
+        if rest and rpeer:
+            targets.append((f"{size} GiB: restore from {server} vs the peer", rpeer["wall"] / rest["wall"], 1.5, "≥"))
+    local = next((r for r in rs if r["name"] == "winbundle → local store"), None)
+    if local and limit:
+        targets.append((f"{size} GiB: local store vs the CPU limit", limit["wall"] / local["wall"], 0.9, "≥"))
+    t1 = next((r for r in rs if r["name"].endswith("--threads 1")), None)
+    t2 = next((r for r in rs if r["name"].endswith("--threads 2")), None)
+    if t1 and t2:
+        targets.append((f"{size} GiB: --threads 1 time / --threads 2 time", t1["wall"] / t2["wall"], 1.8, "≥"))
+
+defaults = [r for r in rows if r["name"].startswith("winbundle") and "--threads" not in r["name"]]
+if defaults:
+    peak = max(r["rss_kib"] for r in defaults) / 1024
+    targets.append(("peak RSS of winbundle at default settings, MiB (all sizes)", peak, 256, "≤"))
+    sizes = sorted(by_size)
+    if len(sizes) >= 2:
+        lo = max((r["rss_kib"] for r in defaults if r["size"] == sizes[0]), default=0)
+        hi = max((r["rss_kib"] for r in defaults if r["size"] == sizes[-1]), default=0)
+        if lo:
+            targets.append((f"peak RSS growth from {sizes[0]} to {sizes[-1]} GiB (ratio)", hi / lo, 1.1, "≤"))
+
+w("## Targets\n")
+w("| target | measured | goal | met |")
+w("|---|---|---|---|")
+for name, value, goal, op in targets:
+    ok = value >= goal if op == "≥" else value <= goal
+    w(f"| {name} | {value:.2f} | {op} {goal} | {'yes' if ok else '**no**'} |")
+w("")
+w("Why a target is missed, and what limits each pipeline: bench/README.md.\n")
+w("## Exact commands\n")
+w("Paths shortened: `$IMG` is the disk image, `$VOL` its C: partition as a file, `$WB` the release")
+w("binary, `$WORK` bench/work; credentials and endpoints come from the servers bench/run.sh started")
+w("(secrets elided).\n")
+w("```sh")
+seen = set()
+for r in rows:
+    if r["name"] in seen:
+        continue
+    seen.add(r["name"])
+    cmd = r["command"]
+    for key in ("AWS_SECRET_ACCESS_KEY=", "RCLONE_CONFIG_B_SECRET_ACCESS_KEY=", "--upload-policy-signature ", "--upload-policy "):
+        while key in cmd:
+            i = cmd.index(key) + len(key)
+            j = cmd.find(" ", i)
+            j = len(cmd) if j < 0 else j
+            if cmd[i:j] == "…":
+                break
+            cmd = cmd[:i] + "…" + cmd[j:]
+    cmd = re.sub(r"'[^']*/disk\d+-c\.img'", "$VOL", cmd)
+    cmd = re.sub(r"'[^']*/disk\d+\.img'", "$IMG", cmd)
+    cmd = re.sub(r"'[^']*/target/release/winbundle'", "$WB", cmd)
+    cmd = re.sub(r"'[^']*/bench/work/", "'$WORK/", cmd)
+    w(f"# {r['name']}")
+    w(cmd)
+w("```")
+print("\n".join(out))
