@@ -26,18 +26,15 @@ sgdisk -n 1:2048:+100M -t 1:EF00 -c 1:"EFI system partition" \
        -n 2:0:+16M -t 2:0C01 -c 2:"Microsoft reserved partition" \
        -n 3:0:+${c_gib}G -t 3:0700 -c 3:"Basic data partition" \
        -n 4:0:+1G -t 4:0700 -c 4:"Data" "$out" >/dev/null
-loop() { # loop PARTNUM -> device
+loop() { # loop PARTNUM -> device (runs in a subshell: the caller records it in loops)
   local first last
   first=$(sgdisk -i "$1" "$out" | awk '/First sector/ {print $3}')
   last=$(sgdisk -i "$1" "$out" | awk '/Last sector/ {print $3}')
-  local dev
-  dev=$(losetup -f --show -o $((first * 512)) --sizelimit $(((last - first + 1) * 512)) "$out")
-  loops+=("$dev")
-  echo "$dev"
+  losetup -f --show -o $((first * 512)) --sizelimit $(((last - first + 1) * 512)) "$out"
 }
-efi=$(loop 1); mkfs.vfat -n SYSTEM "$efi" >/dev/null
-c=$(loop 3); mkntfs -F -Q -q -L Windows -c 4096 "$c" 2>/dev/null
-d=$(loop 4); mkntfs -F -Q -q -L Data -c 4096 "$d" 2>/dev/null
+efi=$(loop 1); loops+=("$efi"); mkfs.vfat -n SYSTEM "$efi" >/dev/null
+c=$(loop 3); loops+=("$c"); mkntfs -F -Q -q -L Windows -c 4096 "$c" 2>/dev/null
+d=$(loop 4); loops+=("$d"); mkntfs -F -Q -q -L Data -c 4096 "$d" 2>/dev/null
 
 ntfs-3g -o big_writes "$c" "$mnt"
 # stale data in what will be free space

@@ -164,6 +164,9 @@ for size in "${sizes[@]}"; do
   measure "$size" local "winbundle → local store" - "$work/store" \
     "'$wb' bundle-instance '$img' --bucket bench --prefix l --local-store '$work/store' -q"
   rm -rf "$work/store"
+  measure "$size" local "winbundle → local store --no-default-excludes (ntfsclone's bytes)" - - \
+    "'$wb' bundle-instance '$img' --bucket bench --prefix l --local-store '$work/store' --no-default-excludes -q"
+  rm -rf "$work/store"
   measure "$size" local "winbundle → local store --threads 2" - - \
     "'$wb' bundle-instance '$img' --bucket bench --prefix l --local-store '$work/store' --threads 2 -q"
   rm -rf "$work/store"

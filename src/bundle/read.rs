@@ -243,20 +243,25 @@ impl<'s> OpenedBundle<'s> {
         let fetchers = self.fetchers;
         let stream_size = self.manifest.data.stream_size;
         let blocks = stream_size.div_ceil(FETCH_BLOCK);
-        let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Vec<u8>, Error>>(fetchers);
+        // Memory: `fetchers` blocks being fetched, as many waiting their turn, one in the
+        // channel and one being read: 2 × fetchers + 2 blocks, recycled through `pool`.
+        let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Vec<u8>, Error>>(1);
+        let pool = BufPool::default();
+        let pool = &pool;
         std::thread::scope(|scope| {
             // Fetchers: the stream in FETCH_BLOCK pieces, several at once, handed on in order.
             scope.spawn(move || {
                 let sent = ordered_map(
                     blocks,
                     fetchers,
-                    2 * fetchers,
+                    fetchers,
                     cancel,
                     Ok,
                     || Ok(()),
                     |_, k, _| {
                         let start = k * FETCH_BLOCK;
-                        let mut buf = vec![0u8; (stream_size - start).min(FETCH_BLOCK) as usize];
+                        let mut buf = pool.take();
+                        buf.resize((stream_size - start).min(FETCH_BLOCK) as usize, 0);
                         self.read_stream(start, &mut buf)?;
                         Ok(buf)
                     },
@@ -270,6 +275,7 @@ impl<'s> OpenedBundle<'s> {
                 rx: block_rx,
                 block: Vec::new(),
                 pos: 0,
+                pool,
             };
             ordered_map(
                 count,
@@ -448,20 +454,23 @@ impl<'s> OpenedBundle<'s> {
 const FETCH_BLOCK: u64 = 8 << 20;
 
 /// Reads the stream sequentially from the blocks the fetchers deliver in order.
-struct BlockCursor {
+struct BlockCursor<'p> {
     rx: crossbeam_channel::Receiver<Result<Vec<u8>, Error>>,
     block: Vec<u8>,
     pos: usize,
+    /// Where a finished block goes back to, for the fetchers to fill again.
+    pool: &'p BufPool,
 }
 
-impl BlockCursor {
+impl BlockCursor<'_> {
     fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
         while !buf.is_empty() {
             if self.pos == self.block.len() {
-                self.block = self
+                let next = self
                     .rx
                     .recv()
                     .map_err(|_| Error::Internal("the stream ended before the seek table said".into()))??;
+                self.pool.give(std::mem::replace(&mut self.block, next));
                 self.pos = 0;
             }
             let n = (self.block.len() - self.pos).min(buf.len());

@@ -200,27 +200,58 @@ fn clone_error(e: &StoreError) -> StoreError {
     }
 }
 
+/// The multipart/form-data body of a POST Object upload, built once: the fields, then `file`.
+/// (reqwest's blocking multipart needs a copy of the data per attempt; this body is built once
+/// and resent by reference.)
+fn form_body(t: &PostTarget, key: &str, data: &[u8]) -> (String, bytes::Bytes) {
+    let boundary = format!("winbundle-{}", crate::task::new_request_id().replace('-', ""));
+    let mut body = Vec::with_capacity(data.len() + 1024);
+    for (name, value) in [
+        ("key", key),
+        ("acl", policy::BUNDLE_ACL),
+        ("AWSAccessKeyId", t.access_key_id.as_str()),
+        ("policy", t.policy.base64.as_str()),
+        ("signature", t.signature.as_str()),
+    ] {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    }
+    let file_name = key.rsplit('/').next().unwrap_or(key).replace(['"', '\r', '\n'], "_");
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        bytes::Bytes::from(body),
+    )
+}
+
 /// One POST Object, retried on 5xx and connection failures with backoff.
-fn post(s: &Shared, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+fn post(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
     let t = &s.target;
     let location = format!("{}/{key}", t.bucket);
+    let (content_type, body) = form_body(t, key, &data);
+    drop(data);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let form = reqwest::blocking::multipart::Form::new()
-            .text("key", key.to_string())
-            .text("acl", policy::BUNDLE_ACL)
-            .text("AWSAccessKeyId", t.access_key_id.clone())
-            .text("policy", t.policy.base64.clone())
-            .text("signature", t.signature.clone())
-            .part(
-                "file",
-                reqwest::blocking::multipart::Part::bytes(body.clone())
-                    .file_name(key.rsplit('/').next().unwrap_or(key).to_string())
-                    .mime_str("application/octet-stream")
-                    .map_err(|e| StoreError::S3Config(e.to_string()))?,
-            );
-        let retry_later = match s.client.post(&t.url).multipart(form).send() {
+        let request = s
+            .client
+            .post(&t.url)
+            .header(reqwest::header::CONTENT_TYPE, content_type.as_str())
+            // Streamed in small pieces: s3s (0.14) fails to parse a form whose file bytes arrive
+            // in large reads ending in a partial boundary; small writes keep reads small.
+            .body(reqwest::blocking::Body::sized(
+                std::io::Cursor::new(body.clone()),
+                body.len() as u64,
+            ));
+        let retry_later = match request.send() {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) => {
                 let status = r.status().as_u16();

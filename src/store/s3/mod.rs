@@ -217,26 +217,31 @@ impl ObjectStore for S3Store {
                             convert("GetObject", &i.bucket, key, e)
                         }
                     })?;
-                out.body
-                    .collect()
-                    .await
-                    .map(|b| b.into_bytes())
-                    .map_err(|e| StoreError::S3Transport {
+                // Straight into the caller's buffer, chunk by chunk: no collected copy.
+                let mut body = out.body;
+                let mut filled = 0usize;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| StoreError::S3Transport {
                         op: "GetObject",
                         location: format!("{}/{key}", i.bucket),
                         detail: format!("reading the body: {}", error::error_chain(&e)),
-                    })
+                    })?;
+                    let room = buf.len() - filled;
+                    if chunk.len() > room {
+                        return Ok(filled + chunk.len()); // more than asked for: reported below
+                    }
+                    buf[filled..filled + chunk.len()].copy_from_slice(&chunk);
+                    filled += chunk.len();
+                }
+                Ok(filled)
             });
             match r {
-                Ok(bytes) if bytes.len() == buf.len() => {
-                    buf.copy_from_slice(&bytes);
-                    return Ok(());
-                }
-                Ok(bytes) => {
+                Ok(n) if n == buf.len() => return Ok(()),
+                Ok(n) => {
                     last = Some(StoreError::S3Transport {
                         op: "GetObject",
                         location: format!("{}/{key}", i.bucket),
-                        detail: format!("asked for {} bytes ({range}), got {}", buf.len(), bytes.len()),
+                        detail: format!("asked for {} bytes ({range}), got {n}", buf.len()),
                     });
                 }
                 Err(e @ StoreError::S3Transport { .. }) => last = Some(e),
