@@ -265,10 +265,11 @@ fn post(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
                     message,
                 };
                 // A body the server could not read whole is worth sending again: AWS says
-                // IncompleteBody or RequestTimeout; s3s answers InvalidRequest ("failed to read
-                // file stream"), so that one gets a single second try.
-                let resend = matches!(&err, StoreError::S3 { code, .. }
-                    if code == "IncompleteBody" || code == "RequestTimeout" || (code == "InvalidRequest" && attempt == 1));
+                // IncompleteBody or RequestTimeout; s3s 0.14 answers InvalidRequest ("failed to
+                // read file stream") when its form parser trips over how the bytes arrived.
+                let resend = matches!(&err, StoreError::S3 { code, message, .. }
+                    if code == "IncompleteBody" || code == "RequestTimeout"
+                        || (code == "InvalidRequest" && message.contains("stream")));
                 if status < 500 && status != 429 && !resend {
                     return Err(err);
                 }
