@@ -72,8 +72,9 @@ for size in sorted(by_size):
         server = "" if r["server"] == "-" else f"{r['server_cpu']:.1f}"
         reqs = "" if r["server"] == "-" else str(r["requests"])
         stored = f"{r['stored'] / 1e9:.2f}" if r["stored"] else ""
+        name = r["name"].replace("|", "\\|")
         w(
-            f"| {r['name']} | {r['wall']:.2f} | {mbps(r):.0f} | {r['cpu']:.1f} | {cpu_per_gb(r):.2f} | "
+            f"| {name} | {r['wall']:.2f} | {mbps(r):.0f} | {r['cpu']:.1f} | {cpu_per_gb(r):.2f} | "
             f"{r['rss_kib'] / 1024:.0f} | {server} | {reqs} | {stored} | {ratio} |"
         )
     w("")
@@ -106,10 +107,15 @@ if defaults:
     targets.append(("peak RSS of winbundle at default settings, MiB (all sizes)", peak, 256, "≤"))
     sizes = sorted(by_size)
     if len(sizes) >= 2:
-        lo = max((r["rss_kib"] for r in defaults if r["size"] == sizes[0]), default=0)
-        hi = max((r["rss_kib"] for r in defaults if r["size"] == sizes[-1]), default=0)
-        if lo:
-            targets.append((f"peak RSS growth from {sizes[0]} to {sizes[-1]} GiB (ratio)", hi / lo, 1.1, "≤"))
+        # The same pipeline at the smallest and the largest volume.
+        small = {r["name"]: r["rss_kib"] for r in defaults if r["size"] == sizes[0]}
+        large = {r["name"]: r["rss_kib"] for r in defaults if r["size"] == sizes[-1]}
+        growth = [(large[n] / small[n], n) for n in small if n in large and small[n]]
+        if growth:
+            g, n = max(growth)
+            targets.append(
+                (f"peak RSS growth from {sizes[0]} to {sizes[-1]} GiB, largest of any winbundle pipeline ({n})", g, 1.1, "≤")
+            )
 
 w("## Targets\n")
 w("| target | measured | goal | met |")

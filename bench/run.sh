@@ -140,7 +140,10 @@ PY
     "$name" "$size" "$wall" "$(echo "$user + $sys" | bc)" $((rss / 1024)) "$(echo "$cpu1 - $cpu0" | bc)" $((req1 - req0))
 }
 
-for s in "${servers[@]}"; do "start_$s"; done
+stop_servers() { # stops the servers and drops their data (Garage frees deleted blocks only later)
+  for s in "${servers[@]}"; do kill "${PID[$s]}" 2>/dev/null || true; wait "${PID[$s]}" 2>/dev/null || true; done
+  rm -rf "$work/s3s" "$work/garage"
+}
 machine="$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 for size in "${sizes[@]}"; do
   img="$work/disk$size.img" vol="$work/disk$size-c.img"
@@ -156,8 +159,11 @@ for size in "${sizes[@]}"; do
   fi
   alloc=$("$wb" inspect "$img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["allocated_bytes"])')
   echo "$size" "$alloc" >>"$work/alloc.txt"
-  cat "$img" "$vol" >/dev/null # the page cache, warm for everyone
+  # Warm the page cache with the data only: reading the holes of a sparse image would fill the
+  # cache with zero pages and push the data out (cp skips holes).
+  for f in "$img" "$vol"; do cp --sparse=always "$f" /dev/null; done
   echo "== C: of $size GiB, $alloc bytes allocated"
+  for s in "${servers[@]}"; do "start_$s"; done # fresh servers for each size: disk space
   measure "$size" limit "ntfsclone | zstd -1 -T2 > /dev/null" - - \
     "ntfsclone --save-image -o - '$vol' 2>/dev/null | zstd -1 -T2 -q > /dev/null"
   rm -rf "$work/store"
@@ -196,6 +202,7 @@ for size in "${sizes[@]}"; do
     rm -f "$work"/restored-*.img
     empty_bucket "$s"
   done
+  stop_servers
 done
 
 # --- the report --------------------------------------------------------------------------------
