@@ -191,9 +191,15 @@ impl Config {
 
     /// Parses and checks the text of a configuration (`path` is for messages).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim().replace('\n', " "),
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|r| text[..r.start.min(text.len())].lines().count().max(1));
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: match line {
+                    Some(l) => format!("line {l}: {}", e.message()),
+                    None => e.message().to_string(),
+                },
+            }
         })?;
         cfg.check(path)?;
         Ok(cfg)
