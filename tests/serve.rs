@@ -274,6 +274,19 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// One task as `winbundle describe-bundle-tasks --state-dir STATE --bundle-ids ID` prints it.
+fn cli_task(state: &Path, id: &str) -> serde_json::Value {
+    let o = winbundle(&[
+        "describe-bundle-tasks",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--bundle-ids",
+        id,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["BundleTasks"][0].clone()
+}
+
 struct Setup {
     _dir: tempfile::TempDir,
     config: PathBuf,
@@ -365,15 +378,8 @@ fn aws_style_bundle_runs_in_the_background_and_restores_exactly() {
     assert_restored_matches(&st.source, &request(&st.source, "x").plan, &out);
 
     // The CLI sees the same task in the shared folder.
-    let o = winbundle(&[
-        "describe-bundle-tasks",
-        "--state-dir",
-        st.state.to_str().unwrap(),
-        "--bundle-ids",
-        &id,
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["BundleTasks"][0]["State"], "complete");
+    let v = cli_task(&st.state, &id);
+    assert_eq!(v["State"], "complete");
 
     // No secret in the server's log.
     let log = server.log();
@@ -451,71 +457,68 @@ fn every_error_has_its_ec2_code_and_nothing_runs() {
     );
     expect(unsigned, 401, "AuthFailure", "not signed");
 
-    // Parameters.
-    expect(
-        call(&with("InstanceId", "<drop>")),
-        400,
-        "MissingParameter",
-        "InstanceId",
-    );
-    expect(
-        call(&with("Storage.S3.UploadPolicySignature", "<drop>")),
-        400,
-        "MissingParameter",
-        "Storage.S3.UploadPolicySignature",
-    );
-    expect(
-        call(&with("Storage.S3.Bucket", "Bad_Bucket")),
-        400,
-        "InvalidParameterValue",
-        "Storage.S3.Bucket",
-    );
-    expect(
-        call(&with("Storage.S3.Prefix", "../up")),
-        400,
-        "InvalidParameterValue",
-        "Storage.S3.Prefix",
-    );
-    expect(call(&with("DryRun", "maybe")), 400, "InvalidParameterValue", "DryRun");
-    expect(
-        call(&with("Storage.S3.UploadPolicy", "bm90IGpzb24=")),
-        400,
-        "InvalidParameterValue",
-        "Storage.S3.UploadPolicy",
-    );
-    expect(
-        call(&with("Storage.S3.UploadPolicySignature", "c2hvcnQ=")),
-        400,
-        "InvalidParameterValue",
-        "Storage.S3.UploadPolicySignature",
-    );
+    // Parameters of BundleInstance: (parameter, value or <drop>, status, code, the message names).
     let other_bucket = bundle_params(INSTANCE, "other", "win/e");
-    expect(
-        call(&with("Storage.S3.UploadPolicy", &other_bucket[6].1)),
-        400,
-        "InvalidParameterValue",
-        "another bucket",
-    );
-    expect(
-        call(&with("InstanceId", "vm-1")),
-        400,
-        "InvalidInstanceID.Malformed",
-        "vm-1",
-    );
-    expect(
-        call(&with("InstanceId", "i-0fffffffffffffff0")),
-        400,
-        "InvalidInstanceID.NotFound",
-        "i-0fffffffffffffff0",
-    );
-    expect(call(&with("Colour", "red")), 400, "UnknownParameter", "Colour");
-    expect(
-        call(&with("Action", "RunInstances")),
-        400,
-        "InvalidAction",
-        "RunInstances",
-    );
-    expect(call(&with("Action", "<drop>")), 400, "MissingParameter", "Action");
+    let cases: [(&str, &str, u16, &str, &str); 13] = [
+        ("InstanceId", "<drop>", 400, "MissingParameter", "InstanceId"),
+        (
+            "Storage.S3.UploadPolicySignature",
+            "<drop>",
+            400,
+            "MissingParameter",
+            "Storage.S3.UploadPolicySignature",
+        ),
+        (
+            "Storage.S3.Bucket",
+            "Bad_Bucket",
+            400,
+            "InvalidParameterValue",
+            "Storage.S3.Bucket",
+        ),
+        (
+            "Storage.S3.Prefix",
+            "../up",
+            400,
+            "InvalidParameterValue",
+            "Storage.S3.Prefix",
+        ),
+        ("DryRun", "maybe", 400, "InvalidParameterValue", "DryRun"),
+        (
+            "Storage.S3.UploadPolicy",
+            "bm90IGpzb24=",
+            400,
+            "InvalidParameterValue",
+            "Storage.S3.UploadPolicy",
+        ),
+        (
+            "Storage.S3.UploadPolicySignature",
+            "c2hvcnQ=",
+            400,
+            "InvalidParameterValue",
+            "Storage.S3.UploadPolicySignature",
+        ),
+        (
+            "Storage.S3.UploadPolicy",
+            &other_bucket[6].1,
+            400,
+            "InvalidParameterValue",
+            "another bucket",
+        ),
+        ("InstanceId", "vm-1", 400, "InvalidInstanceID.Malformed", "vm-1"),
+        (
+            "InstanceId",
+            "i-0fffffffffffffff0",
+            400,
+            "InvalidInstanceID.NotFound",
+            "i-0fffffffffffffff0",
+        ),
+        ("Colour", "red", 400, "UnknownParameter", "Colour"),
+        ("Action", "RunInstances", 400, "InvalidAction", "RunInstances"),
+        ("Action", "<drop>", 400, "MissingParameter", "Action"),
+    ];
+    for (param, value, status, code, mentions) in cases {
+        expect(call(&with(param, value)), status, code, mentions);
+    }
     expect(
         c.describe("bun-0000dead"),
         400,
@@ -662,16 +665,9 @@ fn restart_fails_orphaned_tasks_and_sigterm_cancels_cleanly() {
     let status = server.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status:?}: {}", server.log());
     assert!(server.log().contains("stopping"), "{}", server.log());
-    let o = winbundle(&[
-        "describe-bundle-tasks",
-        "--state-dir",
-        st.state.to_str().unwrap(),
-        "--bundle-ids",
-        &id,
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["BundleTasks"][0]["State"], "failed", "{v}");
-    assert_eq!(v["BundleTasks"][0]["BundleTaskError"]["Code"], "Cancelled", "{v}");
+    let v = cli_task(&st.state, &id);
+    assert_eq!(v["State"], "failed", "{v}");
+    assert_eq!(v["BundleTaskError"]["Code"], "Cancelled", "{v}");
     assert!(!s3.store("bkt").exists("r/two.manifest.json").unwrap());
 }
 

@@ -14,7 +14,9 @@ use super::jobs::{JobSpec, Jobs};
 use super::query::Params;
 use super::sigv4::{self, Expect, Incoming};
 use crate::bundle::Keys;
-use crate::bundle::create::{Assigned, BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, validate};
+use crate::bundle::create::{
+    Assigned, BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, default_threads, validate,
+};
 use crate::bundle::manifest::Layout;
 use crate::store::names;
 use crate::store::post::{PostTarget, UploadPolicy};
@@ -172,10 +174,7 @@ impl Api {
                 .chunk_size
                 .map_or(DEFAULT_CHUNK_SIZE, |s| usize::try_from(s.0).unwrap_or(usize::MAX)),
             level: inst.zstd_level.or(b.zstd_level).unwrap_or(DEFAULT_LEVEL),
-            threads: inst
-                .threads
-                .or(b.threads)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            threads: default_threads(inst.threads.or(b.threads)),
             layout: Layout::Parts,
             part_size: Some(part_size),
             overwrite: b.overwrite,
@@ -240,13 +239,7 @@ impl Api {
         };
         let xml = task.to_bundle_instance_xml(request_id);
         if let Err(e) = self.jobs.spawn(task.clone(), spec) {
-            let mut failed = task;
-            failed.state = State::Failed;
-            failed.error = Some(task::TaskError {
-                code: "InternalError".into(),
-                message: e.to_string(),
-            });
-            let _ = self.tasks.save(&failed);
+            super::jobs::fail(&self.tasks, task, &e);
             return Err(ApiError::internal(e.to_string()));
         }
         Ok(xml)

@@ -132,7 +132,7 @@ impl Jobs {
 }
 
 /// Ends a task that never ran.
-fn fail(tasks: &TaskStore, mut task: BundleTask, e: &Error) -> BundleTask {
+pub(crate) fn fail(tasks: &TaskStore, mut task: BundleTask, e: &Error) -> BundleTask {
     task.state = State::Failed;
     task.update_time = crate::task::now_iso();
     task.error = Some(TaskError::from_error(e));

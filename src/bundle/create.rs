@@ -33,6 +33,11 @@ pub const MIN_PART_SIZE: u64 = 1 << 20;
 /// S3's largest part, and largest object of a single PUT/POST.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 
+/// Compression threads: the number asked for, else one per core.
+pub fn default_threads(requested: Option<usize>) -> usize {
+    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
 /// Bytes per second assumed when estimating when a bundle ends (for upload-policy expiry):
 /// slow on purpose, so a policy that might run out is refused up front.
 const PESSIMISTIC_RATE: f64 = 20e6;

@@ -284,8 +284,3 @@ pub struct VerifyArgs {
 fn parse_size(s: &str) -> Result<u64, String> {
     winbundle::units::parse_size(s)
 }
-
-/// Threads to use when the user did not say.
-pub fn default_threads(requested: Option<usize>) -> usize {
-    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-}

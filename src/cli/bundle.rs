@@ -4,12 +4,12 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, validate};
+use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, default_threads, validate};
 use winbundle::progress::Progress;
 use winbundle::task::new_request_id;
 use winbundle::task::run::run_tracked;
 
-use super::args::{BundleArgs, OutputFormat, default_threads};
+use super::args::{BundleArgs, OutputFormat};
 use super::inspect::plan_options;
 use super::progress::Bar;
 

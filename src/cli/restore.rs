@@ -7,8 +7,9 @@ use winbundle::Error;
 use winbundle::bundle::read::{OpenedBundle, ReadStats, RestoreTarget};
 use winbundle::units::human;
 
-use super::args::{RestoreArgs, VerifyArgs, default_threads};
+use super::args::{RestoreArgs, VerifyArgs};
 use super::progress::Bar;
+use winbundle::bundle::create::default_threads;
 
 fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
     json!({
