@@ -119,7 +119,11 @@ impl Error {
             Error::Config(_) => {
                 "fix the configuration file (README: \"EC2 API server\" has a complete example), then start the server again".into()
             }
-            Error::Store(StoreError::S3 { op: "PostObject", code, .. }) => crate::store::post::hint(code)?.into(),
+            Error::Store(StoreError::S3 { op, code, .. })
+                if *op == crate::store::post::POST_V2 || *op == crate::store::post::POST_V4 =>
+            {
+                crate::store::post::hint(op, code)?.into()
+            }
             Error::Store(StoreError::S3 { code, .. }) => crate::store::s3::error::hint(code)?.into(),
             Error::Store(StoreError::S3Transport { .. }) => {
                 "check --endpoint-url (and that the server is running) and the network; transient failures were already retried".into()

@@ -14,6 +14,7 @@ pub mod chunk;
 pub mod error;
 pub mod ntfs;
 pub mod progress;
+pub mod signing;
 pub mod source;
 pub mod store;
 pub mod task;

@@ -274,6 +274,18 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// An EC2 error answer: its status, code, a message naming `mentions`, and a RequestID.
+fn expect(r: Reply, status: u16, code: &str, mentions: &str) {
+    assert_eq!((r.status, r.code().as_str()), (status, code), "{}", r.body);
+    assert!(
+        r.message().contains(mentions),
+        "{code}: {:?} lacks {mentions:?}",
+        r.message()
+    );
+    let (fields, _) = xml_fields(&r.body);
+    assert!(fields.contains_key("Response/RequestID"), "{}", r.body);
+}
+
 /// One task as `winbundle describe-bundle-tasks --state-dir STATE --bundle-ids ID` prints it.
 fn cli_task(state: &Path, id: &str) -> serde_json::Value {
     let o = winbundle(&[
@@ -408,16 +420,6 @@ fn every_error_has_its_ec2_code_and_nothing_runs() {
     let call = |p: &[(String, String)]| {
         let r: Vec<(&str, &str)> = p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         c.post(&r)
-    };
-    let expect = |r: Reply, status: u16, code: &str, mentions: &str| {
-        assert_eq!((r.status, r.code().as_str()), (status, code), "{}", r.body);
-        assert!(
-            r.message().contains(mentions),
-            "{code}: {:?} lacks {mentions:?}",
-            r.message()
-        );
-        let (fields, _) = xml_fields(&r.body);
-        assert!(fields.contains_key("Response/RequestID"), "{}", r.body);
     };
 
     // Authentication.
@@ -682,4 +684,74 @@ fn the_readme_configuration_is_valid() {
     let cfg = winbundle::api::config::Config::parse(text, Path::new("README.md")).unwrap();
     assert_eq!(cfg.instances[0].id, "i-0123456789abcdef0");
     assert_eq!(cfg.bundle.part_size.map(|s| s.0), Some(16 << 20));
+}
+
+/// BundleInstance with a SigV4 POST policy in the same three fields: bundled and restored; a
+/// policy signed by another key than Storage.S3.AWSAccessKeyId, or for another region than the
+/// server's bucket region, is refused naming the parameter, and no task is made.
+#[test]
+fn sigv4_policies_work_through_the_same_three_fields() {
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    // The bucket's region is us-east-1 (also what s3s takes).
+    let config = std::fs::read_to_string(&st.config)
+        .unwrap()
+        .replace("[s3]\n", "[s3]\nregion = \"us-east-1\"\n");
+    std::fs::write(&st.config, config).unwrap();
+    let server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let v4 = |prefix: &str, akid: &str, region: &str| {
+        let now = chrono::Utc::now();
+        let text = policy::v4_policy(&policy::V4Request {
+            bucket: "bkt",
+            prefix,
+            acl: None,
+            access_key_id: akid,
+            region,
+            now,
+            expires: now + chrono::Duration::hours(24),
+            max_object: policy::MAX_POST_OBJECT,
+        });
+        let b64 = policy::encode(&text);
+        let sig = policy::sign_v4(SECRET_KEY, &policy::Credential::new(akid, now, region), &b64);
+        let mut p = bundle_params(INSTANCE, "bkt", prefix);
+        p[6].1 = b64;
+        p[7].1 = sig;
+        p
+    };
+    let wrong_region = v4("win/v4", ACCESS_KEY, "eu-west-3");
+    expect(
+        c.post(&refs(&wrong_region)),
+        400,
+        "InvalidParameterValue",
+        "signed for the region eu-west-3",
+    );
+    let other_key = v4("win/v4", "AKIAOTHEROWNER", "us-east-1");
+    expect(
+        c.post(&refs(&other_key)),
+        400,
+        "InvalidParameterValue",
+        "Storage.S3.AWSAccessKeyId",
+    );
+    let mut v2_signature = v4("win/v4", ACCESS_KEY, "us-east-1");
+    v2_signature[7].1 = policy::sign(SECRET_KEY, &v2_signature[6].1);
+    expect(
+        c.post(&refs(&v2_signature)),
+        400,
+        "InvalidParameterValue",
+        "64 hex digits",
+    );
+    assert!(!st.state.exists() || std::fs::read_dir(&st.state).unwrap().count() == 0);
+
+    let params = v4("win/v4", ACCESS_KEY, "us-east-1");
+    let r = c.post(&refs(&params));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.task_field("bundleId");
+    let done = c.wait_for(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done.task_field("state"), "complete", "{}", done.body);
+    assert!(!done.body.contains(params[7].1.as_str()));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("restored.img");
+    restore_from(&s3.store("bkt"), "win/v4", &out).unwrap();
+    assert_restored_matches(&st.source, &request(&st.source, "x").plan, &out);
 }

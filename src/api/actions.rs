@@ -137,14 +137,18 @@ impl Api {
         names::check_prefix(prefix).map_err(|e| ApiError::invalid(PREFIX, &e.to_string()))?;
         let akid = p.required(AKID)?;
         let policy_b64 = policy_base64(p.required(POLICY)?).map_err(|m| ApiError::invalid(POLICY, &m))?;
-        let signature = p.required(SIGNATURE)?;
-        if B64.decode(signature.trim()).map(|s| s.len()) != Ok(20) {
-            return Err(ApiError::invalid(
-                SIGNATURE,
-                "it is not the base64 of an HMAC-SHA1 (20 bytes): pass the signature the bucket owner made for this policy",
-            ));
-        }
+        let signature = p.required(SIGNATURE)?.trim();
         let policy = UploadPolicy::parse(&policy_b64).map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+        policy
+            .check_signature_shape(signature)
+            .map_err(|e| ApiError::invalid(SIGNATURE, &e.message))?;
+        // A version 4 policy names its signer: the access key given and the bucket's region must agree.
+        let policy_region = policy
+            .check_signer(None, self.config.s3.region.as_deref())
+            .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+        policy
+            .check_signer(Some(akid), None)
+            .map_err(|e| ApiError::invalid(AKID, &e.message))?;
         let b = &self.config.bundle;
         let part_size = b.part_size.map_or(DEFAULT_PART_SIZE, |s| s.0);
         let keys = Keys::new(prefix);
@@ -157,6 +161,18 @@ impl Api {
                 None,
             )
             .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+        let target = PostTarget::new(
+            PostTarget::url_for(
+                bucket,
+                self.config.s3.endpoint_url.as_deref(),
+                self.config.s3.region.as_deref().or(policy_region.as_deref()),
+            ),
+            bucket,
+            akid,
+            policy,
+            signature,
+        )
+        .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
         let inst = self.config.instance(instance_id).ok_or_else(|| {
             ApiError::new(
                 400,
@@ -215,17 +231,7 @@ impl Api {
                 }),
                 ..request
             },
-            target: PostTarget {
-                url: PostTarget::url_for(
-                    bucket,
-                    self.config.s3.endpoint_url.as_deref(),
-                    self.config.s3.region.as_deref(),
-                ),
-                bucket: bucket.to_string(),
-                access_key_id: akid.to_string(),
-                policy,
-                signature: signature.trim().to_string(),
-            },
+            target,
             concurrency: self
                 .config
                 .s3

@@ -96,7 +96,9 @@ fn default_skew() -> i64 {
 pub struct S3Target {
     /// `http://127.0.0.1:9000` for MinIO, s3s-fs, Garage; absent for AWS S3.
     pub endpoint_url: Option<String>,
-    /// Region of the bucket (AWS S3's regional endpoint; ignored with an endpoint URL).
+    /// Region of the bucket: AWS S3's regional endpoint, and the region version 4 upload
+    /// policies must be signed for (with an endpoint URL too: Garage's is its `s3_region`).
+    /// Absent: the region a version 4 policy names is used.
     pub region: Option<String>,
     /// Parts uploaded at once per bundle.
     pub concurrency: Option<usize>,

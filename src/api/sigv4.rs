@@ -5,13 +5,9 @@
 //! raw query and the body as they arrived.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// The only algorithm SigV4 has.
-pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+pub use crate::signing::{ALGORITHM, signature, signing_key};
 /// SHA-256 of the empty string: the payload hash of a request without a body.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -217,26 +213,6 @@ pub fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> S
     )
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length: new_from_slice cannot fail.
-    let mut m = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key"));
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
-}
-
-/// The signing key for a day (`YYYYMMDD`), region and service.
-pub fn signing_key(secret: &str, day: &str, region: &str, service: &str) -> Vec<u8> {
-    let k = hmac(format!("AWS4{secret}").as_bytes(), day.as_bytes());
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, service.as_bytes());
-    hmac(&k, b"aws4_request")
-}
-
-/// The hex signature of a string to sign.
-pub fn signature(key: &[u8], string_to_sign: &str) -> String {
-    hex::encode(hmac(key, string_to_sign.as_bytes()))
-}
-
 /// The parts of a signature, from the header or the query.
 struct Parts {
     access_key_id: String,
@@ -431,10 +407,9 @@ pub fn verify<'s>(
     let scope = format!("{}/{}/{}/aws4_request", p.day, p.region, p.service);
     let sts = string_to_sign(&p.amz_date, &scope, &creq);
     let key = signing_key(secret, &p.day, &p.region, &p.service);
-    let given = hex::decode(&p.signature).map_err(|_| AuthError::Mismatch)?;
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(&key).map_err(|_| AuthError::Mismatch)?;
-    mac.update(sts.as_bytes());
-    mac.verify_slice(&given).map_err(|_| AuthError::Mismatch)?; // constant time
+    if !crate::signing::verify(&key, &sts, &p.signature) {
+        return Err(AuthError::Mismatch);
+    }
     Ok(Verified {
         access_key_id: p.access_key_id,
         region: p.region,

@@ -85,19 +85,33 @@ pub struct CancelArgs {
 /// BundleInstance's storage parameters: upload with a policy instead of credentials.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PolicyArgs {
-    /// Access key id of the bucket owner (pairs with the policy signature).
+    /// Access key id of the bucket owner (pairs with the policy signature; a version 4 policy
+    /// names it too, and may stand in for it).
     #[arg(long, value_name = "AKID")]
     pub owner_akid: Option<String>,
-    /// base64 upload policy from the bucket owner (`winbundle upload-policy` or the aws-cli).
+    /// base64 upload policy from the bucket owner (`winbundle upload-policy`, boto3's
+    /// generate_presigned_post or the aws-cli): signature version 2 or 4, told by its conditions.
     #[arg(long, value_name = "BASE64")]
     pub upload_policy: Option<String>,
-    /// base64 signature of the upload policy.
-    #[arg(long, value_name = "BASE64")]
+    /// Signature of the upload policy: base64 for version 2, hex (boto3's x-amz-signature) for 4.
+    #[arg(long, value_name = "SIGNATURE")]
     pub upload_policy_signature: Option<String>,
     /// The owner's secret key: make the policy (24 h) and signature here, as the aws-cli does.
     /// The key is used for signing only and never sent.
     #[arg(long, value_name = "SECRET", hide_env_values = true)]
     pub owner_sak: Option<String>,
+    /// With --owner-sak: the signature version of the policy made here (4 needs a region).
+    #[arg(long, value_name = "4|2", default_value_t = 4, value_parser = parse_signature_version)]
+    pub signature_version: u8,
+}
+
+/// `4` or `2`.
+pub fn parse_signature_version(s: &str) -> Result<u8, String> {
+    match s.trim() {
+        "4" | "v4" => Ok(4),
+        "2" | "v2" => Ok(2),
+        _ => Err(format!("{s:?}: the signature version is 4 or 2")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -114,6 +128,22 @@ pub struct UploadPolicyArgs {
     /// The owner's secret key (default: AWS_SECRET_ACCESS_KEY).
     #[arg(long, value_name = "SECRET", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub owner_sak: Option<String>,
+    /// 4: a SigV4 POST policy, which AWS (every bucket and region), Garage, MinIO, Ceph and s3s
+    /// accept; 2: EC2's original kind, byte-identical to the aws-cli's `ec2 bundle-instance`
+    /// (refused by AWS buckets made since June 2020 and by Garage).
+    #[arg(long, value_name = "4|2", default_value_t = 4, value_parser = parse_signature_version)]
+    pub signature_version: u8,
+    /// The bucket's region, which a version 4 policy is signed for (default: AWS_REGION,
+    /// AWS_DEFAULT_REGION, or the profile's region). Garage's is its `s3_region`.
+    #[arg(long, env = "AWS_REGION", hide_env_values = true)]
+    pub region: Option<String>,
+    /// Named profile whose region to use (default: AWS_PROFILE, else `default`).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Canned ACL every upload must carry, or `none` (default: none for version 4, as buckets
+    /// with ACLs disabled require; ec2-bundle-read for version 2, as EC2 did).
+    #[arg(long, value_name = "NAME|none")]
+    pub acl: Option<String>,
     /// Validity from now (`24h`, `90m`, `2d`, `3600s`).
     #[arg(long, default_value = "24h", conflicts_with = "expires_at")]
     pub expires: String,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use winbundle::Error;
-use winbundle::store::post::policy::{self, PolicyError, UploadPolicy};
+use winbundle::store::post::policy::{self, PolicyError, Signing, UploadPolicy};
 use winbundle::store::post::{PostStore, PostTarget};
 
 use super::args::{PolicyArgs, PolicyOutput, StoreArgs, UploadPolicyArgs};
@@ -42,6 +42,105 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// The region from `--region`/AWS_REGION, AWS_DEFAULT_REGION (the aws-cli's), or the profile.
+fn resolve_region(flag: Option<&str>, profile: Option<&str>) -> Option<String> {
+    if let Some(r) = flag.filter(|r| !r.is_empty()) {
+        return Some(r.to_string());
+    }
+    if let Ok(r) = std::env::var("AWS_DEFAULT_REGION")
+        && !r.is_empty()
+    {
+        return Some(r);
+    }
+    use aws_config::meta::region::ProvideRegion;
+    let mut builder = aws_config::profile::ProfileFileRegionProvider::builder();
+    if let Some(p) = profile {
+        builder = builder.profile_name(p);
+    }
+    let provider = builder.build();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(provider.region()).map(|r| r.to_string())
+}
+
+fn region_required() -> Error {
+    missing(
+        "--region for a version 4 policy (the bucket's region: AWS_REGION or a profile's region also do; Garage's is its s3_region, e.g. garage)",
+    )
+}
+
+/// A policy text and its signature, made with the owner's secret key.
+struct Made {
+    text: String,
+    base64: String,
+    signature: String,
+    credential: Option<policy::Credential>,
+}
+
+fn make_policy(
+    version: u8,
+    bucket: &str,
+    prefix: &str,
+    acl: Option<&str>,
+    akid: &str,
+    sak: &str,
+    region: Option<&str>,
+    expires: DateTime<Utc>,
+) -> Result<Made, Error> {
+    if version == 2 {
+        let text = policy::v2_policy(bucket, prefix, acl, expires);
+        let base64 = policy::encode(&text);
+        let signature = policy::sign(sak, &base64);
+        return Ok(Made {
+            text,
+            base64,
+            signature,
+            credential: None,
+        });
+    }
+    let region = region.ok_or_else(region_required)?;
+    let now = Utc::now();
+    let text = policy::v4_policy(&policy::V4Request {
+        bucket,
+        prefix,
+        acl,
+        access_key_id: akid,
+        region,
+        now,
+        expires,
+        max_object: policy::MAX_POST_OBJECT,
+    });
+    let base64 = policy::encode(&text);
+    let credential = policy::Credential::new(akid, now, region);
+    let signature = policy::sign_v4(sak, &credential, &base64);
+    Ok(Made {
+        text,
+        base64,
+        signature,
+        credential: Some(credential),
+    })
+}
+
+/// `--acl`: a canned ACL name, or `none`; the default depends on the signature version.
+fn acl_choice(acl: Option<&str>, version: u8) -> Result<Option<String>, Error> {
+    match acl.map(str::trim) {
+        None if version == 2 => Ok(Some(policy::BUNDLE_ACL.to_string())),
+        None => Ok(None),
+        Some(a) if a.eq_ignore_ascii_case("none") => Ok(None),
+        Some(a) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+            Ok(Some(a.to_string()))
+        }
+        Some(a) => Err(Error::InvalidParameter {
+            parameter: "--acl",
+            message: format!(
+                "{a:?} is not a canned ACL name (examples: ec2-bundle-read, bucket-owner-full-control, none)"
+            ),
+        }),
+    }
+}
+
 pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
     winbundle::store::names::check_bucket(&a.bucket)?;
     winbundle::store::names::check_prefix(&a.prefix)?;
@@ -65,29 +164,61 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
                 })?
         }
     };
-    let text = policy::aws_cli_policy(&a.bucket, &a.prefix, expires);
-    let b64 = policy::encode(&text);
-    let signature = policy::sign(sak, &b64);
+    let acl = acl_choice(a.acl.as_deref(), a.signature_version)?;
+    let region = match a.signature_version {
+        4 => Some(resolve_region(a.region.as_deref(), a.profile.as_deref()).ok_or_else(region_required)?),
+        _ => None,
+    };
+    let made = make_policy(
+        a.signature_version,
+        &a.bucket,
+        &a.prefix,
+        acl.as_deref(),
+        &a.owner_akid,
+        sak,
+        region.as_deref(),
+        expires,
+    )?;
+    let parsed = UploadPolicy::parse(&made.base64).map_err(IntoError::into_error)?;
+    // What a form upload sends besides `key` and `file` (the fields boto3 returns).
+    let mut fields = serde_json::Map::new();
+    for (name, value) in parsed
+        .form_fields(&a.owner_akid, &made.signature)
+        .map_err(IntoError::into_error)?
+    {
+        fields.insert(name, value.into());
+    }
+    let expiration = match made.credential {
+        Some(_) => expires.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        None => expires.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    };
     match a.output {
         PolicyOutput::Json => {
-            let v = json!({
+            let mut v = json!({
                 "Bucket": a.bucket,
                 "Prefix": a.prefix,
                 "AWSAccessKeyId": a.owner_akid,
-                "Expiration": expires.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                "Policy": text,
-                "UploadPolicy": b64,
-                "UploadPolicySignature": signature,
+                "SignatureVersion": a.signature_version,
+                "Expiration": expiration,
+                "Policy": made.text,
+                "UploadPolicy": made.base64,
+                "UploadPolicySignature": made.signature,
+                "Fields": fields,
             });
+            if let Some(c) = &made.credential {
+                v["Region"] = c.region.clone().into();
+                v["Credential"] = c.to_string().into();
+            }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         PolicyOutput::Text => {
-            println!("UPLOADPOLICY\t{b64}");
-            println!("UPLOADPOLICYSIGNATURE\t{signature}");
-            println!(
-                "EXPIRATION\t{}",
-                expires.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-            );
+            println!("UPLOADPOLICY\t{}", made.base64);
+            println!("UPLOADPOLICYSIGNATURE\t{}", made.signature);
+            println!("EXPIRATION\t{expiration}");
+            println!("SIGNATUREVERSION\t{}", a.signature_version);
+            if let Some(c) = &made.credential {
+                println!("CREDENTIAL\t{c}");
+            }
         }
     }
     Ok(0)
@@ -106,32 +237,46 @@ pub fn post_store(p: &PolicyArgs, store: &StoreArgs, part_size: u64) -> Result<O
             message: "an upload policy uploads to S3; drop --local-store".into(),
         });
     }
-    let akid = p.owner_akid.clone().ok_or_else(|| missing("--owner-akid"))?;
     let (b64, signature) = match (&p.upload_policy, &p.upload_policy_signature, &p.owner_sak) {
         (Some(pol), Some(sig), _) => (pol.clone(), sig.clone()),
         (Some(_), None, _) => return Err(missing("--upload-policy-signature")),
         (None, Some(_), _) => return Err(missing("--upload-policy")),
         (None, None, Some(sak)) => {
-            let text = policy::aws_cli_policy(&store.bucket, &store.prefix, Utc::now() + Duration::hours(24));
-            let b64 = policy::encode(&text);
-            let sig = policy::sign(sak, &b64);
-            (b64, sig)
+            let akid = p.owner_akid.as_deref().ok_or_else(|| missing("--owner-akid"))?;
+            // A custom endpoint signs as us-east-1 unless told otherwise, as the S3 store does.
+            let region = resolve_region(store.s3.region.as_deref(), store.s3.profile.as_deref())
+                .or_else(|| store.s3.endpoint_url.as_ref().map(|_| "us-east-1".to_string()));
+            let made = make_policy(
+                p.signature_version,
+                &store.bucket,
+                &store.prefix,
+                acl_choice(None, p.signature_version)?.as_deref(),
+                akid,
+                sak,
+                region.as_deref(),
+                Utc::now() + Duration::hours(24),
+            )?;
+            (made.base64, made.signature)
         }
         (None, None, None) => return Ok(None),
     };
     let parsed = UploadPolicy::parse(&b64).map_err(IntoError::into_error)?;
+    // The signer: a version 4 policy names its access key and region, which must agree with
+    // --owner-akid and --region when they are given, and stand in for them when not.
+    let policy_region = parsed
+        .check_signer(p.owner_akid.as_deref(), store.s3.region.as_deref())
+        .map_err(IntoError::into_error)?;
+    let akid = match (&p.owner_akid, &parsed.signing) {
+        (Some(a), _) => a.clone(),
+        (None, Signing::V4(s)) => s.credential.access_key_id.clone(),
+        (None, Signing::V2) => return Err(missing("--owner-akid")),
+    };
     let url = PostTarget::url_for(
         &store.bucket,
         store.s3.endpoint_url.as_deref(),
-        store.s3.region.as_deref(),
+        store.s3.region.as_deref().or(policy_region.as_deref()),
     );
-    let target = PostTarget {
-        url,
-        bucket: store.bucket.clone(),
-        access_key_id: akid,
-        policy: parsed,
-        signature,
-    };
+    let target = PostTarget::new(url, &store.bucket, &akid, parsed, &signature).map_err(IntoError::into_error)?;
     let post = PostStore::new(target, store.s3.concurrency, store.s3.max_attempts)?;
     let keys = winbundle::bundle::Keys::new(&store.prefix);
     post.check_policy(&[keys.manifest(), keys.part(0), keys.part(9999)], part_size, None)

@@ -1,8 +1,9 @@
-//! Uploads with only an upload policy: S3 POST Object (browser-form upload, signature version 2),
-//! the way EC2's BundleInstance wrote bundles. The form carries `key`, `acl=ec2-bundle-read`,
-//! `AWSAccessKeyId`, the base64 `policy` and its `signature` exactly as given, then `file`. No
-//! secret key is needed or read. A policy can only add objects: nothing can be read back,
-//! replaced or deleted, so a failed bundle lists the parts it left behind.
+//! Uploads with only an upload policy: S3 POST Object (browser-form upload), the way EC2's
+//! BundleInstance wrote bundles. The form carries `key`, the ACL when the policy names one, the
+//! signer's fields (version 2: `AWSAccessKeyId`, `policy`, `signature`; version 4:
+//! `x-amz-algorithm`, `x-amz-credential`, `x-amz-date`, `policy`, `x-amz-signature`) exactly as
+//! given, then `file`. No secret key is needed or read. A policy can only add objects: nothing
+//! can be read back, replaced or deleted, so a failed bundle lists the parts it left behind.
 
 pub mod policy;
 
@@ -14,21 +15,39 @@ use crossbeam_channel::{Sender, bounded};
 use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
 pub use policy::{PolicyError, UploadPolicy};
 
-/// What to do about a server's refusal of a policy upload.
-pub fn hint(code: &str) -> Option<&'static str> {
+/// The operation named in errors of uploads with a version 2 policy.
+pub const POST_V2: &str = "PostObject (SigV2 policy)";
+/// The operation named in errors of uploads with a version 4 policy.
+pub const POST_V4: &str = "PostObject (SigV4 policy)";
+
+/// What to do about a server's refusal of a policy upload (`op` is [`POST_V2`] or [`POST_V4`]).
+pub fn hint(op: &str, code: &str) -> Option<&'static str> {
+    let v2 = op == POST_V2;
     Some(match code {
         "SignatureDoesNotMatch" => {
-            "the policy signature does not match: the bucket owner must sign this exact policy with the secret key of the access key id given (--owner-akid / Storage.S3.AWSAccessKeyId)"
+            "the policy signature does not match: the bucket owner must sign this exact policy with the secret key of the access key id given (--owner-akid / Storage.S3.AWSAccessKeyId); a policy changed after signing is refused"
         }
         "InvalidAccessKeyId" => {
             "the S3 server does not know the owner's access key id (--owner-akid / Storage.S3.AWSAccessKeyId): check it, and the S3 endpoint"
+        }
+        "AccessControlListNotSupported" => {
+            "the bucket has ACLs disabled (Object Ownership \"bucket owner enforced\", the default for AWS buckets made since April 2023): ask the bucket owner for a policy without an ACL (`winbundle upload-policy --acl none`)"
         }
         "AccessDenied" | "Forbidden" => {
             "the server refused the policy upload: the policy may have expired or not cover this bucket and prefix, or the owner's key may not write the bucket; ask the bucket owner for a new policy"
         }
         "NoSuchBucket" => "the bucket does not exist: the bucket owner must create it first",
-        "InvalidArgument" | "InvalidRequest" | "NotImplemented" => {
-            "the server does not take signature-version-2 POST policies (Garage, for one): use an S3 server that does (AWS, MinIO, Ceph, s3s), or bundle with credentials instead of a policy"
+        "InvalidArgument"
+        | "InvalidRequest"
+        | "NotImplemented"
+        | "InvalidSignatureVersion"
+        | "AuthorizationHeaderMalformed"
+            if v2 =>
+        {
+            "the server does not take signature-version-2 POST policies (AWS buckets made since June 2020 or in regions opened since 2014, Garage): ask the bucket owner for a version 4 policy (`winbundle upload-policy`, whose default it is, or boto3's generate_presigned_post)"
+        }
+        "InvalidArgument" | "InvalidRequest" | "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError" => {
+            "the server refused the version 4 policy's form: check that the policy's region (in its x-amz-credential) is the bucket's region, and that the policy is passed unchanged"
         }
         _ => return None,
     })
@@ -41,18 +60,56 @@ struct Job {
 }
 
 /// Where and how to POST.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostTarget {
     /// `https://BUCKET.s3.amazonaws.com/`, or `ENDPOINT/BUCKET` (path style) for other servers.
     pub url: String,
     pub bucket: String,
-    pub access_key_id: String,
     pub policy: UploadPolicy,
-    /// base64 HMAC-SHA1 of the policy; sent unchanged, never logged.
-    pub signature: String,
+    /// Every form field but `key` and `file`, signature included: never logged.
+    fields: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for PostTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostTarget")
+            .field("url", &self.url)
+            .field("bucket", &self.bucket)
+            .field("signature_version", &self.policy.signing.version())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostTarget {
+    /// A target for uploads with `policy` and its `signature`, made by the owner of
+    /// `access_key_id` (for version 4 it is also in the policy, and must agree). Checks the
+    /// signature's shape and the ACL; the rest is checked by [`UploadPolicy::check`].
+    pub fn new(
+        url: String,
+        bucket: &str,
+        access_key_id: &str,
+        policy: UploadPolicy,
+        signature: &str,
+    ) -> Result<Self, PolicyError> {
+        policy.check_signature_shape(signature)?;
+        policy.check_signer(Some(access_key_id), None)?;
+        let fields = policy.form_fields(access_key_id, signature)?;
+        Ok(Self {
+            url,
+            bucket: bucket.to_string(),
+            policy,
+            fields,
+        })
+    }
+
+    /// The operation name errors carry: which kind of policy the server refused.
+    pub fn op(&self) -> &'static str {
+        match self.policy.signing {
+            policy::Signing::V2 => POST_V2,
+            policy::Signing::V4(_) => POST_V4,
+        }
+    }
+
     /// The form-upload URL for `bucket` at `endpoint` (None: AWS, in `region` if given).
     pub fn url_for(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> String {
         match (endpoint, region) {
@@ -205,14 +262,9 @@ fn clone_error(e: &StoreError) -> StoreError {
 /// and resent by reference.)
 fn form_body(t: &PostTarget, key: &str, data: &[u8]) -> (String, bytes::Bytes) {
     let boundary = format!("winbundle-{}", crate::task::new_request_id().replace('-', ""));
-    let mut body = Vec::with_capacity(data.len() + 1024);
-    for (name, value) in [
-        ("key", key),
-        ("acl", policy::BUNDLE_ACL),
-        ("AWSAccessKeyId", t.access_key_id.as_str()),
-        ("policy", t.policy.base64.as_str()),
-        ("signature", t.signature.as_str()),
-    ] {
+    let mut body = Vec::with_capacity(data.len() + 4096);
+    let fields = t.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    for (name, value) in std::iter::once(("key", key)).chain(fields) {
         body.extend_from_slice(
             format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
         );
@@ -259,7 +311,7 @@ fn post(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
                 let code = xml_field(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
                 let message = xml_field(&text, "Message").unwrap_or_else(|| format!("HTTP {status}"));
                 let err = StoreError::S3 {
-                    op: "PostObject",
+                    op: t.op(),
                     location: location.clone(),
                     code,
                     message,
@@ -276,7 +328,7 @@ fn post(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
                 err
             }
             Err(e) => StoreError::S3Transport {
-                op: "PostObject",
+                op: t.op(),
                 location: location.clone(),
                 detail: super::s3::error::error_chain(&e),
             },
