@@ -223,14 +223,74 @@ PY
   ! grep -q "$sig" "$work/task.json"
 }
 
-garage_policy_refused() { # Garage takes only SigV4 POST policies: the refusal is reported, nothing read
+garage_policy_refused() { # Garage takes only SigV4 POST policies: a SigV2 one is refused, the hint says to use version 4
   local out rc=0
-  out=$("$wb" upload-policy --bucket e2e-bucket --prefix e2e/gp --owner-akid "$GARAGE_AK" --owner-sak "$GARAGE_SK" --output text)
+  out=$("$wb" upload-policy --signature-version 2 --bucket e2e-bucket --prefix e2e/gp --owner-akid "$GARAGE_AK" --owner-sak "$GARAGE_SK" --output text)
   "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix e2e/gp \
     --endpoint-url http://127.0.0.1:3910 --region garage --owner-akid "$GARAGE_AK" \
     --upload-policy "$(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$out")" \
     --upload-policy-signature "$(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$out")" -q >/dev/null 2>"$work/err.txt" || rc=$?
-  [ "$rc" != 0 ] && grep -q "PostObject" "$work/err.txt"
+  cat "$work/err.txt"
+  [ "$rc" != 0 ] && grep -q "PostObject (SigV2 policy)" "$work/err.txt" && grep -q "version 4 policy" "$work/err.txt"
+}
+
+server_vars() { # name: sets ep ak sk region for a server
+  case $1 in
+    s3s) ep=http://127.0.0.1:8014 ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
+    garage) ep=http://127.0.0.1:3910 ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
+  esac
+}
+
+policy_bundle_restore() { # name prefix policy signature: bundle with only the policy (no secret, no region in the environment), restore = source
+  local name=$1 prefix=$2 pol=$3 sig=$4 ep ak sk region
+  server_vars "$name"
+  env -u AWS_SECRET_ACCESS_KEY -u AWS_ACCESS_KEY_ID -u AWS_SESSION_TOKEN -u AWS_REGION -u AWS_DEFAULT_REGION \
+    "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix "$prefix" --endpoint-url "$ep" \
+    --owner-akid "$ak" --upload-policy "$pol" --upload-policy-signature "$sig" --part-size 1MiB -q >"$work/task.json"
+  grep -q '"State": "complete"' "$work/task.json"
+  ! grep -q "$sig" "$work/task.json"
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" restore --bucket e2e-bucket --prefix "$prefix" \
+    --endpoint-url "$ep" --region "$region" --output "$work/policy.img" --force -q
+  local_reference
+  cmp "$work/policy.img" "$work/local.img"
+}
+
+local_reference() { # $work/local.img: the gpt-disk fixture bundled to and restored from the local store
+  [ -d "$work/store-gpt-disk.img.zst-single" ] || roundtrip gpt-disk.img.zst single
+  "$wb" restore --bucket e2e-bucket --prefix "e2e/gpt-disk" --local-store "$work/store-gpt-disk.img.zst-single" --output "$work/local.img" --force -q
+}
+
+policy_v4_winbundle() { # name: a winbundle-made SigV4 policy (no ACL) accepted by the server
+  local name=$1 ep ak sk region out prefix="e2e/v4-wb-$1"
+  server_vars "$name"
+  out=$("$wb" upload-policy --bucket e2e-bucket --prefix "$prefix" --owner-akid "$ak" --owner-sak "$sk" --region "$region" --output text)
+  grep -q "^SIGNATUREVERSION	4" <<<"$out"
+  policy_bundle_restore "$name" "$prefix" "$(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$out")" \
+    "$(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$out")"
+}
+
+boto3_post() { # name prefix: "POLICY SIGNATURE" from boto3's generate_presigned_post (SigV4), made independently of winbundle
+  local ep ak sk region
+  server_vars "$1"
+  E2E_EP=$ep E2E_AK=$ak E2E_SK=$sk E2E_REGION=$region python3 - "$2" <<'PY'
+import os, sys
+import boto3
+from botocore.config import Config
+s3 = boto3.client("s3", endpoint_url=os.environ["E2E_EP"], region_name=os.environ["E2E_REGION"],
+                  aws_access_key_id=os.environ["E2E_AK"], aws_secret_access_key=os.environ["E2E_SK"],
+                  config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+post = s3.generate_presigned_post("e2e-bucket", sys.argv[1] + "${filename}",
+                                  Conditions=[["content-length-range", 0, 5 << 30]], ExpiresIn=86400)
+f = {k.lower(): v for k, v in post["fields"].items()}
+assert f["x-amz-algorithm"] == "AWS4-HMAC-SHA256", f
+print(f["policy"], f["x-amz-signature"])
+PY
+}
+
+policy_v4_boto3() { # name: boto3's generate_presigned_post policy and signature, used by bundle-instance
+  local made prefix="e2e/v4-boto3-$1"
+  made=$(boto3_post "$1" "$prefix")
+  policy_bundle_restore "$1" "$prefix" "${made% *}" "${made#* }"
 }
 
 s3_wrong_secret() { # name: AuthFailure-like refusal, non-zero exit, no manifest
@@ -432,6 +492,52 @@ serve_sigterm_restart() { # SIGTERM cancels the running bundle and exits 0; a ne
   [ "$(task_field "$work/st.json" State)" = failed ]
 }
 
+serve_garage_v4() { # winbundle serve in front of Garage: boto3 BundleInstance with a SigV4 policy, waiter, restore = source
+  local ak=$GARAGE_AK sk=$GARAGE_SK caller_sk made prefix=e2e/serve-v4 rc=0
+  caller_sk=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+  cat >"$work/serve-garage.toml" <<TOML
+region = "us-east-1"
+state_dir = "$work/serve-garage-tasks"
+[s3]
+endpoint_url = "http://127.0.0.1:3910"
+region = "garage"
+[bundle]
+part_size = "8MiB"
+[[caller]]
+access_key_id = "AKIASERVEGARAGE"
+secret_access_key_env = "WINBUNDLE_E2E_CALLER_SECRET"
+[[instance]]
+id = "i-0123456789abcdef0"
+source = "$root/testdata/gpt-disk.img.zst"
+TOML
+  WINBUNDLE_E2E_CALLER_SECRET=$caller_sk "$wb" serve --config "$work/serve-garage.toml" --listen 127.0.0.1:8774 \
+    >"$work/serve-garage.out" 2>"$work/serve-garage.log" &
+  local pid=$!
+  pids+=($pid)
+  wait_port 8774 || { echo "winbundle serve did not start"; cat "$work/serve-garage.log"; return 1; }
+  made=$(boto3_post garage "$prefix")
+  E2E_CALLER_SK=$caller_sk E2E_OWNER_AK=$ak python3 - "$prefix" "${made% *}" "${made#* }" <<'PY' || rc=$?
+import base64, os, sys
+import boto3
+prefix, policy_b64, sig = sys.argv[1:4]
+ec2 = boto3.client("ec2", endpoint_url="http://127.0.0.1:8774", region_name="us-east-1",
+                   aws_access_key_id="AKIASERVEGARAGE", aws_secret_access_key=os.environ["E2E_CALLER_SK"])
+t = ec2.bundle_instance(InstanceId="i-0123456789abcdef0", Storage={"S3": {
+    "Bucket": "e2e-bucket", "Prefix": prefix, "AWSAccessKeyId": os.environ["E2E_OWNER_AK"],
+    "UploadPolicy": base64.b64decode(policy_b64), "UploadPolicySignature": sig}})["BundleTask"]
+assert t["State"] == "pending", t
+ec2.get_waiter("bundle_task_complete").wait(BundleIds=[t["BundleId"]], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+done = ec2.describe_bundle_tasks(BundleIds=[t["BundleId"]])["BundleTasks"][0]
+assert done["State"] == "complete" and done["Progress"] == "100%", done
+PY
+  kill -TERM "$pid"; wait "$pid" || true
+  [ "$rc" = 0 ] || { tail "$work/serve-garage.log"; return 1; }
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" restore --bucket e2e-bucket --prefix "$prefix" \
+    --endpoint-url http://127.0.0.1:3910 --region garage --output "$work/serve-v4.img" --force -q
+  local_reference
+  cmp "$work/serve-v4.img" "$work/local.img"
+}
+
 fixtures=(gpt-disk.img.zst mbr-disk.img.zst gpt4k-disk.img.zst bare-volume.img.zst attrlist-volume.img.zst)
 for fx in "${fixtures[@]}"; do
   check "round trip $fx (single object)" roundtrip "$fx" single
@@ -459,14 +565,21 @@ if [[ " ${servers[*]} " == *" s3s "* ]]; then
   check "s3s: upload-policy mode with a Python-made policy and no secret key in the environment" s3s_policy
 fi
 if [[ " ${servers[*]} " == *" garage "* ]]; then
-  check "garage: a SigV2 upload policy is refused with the server's code" garage_policy_refused
+  check "garage: a SigV2 upload policy is refused with the server's code and a hint to use version 4" garage_policy_refused
 fi
+for server in "${servers[@]}"; do
+  check "$server: SigV4 upload policy made by winbundle upload-policy, bundle with no secret key, restore = source" policy_v4_winbundle "$server"
+  check "$server: SigV4 upload policy made by boto3 generate_presigned_post, bundle with no secret key, restore = source" policy_v4_boto3 "$server"
+done
 if [[ " ${servers[*]} " == *" s3s "* ]] && check "serve: winbundle serve starts (config, caller secret from the environment)" start_serve; then
   check "serve: aws ec2 bundle-instance, wait bundle-task-complete, every field (JSON and raw XML), restore = source" serve_bundle_wait_restore
   check "serve: aws ec2 cancel-bundle-task on a queued and a running bundle; filters" serve_cancel_and_filters
   check "serve: a wrong secret key gives AuthFailure and starts nothing" serve_auth_failure
   check "serve: boto3 bundle_instance, waiter, DryRun, BundlingInProgress, cancel_bundle_task" serve_boto3
   check "serve: SIGTERM cancels the running bundle and exits 0; the restarted server reports it" serve_sigterm_restart
+fi
+if [[ " ${servers[*]} " == *" garage "* ]]; then
+  check "serve: winbundle serve in front of Garage, boto3 BundleInstance with a SigV4 policy, waiter, restore = source" serve_garage_v4
 fi
 check "README main command" "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket demo-bucket --prefix win2019 --local-store "$work/readme-store" -q
 echo "e2e: $pass passed, $fail failed"
