@@ -79,16 +79,27 @@ struct Made {
     credential: Option<policy::Credential>,
 }
 
-fn make_policy(
+/// What a policy made here is for.
+struct Spec<'a> {
     version: u8,
-    bucket: &str,
-    prefix: &str,
-    acl: Option<&str>,
-    akid: &str,
-    sak: &str,
-    region: Option<&str>,
+    bucket: &'a str,
+    prefix: &'a str,
+    acl: Option<&'a str>,
+    akid: &'a str,
+    region: Option<&'a str>,
     expires: DateTime<Utc>,
-) -> Result<Made, Error> {
+}
+
+fn make_policy(spec: &Spec<'_>, sak: &str) -> Result<Made, Error> {
+    let Spec {
+        version,
+        bucket,
+        prefix,
+        acl,
+        akid,
+        region,
+        expires,
+    } = *spec;
     if version == 2 {
         let text = policy::v2_policy(bucket, prefix, acl, expires);
         let base64 = policy::encode(&text);
@@ -169,16 +180,16 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
         4 => Some(resolve_region(a.region.as_deref(), a.profile.as_deref()).ok_or_else(region_required)?),
         _ => None,
     };
-    let made = make_policy(
-        a.signature_version,
-        &a.bucket,
-        &a.prefix,
-        acl.as_deref(),
-        &a.owner_akid,
-        sak,
-        region.as_deref(),
+    let spec = Spec {
+        version: a.signature_version,
+        bucket: &a.bucket,
+        prefix: &a.prefix,
+        acl: acl.as_deref(),
+        akid: &a.owner_akid,
+        region: region.as_deref(),
         expires,
-    )?;
+    };
+    let made = make_policy(&spec, sak)?;
     let parsed = UploadPolicy::parse(&made.base64).map_err(IntoError::into_error)?;
     // What a form upload sends besides `key` and `file` (the fields boto3 returns).
     let mut fields = serde_json::Map::new();
@@ -246,16 +257,17 @@ pub fn post_store(p: &PolicyArgs, store: &StoreArgs, part_size: u64) -> Result<O
             // A custom endpoint signs as us-east-1 unless told otherwise, as the S3 store does.
             let region = resolve_region(store.s3.region.as_deref(), store.s3.profile.as_deref())
                 .or_else(|| store.s3.endpoint_url.as_ref().map(|_| "us-east-1".to_string()));
-            let made = make_policy(
-                p.signature_version,
-                &store.bucket,
-                &store.prefix,
-                acl_choice(None, p.signature_version)?.as_deref(),
+            let acl = acl_choice(None, p.signature_version)?;
+            let spec = Spec {
+                version: p.signature_version,
+                bucket: &store.bucket,
+                prefix: &store.prefix,
+                acl: acl.as_deref(),
                 akid,
-                sak,
-                region.as_deref(),
-                Utc::now() + Duration::hours(24),
-            )?;
+                region: region.as_deref(),
+                expires: Utc::now() + Duration::hours(24),
+            };
+            let made = make_policy(&spec, sak)?;
             (made.base64, made.signature)
         }
         (None, None, None) => return Ok(None),

@@ -47,7 +47,7 @@ pub fn hint(op: &str, code: &str) -> Option<&'static str> {
             "the server does not take signature-version-2 POST policies (AWS buckets made since June 2020 or in regions opened since 2014, Garage): ask the bucket owner for a version 4 policy (`winbundle upload-policy`, whose default it is, or boto3's generate_presigned_post)"
         }
         "InvalidArgument" | "InvalidRequest" | "AuthorizationHeaderMalformed" | "AuthorizationQueryParametersError" => {
-            "the server refused the version 4 policy's form: check that the policy's region (in its x-amz-credential) is the bucket's region, and that the policy is passed unchanged"
+            "the server refused the form under the version 4 policy (its message says which rule): check that the policy's region (in its x-amz-credential) is the bucket's region, that it covers this bucket, prefix and part size, that it has not expired, and that it is passed unchanged"
         }
         _ => return None,
     })
