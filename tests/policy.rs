@@ -364,3 +364,81 @@ fn a_failed_policy_bundle_lists_the_parts_it_left() {
     }
     assert!(!s3.store("bkt").exists("pol/cancel.manifest.json").unwrap());
 }
+
+/// `winbundle upload-policy`: version 4 by default, its region from the flag, the environment
+/// or the profile (and an error naming --region without one); version 2 stays the aws-cli's text.
+#[test]
+fn upload_policy_takes_its_region_from_flag_environment_or_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "[profile bundler]\nregion = ap-south-2\n").unwrap();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
+        cmd.args([
+            "upload-policy",
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "win",
+            "--owner-akid",
+            "AKIDOWNER",
+            "--owner-sak",
+            "secret",
+        ])
+        .args(extra)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let field = |json: &str, name: &str| serde_json::from_str::<serde_json::Value>(json).unwrap()[name].clone();
+    let (code, out, err) = run(&["--region", "garage"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(field(&out, "SignatureVersion"), 4);
+    assert_eq!(field(&out, "Region"), "garage");
+    let p = UploadPolicy::parse(field(&out, "UploadPolicy").as_str().unwrap()).unwrap();
+    assert_eq!(p.acl().unwrap(), None, "version 4 has no ACL by default");
+    assert_eq!(
+        field(&out, "Fields")["x-amz-signature"],
+        field(&out, "UploadPolicySignature")
+    );
+    let (_, out, _) = run(&[], &[("AWS_REGION", "eu-north-1")]);
+    assert_eq!(field(&out, "Region"), "eu-north-1");
+    let (_, out, _) = run(&[], &[("AWS_DEFAULT_REGION", "eu-south-1")]);
+    assert_eq!(field(&out, "Region"), "eu-south-1");
+    let (_, out, _) = run(&["--profile", "bundler"], &[]);
+    assert_eq!(field(&out, "Region"), "ap-south-2");
+    let (_, out, _) = run(&[], &[("AWS_PROFILE", "bundler")]);
+    assert_eq!(field(&out, "Region"), "ap-south-2");
+    let (code, _, err) = run(&[], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--region"), "{err}");
+    // Version 2: the aws-cli's text and signature, ec2-bundle-read unless --acl none.
+    let (code, out, _) = run(
+        &["--signature-version", "2", "--expires-at", "2013-08-10T00:00:00Z"],
+        &[],
+    );
+    assert_eq!(code, Some(0));
+    let at = chrono::DateTime::parse_from_rfc3339("2013-08-10T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    assert_eq!(field(&out, "Policy"), policy::aws_cli_policy("bkt", "win", at));
+    assert_eq!(
+        field(&out, "UploadPolicySignature"),
+        policy::sign("secret", &policy::encode(&policy::aws_cli_policy("bkt", "win", at)))
+    );
+    let (_, out, _) = run(&["--signature-version", "2", "--acl", "none"], &[]);
+    assert!(!field(&out, "Policy").as_str().unwrap().contains("acl"));
+    let (code, _, err) = run(&["--signature-version", "3"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+}

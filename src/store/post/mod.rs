@@ -470,3 +470,34 @@ impl PostStore {
             .check(&self.shared.target.bucket, keys, part_size, now, finish_by)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_hints_say_what_to_change() {
+        assert!(
+            hint(POST_V4, "AccessControlListNotSupported")
+                .unwrap()
+                .contains("--acl none")
+        );
+        assert!(
+            hint(POST_V2, "AccessControlListNotSupported")
+                .unwrap()
+                .contains("--acl none")
+        );
+        assert!(hint(POST_V2, "InvalidRequest").unwrap().contains("version 4 policy"));
+        assert!(
+            !hint(POST_V4, "InvalidRequest")
+                .unwrap()
+                .contains("version 4 policy (`winbundle")
+        );
+        assert!(
+            hint(POST_V4, "SignatureDoesNotMatch")
+                .unwrap()
+                .contains("changed after signing")
+        );
+        assert_eq!(hint(POST_V4, "SlowDown"), None);
+    }
+}

@@ -726,4 +726,49 @@ mod tests {
             ("acl".into(), BUNDLE_ACL.into())
         );
     }
+
+    #[test]
+    fn v4_dates_must_lie_in_the_validity() {
+        let now = Utc::now();
+        let make = |signed: DateTime<Utc>, expires: DateTime<Utc>| {
+            let text = v4_policy(&V4Request {
+                bucket: "bkt",
+                prefix: "win",
+                acl: None,
+                access_key_id: "AKID",
+                region: "us-east-1",
+                now: signed,
+                expires,
+                max_object: MAX_POST_OBJECT,
+            });
+            UploadPolicy::parse(&encode(&text)).unwrap()
+        };
+        let keys = ["win.part.0".to_string()];
+        let ok = make(now, now + Duration::hours(24));
+        assert!(ok.check("bkt", &keys, 1 << 20, now, None).unwrap().is_empty());
+        let future = make(now + Duration::hours(2), now + Duration::hours(24));
+        let e = future.check("bkt", &keys, 1 << 20, now, None).unwrap_err();
+        assert!(e.message.contains("is in the future"), "{}", e.message);
+        let never = make(now - Duration::hours(1), now - Duration::hours(2));
+        let e = never
+            .check("bkt", &keys, 1 << 20, now - Duration::hours(3), None)
+            .unwrap_err();
+        assert!(e.message.contains("not before its expiration"), "{}", e.message);
+        // The credential's day must be x-amz-date's day.
+        let text = String::from_utf8(B64.decode(&ok.base64).unwrap()).unwrap();
+        let day = now.format("%Y%m%d").to_string();
+        let other = (now - Duration::days(1)).format("%Y%m%d").to_string();
+        let moved = text.replace(&format!("/{day}/"), &format!("/{other}/"));
+        let e = UploadPolicy::parse(&encode(&moved)).unwrap_err();
+        assert!(
+            e.message.contains("not on the day of its x-amz-credential"),
+            "{}",
+            e.message
+        );
+        // Half a version 4 policy is an error, not a version 2 policy.
+        let half = text.replace(r#"{"x-amz-algorithm": "AWS4-HMAC-SHA256"},"#, "");
+        let e = UploadPolicy::parse(&encode(&half)).unwrap_err();
+        assert_eq!(e.code, "MissingParameter");
+        assert!(e.message.contains("x-amz-algorithm"), "{}", e.message);
+    }
 }
