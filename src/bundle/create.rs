@@ -285,7 +285,7 @@ fn run(
         level: req.level,
         threads: req.threads,
     };
-    let stats = match run_pipeline(&mut source, cfg, &mut writer, progress, cancel) {
+    let mut stats = match run_pipeline(&mut source, cfg, &mut writer, progress, cancel) {
         Ok(s) => s,
         Err(e) => {
             writer.abort();
@@ -358,6 +358,7 @@ fn run(
         return Err(e.into());
     }
     progress.finish();
+    stats.source_reads = disk.read_stats();
     Ok((manifest, stats))
 }
 

@@ -45,6 +45,8 @@ pub struct PipelineStats {
     pub compress_time: Duration,
     /// Time the sink spent storing frames.
     pub store_time: Duration,
+    /// How the source served its reads (every layer's, metadata included).
+    pub source_reads: crate::source::device::ReadStats,
 }
 
 enum Job {

@@ -88,6 +88,7 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
                 "ReadSeconds": s.read_time.as_secs_f64(),
                 "CompressSeconds": s.compress_time.as_secs_f64(),
                 "StoreSeconds": s.store_time.as_secs_f64(),
+                "SourceReads": s.source_reads,
                 "InstanceIdDerived": outcome.instance_id_derived,
             }))
         }

@@ -1,18 +1,33 @@
-//! The raw source: a disk image file, a bare volume image or a block device, opened read-only
-//! and read with positioned reads (no shared seek position, so several threads can read at once).
+//! The raw source: a disk image file, a bare volume image, a block device, or (on Windows) a
+//! volume, disk or shadow-copy handle, opened read-only and read with positioned reads (no
+//! shared seek position, so several threads can read at once). Every read of every layer above
+//! (partition tables, NTFS metadata, chunks) goes through [`DiskFile::read_exact_at`], which
+//! respects the device's alignment ([`super::device`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::SourceError;
+use super::device::{Alignment, BouncePool, Device, FileDevice, ReadCounters, ReadStats, StrictDevice};
 
 /// A read-only disk (or volume) with a known size.
-#[derive(Debug)]
 pub struct DiskFile {
-    file: File,
+    device: Box<dyn Device>,
     path: PathBuf,
     size: u64,
+    bounce: BouncePool,
+    counters: ReadCounters,
+}
+
+impl std::fmt::Debug for DiskFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskFile")
+            .field("path", &self.path)
+            .field("size", &self.size)
+            .field("alignment", &self.device.alignment())
+            .finish_non_exhaustive()
+    }
 }
 
 impl DiskFile {
@@ -35,11 +50,35 @@ impl DiskFile {
             file = decompress_to_temp(path, file).map_err(open_err)?;
         }
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
+        let device: Box<dyn Device> = match strict_alignment() {
+            Some(sector) => Box::new(StrictDevice {
+                inner: FileDevice(file),
+                alignment: Alignment::unbuffered(sector),
+            }),
+            None => Box::new(FileDevice(file)),
+        };
+        Ok(Self::from_device(path.to_path_buf(), device, size))
+    }
+
+    /// A source read from `device`, `size` bytes long, named `path` in messages.
+    pub fn from_device(path: PathBuf, device: Box<dyn Device>, size: u64) -> Self {
+        Self {
+            device,
+            path,
             size,
-        })
+            bounce: BouncePool::default(),
+            counters: ReadCounters::default(),
+        }
+    }
+
+    /// What the device needs of every read.
+    pub fn alignment(&self) -> Alignment {
+        self.device.alignment()
+    }
+
+    /// How reads were served so far (the aligned layer made observable).
+    pub fn read_stats(&self) -> ReadStats {
+        self.counters.stats(self.device.alignment())
     }
 
     pub fn path(&self) -> &Path {
@@ -63,12 +102,23 @@ impl DiskFile {
                 size: self.size,
             });
         }
-        read_exact_at(&self.file, buf, offset).map_err(|source| SourceError::Read {
-            path: self.path.clone(),
-            offset,
-            source,
+        super::device::read(self.device.as_ref(), &self.bounce, &self.counters, buf, offset).map_err(|source| {
+            SourceError::Read {
+                path: self.path.clone(),
+                offset,
+                source,
+            }
         })
     }
+}
+
+/// `WINBUNDLE_STRICT_ALIGNMENT=N` (a power of two, 512 to 65536): image files are read as a
+/// Windows unbuffered handle with N-byte sectors would be, refusing any unaligned read. A test
+/// aid: it proves on any platform (and under Wine, which does not enforce alignment) that every
+/// layer's reads go through the aligned path.
+fn strict_alignment() -> Option<u64> {
+    let n: u64 = std::env::var("WINBUNDLE_STRICT_ALIGNMENT").ok()?.trim().parse().ok()?;
+    (n.is_power_of_two() && (512..=65536).contains(&n)).then_some(n)
 }
 
 /// The first bytes of a zstd frame.

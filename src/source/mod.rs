@@ -3,6 +3,7 @@
 //! Nothing here knows about NTFS internals beyond "does this partition start with an NTFS boot
 //! sector"; that lives in [`crate::ntfs`].
 
+pub mod device;
 pub mod disk;
 pub mod layout;
 pub mod partition;
