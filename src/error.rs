@@ -59,6 +59,8 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::Source(SourceError::Open { .. } | SourceError::IsDirectory { .. }) => "InvalidInstanceID.Malformed",
+            Error::Source(SourceError::NotElevated { .. }) => "UnauthorizedOperation",
+            Error::Source(SourceError::Snapshot { .. }) => "SnapshotFailed",
             Error::Source(SourceError::NoRootVolume { .. }) => "NoRootVolume",
             Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => {
                 "InvalidParameterValue"
@@ -100,6 +102,10 @@ impl Error {
             Error::Source(SourceError::PastEnd { .. } | SourceError::PartitionPastEnd { .. }) => {
                 "the image is incomplete: copy it again (compare its size with the source disk)".into()
             }
+            Error::Source(SourceError::Snapshot { hint, .. }) => (*hint).into(),
+            Error::Source(SourceError::NotElevated { .. }) => {
+                "right-click PowerShell or the Command Prompt, choose \"Run as administrator\", and run the command again".into()
+            }
             Error::Source(SourceError::Table(_)) => {
                 "the partition table is damaged: repair it (gdisk/testdisk) or image a bare volume instead".into()
             }
@@ -137,6 +143,8 @@ impl Error {
         match self {
             Error::InvalidParameter { .. } => 2,
             Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => 2,
+            Error::Source(SourceError::NotElevated { .. }) => 2,
+            Error::Source(SourceError::Snapshot { .. }) => 1,
             Error::Store(StoreError::BundleExists { .. } | StoreError::InvalidName { .. }) => 2,
             Error::Source(_) | Error::Ntfs { .. } => 3,
             Error::Format(_) => 4,

@@ -195,6 +195,7 @@ impl Api {
             part_size: Some(part_size),
             overwrite: b.overwrite,
             assigned: None,
+            live: Default::default(),
         };
         validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
         if self.jobs.stopping() {

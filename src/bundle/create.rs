@@ -14,7 +14,6 @@ use super::writer::StreamWriter;
 use crate::Error;
 use crate::chunk::{PipelineConfig, PipelineStats, run_pipeline};
 use crate::progress::Progress;
-use crate::source::DiskFile;
 use crate::store::{ObjectStore, names};
 use crate::task::{self, BundleTask, State, TaskError};
 
@@ -59,6 +58,8 @@ pub struct BundleRequest {
     /// The bundle id and start time, when the task was announced before the run (the API
     /// server answers `pending` at once); otherwise both are made when the run starts.
     pub assigned: Option<Assigned>,
+    /// How a live Windows volume is read (snapshot or not); ignored for image files.
+    pub live: crate::source::live::LiveOptions,
 }
 
 /// A task's identity given before its run.
@@ -227,7 +228,10 @@ fn run(
     notes: &mut Notes,
     on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> Result<(Manifest, PipelineStats), Error> {
-    let disk = DiskFile::open(&req.source)?;
+    // A live volume's snapshot lives as long as `disk`: it is deleted on every way out of here.
+    let opened = crate::source::live::open(&req.source, &req.live, true)?;
+    notes.warnings.extend(opened.notes);
+    let disk = opened.disk;
     let plan = Plan::analyse(&disk, &req.plan)?;
     if task.instance_id.is_empty() {
         task.instance_id = task::derived_instance_id(&instance_identity(&plan));

@@ -175,12 +175,35 @@ pub struct VolumeArgs {
     pub no_default_excludes: bool,
 }
 
+/// How a live Windows volume is read.
+#[derive(Args, Debug, Clone)]
+pub struct LiveArgs {
+    /// For a live Windows volume (C:): read a Volume Shadow Copy snapshot (vss, consistent while
+    /// Windows runs), or the volume itself (none: only for volumes nothing writes to).
+    #[arg(long, value_enum, default_value = "vss")]
+    pub snapshot: winbundle::source::live::SnapshotMode,
+    /// How long making the snapshot may take (`120s`, `5m`).
+    #[arg(long, default_value = "120s", value_parser = parse_seconds)]
+    pub snapshot_timeout: std::time::Duration,
+}
+
+fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    let d = super::policy::parse_duration(s)?;
+    d.to_std()
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?}: give a positive duration (examples: 120s, 5m)"))
+}
+
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Disk image, bare NTFS volume image, or block device.
+    /// Disk image, bare NTFS volume image, block device, or on Windows a live volume or disk
+    /// (C:, \\.\C:, \\?\Volume{GUID}\, \\.\PhysicalDriveN).
     pub source: PathBuf,
     #[command(flatten)]
     pub volume: VolumeArgs,
+    #[command(flatten)]
+    pub live: LiveArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -237,8 +260,11 @@ pub enum OutputFormat {
 
 #[derive(Args, Debug)]
 pub struct BundleArgs {
-    /// Disk image, bare NTFS volume image, or block device.
+    /// Disk image, bare NTFS volume image, block device, or on Windows a live volume or disk
+    /// (C:, \\.\C:, \\?\Volume{GUID}\, \\.\PhysicalDriveN).
     pub source: PathBuf,
+    #[command(flatten)]
+    pub live: LiveArgs,
     #[command(flatten)]
     pub store: StoreArgs,
     /// Instance id to record (default: derived from the source, stable across runs).

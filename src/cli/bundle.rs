@@ -27,6 +27,11 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
         part_size: args.part_size,
         overwrite: args.overwrite,
         assigned: None,
+        live: winbundle::source::live::LiveOptions {
+            snapshot: args.live.snapshot,
+            snapshot_timeout: args.live.snapshot_timeout,
+            ..Default::default()
+        },
     };
     let post = super::policy::post_store(&args.policy, &args.store, req.part_size.unwrap_or(DEFAULT_PART_SIZE))?;
     let mut req = req;

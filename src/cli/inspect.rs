@@ -4,7 +4,7 @@ use serde_json::json;
 use winbundle::Error;
 use winbundle::bundle::create::excluded_partitions;
 use winbundle::bundle::plan::{Plan, PlanOptions};
-use winbundle::source::DiskFile;
+use winbundle::source::live::{self, LiveOptions, LiveSource, SnapshotMode};
 use winbundle::units::human;
 
 use super::args::{InspectArgs, VolumeArgs};
@@ -18,12 +18,38 @@ pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
 }
 
 pub fn run(args: InspectArgs) -> Result<i32, Error> {
-    let disk = DiskFile::open(&args.source)?;
-    let plan = Plan::analyse(&disk, &plan_options(&args.volume))?;
+    // A live volume is read directly: inspect reports, it makes no snapshot.
+    let opts = LiveOptions {
+        snapshot: args.live.snapshot,
+        ..Default::default()
+    };
+    let live = live::recognise(&args.source);
+    let opened = live::open(&args.source, &opts, false)?;
+    let plan = Plan::analyse(&opened.disk, &plan_options(&args.volume))?;
+    let snapshot = match (&live, args.live.snapshot) {
+        (None, _) => None,
+        (Some(LiveSource::Volume { root, .. }), SnapshotMode::Vss) => Some(format!(
+            "bundle-instance will read {root} from a Volume Shadow Copy snapshot (none was taken now)"
+        )),
+        (Some(LiveSource::PhysicalDrive { .. }), SnapshotMode::Vss) => Some(
+            "bundle-instance refuses --snapshot vss for a whole disk: bundle the volume (C:), or pass --snapshot none"
+                .into(),
+        ),
+        (Some(_), SnapshotMode::None) => {
+            Some("bundle-instance will read the live volume directly (--snapshot none)".into())
+        }
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&plan)).unwrap_or_default());
+        let mut v = to_json(&plan);
+        if let Some(s) = &snapshot {
+            v["live"] = json!({"snapshot": args.live.snapshot, "plan": s, "read_stats": opened.disk.read_stats()});
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         print!("{}", to_text(&plan));
+        if let Some(s) = &snapshot {
+            println!("Snapshot:        {s}");
+        }
     }
     Ok(0)
 }

@@ -71,6 +71,11 @@ impl DiskFile {
         }
     }
 
+    /// The name, size and device, to wrap the device in another.
+    pub fn into_parts(self) -> (PathBuf, u64, Box<dyn Device>) {
+        (self.path, self.size, self.device)
+    }
+
     /// What the device needs of every read.
     pub fn alignment(&self) -> Alignment {
         self.device.alignment()

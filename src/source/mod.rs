@@ -6,7 +6,11 @@
 pub mod device;
 pub mod disk;
 pub mod layout;
+pub mod live;
 pub mod partition;
+pub mod snapshot;
+#[cfg(windows)]
+pub mod windows;
 
 use std::path::PathBuf;
 
@@ -46,4 +50,16 @@ pub enum SourceError {
     AmbiguousRoot { path: PathBuf, candidates: String },
     #[error("--partition {index}: {reason}")]
     BadPartitionChoice { index: u32, reason: String },
+    #[error("{source_name}: {message}")]
+    Live { source_name: String, message: String },
+    #[error(
+        "{source_name}: reading a live volume or disk needs an elevated prompt (Administrator): run from an elevated prompt (Administrator){detail}"
+    )]
+    NotElevated { source_name: String, detail: String },
+    #[error("cannot make a shadow copy of {volume}: {source}")]
+    Snapshot {
+        volume: String,
+        source: snapshot::SnapshotError,
+        hint: &'static str,
+    },
 }

@@ -53,6 +53,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         part_size: None,
         overwrite: false,
         assigned: None,
+        live: Default::default(),
     }
 }
 

@@ -1,0 +1,236 @@
+//! Reading live volumes and disks on Windows: unbuffered raw handles (every read aligned, see
+//! [`super::device`]), their size and sector size from IOCTLs with fall-backs, the elevation
+//! check and `SeBackupPrivilege`, and Volume Shadow Copy snapshots ([`vss`]).
+
+pub mod vss;
+
+use std::fs::File;
+use std::os::windows::fs::{FileExt, OpenOptionsExt};
+use std::os::windows::io::AsRawHandle;
+use std::path::PathBuf;
+
+use windows_sys::Win32::Foundation::{CloseHandle, ERROR_NOT_ALL_ASSIGNED, GetLastError, HANDLE, LUID};
+use windows_sys::Win32::Security::{
+    AdjustTokenPrivileges, GetTokenInformation, LUID_AND_ATTRIBUTES, LookupPrivilegeValueW, SE_BACKUP_NAME,
+    SE_PRIVILEGE_ENABLED, TOKEN_ADJUST_PRIVILEGES, TOKEN_ELEVATION, TOKEN_PRIVILEGES, TOKEN_QUERY, TokenElevation,
+};
+use windows_sys::Win32::Storage::FileSystem::{FILE_FLAG_NO_BUFFERING, FILE_SHARE_READ, FILE_SHARE_WRITE};
+use windows_sys::Win32::System::IO::DeviceIoControl;
+use windows_sys::Win32::System::Ioctl::{
+    FSCTL_ALLOW_EXTENDED_DASD_IO, IOCTL_DISK_GET_LENGTH_INFO, IOCTL_STORAGE_QUERY_PROPERTY,
+};
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+use super::device::{Alignment, Device};
+use super::{DiskFile, SourceError};
+
+/// A raw volume, disk or shadow-copy handle opened for unbuffered reads.
+struct RawHandle {
+    file: File,
+    alignment: Alignment,
+}
+
+impl Device for RawHandle {
+    fn read_at(&self, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            match self.file.seek_read(buf, offset) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn alignment(&self) -> Alignment {
+        self.alignment
+    }
+}
+
+/// `DeviceIoControl` with a fixed-size input and output; None when the device does not answer.
+fn ioctl<I, O: Default>(file: &File, code: u32, input: Option<&I>) -> Option<O> {
+    let mut out = O::default();
+    let mut returned = 0u32;
+    let (inp, inlen) = match input {
+        Some(i) => (i as *const I as *const core::ffi::c_void, size_of::<I>() as u32),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: the buffers are valid for the sizes given; the handle is open.
+    let ok = unsafe {
+        DeviceIoControl(
+            file.as_raw_handle() as HANDLE,
+            code,
+            inp,
+            inlen,
+            &mut out as *mut O as *mut core::ffi::c_void,
+            size_of::<O>() as u32,
+            &mut returned,
+            std::ptr::null_mut(),
+        )
+    };
+    (ok != 0).then_some(out)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LengthInfo {
+    length: i64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PropertyQuery {
+    property_id: i32,
+    query_type: i32,
+    additional: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct AccessAlignment {
+    version: u32,
+    size: u32,
+    bytes_per_cache_line: u32,
+    bytes_offset_for_cache_alignment: u32,
+    bytes_per_logical_sector: u32,
+    bytes_per_physical_sector: u32,
+    bytes_offset_for_sector_alignment: u32,
+}
+
+/// `StorageAccessAlignmentProperty`, `PropertyStandardQuery`.
+const ACCESS_ALIGNMENT_QUERY: PropertyQuery = PropertyQuery {
+    property_id: 6,
+    query_type: 0,
+    additional: [0; 4],
+};
+
+/// Opens a volume, disk or shadow-copy device (`\\.\C:`, `\\.\PhysicalDrive0`,
+/// `\\?\GLOBALROOT\Device\HarddiskVolumeShadowCopy3`) for unbuffered reads. The size comes from
+/// IOCTL_DISK_GET_LENGTH_INFO (seeking to the end of a volume handle does not give it), else the
+/// file size, else the NTFS boot sector; the sector size from IOCTL_STORAGE_QUERY_PROPERTY
+/// (access alignment), cross-checked with the boot sector.
+pub fn open_raw(path: &str) -> Result<DiskFile, SourceError> {
+    let name = PathBuf::from(path);
+    let open_err = |source| SourceError::Open {
+        path: name.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_NO_BUFFERING)
+        .open(path)
+        .map_err(open_err)?;
+    // Lets reads reach the last sectors of a volume, past what the file system covers.
+    let _ = ioctl::<(), ()>(&file, FSCTL_ALLOW_EXTENDED_DASD_IO, None);
+    let queried =
+        ioctl::<PropertyQuery, AccessAlignment>(&file, IOCTL_STORAGE_QUERY_PROPERTY, Some(&ACCESS_ALIGNMENT_QUERY))
+            .map(|a| a.bytes_per_logical_sector.max(a.bytes_per_physical_sector) as u64)
+            .filter(|s| s.is_power_of_two() && (512..=65536).contains(s));
+    let mut sector = queried.unwrap_or(4096);
+    // The first sector tells NTFS's own sector size (and, for a volume without a size from the
+    // system, its size). Read with the widest alignment any disk has.
+    let probe = RawHandle {
+        file,
+        alignment: Alignment::unbuffered(sector),
+    };
+    let mut first = super::device::AlignedBuf::new(sector as usize, 4096);
+    let boot = probe
+        .read_at(first.as_mut_slice(), 0)
+        .ok()
+        .map(|_| first.as_mut_slice()[..512].to_vec());
+    let ntfs = boot.as_deref().and_then(ntfs_geometry);
+    if let Some((bps, _)) = ntfs
+        && queried.is_none()
+    {
+        sector = bps;
+    }
+    let size = ioctl::<(), LengthInfo>(&probe.file, IOCTL_DISK_GET_LENGTH_INFO, None)
+        .map(|l| l.length as u64)
+        .filter(|&l| l > 0)
+        .or_else(|| probe.file.metadata().ok().map(|m| m.len()).filter(|&l| l > 0))
+        .or(ntfs.map(|(_, size)| size))
+        .ok_or_else(|| SourceError::Live {
+            source_name: path.to_string(),
+            message: "the system gives no size for this device and it does not start with an NTFS boot sector".into(),
+        })?;
+    let device = RawHandle {
+        file: probe.file,
+        alignment: Alignment::unbuffered(sector),
+    };
+    Ok(DiskFile::from_device(name, Box::new(device), size))
+}
+
+/// (bytes per sector, volume size) from an NTFS boot sector: the total-sectors field counts all
+/// but the last sector (the backup boot sector).
+fn ntfs_geometry(boot: &[u8]) -> Option<(u64, u64)> {
+    if boot.len() < 512 || &boot[3..11] != b"NTFS    " {
+        return None;
+    }
+    let bps = u16::from_le_bytes([boot[11], boot[12]]) as u64;
+    let total = u64::from_le_bytes(boot[0x28..0x30].try_into().ok()?);
+    (bps.is_power_of_two() && bps >= 512).then(|| (bps, total.checked_add(1)?.checked_mul(bps)?))
+}
+
+/// Refuses to go on without an elevated token, and enables `SeBackupPrivilege` for the run.
+pub fn require_elevation(source_name: &str) -> Result<(), SourceError> {
+    let not = |detail: String| SourceError::NotElevated {
+        source_name: source_name.to_string(),
+        detail,
+    };
+    let mut token: HANDLE = std::ptr::null_mut();
+    // SAFETY: out-pointers to locals; the token handle is closed below.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY | TOKEN_ADJUST_PRIVILEGES, &mut token) } == 0 {
+        return Err(not(format!(" (cannot open the process token: error {})", unsafe {
+            GetLastError()
+        })));
+    }
+    let result = (|| {
+        let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
+        let mut len = 0u32;
+        // SAFETY: TOKEN_ELEVATION is the documented output of TokenElevation.
+        let ok = unsafe {
+            GetTokenInformation(
+                token,
+                TokenElevation,
+                &mut elevation as *mut _ as *mut core::ffi::c_void,
+                size_of::<TOKEN_ELEVATION>() as u32,
+                &mut len,
+            )
+        };
+        if ok == 0 || elevation.TokenIsElevated == 0 {
+            return Err(not(String::new()));
+        }
+        let mut luid = LUID {
+            LowPart: 0,
+            HighPart: 0,
+        };
+        // SAFETY: a constant wide string and an out-pointer.
+        if unsafe { LookupPrivilegeValueW(std::ptr::null(), SE_BACKUP_NAME, &mut luid) } == 0 {
+            return Err(not(" (SeBackupPrivilege is unknown to this system)".into()));
+        }
+        let privileges = TOKEN_PRIVILEGES {
+            PrivilegeCount: 1,
+            Privileges: [LUID_AND_ATTRIBUTES {
+                Luid: luid,
+                Attributes: SE_PRIVILEGE_ENABLED,
+            }],
+        };
+        // SAFETY: valid token and structure; no previous state requested.
+        let ok = unsafe { AdjustTokenPrivileges(token, 0, &privileges, 0, std::ptr::null_mut(), std::ptr::null_mut()) };
+        if ok == 0 || unsafe { GetLastError() } == ERROR_NOT_ALL_ASSIGNED {
+            return Err(not(
+                " (this account does not hold SeBackupPrivilege: use an Administrator or Backup Operator account)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    })();
+    // SAFETY: the handle was opened above.
+    unsafe { CloseHandle(token) };
+    result
+}

@@ -1,0 +1,479 @@
+//! Volume Shadow Copy: a requester that snapshots one volume for a backup and deletes the
+//! snapshot afterwards. `IVssBackupComponents` is not in the Win32 metadata (vsbackup.h uses C++
+//! class syntax), so its vtable is declared here, slot by slot, in the order of the SDK's
+//! vsbackup.h (and mingw-w64's C declaration). vssapi.dll is loaded at run time, so the binary
+//! starts on systems without it (Wine's is a stub that answers E_NOTIMPL).
+//!
+//! The call order follows Microsoft's "simple shadow copy creation for backup": initialise,
+//! backup context, copy backup (writers keep their history), gather writer metadata, start a
+//! set, add the volume, prepare, make the snapshot, read its device name. One deadline covers
+//! the whole creation. Any failure after PrepareForBackup aborts the backup; a failed
+//! DoSnapshotSet reports the failing writers by name and state.
+
+use std::ffi::c_void;
+use std::time::{Duration, Instant};
+
+use windows_sys::Win32::Foundation::SysFreeString;
+use windows_sys::Win32::System::Com::{CoInitializeEx, CoInitializeSecurity};
+use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LoadLibraryW};
+use windows_sys::core::{BSTR, GUID, HRESULT};
+
+use crate::source::snapshot::{Snapshot, SnapshotError, Snapshotter};
+
+type Fp = usize; // a slot this requester never calls
+
+#[repr(C)]
+struct BackupVtbl {
+    _query_interface: Fp,
+    _add_ref: Fp,
+    release: unsafe extern "system" fn(*mut c_void) -> u32,
+    _get_writer_components_count: Fp,
+    _get_writer_components: Fp,
+    initialize_for_backup: unsafe extern "system" fn(*mut c_void, BSTR) -> HRESULT,
+    set_backup_state: unsafe extern "system" fn(*mut c_void, bool, bool, i32, bool) -> HRESULT,
+    _initialize_for_restore: Fp,
+    _set_restore_state: Fp,
+    gather_writer_metadata: unsafe extern "system" fn(*mut c_void, *mut *mut c_void) -> HRESULT,
+    _get_writer_metadata_count: Fp,
+    _get_writer_metadata: Fp,
+    _free_writer_metadata: Fp,
+    _add_component: Fp,
+    prepare_for_backup: unsafe extern "system" fn(*mut c_void, *mut *mut c_void) -> HRESULT,
+    abort_backup: unsafe extern "system" fn(*mut c_void) -> HRESULT,
+    gather_writer_status: unsafe extern "system" fn(*mut c_void, *mut *mut c_void) -> HRESULT,
+    get_writer_status_count: unsafe extern "system" fn(*mut c_void, *mut u32) -> HRESULT,
+    free_writer_status: unsafe extern "system" fn(*mut c_void) -> HRESULT,
+    get_writer_status:
+        unsafe extern "system" fn(*mut c_void, u32, *mut GUID, *mut GUID, *mut BSTR, *mut i32, *mut HRESULT) -> HRESULT,
+    _set_backup_succeeded: Fp,
+    _set_backup_options: Fp,
+    _set_selected_for_restore: Fp,
+    _set_restore_options: Fp,
+    _set_additional_restores: Fp,
+    _set_previous_backup_stamp: Fp,
+    _save_as_xml: Fp,
+    backup_complete: unsafe extern "system" fn(*mut c_void, *mut *mut c_void) -> HRESULT,
+    _add_alternative_location_mapping: Fp,
+    _add_restore_subcomponent: Fp,
+    _set_file_restore_status: Fp,
+    _add_new_target: Fp,
+    _set_ranges_file_path: Fp,
+    _pre_restore: Fp,
+    _post_restore: Fp,
+    set_context: unsafe extern "system" fn(*mut c_void, i32) -> HRESULT,
+    start_snapshot_set: unsafe extern "system" fn(*mut c_void, *mut GUID) -> HRESULT,
+    add_to_snapshot_set: unsafe extern "system" fn(*mut c_void, *const u16, GUID, *mut GUID) -> HRESULT,
+    do_snapshot_set: unsafe extern "system" fn(*mut c_void, *mut *mut c_void) -> HRESULT,
+    delete_snapshots: unsafe extern "system" fn(*mut c_void, GUID, i32, i32, *mut i32, *mut GUID) -> HRESULT,
+    _import_snapshots: Fp,
+    _break_snapshot_set: Fp,
+    get_snapshot_properties: unsafe extern "system" fn(*mut c_void, GUID, *mut SnapshotProp) -> HRESULT,
+}
+
+#[repr(C)]
+struct AsyncVtbl {
+    _query_interface: Fp,
+    _add_ref: Fp,
+    release: unsafe extern "system" fn(*mut c_void) -> u32,
+    cancel: unsafe extern "system" fn(*mut c_void) -> HRESULT,
+    wait: unsafe extern "system" fn(*mut c_void, u32) -> HRESULT,
+    query_status: unsafe extern "system" fn(*mut c_void, *mut HRESULT, *mut i32) -> HRESULT,
+}
+
+/// VSS_SNAPSHOT_PROP (x64: 128 bytes, the device name at 40).
+#[repr(C)]
+struct SnapshotProp {
+    snapshot_id: GUID,
+    snapshot_set_id: GUID,
+    snapshots_count: i32,
+    snapshot_device_object: *mut u16,
+    original_volume_name: *mut u16,
+    originating_machine: *mut u16,
+    service_machine: *mut u16,
+    exposed_name: *mut u16,
+    exposed_path: *mut u16,
+    provider_id: GUID,
+    snapshot_attributes: i32,
+    creation_timestamp: i64,
+    status: i32,
+}
+
+const VSS_CTX_BACKUP: i32 = 0;
+const VSS_BT_COPY: i32 = 5;
+const VSS_OBJECT_SNAPSHOT: i32 = 3;
+const VSS_S_ASYNC_PENDING: HRESULT = 0x0004_2309;
+const VSS_S_ASYNC_FINISHED: HRESULT = 0x0004_230A;
+const VSS_E_SNAPSHOT_SET_IN_PROGRESS: HRESULT = 0x8004_2316_u32 as i32;
+const RPC_E_TOO_LATE: HRESULT = 0x8001_0119_u32 as i32;
+const GUID_NULL: GUID = GUID::from_u128(0);
+
+const WRITER_STATES: [&str; 16] = [
+    "unknown",
+    "stable",
+    "waiting for freeze",
+    "waiting for thaw",
+    "waiting for post-snapshot",
+    "waiting for backup complete",
+    "failed at identify",
+    "failed at prepare backup",
+    "failed at prepare snapshot",
+    "failed at freeze",
+    "failed at thaw",
+    "failed at post-snapshot",
+    "failed at backup complete",
+    "failed at pre-restore",
+    "failed at post-restore",
+    "failed at backup shutdown",
+];
+
+type CreateFn = unsafe extern "system" fn(*mut *mut c_void) -> HRESULT;
+type FreePropFn = unsafe extern "system" fn(*mut SnapshotProp);
+
+fn failed(step: &'static str, hr: HRESULT, message: impl Into<String>) -> SnapshotError {
+    SnapshotError {
+        step,
+        hresult: Some(hr as u32),
+        message: message.into(),
+    }
+}
+
+fn check(step: &'static str, hr: HRESULT) -> Result<(), SnapshotError> {
+    if hr < 0 {
+        Err(failed(step, hr, "the call was refused"))
+    } else {
+        Ok(())
+    }
+}
+
+fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+/// A NUL-terminated UTF-16 string.
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated UTF-16 string.
+unsafe fn from_wide(p: *const u16) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    let mut n = 0;
+    // SAFETY: per the contract, the string ends with a NUL.
+    while unsafe { *p.add(n) } != 0 {
+        n += 1;
+    }
+    // SAFETY: n elements were just read.
+    String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+struct Api {
+    create: CreateFn,
+    free_prop: FreePropFn,
+}
+
+fn load() -> Result<Api, SnapshotError> {
+    let name = wide("vssapi.dll");
+    // SAFETY: a NUL-terminated name; the library stays loaded for the process.
+    let lib = unsafe { LoadLibraryW(name.as_ptr()) };
+    if lib.is_null() {
+        return Err(failed(
+            "LoadLibrary(vssapi.dll)",
+            0x8007_007E_u32 as i32,
+            "vssapi.dll is missing",
+        ));
+    }
+    // SAFETY: NUL-terminated names; the pointers are these functions' documented signatures.
+    unsafe {
+        let create = GetProcAddress(lib, c"CreateVssBackupComponentsInternal".as_ptr().cast());
+        let free = GetProcAddress(lib, c"VssFreeSnapshotPropertiesInternal".as_ptr().cast());
+        match (create, free) {
+            (Some(c), Some(f)) => Ok(Api {
+                create: std::mem::transmute::<unsafe extern "system" fn() -> isize, CreateFn>(c),
+                free_prop: std::mem::transmute::<unsafe extern "system" fn() -> isize, FreePropFn>(f),
+            }),
+            _ => Err(failed(
+                "CreateVssBackupComponents",
+                0x8000_4001_u32 as i32,
+                "vssapi.dll lacks CreateVssBackupComponentsInternal or VssFreeSnapshotPropertiesInternal",
+            )),
+        }
+    }
+}
+
+/// The COM object and where the backup stands.
+struct Components {
+    this: *mut c_void,
+    prepared: bool,
+}
+
+impl Components {
+    fn vtbl(&self) -> &BackupVtbl {
+        // SAFETY: `this` is a live IVssBackupComponents; its first field is the vtable pointer.
+        unsafe { &**(self.this as *const *const BackupVtbl) }
+    }
+
+    /// Waits for an async operation until `deadline`, then its status.
+    fn wait(&self, step: &'static str, hr: HRESULT, op: *mut c_void, deadline: Instant) -> Result<(), SnapshotError> {
+        check(step, hr)?;
+        if op.is_null() {
+            return Err(failed(step, hr, "no asynchronous operation was returned"));
+        }
+        // SAFETY: `op` is a live IVssAsync returned by the call; released below.
+        let v = unsafe { &**(op as *const *const AsyncVtbl) };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(u32::MAX as u128 - 1) as u32;
+        let mut status: HRESULT = 0;
+        // SAFETY: as above.
+        let result = unsafe {
+            let w = (v.wait)(op, left);
+            let q = (v.query_status)(op, &mut status, std::ptr::null_mut());
+            if w < 0 {
+                Err(failed(step, w, "waiting for it failed"))
+            } else if q < 0 {
+                Err(failed(step, q, "its status could not be read"))
+            } else if status == VSS_S_ASYNC_PENDING {
+                (v.cancel)(op);
+                Err(SnapshotError {
+                    step: "timeout",
+                    hresult: None,
+                    message: format!("{step} did not finish within --snapshot-timeout"),
+                })
+            } else if status == VSS_S_ASYNC_FINISHED || status >= 0 {
+                Ok(())
+            } else {
+                Err(failed(step, status, "the operation failed"))
+            }
+        };
+        // SAFETY: we own this reference.
+        unsafe { (v.release)(op) };
+        result
+    }
+
+    /// The writers that failed, by name and state (after a failed DoSnapshotSet).
+    fn failed_writers(&self, deadline: Instant) -> String {
+        let v = self.vtbl();
+        let mut op = std::ptr::null_mut();
+        // SAFETY: live object, out-pointers to locals, BSTRs freed after reading.
+        unsafe {
+            let hr = (v.gather_writer_status)(self.this, &mut op);
+            if self.wait("GatherWriterStatus", hr, op, deadline).is_err() {
+                return String::new();
+            }
+            let mut count = 0u32;
+            if (v.get_writer_status_count)(self.this, &mut count) < 0 {
+                return String::new();
+            }
+            let mut bad = Vec::new();
+            for i in 0..count {
+                let (mut inst, mut id) = (GUID_NULL, GUID_NULL);
+                let (mut name, mut state, mut failure): (BSTR, i32, HRESULT) = (std::ptr::null(), 0, 0);
+                if (v.get_writer_status)(self.this, i, &mut inst, &mut id, &mut name, &mut state, &mut failure) >= 0 {
+                    let text = from_wide(name);
+                    SysFreeString(name);
+                    if failure < 0 || (6..=15).contains(&state) {
+                        let st = WRITER_STATES.get(state as usize).copied().unwrap_or("unknown");
+                        bad.push(format!("writer \"{text}\": {st}, HRESULT 0x{:08X}", failure as u32));
+                    }
+                }
+            }
+            (v.free_writer_status)(self.this);
+            bad.join("; ")
+        }
+    }
+}
+
+impl Drop for Components {
+    fn drop(&mut self) {
+        let v = self.vtbl();
+        // SAFETY: live object; after PrepareForBackup a stop must abort the backup first.
+        unsafe {
+            if self.prepared {
+                (v.abort_backup)(self.this);
+            }
+            (v.release)(self.this);
+        }
+    }
+}
+
+// IVssBackupComponents lives in the multithreaded apartment: any MTA thread may call it.
+unsafe impl Send for Components {}
+unsafe impl Sync for Components {}
+
+/// A snapshot made by [`Vss`], deleted by [`Snapshot::delete`] (or dropped: then the backup is
+/// aborted and the auto-release snapshot goes with the object).
+struct VssSnapshot {
+    components: Option<Components>,
+    snapshot_id: GUID,
+    device: String,
+}
+
+impl Snapshot for VssSnapshot {
+    fn device_path(&self) -> &str {
+        &self.device
+    }
+
+    fn delete(&mut self) -> Result<(), SnapshotError> {
+        let Some(mut c) = self.components.take() else {
+            return Ok(());
+        };
+        com_init();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let v = c.vtbl();
+        let mut op = std::ptr::null_mut();
+        // SAFETY: live object; out-pointers to locals.
+        let complete = unsafe { (v.backup_complete)(c.this, &mut op) };
+        let complete = c.wait("BackupComplete", complete, op, deadline);
+        let (mut deleted, mut nondeleted) = (0i32, GUID_NULL);
+        // SAFETY: as above; the id is the snapshot's (by value, as the ABI wants).
+        let hr = unsafe {
+            (v.delete_snapshots)(
+                c.this,
+                self.snapshot_id,
+                VSS_OBJECT_SNAPSHOT,
+                1,
+                &mut deleted,
+                &mut nondeleted,
+            )
+        };
+        c.prepared = complete.is_err(); // a backup that did not complete is aborted on release
+        drop(c);
+        complete?;
+        check("DeleteSnapshots", hr)
+    }
+}
+
+impl Drop for VssSnapshot {
+    fn drop(&mut self) {
+        let _ = self.delete();
+    }
+}
+
+/// Joins this thread to the multithreaded apartment. Its result needs no check: S_FALSE
+/// (already joined) and RPC_E_CHANGED_MODE (already single-threaded: COM still works, and the
+/// calls below report their own errors) both leave COM usable.
+fn com_init() {
+    // SAFETY: plain COM initialisation.
+    unsafe {
+        CoInitializeEx(std::ptr::null(), 0 /* COINIT_MULTITHREADED */)
+    };
+}
+
+/// The Volume Shadow Copy Service.
+#[derive(Debug, Default)]
+pub struct Vss;
+
+impl Snapshotter for Vss {
+    fn create(&self, volume_root: &str, timeout: Duration) -> Result<Box<dyn Snapshot>, SnapshotError> {
+        let deadline = Instant::now() + timeout;
+        let api = load()?;
+        com_init();
+        // Writers and the VSS service call back into this process: let them (once per process).
+        // SAFETY: documented arguments; RPC_E_TOO_LATE means it was already done.
+        let hr = unsafe {
+            CoInitializeSecurity(
+                std::ptr::null_mut(),
+                -1,
+                std::ptr::null(),
+                std::ptr::null(),
+                6, // RPC_C_AUTHN_LEVEL_PKT_PRIVACY
+                3, // RPC_C_IMP_LEVEL_IMPERSONATE
+                std::ptr::null(),
+                0x20, // EOAC_STATIC_CLOAKING
+                std::ptr::null(),
+            )
+        };
+        if hr < 0 && hr != RPC_E_TOO_LATE {
+            return Err(failed("CoInitializeSecurity", hr, "COM security could not be set up"));
+        }
+        let mut this = std::ptr::null_mut();
+        // SAFETY: the factory's documented signature; out-pointer to a local.
+        let hr = unsafe { (api.create)(&mut this) };
+        if hr < 0 || this.is_null() {
+            return Err(failed(
+                "CreateVssBackupComponents",
+                hr,
+                "the Volume Shadow Copy Service cannot be used here",
+            ));
+        }
+        let mut c = Components { this, prepared: false };
+        let v = c.vtbl();
+        // SAFETY (all calls below): live object, documented arguments, out-pointers to locals.
+        check("InitializeForBackup", unsafe {
+            (v.initialize_for_backup)(c.this, std::ptr::null())
+        })?;
+        check("SetContext", unsafe { (v.set_context)(c.this, VSS_CTX_BACKUP) })?;
+        check("SetBackupState", unsafe {
+            (v.set_backup_state)(c.this, false, false, VSS_BT_COPY, false)
+        })?;
+        let mut op = std::ptr::null_mut();
+        let hr = unsafe { (v.gather_writer_metadata)(c.this, &mut op) };
+        c.wait("GatherWriterMetadata", hr, op, deadline)?;
+        let mut set_id = GUID_NULL;
+        loop {
+            let hr = unsafe { (v.start_snapshot_set)(c.this, &mut set_id) };
+            if hr != VSS_E_SNAPSHOT_SET_IN_PROGRESS || Instant::now() + Duration::from_secs(5) > deadline {
+                check("StartSnapshotSet", hr)?;
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+        let root = wide(volume_root);
+        let mut snapshot_id = GUID_NULL;
+        check("AddToSnapshotSet", unsafe {
+            (v.add_to_snapshot_set)(c.this, root.as_ptr(), GUID_NULL, &mut snapshot_id)
+        })?;
+        let mut op = std::ptr::null_mut();
+        let hr = unsafe { (v.prepare_for_backup)(c.this, &mut op) };
+        c.prepared = true;
+        c.wait("PrepareForBackup", hr, op, deadline)?;
+        let mut op = std::ptr::null_mut();
+        let hr = unsafe { (v.do_snapshot_set)(c.this, &mut op) };
+        if let Err(mut e) = c.wait("DoSnapshotSet", hr, op, deadline) {
+            let writers = c.failed_writers(Instant::now() + Duration::from_secs(30));
+            if !writers.is_empty() {
+                e.message = format!("{}; {writers}", e.message);
+                e.step = "DoSnapshotSet (writer failure)";
+            }
+            return Err(e);
+        }
+        // SAFETY: a zeroed VSS_SNAPSHOT_PROP, freed with the DLL's own function.
+        let device = unsafe {
+            let mut prop: SnapshotProp = std::mem::zeroed();
+            check(
+                "GetSnapshotProperties",
+                (v.get_snapshot_properties)(c.this, snapshot_id, &mut prop),
+            )?;
+            let d = from_wide(prop.snapshot_device_object);
+            (api.free_prop)(&mut prop);
+            d
+        };
+        Ok(Box::new(VssSnapshot {
+            components: Some(c),
+            snapshot_id,
+            device,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_layouts_match_the_sdk() {
+        assert_eq!(size_of::<SnapshotProp>(), 128);
+        assert_eq!(std::mem::offset_of!(SnapshotProp, snapshot_device_object), 40);
+        assert_eq!(std::mem::offset_of!(SnapshotProp, creation_timestamp), 112);
+        let slot = |off: usize| off / size_of::<usize>();
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, initialize_for_backup)), 5);
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, gather_writer_metadata)), 9);
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, prepare_for_backup)), 14);
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, get_writer_status)), 19);
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, backup_complete)), 27);
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, set_context)), 35);
+        assert_eq!(slot(std::mem::offset_of!(BackupVtbl, get_snapshot_properties)), 42);
+        assert_eq!(slot(std::mem::offset_of!(AsyncVtbl, query_status)), 5);
+    }
+}

@@ -1,0 +1,212 @@
+//! Live volumes read through a snapshot, with a fake snapshotter standing in for Volume Shadow
+//! Copy (which runs only on Windows): the snapshot is deleted on every way out of a bundle —
+//! success, failure, cancel (cancel-bundle-task, and Ctrl-C or SIGTERM, which set the same
+//! flag), a panic — and a snapshot that cannot be made leaves no objects and no running task.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use winbundle::bundle::create::{BundleRequest, bundle_instance};
+use winbundle::progress::{NoProgress, Progress};
+use winbundle::source::live::{LiveOptions, SnapshotMode};
+use winbundle::source::snapshot::{Snapshot, SnapshotError, Snapshotter};
+use winbundle::store::LocalStore;
+use winbundle::task::State;
+
+#[derive(Default)]
+struct Log(Mutex<Vec<String>>);
+
+impl Log {
+    fn push(&self, s: String) {
+        self.0.lock().unwrap().push(s);
+    }
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+struct FakeVss {
+    volume_image: PathBuf,
+    fail: Option<SnapshotError>,
+    log: Arc<Log>,
+}
+
+struct FakeSnapshot {
+    device: String,
+    log: Arc<Log>,
+}
+
+impl Snapshot for FakeSnapshot {
+    fn device_path(&self) -> &str {
+        &self.device
+    }
+    fn delete(&mut self) -> Result<(), SnapshotError> {
+        self.log.push("delete".into());
+        Ok(())
+    }
+}
+
+impl Snapshotter for FakeVss {
+    fn create(&self, volume_root: &str, timeout: Duration) -> Result<Box<dyn Snapshot>, SnapshotError> {
+        self.log
+            .push(format!("create {volume_root} within {}s", timeout.as_secs()));
+        if let Some(e) = &self.fail {
+            return Err(e.clone());
+        }
+        Ok(Box::new(FakeSnapshot {
+            device: self.volume_image.to_str().unwrap().to_string(),
+            log: self.log.clone(),
+        }))
+    }
+}
+
+/// A request for the live volume `C:` read through `snapshotter`.
+fn live_request(snapshotter: Arc<dyn Snapshotter>, prefix: &str) -> BundleRequest {
+    let mut req = request(Path::new("C:"), prefix);
+    req.live = LiveOptions {
+        snapshot: SnapshotMode::Vss,
+        snapshot_timeout: Duration::from_secs(30),
+        snapshotter,
+    };
+    req
+}
+
+fn setup(fail: Option<SnapshotError>) -> (tempfile::TempDir, PathBuf, Arc<Log>, Arc<FakeVss>) {
+    let dir = tempfile::tempdir().unwrap();
+    let image = fixture("bare-volume.img", dir.path());
+    let log = Arc::new(Log::default());
+    let vss = Arc::new(FakeVss {
+        volume_image: image.clone(),
+        fail,
+        log: log.clone(),
+    });
+    (dir, image, log, vss)
+}
+
+#[test]
+fn a_live_bundle_reads_the_snapshot_and_deletes_it() {
+    assert!(
+        !Path::new("C:").exists(),
+        "a file named C: in the test folder would be read instead"
+    );
+    let (dir, image, log, vss) = setup(None);
+    let req = live_request(vss, "live/ok");
+    let out = bundle(&req, &dir.path().join("store"));
+    out.result.as_ref().unwrap();
+    assert_eq!(log.lines(), ["create C:\\ within 30s", "delete"]);
+    let restored = dir.path().join("restored.img");
+    restore(&dir.path().join("store"), "live/ok", &restored).unwrap();
+    assert_restored_matches(&image, &req.plan, &restored);
+}
+
+#[test]
+fn the_snapshot_is_deleted_when_the_bundle_fails_is_cancelled_or_panics() {
+    // Failure after the snapshot: a bundle already exists under the prefix.
+    let (dir, _, log, vss) = setup(None);
+    let store = dir.path().join("store");
+    let req = live_request(vss.clone(), "live/dup");
+    bundle(&req, &store).result.unwrap();
+    let again = bundle(&req, &store);
+    assert_eq!(again.result.err().unwrap().code(), "BundleExists");
+    assert_eq!(log.lines().iter().filter(|l| *l == "delete").count(), 2);
+
+    // Cancelled mid-read (cancel-bundle-task; Ctrl-C and SIGTERM set the same flag).
+    let (dir, _, log, vss) = setup(None);
+    struct CancelAfter<'a>(&'a AtomicBool, AtomicU64);
+    impl Progress for CancelAfter<'_> {
+        fn read(&self, n: u64) {
+            if self.1.fetch_add(n, Ordering::SeqCst) > 0 {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    let cancel = AtomicBool::new(false);
+    let s = LocalStore::open(&dir.path().join("store"), "bkt", true).unwrap();
+    let req = live_request(vss, "live/cancel");
+    let out = bundle_instance(&req, &s, &CancelAfter(&cancel, AtomicU64::new(0)), &cancel, &mut |_| {
+        Ok(())
+    });
+    assert_eq!(out.result.err().unwrap().code(), "Cancelled");
+    assert_eq!(log.lines(), ["create C:\\ within 30s", "delete"]);
+
+    // A panic inside the run unwinds through the guard.
+    let (dir, _, log, vss) = setup(None);
+    struct Panics;
+    impl Progress for Panics {
+        fn read(&self, _: u64) {
+            panic!("a bug");
+        }
+    }
+    let s = LocalStore::open(&dir.path().join("store"), "bkt", true).unwrap();
+    let req = live_request(vss, "live/panic");
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        bundle_instance(&req, &s, &Panics, &AtomicBool::new(false), &mut |_| Ok(()))
+    }));
+    // The panic happens on a pipeline thread, which turns it into the run's error; either way
+    // the snapshot is gone.
+    assert!(!matches!(r, Ok(out) if out.result.is_ok()));
+    assert_eq!(log.lines(), ["create C:\\ within 30s", "delete"]);
+}
+
+#[test]
+fn a_snapshot_that_cannot_be_made_leaves_nothing_and_says_why() {
+    let (dir, _, log, vss) = setup(Some(SnapshotError {
+        step: "StartSnapshotSet",
+        hresult: Some(0x8004_2316),
+        message: "the call was refused".into(),
+    }));
+    let store = dir.path().join("store");
+    let req = live_request(vss, "live/fail");
+    let out = bundle(&req, &store);
+    let e = out.result.err().unwrap();
+    let msg = e.to_string();
+    assert_eq!(e.code(), "SnapshotFailed");
+    assert!(
+        msg.contains(
+            "Volume Shadow Copy (VSS) StartSnapshotSet failed with HRESULT 0x80042316 (VSS_E_SNAPSHOT_SET_IN_PROGRESS)"
+        ),
+        "{msg}"
+    );
+    assert!(e.hint().unwrap().contains("another shadow copy"), "{:?}", e.hint());
+    assert_eq!(out.task.state, State::Failed);
+    assert_eq!(log.lines(), ["create C:\\ within 30s"]);
+    let objects: Vec<_> = walk(&store);
+    assert!(objects.is_empty(), "objects left: {objects:?}");
+}
+
+#[test]
+fn live_sources_without_a_snapshot_and_whole_disks() {
+    // --snapshot none reads the live volume directly: on Linux there is none to read.
+    let (dir, _, log, vss) = setup(None);
+    let mut req = live_request(vss.clone(), "live/none");
+    req.live.snapshot = SnapshotMode::None;
+    let e = bundle(&req, &dir.path().join("store")).result.err().unwrap();
+    assert!(e.to_string().contains("only on Windows"), "{e}");
+    // A whole disk cannot be snapshotted: say what to do instead.
+    let mut req = live_request(vss, "live/disk");
+    req.source = PathBuf::from(r"\\.\PhysicalDrive0");
+    let e = bundle(&req, &dir.path().join("store")).result.err().unwrap();
+    assert!(e.to_string().contains("--snapshot none"), "{e}");
+    assert!(log.lines().is_empty(), "no snapshot was asked for: {:?}", log.lines());
+    let _ = NoProgress;
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
