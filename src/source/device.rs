@@ -42,7 +42,9 @@ impl Alignment {
     }
 
     fn fits(&self, buf: &[u8], offset: u64) -> bool {
-        offset % self.sector == 0 && (buf.len() as u64) % self.sector == 0 && (buf.as_ptr() as usize) % self.memory == 0
+        offset.is_multiple_of(self.sector)
+            && (buf.len() as u64).is_multiple_of(self.sector)
+            && (buf.as_ptr() as usize).is_multiple_of(self.memory)
     }
 }
 
