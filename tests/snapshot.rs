@@ -4,77 +4,21 @@
 //! flag), a panic — and a snapshot that cannot be made leaves no objects and no running task.
 
 mod common;
+#[path = "common/fake_vss.rs"]
+mod fake_vss;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::*;
-use winbundle::bundle::create::{BundleRequest, bundle_instance};
+use fake_vss::*;
+use winbundle::bundle::create::bundle_instance;
 use winbundle::progress::{NoProgress, Progress};
-use winbundle::source::live::{LiveOptions, SnapshotMode};
-use winbundle::source::snapshot::{Snapshot, SnapshotError, Snapshotter};
+use winbundle::source::live::SnapshotMode;
+use winbundle::source::snapshot::SnapshotError;
 use winbundle::store::LocalStore;
 use winbundle::task::State;
-
-#[derive(Default)]
-struct Log(Mutex<Vec<String>>);
-
-impl Log {
-    fn push(&self, s: String) {
-        self.0.lock().unwrap().push(s);
-    }
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-}
-
-struct FakeVss {
-    volume_image: PathBuf,
-    fail: Option<SnapshotError>,
-    log: Arc<Log>,
-}
-
-struct FakeSnapshot {
-    device: String,
-    log: Arc<Log>,
-}
-
-impl Snapshot for FakeSnapshot {
-    fn device_path(&self) -> &str {
-        &self.device
-    }
-    fn delete(&mut self) -> Result<(), SnapshotError> {
-        self.log.push("delete".into());
-        Ok(())
-    }
-}
-
-impl Snapshotter for FakeVss {
-    fn create(&self, volume_root: &str, timeout: Duration) -> Result<Box<dyn Snapshot>, SnapshotError> {
-        self.log
-            .push(format!("create {volume_root} within {}s", timeout.as_secs()));
-        if let Some(e) = &self.fail {
-            return Err(e.clone());
-        }
-        Ok(Box::new(FakeSnapshot {
-            device: self.volume_image.to_str().unwrap().to_string(),
-            log: self.log.clone(),
-        }))
-    }
-}
-
-/// A request for the live volume `C:` read through `snapshotter`.
-fn live_request(snapshotter: Arc<dyn Snapshotter>, prefix: &str) -> BundleRequest {
-    let mut req = request(Path::new("C:"), prefix);
-    req.live = LiveOptions {
-        snapshot: SnapshotMode::Vss,
-        snapshot_timeout: Duration::from_secs(30),
-        snapshotter,
-    };
-    req
-}
 
 fn setup(fail: Option<SnapshotError>) -> (tempfile::TempDir, PathBuf, Arc<Log>, Arc<FakeVss>) {
     let dir = tempfile::tempdir().unwrap();

@@ -73,6 +73,8 @@ pub struct Assigned {
 pub struct BundleOutcome {
     pub task: BundleTask,
     pub instance_id_derived: bool,
+    /// The instance id came from EC2's instance metadata service (a live volume on EC2).
+    pub instance_id_from_imds: bool,
     /// Things the user should know that did not stop the bundle.
     pub warnings: Vec<String>,
     pub result: Result<(Manifest, PipelineStats), Error>,
@@ -89,6 +91,7 @@ fn invalid(parameter: &'static str, message: impl Into<String>) -> Error {
 #[derive(Default)]
 struct Notes {
     derived: bool,
+    from_imds: bool,
     warnings: Vec<String>,
 }
 
@@ -214,6 +217,7 @@ pub fn bundle_instance(
     BundleOutcome {
         task,
         instance_id_derived: notes.derived,
+        instance_id_from_imds: notes.from_imds,
         warnings: notes.warnings,
         result,
     }
@@ -233,6 +237,14 @@ fn run(
     notes.warnings.extend(opened.notes);
     let disk = opened.disk;
     let plan = Plan::analyse(&disk, &req.plan)?;
+    // Bundling this machine's own volume on EC2: its instance id is the natural one.
+    if task.instance_id.is_empty()
+        && opened.live
+        && let Some(id) = task::imds::instance_id()
+    {
+        task.instance_id = id;
+        notes.from_imds = true;
+    }
     if task.instance_id.is_empty() {
         task.instance_id = task::derived_instance_id(&instance_identity(&plan));
         notes.derived = true;

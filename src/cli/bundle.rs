@@ -54,6 +54,12 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
     for w in &outcome.warnings {
         eprintln!("winbundle: warning: {w}");
     }
+    if outcome.instance_id_from_imds && !args.quiet {
+        eprintln!(
+            "winbundle: note: no --instance-id given; using {} from the EC2 instance metadata service",
+            outcome.task.instance_id
+        );
+    }
     if outcome.instance_id_derived && !args.quiet {
         eprintln!(
             "winbundle: note: no --instance-id given; using {} (derived from the disk id, root partition and NTFS serial: the same for every run on this source)",

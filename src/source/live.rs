@@ -160,6 +160,8 @@ pub struct Opened {
     pub notes: Vec<String>,
     /// The snapshot device read, if one was made.
     pub snapshot: Option<String>,
+    /// A live Windows volume or disk (this machine's own), not an image.
+    pub live: bool,
 }
 
 /// Opens `path`: a file or block device as always, or a live source (raw, or through a
@@ -171,6 +173,7 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
             disk: DiskFile::open(path)?,
             notes: Vec::new(),
             snapshot: None,
+            live: false,
         });
     };
     check_privileges(&live)?;
@@ -198,6 +201,7 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
             disk,
             notes,
             snapshot: None,
+            live: true,
         });
     };
     let snap = opts
@@ -211,6 +215,7 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
         disk,
         notes,
         snapshot: Some(device_path),
+        live: true,
     })
 }
 

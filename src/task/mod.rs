@@ -2,6 +2,7 @@
 //! ISO-8601 times with milliseconds, and the three renderings: the aws-cli JSON shape, the
 //! exact EC2 `BundleInstanceResponse` XML, and text.
 
+pub mod imds;
 pub mod run;
 pub mod store;
 
