@@ -54,7 +54,7 @@ pub fn serve(config_path: &Path, opts: &ServeOptions) -> Result<(), Error> {
         .state_dir
         .clone()
         .or_else(|| config.state_dir.clone())
-        .unwrap_or_else(crate::task::store::default_dir);
+        .unwrap_or_else(crate::task::store::default_server_dir);
     let tasks = crate::task::store::TaskStore::open(&state_dir)?.with_origin("serve");
     // Tasks of processes that are gone (an earlier server that stopped mid-bundle) end failed.
     let swept = tasks.sweep()?;

@@ -55,13 +55,28 @@ pub struct TaskStore {
     origin: &'static str,
 }
 
-/// `$XDG_STATE_HOME/winbundle/tasks`, or `~/.local/state/winbundle/tasks`.
+/// `$XDG_STATE_HOME/winbundle/tasks`, or `~/.local/state/winbundle/tasks`; on Windows
+/// `%LOCALAPPDATA%\\winbundle\\tasks`.
 pub fn default_dir() -> PathBuf {
+    #[cfg(windows)]
+    if let Some(local) = std::env::var_os("LOCALAPPDATA") {
+        return PathBuf::from(local).join("winbundle").join("tasks");
+    }
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir);
     base.join("winbundle/tasks")
+}
+
+/// The server's default task folder: `%ProgramData%\winbundle\tasks` on Windows (a service
+/// account's own profile is not where an administrator looks), else [`default_dir`].
+pub fn default_server_dir() -> PathBuf {
+    #[cfg(windows)]
+    if let Some(data) = std::env::var_os("ProgramData") {
+        return PathBuf::from(data).join("winbundle").join("tasks");
+    }
+    default_dir()
 }
 
 /// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
