@@ -56,7 +56,7 @@ pub struct TaskStore {
 }
 
 /// `$XDG_STATE_HOME/winbundle/tasks`, or `~/.local/state/winbundle/tasks`; on Windows
-/// `%LOCALAPPDATA%\\winbundle\\tasks`.
+/// `%LOCALAPPDATA%\winbundle\tasks`.
 pub fn default_dir() -> PathBuf {
     #[cfg(windows)]
     if let Some(local) = std::env::var_os("LOCALAPPDATA") {
