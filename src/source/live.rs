@@ -3,7 +3,7 @@
 //! Volume Shadow Copy snapshot unless `--snapshot none`; the snapshot lives as long as the
 //! [`DiskFile`] that reads it. Every other source is a file or a block device, as before.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -234,7 +234,7 @@ fn open_device(path: &str, guard: Option<SnapshotGuard>) -> Result<DiskFile, Sou
     let disk = super::windows::open_raw(path)?;
     #[cfg(not(windows))]
     let disk = {
-        let p = PathBuf::from(path);
+        let p = std::path::PathBuf::from(path);
         if !p.exists() {
             return Err(SourceError::Live {
                 source_name: path.to_string(),

@@ -173,7 +173,10 @@ fn ntfs_geometry(boot: &[u8]) -> Option<(u64, u64)> {
     }
     let bps = u16::from_le_bytes([boot[11], boot[12]]) as u64;
     let total = u64::from_le_bytes(boot[0x28..0x30].try_into().ok()?);
-    (bps.is_power_of_two() && bps >= 512).then(|| (bps, total.checked_add(1)?.checked_mul(bps)?))
+    if !bps.is_power_of_two() || bps < 512 {
+        return None;
+    }
+    Some((bps, total.checked_add(1)?.checked_mul(bps)?))
 }
 
 /// Refuses to go on without an elevated token, and enables `SeBackupPrivilege` for the run.

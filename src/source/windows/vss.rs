@@ -207,8 +207,9 @@ struct Components {
 }
 
 impl Components {
-    fn vtbl(&self) -> &BackupVtbl {
-        // SAFETY: `this` is a live IVssBackupComponents; its first field is the vtable pointer.
+    fn vtbl(&self) -> &'static BackupVtbl {
+        // SAFETY: `this` is a live IVssBackupComponents; its first field is the vtable pointer,
+        // and a COM vtable is static data of the DLL, which stays loaded.
         unsafe { &**(self.this as *const *const BackupVtbl) }
     }
 
