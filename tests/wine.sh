@@ -110,5 +110,15 @@ check "bundle-instance \\\\.\\X: --snapshot none = the Linux bundle" drive_lette
 check "bundle-instance X: with VSS fails clearly (Wine has no VSS), nothing written" vss_under_wine
 check "an image file bundles identically, also with strict alignment checks" image_file
 check "inspect X: reports the volume and the snapshot plan" inspect_live
+long_paths() { # a local store deeper than MAX_PATH (260 characters)
+  local deep="$work/long"
+  for _ in $(seq 1 12); do deep="$deep/a-folder-name-of-thirty-chars"; done
+  mkdir -p "$deep"
+  [ "${#deep}" -gt 300 ]
+  wine bundle-instance "Z:$work/bare.img" --bucket bkt --prefix ref --local-store "Z:$deep" -q >/dev/null
+  cmp "$work/linux/bkt/ref.image.zst" "$deep/bkt/ref.image.zst"
+  wine verify --bucket bkt --prefix ref --local-store "Z:$deep" -q
+}
+check "a local store path longer than 260 characters" long_paths
 echo "wine: $pass passed, $fail failed"
 [ "$fail" = 0 ]
