@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::unix::fs::FileExt;
+use common::FileAt;
 use std::path::Path;
 
 use common::*;

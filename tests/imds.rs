@@ -70,6 +70,8 @@ fn live_bundles_take_the_instance_id_from_imds_when_it_answers() {
     });
     let store = dir.path().join("store");
 
+    // SAFETY: this test binary has one test; nothing else reads the environment meanwhile.
+    unsafe { std::env::remove_var("AWS_EC2_METADATA_DISABLED") };
     // A metadata service that accepts connections and never answers: no long wait.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     // SAFETY: this test binary has one test; nothing else reads the environment meanwhile.

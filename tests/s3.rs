@@ -19,7 +19,7 @@ use winbundle::store::{ObjectStore, StoreError};
 /// gpt-disk.img with every free cluster of C: filled with random bytes and marked allocated:
 /// 64 MiB of data, enough for many 5 MiB parts.
 fn big_disk(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::FileExt;
+    use crate::common::FileAt;
     let img = fixture("gpt-disk.img", dir);
     let disk = winbundle::source::DiskFile::open(&img).unwrap();
     let c = 10u64 << 20;

@@ -39,12 +39,13 @@ impl DiskFile {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
-        if file.metadata().map_err(open_err)?.is_dir() {
+        // Before opening: Windows refuses to open a directory as a file ("Access denied").
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
             return Err(SourceError::IsDirectory {
                 path: path.to_path_buf(),
             });
         }
+        let mut file = File::open(path).map_err(open_err)?;
         let mut magic = [0u8; 4];
         if file.read_exact(&mut magic).is_ok() && magic == ZSTD_MAGIC {
             file = decompress_to_temp(path, file).map_err(open_err)?;

@@ -57,9 +57,9 @@ impl Snapshotter for FakeVss {
     }
 }
 
-/// A request for the live volume `C:` read through `snapshotter`.
+/// A request for the live volume `Q:` read through `snapshotter`.
 pub fn live_request(snapshotter: Arc<dyn Snapshotter>, prefix: &str) -> BundleRequest {
-    let mut req = super::common::request(Path::new("C:"), prefix);
+    let mut req = super::common::request(Path::new("Q:"), prefix);
     req.live = LiveOptions {
         snapshot: SnapshotMode::Vss,
         snapshot_timeout: Duration::from_secs(30),

@@ -220,3 +220,25 @@ pub fn xml_fields(xml: &str) -> (std::collections::HashMap<String, String>, Opti
     }
     (fields, ns)
 }
+
+/// Positioned file reads and writes on every platform (tests patch images in place).
+pub trait FileAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl FileAt for std::fs::File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = self;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = self;
+        f.seek(SeekFrom::Start(offset))?;
+        f.write_all(buf)
+    }
+}
