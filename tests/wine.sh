@@ -10,12 +10,13 @@
 # - an image file bundles to the same object as on Linux, also with every read checked for
 #   alignment (WINBUNDLE_STRICT_ALIGNMENT);
 # - `inspect X:` reports the volume and says a snapshot would be taken.
-# Needs: target/release/winbundle and target/x86_64-pc-windows-gnu/release/winbundle.exe (built
-# by .ci/run), wine64, mingw-w64 (for the test-only ProcessPrng shim), zstd, python3.
+# Needs: target/release/winbundle and a winbundle.exe (WINBUNDLE_EXE, default the release build;
+# .ci/run passes the one its Wine test run built), wine64, mingw-w64 (for the test-only
+# ProcessPrng shim), zstd, python3.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 lin="$root/target/release/winbundle"
-exe="$root/target/x86_64-pc-windows-gnu/release/winbundle.exe"
+exe=${WINBUNDLE_EXE:-$root/target/x86_64-pc-windows-gnu/release/winbundle.exe}
 work=$(mktemp -d)
 export WINEPREFIX="$work/prefix"
 export AWS_EC2_METADATA_DISABLED=true # no metadata service to ask under Wine

@@ -79,7 +79,9 @@ pub fn default_server_dir() -> PathBuf {
     default_dir()
 }
 
-/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat); None
+/// when there is no such process.
+#[cfg(not(windows))]
 fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
@@ -87,10 +89,38 @@ fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// When process `pid` started (its creation FILETIME); None when it is not running.
+#[cfg(windows)]
+fn process_start(pid: u32) -> Option<u64> {
+    use windows_sys::Win32::Foundation::{CloseHandle, FILETIME};
+    use windows_sys::Win32::System::Threading::{
+        GetExitCodeProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+    const STILL_ACTIVE: u32 = 259;
+    // SAFETY: plain handle queries with out-pointers to locals; the handle is closed.
+    unsafe {
+        let h = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+        if h.is_null() {
+            return None;
+        }
+        let zero = FILETIME {
+            dwLowDateTime: 0,
+            dwHighDateTime: 0,
+        };
+        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+        let mut code = 0u32;
+        let ok = GetProcessTimes(h, &mut created, &mut exited, &mut kernel, &mut user) != 0
+            && GetExitCodeProcess(h, &mut code) != 0
+            && code == STILL_ACTIVE;
+        CloseHandle(h);
+        ok.then(|| ((created.dwHighDateTime as u64) << 32) | created.dwLowDateTime as u64)
+    }
+}
+
 /// Whether the process that saved a task still runs (and is the same process, not a new one
 /// that got its pid: after a restart in a container the server can be pid 1 again).
 fn alive(pid: u32, started: Option<u64>) -> bool {
-    if !Path::new("/proc/self").exists() {
+    if cfg!(not(windows)) && !Path::new("/proc/self").exists() {
         return true; // no way to tell: assume it runs
     }
     match (started, process_start(pid)) {
