@@ -113,7 +113,7 @@ fn process_start(pid: u32) -> Option<u64> {
             && GetExitCodeProcess(h, &mut code) != 0
             && code == STILL_ACTIVE;
         CloseHandle(h);
-        ok.then(|| ((created.dwHighDateTime as u64) << 32) | created.dwLowDateTime as u64)
+        ok.then_some(((created.dwHighDateTime as u64) << 32) | created.dwLowDateTime as u64)
     }
 }
 
