@@ -40,20 +40,16 @@ fn every_fixture_bundles_the_same_through_sector_aligned_reads() {
         let mut objects = Vec::new();
         for (strict, name) in [(None, "plain"), (Some(4096), "strict4k"), (Some(512), "strict512")] {
             let store = dir.path().join(format!("{fx}-{name}"));
-            let o = run(
-                strict,
-                &[
-                    "bundle-instance",
-                    src,
-                    "--bucket",
-                    "bkt",
-                    "--prefix",
-                    "p",
-                    "--local-store",
-                    store.to_str().unwrap(),
-                    "-q",
-                ],
-            );
+            let at = [
+                "--bucket",
+                "bkt",
+                "--prefix",
+                "p",
+                "--local-store",
+                store.to_str().unwrap(),
+                "-q",
+            ];
+            let o = run(strict, &[&["bundle-instance", src][..], &at].concat());
             assert!(
                 o.status.success(),
                 "{fx} {name}: {}",
@@ -73,18 +69,7 @@ fn every_fixture_bundles_the_same_through_sector_aligned_reads() {
             let out = dir.path().join(format!("{fx}-{name}.img"));
             let o = run(
                 None,
-                &[
-                    "restore",
-                    "--bucket",
-                    "bkt",
-                    "--prefix",
-                    "p",
-                    "--local-store",
-                    store.to_str().unwrap(),
-                    "--output",
-                    out.to_str().unwrap(),
-                    "-q",
-                ],
+                &[&["restore", "--output", out.to_str().unwrap()][..], &at].concat(),
             );
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         }

@@ -5,7 +5,7 @@
 pub mod vss;
 
 use std::fs::File;
-use std::os::windows::fs::{FileExt, OpenOptionsExt};
+use std::os::windows::fs::OpenOptionsExt;
 use std::os::windows::io::AsRawHandle;
 use std::path::PathBuf;
 
@@ -31,19 +31,8 @@ struct RawHandle {
 }
 
 impl Device for RawHandle {
-    fn read_at(&self, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
-        while !buf.is_empty() {
-            match self.file.seek_read(buf, offset) {
-                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => {
-                    buf = &mut buf[n..];
-                    offset += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        super::disk::read_exact_at(&self.file, buf, offset)
     }
 
     fn alignment(&self) -> Alignment {
