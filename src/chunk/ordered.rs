@@ -11,16 +11,24 @@ use crossbeam_channel::{bounded, unbounded};
 
 use crate::Error;
 
-/// A pool of reusable byte buffers.
-#[derive(Default)]
-pub struct BufPool(Mutex<Vec<Vec<u8>>>);
+/// A pool of reusable buffers.
+pub struct Pool<T>(Mutex<Vec<T>>);
 
-impl BufPool {
-    pub fn take(&self) -> Vec<u8> {
+/// A pool of reusable byte buffers.
+pub type BufPool = Pool<Vec<u8>>;
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T: Default> Pool<T> {
+    pub fn take(&self) -> T {
         self.0.lock().map(|mut v| v.pop()).ok().flatten().unwrap_or_default()
     }
 
-    pub fn give(&self, buf: Vec<u8>) {
+    pub fn give(&self, buf: T) {
         if let Ok(mut v) = self.0.lock() {
             v.push(buf);
         }

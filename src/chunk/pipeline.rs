@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::frame::{ChunkCompressor, ZeroFrame, is_all_zero};
-use super::ordered::{BufPool, ordered_map};
+use super::ordered::{BufPool, Pool, ordered_map};
+use super::source::ChunkBuf;
 use super::source::ChunkSource;
 use crate::Error;
 use crate::progress::Progress;
@@ -54,7 +55,7 @@ enum Job {
     Empty {
         raw_len: u32,
     },
-    Data(Vec<u8>),
+    Data(ChunkBuf),
 }
 
 enum Frame {
@@ -76,7 +77,7 @@ pub fn run_pipeline(
     let chunks = image_len.div_ceil(chunk);
     let compress_err = |e: std::io::Error| Error::Compress(e.to_string());
     let zero = ZeroFrame::new(cfg.chunk_size, cfg.level).map_err(compress_err)?;
-    let inputs = BufPool::default();
+    let inputs = Pool::<ChunkBuf>::default();
     let outputs = BufPool::default();
     let compress_nanos = AtomicU64::new(0);
     let mut stats = PipelineStats {
@@ -113,17 +114,24 @@ pub fn run_pipeline(
                 Job::Empty { raw_len } if raw_len as usize == cfg.chunk_size => {
                     return Ok(Frame::Zero { raw_len });
                 }
-                Job::Empty { raw_len } => vec![0u8; raw_len as usize],
+                Job::Empty { raw_len } => {
+                    // The short last chunk, with no data: zeros of its length.
+                    let mut b = inputs.take();
+                    b.set_len(raw_len as usize);
+                    b.as_mut_slice().fill(0);
+                    b
+                }
                 Job::Data(buf) => buf,
             };
-            let raw_len = buf.len() as u32;
+            let data = buf.as_slice();
+            let raw_len = data.len() as u32;
             let t = Instant::now();
-            let frame = if buf.len() == cfg.chunk_size && is_all_zero(&buf) {
+            let frame = if data.len() == cfg.chunk_size && is_all_zero(data) {
                 Frame::Zero { raw_len }
             } else {
                 let mut out = outputs.take();
                 compressor
-                    .compress(&buf, &mut out)
+                    .compress(data, &mut out)
                     .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
                 Frame::Data { bytes: out, raw_len }
             };

@@ -3,6 +3,37 @@
 
 use crate::ntfs::AllocationMap;
 use crate::source::DiskFile;
+use crate::source::device::AlignedBuf;
+
+/// A chunk's bytes in page-aligned memory: a device that needs aligned buffers (a Windows
+/// volume opened for unbuffered I/O) reads whole cluster runs straight into it.
+#[derive(Default)]
+pub struct ChunkBuf {
+    buf: Option<AlignedBuf>,
+    len: usize,
+}
+
+impl ChunkBuf {
+    /// Memory alignment of every chunk buffer.
+    pub const ALIGN: usize = 4096;
+
+    /// `len` bytes, zeroed if newly allocated (existing contents are left as they are).
+    pub fn set_len(&mut self, len: usize) {
+        if self.buf.as_ref().is_none_or(|b| b.len() < len) {
+            self.buf = Some(AlignedBuf::new(len, Self::ALIGN));
+        }
+        self.len = len;
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], |b| &b.as_slice()[..self.len])
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.len;
+        self.buf.as_mut().map_or(&mut [], |b| &mut b.as_mut_slice()[..len])
+    }
+}
 
 /// Gaps smaller than this between two runs are read through (and zeroed) in one request.
 const COALESCE_GAP: u64 = 64 << 10;
@@ -75,9 +106,10 @@ impl<'d> ChunkSource<'d> {
 
     /// Fills `buf` (resized to the chunk length) with chunk [start, end) after
     /// [`Self::data_ranges`] for the same range. Returns the bytes read from the disk.
-    pub fn fill(&self, start: u64, end: u64, buf: &mut Vec<u8>) -> Result<u64, crate::Error> {
+    pub fn fill(&self, start: u64, end: u64, buf: &mut ChunkBuf) -> Result<u64, crate::Error> {
         let len = (end - start) as usize;
-        buf.resize(len, 0);
+        buf.set_len(len);
+        let buf = buf.as_mut_slice();
         let mut zero_from = 0u64; // relative offset up to which the buffer is final
         let mut read = 0;
         let mut i = 0;

@@ -86,6 +86,11 @@ impl AlignedBuf {
         false
     }
 
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as in as_mut_slice, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for layout.size() bytes, initialised (zeroed), owned by self.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
