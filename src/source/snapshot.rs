@@ -59,7 +59,9 @@ pub fn hint(e: &SnapshotError) -> &'static str {
         _ if e.step.contains("writer") => {
             "a VSS writer failed (named above): check `vssadmin list writers` and the Application event log, then run again"
         }
-        _ if e.step == "timeout" => "raise --snapshot-timeout, or run when the machine is less busy",
+        _ if e.message.contains("--snapshot-timeout") => {
+            "raise --snapshot-timeout, or run when the machine is less busy"
+        }
         _ => "check `vssadmin list writers` and the Application event log (source VSS), then run again",
     }
 }
@@ -128,5 +130,41 @@ pub fn platform() -> std::sync::Arc<dyn Snapshotter> {
     #[cfg(not(windows))]
     {
         std::sync::Arc::new(NoSnapshots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_step_the_hresult_and_what_to_do() {
+        let e = SnapshotError {
+            step: "CreateVssBackupComponents",
+            hresult: Some(0x8000_4001),
+            message: "the Volume Shadow Copy Service cannot be used here".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Volume Shadow Copy (VSS) CreateVssBackupComponents failed with HRESULT 0x80004001 (E_NOTIMPL): the Volume Shadow Copy Service cannot be used here"
+        );
+        assert!(hint(&e).contains("--snapshot none"));
+        let timeout = SnapshotError {
+            step: "DoSnapshotSet",
+            hresult: None,
+            message: "it did not finish within --snapshot-timeout".into(),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "Volume Shadow Copy (VSS) DoSnapshotSet failed: it did not finish within --snapshot-timeout"
+        );
+        assert!(hint(&timeout).contains("raise --snapshot-timeout"));
+        let writer = SnapshotError {
+            step: "DoSnapshotSet (writer failure)",
+            hresult: Some(0x8004_2318),
+            message: "the operation failed; writer \"SqlServerWriter\": failed at freeze, HRESULT 0x800423F4".into(),
+        };
+        assert!(writer.to_string().contains("VSS_E_WRITER_INFRASTRUCTURE"));
+        assert!(writer.to_string().contains("SqlServerWriter"));
     }
 }

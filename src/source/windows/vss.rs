@@ -237,9 +237,9 @@ impl Components {
             } else if status == VSS_S_ASYNC_PENDING {
                 (v.cancel)(op);
                 Err(SnapshotError {
-                    step: "timeout",
+                    step,
                     hresult: None,
-                    message: format!("{step} did not finish within --snapshot-timeout"),
+                    message: "it did not finish within --snapshot-timeout".into(),
                 })
             } else if status == VSS_S_ASYNC_FINISHED || status >= 0 {
                 Ok(())
