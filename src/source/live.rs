@@ -158,8 +158,6 @@ pub struct Opened {
     pub disk: DiskFile,
     /// Warnings (reading a live volume without a snapshot).
     pub notes: Vec<String>,
-    /// The snapshot device read, if one was made.
-    pub snapshot: Option<String>,
     /// A live Windows volume or disk (this machine's own), not an image.
     pub live: bool,
 }
@@ -172,7 +170,6 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
         return Ok(Opened {
             disk: DiskFile::open(path)?,
             notes: Vec::new(),
-            snapshot: None,
             live: false,
         });
     };
@@ -200,7 +197,6 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
         return Ok(Opened {
             disk,
             notes,
-            snapshot: None,
             live: true,
         });
     };
@@ -214,7 +210,6 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
     Ok(Opened {
         disk,
         notes,
-        snapshot: Some(device_path),
         live: true,
     })
 }
