@@ -68,6 +68,7 @@ impl Error {
             Error::Source(_) => "InvalidSource",
             Error::Ntfs { .. } => "InvalidSource",
             Error::Store(StoreError::BundleExists { .. }) => "BundleExists",
+            Error::Store(StoreError::Cancelled { .. }) => "Cancelled",
             Error::Store(StoreError::Policy(p)) => p.code,
             Error::Store(StoreError::InvalidName { .. }) => "InvalidParameterValue",
             Error::Store(StoreError::NotFound { .. }) => "NoSuchBundle",
@@ -122,6 +123,7 @@ impl Error {
                 "the stored bundle is damaged or was modified: bundle the instance again".into()
             }
             Error::Cancelled => "nothing was kept; run the command again to start over".into(),
+            Error::Store(StoreError::Cancelled { .. }) => "run the command again to start over".into(),
             Error::Config(_) => {
                 "fix the configuration file (README: \"EC2 API server\" has a complete example), then start the server again".into()
             }
@@ -148,7 +150,7 @@ impl Error {
             Error::Store(StoreError::BundleExists { .. } | StoreError::InvalidName { .. }) => 2,
             Error::Source(_) | Error::Ntfs { .. } => 3,
             Error::Format(_) => 4,
-            Error::Cancelled => 130,
+            Error::Cancelled | Error::Store(StoreError::Cancelled { .. }) => 130,
             Error::Incomplete { exit, .. } => *exit,
             Error::Task(crate::task::store::TaskStoreError::Io { .. }) => 1,
             Error::Task(_) => 2,

@@ -355,3 +355,56 @@ fn describe_and_cancel_a_running_bundle_from_another_process() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
 }
+
+#[test]
+fn ctrl_c_stops_a_bundle_waiting_on_a_server_that_stopped_answering() {
+    if cfg!(windows) {
+        eprintln!("skipped on Windows: it sends SIGINT (`kill -INT`); tests/wine.sh checks Ctrl-C there");
+        return;
+    }
+    // An "S3 server" that takes connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("bare-volume.img", dir.path());
+    let state = dir.path().join("state");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(["bundle-instance", s(&src), "--bucket", "bkt", "--prefix", "p"])
+        .args(["--endpoint-url", &endpoint, "--state-dir", s(&state), "-q"])
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sent = std::time::Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(sent.elapsed().as_secs() < 20, "still running 20 s after Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("stopping") && err.contains("cancelled"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    let o = winbundle(&["describe-bundle-tasks", "--state-dir", s(&state)]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTasks"][0]["State"], "failed", "{v}");
+    assert_eq!(v["BundleTasks"][0]["BundleTaskError"]["Code"], "Cancelled", "{v}");
+}

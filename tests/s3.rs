@@ -189,6 +189,62 @@ fn a_bundle_cancelled_mid_upload_is_aborted() {
 }
 
 #[test]
+fn a_cancel_ends_a_wait_on_a_stalled_server_at_once() {
+    // The server takes the upload, then never answers a part: without the cancel the run would
+    // wait out the read timeout and its retries (minutes).
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.stall_parts.store(true, Ordering::SeqCst);
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
+    let mut opts = s3.options();
+    opts.cancel = Some(cancel.clone());
+    let store = winbundle::store::S3Store::connect("bkt", &opts).unwrap();
+    let mut req = request(&src, "stalled");
+    req.part_size = Some(5 << 20);
+    let flag = cancel.clone();
+    let faults = s3.faults.clone();
+    std::thread::spawn(move || {
+        while faults.count("UploadPart") == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        flag.store(true, Ordering::SeqCst); // Ctrl-C
+    });
+    let started = std::time::Instant::now();
+    let outcome = bundle_instance(&req, &store, &NoProgress, &cancel, &mut |_| Ok(()));
+    let took = started.elapsed();
+    assert!(matches!(outcome.result, Err(Error::Cancelled)), "{:?}", outcome.result.err());
+    assert_eq!(outcome.task.state.as_str(), "failed");
+    assert!(took < std::time::Duration::from_secs(20), "stopping took {took:?}");
+    assert_eq!(s3.faults.count("AbortMultipartUpload"), 1, "the upload is aborted on the way out");
+    assert_eq!(s3.faults.count("CompleteMultipartUpload"), 0);
+    cancel.store(false, Ordering::SeqCst);
+    assert!(!store.exists("stalled.manifest.json").unwrap());
+    assert!(!store.exists("stalled.image.zst").unwrap());
+}
+
+#[test]
+fn an_upload_that_cannot_be_aborted_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.deny.store(true, Ordering::SeqCst);
+    s3.faults.deny_abort.store(true, Ordering::SeqCst);
+    let store = s3.store("bkt");
+    let mut req = request(&src, "stuck");
+    req.part_size = Some(5 << 20);
+    let outcome = run(&req, &store);
+    let e = outcome.result.err().unwrap();
+    let msg = e.to_string();
+    assert_eq!(e.code(), "AccessDenied", "the first failure stays the error's code: {msg}");
+    assert!(msg.contains("the multipart upload of stuck.image.zst (upload id "), "{msg}");
+    assert!(msg.contains("could not be aborted") && msg.contains("winbundle cleanup --bucket bkt"), "{msg}");
+    assert!(!msg.contains(s3server::SECRET_KEY));
+    assert_eq!(outcome.task.error.as_ref().unwrap().message, msg);
+}
+
+#[test]
 fn two_bundles_into_one_bucket_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let a = fixture("gpt-disk.img", dir.path());

@@ -9,7 +9,9 @@
 #   with nothing written and the task failed;
 # - an image file bundles to the same object as on Linux, also with every read checked for
 #   alignment (WINBUNDLE_STRICT_ALIGNMENT);
-# - `inspect X:` reports the volume and says a snapshot would be taken.
+# - `inspect X:` reports the volume and says a snapshot would be taken;
+# - Ctrl-C (SIGINT, which Wine delivers as CTRL_C_EVENT) stops a bundle that waits on a silent
+#   server: exit 130, the task failed with Cancelled.
 # Needs: target/release/winbundle and a winbundle.exe (WINBUNDLE_EXE, default the release build;
 # .ci/run passes the one its Wine test run built), wine64, mingw-w64 (for the test-only
 # ProcessPrng shim), zstd, python3.
@@ -105,12 +107,45 @@ assert "Volume Shadow Copy snapshot (none was taken now)" in v["live"]["plan"], 
 PY
 }
 
+ctrl_c() { # Ctrl-C (Wine turns SIGINT into CTRL_C_EVENT) stops a bundle stuck on a silent server
+  python3 -c '
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    held.append(s.accept()[0])
+    print("accepted", flush=True)
+' >"$work/silent.txt" &
+  local sink=$! rc=0 pid waited=0
+  for _ in $(seq 50); do [ -s "$work/silent.txt" ] && break; sleep 0.1; done
+  # run.sh execs Wine, so $! is the Windows process that gets the SIGINT.
+  AWS_ACCESS_KEY_ID=AKIAEXAMPLE AWS_SECRET_ACCESS_KEY=secret "$root/tests/wine/run.sh" "$exe" bundle-instance X: \
+    --snapshot none --bucket bkt --prefix cc --endpoint-url "http://127.0.0.1:$(head -1 "$work/silent.txt")" \
+    --state-dir "Z:$work/cc-state" -q >"$work/task.json" 2>"$work/err.txt" &
+  pid=$!
+  for _ in $(seq 300); do grep -q accepted "$work/silent.txt" && break; sleep 0.1; done
+  sleep 1
+  kill -INT "$pid"
+  while kill -0 "$pid" 2>/dev/null && [ $waited -lt 30 ]; do sleep 1; waited=$((waited + 1)); done
+  wait "$pid" || rc=$?
+  kill "$sink"
+  cat "$work/err.txt"
+  echo "exit status $rc, ${waited}s after Ctrl-C"
+  [ "$rc" = 130 ]
+  grep -q "stopping" "$work/err.txt"
+  grep -q "cancelled" "$work/err.txt"
+  grep -q '"State": "failed"' "$work/task.json"
+  grep -q '"Code": "Cancelled"' "$work/task.json"
+}
+
 check "winbundle.exe needs only Windows' own DLLs" self_contained
 check "bundle-instance X: --snapshot none = the Linux bundle of the same volume" drive_letter X: x
 check "bundle-instance \\\\.\\X: --snapshot none = the Linux bundle" drive_letter '\\.\X:' dotx
 check "bundle-instance X: with VSS fails clearly (Wine has no VSS), nothing written" vss_under_wine
 check "an image file bundles identically, also with strict alignment checks" image_file
 check "inspect X: reports the volume and the snapshot plan" inspect_live
+check "Ctrl-C stops a bundle waiting on a silent server: exit 130, task failed (Cancelled)" ctrl_c
 long_paths() { # a local store deeper than MAX_PATH (260 characters)
   local deep="$work/long"
   for _ in $(seq 1 12); do deep="$deep/a-folder-name-of-thirty-chars"; done

@@ -140,7 +140,7 @@ pub(crate) fn fail(tasks: &TaskStore, mut task: BundleTask, e: &Error) -> Bundle
     task
 }
 
-fn run_job(inner: &Inner, task: BundleTask, spec: JobSpec, cancel: &AtomicBool) {
+fn run_job(inner: &Inner, task: BundleTask, spec: JobSpec, cancel: &Arc<AtomicBool>) {
     let tasks = &inner.tasks;
     let id = task.bundle_id.clone();
     // Wait for a slot, as pending; a cancel (or shutdown) meanwhile ends the task.
@@ -161,7 +161,7 @@ fn run_job(inner: &Inner, task: BundleTask, spec: JobSpec, cancel: &AtomicBool) 
     }
     log(&format!("{id} {} started", task.instance_id));
     let keys = Keys::new(&spec.request.prefix);
-    let store = PostStore::new(spec.target, spec.concurrency, spec.max_attempts)
+    let store = PostStore::with_cancel(spec.target, spec.concurrency, spec.max_attempts, Some(cancel.clone()))
         .and_then(|s| s.probe(&keys.part(0)).map(|()| s));
     let final_task = match store {
         Ok(store) => run_tracked(&spec.request, &store, tasks, &NoProgress, cancel).task,

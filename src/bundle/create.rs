@@ -188,13 +188,10 @@ pub fn bundle_instance(
     }
     if let Err(e) = &result {
         let _ = store.flush(); // uploads already under way finish (or fail) first
-        let left = store.leftovers();
-        if !left.is_empty() {
-            // A store that cannot delete (an upload policy): say what stays behind.
-            let what = format!(
-                "{e}; these objects were written and remain (an upload policy cannot delete them): {}",
-                left.join(", ")
-            );
+        if let Some(left) = store.leftovers() {
+            // What could not be cleaned up (an upload policy cannot delete; an abort that
+            // failed): say what stays behind.
+            let what = format!("{e}; {left}");
             result = Err(Error::Incomplete {
                 code: e.code(),
                 message: what,

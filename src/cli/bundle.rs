@@ -1,5 +1,6 @@
 //! `winbundle bundle-instance`: runs a bundle and prints the final task.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
@@ -13,7 +14,7 @@ use super::args::{BundleArgs, OutputFormat};
 use super::inspect::plan_options;
 use super::progress::Bar;
 
-pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
+pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let req = BundleRequest {
         source: args.source.clone(),
         bucket: args.store.bucket.clone(),
@@ -33,7 +34,7 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
             ..Default::default()
         },
     };
-    let post = super::policy::post_store(&args.policy, &args.store, req.part_size.unwrap_or(DEFAULT_PART_SIZE))?;
+    let post = super::policy::post_store(&args.policy, &args.store, req.part_size.unwrap_or(DEFAULT_PART_SIZE), cancel)?;
     let mut req = req;
     if post.is_some() {
         // Policy uploads write one object per part, as EC2 bundles did.
@@ -42,7 +43,7 @@ pub fn run(args: BundleArgs, cancel: &AtomicBool) -> Result<i32, Error> {
     validate(&req)?;
     let store: Box<dyn winbundle::store::ObjectStore> = match post {
         Some(p) => Box::new(p),
-        None => super::open_store(&args.store, true)?,
+        None => super::open_store(&args.store, true, cancel)?,
     };
     let tasks = super::tasks::open(&args.state_dir)?;
     if let Some(id) = &req.instance_id {

@@ -37,7 +37,8 @@ pub fn report(e: &Error) -> i32 {
 }
 
 /// Opens the store the arguments name: a local folder, or S3.
-pub fn open_store(a: &args::StoreArgs, create: bool) -> Result<Box<dyn ObjectStore>, Error> {
+/// Opens the store of `a`; `cancel` ends any wait on a server at once.
+pub fn open_store(a: &args::StoreArgs, create: bool, cancel: &Arc<AtomicBool>) -> Result<Box<dyn ObjectStore>, Error> {
     winbundle::store::names::check_prefix(&a.prefix)?;
     Ok(match &a.local_store {
         Some(dir) => Box::new(LocalStore::open(dir, &a.bucket, create)?),
@@ -50,6 +51,7 @@ pub fn open_store(a: &args::StoreArgs, create: bool) -> Result<Box<dyn ObjectSto
                 concurrency: a.s3.concurrency,
                 max_attempts: a.s3.max_attempts,
                 credentials: None,
+                cancel: Some(cancel.clone()),
             };
             Box::new(S3Store::connect(&a.bucket, &opts)?)
         }

@@ -237,7 +237,12 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
 
 /// The POST store when bundle-instance was given a policy (or the owner's secret key), else None.
 /// The policy is decoded and checked here, before the disk is opened.
-pub fn post_store(p: &PolicyArgs, store: &StoreArgs, part_size: u64) -> Result<Option<PostStore>, Error> {
+pub fn post_store(
+    p: &PolicyArgs,
+    store: &StoreArgs,
+    part_size: u64,
+    cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Option<PostStore>, Error> {
     let given = p.upload_policy.is_some() || p.upload_policy_signature.is_some() || p.owner_sak.is_some();
     if !given {
         return Ok(None);
@@ -289,7 +294,7 @@ pub fn post_store(p: &PolicyArgs, store: &StoreArgs, part_size: u64) -> Result<O
         store.s3.region.as_deref().or(policy_region.as_deref()),
     );
     let target = PostTarget::new(url, &store.bucket, &akid, parsed, &signature).map_err(IntoError::into_error)?;
-    let post = PostStore::new(target, store.s3.concurrency, store.s3.max_attempts)?;
+    let post = PostStore::with_cancel(target, store.s3.concurrency, store.s3.max_attempts, Some(cancel.clone()))?;
     let keys = winbundle::bundle::Keys::new(&store.prefix);
     post.check_policy(&[keys.manifest(), keys.part(0), keys.part(9999)], part_size, None)
         .map_err(IntoError::into_error)?;

@@ -1,5 +1,6 @@
 //! `winbundle restore` and `winbundle verify`.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
@@ -25,8 +26,8 @@ fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
     })
 }
 
-pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error> {
-    let store = super::open_store(&args.store, false)?;
+pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let store = super::open_store(&args.store, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
@@ -64,8 +65,8 @@ pub fn run_restore(args: RestoreArgs, cancel: &AtomicBool) -> Result<i32, Error>
     Ok(0)
 }
 
-pub fn run_verify(args: VerifyArgs, cancel: &AtomicBool) -> Result<i32, Error> {
-    let store = super::open_store(&args.store, false)?;
+pub fn run_verify(args: VerifyArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let store = super::open_store(&args.store, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);

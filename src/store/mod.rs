@@ -52,6 +52,8 @@ pub enum StoreError {
     },
     #[error("S3 setup: {0}")]
     S3Config(String),
+    #[error("{op} stopped: the run was cancelled")]
+    Cancelled { op: &'static str },
     #[error(transparent)]
     Policy(#[from] post::PolicyError),
 }
@@ -104,9 +106,10 @@ pub trait ObjectStore: Send + Sync {
         Ok(())
     }
 
-    /// Objects a failed bundle could not remove (a store that cannot delete).
-    fn leftovers(&self) -> Vec<String> {
-        Vec::new()
+    /// What a failed bundle left behind and could not remove, as a sentence (objects a store
+    /// that cannot delete wrote, an upload that could not be aborted).
+    fn leftovers(&self) -> Option<String> {
+        None
     }
 
     /// Checks a planned bundle (its keys, part size, expected duration) before any data is

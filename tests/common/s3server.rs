@@ -28,6 +28,10 @@ pub struct Faults {
     pub deny: AtomicBool,
     /// Hold every PostObject (policy upload) this many milliseconds: keeps a bundle running.
     pub post_delay_ms: AtomicU64,
+    /// Hold every UploadPart without answering (a server that stalls).
+    pub stall_parts: AtomicBool,
+    /// Answer AbortMultipartUpload with 403 AccessDenied (an upload that cannot be aborted).
+    pub deny_abort: AtomicBool,
     /// Operations seen, in order.
     pub log: Mutex<Vec<String>>,
 }
@@ -91,7 +95,13 @@ impl Service<http::Request<Incoming>> for Faulty {
             if op == "PostObject" && delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             }
+            if op == "AbortMultipartUpload" && faults.deny_abort.load(Ordering::SeqCst) {
+                return Ok(s3_error(403, "AccessDenied", "Access Denied"));
+            }
             if op == "UploadPart" {
+                if faults.stall_parts.load(Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                }
                 if faults.deny.load(Ordering::SeqCst) {
                     return Ok(s3_error(403, "AccessDenied", "Access Denied"));
                 }
@@ -177,6 +187,7 @@ impl TestS3 {
             concurrency: 4,
             max_attempts: 4,
             credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+            cancel: None,
         }
     }
 

@@ -7,10 +7,11 @@
 
 pub mod policy;
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{SendTimeoutError, Sender, bounded};
 
 use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
 pub use policy::{PolicyError, UploadPolicy};
@@ -126,6 +127,8 @@ struct Shared {
     max_attempts: u32,
     uploaded: Mutex<Vec<String>>,
     error: Mutex<Option<StoreError>>,
+    /// Set by Ctrl-C or a cancel request: no new upload starts, and no wait goes on.
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// A bucket reachable only through an upload policy.
@@ -137,6 +140,17 @@ pub struct PostStore {
 
 impl PostStore {
     pub fn new(target: PostTarget, concurrency: usize, max_attempts: u32) -> Result<Self, StoreError> {
+        Self::with_cancel(target, concurrency, max_attempts, None)
+    }
+
+    /// As [`PostStore::new`]; once `cancel` is set, no new upload starts and no wait goes on
+    /// (a POST already on the wire runs to its end or its timeout in the background).
+    pub fn with_cancel(
+        target: PostTarget,
+        concurrency: usize,
+        max_attempts: u32,
+        cancel: Option<Arc<AtomicBool>>,
+    ) -> Result<Self, StoreError> {
         names::check_bucket(&target.bucket)?;
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -149,6 +163,7 @@ impl PostStore {
             max_attempts: max_attempts.max(1),
             uploaded: Mutex::default(),
             error: Mutex::default(),
+            cancel,
         });
         let (tx, rx) = bounded::<Job>(0);
         let mut workers = Vec::new();
@@ -156,8 +171,8 @@ impl PostStore {
             let (rx, shared) = (rx.clone(), shared.clone());
             workers.push(std::thread::spawn(move || {
                 for job in rx.iter() {
-                    if shared.error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                        continue; // after a failure, drop the rest
+                    if shared.cancelled() || shared.error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        continue; // after a failure or a cancel, drop the rest
                     }
                     match post(&shared, &job.key, job.body) {
                         Ok(()) => shared.uploaded.lock().map(|mut u| u.push(job.key)).unwrap_or(()),
@@ -194,6 +209,10 @@ impl PostStore {
 }
 
 impl Shared {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+
     fn failed(&self) -> Option<StoreError> {
         self.error.lock().ok().and_then(|e| e.as_ref().map(clone_error))
     }
@@ -225,10 +244,19 @@ impl ObjectWriter for PostWriter {
         if let Some(e) = self.shared.failed() {
             return Err(e);
         }
-        let PostWriter { tx, key, buf, .. } = *self;
-        tx.send(Job { key, body: buf })
-            .map_err(|_| StoreError::S3Config("the upload workers stopped".into()))?;
-        Ok(ObjectReceipt::default())
+        let PostWriter { tx, shared, key, buf } = *self;
+        let mut job = Job { key, body: buf };
+        loop {
+            // Waits for a free worker, looking at the cancel flag meanwhile.
+            match tx.send_timeout(job, Duration::from_millis(100)) {
+                Ok(()) => return Ok(ObjectReceipt::default()),
+                Err(SendTimeoutError::Timeout(j)) if !shared.cancelled() => job = j,
+                Err(SendTimeoutError::Timeout(_)) => return Err(StoreError::Cancelled { op: "PostObject" }),
+                Err(SendTimeoutError::Disconnected(_)) => {
+                    return Err(StoreError::S3Config("the upload workers stopped".into()));
+                }
+            }
+        }
     }
 
     fn abort(self: Box<Self>) {}
@@ -418,6 +446,13 @@ impl ObjectStore for PostStore {
             .map(|mut w| w.drain(..).collect())
             .unwrap_or_default();
         for w in workers {
+            while !w.is_finished() {
+                if self.shared.cancelled() {
+                    // A POST on the wire cannot be called back: leave it to its timeout.
+                    return Err(StoreError::Cancelled { op: "PostObject" });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = w.join();
         }
         match self.failed() {
@@ -426,8 +461,14 @@ impl ObjectStore for PostStore {
         }
     }
 
-    fn leftovers(&self) -> Vec<String> {
-        self.uploaded()
+    fn leftovers(&self) -> Option<String> {
+        let left = self.uploaded();
+        (!left.is_empty()).then(|| {
+            format!(
+                "these objects were written and remain (an upload policy cannot delete them): {}",
+                left.join(", ")
+            )
+        })
     }
 
     fn preflight(&self, keys: &[String], part_size: u64, seconds: f64) -> Result<Vec<String>, StoreError> {

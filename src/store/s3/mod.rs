@@ -16,7 +16,9 @@ pub mod error;
 pub mod multipart;
 pub mod signing;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -51,6 +53,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// One request with all its retries.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(1200);
+/// AbortMultipartUpload on the way out (after a failure or a cancel): bounded, so a server that
+/// stopped answering cannot hold the exit.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait looks at the cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// How to reach S3. Unset fields come from the standard AWS environment and config files.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +71,9 @@ pub struct S3Options {
     pub max_attempts: u32,
     /// Fixed credentials (access key id, secret key) instead of the default chain.
     pub credentials: Option<(String, String)>,
+    /// Set by Ctrl-C or a cancel request: every wait on the server ends at once with
+    /// [`StoreError::Cancelled`] (the request in flight is dropped).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 pub(crate) struct Inner {
@@ -72,6 +82,30 @@ pub(crate) struct Inner {
     pub bucket: String,
     pub permits: Arc<Semaphore>,
     pub endpoint: String,
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// What a failed or cancelled run could not clean up (an upload it could not abort).
+    pub leftovers: Mutex<Vec<String>>,
+}
+
+impl Inner {
+    /// Runs one request (or a wait for one) to its end, or until the run is cancelled.
+    pub(crate) fn run<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        let Some(flag) = self.cancel.clone() else {
+            return self.rt.block_on(fut);
+        };
+        self.rt.block_on(async move {
+            tokio::select! {
+                r = fut => r,
+                () = cancelled(&flag) => Err(StoreError::Cancelled { op }),
+            }
+        })
+    }
+}
+
+async fn cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(CANCEL_POLL).await;
+    }
 }
 
 /// A bucket in S3.
@@ -153,18 +187,21 @@ impl S3Store {
                 bucket: bucket.to_string(),
                 permits: Arc::new(Semaphore::new(concurrency)),
                 endpoint: endpoint.unwrap_or_else(|| "AWS S3".into()),
+                cancel: opts.cancel.clone(),
+                leftovers: Mutex::default(),
             }),
         })
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let i = &self.inner;
-        let r = i.rt.block_on(i.client.head_object().bucket(&i.bucket).key(key).send());
-        match r {
-            Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(convert("HeadObject", &i.bucket, key, e)),
-        }
+        i.run("HeadObject", async {
+            match i.client.head_object().bucket(&i.bucket).key(key).send().await {
+                Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                Err(e) => Err(convert("HeadObject", &i.bucket, key, e)),
+            }
+        })
     }
 }
 
@@ -198,7 +235,7 @@ impl ObjectStore for S3Store {
         // The SDK retries the request; a body cut off half-way is retried here.
         let mut last = None;
         for _ in 0..3 {
-            let r = i.rt.block_on(async {
+            let r = i.run("GetObject", async {
                 let out = i
                     .client
                     .get_object()
@@ -255,7 +292,7 @@ impl ObjectStore for S3Store {
         let i = &self.inner;
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let body = ByteStream::from(bytes.to_vec());
-        i.rt.block_on(
+        i.run("PutObject", async {
             i.client
                 .put_object()
                 .bucket(&i.bucket)
@@ -265,17 +302,25 @@ impl ObjectStore for S3Store {
                 .checksum_sha256(b64(&digest))
                 .customize()
                 .interceptor(PrecomputedSha256(hex::encode(digest)))
-                .send(),
-        )
-        .map(|_| ())
-        .map_err(|e| convert("PutObject", &i.bucket, key, e))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| convert("PutObject", &i.bucket, key, e))
+        })
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         let i = &self.inner;
-        i.rt.block_on(i.client.delete_object().bucket(&i.bucket).key(key).send())
-            .map(|_| ())
-            .map_err(|e| convert("DeleteObject", &i.bucket, key, e))
+        i.run("DeleteObject", async {
+            i.client
+                .delete_object()
+                .bucket(&i.bucket)
+                .key(key)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| convert("DeleteObject", &i.bucket, key, e))
+        })
     }
 
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
@@ -284,5 +329,18 @@ impl ObjectStore for S3Store {
 
     fn min_part_size(&self) -> u64 {
         MIN_MULTIPART_PART
+    }
+
+    fn leftovers(&self) -> Option<String> {
+        let left = self.inner.leftovers.lock().unwrap_or_else(|e| e.into_inner());
+        (!left.is_empty()).then(|| {
+            format!(
+                "{} could not be aborted and remain{} until `winbundle cleanup --bucket {} --prefix PREFIX` (or a lifecycle rule) ends {}",
+                left.join(", "),
+                if left.len() == 1 { "s" } else { "" },
+                self.inner.bucket,
+                if left.len() == 1 { "it" } else { "them" },
+            )
+        })
     }
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::error::convert;
 use super::signing::PrecomputedSha256;
-use super::{Inner, b64};
+use super::{ABORT_TIMEOUT, Inner, b64};
 use crate::store::{ObjectReceipt, ObjectWriter, PartInfo, StoreError};
 
 pub struct MultipartWriter {
@@ -29,18 +29,17 @@ pub struct MultipartWriter {
 
 impl MultipartWriter {
     pub(crate) fn start(inner: Arc<Inner>, key: &str) -> Result<Self, StoreError> {
-        let out = inner
-            .rt
-            .block_on(
-                inner
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&inner.bucket)
-                    .key(key)
-                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                    .send(),
-            )
-            .map_err(|e| convert("CreateMultipartUpload", &inner.bucket, key, e))?;
+        let out = inner.run("CreateMultipartUpload", async {
+            inner
+                .client
+                .create_multipart_upload()
+                .bucket(&inner.bucket)
+                .key(key)
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .send()
+                .await
+                .map_err(|e| convert("CreateMultipartUpload", &inner.bucket, key, e))
+        })?;
         let upload_id = out.upload_id().unwrap_or_default().to_string();
         if upload_id.is_empty() {
             return Err(StoreError::S3Transport {
@@ -77,11 +76,14 @@ impl MultipartWriter {
 
     /// Waits for one part upload and records the part.
     fn join(&mut self, t: JoinHandle<Result<CompletedPart, StoreError>>) -> Result<(), StoreError> {
-        let part = self.inner.rt.block_on(t).map_err(|e| StoreError::S3Transport {
-            op: "UploadPart",
-            location: self.location(),
-            detail: e.to_string(),
-        })??;
+        let location = self.location();
+        let part = self.inner.run("UploadPart", async move {
+            t.await.map_err(|e| StoreError::S3Transport {
+                op: "UploadPart",
+                location,
+                detail: e.to_string(),
+            })?
+        })?;
         self.done.push(part);
         Ok(())
     }
@@ -90,20 +92,32 @@ impl MultipartWriter {
         format!("{}/{}", self.inner.bucket, self.key)
     }
 
+    /// Ends the upload on the server, so no parts are left costing money. Not cancellable (it is
+    /// what a cancel does), but bounded: an upload it cannot abort is reported as a leftover.
     fn abort_upload(&mut self) {
         self.closed = true;
         for t in self.tasks.drain(..) {
             t.abort();
         }
         let i = &self.inner;
-        let _ = i.rt.block_on(
-            i.client
-                .abort_multipart_upload()
-                .bucket(&i.bucket)
-                .key(&self.key)
-                .upload_id(&self.upload_id)
-                .send(),
-        );
+        let request = i
+            .client
+            .abort_multipart_upload()
+            .bucket(&i.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send();
+        let why = match i.rt.block_on(async { tokio::time::timeout(ABORT_TIMEOUT, request).await }) {
+            Ok(Ok(_)) => return,
+            // Already gone (aborted by someone else, or completed): nothing is left.
+            Ok(Err(e)) if e.as_service_error().is_some_and(|s| s.meta().code() == Some("NoSuchUpload")) => return,
+            Ok(Err(e)) => convert("AbortMultipartUpload", &i.bucket, &self.key, e).to_string(),
+            Err(_) => format!("no answer in {} s", ABORT_TIMEOUT.as_secs()),
+        };
+        i.leftovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("the multipart upload of {} (upload id {}; {why})", self.key, self.upload_id));
     }
 }
 
@@ -119,15 +133,15 @@ impl ObjectWriter for MultipartWriter {
 
     fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError> {
         self.check_finished()?;
-        let permit = self
-            .inner
-            .rt
-            .block_on(self.inner.permits.clone().acquire_owned())
-            .map_err(|e| StoreError::S3Transport {
+        let location = self.location();
+        let permits = self.inner.permits.clone();
+        let permit = self.inner.run("UploadPart", async move {
+            permits.acquire_owned().await.map_err(|e| StoreError::S3Transport {
                 op: "UploadPart",
-                location: self.location(),
+                location,
                 detail: e.to_string(),
-            })?;
+            })
+        })?;
         let body = std::mem::replace(&mut self.buf, Vec::with_capacity(part.size as usize));
         let len = body.len();
         let number = part.number as i32 + 1;
@@ -182,15 +196,17 @@ impl ObjectWriter for MultipartWriter {
             .map(|p| p.e_tag().unwrap_or_default().to_string())
             .collect();
         let i = self.inner.clone();
-        let r = i.rt.block_on(
+        let r = i.run("CompleteMultipartUpload", async {
             i.client
                 .complete_multipart_upload()
                 .bucket(&i.bucket)
                 .key(&self.key)
                 .upload_id(&self.upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-                .send(),
-        );
+                .send()
+                .await
+                .map_err(|e| convert("CompleteMultipartUpload", &i.bucket, &self.key, e))
+        });
         match r {
             Ok(out) => {
                 self.closed = true;
@@ -201,7 +217,7 @@ impl ObjectWriter for MultipartWriter {
             }
             Err(e) => {
                 self.abort_upload();
-                Err(convert("CompleteMultipartUpload", &i.bucket, &self.key, e))
+                Err(e)
             }
         }
     }
