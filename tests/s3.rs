@@ -282,3 +282,121 @@ fn wrong_secret_and_missing_bucket_fail_fast_with_their_codes() {
     let e = OpenedBundle::open(&s3.store("nothing-here"), "x").err().unwrap();
     assert!(e.to_string().contains("x.manifest.json"), "{e}");
 }
+
+/// Leaves an unfinished upload of `prefix`.image.zst behind, as a run killed outright would:
+/// a run cancelled after `after` bytes read, on a server that refuses the abort.
+fn interrupted_run(s3: &TestS3, req: &winbundle::bundle::create::BundleRequest, after: u64) -> usize {
+    let store = s3.store("bkt");
+    let cancel = AtomicBool::new(false);
+    let progress = CancelAfter {
+        flag: &cancel,
+        after,
+        read: Default::default(),
+    };
+    s3.faults.deny_abort.store(true, Ordering::SeqCst);
+    let outcome = bundle_instance(req, &store, &progress, &cancel, &mut |_| Ok(()));
+    s3.faults.deny_abort.store(false, Ordering::SeqCst);
+    let e = outcome.result.err().unwrap();
+    assert!(e.to_string().contains("could not be aborted"), "{e}");
+    let uploads = s3.faults.uploads.lock().unwrap();
+    assert_eq!(uploads.len(), 1, "one unfinished upload is left");
+    let parts = uploads.values().next().unwrap().parts.len();
+    assert!(parts >= 2, "{parts} parts were stored before the interruption");
+    parts
+}
+
+fn resumed_bundle(s3: &TestS3, req: &winbundle::bundle::create::BundleRequest, no_resume: bool) -> winbundle::chunk::pipeline::PipelineStats {
+    let mut opts = s3.options();
+    opts.no_resume = no_resume;
+    let store = winbundle::store::S3Store::connect("bkt", &opts).unwrap();
+    let before = s3.faults.count("UploadPart");
+    let (m, stats) = run(req, &store).result.unwrap();
+    let sent = s3.faults.count("UploadPart") - before;
+    let parts = m.data.objects[0].parts_sha256.len();
+    assert_eq!(
+        sent + stats.resumed.reused_parts as usize,
+        parts,
+        "every part is either reused or sent: {:?}",
+        stats.resumed
+    );
+    assert!(s3.faults.uploads.lock().unwrap().is_empty(), "no unfinished upload is left");
+    stats
+}
+
+#[test]
+fn an_interrupted_bundle_resumes_sending_only_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let mut req = request(&src, "resume/a");
+    req.part_size = Some(5 << 20);
+    let stored = interrupted_run(&s3, &req, 40 << 20);
+    let stats = resumed_bundle(&s3, &req, false);
+    let r = &stats.resumed;
+    assert!(r.resumed_from.is_some(), "{r:?}");
+    assert_eq!(r.reused_parts as usize, stored, "every part already stored is reused: {r:?}");
+    assert_eq!(r.reused_bytes, stored as u64 * (5 << 20));
+    assert_eq!(r.replaced_parts, 0);
+    let out = dir.path().join("restored.img");
+    restore_from(&s3.store("bkt"), "resume/a", &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+    // And the result is the bundle a clean run makes.
+    let local = dir.path().join("local");
+    let (clean, _) = bundle(&req, &local).result.unwrap();
+    let s3_store = s3.store("bkt");
+    let resumed = OpenedBundle::open(&s3_store, "resume/a").unwrap();
+    assert_eq!(resumed.manifest.bundle_sha256, clean.bundle_sha256);
+}
+
+#[test]
+fn parts_of_a_changed_source_are_sent_again_and_the_rest_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let mut req = request(&src, "resume/changed");
+    req.part_size = Some(5 << 20);
+    let stored = interrupted_run(&s3, &req, 40 << 20);
+    // The source changes where the first parts came from (as a new VSS snapshot may).
+    {
+        use crate::common::FileAt;
+        let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+        f.write_all_at(&[0x5a; 4096], (10 << 20) + (4 << 20)).unwrap();
+    }
+    let stats = resumed_bundle(&s3, &req, false);
+    let r = &stats.resumed;
+    assert!(r.replaced_parts >= 1, "{r:?}");
+    assert!((r.reused_parts as usize) < stored, "{r:?}");
+    let out = dir.path().join("restored.img");
+    restore_from(&s3.store("bkt"), "resume/changed", &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+}
+
+#[test]
+fn resume_compares_etags_where_the_server_lists_no_checksums() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.no_part_checksums.store(true, Ordering::SeqCst);
+    let mut req = request(&src, "resume/etag");
+    req.part_size = Some(5 << 20);
+    let stored = interrupted_run(&s3, &req, 40 << 20);
+    let stats = resumed_bundle(&s3, &req, false);
+    assert_eq!(stats.resumed.reused_parts as usize, stored, "{:?}", stats.resumed);
+    let out = dir.path().join("restored.img");
+    restore_from(&s3.store("bkt"), "resume/etag", &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+}
+
+#[test]
+fn no_resume_aborts_the_unfinished_upload_and_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let mut req = request(&src, "resume/fresh");
+    req.part_size = Some(5 << 20);
+    interrupted_run(&s3, &req, 40 << 20);
+    let aborts = s3.faults.count("AbortMultipartUpload");
+    let stats = resumed_bundle(&s3, &req, true);
+    assert_eq!(stats.resumed, winbundle::store::ResumeStats::default());
+    assert_eq!(s3.faults.count("AbortMultipartUpload"), aborts + 1, "the old upload is aborted");
+}

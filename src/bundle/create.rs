@@ -309,7 +309,7 @@ fn run(
     task.progress = "99%".into();
     task.update_time = task::now_iso();
     on_update(task)?;
-    let (data, bundle_sha256) = writer.finish()?;
+    let (data, bundle_sha256, resumed) = writer.finish()?;
     store.flush()?;
     if cancel.load(std::sync::atomic::Ordering::SeqCst) {
         // Cancelled while the last parts were stored: the bundle must not become complete.
@@ -372,6 +372,8 @@ fn run(
     }
     progress.finish();
     stats.source_reads = disk.read_stats();
+    notes.warnings.extend(resumed.note.clone());
+    stats.resumed = resumed;
     Ok((manifest, stats))
 }
 

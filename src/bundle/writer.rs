@@ -10,7 +10,7 @@ use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
 use crate::chunk::pipeline::FrameSink;
 use crate::progress::Progress;
-use crate::store::{ObjectStore, ObjectWriter, PartInfo};
+use crate::store::{ObjectStore, ObjectWriter, PartInfo, ResumeStats};
 
 pub struct StreamWriter<'a> {
     store: &'a dyn ObjectStore,
@@ -30,6 +30,7 @@ pub struct StreamWriter<'a> {
     /// Bytes of closed objects, and bytes reported as stored so far.
     stored_before: u64,
     reported: u64,
+    resumed: ResumeStats,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -56,6 +57,7 @@ impl<'a> StreamWriter<'a> {
             bundle_hasher: Sha256::new(),
             stored_before: 0,
             reported: 0,
+            resumed: ResumeStats::default(),
         }
     }
 
@@ -128,6 +130,7 @@ impl<'a> StreamWriter<'a> {
             self.stored_before += info.size;
             info.etag = receipt.etag;
             info.parts_etag = receipt.part_etags;
+            self.resumed.add(&receipt.resumed);
             self.done.push(info);
             self.report_stored();
         }
@@ -143,9 +146,9 @@ impl<'a> StreamWriter<'a> {
         }
     }
 
-    /// Writes the seek table, closes the last part and object. Returns the data description
-    /// and the bundle digest.
-    pub fn finish(mut self) -> Result<(DataInfo, String), Error> {
+    /// Writes the seek table, closes the last part and object. Returns the data description,
+    /// the bundle digest, and what an interrupted earlier run had stored that was reused.
+    pub fn finish(mut self) -> Result<(DataInfo, String, ResumeStats), Error> {
         let table = encode_seek_table(&self.seek);
         let seek_table_offset = self.stream_size;
         self.write_bytes(&table)?;
@@ -162,7 +165,7 @@ impl<'a> StreamWriter<'a> {
             seek_table_size: table.len() as u64,
             objects: std::mem::take(&mut self.done),
         };
-        Ok((info, digest))
+        Ok((info, digest, std::mem::take(&mut self.resumed)))
     }
 
     /// Removes everything written so far (best effort).

@@ -48,6 +48,8 @@ pub struct PipelineStats {
     pub store_time: Duration,
     /// How the source served its reads (every layer's, metadata included).
     pub source_reads: crate::source::device::ReadStats,
+    /// What an interrupted earlier run had stored and this one reused.
+    pub resumed: crate::store::ResumeStats,
 }
 
 enum Job {

@@ -292,6 +292,10 @@ pub struct BundleArgs {
     /// Replace a bundle that already exists under this prefix.
     #[arg(long)]
     pub overwrite: bool,
+    /// Do not pick up an interrupted earlier run of this bundle: abort its unfinished upload
+    /// (S3) or drop its partial file (local store) and start over.
+    #[arg(long)]
+    pub no_resume: bool,
     /// How to print the final bundle task.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,

@@ -43,7 +43,7 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     validate(&req)?;
     let store: Box<dyn winbundle::store::ObjectStore> = match post {
         Some(p) => Box::new(p),
-        None => super::open_store(&args.store, true, cancel)?,
+        None => super::open_store(&args.store, true, args.no_resume, cancel)?,
     };
     let tasks = super::tasks::open(&args.state_dir)?;
     if let Some(id) = &req.instance_id {
@@ -65,6 +65,20 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         eprintln!(
             "winbundle: note: no --instance-id given; using {} (derived from the disk id, root partition and NTFS serial: the same for every run on this source)",
             outcome.task.instance_id
+        );
+    }
+    if let Ok((_, s)) = &outcome.result
+        && let Some(from) = &s.resumed.resumed_from
+        && !args.quiet
+    {
+        eprintln!(
+            "winbundle: note: resumed the interrupted upload {from}: {} parts ({} bytes) already stored were reused{}",
+            s.resumed.reused_parts,
+            s.resumed.reused_bytes,
+            match s.resumed.replaced_parts {
+                0 => String::new(),
+                n => format!("; {n} had changed since (the source changed) and were sent again"),
+            }
         );
     }
     if let Ok((m, _)) = &outcome.result {
@@ -101,6 +115,7 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                 "CompressSeconds": s.compress_time.as_secs_f64(),
                 "StoreSeconds": s.store_time.as_secs_f64(),
                 "SourceReads": s.source_reads,
+                "Resumed": s.resumed,
                 "InstanceIdDerived": outcome.instance_id_derived,
             }))
         }

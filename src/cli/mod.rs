@@ -38,7 +38,12 @@ pub fn report(e: &Error) -> i32 {
 
 /// Opens the store the arguments name: a local folder, or S3.
 /// Opens the store of `a`; `cancel` ends any wait on a server at once.
-pub fn open_store(a: &args::StoreArgs, create: bool, cancel: &Arc<AtomicBool>) -> Result<Box<dyn ObjectStore>, Error> {
+pub fn open_store(
+    a: &args::StoreArgs,
+    create: bool,
+    no_resume: bool,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Box<dyn ObjectStore>, Error> {
     winbundle::store::names::check_prefix(&a.prefix)?;
     Ok(match &a.local_store {
         Some(dir) => Box::new(LocalStore::open(dir, &a.bucket, create)?),
@@ -52,6 +57,7 @@ pub fn open_store(a: &args::StoreArgs, create: bool, cancel: &Arc<AtomicBool>) -
                 max_attempts: a.s3.max_attempts,
                 credentials: None,
                 cancel: Some(cancel.clone()),
+                no_resume,
             };
             Box::new(S3Store::connect(&a.bucket, &opts)?)
         }

@@ -27,7 +27,7 @@ fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
 }
 
 pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
-    let store = super::open_store(&args.store, false, cancel)?;
+    let store = super::open_store(&args.store, false, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
@@ -66,7 +66,7 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
 }
 
 pub fn run_verify(args: VerifyArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
-    let store = super::open_store(&args.store, false, cancel)?;
+    let store = super::open_store(&args.store, false, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 pub use local::LocalStore;
 pub use s3::{S3Options, S3Store};
+pub use s3::uploads::Upload;
 
 /// Errors of a store, naming the bucket/key and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,40 @@ pub struct ObjectReceipt {
     pub etag: Option<String>,
     /// ETag of each part (S3 multipart uploads).
     pub part_etags: Vec<String>,
+    /// What an interrupted earlier run had already stored and this one reused.
+    pub resumed: ResumeStats,
+}
+
+/// An interrupted upload picked up again: what of it was reused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResumeStats {
+    /// The unfinished upload (S3) or partial file (local store) that was picked up.
+    pub resumed_from: Option<String>,
+    /// Parts already stored that equal the recomputed ones: not sent again.
+    pub reused_parts: u32,
+    pub reused_bytes: u64,
+    /// Parts already stored that differ from the recomputed ones (the source changed since):
+    /// stored again.
+    pub replaced_parts: u32,
+    /// Why no earlier upload could be looked for or picked up, when that is worth saying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl ResumeStats {
+    /// Adds up the stats of the objects of one bundle.
+    pub fn add(&mut self, o: &ResumeStats) {
+        if self.resumed_from.is_none() {
+            self.resumed_from.clone_from(&o.resumed_from);
+        }
+        self.reused_parts += o.reused_parts;
+        self.reused_bytes += o.reused_bytes;
+        self.replaced_parts += o.replaced_parts;
+        if self.note.is_none() {
+            self.note.clone_from(&o.note);
+        }
+    }
 }
 
 /// A part of a data object as it is being written.

@@ -1,6 +1,10 @@
 //! An S3 server inside the test process: s3s + s3s-fs on a random loopback port, with faults
 //! that tests can switch on (5xx answers, dropped connections, AccessDenied) and a log of the
 //! operations it saw.
+//!
+//! s3s-fs has no ListMultipartUploads and lists parts without ETags or checksums; this layer
+//! keeps its own table of unfinished uploads and answers both calls as AWS does (Garage's
+//! answers are checked against the same code in tests/e2e.sh).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,131 @@ pub struct Faults {
     pub deny_abort: AtomicBool,
     /// Operations seen, in order.
     pub log: Mutex<Vec<String>>,
+    /// ListParts leaves out part checksums (servers that only give ETags).
+    pub no_part_checksums: AtomicBool,
+    /// Unfinished multipart uploads by upload id.
+    pub uploads: Mutex<std::collections::BTreeMap<String, Pending>>,
+}
+
+/// An unfinished multipart upload, as ListMultipartUploads and ListParts report it.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub bucket: String,
+    pub key: String,
+    pub initiated: String,
+    /// Part number → (size, ETag, base64 SHA-256 checksum sent with it).
+    pub parts: std::collections::BTreeMap<u32, (u64, String, Option<String>)>,
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16) {
+                out.push(x);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// `/bucket/key` of a path-style request.
+fn bucket_key(path: &str) -> (String, String) {
+    let path = percent_decode(path.trim_start_matches('/'));
+    let (b, k) = path.split_once('/').unwrap_or((&path, ""));
+    (b.to_string(), k.to_string())
+}
+
+fn xml_ok(body: String) -> http::Response<s3s::Body> {
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/xml")
+        .body(s3s::Body::from(body))
+        .unwrap()
+}
+
+impl Faults {
+    /// Answers ListMultipartUploads and ListParts from the table; None for other requests.
+    fn answer_listing(&self, op: &str, path: &str, query: &str) -> Option<http::Response<s3s::Body>> {
+        let uploads = self.uploads.lock().unwrap();
+        let (bucket, key) = bucket_key(path);
+        match op {
+            "ListMultipartUploads" => {
+                let prefix = query_param(query, "prefix").unwrap_or_default();
+                let mut xml = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>{bucket}</Bucket><Prefix>{prefix}</Prefix><IsTruncated>false</IsTruncated>"
+                );
+                for (id, u) in uploads.iter().filter(|(_, u)| u.bucket == bucket && u.key.starts_with(&prefix)) {
+                    xml += &format!(
+                        "<Upload><Key>{}</Key><UploadId>{id}</UploadId><Initiated>{}</Initiated></Upload>",
+                        u.key, u.initiated
+                    );
+                }
+                Some(xml_ok(xml + "</ListMultipartUploadsResult>"))
+            }
+            "ListParts" => {
+                let id = query_param(query, "uploadId").unwrap_or_default();
+                let Some(u) = uploads.get(&id) else {
+                    return Some(s3_error(404, "NoSuchUpload", "The specified upload does not exist."));
+                };
+                let mut xml = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListPartsResult><Bucket>{bucket}</Bucket><Key>{key}</Key><UploadId>{id}</UploadId><IsTruncated>false</IsTruncated>"
+                );
+                for (n, (size, etag, sum)) in &u.parts {
+                    xml += &format!("<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag><Size>{size}</Size>");
+                    if let Some(sum) = sum.as_ref().filter(|_| !self.no_part_checksums.load(Ordering::SeqCst)) {
+                        xml += &format!("<ChecksumSHA256>{sum}</ChecksumSHA256>");
+                    }
+                    xml += "</Part>";
+                }
+                Some(xml_ok(xml + "</ListPartsResult>"))
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps the table up to date with a request that succeeded.
+    fn record(&self, op: &str, path: &str, query: &str, headers: &http::HeaderMap, resp: &http::Response<s3s::Body>) {
+        if !resp.status().is_success() {
+            return;
+        }
+        let mut uploads = self.uploads.lock().unwrap();
+        let id = query_param(query, "uploadId").unwrap_or_default();
+        match op {
+            "CreateMultipartUpload" => {
+                let body = resp.body().bytes().map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
+                let Some(id) = body.split("<UploadId>").nth(1).and_then(|r| r.split('<').next()) else { return };
+                let (bucket, key) = bucket_key(path);
+                let initiated = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+                uploads.insert(id.to_string(), Pending { bucket, key, initiated, parts: Default::default() });
+            }
+            "UploadPart" => {
+                let Some(u) = uploads.get_mut(&id) else { return };
+                let n: u32 = query_param(query, "partNumber").and_then(|n| n.parse().ok()).unwrap_or(0);
+                let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let size = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                u.parts.insert(n, (size, etag, header("x-amz-checksum-sha256")));
+            }
+            "CompleteMultipartUpload" | "AbortMultipartUpload" => {
+                uploads.remove(&id);
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Faults {
@@ -51,6 +180,8 @@ fn classify(method: &hyper::Method, query: &str) -> &'static str {
     let has = |k: &str| query.split('&').any(|p| p == k || p.starts_with(&format!("{k}=")));
     match (method.as_str(), has("uploadId"), has("uploads"), has("partNumber")) {
         ("PUT", true, _, true) => "UploadPart",
+        ("GET", _, true, _) => "ListMultipartUploads",
+        ("GET", true, _, _) => "ListParts",
         ("POST", _, true, _) => "CreateMultipartUpload",
         ("POST", true, _, _) => "CompleteMultipartUpload",
         ("POST", false, false, _) if query.is_empty() => "PostObject",
@@ -89,8 +220,14 @@ impl Service<http::Request<Incoming>> for Faulty {
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         let (inner, faults) = (self.inner.clone(), self.faults.clone());
         Box::pin(async move {
-            let op = classify(req.method(), req.uri().query().unwrap_or(""));
+            let query = req.uri().query().unwrap_or("").to_string();
+            let path = req.uri().path().to_string();
+            let op = classify(req.method(), &query);
             faults.log.lock().unwrap().push(op.to_string());
+            if let Some(resp) = faults.answer_listing(op, &path, &query) {
+                return Ok(resp);
+            }
+            let headers = req.headers().clone();
             let delay = faults.post_delay_ms.load(Ordering::SeqCst);
             if op == "PostObject" && delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
@@ -116,9 +253,11 @@ impl Service<http::Request<Incoming>> for Faulty {
                     return Err(BoxError::from("dropping the connection"));
                 }
             }
-            Service::call(&inner, req)
+            let resp = Service::call(&inner, req)
                 .await
-                .map_err(|e| BoxError::from(format!("{e:?}")))
+                .map_err(|e| BoxError::from(format!("{e:?}")))?;
+            faults.record(op, &path, &query, &headers, &resp);
+            Ok(resp)
         })
     }
 }
@@ -188,6 +327,7 @@ impl TestS3 {
             max_attempts: 4,
             credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
             cancel: None,
+            no_resume: false,
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod multipart;
 pub mod signing;
+pub mod uploads;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +75,9 @@ pub struct S3Options {
     /// Set by Ctrl-C or a cancel request: every wait on the server ends at once with
     /// [`StoreError::Cancelled`] (the request in flight is dropped).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Start every data object afresh: abort any unfinished upload of its key instead of
+    /// picking it up (`--no-resume`).
+    pub no_resume: bool,
 }
 
 pub(crate) struct Inner {
@@ -83,6 +87,8 @@ pub(crate) struct Inner {
     pub permits: Arc<Semaphore>,
     pub endpoint: String,
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Pick up unfinished uploads of the same key.
+    pub resume: bool,
     /// What a failed or cancelled run could not clean up (an upload it could not abort).
     pub leftovers: Mutex<Vec<String>>,
 }
@@ -188,6 +194,7 @@ impl S3Store {
                 permits: Arc::new(Semaphore::new(concurrency)),
                 endpoint: endpoint.unwrap_or_else(|| "AWS S3".into()),
                 cancel: opts.cancel.clone(),
+                resume: !opts.no_resume,
                 leftovers: Mutex::default(),
             }),
         })

@@ -2,18 +2,27 @@
 //! runtime while the pipeline goes on; at most `concurrency` uploads run at once (a semaphore),
 //! so memory stays within (concurrency + 1) × part size. Any failure, and `abort`, ends with
 //! AbortMultipartUpload, so no parts are left costing money.
+//!
+//! Resume: an unfinished upload of the same key (a run killed outright, a machine that
+//! rebooted) is picked up. Each recomputed part is compared with the part of that number the
+//! upload holds (its SHA-256 checksum, or its ETag as MD5 where the server lists no checksums):
+//! an equal part is not sent again, a different one (the source changed) is sent and replaces
+//! it. Older unfinished uploads of the key are aborted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use md5::{Digest, Md5};
 use tokio::task::JoinHandle;
 
 use super::error::convert;
 use super::signing::PrecomputedSha256;
+use super::uploads::{self, StoredPart};
 use super::{ABORT_TIMEOUT, Inner, b64};
-use crate::store::{ObjectReceipt, ObjectWriter, PartInfo, StoreError};
+use crate::store::{ObjectReceipt, ObjectWriter, PartInfo, ResumeStats, StoreError};
 
 pub struct MultipartWriter {
     inner: Arc<Inner>,
@@ -25,10 +34,47 @@ pub struct MultipartWriter {
     uploaded: Arc<AtomicU64>,
     /// Completed or aborted: nothing left to clean up.
     closed: bool,
+    /// The parts the resumed upload held, by part number, until each is compared.
+    stored: HashMap<i32, StoredPart>,
+    resumed: ResumeStats,
+}
+
+/// The upload to write `key` into: the newest unfinished one (resume) or a new one.
+fn pick_upload(inner: &Inner, key: &str) -> Result<(Option<String>, ResumeStats), StoreError> {
+    let mut stats = ResumeStats::default();
+    let mut found = match uploads::list(inner, key) {
+        Ok(all) => all.into_iter().filter(|u| u.key == key).collect::<Vec<_>>(),
+        Err(e @ StoreError::Cancelled { .. }) => return Err(e),
+        Err(e) => {
+            // No permission to list (s3:ListBucketMultipartUploads), or a server without the
+            // call: a fresh upload, as before resume existed.
+            stats.note = Some(format!("cannot look for an unfinished upload to resume ({e}); starting a new one"));
+            return Ok((None, stats));
+        }
+    };
+    let newest = if inner.resume { found.pop() } else { None };
+    for old in &found {
+        uploads::abort(inner, &old.key, &old.upload_id)?;
+    }
+    Ok((newest.map(|u| u.upload_id), stats))
 }
 
 impl MultipartWriter {
     pub(crate) fn start(inner: Arc<Inner>, key: &str) -> Result<Self, StoreError> {
+        let (resume, mut resumed) = pick_upload(&inner, key)?;
+        if let Some(upload_id) = resume {
+            match uploads::parts(&inner, key, &upload_id) {
+                Ok(stored) => {
+                    resumed.resumed_from = Some(upload_id.clone());
+                    return Ok(Self::new(inner, key, upload_id, stored, resumed));
+                }
+                Err(e @ StoreError::Cancelled { .. }) => return Err(e),
+                Err(e) => {
+                    resumed.note = Some(format!("cannot list the parts of unfinished upload {upload_id} ({e}); starting a new one"));
+                    uploads::abort(&inner, key, &upload_id)?;
+                }
+            }
+        }
         let out = inner.run("CreateMultipartUpload", async {
             inner
                 .client
@@ -48,7 +94,17 @@ impl MultipartWriter {
                 detail: "the server returned no upload id".into(),
             });
         }
-        Ok(Self {
+        Ok(Self::new(inner, key, upload_id, HashMap::new(), resumed))
+    }
+
+    fn new(
+        inner: Arc<Inner>,
+        key: &str,
+        upload_id: String,
+        stored: HashMap<i32, StoredPart>,
+        resumed: ResumeStats,
+    ) -> Self {
+        Self {
             inner,
             key: key.to_string(),
             upload_id,
@@ -57,7 +113,26 @@ impl MultipartWriter {
             done: Vec::new(),
             uploaded: Arc::default(),
             closed: false,
-        })
+            stored,
+            resumed,
+        }
+    }
+
+    /// True if the resumed upload already holds this part, byte for byte.
+    fn already_stored(&mut self, number: i32, part: &PartInfo) -> Option<StoredPart> {
+        let old = self.stored.remove(&number)?;
+        let same = old.size == self.buf.len() as u64
+            && match &old.sha256_b64 {
+                Some(sum) => *sum == b64(&part.sha256),
+                // No checksum listed: S3's ETag of a plain part is the MD5 of its bytes.
+                None => old.etag.len() == 32 && old.etag.eq_ignore_ascii_case(&hex::encode(Md5::digest(&self.buf))),
+            };
+        if same {
+            Some(old)
+        } else {
+            self.resumed.replaced_parts += 1;
+            None
+        }
     }
 
     /// The first failed upload among those already finished, if any.
@@ -133,6 +208,22 @@ impl ObjectWriter for MultipartWriter {
 
     fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError> {
         self.check_finished()?;
+        let number = part.number as i32 + 1;
+        if let Some(old) = self.already_stored(number, part) {
+            let len = self.buf.len() as u64;
+            self.buf.clear();
+            self.uploaded.fetch_add(len, Ordering::Relaxed);
+            self.resumed.reused_parts += 1;
+            self.resumed.reused_bytes += len;
+            self.done.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(format!("\"{}\"", old.etag))
+                    .checksum_sha256(b64(&part.sha256))
+                    .build(),
+            );
+            return Ok(());
+        }
         let location = self.location();
         let permits = self.inner.permits.clone();
         let permit = self.inner.run("UploadPart", async move {
@@ -144,7 +235,6 @@ impl ObjectWriter for MultipartWriter {
         })?;
         let body = std::mem::replace(&mut self.buf, Vec::with_capacity(part.size as usize));
         let len = body.len();
-        let number = part.number as i32 + 1;
         let checksum = b64(&part.sha256);
         let payload_hash = hex::encode(part.sha256);
         let (inner, key, upload_id, uploaded) = (
@@ -213,6 +303,7 @@ impl ObjectWriter for MultipartWriter {
                 Ok(ObjectReceipt {
                     etag: out.e_tag().map(str::to_string),
                     part_etags,
+                    resumed: std::mem::take(&mut self.resumed),
                 })
             }
             Err(e) => {
