@@ -408,3 +408,79 @@ fn ctrl_c_stops_a_bundle_waiting_on_a_server_that_stopped_answering() {
     assert_eq!(v["BundleTasks"][0]["State"], "failed", "{v}");
     assert_eq!(v["BundleTasks"][0]["BundleTaskError"]["Code"], "Cancelled", "{v}");
 }
+
+#[test]
+fn a_bundle_killed_outright_resumes_from_its_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("attrlist-volume.img", dir.path());
+    let store = dir.path().join("store");
+    let partial = store.join("bkt/p.image.zst.partial");
+    // Slow settings and small parts, so the run is killed with parts on disk.
+    let slow = ["--zstd-level", "19", "--threads", "1", "--chunk-size", "64K", "--part-size", "1M", "-q"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(["bundle-instance", s(&src), "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store)])
+        .args(slow)
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 1 << 20 {
+        assert!(started.elapsed().as_secs() < 120, "no partial file grew");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL: no cleanup runs
+    child.wait().unwrap();
+    assert!(partial.is_file(), "a killed run leaves its partial file");
+    assert!(!store.join("bkt/p.manifest.json").exists());
+
+    // cleanup --dry-run lists it; --older-than keeps it (it is new).
+    let listed = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store), "--dry-run"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(v["Uploads"][0]["Key"], "p.image.zst", "{v}");
+    assert_eq!(v["Uploads"][0]["Action"], "would abort (dry run)", "{v}");
+    let kept = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store), "--older-than", "1h"]);
+    let v: serde_json::Value = serde_json::from_slice(&kept.stdout).unwrap();
+    assert_eq!(v["Uploads"][0]["Action"], "kept (newer than --older-than)", "{v}");
+    assert!(partial.is_file());
+
+    // The next run picks it up.
+    let o = bundle_cmd(&src, &store, &slow[..8]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &v["Bundle"]["Resumed"];
+    assert_eq!(r["ResumedFrom"], "p.image.zst.partial", "{v}");
+    assert!(r["ReusedParts"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["ReplacedParts"], 0, "{r}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("resumed the interrupted upload"));
+    assert!(!partial.exists());
+    // The same bundle a clean run makes.
+    let clean = dir.path().join("clean");
+    let c = bundle_cmd(&src, &clean, &slow[..8]);
+    let cv: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_eq!(v["Bundle"]["BundleSha256"], cv["Bundle"]["BundleSha256"]);
+    assert_eq!(
+        std::fs::read(store.join("bkt/p.image.zst")).unwrap(),
+        std::fs::read(clean.join("bkt/p.image.zst")).unwrap()
+    );
+    assert!(cv["Bundle"]["Resumed"]["ResumedFrom"].is_null());
+}
+
+#[test]
+fn cleanup_removes_a_partial_file_and_refuses_bad_ages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("bkt/x")).unwrap();
+    std::fs::write(store.join("bkt/x/a.image.zst.partial"), b"half").unwrap();
+    std::fs::write(store.join("bkt/other.image.zst.partial"), b"half").unwrap();
+    let o = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "x/", "--local-store", s(&store)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["Aborted"], 1, "{v}");
+    assert!(!store.join("bkt/x/a.image.zst.partial").exists());
+    assert!(store.join("bkt/other.image.zst.partial").exists(), "outside the prefix: untouched");
+    let bad = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "x/", "--local-store", s(&store), "--older-than", "3 weeks"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"));
+}

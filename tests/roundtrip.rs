@@ -260,3 +260,28 @@ fn lookups_inside_a_directory_whose_index_spans_two_records() {
         plan.exclusions.items
     );
 }
+
+#[test]
+fn a_stale_partial_file_is_written_over_where_it_differs() {
+    // A partial data file whose bytes are not this bundle's (another source, or damage): every
+    // part is compared, found different, and written; the result is the clean run's bundle.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("mbr-disk.img", dir.path());
+    let mut req = request(&src, "stale");
+    req.part_size = Some(1 << 20);
+    let store_dir = dir.path().join("store");
+    let bucket = store_dir.join(&req.bucket);
+    std::fs::create_dir_all(&bucket).unwrap();
+    std::fs::write(bucket.join("stale.image.zst.partial"), vec![0x33u8; 8 << 20]).unwrap();
+    let (m, stats) = bundle(&req, &store_dir).result.unwrap();
+    assert_eq!(stats.resumed.resumed_from.as_deref(), Some("stale.image.zst.partial"));
+    assert_eq!(stats.resumed.reused_parts, 0);
+    assert_eq!(stats.resumed.replaced_parts as usize, m.data.objects[0].parts_sha256.len());
+    assert_eq!(std::fs::metadata(bucket.join("stale.image.zst")).unwrap().len(), m.data.stream_size, "the longer stale tail is cut");
+    let clean = dir.path().join("clean");
+    let (c, _) = bundle(&req, &clean).result.unwrap();
+    assert_eq!(c.bundle_sha256, m.bundle_sha256);
+    let out = dir.path().join("restored.img");
+    restore(&store_dir, "stale", &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+}

@@ -296,6 +296,8 @@ fn interrupted_run(s3: &TestS3, req: &winbundle::bundle::create::BundleRequest, 
     s3.faults.deny_abort.store(true, Ordering::SeqCst);
     let outcome = bundle_instance(req, &store, &progress, &cancel, &mut |_| Ok(()));
     s3.faults.deny_abort.store(false, Ordering::SeqCst);
+    // Requests the cancel cut short may still reach the server's log: let them land first.
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let e = outcome.result.err().unwrap();
     assert!(e.to_string().contains("could not be aborted"), "{e}");
     let uploads = s3.faults.uploads.lock().unwrap();
@@ -399,4 +401,39 @@ fn no_resume_aborts_the_unfinished_upload_and_starts_over() {
     let stats = resumed_bundle(&s3, &req, true);
     assert_eq!(stats.resumed, winbundle::store::ResumeStats::default());
     assert_eq!(s3.faults.count("AbortMultipartUpload"), aborts + 1, "the old upload is aborted");
+}
+
+#[test]
+fn cleanup_lists_and_aborts_unfinished_uploads_under_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let mut req = request(&src, "old/a");
+    req.part_size = Some(5 << 20);
+    interrupted_run(&s3, &req, 40 << 20);
+    let cli = |extra: &[&str]| {
+        let mut args = vec!["cleanup", "--bucket", "bkt", "--endpoint-url", &s3.endpoint];
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .args(&args)
+            .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v = cli(&["--prefix", "other/"]);
+    assert_eq!(v["Uploads"].as_array().unwrap().len(), 0, "{v}");
+    let v = cli(&["--prefix", "old/", "--dry-run"]);
+    assert_eq!(v["Uploads"][0]["Key"], "old/a.image.zst", "{v}");
+    assert_eq!(v["Uploads"][0]["Action"], "would abort (dry run)", "{v}");
+    assert!(v["Uploads"][0]["AgeSeconds"].as_u64().unwrap() < 600, "{v}");
+    let v = cli(&["--prefix", "old/", "--older-than", "2h"]);
+    assert_eq!(v["Uploads"][0]["Action"], "kept (newer than --older-than)", "{v}");
+    assert_eq!(s3.faults.uploads.lock().unwrap().len(), 1);
+    let v = cli(&["--prefix", "", "--output", "json"]);
+    assert_eq!(v["Aborted"], 1, "{v}");
+    assert!(s3.faults.uploads.lock().unwrap().is_empty(), "aborted on the server");
 }

@@ -518,18 +518,4 @@ fn io_err(context: &str, source: std::io::Error) -> Error {
     }
 }
 
-#[cfg(unix)]
-fn write_at(f: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(f, buf, offset)
-}
-
-#[cfg(windows)]
-fn write_at(f: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = f.seek_write(buf, offset)?;
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
-}
+use crate::source::disk::write_all_at as write_at;

@@ -34,9 +34,29 @@ pub enum Command {
     DescribeBundleTasks(DescribeArgs),
     /// Stop a running bundle cleanly: uploads are aborted and the task ends failed (Cancelled).
     CancelBundleTask(CancelArgs),
+    /// Find and abort unfinished multipart uploads under a bucket and prefix (what a killed
+    /// bundle leaves; S3 bills their parts until they are aborted), or old partial files of a
+    /// local store.
+    Cleanup(CleanupArgs),
     /// Serve the EC2 Query API (BundleInstance, DescribeBundleTasks, CancelBundleTask) so the
     /// aws-cli, boto3 and the SDKs drive winbundle with only --endpoint-url.
     Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only uploads started longer ago than this (e.g. 90m, 24h, 7d; default: all). A running
+    /// bundle's upload is recent: an age keeps clear of it.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub older_than: Option<u64>,
+    /// List what would be aborted; abort nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How to print the uploads found.
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: OutputFormat,
 }
 
 #[derive(Args, Debug)]
@@ -339,6 +359,23 @@ pub struct VerifyArgs {
     pub json: bool,
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// `90s`, `30m`, `24h`, `7d` (or plain seconds) → seconds.
+fn parse_age(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age: use a number with s, m, h or d (e.g. 24h)"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}: use s, m, h or d (e.g. 24h)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -4,6 +4,7 @@
 
 mod args;
 mod bundle;
+mod cleanup;
 mod inspect;
 mod policy;
 mod progress;
@@ -36,8 +37,8 @@ pub fn report(e: &Error) -> i32 {
     e.exit_code()
 }
 
-/// Opens the store the arguments name: a local folder, or S3.
-/// Opens the store of `a`; `cancel` ends any wait on a server at once.
+/// Opens the store the arguments name: a local folder, or S3. `no_resume`: start data objects
+/// afresh; `cancel` ends any wait on a server at once.
 pub fn open_store(
     a: &args::StoreArgs,
     create: bool,
@@ -45,8 +46,18 @@ pub fn open_store(
     cancel: &Arc<AtomicBool>,
 ) -> Result<Box<dyn ObjectStore>, Error> {
     winbundle::store::names::check_prefix(&a.prefix)?;
+    open_bucket(a, create, no_resume, cancel)
+}
+
+/// As [`open_store`], without checking the prefix.
+fn open_bucket(
+    a: &args::StoreArgs,
+    create: bool,
+    no_resume: bool,
+    cancel: &Arc<AtomicBool>,
+) -> Result<Box<dyn ObjectStore>, Error> {
     Ok(match &a.local_store {
-        Some(dir) => Box::new(LocalStore::open(dir, &a.bucket, create)?),
+        Some(dir) => Box::new(LocalStore::open(dir, &a.bucket, create)?.with_resume(!no_resume)),
         None => {
             let opts = S3Options {
                 region: a.s3.region.clone(),
@@ -87,6 +98,7 @@ pub fn run() -> i32 {
         Command::UploadPolicy(a) => policy::run(a),
         Command::DescribeBundleTasks(a) => tasks::describe(a),
         Command::CancelBundleTask(a) => tasks::cancel(a),
+        Command::Cleanup(a) => cleanup::run(a, &cancel_flag()),
         Command::Serve(a) => winbundle::api::serve(
             &a.config,
             &winbundle::api::ServeOptions {

@@ -1,16 +1,23 @@
 //! A local folder as an object store: object `KEY` of bucket `B` is the file `DIR/B/KEY`.
 //! Data objects are written to `KEY.partial` and renamed when complete; small objects are
 //! written to a temporary name and renamed, so a reader never sees half an object.
+//!
+//! Resume: a `KEY.partial` left by an interrupted run is picked up. The partial file is its own
+//! journal: each recomputed part is compared (SHA-256) with the bytes the file holds at that
+//! offset; equal parts are not written again, others are written over.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
-use crate::source::disk::read_exact_at;
+use sha2::{Digest, Sha256};
+
+use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError, Upload, names};
+use crate::source::disk::{read_exact_at, write_all_at};
 
 pub struct LocalStore {
     root: PathBuf,
+    resume: bool,
 }
 
 impl LocalStore {
@@ -29,7 +36,14 @@ impl LocalStore {
                 problem: "no such bucket folder (check --local-store and --bucket)".into(),
             });
         }
-        Ok(Self { root })
+        Ok(Self { root, resume: true })
+    }
+
+    /// `false`: drop a partial file left by an interrupted run instead of picking it up
+    /// (`--no-resume`).
+    pub fn with_resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -113,19 +127,77 @@ impl ObjectStore for LocalStore {
         self.parent_dirs(key)?;
         let path = self.path(key);
         let tmp = partial(&path);
+        let resume = self.resume && tmp.is_file();
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(!resume)
             .open(&tmp)
             .map_err(Self::io("create", key))?;
+        let old_len = if resume {
+            file.metadata().map_err(Self::io("stat", key))?.len()
+        } else {
+            0
+        };
         Ok(Box::new(LocalWriter {
             file,
             tmp,
             path,
             key: key.to_string(),
             written: 0,
+            old_len,
+            part: Vec::new(),
+            resumed: ResumeStats {
+                resumed_from: resume.then(|| format!("{key}.partial")),
+                ..Default::default()
+            },
         }))
+    }
+
+    fn unfinished(&self, prefix: &str) -> Result<Vec<Upload>, StoreError> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io("list", prefix)(e)),
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                    continue;
+                }
+                let Some(rel) = p.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else { continue };
+                let rel = rel.replace('\\', "/");
+                let Some(key) = rel.strip_suffix(".partial") else { continue };
+                if !key.starts_with(prefix) {
+                    continue;
+                }
+                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+                let epoch = modified
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs() as i64);
+                out.push(Upload {
+                    key: key.to_string(),
+                    upload_id: rel.clone(),
+                    initiated: modified.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    initiated_epoch: epoch,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.initiated_epoch.cmp(&b.initiated_epoch).then(a.key.cmp(&b.key)));
+        Ok(out)
+    }
+
+    fn discard_unfinished(&self, u: &Upload) -> Result<(), StoreError> {
+        match fs::remove_file(partial(&self.path(&u.key))) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::io("delete", &u.key)(e)),
+        }
     }
 }
 
@@ -135,29 +207,77 @@ struct LocalWriter {
     path: PathBuf,
     key: String,
     written: u64,
+    /// Length of the partial file picked up (0: a new file, written straight through).
+    old_len: u64,
+    /// Resuming: the bytes of the current part, until they are compared with the file's.
+    part: Vec<u8>,
+    resumed: ResumeStats,
+}
+
+impl LocalWriter {
+    fn err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            op,
+            key: self.key.clone(),
+            source,
+        }
+    }
+
+    /// True if the partial file already holds `part` at its offset.
+    fn already_stored(&self, part: &PartInfo) -> Result<bool, StoreError> {
+        let start = self.written - self.part.len() as u64;
+        if start + part.size > self.old_len {
+            return Ok(false);
+        }
+        let mut old = vec![0u8; self.part.len()];
+        read_exact_at(&self.file, &mut old, start).map_err(self.err("read"))?;
+        Ok(<[u8; 32]>::from(Sha256::digest(&old)) == part.sha256)
+    }
 }
 
 impl ObjectWriter for LocalWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(bytes).map_err(|source| StoreError::Io {
-            op: "write",
-            key: self.key.clone(),
-            source,
-        })?;
+        if self.old_len > 0 {
+            self.part.extend_from_slice(bytes);
+        } else {
+            self.file.write_all(bytes).map_err(self.err("write"))?;
+        }
         self.written += bytes.len() as u64;
         Ok(())
     }
 
     fn stored_bytes(&self) -> u64 {
-        self.written
+        self.written - self.part.len() as u64
     }
 
-    fn end_part(&mut self, _part: &PartInfo) -> Result<(), StoreError> {
+    fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError> {
+        if self.old_len == 0 {
+            return Ok(());
+        }
+        let start = self.written - self.part.len() as u64;
+        if self.already_stored(part)? {
+            self.resumed.reused_parts += 1;
+            self.resumed.reused_bytes += part.size;
+        } else {
+            if start + part.size <= self.old_len {
+                self.resumed.replaced_parts += 1; // whole, but different: the source changed
+            }
+            write_all_at(&self.file, &self.part, start).map_err(self.err("write"))?;
+        }
+        self.part.clear();
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
+    fn finish(mut self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
         let key = self.key.clone();
+        if self.old_len > 0 {
+            if !self.part.is_empty() {
+                let start = self.written - self.part.len() as u64;
+                write_all_at(&self.file, &self.part, start).map_err(self.err("write"))?;
+            }
+            // The interrupted run may have written further than this one ends.
+            self.file.set_len(self.written).map_err(self.err("truncate"))?;
+        }
         self.file.sync_data().map_err(|source| StoreError::Io {
             op: "sync",
             key: key.clone(),
@@ -168,7 +288,10 @@ impl ObjectWriter for LocalWriter {
             key,
             source,
         })?;
-        Ok(ObjectReceipt::default())
+        Ok(ObjectReceipt {
+            resumed: std::mem::take(&mut self.resumed),
+            ..Default::default()
+        })
     }
 
     fn abort(self: Box<Self>) {

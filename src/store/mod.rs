@@ -158,6 +158,16 @@ pub trait ObjectStore: Send + Sync {
         1
     }
 
+    /// Unfinished uploads under `prefix`: S3 multipart uploads, a local store's partial files.
+    fn unfinished(&self, _prefix: &str) -> Result<Vec<Upload>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Ends one unfinished upload (aborts it; removes the partial file).
+    fn discard_unfinished(&self, _upload: &Upload) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Reads a whole (small) object.
     fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let size = self.size(key)?;

@@ -461,11 +461,15 @@ impl ObjectStore for PostStore {
         }
     }
 
+    fn unfinished(&self, _prefix: &str) -> Result<Vec<super::Upload>, StoreError> {
+        Err(self.read_only_error())
+    }
+
     fn leftovers(&self) -> Option<String> {
         let left = self.uploaded();
         (!left.is_empty()).then(|| {
             format!(
-                "these objects were written and remain (an upload policy cannot delete them): {}",
+                "these objects were written and remain (an upload policy can neither delete them nor resume the bundle: run it again to start over): {}",
                 left.join(", ")
             )
         })

@@ -338,6 +338,14 @@ impl ObjectStore for S3Store {
         MIN_MULTIPART_PART
     }
 
+    fn unfinished(&self, prefix: &str) -> Result<Vec<uploads::Upload>, StoreError> {
+        uploads::list(&self.inner, prefix)
+    }
+
+    fn discard_unfinished(&self, u: &uploads::Upload) -> Result<(), StoreError> {
+        uploads::abort(&self.inner, &u.key, &u.upload_id)
+    }
+
     fn leftovers(&self) -> Option<String> {
         let left = self.inner.leftovers.lock().unwrap_or_else(|e| e.into_inner());
         (!left.is_empty()).then(|| {
