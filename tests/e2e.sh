@@ -22,11 +22,13 @@ cleanup() {
 trap cleanup EXIT
 pass=0
 fail=0
-check() { # name, command... (E2E_ONLY=TEXT runs only the checks whose name holds TEXT)
+check() { # name, command... (E2E_ONLY=TEXT runs only the checks whose name holds TEXT;
+  # E2E_VERBOSE=1 prints what passing checks printed)
   local name=$1; shift
   if [ -n "${E2E_ONLY:-}" ] && [[ "$name" != *"$E2E_ONLY"* ]]; then return 0; fi
   if "$@" >"$work/out.txt" 2>&1; then
     pass=$((pass + 1)); echo "ok   $name"
+    if [ "${E2E_VERBOSE:-0}" = 1 ]; then sed 's/^/     /' "$work/out.txt"; fi
   else
     fail=$((fail + 1)); echo "FAIL $name"; sed 's/^/     /' "$work/out.txt" | tail -20
   fi
@@ -183,6 +185,48 @@ PY
   ntfscat "$work/big-restored.img" random.bin | cmp - "$work/random.bin"
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$ep" --region "$region" \
     s3 cp s3://e2e-bucket/e2e/big.image.zst - | zstd -d -c | cmp - "$work/big-restored.img"
+}
+
+garage_kill_resume() { # SIGKILL at 10 random moments, then run again: resumed, restore = source, nothing left
+  [ -f "$work/huge.img" ] || huge_volume
+  local s3=(--endpoint-url http://127.0.0.1:3910 --region garage) i listed stored reused total_reused=0 ref
+  local api=(aws --endpoint-url http://127.0.0.1:3910 --region garage s3api)
+  local opts=(--bucket e2e-bucket --prefix e2e/kill --overwrite --part-size 5MiB --concurrency 2 -q)
+  export AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK
+  # The reference: the same bundle in a local store, never interrupted.
+  "$wb" bundle-instance "$work/huge.img" --bucket e2e-bucket --prefix ref --local-store "$work/kill-ref" --part-size 5MiB -q >"$work/kill-ref.json"
+  ref=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Bundle"]["BundleSha256"])' "$work/kill-ref.json")
+  uploads() { "${api[@]}" list-multipart-uploads --bucket e2e-bucket --prefix e2e/kill --output json |
+    python3 -c 'import json,sys; d=sys.stdin.read(); print(" ".join(u["UploadId"] for u in (json.loads(d).get("Uploads") or []) if d.strip()))'; }
+  for i in $(seq 1 10); do
+    "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >/dev/null 2>&1 &
+    local pid=$!
+    sleep "$(python3 -c 'import random; print(round(random.uniform(0.3, 4.0), 2))')"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    # What the killed run left: its unfinished upload and the parts in it.
+    listed=$(uploads) stored=0
+    if [ -n "$listed" ]; then
+      stored=$("${api[@]}" list-parts --bucket e2e-bucket --key e2e/kill.image.zst --upload-id "${listed%% *}" --output json |
+        python3 -c 'import json,sys; d=sys.stdin.read(); print(len(json.loads(d).get("Parts") or []) if d.strip() else 0)')
+    fi
+    "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/kill.json"
+    reused=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Bundle"]["Resumed"]["ReusedParts"])' "$work/kill.json")
+    echo "run $i: killed leaving ${listed:+an unfinished upload with }$stored parts; the next run reused $reused"
+    # Every part the killed run stored is reused (the source did not change), and the bundle is
+    # the one an uninterrupted run makes.
+    [ "$reused" = "$stored" ] || { echo "expected $stored parts reused"; return 1; }
+    grep -q "\"BundleSha256\": \"$ref\"" "$work/kill.json" || { echo "not the uninterrupted bundle"; return 1; }
+    "$wb" verify --bucket e2e-bucket --prefix e2e/kill "${s3[@]}" -q
+    [ -z "$(uploads)" ] || { echo "an unfinished upload is left after run $i"; return 1; }
+    total_reused=$((total_reused + reused))
+  done
+  echo "parts reused over 10 kills: $total_reused"
+  [ "$total_reused" -gt 0 ]
+  # And the data: the last bundle restores to what the reference restores to.
+  "$wb" restore --bucket e2e-bucket --prefix e2e/kill "${s3[@]}" --output - -q | sha256sum >"$work/kill.sum"
+  "$wb" restore --bucket e2e-bucket --prefix ref --local-store "$work/kill-ref" --output - -q | sha256sum | cmp - "$work/kill.sum"
+  rm -rf "$work/kill-ref"
 }
 
 s3s_sigterm() { # SIGTERM mid-bundle: exit non-zero, upload aborted, no manifest, no object
@@ -566,6 +610,7 @@ if [[ " ${servers[*]} " == *" s3s "* ]]; then
 fi
 if [[ " ${servers[*]} " == *" garage "* ]]; then
   check "garage: a SigV2 upload policy is refused with the server's code and a hint to use version 4" garage_policy_refused
+  check "garage: SIGKILL at 10 random moments, each run again: resumed (every stored part reused), restore = source, no unfinished upload" garage_kill_resume
 fi
 for server in "${servers[@]}"; do
   check "$server: SigV4 upload policy made by winbundle upload-policy, bundle with no secret key, restore = source" policy_v4_winbundle "$server"
