@@ -484,3 +484,30 @@ fn cleanup_removes_a_partial_file_and_refuses_bad_ages() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"));
 }
+
+#[test]
+fn errors_carry_their_code_and_a_json_line_for_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let o = winbundle(&["describe-bundle-tasks", "--bundle-ids", "bun-00000000", "--state-dir", s(&state)]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let first = err.lines().next().unwrap();
+    assert!(first.starts_with("winbundle: error (InvalidBundleID.NotFound): "), "{err}");
+    assert!(first.contains("bun-00000000"), "{err}");
+    // --output json (the default): the last line of stderr is the error as JSON.
+    let v: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
+    assert_eq!(v["Error"]["Code"], "InvalidBundleID.NotFound", "{v}");
+    assert!(v["Error"]["Message"].as_str().unwrap().contains("bun-00000000"), "{v}");
+    // Text output: no JSON line.
+    let o = winbundle(&["describe-bundle-tasks", "--bundle-ids", "bun-00000000", "--state-dir", s(&state), "--output", "text"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("{\"Error\""), "{err}");
+    // A bundle that fails: code in the message and the JSON line, with the hint.
+    let o = bundle_cmd(&dir.path().join("missing.img"), &dir.path().join("store"), &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let v: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
+    assert!(err.starts_with(&format!("winbundle: error ({}): ", v["Error"]["Code"].as_str().unwrap())), "{err}");
+    assert!(v["Error"]["Hint"].as_str().is_some_and(|h| !h.is_empty()), "{v}");
+}

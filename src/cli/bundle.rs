@@ -147,6 +147,6 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     }
     match outcome.result {
         Ok(_) => Ok(0),
-        Err(e) => Ok(super::report(&e)),
+        Err(e) => Ok(super::report(&e, args.output == OutputFormat::Json)),
     }
 }

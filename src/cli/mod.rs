@@ -21,8 +21,12 @@ use winbundle::Error;
 use winbundle::store::{LocalStore, ObjectStore, S3Options, S3Store};
 
 /// Prints an error, its causes and a hint, and returns its exit status.
-pub fn report(e: &Error) -> i32 {
-    eprintln!("winbundle: error: {e}");
+/// Prints `e` on stderr the way the aws-cli does, with its EC2-style code
+/// (`winbundle: error (Code): message`), then what caused it and what to do; with `json`, also
+/// as one JSON line (`{"Error": {"Code", "Message", "Hint"}}`), the last line of stderr.
+/// Returns the exit status.
+pub fn report(e: &Error, json: bool) -> i32 {
+    eprintln!("winbundle: error ({}): {e}", e.code());
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         let text = c.to_string();
@@ -33,6 +37,13 @@ pub fn report(e: &Error) -> i32 {
     }
     if let Some(h) = e.hint() {
         eprintln!("  hint: {h}");
+    }
+    if json {
+        let mut v = serde_json::json!({"Error": {"Code": e.code(), "Message": e.to_string()}});
+        if let Some(h) = e.hint() {
+            v["Error"]["Hint"] = h.into();
+        }
+        eprintln!("{v}");
     }
     e.exit_code()
 }
@@ -90,6 +101,7 @@ fn cancel_flag() -> Arc<AtomicBool> {
 
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    let json = wants_json(&cli.command);
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::BundleInstance(a) => bundle::run(*a, &cancel_flag()),
@@ -110,6 +122,22 @@ pub fn run() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(e) => report(&e),
+        Err(e) => report(&e, json),
+    }
+}
+
+/// True when the command's output is JSON: its errors are JSON too.
+fn wants_json(c: &Command) -> bool {
+    use args::{OutputFormat as O, PolicyOutput as P};
+    match c {
+        Command::Inspect(a) => a.json,
+        Command::BundleInstance(a) => a.output == O::Json,
+        Command::Restore(a) => a.json,
+        Command::Verify(a) => a.json,
+        Command::UploadPolicy(a) => a.output == P::Json,
+        Command::DescribeBundleTasks(a) => a.output == O::Json,
+        Command::CancelBundleTask(a) => a.output == O::Json,
+        Command::Cleanup(a) => a.output == O::Json,
+        Command::Serve(_) => false,
     }
 }
