@@ -482,7 +482,7 @@ fn cleanup_removes_a_partial_file_and_refuses_bad_ages() {
     assert!(store.join("bkt/other.image.zst.partial").exists(), "outside the prefix: untouched");
     let bad = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "x/", "--local-store", s(&store), "--older-than", "3 weeks"]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]

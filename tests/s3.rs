@@ -4,6 +4,8 @@
 mod common;
 #[path = "common/s3server.rs"]
 mod s3server;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -436,4 +438,120 @@ fn cleanup_lists_and_aborts_unfinished_uploads_under_a_prefix() {
     let v = cli(&["--prefix", "", "--output", "json"]);
     assert_eq!(v["Aborted"], 1, "{v}");
     assert!(s3.faults.uploads.lock().unwrap().is_empty(), "aborted on the server");
+}
+
+/// Bundles `src` to `s3` through a fault proxy set up by `arm`, then checks the outcome: a
+/// complete bundle that restores to the source. Returns the bundle's wall time.
+fn through_proxy(
+    name: &str,
+    arm: impl FnOnce(&proxy::ProxyFaults),
+    read_timeout: Option<std::time::Duration>,
+) -> (std::time::Duration, std::sync::Arc<proxy::ProxyFaults>, TestS3) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let px = proxy::FaultProxy::start(&s3.endpoint);
+    arm(&px.faults);
+    let mut opts = s3.options();
+    opts.endpoint_url = Some(px.endpoint.clone());
+    opts.read_timeout = read_timeout;
+    let store = winbundle::store::S3Store::connect("bkt", &opts).unwrap();
+    let mut req = request(&src, name);
+    req.part_size = Some(5 << 20);
+    let started = std::time::Instant::now();
+    let outcome = run(&req, &store);
+    let took = started.elapsed();
+    outcome.result.as_ref().map_err(|e| e.to_string()).unwrap();
+    let out = dir.path().join("restored.img");
+    restore_from(&s3.store("bkt"), name, &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+    assert!(s3.faults.uploads.lock().unwrap().is_empty());
+    (took, px.faults.clone(), s3)
+}
+
+#[test]
+fn connections_reset_in_the_middle_of_a_part_are_retried() {
+    let (_, f, s3) = through_proxy(
+        "faults/reset",
+        |f| {
+            f.reset_after_request_bytes.store(1 << 20, Ordering::SeqCst);
+            f.resets.store(3, Ordering::SeqCst);
+        },
+        None,
+    );
+    assert_eq!(f.count("reset"), 3);
+    assert!(s3.faults.count("UploadPart") >= 1, "parts went through after the resets");
+}
+
+#[test]
+fn a_response_stalled_past_the_read_timeout_is_retried() {
+    let (took, f, _s3) = through_proxy(
+        "faults/stall",
+        |f| {
+            f.stall_ms.store(4000, Ordering::SeqCst);
+            f.stalls.store(2, Ordering::SeqCst);
+        },
+        Some(std::time::Duration::from_secs(1)),
+    );
+    assert_eq!(f.count("stall"), 2);
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+}
+
+#[test]
+fn responses_cut_short_are_retried() {
+    let (_, f, _s3) = through_proxy("faults/cut", |f| f.cut_responses.store(3, Ordering::SeqCst), None);
+    assert_eq!(f.count("cut"), 3);
+}
+
+#[test]
+fn bursts_of_503_slow_down_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.slow_down.store(3, Ordering::SeqCst);
+    let store = s3.store("bkt");
+    let mut req = request(&src, "faults/slowdown");
+    req.part_size = Some(5 << 20);
+    let (m, _) = run(&req, &store).result.unwrap();
+    let parts = m.data.objects[0].parts_sha256.len();
+    assert_eq!(s3.faults.count("UploadPart"), parts + 3, "each throttled part tried again");
+    let out = dir.path().join("restored.img");
+    restore_from(&store, "faults/slowdown", &out).unwrap();
+    assert_restored_matches(&src, &req.plan, &out);
+}
+
+#[test]
+fn a_slow_link_still_ends_in_a_complete_bundle() {
+    let rate = 40u64 << 20; // 40 MiB/s each way
+    let (took, _, s3) = through_proxy("faults/slow", |f| f.bytes_per_second.store(rate, Ordering::SeqCst), None);
+    let store = s3.store("bkt");
+    let size = store.size("faults/slow.image.zst").unwrap();
+    let floor = std::time::Duration::from_secs_f64(size as f64 / rate as f64);
+    assert!(took >= floor, "{took:?} for {size} bytes at {rate} B/s");
+}
+
+#[test]
+fn faults_that_never_end_give_a_clean_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let px = proxy::FaultProxy::start(&s3.endpoint);
+    px.faults.reset_after_request_bytes.store(1 << 20, Ordering::SeqCst);
+    px.faults.resets.store(u32::MAX, Ordering::SeqCst);
+    let mut opts = s3.options();
+    opts.endpoint_url = Some(px.endpoint.clone());
+    let store = winbundle::store::S3Store::connect("bkt", &opts).unwrap();
+    let mut req = request(&src, "faults/never");
+    req.part_size = Some(5 << 20);
+    let outcome = run(&req, &store);
+    let e = outcome.result.err().unwrap();
+    assert_eq!(e.code(), "StorageError", "{e}");
+    assert!(e.to_string().contains("UploadPart"), "{e}");
+    assert_eq!(outcome.task.state.as_str(), "failed");
+    assert!(px.faults.count("reset") >= 4, "retried before giving up");
+    // The abort (a small request) got through: nothing unfinished, no manifest, no object.
+    assert!(s3.faults.uploads.lock().unwrap().is_empty());
+    let direct = s3.store("bkt");
+    assert!(!direct.exists("faults/never.manifest.json").unwrap());
+    assert!(!direct.exists("faults/never.image.zst").unwrap());
 }

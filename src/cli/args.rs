@@ -363,19 +363,8 @@ pub struct VerifyArgs {
 
 /// `90s`, `30m`, `24h`, `7d` (or plain seconds) → seconds.
 fn parse_age(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not an age: use a number with s, m, h or d (e.g. 24h)"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}: use s, m, h or d (e.g. 24h)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too long"))
+    let d = super::policy::parse_duration(s)?;
+    u64::try_from(d.num_seconds()).map_err(|_| format!("{s:?}: an age cannot be negative"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

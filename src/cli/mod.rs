@@ -80,6 +80,7 @@ fn open_bucket(
                 credentials: None,
                 cancel: Some(cancel.clone()),
                 no_resume,
+                read_timeout: None,
             };
             Box::new(S3Store::connect(&a.bucket, &opts)?)
         }

@@ -180,7 +180,10 @@ impl TaskStore {
         };
         let tmp = self.dir.join(format!(".{}.{}.tmp", task.bundle_id, std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&stored).unwrap_or_default()).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)
+        replace(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            io(e)
+        })
     }
 
     /// Every task; tasks whose process is gone are reported (and saved) as failed.
@@ -356,4 +359,19 @@ pub fn matches(task: &BundleTask, filters: &[Filter]) -> bool {
         };
         f.values.iter().any(|v| glob(v, &field))
     })
+}
+
+/// Renames `tmp` over `path`. Windows refuses to replace a file another process has open at
+/// that moment (a `describe-bundle-tasks` reading it): that is retried for up to a second.
+fn replace(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::rename(tmp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            r => return r,
+        }
+    }
 }

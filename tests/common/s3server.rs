@@ -32,6 +32,8 @@ pub struct Faults {
     pub deny: AtomicBool,
     /// Hold every PostObject (policy upload) this many milliseconds: keeps a bundle running.
     pub post_delay_ms: AtomicU64,
+    /// Answer this many UploadPart requests with 503 SlowDown (throttling).
+    pub slow_down: AtomicU32,
     /// Hold every UploadPart without answering (a server that stalls).
     pub stall_parts: AtomicBool,
     /// Answer AbortMultipartUpload with 403 AccessDenied (an upload that cannot be aborted).
@@ -243,6 +245,9 @@ impl Service<http::Request<Incoming>> for Faulty {
                 if faults.deny.load(Ordering::SeqCst) {
                     return Ok(s3_error(403, "AccessDenied", "Access Denied"));
                 }
+                if take(&faults.slow_down) {
+                    return Ok(s3_error(503, "SlowDown", "Please reduce your request rate."));
+                }
                 if take(&faults.fail_5xx) {
                     return Ok(s3_error(
                         500,
@@ -329,6 +334,7 @@ impl TestS3 {
             credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
             cancel: None,
             no_resume: false,
+            read_timeout: None,
         }
     }
 

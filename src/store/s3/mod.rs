@@ -78,6 +78,8 @@ pub struct S3Options {
     /// Start every data object afresh: abort any unfinished upload of its key instead of
     /// picking it up (`--no-resume`).
     pub no_resume: bool,
+    /// Waiting for the next bytes of a response; default 60 s.
+    pub read_timeout: Option<Duration>,
 }
 
 pub(crate) struct Inner {
@@ -144,7 +146,7 @@ impl S3Store {
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
-                    .read_timeout(READ_TIMEOUT)
+                    .read_timeout(opts.read_timeout.unwrap_or(READ_TIMEOUT))
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                     .operation_timeout(OPERATION_TIMEOUT)
                     .build(),
