@@ -100,6 +100,9 @@ impl Error {
             Error::Source(SourceError::NoRootVolume { .. }) => {
                 "run `winbundle inspect SOURCE` to see what is on the disk; pass --partition N to bundle a specific NTFS volume".into()
             }
+            Error::Source(SourceError::ReadVolume { .. } | SourceError::Read { .. }) => {
+                "the disk has unreadable sectors there: check its health (SMART, `chkdsk /r` in Windows), copy it with ddrescue (which skips what it cannot read) and bundle the copy".into()
+            }
             Error::Source(SourceError::PastEnd { .. } | SourceError::PartitionPastEnd { .. }) => {
                 "the image is incomplete: copy it again (compare its size with the source disk)".into()
             }
@@ -112,6 +115,9 @@ impl Error {
             }
             Error::Ntfs { .. } => {
                 "the NTFS volume is damaged: run `chkdsk /f` on it in Windows (or `ntfsfix`), then bundle again".into()
+            }
+            Error::Store(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull => {
+                "free space where --local-store points (a bundle needs about the compressed size of the volume's data), or choose another folder; nothing of this bundle was kept".into()
             }
             Error::Store(StoreError::BundleExists { .. }) => {
                 "choose another --prefix, or pass --overwrite to replace the existing bundle".into()

@@ -229,6 +229,50 @@ garage_kill_resume() { # SIGKILL at 10 random moments, then run again: resumed, 
   rm -rf "$work/kill-ref"
 }
 
+source_eio() { # an unreadable stretch of the source (FUSE, EIO): exit 3, the error names offset and partition, upload aborted
+  [ -f "$work/big.img" ] || big_volume
+  # The bad spot: 1 MiB into random.bin's data.
+  local bad; bad=$(python3 - "$work/big.img" "$work/random.bin" <<'PY'
+import sys
+img, data = open(sys.argv[1], "rb").read(), open(sys.argv[2], "rb").read(4096)
+print(img.index(data) + (1 << 20))
+PY
+)
+  mkdir -p "$work/eio"
+  python3 "$root/tests/e2e/eio_fs.py" "$work/big.img" "$bad" "$work/eio" >"$work/eio.log" 2>&1 &
+  local fs=$! rc=0
+  for _ in $(seq 50); do [ -e "$work/eio/disk.img" ] && break; sleep 0.1; done
+  AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK "$wb" bundle-instance "$work/eio/disk.img" --bucket e2e-bucket \
+    --prefix e2e/eio --endpoint-url http://127.0.0.1:3910 --region garage --part-size 5MiB -q >"$work/eio.json" 2>"$work/eio.err" || rc=$?
+  fusermount -u "$work/eio" 2>/dev/null || umount "$work/eio" 2>/dev/null || true
+  kill "$fs" 2>/dev/null || true
+  cat "$work/eio.err"
+  [ "$rc" = 3 ] || { echo "exit status $rc"; return 1; }
+  grep -q "at byte $bad (partition" "$work/eio.err" # the bad spot itself, not the start of the request
+  grep -q "(partition [0-9]*, byte [0-9]* of the root volume): Input/output error" "$work/eio.err"
+  grep -q '"State": "failed"' "$work/eio.json"
+  [ -z "$(AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK aws --endpoint-url http://127.0.0.1:3910 --region garage \
+    s3api list-multipart-uploads --bucket e2e-bucket --prefix e2e/eio --query 'Uploads[].UploadId' --output text | grep -v None)" ]
+  ! AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK aws --endpoint-url http://127.0.0.1:3910 --region garage \
+    s3api head-object --bucket e2e-bucket --key e2e/eio.manifest.json >/dev/null 2>&1
+}
+
+full_disk() { # a local store on a full file system (tmpfs of 4 MiB): clear error, no object, task failed
+  [ -f "$work/big.img" ] || big_volume
+  mkdir -p "$work/full"
+  mount -t tmpfs -o size=4m tmpfs "$work/full" || { echo "skipped: cannot mount a tmpfs (needs root)"; return 0; }
+  local rc=0
+  "$wb" bundle-instance "$work/big.img" --bucket bkt --prefix full --local-store "$work/full" -q >"$work/full.json" 2>"$work/full.err" || rc=$?
+  cat "$work/full.err"
+  local left; left=$(find "$work/full" -type f | sort)
+  umount "$work/full"
+  [ "$rc" = 1 ] || { echo "exit status $rc"; return 1; }
+  grep -q "No space left on device" "$work/full.err"
+  grep -q "hint: free space where --local-store points" "$work/full.err"
+  grep -q '"State": "failed"' "$work/full.json"
+  [ -z "$left" ] || { echo "left behind: $left"; return 1; }
+}
+
 s3s_sigterm() { # SIGTERM mid-bundle: exit non-zero, upload aborted, no manifest, no object
   [ -f "$work/big.img" ] || big_volume
   AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" bundle-instance "$work/big.img" --bucket e2e-bucket \
@@ -588,6 +632,11 @@ for fx in "${fixtures[@]}"; do
   check "round trip $fx (parts)" roundtrip "$fx" parts
 done
 check "tampered object fails verify and restore" tamper gpt-disk.img.zst
+if [ "$(id -u)" = 0 ]; then
+  check "local store on a full file system (4 MiB tmpfs): a clear error, nothing left, task failed" full_disk
+else
+  echo "skip full file system (needs root to mount a tmpfs)"
+fi
 if [ "$(id -u)" = 0 ] && losetup -f >/dev/null 2>&1; then
   check "block device source and restore target (loop devices)" block_device
 else
@@ -610,6 +659,7 @@ if [[ " ${servers[*]} " == *" s3s "* ]]; then
 fi
 if [[ " ${servers[*]} " == *" garage "* ]]; then
   check "garage: a SigV2 upload policy is refused with the server's code and a hint to use version 4" garage_policy_refused
+  check "garage: a source with an unreadable stretch (FUSE, EIO): exit 3 naming offset and partition, upload aborted" source_eio
   check "garage: SIGKILL at 10 random moments, each run again: resumed (every stored part reused), restore = source, no unfinished upload" garage_kill_resume
 fi
 for server in "${servers[@]}"; do

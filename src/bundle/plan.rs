@@ -92,6 +92,7 @@ impl<'d> Plan<'d> {
         let root = &self.layout.root().partition;
         Ok(ChunkSource::new(
             self.disk,
+            root.index,
             root.offset,
             root.length,
             self.facts.fs_size,

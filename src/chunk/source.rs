@@ -41,6 +41,8 @@ const COALESCE_GAP: u64 = 64 << 10;
 /// The volume as chunks.
 pub struct ChunkSource<'d> {
     disk: &'d DiskFile,
+    /// The root partition's number, for errors.
+    partition: u32,
     volume_offset: u64,
     image_len: u64,
     map: AllocationMap<'d>,
@@ -55,6 +57,7 @@ impl<'d> ChunkSource<'d> {
     /// `image_len` is the partition length; `fs_size` the file system's size per its boot sector.
     pub fn new(
         disk: &'d DiskFile,
+        partition: u32,
         volume_offset: u64,
         image_len: u64,
         fs_size: u64,
@@ -65,6 +68,7 @@ impl<'d> ChunkSource<'d> {
         let tail_end = (fs_size + sector_size).min(image_len);
         Self {
             disk,
+            partition,
             volume_offset,
             image_len,
             map,
@@ -76,6 +80,37 @@ impl<'d> ChunkSource<'d> {
 
     pub fn image_len(&self) -> u64 {
         self.image_len
+    }
+
+    /// After a failed read of `buf.len()` bytes at volume byte `start`: the error of the first
+    /// 4 KiB piece that cannot be read, so the message names the bad spot, not the request.
+    fn first_unreadable(
+        &self,
+        start: u64,
+        e: crate::source::SourceError,
+        buf: &mut [u8],
+    ) -> crate::source::SourceError {
+        for (i, piece) in buf.chunks_mut(4096).enumerate() {
+            if let Err(bad) = self.disk.read_exact_at(piece, self.volume_offset + start + i as u64 * 4096) {
+                return bad;
+            }
+        }
+        e
+    }
+
+    /// A read error of the disk, told in the volume's terms too.
+    fn in_volume(&self, e: crate::source::SourceError) -> crate::source::SourceError {
+        use crate::source::SourceError;
+        match e {
+            SourceError::Read { path, offset, source } => SourceError::ReadVolume {
+                path,
+                offset,
+                partition: self.partition,
+                volume_offset: offset.saturating_sub(self.volume_offset),
+                source,
+            },
+            e => e,
+        }
     }
 
     /// Bytes the tail range adds to every bundle.
@@ -123,7 +158,9 @@ impl<'d> ChunkSource<'d> {
             }
             let (rs, re) = ((s - start) as usize, (e - start) as usize);
             buf[zero_from as usize..rs].fill(0);
-            self.disk.read_exact_at(&mut buf[rs..re], self.volume_offset + s)?;
+            if let Err(e) = self.disk.read_exact_at(&mut buf[rs..re], self.volume_offset + s) {
+                return Err(self.in_volume(self.first_unreadable(s, e, &mut buf[rs..re])).into());
+            }
             read += e - s;
             // Zero the gaps inside the coalesced span.
             for k in i..j - 1 {

@@ -31,6 +31,16 @@ pub enum SourceError {
         offset: u64,
         source: std::io::Error,
     },
+    #[error(
+        "cannot read {path} at byte {offset} (partition {partition}, byte {volume_offset} of the root volume): {source}"
+    )]
+    ReadVolume {
+        path: PathBuf,
+        offset: u64,
+        partition: u32,
+        volume_offset: u64,
+        source: std::io::Error,
+    },
     #[error("{path} is truncated: reading {len} bytes at byte {offset} goes past its end ({size} bytes)")]
     PastEnd {
         path: PathBuf,
