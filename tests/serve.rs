@@ -759,3 +759,97 @@ fn sigv4_policies_work_through_the_same_three_fields() {
     restore_from(&s3.store("bkt"), "win/v4", &out).unwrap();
     assert_restored_matches(&st.source, &request(&st.source, "x").plan, &out);
 }
+
+#[test]
+fn many_clients_at_once_and_slow_ones_never_tie_it_up() {
+    use std::io::Write;
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    let server = Server::start(&st.config, &st.state);
+    let host = server.endpoint.trim_start_matches("http://").to_string();
+    // Slow clients first: connections that send nothing, half a request line, or headers
+    // without the body they announce; all held open during the load.
+    let opened = Instant::now();
+    let mut slow = Vec::new();
+    for i in 0..30 {
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        match i % 3 {
+            0 => {}
+            1 => s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le").unwrap(),
+            _ => s
+                .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nAction=Desc")
+                .unwrap(),
+        }
+        slow.push(s);
+    }
+    // 50 signed clients, 40 DescribeBundleTasks each, and a burst of BundleInstance.
+    let c = server.client();
+    let describe: Vec<(&str, &str)> = vec![("Action", "DescribeBundleTasks"), ("Version", "2016-11-15")];
+    let workers: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, describe) = (c.clone(), describe.clone());
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|_| {
+                        let t = Instant::now();
+                        let r = c.post(&describe);
+                        assert_eq!(r.status, 200, "{}", r.body);
+                        t.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let burst: Vec<_> = (0..10)
+        .map(|i| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let instance = if i % 2 == 0 { INSTANCE } else { INSTANCE2 };
+                let r = c.post(&refs(&bundle_params(instance, "bkt", &format!("load/{i}"))));
+                (r.status, r.code(), r.task_field("bundleId"))
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut accepted = Vec::new();
+    for b in burst {
+        let (status, code, id) = b.join().unwrap();
+        match status {
+            200 => accepted.push(id),
+            // One bundle per instance at a time: the others are refused as EC2 refuses them.
+            _ => assert_eq!(code, "BundlingInProgress", "status {status}"),
+        }
+    }
+    assert_eq!(latencies.len(), 2000);
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    eprintln!(
+        "2000 DescribeBundleTasks from 50 clients: p50 {:?}, p99 {:?}, max {:?}",
+        p(0.5),
+        p(0.99),
+        latencies[latencies.len() - 1]
+    );
+    assert!(p(0.99) < Duration::from_secs(5), "p99 {:?}", p(0.99));
+    assert!(!accepted.is_empty() && accepted.len() <= 2, "{accepted:?}");
+    // Every accepted bundle ends.
+    for id in &accepted {
+        let r = c.wait_for(id, &["complete", "failed"], Duration::from_secs(120));
+        assert_eq!(r.task_field("state"), "complete", "{}", r.body);
+    }
+    // The slow connections were closed by the server (header and body timeouts), not kept.
+    for mut s in slow {
+        s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("a slow connection still open after {:?}: {e}", opened.elapsed()),
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(got.is_empty() || text.contains(" 408 "), "{text}");
+    }
+    assert!(opened.elapsed() < Duration::from_secs(60));
+}

@@ -30,6 +30,14 @@ use jobs::log;
 
 /// Largest request body taken (a BundleInstance with its policy is a few KiB).
 const MAX_BODY: usize = 1 << 20;
+/// A client must send a request's headers within this time, counted from the connection (or
+/// the previous response) on: a connection that sends nothing, or headers a few bytes at a time
+/// (slowloris), is closed and never ties up the server.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// And its body (at most 1 MiB) within this time.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// On shutdown, requests in flight get this long to finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What `serve` needs besides the configuration file.
 #[derive(Debug, Clone, Default)]
@@ -102,10 +110,7 @@ pub fn serve(config_path: &Path, opts: &ServeOptions) -> Result<(), Error> {
             log("warning: listening beyond loopback over plain HTTP: requests are signed, but anyone on the network can read task details; put TLS in front");
         }
         let app = axum::Router::new().fallback(handle).with_state(api.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop_signal())
-            .await
-            .map_err(io("the server failed".into()))?;
+        accept_until_stopped(listener, app).await;
         let n = api.jobs.active();
         log(&format!("stopping: no new requests; cancelling {n} bundle(s) and waiting for them to clean up"));
         let jobs = api.jobs.clone();
@@ -115,6 +120,39 @@ pub fn serve(config_path: &Path, opts: &ServeOptions) -> Result<(), Error> {
     })?;
     runtime.shutdown_background();
     Ok(())
+}
+
+/// Serves connections (HTTP/1.1, with header and body timeouts) until the first SIGTERM or
+/// Ctrl-C, then lets the requests in flight finish.
+async fn accept_until_stopped(listener: tokio::net::TcpListener, app: axum::Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let socket = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((socket, _)) => socket,
+                // Out of file descriptors and the like: wait a little rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(socket), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }
 
 /// Resolves on the first SIGTERM or Ctrl-C; a second one exits at once.
@@ -152,9 +190,19 @@ async fn first_signal() {
 async fn handle(AxState(api): AxState<Arc<Api>>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
+    let body = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            let e = ApiError::new(
+                408,
+                "RequestTimeout",
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            );
+            let id = crate::task::new_request_id();
+            log(&format!("{id} - - {} {}", e.status, e.code));
+            return respond(e.status, e.to_xml(&id), &id);
+        }
+        Ok(Err(_)) => {
             let e = ApiError::new(
                 413,
                 "InvalidParameterValue",
