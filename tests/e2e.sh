@@ -273,6 +273,37 @@ full_disk() { # a local store on a full file system (tmpfs of 4 MiB): clear erro
   [ -z "$left" ] || { echo "left behind: $left"; return 1; }
 }
 
+garage_restart() { # Garage killed and restarted mid-bundle: retried through, or a clean failure that the next run completes
+  [ -f "$work/huge.img" ] || huge_volume
+  export AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK
+  local s3=(--endpoint-url http://127.0.0.1:3910 --region garage) rc=0 g="$work/garage"
+  local opts=(--bucket e2e-bucket --prefix e2e/restart --overwrite --part-size 5MiB --concurrency 2 -q)
+  "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json" 2>"$work/restart.err" &
+  local pid=$!
+  sleep 1.5
+  pkill -KILL -f "garage -c $g/garage.toml server"
+  sleep 1
+  garage -c "$g/garage.toml" server >>"$g/server.log" 2>&1 &
+  pids+=($!)
+  wait_port 3910
+  wait "$pid" || rc=$?
+  cat "$work/restart.err"
+  if [ "$rc" = 0 ]; then
+    echo "the bundle retried through the restart"
+  else
+    # A clean failure: the task failed with the error, no manifest; the next run completes it.
+    echo "the bundle failed (exit $rc); running it again"
+    grep -q '"State": "failed"' "$work/restart.json"
+    ! aws --endpoint-url http://127.0.0.1:3910 --region garage s3api head-object --bucket e2e-bucket \
+      --key e2e/restart.manifest.json >/dev/null 2>&1
+    "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json"
+  fi
+  grep -q '"State": "complete"' "$work/restart.json"
+  "$wb" verify --bucket e2e-bucket --prefix e2e/restart "${s3[@]}" -q
+  [ -z "$(aws --endpoint-url http://127.0.0.1:3910 --region garage s3api list-multipart-uploads --bucket e2e-bucket \
+    --prefix e2e/restart --query 'Uploads[].UploadId' --output text | grep -v None)" ]
+}
+
 s3s_sigterm() { # SIGTERM mid-bundle: exit non-zero, upload aborted, no manifest, no object
   [ -f "$work/big.img" ] || big_volume
   AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" bundle-instance "$work/big.img" --bucket e2e-bucket \
@@ -660,6 +691,7 @@ fi
 if [[ " ${servers[*]} " == *" garage "* ]]; then
   check "garage: a SigV2 upload policy is refused with the server's code and a hint to use version 4" garage_policy_refused
   check "garage: a source with an unreadable stretch (FUSE, EIO): exit 3 naming offset and partition, upload aborted" source_eio
+  check "garage: the server killed and restarted mid-bundle: retried through, or failed cleanly and completed by the next run" garage_restart
   check "garage: SIGKILL at 10 random moments, each run again: resumed (every stored part reused), restore = source, no unfinished upload" garage_kill_resume
 fi
 for server in "${servers[@]}"; do

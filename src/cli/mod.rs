@@ -81,6 +81,7 @@ fn open_bucket(
                 cancel: Some(cancel.clone()),
                 no_resume,
                 read_timeout: None,
+                initial_backoff: None,
             };
             Box::new(S3Store::connect(&a.bucket, &opts)?)
         }

@@ -335,6 +335,8 @@ impl TestS3 {
             cancel: None,
             no_resume: false,
             read_timeout: None,
+            // Short retry delays keep the fault tests quick; the default is 1 s.
+            initial_backoff: Some(std::time::Duration::from_millis(100)),
         }
     }
 

@@ -57,6 +57,9 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(1200);
 /// AbortMultipartUpload on the way out (after a failure or a cancel): bounded, so a server that
 /// stopped answering cannot hold the exit.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retry delays: the first, and the largest.
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
 /// How often a wait looks at the cancel flag.
 const CANCEL_POLL: Duration = Duration::from_millis(100);
 
@@ -80,6 +83,9 @@ pub struct S3Options {
     pub no_resume: bool,
     /// Waiting for the next bytes of a response; default 60 s.
     pub read_timeout: Option<Duration>,
+    /// First retry delay (doubling, with jitter, up to 20 s); default 1 s, so the default five
+    /// attempts ride out a server restart of several seconds.
+    pub initial_backoff: Option<Duration>,
 }
 
 pub(crate) struct Inner {
@@ -154,8 +160,8 @@ impl S3Store {
             .retry_config(
                 RetryConfig::standard()
                     .with_max_attempts(max_attempts)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(10)),
+                    .with_initial_backoff(opts.initial_backoff.unwrap_or(INITIAL_BACKOFF))
+                    .with_max_backoff(MAX_BACKOFF),
             )
             .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
         if let Some(p) = &opts.profile {
