@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The faults still to inject; each counter is how many connections get it.
 #[derive(Default)]
@@ -50,29 +50,15 @@ impl FaultProxy {
     /// Starts a proxy in front of `upstream` (`http://127.0.0.1:PORT`).
     pub fn start(upstream: &str) -> Self {
         let target = upstream.trim_start_matches("http://").to_string();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let faults = Arc::new(ProxyFaults::default());
         let f = faults.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((client, _)) = listener.accept().await else { continue };
-                    let (f, target) = (f.clone(), target.clone());
-                    tokio::spawn(async move {
-                        if let Ok(server) = TcpStream::connect(&target).await {
-                            serve(client, server, f).await;
-                        }
-                    });
+        let (endpoint, thread) = crate::s3server::serve_loopback(move |client| {
+            let (f, target) = (f.clone(), target.clone());
+            async move {
+                if let Ok(server) = TcpStream::connect(&target).await {
+                    serve(client, server, f).await;
                 }
-            });
+            }
         });
         FaultProxy {
             endpoint,

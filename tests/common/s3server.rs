@@ -287,33 +287,17 @@ impl TestS3 {
         let mut b = S3ServiceBuilder::new(fs);
         b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let f = faults.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let svc = Faulty {
-                        inner: service.clone(),
-                        faults: f.clone(),
-                    };
-                    tokio::spawn(async move {
-                        let _ = ConnBuilder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(socket), svc)
-                            .await;
-                    });
-                }
-            });
+        let (endpoint, thread) = serve_loopback(move |socket| {
+            let svc = Faulty {
+                inner: service.clone(),
+                faults: f.clone(),
+            };
+            async move {
+                let _ = ConnBuilder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), svc)
+                    .await;
+            }
         });
         TestS3 {
             endpoint,
@@ -343,4 +327,32 @@ impl TestS3 {
     pub fn store(&self, bucket: &str) -> winbundle::store::S3Store {
         winbundle::store::S3Store::connect(bucket, &self.options()).unwrap()
     }
+}
+
+/// Listens on a free loopback port and runs `on_connection` for every connection, on a runtime
+/// of its own thread. Returns `http://127.0.0.1:PORT` and the thread.
+pub fn serve_loopback<F, Fut>(on_connection: F) -> (String, std::thread::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                if let Ok((socket, _)) = listener.accept().await {
+                    tokio::spawn(on_connection(socket));
+                }
+            }
+        });
+    });
+    (endpoint, thread)
 }
