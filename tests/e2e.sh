@@ -187,7 +187,8 @@ PY
     s3 cp s3://e2e-bucket/e2e/big.image.zst - | zstd -d -c | cmp - "$work/big-restored.img"
 }
 
-garage_kill_resume() { # SIGKILL at 10 random moments, then run again: resumed, restore = source, nothing left
+garage_kill_resume() ( # SIGKILL at 10 random moments, then run again: resumed, restore = source, nothing left
+  # (a subshell: the exported keys stay here)
   [ -f "$work/huge.img" ] || huge_volume
   local s3=(--endpoint-url http://127.0.0.1:3910 --region garage) i listed stored reused total_reused=0 ref
   local api=(aws --endpoint-url http://127.0.0.1:3910 --region garage s3api)
@@ -227,7 +228,7 @@ garage_kill_resume() { # SIGKILL at 10 random moments, then run again: resumed, 
   "$wb" restore --bucket e2e-bucket --prefix e2e/kill "${s3[@]}" --output - -q | sha256sum >"$work/kill.sum"
   "$wb" restore --bucket e2e-bucket --prefix ref --local-store "$work/kill-ref" --output - -q | sha256sum | cmp - "$work/kill.sum"
   rm -rf "$work/kill-ref"
-}
+)
 
 source_eio() { # an unreadable stretch of the source (FUSE, EIO): exit 3, the error names offset and partition, upload aborted
   [ -f "$work/big.img" ] || big_volume
@@ -275,10 +276,10 @@ full_disk() { # a local store on a full file system (tmpfs of 4 MiB): clear erro
 
 garage_restart() { # Garage killed and restarted mid-bundle: retried through, or a clean failure that the next run completes
   [ -f "$work/huge.img" ] || huge_volume
-  export AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK
   local s3=(--endpoint-url http://127.0.0.1:3910 --region garage) rc=0 g="$work/garage"
+  local keys=(env AWS_ACCESS_KEY_ID="$GARAGE_AK" AWS_SECRET_ACCESS_KEY="$GARAGE_SK")
   local opts=(--bucket e2e-bucket --prefix e2e/restart --overwrite --part-size 5MiB --concurrency 2 -q)
-  "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json" 2>"$work/restart.err" &
+  "${keys[@]}" "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json" 2>"$work/restart.err" &
   local pid=$!
   sleep 1.5
   pkill -KILL -f "garage -c $g/garage.toml server"
@@ -294,13 +295,13 @@ garage_restart() { # Garage killed and restarted mid-bundle: retried through, or
     # A clean failure: the task failed with the error, no manifest; the next run completes it.
     echo "the bundle failed (exit $rc); running it again"
     grep -q '"State": "failed"' "$work/restart.json"
-    ! aws --endpoint-url http://127.0.0.1:3910 --region garage s3api head-object --bucket e2e-bucket \
+    ! "${keys[@]}" aws --endpoint-url http://127.0.0.1:3910 --region garage s3api head-object --bucket e2e-bucket \
       --key e2e/restart.manifest.json >/dev/null 2>&1
-    "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json"
+    "${keys[@]}" "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json"
   fi
   grep -q '"State": "complete"' "$work/restart.json"
-  "$wb" verify --bucket e2e-bucket --prefix e2e/restart "${s3[@]}" -q
-  [ -z "$(aws --endpoint-url http://127.0.0.1:3910 --region garage s3api list-multipart-uploads --bucket e2e-bucket \
+  "${keys[@]}" "$wb" verify --bucket e2e-bucket --prefix e2e/restart "${s3[@]}" -q
+  [ -z "$("${keys[@]}" aws --endpoint-url http://127.0.0.1:3910 --region garage s3api list-multipart-uploads --bucket e2e-bucket \
     --prefix e2e/restart --query 'Uploads[].UploadId' --output text | grep -v None)" ]
 }
 
