@@ -416,9 +416,28 @@ fn a_bundle_killed_outright_resumes_from_its_partial_file() {
     let store = dir.path().join("store");
     let partial = store.join("bkt/p.image.zst.partial");
     // Slow settings and small parts, so the run is killed with parts on disk.
-    let slow = ["--zstd-level", "19", "--threads", "1", "--chunk-size", "64K", "--part-size", "1M", "-q"];
+    let slow = [
+        "--zstd-level",
+        "19",
+        "--threads",
+        "1",
+        "--chunk-size",
+        "64K",
+        "--part-size",
+        "1M",
+        "-q",
+    ];
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
-        .args(["bundle-instance", s(&src), "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store)])
+        .args([
+            "bundle-instance",
+            s(&src),
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "p",
+            "--local-store",
+            s(&store),
+        ])
         .args(slow)
         .env("XDG_STATE_HOME", dir.path().join("state"))
         .stdout(std::process::Stdio::null())
@@ -427,7 +446,10 @@ fn a_bundle_killed_outright_resumes_from_its_partial_file() {
     let started = std::time::Instant::now();
     while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 1 << 20 {
         assert!(started.elapsed().as_secs() < 120, "no partial file grew");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     child.kill().unwrap(); // SIGKILL: no cleanup runs
@@ -436,11 +458,30 @@ fn a_bundle_killed_outright_resumes_from_its_partial_file() {
     assert!(!store.join("bkt/p.manifest.json").exists());
 
     // cleanup --dry-run lists it; --older-than keeps it (it is new).
-    let listed = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store), "--dry-run"]);
+    let listed = winbundle(&[
+        "cleanup",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(&store),
+        "--dry-run",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(v["Uploads"][0]["Key"], "p.image.zst", "{v}");
     assert_eq!(v["Uploads"][0]["Action"], "would abort (dry run)", "{v}");
-    let kept = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "p", "--local-store", s(&store), "--older-than", "1h"]);
+    let kept = winbundle(&[
+        "cleanup",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        s(&store),
+        "--older-than",
+        "1h",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&kept.stdout).unwrap();
     assert_eq!(v["Uploads"][0]["Action"], "kept (newer than --older-than)", "{v}");
     assert!(partial.is_file());
@@ -474,33 +515,75 @@ fn cleanup_removes_a_partial_file_and_refuses_bad_ages() {
     std::fs::create_dir_all(store.join("bkt/x")).unwrap();
     std::fs::write(store.join("bkt/x/a.image.zst.partial"), b"half").unwrap();
     std::fs::write(store.join("bkt/other.image.zst.partial"), b"half").unwrap();
-    let o = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "x/", "--local-store", s(&store)]);
+    let o = winbundle(&[
+        "cleanup",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "x/",
+        "--local-store",
+        s(&store),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["Aborted"], 1, "{v}");
     assert!(!store.join("bkt/x/a.image.zst.partial").exists());
-    assert!(store.join("bkt/other.image.zst.partial").exists(), "outside the prefix: untouched");
-    let bad = winbundle(&["cleanup", "--bucket", "bkt", "--prefix", "x/", "--local-store", s(&store), "--older-than", "3 weeks"]);
+    assert!(
+        store.join("bkt/other.image.zst.partial").exists(),
+        "outside the prefix: untouched"
+    );
+    let bad = winbundle(&[
+        "cleanup",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "x/",
+        "--local-store",
+        s(&store),
+        "--older-than",
+        "3 weeks",
+    ]);
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("use s, m, h or d"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 #[test]
 fn errors_carry_their_code_and_a_json_line_for_scripts() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let o = winbundle(&["describe-bundle-tasks", "--bundle-ids", "bun-00000000", "--state-dir", s(&state)]);
+    let o = winbundle(&[
+        "describe-bundle-tasks",
+        "--bundle-ids",
+        "bun-00000000",
+        "--state-dir",
+        s(&state),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     let first = err.lines().next().unwrap();
-    assert!(first.starts_with("winbundle: error (InvalidBundleID.NotFound): "), "{err}");
+    assert!(
+        first.starts_with("winbundle: error (InvalidBundleID.NotFound): "),
+        "{err}"
+    );
     assert!(first.contains("bun-00000000"), "{err}");
     // --output json (the default): the last line of stderr is the error as JSON.
     let v: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
     assert_eq!(v["Error"]["Code"], "InvalidBundleID.NotFound", "{v}");
     assert!(v["Error"]["Message"].as_str().unwrap().contains("bun-00000000"), "{v}");
     // Text output: no JSON line.
-    let o = winbundle(&["describe-bundle-tasks", "--bundle-ids", "bun-00000000", "--state-dir", s(&state), "--output", "text"]);
+    let o = winbundle(&[
+        "describe-bundle-tasks",
+        "--bundle-ids",
+        "bun-00000000",
+        "--state-dir",
+        s(&state),
+        "--output",
+        "text",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("{\"Error\""), "{err}");
     // A bundle that fails: code in the message and the JSON line, with the hint.
@@ -508,6 +591,12 @@ fn errors_carry_their_code_and_a_json_line_for_scripts() {
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     let v: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
-    assert!(err.starts_with(&format!("winbundle: error ({}): ", v["Error"]["Code"].as_str().unwrap())), "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "winbundle: error ({}): ",
+            v["Error"]["Code"].as_str().unwrap()
+        )),
+        "{err}"
+    );
     assert!(v["Error"]["Hint"].as_str().is_some_and(|h| !h.is_empty()), "{v}");
 }

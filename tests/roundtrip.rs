@@ -276,8 +276,15 @@ fn a_stale_partial_file_is_written_over_where_it_differs() {
     let (m, stats) = bundle(&req, &store_dir).result.unwrap();
     assert_eq!(stats.resumed.resumed_from.as_deref(), Some("stale.image.zst.partial"));
     assert_eq!(stats.resumed.reused_parts, 0);
-    assert_eq!(stats.resumed.replaced_parts as usize, m.data.objects[0].parts_sha256.len());
-    assert_eq!(std::fs::metadata(bucket.join("stale.image.zst")).unwrap().len(), m.data.stream_size, "the longer stale tail is cut");
+    assert_eq!(
+        stats.resumed.replaced_parts as usize,
+        m.data.objects[0].parts_sha256.len()
+    );
+    assert_eq!(
+        std::fs::metadata(bucket.join("stale.image.zst")).unwrap().len(),
+        m.data.stream_size,
+        "the longer stale tail is cut"
+    );
     let clean = dir.path().join("clean");
     let (c, _) = bundle(&req, &clean).result.unwrap();
     assert_eq!(c.bundle_sha256, m.bundle_sha256);

@@ -2,10 +2,10 @@
 //! retries of AccessDenied, aborts, concurrent bundles, and restores equal to local ones.
 
 mod common;
-#[path = "common/s3server.rs"]
-mod s3server;
 #[path = "common/proxy.rs"]
 mod proxy;
+#[path = "common/s3server.rs"]
+mod s3server;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,10 +216,18 @@ fn a_cancel_ends_a_wait_on_a_stalled_server_at_once() {
     let started = std::time::Instant::now();
     let outcome = bundle_instance(&req, &store, &NoProgress, &cancel, &mut |_| Ok(()));
     let took = started.elapsed();
-    assert!(matches!(outcome.result, Err(Error::Cancelled)), "{:?}", outcome.result.err());
+    assert!(
+        matches!(outcome.result, Err(Error::Cancelled)),
+        "{:?}",
+        outcome.result.err()
+    );
     assert_eq!(outcome.task.state.as_str(), "failed");
     assert!(took < std::time::Duration::from_secs(20), "stopping took {took:?}");
-    assert_eq!(s3.faults.count("AbortMultipartUpload"), 1, "the upload is aborted on the way out");
+    assert_eq!(
+        s3.faults.count("AbortMultipartUpload"),
+        1,
+        "the upload is aborted on the way out"
+    );
     assert_eq!(s3.faults.count("CompleteMultipartUpload"), 0);
     cancel.store(false, Ordering::SeqCst);
     assert!(!store.exists("stalled.manifest.json").unwrap());
@@ -239,9 +247,19 @@ fn an_upload_that_cannot_be_aborted_is_named_in_the_error() {
     let outcome = run(&req, &store);
     let e = outcome.result.err().unwrap();
     let msg = e.to_string();
-    assert_eq!(e.code(), "AccessDenied", "the first failure stays the error's code: {msg}");
-    assert!(msg.contains("the multipart upload of stuck.image.zst (upload id "), "{msg}");
-    assert!(msg.contains("could not be aborted") && msg.contains("winbundle cleanup --bucket bkt"), "{msg}");
+    assert_eq!(
+        e.code(),
+        "AccessDenied",
+        "the first failure stays the error's code: {msg}"
+    );
+    assert!(
+        msg.contains("the multipart upload of stuck.image.zst (upload id "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("could not be aborted") && msg.contains("winbundle cleanup --bucket bkt"),
+        "{msg}"
+    );
     assert!(!msg.contains(s3server::SECRET_KEY));
     assert_eq!(outcome.task.error.as_ref().unwrap().message, msg);
 }
@@ -309,7 +327,11 @@ fn interrupted_run(s3: &TestS3, req: &winbundle::bundle::create::BundleRequest, 
     parts
 }
 
-fn resumed_bundle(s3: &TestS3, req: &winbundle::bundle::create::BundleRequest, no_resume: bool) -> winbundle::chunk::pipeline::PipelineStats {
+fn resumed_bundle(
+    s3: &TestS3,
+    req: &winbundle::bundle::create::BundleRequest,
+    no_resume: bool,
+) -> winbundle::chunk::pipeline::PipelineStats {
     let mut opts = s3.options();
     opts.no_resume = no_resume;
     let store = winbundle::store::S3Store::connect("bkt", &opts).unwrap();
@@ -323,7 +345,10 @@ fn resumed_bundle(s3: &TestS3, req: &winbundle::bundle::create::BundleRequest, n
         "every part is either reused or sent: {:?}",
         stats.resumed
     );
-    assert!(s3.faults.uploads.lock().unwrap().is_empty(), "no unfinished upload is left");
+    assert!(
+        s3.faults.uploads.lock().unwrap().is_empty(),
+        "no unfinished upload is left"
+    );
     stats
 }
 
@@ -338,7 +363,10 @@ fn an_interrupted_bundle_resumes_sending_only_what_is_missing() {
     let stats = resumed_bundle(&s3, &req, false);
     let r = &stats.resumed;
     assert!(r.resumed_from.is_some(), "{r:?}");
-    assert_eq!(r.reused_parts as usize, stored, "every part already stored is reused: {r:?}");
+    assert_eq!(
+        r.reused_parts as usize, stored,
+        "every part already stored is reused: {r:?}"
+    );
     assert_eq!(r.reused_bytes, stored as u64 * (5 << 20));
     assert_eq!(r.replaced_parts, 0);
     let out = dir.path().join("restored.img");
@@ -402,7 +430,11 @@ fn no_resume_aborts_the_unfinished_upload_and_starts_over() {
     let aborts = s3.faults.count("AbortMultipartUpload");
     let stats = resumed_bundle(&s3, &req, true);
     assert_eq!(stats.resumed, winbundle::store::ResumeStats::default());
-    assert_eq!(s3.faults.count("AbortMultipartUpload"), aborts + 1, "the old upload is aborted");
+    assert_eq!(
+        s3.faults.count("AbortMultipartUpload"),
+        aborts + 1,
+        "the old upload is aborted"
+    );
 }
 
 #[test]
@@ -482,7 +514,10 @@ fn connections_reset_in_the_middle_of_a_part_are_retried() {
         None,
     );
     assert_eq!(f.count("reset"), 3);
-    assert!(s3.faults.count("UploadPart") >= 1, "parts went through after the resets");
+    assert!(
+        s3.faults.count("UploadPart") >= 1,
+        "parts went through after the resets"
+    );
 }
 
 #[test]
@@ -516,7 +551,11 @@ fn bursts_of_503_slow_down_are_retried() {
     req.part_size = Some(5 << 20);
     let (m, _) = run(&req, &store).result.unwrap();
     let parts = m.data.objects[0].parts_sha256.len();
-    assert_eq!(s3.faults.count("UploadPart"), parts + 3, "each throttled part tried again");
+    assert_eq!(
+        s3.faults.count("UploadPart"),
+        parts + 3,
+        "each throttled part tried again"
+    );
     let out = dir.path().join("restored.img");
     restore_from(&store, "faults/slowdown", &out).unwrap();
     assert_restored_matches(&src, &req.plan, &out);
@@ -525,7 +564,11 @@ fn bursts_of_503_slow_down_are_retried() {
 #[test]
 fn a_slow_link_still_ends_in_a_complete_bundle() {
     let rate = 40u64 << 20; // 40 MiB/s each way
-    let (took, _, s3) = through_proxy("faults/slow", |f| f.bytes_per_second.store(rate, Ordering::SeqCst), None);
+    let (took, _, s3) = through_proxy(
+        "faults/slow",
+        |f| f.bytes_per_second.store(rate, Ordering::SeqCst),
+        None,
+    );
     let store = s3.store("bkt");
     let size = store.size("faults/slow.image.zst").unwrap();
     let floor = std::time::Duration::from_secs_f64(size as f64 / rate as f64);

@@ -24,7 +24,9 @@ impl Device for Bytes {
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
     let disk = DiskFile::from_device("fuzz.img".into(), Box::new(Bytes(data.to_vec())), len);
-    let Ok(plan) = Plan::analyse(&disk, &PlanOptions::default()) else { return };
+    let Ok(plan) = Plan::analyse(&disk, &PlanOptions::default()) else {
+        return;
+    };
     let Ok(mut src) = plan.chunk_source() else { return };
     // The first chunks, as the pipeline reads them (a hostile volume may claim any size).
     let chunk = 64 << 10;

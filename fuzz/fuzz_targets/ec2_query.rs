@@ -8,7 +8,9 @@ fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
     let (query, body) = data.split_at(split);
     let Ok(query) = std::str::from_utf8(query) else { return };
-    let Ok(p) = Params::parse(query, Some(body)) else { return };
+    let Ok(p) = Params::parse(query, Some(body)) else {
+        return;
+    };
     let _ = p.list("BundleId");
     let _ = p.flag("DryRun");
     let _ = p.filters(&["bundle-id", "state", "instance-id"]);

@@ -21,13 +21,17 @@ fuzz_target!(|data: &[u8]| {
         headers,
         body: b"Action=DescribeBundleTasks&Version=2016-11-15",
     };
-    let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z").map(|t| t.to_utc()).unwrap_or_default();
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+        .map(|t| t.to_utc())
+        .unwrap_or_default();
     let expect = Expect {
         service: "ec2",
         region: "us-east-1",
         now,
         max_skew_seconds: 900,
     };
-    let _ = verify(&req, &expect, |ak| (ak == "AKIDEXAMPLE").then_some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"));
+    let _ = verify(&req, &expect, |ak| {
+        (ak == "AKIDEXAMPLE").then_some("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    });
     let _ = winbundle::api::sigv4::canonical_uri(path);
 });

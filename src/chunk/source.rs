@@ -91,7 +91,10 @@ impl<'d> ChunkSource<'d> {
         buf: &mut [u8],
     ) -> crate::source::SourceError {
         for (i, piece) in buf.chunks_mut(4096).enumerate() {
-            if let Err(bad) = self.disk.read_exact_at(piece, self.volume_offset + start + i as u64 * 4096) {
+            if let Err(bad) = self
+                .disk
+                .read_exact_at(piece, self.volume_offset + start + i as u64 * 4096)
+            {
                 return bad;
             }
         }

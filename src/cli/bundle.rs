@@ -34,7 +34,12 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             ..Default::default()
         },
     };
-    let post = super::policy::post_store(&args.policy, &args.store, req.part_size.unwrap_or(DEFAULT_PART_SIZE), cancel)?;
+    let post = super::policy::post_store(
+        &args.policy,
+        &args.store,
+        req.part_size.unwrap_or(DEFAULT_PART_SIZE),
+        cancel,
+    )?;
     let mut req = req;
     if post.is_some() {
         // Policy uploads write one object per part, as EC2 bundles did.

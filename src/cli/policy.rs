@@ -294,7 +294,12 @@ pub fn post_store(
         store.s3.region.as_deref().or(policy_region.as_deref()),
     );
     let target = PostTarget::new(url, &store.bucket, &akid, parsed, &signature).map_err(IntoError::into_error)?;
-    let post = PostStore::with_cancel(target, store.s3.concurrency, store.s3.max_attempts, Some(cancel.clone()))?;
+    let post = PostStore::with_cancel(
+        target,
+        store.s3.concurrency,
+        store.s3.max_attempts,
+        Some(cancel.clone()),
+    )?;
     let keys = winbundle::bundle::Keys::new(&store.prefix);
     post.check_policy(&[keys.manifest(), keys.part(0), keys.part(9999)], part_size, None)
         .map_err(IntoError::into_error)?;

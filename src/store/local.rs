@@ -170,9 +170,13 @@ impl ObjectStore for LocalStore {
                     dirs.push(p);
                     continue;
                 }
-                let Some(rel) = p.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else { continue };
+                let Some(rel) = p.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else {
+                    continue;
+                };
                 let rel = rel.replace('\\', "/");
-                let Some(key) = rel.strip_suffix(".partial") else { continue };
+                let Some(key) = rel.strip_suffix(".partial") else {
+                    continue;
+                };
                 if !key.starts_with(prefix) {
                     continue;
                 }
@@ -183,7 +187,9 @@ impl ObjectStore for LocalStore {
                 out.push(Upload {
                     key: key.to_string(),
                     upload_id: rel.clone(),
-                    initiated: modified.map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    initiated: modified.map(|t| {
+                        chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    }),
                     initiated_epoch: epoch,
                 });
             }

@@ -10,8 +10,8 @@ pub mod s3;
 use std::path::PathBuf;
 
 pub use local::LocalStore;
-pub use s3::{S3Options, S3Store};
 pub use s3::uploads::Upload;
+pub use s3::{S3Options, S3Store};
 
 /// Errors of a store, naming the bucket/key and the operation.
 #[derive(Debug, thiserror::Error)]

@@ -108,7 +108,10 @@ impl Faults {
                 let mut xml = format!(
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListMultipartUploadsResult><Bucket>{bucket}</Bucket><Prefix>{prefix}</Prefix><IsTruncated>false</IsTruncated>"
                 );
-                for (id, u) in uploads.iter().filter(|(_, u)| u.bucket == bucket && u.key.starts_with(&prefix)) {
+                for (id, u) in uploads
+                    .iter()
+                    .filter(|(_, u)| u.bucket == bucket && u.key.starts_with(&prefix))
+                {
                     xml += &format!(
                         "<Upload><Key>{}</Key><UploadId>{id}</UploadId><Initiated>{}</Initiated></Upload>",
                         u.key, u.initiated
@@ -146,18 +149,39 @@ impl Faults {
         let id = query_param(query, "uploadId").unwrap_or_default();
         match op {
             "CreateMultipartUpload" => {
-                let body = resp.body().bytes().map(|b| String::from_utf8_lossy(&b).to_string()).unwrap_or_default();
-                let Some(id) = body.split("<UploadId>").nth(1).and_then(|r| r.split('<').next()) else { return };
+                let body = resp
+                    .body()
+                    .bytes()
+                    .map(|b| String::from_utf8_lossy(&b).to_string())
+                    .unwrap_or_default();
+                let Some(id) = body.split("<UploadId>").nth(1).and_then(|r| r.split('<').next()) else {
+                    return;
+                };
                 let (bucket, key) = bucket_key(path);
                 let initiated = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
-                uploads.insert(id.to_string(), Pending { bucket, key, initiated, parts: Default::default() });
+                uploads.insert(
+                    id.to_string(),
+                    Pending {
+                        bucket,
+                        key,
+                        initiated,
+                        parts: Default::default(),
+                    },
+                );
             }
             "UploadPart" => {
                 let Some(u) = uploads.get_mut(&id) else { return };
-                let n: u32 = query_param(query, "partNumber").and_then(|n| n.parse().ok()).unwrap_or(0);
+                let n: u32 = query_param(query, "partNumber")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
                 let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::to_string);
                 let size = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let etag = resp
+                    .headers()
+                    .get("etag")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
                 u.parts.insert(n, (size, etag, header("x-amz-checksum-sha256")));
             }
             "CompleteMultipartUpload" | "AbortMultipartUpload" => {

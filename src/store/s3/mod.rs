@@ -103,7 +103,11 @@ pub(crate) struct Inner {
 
 impl Inner {
     /// Runs one request (or a wait for one) to its end, or until the run is cancelled.
-    pub(crate) fn run<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    pub(crate) fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let Some(flag) = self.cancel.clone() else {
             return self.rt.block_on(fut);
         };

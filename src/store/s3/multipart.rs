@@ -48,7 +48,9 @@ fn pick_upload(inner: &Inner, key: &str) -> Result<(Option<String>, ResumeStats)
         Err(e) => {
             // No permission to list (s3:ListBucketMultipartUploads), or a server without the
             // call: a fresh upload, as before resume existed.
-            stats.note = Some(format!("cannot look for an unfinished upload to resume ({e}); starting a new one"));
+            stats.note = Some(format!(
+                "cannot look for an unfinished upload to resume ({e}); starting a new one"
+            ));
             return Ok((None, stats));
         }
     };
@@ -70,7 +72,9 @@ impl MultipartWriter {
                 }
                 Err(e @ StoreError::Cancelled { .. }) => return Err(e),
                 Err(e) => {
-                    resumed.note = Some(format!("cannot list the parts of unfinished upload {upload_id} ({e}); starting a new one"));
+                    resumed.note = Some(format!(
+                        "cannot list the parts of unfinished upload {upload_id} ({e}); starting a new one"
+                    ));
                     uploads::abort(&inner, key, &upload_id)?;
                 }
             }
@@ -182,17 +186,25 @@ impl MultipartWriter {
             .key(&self.key)
             .upload_id(&self.upload_id)
             .send();
-        let why = match i.rt.block_on(async { tokio::time::timeout(ABORT_TIMEOUT, request).await }) {
+        let why = match i
+            .rt
+            .block_on(async { tokio::time::timeout(ABORT_TIMEOUT, request).await })
+        {
             Ok(Ok(_)) => return,
             // Already gone (aborted by someone else, or completed): nothing is left.
-            Ok(Err(e)) if e.as_service_error().is_some_and(|s| s.meta().code() == Some("NoSuchUpload")) => return,
+            Ok(Err(e))
+                if e.as_service_error()
+                    .is_some_and(|s| s.meta().code() == Some("NoSuchUpload")) =>
+            {
+                return;
+            }
             Ok(Err(e)) => convert("AbortMultipartUpload", &i.bucket, &self.key, e).to_string(),
             Err(_) => format!("no answer in {} s", ABORT_TIMEOUT.as_secs()),
         };
-        i.leftovers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(format!("the multipart upload of {} (upload id {}; {why})", self.key, self.upload_id));
+        i.leftovers.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+            "the multipart upload of {} (upload id {}; {why})",
+            self.key, self.upload_id
+        ));
     }
 }
 

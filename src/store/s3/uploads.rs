@@ -48,7 +48,9 @@ pub(crate) fn list(inner: &Inner, prefix: &str) -> Result<Vec<Upload>, StoreErro
                 .map_err(|e| convert("ListMultipartUploads", &inner.bucket, prefix, e))
         })?;
         for u in page.uploads() {
-            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
             out.push(Upload {
                 key: key.to_string(),
                 upload_id: id.to_string(),
