@@ -179,26 +179,13 @@ impl MultipartWriter {
             t.abort();
         }
         let i = &self.inner;
-        let request = i
-            .client
-            .abort_multipart_upload()
-            .bucket(&i.bucket)
-            .key(&self.key)
-            .upload_id(&self.upload_id)
-            .send();
+        let request = uploads::abort_request(i, &self.key, &self.upload_id);
         let why = match i
             .rt
             .block_on(async { tokio::time::timeout(ABORT_TIMEOUT, request).await })
         {
-            Ok(Ok(_)) => return,
-            // Already gone (aborted by someone else, or completed): nothing is left.
-            Ok(Err(e))
-                if e.as_service_error()
-                    .is_some_and(|s| s.meta().code() == Some("NoSuchUpload")) =>
-            {
-                return;
-            }
-            Ok(Err(e)) => convert("AbortMultipartUpload", &i.bucket, &self.key, e).to_string(),
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer in {} s", ABORT_TIMEOUT.as_secs()),
         };
         i.leftovers.lock().unwrap_or_else(|e| e.into_inner()).push(format!(

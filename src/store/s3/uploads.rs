@@ -114,19 +114,23 @@ pub(crate) fn parts(inner: &Inner, key: &str, upload_id: &str) -> Result<HashMap
 
 /// Aborts one upload. An upload already gone (completed or aborted meanwhile) is no error.
 pub(crate) fn abort(inner: &Inner, key: &str, upload_id: &str) -> Result<(), StoreError> {
-    inner.run("AbortMultipartUpload", async {
-        match inner
-            .client
-            .abort_multipart_upload()
-            .bucket(&inner.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.code() == Some("NoSuchUpload")) => Ok(()),
-            Err(e) => Err(convert("AbortMultipartUpload", &inner.bucket, key, e)),
-        }
-    })
+    inner.run("AbortMultipartUpload", abort_request(inner, key, upload_id))
+}
+
+/// AbortMultipartUpload, with "already gone" counted as done; [`abort`] runs it cancellably,
+/// a failing writer runs it under a time limit instead (it is what a cancel does).
+pub(crate) async fn abort_request(inner: &Inner, key: &str, upload_id: &str) -> Result<(), StoreError> {
+    match inner
+        .client
+        .abort_multipart_upload()
+        .bucket(&inner.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(|s| s.code() == Some("NoSuchUpload")) => Ok(()),
+        Err(e) => Err(convert("AbortMultipartUpload", &inner.bucket, key, e)),
+    }
 }
