@@ -221,22 +221,19 @@ struct LocalWriter {
 }
 
 impl LocalWriter {
-    fn err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-        move |source| StoreError::Io {
-            op,
-            key: self.key.clone(),
-            source,
-        }
+    /// Where the buffered part starts in the object.
+    fn part_start(&self) -> u64 {
+        self.written - self.part.len() as u64
     }
 
     /// True if the partial file already holds `part` at its offset.
     fn already_stored(&self, part: &PartInfo) -> Result<bool, StoreError> {
-        let start = self.written - self.part.len() as u64;
+        let start = self.part_start();
         if start + part.size > self.old_len {
             return Ok(false);
         }
         let mut old = vec![0u8; self.part.len()];
-        read_exact_at(&self.file, &mut old, start).map_err(self.err("read"))?;
+        read_exact_at(&self.file, &mut old, start).map_err(LocalStore::io("read", &self.key))?;
         Ok(<[u8; 32]>::from(Sha256::digest(&old)) == part.sha256)
     }
 }
@@ -246,21 +243,21 @@ impl ObjectWriter for LocalWriter {
         if self.old_len > 0 {
             self.part.extend_from_slice(bytes);
         } else {
-            self.file.write_all(bytes).map_err(self.err("write"))?;
+            self.file.write_all(bytes).map_err(LocalStore::io("write", &self.key))?;
         }
         self.written += bytes.len() as u64;
         Ok(())
     }
 
     fn stored_bytes(&self) -> u64 {
-        self.written - self.part.len() as u64
+        self.part_start()
     }
 
     fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError> {
         if self.old_len == 0 {
             return Ok(());
         }
-        let start = self.written - self.part.len() as u64;
+        let start = self.part_start();
         if self.already_stored(part)? {
             self.resumed.reused_parts += 1;
             self.resumed.reused_bytes += part.size;
@@ -268,32 +265,25 @@ impl ObjectWriter for LocalWriter {
             if start + part.size <= self.old_len {
                 self.resumed.replaced_parts += 1; // whole, but different: the source changed
             }
-            write_all_at(&self.file, &self.part, start).map_err(self.err("write"))?;
+            write_all_at(&self.file, &self.part, start).map_err(LocalStore::io("write", &self.key))?;
         }
         self.part.clear();
         Ok(())
     }
 
     fn finish(mut self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
-        let key = self.key.clone();
         if self.old_len > 0 {
             if !self.part.is_empty() {
-                let start = self.written - self.part.len() as u64;
-                write_all_at(&self.file, &self.part, start).map_err(self.err("write"))?;
+                let start = self.part_start();
+                write_all_at(&self.file, &self.part, start).map_err(LocalStore::io("write", &self.key))?;
             }
             // The interrupted run may have written further than this one ends.
-            self.file.set_len(self.written).map_err(self.err("truncate"))?;
+            self.file
+                .set_len(self.written)
+                .map_err(LocalStore::io("truncate", &self.key))?;
         }
-        self.file.sync_data().map_err(|source| StoreError::Io {
-            op: "sync",
-            key: key.clone(),
-            source,
-        })?;
-        fs::rename(&self.tmp, &self.path).map_err(|source| StoreError::Io {
-            op: "rename",
-            key,
-            source,
-        })?;
+        self.file.sync_data().map_err(LocalStore::io("sync", &self.key))?;
+        fs::rename(&self.tmp, &self.path).map_err(LocalStore::io("rename", &self.key))?;
         Ok(ObjectReceipt {
             resumed: std::mem::take(&mut self.resumed),
             ..Default::default()
