@@ -15,7 +15,10 @@ pub fn instance_id() -> Option<String> {
         .build()
         .ok()?;
     rt.block_on(async {
+        let providers = aws_config::provider_config::ProviderConfig::without_region()
+            .with_http_client(crate::store::s3::http::https_client());
         let client = aws_config::imds::client::Client::builder()
+            .configure(&providers)
             .max_attempts(1)
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(1))

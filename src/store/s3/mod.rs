@@ -13,6 +13,7 @@
 //! for the SDK.
 
 pub mod error;
+pub mod http;
 pub mod multipart;
 pub mod signing;
 pub mod uploads;
@@ -153,6 +154,7 @@ impl S3Store {
             opts.max_attempts
         };
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http::https_client())
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(CONNECT_TIMEOUT)
