@@ -139,6 +139,9 @@ impl Error {
                 crate::store::post::hint(op, code)?.into()
             }
             Error::Store(StoreError::S3 { code, .. }) => crate::store::s3::error::hint(code)?.into(),
+            Error::Store(StoreError::S3Transport { detail, .. }) if detail.contains("certificate") => {
+                "the server's TLS certificate is not trusted: check --endpoint-url; for a private CA, put its certificate (PEM) in the file SSL_CERT_FILE names, or in the system's trust store".into()
+            }
             Error::Store(StoreError::S3Transport { .. }) => {
                 "check --endpoint-url (and that the server is running) and the network; transient failures were already retried".into()
             }

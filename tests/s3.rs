@@ -6,6 +6,8 @@ mod common;
 mod proxy;
 #[path = "common/s3server.rs"]
 mod s3server;
+#[path = "common/tls.rs"]
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -599,4 +601,46 @@ fn faults_that_never_end_give_a_clean_failure() {
     let direct = s3.store("bkt");
     assert!(!direct.exists("faults/never.manifest.json").unwrap());
     assert!(!direct.exists("faults/never.image.zst").unwrap());
+}
+
+/// HTTPS to an endpoint whose certificate a CA from `SSL_CERT_FILE` issued: the bundle and its
+/// restore work; without that CA the certificate is refused, with an error that says so.
+#[test]
+fn bundles_over_https_and_refuses_an_untrusted_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let front = tls::TlsFront::start(&s3.endpoint);
+    let run = |args: &[&str], ca: Option<&Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
+        c.args(args)
+            .args(["--endpoint-url", &front.endpoint])
+            .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => c.env("SSL_CERT_FILE", ca),
+            None => c.env_remove("SSL_CERT_FILE"),
+        };
+        c.output().unwrap()
+    };
+    let state = dir.path().join("state");
+    let (src_arg, state) = (src.to_str().unwrap(), state.to_str().unwrap());
+    let o = run(&["bundle-instance", src_arg, "--bucket", "bkt", "--prefix", "untrusted", "-q", "--state-dir", state], None);
+    assert!(!o.status.success(), "an untrusted certificate must fail the run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("invalid peer certificate"), "the error names the certificate: {err}");
+    assert!(err.contains("hint: the server's TLS certificate is not trusted"), "{err}");
+    assert!(err.contains("SSL_CERT_FILE"), "the hint says how to trust a private CA: {err}");
+
+    let o = run(&["bundle-instance", src_arg, "--bucket", "bkt", "--prefix", "tls", "-q", "--state-dir", state], Some(&front.ca_pem));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("restored.img");
+    let o = run(
+        &["restore", "--bucket", "bkt", "--prefix", "tls", "-q", "--output", out.to_str().unwrap()],
+        Some(&front.ca_pem),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_restored_matches(&src, &request(&src, "tls").plan, &out);
 }
