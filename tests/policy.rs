@@ -5,6 +5,8 @@
 mod common;
 #[path = "common/s3server.rs"]
 mod s3server;
+#[path = "common/tls.rs"]
+mod tls;
 
 use std::sync::atomic::AtomicBool;
 
@@ -441,4 +443,40 @@ fn upload_policy_takes_its_region_from_flag_environment_or_profile() {
     assert!(!field(&out, "Policy").as_str().unwrap().contains("acl"));
     let (code, _, err) = run(&["--signature-version", "3"], &[]);
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// POSTs over HTTPS: the certificate is checked against the system's roots plus `SSL_CERT_FILE`
+/// (as for the S3 API), and an untrusted one ends the run before any data is read.
+#[test]
+fn a_policy_bundle_over_https_trusts_ssl_cert_file_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let front = tls::TlsFront::start(&s3.endpoint);
+    let (b64, sig) = v4("tls/win", None, ACCESS_KEY, SECRET_KEY, "us-east-1", Duration::hours(1));
+    let run = |prefix: &str, ca: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
+        c.args(["bundle-instance", src.to_str().unwrap(), "--bucket", "bkt", "--prefix", prefix])
+            .args(["--endpoint-url", &front.endpoint, "--upload-policy", &b64])
+            .args(["--upload-policy-signature", &sig, "--part-size", "1MiB", "-q"])
+            .env("XDG_STATE_HOME", dir.path().join("state"))
+            .env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => c.env("SSL_CERT_FILE", ca),
+            None => c.env_remove("SSL_CERT_FILE"),
+        };
+        c.output().unwrap()
+    };
+    let o = run("tls/win", None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an untrusted certificate must fail the run");
+    assert!(err.contains("invalid peer certificate"), "the error names the certificate: {err}");
+    assert!(err.contains("SSL_CERT_FILE"), "the hint says how to trust a private CA: {err}");
+    assert_eq!(s3.faults.count("PostObject"), 0, "nothing reached the server");
+
+    let o = run("tls/win", Some(&front.ca_pem));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("out.img");
+    restore_from(&s3.store("bkt"), "tls/win", &out).unwrap();
+    assert_restored_matches(&src, &request(&src, "tls/win").plan, &out);
 }
