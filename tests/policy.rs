@@ -480,3 +480,66 @@ fn a_policy_bundle_over_https_trusts_ssl_cert_file_and_nothing_else() {
     restore_from(&s3.store("bkt"), "tls/win", &out).unwrap();
     assert_restored_matches(&src, &request(&src, "tls/win").plan, &out);
 }
+
+/// A policy bundle refused part-way (here: the server stops accepting POSTs) is resumed by the
+/// same command: the parts its journal records, recomputed equal, are not POSTed again; a part
+/// whose recorded digest differs is sent again; the journal goes once the manifest is stored.
+#[test]
+fn an_interrupted_policy_bundle_resumes_from_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let state = dir.path().join("state");
+    let (b64, sig) = v4("res/win", None, ACCESS_KEY, SECRET_KEY, "us-east-1", Duration::hours(1));
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .args(["bundle-instance", src.to_str().unwrap(), "--bucket", "bkt", "--prefix", "res/win"])
+            .args(["--endpoint-url", &s3.endpoint, "--upload-policy", &b64])
+            .args(["--upload-policy-signature", &sig, "--part-size", "5MiB", "--concurrency", "1"])
+            .args(["-q", "--state-dir", state.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    // The probe and four parts are accepted, then every POST is refused.
+    *s3.faults.posts_left.lock().unwrap() = Some(5);
+    let o = run();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("run the same command again to resume"), "{err}");
+    let journals: Vec<_> = std::fs::read_dir(state.join("journals")).unwrap().collect();
+    assert_eq!(journals.len(), 1, "one journal for the bundle");
+    let journal = journals[0].as_ref().unwrap().path();
+    assert!(err.contains(&journal.display().to_string()), "the error names the journal: {err}");
+
+    // Part 3's line no longer matches what the source gives: it is sent again.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let line3 = text.lines().find(|l| l.contains("res/win.part.3\"")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line3).unwrap();
+    let sha = v["Sha256"].as_str().unwrap();
+    let flipped = format!("{}{}", if sha.starts_with('0') { "1" } else { "0" }, &sha[1..]);
+    std::fs::write(&journal, text.replace(sha, &flipped)).unwrap();
+
+    *s3.faults.posts_left.lock().unwrap() = None;
+    let before = s3.faults.count("PostObject");
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let resumed = &v["Bundle"]["Resumed"];
+    // Part 0 was overwritten by the policy probe and is sent again; 1 and 2 are reused.
+    assert_eq!(resumed["ReusedParts"], 2, "{v}");
+    assert_eq!(resumed["ReplacedParts"], 1, "{v}");
+    assert!(resumed["ResumedFrom"].as_str().unwrap().contains("journals"), "{v}");
+    let parts = s3.store("bkt").get("res/win.manifest.json").map(|m| {
+        let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        m["data"]["objects"].as_array().unwrap().len()
+    });
+    let parts = parts.unwrap();
+    assert!(parts > 5, "{parts} parts");
+    // The probe, the parts not reused, the manifest (s3s now and then needs a form sent twice).
+    let posts = s3.faults.count("PostObject") - before;
+    assert!((parts + 2 - 2..=parts + 2).contains(&posts), "{posts} POSTs for {parts} parts");
+    assert!(!journal.exists(), "the journal is removed once the bundle is complete");
+    let out = dir.path().join("out.img");
+    restore_from(&s3.store("bkt"), "res/win", &out).unwrap();
+    assert_restored_matches(&src, &request(&src, "res/win").plan, &out);
+}

@@ -13,7 +13,7 @@ use crate::Error;
 use crate::bundle::Keys;
 use crate::bundle::create::BundleRequest;
 use crate::progress::NoProgress;
-use crate::store::post::{PostStore, PostTarget};
+use crate::store::post::{Journal, PostStore, PostTarget};
 use crate::task::run::run_tracked;
 use crate::task::store::TaskStore;
 use crate::task::{BundleTask, State, TaskError};
@@ -161,10 +161,29 @@ fn run_job(inner: &Inner, task: BundleTask, spec: JobSpec, cancel: &Arc<AtomicBo
     }
     log(&format!("{id} {} started", task.instance_id));
     let keys = Keys::new(&spec.request.prefix);
+    // The journal lets a BundleInstance for the same bucket and prefix, after a failure or a
+    // server restart, skip what this one stored.
+    let (url, bucket) = (spec.target.url.clone(), spec.target.bucket.clone());
     let store = PostStore::with_cancel(spec.target, spec.concurrency, spec.max_attempts, Some(cancel.clone()))
+        .and_then(|s| {
+            let j = Journal::open(&tasks.journal_dir(), &url, &bucket, &spec.request.prefix, true)?;
+            Ok(s.with_journal(j))
+        })
         .and_then(|s| s.probe(&keys.part(0)).map(|()| s));
     let final_task = match store {
-        Ok(store) => run_tracked(&spec.request, &store, tasks, &NoProgress, cancel).task,
+        Ok(store) => {
+            let outcome = run_tracked(&spec.request, &store, tasks, &NoProgress, cancel);
+            if let Ok((_, stats)) = &outcome.result
+                && let Some(from) = &stats.resumed.resumed_from
+            {
+                let r = &stats.resumed;
+                log(&format!(
+                    "{id} resumed the interrupted upload {from}: {} parts ({} bytes) reused, {} sent again",
+                    r.reused_parts, r.reused_bytes, r.replaced_parts
+                ));
+            }
+            outcome.task
+        }
         Err(e) => fail(tasks, task, &Error::Store(e)),
     };
     match &final_task.error {

@@ -313,7 +313,8 @@ pub struct BundleArgs {
     #[arg(long)]
     pub overwrite: bool,
     /// Do not pick up an interrupted earlier run of this bundle: abort its unfinished upload
-    /// (S3) or drop its partial file (local store) and start over.
+    /// (S3), drop its partial file (local store) or forget its POST journal (upload policy),
+    /// and start over.
     #[arg(long)]
     pub no_resume: bool,
     /// How to print the final bundle task.

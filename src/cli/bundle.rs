@@ -34,11 +34,13 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             ..Default::default()
         },
     };
+    let tasks = super::tasks::open(&args.state_dir)?;
     let post = super::policy::post_store(
         &args.policy,
         &args.store,
         req.part_size.unwrap_or(DEFAULT_PART_SIZE),
         cancel,
+        Some((&tasks.journal_dir(), !args.no_resume)),
     )?;
     let mut req = req;
     if post.is_some() {
@@ -50,7 +52,6 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         Some(p) => Box::new(p),
         None => super::open_store(&args.store, true, args.no_resume, cancel)?,
     };
-    let tasks = super::tasks::open(&args.state_dir)?;
     if let Some(id) = &req.instance_id {
         tasks.check_not_running(id, "")?;
     }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use winbundle::Error;
 use winbundle::store::post::policy::{self, PolicyError, Signing, UploadPolicy};
-use winbundle::store::post::{PostStore, PostTarget};
+use winbundle::store::post::{Journal, PostStore, PostTarget};
 
 use super::args::{PolicyArgs, PolicyOutput, StoreArgs, UploadPolicyArgs};
 
@@ -236,12 +236,14 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
 }
 
 /// The POST store when bundle-instance was given a policy (or the owner's secret key), else None.
-/// The policy is decoded and checked here, before the disk is opened.
+/// The policy is decoded and checked here, before the disk is opened. With `journal` (a folder,
+/// and whether to resume), the store keeps the journal that lets an interrupted run resume.
 pub fn post_store(
     p: &PolicyArgs,
     store: &StoreArgs,
     part_size: u64,
     cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    journal: Option<(&std::path::Path, bool)>,
 ) -> Result<Option<PostStore>, Error> {
     let given = p.upload_policy.is_some() || p.upload_policy_signature.is_some() || p.owner_sak.is_some();
     if !given {
@@ -294,12 +296,16 @@ pub fn post_store(
         store.s3.region.as_deref().or(policy_region.as_deref()),
     );
     let target = PostTarget::new(url, &store.bucket, &akid, parsed, &signature).map_err(IntoError::into_error)?;
-    let post = PostStore::with_cancel(
+    let url = target.url.clone();
+    let mut post = PostStore::with_cancel(
         target,
         store.s3.concurrency,
         store.s3.max_attempts,
         Some(cancel.clone()),
     )?;
+    if let Some((dir, resume)) = journal {
+        post = post.with_journal(Journal::open(dir, &url, &store.bucket, &store.prefix, resume)?);
+    }
     let keys = winbundle::bundle::Keys::new(&store.prefix);
     post.check_policy(&[keys.manifest(), keys.part(0), keys.part(9999)], part_size, None)
         .map_err(IntoError::into_error)?;

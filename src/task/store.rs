@@ -150,6 +150,16 @@ impl TaskStore {
         })
     }
 
+    /// The folder of the task files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the POST store keeps its journals (resuming policy bundles).
+    pub fn journal_dir(&self) -> PathBuf {
+        self.dir.join("journals")
+    }
+
     /// The same folder, with tasks saved from now on marked as run by `origin` (`serve`).
     pub fn with_origin(mut self, origin: &'static str) -> Self {
         self.origin = origin;

@@ -242,3 +242,38 @@ impl FileAt for std::fs::File {
         f.write_all(buf)
     }
 }
+
+/// gpt-disk.img with every free cluster of C: filled with random bytes and marked allocated:
+/// 64 MiB of data, enough for many 5 MiB parts.
+pub fn big_disk(dir: &Path) -> PathBuf {
+    let img = fixture("gpt-disk.img", dir);
+    let disk = winbundle::source::DiskFile::open(&img).unwrap();
+    let c = 10u64 << 20;
+    let vol = winbundle::ntfs::NtfsVolume::open(&disk, c, 64 << 20).unwrap();
+    let bitmap = vol.file_data(6).unwrap();
+    let cs = vol.facts().cluster_size as u64;
+    let clusters = vol.facts().cluster_count;
+    drop(vol);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let run = bitmap.runs[0];
+    assert_eq!(bitmap.runs.len(), 1);
+    let pos = c + run.lcn.unwrap() * cs;
+    let mut bits = vec![0u8; clusters.div_ceil(8) as usize];
+    f.read_exact_at(&mut bits, pos).unwrap();
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut random = vec![0u8; cs as usize];
+    for cl in 0..clusters {
+        if bits[(cl / 8) as usize] & (1 << (cl % 8)) == 0 {
+            for b in random.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                b.copy_from_slice(&seed.to_le_bytes());
+            }
+            f.write_all_at(&random, c + cl * cs).unwrap();
+            bits[(cl / 8) as usize] |= 1 << (cl % 8);
+        }
+    }
+    f.write_all_at(&bits, pos).unwrap();
+    img
+}

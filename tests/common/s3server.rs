@@ -32,6 +32,8 @@ pub struct Faults {
     pub deny: AtomicBool,
     /// Hold every PostObject (policy upload) this many milliseconds: keeps a bundle running.
     pub post_delay_ms: AtomicU64,
+    /// Accept this many more PostObject requests, then answer 403 AccessDenied (None: no limit).
+    pub posts_left: Mutex<Option<u32>>,
     /// Answer this many UploadPart requests with 503 SlowDown (throttling).
     pub slow_down: AtomicU32,
     /// Hold every UploadPart without answering (a server that stalls).
@@ -258,6 +260,14 @@ impl Service<http::Request<Incoming>> for Faulty {
             let delay = faults.post_delay_ms.load(Ordering::SeqCst);
             if op == "PostObject" && delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            }
+            if op == "PostObject" {
+                let mut left = faults.posts_left.lock().unwrap();
+                match left.as_mut() {
+                    Some(0) => return Ok(s3_error(403, "AccessDenied", "Access Denied")),
+                    Some(n) => *n -= 1,
+                    None => {}
+                }
             }
             if op == "AbortMultipartUpload" && faults.deny_abort.load(Ordering::SeqCst) {
                 return Ok(s3_error(403, "AccessDenied", "Access Denied"));

@@ -5,15 +5,19 @@
 //! given, then `file`. No secret key is needed or read. A policy can only add objects: nothing
 //! can be read back, replaced or deleted, so a failed bundle lists the parts it left behind.
 
+pub mod journal;
 pub mod policy;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender, bounded};
+use sha2::Digest;
 
 use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, StoreError, names};
+pub use journal::Journal;
+use journal::Stored;
 pub use policy::{PolicyError, UploadPolicy};
 
 /// The operation named in errors of uploads with a version 2 policy.
@@ -58,6 +62,8 @@ pub fn hint(op: &str, code: &str) -> Option<&'static str> {
 struct Job {
     key: String,
     body: Vec<u8>,
+    /// The body's size and SHA-256 when the writer knows them (for the journal).
+    stored: Option<Stored>,
 }
 
 /// Where and how to POST.
@@ -129,6 +135,8 @@ struct Shared {
     error: Mutex<Option<StoreError>>,
     /// Set by Ctrl-C or a cancel request: no new upload starts, and no wait goes on.
     cancel: Option<Arc<AtomicBool>>,
+    /// What this bundle's earlier runs and this one stored (see [`journal`]).
+    journal: OnceLock<Journal>,
 }
 
 /// A bucket reachable only through an upload policy.
@@ -164,6 +172,7 @@ impl PostStore {
             uploaded: Mutex::default(),
             error: Mutex::default(),
             cancel,
+            journal: OnceLock::new(),
         });
         let (tx, rx) = bounded::<Job>(0);
         let mut workers = Vec::new();
@@ -174,7 +183,7 @@ impl PostStore {
                     if shared.cancelled() || shared.error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         continue; // after a failure or a cancel, drop the rest
                     }
-                    match post(&shared, &job.key, job.body) {
+                    match post(&shared, &job.key, job.body, job.stored) {
                         Ok(()) => shared.uploaded.lock().map(|mut u| u.push(job.key)).unwrap_or(()),
                         Err(e) => {
                             if let Ok(mut slot) = shared.error.lock() {
@@ -190,6 +199,18 @@ impl PostStore {
             jobs: Mutex::new(Some(tx)),
             workers: Mutex::new(workers),
         })
+    }
+
+    /// Keeps a journal of what is stored, and skips objects an earlier run of the same bundle
+    /// stored with the same bytes (see [`journal`]).
+    pub fn with_journal(self, journal: Journal) -> Self {
+        let _ = self.shared.journal.set(journal);
+        self
+    }
+
+    /// The journal, when the store keeps one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.shared.journal.get()
     }
 
     fn failed(&self) -> Option<StoreError> {
@@ -224,6 +245,8 @@ struct PostWriter {
     shared: std::sync::Arc<Shared>,
     key: String,
     buf: Vec<u8>,
+    /// The parts ended so far; an object of one part has its size and SHA-256 known.
+    parts: Vec<PartInfo>,
 }
 
 impl ObjectWriter for PostWriter {
@@ -232,7 +255,8 @@ impl ObjectWriter for PostWriter {
         Ok(())
     }
 
-    fn end_part(&mut self, _part: &PartInfo) -> Result<(), StoreError> {
+    fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError> {
+        self.parts.push(*part);
         Ok(())
     }
 
@@ -244,12 +268,37 @@ impl ObjectWriter for PostWriter {
         if let Some(e) = self.shared.failed() {
             return Err(e);
         }
-        let PostWriter { tx, shared, key, buf } = *self;
-        let mut job = Job { key, body: buf };
+        let PostWriter {
+            tx,
+            shared,
+            key,
+            buf,
+            parts,
+        } = *self;
+        let stored = match parts.as_slice() {
+            [p] if p.size == buf.len() as u64 => Some(Stored {
+                size: p.size,
+                sha256: p.sha256,
+            }),
+            _ => None,
+        };
+        let mut receipt = ObjectReceipt::default();
+        if let (Some(j), Some(now)) = (shared.journal.get(), stored)
+            && let Some(before) = j.earlier(&key)
+        {
+            receipt.resumed.resumed_from = Some(format!("recorded in {}", j.path().display()));
+            if before == now {
+                receipt.resumed.reused_parts = 1;
+                receipt.resumed.reused_bytes = now.size;
+                return Ok(receipt); // stored by an earlier run, with these very bytes
+            }
+            receipt.resumed.replaced_parts = 1;
+        }
+        let mut job = Job { key, body: buf, stored };
         loop {
             // Waits for a free worker, looking at the cancel flag meanwhile.
             match tx.send_timeout(job, Duration::from_millis(100)) {
-                Ok(()) => return Ok(ObjectReceipt::default()),
+                Ok(()) => return Ok(receipt),
                 Err(SendTimeoutError::Timeout(j)) if !shared.cancelled() => job = j,
                 Err(SendTimeoutError::Timeout(_)) => return Err(StoreError::Cancelled { op: "PostObject" }),
                 Err(SendTimeoutError::Disconnected(_)) => {
@@ -312,8 +361,28 @@ fn form_body(t: &PostTarget, key: &str, data: &[u8]) -> (String, bytes::Bytes) {
     )
 }
 
+/// One POST Object (see [`post_once`]), recorded in the journal once the server took it.
+fn post(s: &Shared, key: &str, data: Vec<u8>, stored: Option<Stored>) -> Result<(), StoreError> {
+    let journal = s.journal.get();
+    let stored = journal.map(|_| {
+        stored.unwrap_or_else(|| Stored {
+            size: data.len() as u64,
+            sha256: sha2::Sha256::digest(&data).into(),
+        })
+    });
+    if let Some(j) = journal {
+        j.withdraw(key)?;
+    }
+    post_once(s, key, data)?;
+    if let (Some(j), Some(stored)) = (journal, stored) {
+        // Without its line the object is only sent again by a resumed run: not worth failing for.
+        let _ = j.record(key, stored);
+    }
+    Ok(())
+}
+
 /// One POST Object, retried on 5xx and connection failures with backoff.
-fn post(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
+fn post_once(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
     let t = &s.target;
     let location = format!("{}/{key}", t.bucket);
     let (content_type, body) = form_body(t, key, &data);
@@ -406,7 +475,7 @@ impl ObjectStore for PostStore {
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
         self.flush()?;
-        post(&self.shared, key, bytes.to_vec())?;
+        post(&self.shared, key, bytes.to_vec(), None)?;
         if let Ok(mut u) = self.shared.uploaded.lock() {
             u.push(key.to_string());
         }
@@ -432,6 +501,7 @@ impl ObjectStore for PostStore {
             shared: self.shared.clone(),
             key: key.to_string(),
             buf: Vec::new(),
+            parts: Vec::new(),
         }))
     }
 
@@ -467,11 +537,16 @@ impl ObjectStore for PostStore {
 
     fn leftovers(&self) -> Option<String> {
         let left = self.uploaded();
-        (!left.is_empty()).then(|| {
-            format!(
+        (!left.is_empty()).then(|| match self.journal() {
+            Some(j) => format!(
+                "these objects were written and remain (an upload policy cannot delete them): {}; run the same command again to resume: what they hold is recorded in {} and is not sent again",
+                left.join(", "),
+                j.path().display()
+            ),
+            None => format!(
                 "these objects were written and remain (an upload policy can neither delete them nor resume the bundle: run it again to start over): {}",
                 left.join(", ")
-            )
+            ),
         })
     }
 
@@ -497,7 +572,20 @@ impl PostStore {
                 _ => None,
             })
             .unwrap_or(0);
-        post(&self.shared, key, vec![0u8; min as usize])
+        let body = vec![0u8; min as usize];
+        let stored = Stored {
+            size: body.len() as u64,
+            sha256: sha2::Sha256::digest(&body).into(),
+        };
+        if let Some(j) = self.journal() {
+            j.withdraw(key)?;
+        }
+        post_once(&self.shared, key, body)?;
+        match self.journal() {
+            // Its line must reach the journal: the earlier run's part there is gone.
+            Some(j) => j.overwritten(key, stored),
+            None => Ok(()),
+        }
     }
 
     /// The policy checks for a bundle: keys, part size, and whether it lasts until the end.
