@@ -196,6 +196,8 @@ impl Api {
             overwrite: b.overwrite,
             assigned: None,
             live: Default::default(),
+            parent: None,
+            force_parent: false,
         };
         validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
         if self.jobs.stopping() {

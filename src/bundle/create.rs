@@ -7,8 +7,10 @@ use std::sync::atomic::AtomicBool;
 
 use super::Keys;
 use super::manifest::{
-    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, Layout, Manifest, RootInfo, SourceInfo, Stats,
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, IndexInfo, Layout, Manifest, ParentInfo, RootInfo,
+    SourceInfo, Stats,
 };
+pub use super::parent::ParentChoice;
 use super::plan::{Plan, PlanOptions};
 use super::writer::StreamWriter;
 use crate::Error;
@@ -60,6 +62,10 @@ pub struct BundleRequest {
     pub assigned: Option<Assigned>,
     /// How a live Windows volume is read (snapshot or not); ignored for image files.
     pub live: crate::source::live::LiveOptions,
+    /// The earlier bundle an incremental bundle reuses frames of.
+    pub parent: Option<ParentChoice>,
+    /// Reuse a parent bundle of another instance.
+    pub force_parent: bool,
 }
 
 /// A task's identity given before its run.
@@ -280,8 +286,12 @@ fn run(
     }
     let max_parts = bound.div_ceil(part_size).max(1) as u32;
     let planned_keys = match req.layout {
-        Layout::Single => vec![keys.manifest(), keys.image()],
-        Layout::Parts => vec![keys.manifest(), keys.part(0), keys.part(max_parts - 1)],
+        Layout::Single => vec![keys.manifest(), keys.index(), keys.image()],
+        Layout::Parts => vec![keys.manifest(), keys.index(), keys.part(0), keys.part(max_parts - 1)],
+    };
+    let parent = match &req.parent {
+        Some(choice) => open_parent(store, req, choice, &task.instance_id, notes)?,
+        None => None,
     };
     notes
         .warnings
@@ -293,12 +303,16 @@ fn run(
     progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
     let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
+    if let Some(p) = &parent {
+        writer = writer.with_parent(&p.bundle);
+    }
     let cfg = PipelineConfig {
         chunk_size: req.chunk_size,
         level: req.level,
         threads: req.threads,
     };
-    let mut stats = match run_pipeline(&mut source, cfg, &mut writer, progress, cancel) {
+    let reuse = parent.as_ref().map(|p| p as &dyn crate::chunk::Reuse);
+    let mut stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, progress, cancel) {
         Ok(s) => s,
         Err(e) => {
             writer.abort();
@@ -309,15 +323,29 @@ fn run(
     task.progress = "99%".into();
     task.update_time = task::now_iso();
     on_update(task)?;
-    let (data, bundle_sha256, resumed) = writer.finish()?;
+    let finished = writer.finish(req.chunk_size as u64, plan.image_len)?;
+    let (data, bundle_sha256, resumed) = (finished.data, finished.bundle_sha256, finished.resumed);
     store.flush()?;
-    if cancel.load(std::sync::atomic::Ordering::SeqCst) {
-        // Cancelled while the last parts were stored: the bundle must not become complete.
+    let index_bytes = finished.index.encode();
+    let stored_index = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        Err(Error::Cancelled)
+    } else {
+        store.put(&keys.index(), &index_bytes).map_err(Error::from)
+    };
+    if let Err(e) = stored_index {
+        // Cancelled while the last parts were stored, or the index could not be stored: the
+        // bundle must not become complete.
         for o in &data.objects {
             let _ = store.delete(&o.key);
         }
-        return Err(Error::Cancelled);
+        return Err(e);
     }
+    let index = IndexInfo {
+        key: keys.index(),
+        size: index_bytes.len() as u64,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&index_bytes)),
+        chunk_hash: "blake3".into(),
+    };
     let root = plan.layout.root();
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
@@ -352,9 +380,17 @@ fn run(
             level: req.level,
             frame_checksum: "xxh64-low32".into(),
             zero_chunks: stats.zero_chunks,
+            zstd_version: Some(zstd::zstd_safe::version_string().to_string()),
         },
         data,
         bundle_sha256,
+        index: Some(index),
+        parent: parent.as_ref().map(|p| ParentInfo {
+            prefix: p.prefix.clone(),
+            bundle_id: p.bundle.manifest.bundle_id.clone(),
+            reused_chunks: stats.reused_chunks,
+            reused_bytes: stats.reused_bytes,
+        }),
         stats: Stats {
             allocated_bytes: plan.allocated_bytes,
             data_bytes: stats.data_bytes,
@@ -368,6 +404,7 @@ fn run(
         for o in &manifest.data.objects {
             let _ = store.delete(&o.key);
         }
+        let _ = store.delete(&keys.index());
         return Err(e.into());
     }
     progress.finish();
@@ -375,6 +412,51 @@ fn run(
     notes.warnings.extend(resumed.note.clone());
     stats.resumed = resumed;
     Ok((manifest, stats))
+}
+
+/// Opens the parent of an incremental bundle, or says why its frames cannot be reused. `None`
+/// when they could be read but would not give the frames a full bundle makes (another zstd
+/// version or level): then every chunk is compressed, with a note.
+fn open_parent<'s>(
+    store: &'s dyn ObjectStore,
+    req: &BundleRequest,
+    choice: &ParentChoice,
+    instance_id: &str,
+    notes: &mut Notes,
+) -> Result<Option<super::parent::Parent<'s>>, Error> {
+    if !store.is_local() {
+        return Err(invalid(
+            "--parent",
+            format!(
+                "incremental bundles are made in a local store for now ({} would have to send the reused frames through this machine; copying them on the server with UploadPartCopy is not built yet): bundle without --parent/--incremental",
+                store.location()
+            ),
+        ));
+    }
+    let parent = super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent)?;
+    let m = &parent.bundle.manifest;
+    if m.chunk_size != req.chunk_size as u64 {
+        return Err(invalid(
+            "--chunk-size",
+            format!(
+                "{} bytes, but the parent bundle {} has chunks of {} bytes: an incremental bundle reuses whole chunks, so pass --chunk-size {} (or bundle without --parent)",
+                req.chunk_size, parent.prefix, m.chunk_size, m.chunk_size
+            ),
+        ));
+    }
+    let zstd_now = zstd::zstd_safe::version_string();
+    let same_frames = m.compression.level == req.level && m.compression.zstd_version.as_deref() == Some(zstd_now);
+    if !same_frames {
+        notes.warnings.push(format!(
+            "the parent bundle {} was compressed by zstd {} at level {}, this run uses zstd {zstd_now} at level {}: its frames would differ from this run's, so every chunk is compressed again (a full bundle)",
+            parent.prefix,
+            m.compression.zstd_version.as_deref().unwrap_or("(unknown)"),
+            m.compression.level,
+            req.level
+        ));
+        return Ok(None);
+    }
+    Ok(Some(parent))
 }
 
 /// The partitions a bundle leaves out, with why.

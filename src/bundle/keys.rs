@@ -18,6 +18,11 @@ impl Keys {
         format!("{}.manifest.json", self.prefix)
     }
 
+    /// The chunk index (plaintext hash and frame of every chunk).
+    pub fn index(&self) -> String {
+        format!("{}.index.zst", self.prefix)
+    }
+
     /// The data stream as one object (`--layout single`).
     pub fn image(&self) -> String {
         format!("{}.image.zst", self.prefix)

@@ -39,6 +39,10 @@ pub struct Manifest {
     pub data: DataInfo,
     /// SHA-256 over the 32-byte SHA-256 digests of every part, in stream order (hex).
     pub bundle_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<IndexInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentInfo>,
     pub stats: Stats,
     pub excluded_partitions: Vec<ExcludedPartition>,
     pub excluded_files: Vec<Exclusion>,
@@ -73,6 +77,32 @@ pub struct Compression {
     /// Each frame carries zstd's content checksum (low 32 bits of XXH64), repeated in the seek table.
     pub frame_checksum: String,
     pub zero_chunks: u64,
+    /// The zstd library version that made the frames (`1.5.7`): frames of the same version,
+    /// level and chunk size are byte-identical for the same plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zstd_version: Option<String>,
+}
+
+/// The chunk index object (absent in bundles made before it existed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexInfo {
+    pub key: String,
+    pub size: u64,
+    /// SHA-256 (hex) of the index object.
+    pub sha256: String,
+    /// The plaintext hash per chunk: `blake3`.
+    pub chunk_hash: String,
+}
+
+/// The bundle an incremental bundle reused frames of (for information: the bundle does not
+/// need it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParentInfo {
+    pub prefix: String,
+    pub bundle_id: String,
+    /// Chunks whose frames were taken from the parent instead of compressed again.
+    pub reused_chunks: u64,
+    pub reused_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,6 +202,14 @@ impl Manifest {
             if o.parts_sha256.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
                 return Err(bad(format!("object {} has a malformed SHA-256", o.key)));
             }
+        }
+        if let Some(i) = &m.index
+            && (i.sha256.len() != 64 || hex::decode(&i.sha256).is_err() || i.chunk_hash != "blake3")
+        {
+            return Err(bad(format!(
+                "index {} has a malformed SHA-256 or an unknown chunk hash {:?}",
+                i.key, i.chunk_hash
+            )));
         }
         if d.seek_table_offset.checked_add(d.seek_table_size) != Some(d.stream_size) {
             return Err(bad("the seek table does not end the stream".into()));

@@ -7,8 +7,10 @@
 //! as objects `P.part.N`; `P.manifest.json` is written last.
 
 pub mod create;
+pub mod index;
 pub mod keys;
 pub mod manifest;
+pub mod parent;
 pub mod plan;
 pub mod read;
 pub mod writer;
@@ -23,6 +25,8 @@ pub enum FormatError {
     Manifest { key: String, problem: String },
     #[error("seek table: {0}")]
     SeekTable(String),
+    #[error("chunk index: {0}")]
+    Index(String),
     #[error("integrity check failed: {what}")]
     Integrity { what: String },
 }

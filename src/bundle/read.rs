@@ -1,6 +1,7 @@
 //! Reading a bundle back: `verify` checks every object against the manifest (sizes, the
-//! SHA-256 of every part, the bundle digest, the seek table, and every frame's content
-//! checksum); `restore` does the same while it rebuilds the raw volume.
+//! SHA-256 of every part, the bundle digest, the seek table, every frame's content checksum,
+//! and, where the bundle has a chunk index, every chunk's BLAKE3); `restore` does the same
+//! while it rebuilds the raw volume.
 //!
 //! A restore writes to `OUTPUT.partial` (sparse where the data is zero) and renames it only
 //! once everything checked out; on any failure the partial file is removed, so no file that
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::index::{ChunkIndex, chunk_hash};
 use super::manifest::Manifest;
 use super::{FormatError, Keys};
 use crate::Error;
@@ -41,6 +43,9 @@ pub struct OpenedBundle<'s> {
     store: &'s dyn ObjectStore,
     pub manifest: Manifest,
     pub seek: Vec<SeekEntry>,
+    /// The chunk index, checked against the manifest's digest and the seek table (bundles made
+    /// before indexes existed have none).
+    pub index: Option<ChunkIndex>,
     /// Stream offset of each object.
     object_offsets: Vec<u64>,
     parts: Vec<PartSpan>,
@@ -99,6 +104,7 @@ impl<'s> OpenedBundle<'s> {
             store,
             manifest,
             seek: Vec::new(),
+            index: None,
             object_offsets,
             parts,
             fetchers: 2,
@@ -109,7 +115,30 @@ impl<'s> OpenedBundle<'s> {
         let seek = parse_seek_table(&table).map_err(Error::from)?;
         b.check_seek(&seek)?;
         b.seek = seek;
+        b.index = b.read_index()?;
         Ok(b)
+    }
+
+    /// Reads the chunk index the manifest names and checks it: its SHA-256, its format, and
+    /// that it describes the seek table's frames.
+    fn read_index(&self) -> Result<Option<ChunkIndex>, Error> {
+        let Some(info) = &self.manifest.index else { return Ok(None) };
+        let bytes = self.store.get(&info.key)?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if bytes.len() as u64 != info.size || digest != info.sha256 {
+            return Err(integrity(format!(
+                "the chunk index {} ({} bytes, SHA-256 {digest}) is not the one the manifest names ({} bytes, {})",
+                info.key,
+                bytes.len(),
+                info.size,
+                info.sha256
+            )));
+        }
+        let m = &self.manifest;
+        let index = ChunkIndex::decode(&bytes, m.chunk_count)?;
+        let seek: Vec<(u32, u32)> = self.seek.iter().map(|e| (e.compressed, e.raw)).collect();
+        index.check(m.chunk_size, m.volume_size, &seek)?;
+        Ok(Some(index))
     }
 
     /// Sets how many ranged reads run at once (S3: more hides latency).
@@ -147,7 +176,7 @@ impl<'s> OpenedBundle<'s> {
     }
 
     /// Reads stream bytes [offset, offset + buf.len()) across objects.
-    fn read_stream(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<(), Error> {
+    pub fn read_stream(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<(), Error> {
         while !buf.is_empty() {
             let i = self.object_offsets.partition_point(|&o| o <= offset) - 1;
             let obj = &self.manifest.data.objects[i];
@@ -210,6 +239,8 @@ impl<'s> OpenedBundle<'s> {
         let chunk_size = self.manifest.chunk_size as usize;
         let zero = ZeroFrame::new(chunk_size, self.manifest.compression.level).ok();
         let zeros = vec![0u8; if zero.is_some() { chunk_size } else { 0 }];
+        let zero_hash = self.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
+        let hash_of = |i: u64| self.index.as_ref().map(|idx| idx.entries[i as usize].hash);
         let frames = BufPool::default();
         let raws = BufPool::default();
         let mut stats = ReadStats::default();
@@ -313,6 +344,9 @@ impl<'s> OpenedBundle<'s> {
                         return Err(fail("its frame checksum differs from the seek table".into()));
                     }
                     if e.raw as usize == chunk_size && zero.as_ref().is_some_and(|z| z.bytes == frame) {
+                        if hash_of(i).is_some_and(|h| Some(h) != zero_hash) {
+                            return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
+                        }
                         frames.give(frame);
                         return Ok((Vec::new(), true));
                     }
@@ -324,6 +358,9 @@ impl<'s> OpenedBundle<'s> {
                         .map_err(|err| fail(format!("zstd: {err}")))?;
                     if n != e.raw as usize {
                         return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                    }
+                    if hash_of(i).is_some_and(|h| h != chunk_hash(&raw)) {
+                        return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
                     }
                     frames.give(frame);
                     Ok((raw, false))

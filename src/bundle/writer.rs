@@ -5,10 +5,12 @@
 use sha2::{Digest, Sha256};
 
 use super::Keys;
+use super::index::{ChunkIndex, IndexEntry};
 use super::manifest::{DataInfo, Layout, ObjectInfo};
+use super::read::OpenedBundle;
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
-use crate::chunk::pipeline::FrameSink;
+use crate::chunk::pipeline::{FrameBytes, FrameSink};
 use crate::progress::Progress;
 use crate::store::{ObjectStore, ObjectWriter, PartInfo, ResumeStats};
 
@@ -31,6 +33,21 @@ pub struct StreamWriter<'a> {
     stored_before: u64,
     reported: u64,
     resumed: ResumeStats,
+    /// The chunk index: each chunk's plaintext hash and where its frame went.
+    index: Vec<IndexEntry>,
+    /// The bundle whose frames reused chunks take (incremental bundles), and a buffer for them.
+    parent: Option<&'a OpenedBundle<'a>>,
+    reused: Vec<u8>,
+}
+
+/// A finished data stream.
+pub struct Finished {
+    pub data: DataInfo,
+    /// SHA-256 over the part digests (hex).
+    pub bundle_sha256: String,
+    /// What an interrupted earlier run had stored and this one reused.
+    pub resumed: ResumeStats,
+    pub index: ChunkIndex,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -58,7 +75,16 @@ impl<'a> StreamWriter<'a> {
             stored_before: 0,
             reported: 0,
             resumed: ResumeStats::default(),
+            index: Vec::new(),
+            parent: None,
+            reused: Vec::new(),
         }
+    }
+
+    /// Takes reused frames from `parent` (an incremental bundle).
+    pub fn with_parent(mut self, parent: &'a OpenedBundle<'a>) -> Self {
+        self.parent = Some(parent);
+        self
     }
 
     fn open_object(&mut self) -> Result<(), Error> {
@@ -147,8 +173,9 @@ impl<'a> StreamWriter<'a> {
     }
 
     /// Writes the seek table, closes the last part and object. Returns the data description,
-    /// the bundle digest, and what an interrupted earlier run had stored that was reused.
-    pub fn finish(mut self) -> Result<(DataInfo, String, ResumeStats), Error> {
+    /// the bundle digest, what an interrupted earlier run had stored that was reused, and the
+    /// chunk index of a volume of `volume_size` bytes in chunks of `chunk_size`.
+    pub fn finish(mut self, chunk_size: u64, volume_size: u64) -> Result<Finished, Error> {
         let table = encode_seek_table(&self.seek);
         let seek_table_offset = self.stream_size;
         self.write_bytes(&table)?;
@@ -165,7 +192,16 @@ impl<'a> StreamWriter<'a> {
             seek_table_size: table.len() as u64,
             objects: std::mem::take(&mut self.done),
         };
-        Ok((info, digest, std::mem::take(&mut self.resumed)))
+        Ok(Finished {
+            data: info,
+            bundle_sha256: digest,
+            resumed: std::mem::take(&mut self.resumed),
+            index: ChunkIndex {
+                chunk_size,
+                volume_size,
+                entries: std::mem::take(&mut self.index),
+            },
+        })
     }
 
     /// Removes everything written so far (best effort).
@@ -180,12 +216,39 @@ impl<'a> StreamWriter<'a> {
 }
 
 impl FrameSink for StreamWriter<'_> {
-    fn frame(&mut self, _index: u64, frame: &[u8], raw_len: u32, _zero: bool) -> Result<(), Error> {
+    fn frame(
+        &mut self,
+        index: u64,
+        frame: FrameBytes<'_>,
+        raw_len: u32,
+        _zero: bool,
+        hash: &[u8; 32],
+    ) -> Result<(), Error> {
+        let mut reused = std::mem::take(&mut self.reused);
+        let bytes = match frame {
+            FrameBytes::New(b) => b,
+            FrameBytes::Reused(r) => {
+                let parent = self.parent.ok_or_else(|| {
+                    Error::Internal(format!("chunk {index}: a reused frame without a parent bundle"))
+                })?;
+                reused.resize(r.length as usize, 0);
+                parent.read_stream(r.offset, &mut reused)?;
+                &reused[..]
+            }
+        };
         self.seek.push(SeekEntry {
-            compressed: frame.len() as u32,
+            compressed: bytes.len() as u32,
             raw: raw_len,
-            checksum: frame_checksum(frame),
+            checksum: frame_checksum(bytes),
         });
-        self.write_bytes(frame)
+        self.index.push(IndexEntry {
+            hash: *hash,
+            offset: self.stream_size,
+            length: bytes.len() as u32,
+            raw_len,
+        });
+        let written = self.write_bytes(bytes);
+        self.reused = reused;
+        written
     }
 }

@@ -8,5 +8,5 @@ pub mod pipeline;
 pub mod source;
 
 pub use frame::{SeekEntry, ZeroFrame};
-pub use pipeline::{FrameSink, PipelineConfig, PipelineStats, run_pipeline};
+pub use pipeline::{FrameBytes, FrameSink, PipelineConfig, PipelineStats, Reuse, ReusedFrame, run_pipeline};
 pub use source::ChunkSource;

@@ -14,6 +14,7 @@ use super::ordered::{BufPool, Pool, ordered_map};
 use super::source::ChunkBuf;
 use super::source::ChunkSource;
 use crate::Error;
+use crate::bundle::index::chunk_hash;
 use crate::progress::Progress;
 
 /// Settings of one run.
@@ -26,9 +27,31 @@ pub struct PipelineConfig {
 
 /// Receives frames in chunk order.
 pub trait FrameSink {
-    /// `frame` is one complete zstd frame for chunk `index` of `raw_len` bytes; `zero` is set
-    /// when it is the shared all-zero frame.
-    fn frame(&mut self, index: u64, frame: &[u8], raw_len: u32, zero: bool) -> Result<(), Error>;
+    /// `frame` is one complete zstd frame for chunk `index` of `raw_len` bytes whose plaintext
+    /// hashes to `hash` ([`crate::bundle::index::chunk_hash`]); `zero` is set when it is the
+    /// shared all-zero frame.
+    fn frame(&mut self, index: u64, frame: FrameBytes<'_>, raw_len: u32, zero: bool, hash: &[u8; 32])
+    -> Result<(), Error>;
+}
+
+/// A frame's bytes: new ones, or an earlier bundle's frame for the same plaintext.
+pub enum FrameBytes<'a> {
+    New(&'a [u8]),
+    Reused(ReusedFrame),
+}
+
+/// Where an earlier bundle (the parent of an incremental one) holds a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReusedFrame {
+    /// Offset and length of the frame in the parent's data stream.
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// The frames of an earlier bundle, by the hash of their plaintext (incremental bundles).
+pub trait Reuse: Sync {
+    /// The earlier frame of a chunk of `raw_len` bytes whose plaintext hashes to `hash`.
+    fn lookup(&self, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame>;
 }
 
 /// What a run did, and where its time went.
@@ -50,6 +73,9 @@ pub struct PipelineStats {
     pub source_reads: crate::source::device::ReadStats,
     /// What an interrupted earlier run had stored and this one reused.
     pub resumed: crate::store::ResumeStats,
+    /// Chunks (and their plaintext bytes) whose frames came from the parent bundle.
+    pub reused_chunks: u64,
+    pub reused_bytes: u64,
 }
 
 enum Job {
@@ -62,14 +88,17 @@ enum Job {
 
 enum Frame {
     Zero { raw_len: u32 },
-    Data { bytes: Vec<u8>, raw_len: u32 },
+    Data { bytes: Vec<u8>, raw_len: u32, hash: [u8; 32] },
+    Reused { frame: ReusedFrame, raw_len: u32, hash: [u8; 32] },
 }
 
-/// Runs the pipeline over every chunk of `source`.
+/// Runs the pipeline over every chunk of `source`. With `reuse`, a chunk whose plaintext an
+/// earlier bundle holds is not compressed: its frame is that bundle's.
 pub fn run_pipeline(
     source: &mut ChunkSource<'_>,
     cfg: PipelineConfig,
     sink: &mut dyn FrameSink,
+    reuse: Option<&dyn Reuse>,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<PipelineStats, Error> {
@@ -79,6 +108,7 @@ pub fn run_pipeline(
     let chunks = image_len.div_ceil(chunk);
     let compress_err = |e: std::io::Error| Error::Compress(e.to_string());
     let zero = ZeroFrame::new(cfg.chunk_size, cfg.level).map_err(compress_err)?;
+    let zero_hash = chunk_hash(&vec![0u8; cfg.chunk_size]);
     let inputs = Pool::<ChunkBuf>::default();
     let outputs = BufPool::default();
     let compress_nanos = AtomicU64::new(0);
@@ -131,11 +161,21 @@ pub fn run_pipeline(
             let frame = if data.len() == cfg.chunk_size && is_all_zero(data) {
                 Frame::Zero { raw_len }
             } else {
-                let mut out = outputs.take();
-                compressor
-                    .compress(data, &mut out)
-                    .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
-                Frame::Data { bytes: out, raw_len }
+                let hash = chunk_hash(data);
+                match reuse.and_then(|r| r.lookup(&hash, raw_len)) {
+                    Some(frame) => Frame::Reused { frame, raw_len, hash },
+                    None => {
+                        let mut out = outputs.take();
+                        compressor
+                            .compress(data, &mut out)
+                            .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
+                        Frame::Data {
+                            bytes: out,
+                            raw_len,
+                            hash,
+                        }
+                    }
+                }
             };
             compress_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             inputs.give(buf);
@@ -147,12 +187,18 @@ pub fn run_pipeline(
                 Frame::Zero { raw_len } => {
                     stats.zero_chunks += 1;
                     stats.compressed_bytes += zero.bytes.len() as u64;
-                    sink.frame(index, &zero.bytes, raw_len, true)?;
+                    sink.frame(index, FrameBytes::New(&zero.bytes), raw_len, true, &zero_hash)?;
                 }
-                Frame::Data { bytes, raw_len } => {
+                Frame::Data { bytes, raw_len, hash } => {
                     stats.compressed_bytes += bytes.len() as u64;
-                    sink.frame(index, &bytes, raw_len, false)?;
+                    sink.frame(index, FrameBytes::New(&bytes), raw_len, false, &hash)?;
                     outputs.give(bytes);
+                }
+                Frame::Reused { frame, raw_len, hash } => {
+                    stats.compressed_bytes += u64::from(frame.length);
+                    stats.reused_chunks += 1;
+                    stats.reused_bytes += u64::from(raw_len);
+                    sink.frame(index, FrameBytes::Reused(frame), raw_len, false, &hash)?;
                 }
             }
             stats.store_time += t.elapsed();

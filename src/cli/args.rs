@@ -317,6 +317,17 @@ pub struct BundleArgs {
     /// and start over.
     #[arg(long)]
     pub no_resume: bool,
+    /// Incremental bundle: reuse the frames of the bundle under this prefix (same bucket) for
+    /// chunks that did not change. The result is still a complete bundle on its own.
+    #[arg(long, value_name = "PREFIX", conflicts_with = "incremental")]
+    pub parent: Option<String>,
+    /// Incremental bundle on the newest complete bundle of the same instance in the folder of
+    /// --prefix (what comes before its last `/`).
+    #[arg(long)]
+    pub incremental: bool,
+    /// Reuse a parent bundle made of another instance.
+    #[arg(long)]
+    pub force_parent: bool,
     /// How to print the final bundle task.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,

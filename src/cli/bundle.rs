@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, default_threads, validate};
+use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, ParentChoice, default_threads, validate};
 use winbundle::progress::Progress;
 use winbundle::task::new_request_id;
 use winbundle::task::run::run_tracked;
@@ -33,6 +33,12 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             snapshot_timeout: args.live.snapshot_timeout,
             ..Default::default()
         },
+        parent: match (&args.parent, args.incremental) {
+            (Some(p), _) => Some(ParentChoice::Prefix(p.clone())),
+            (None, true) => Some(ParentChoice::Newest),
+            (None, false) => None,
+        },
+        force_parent: args.force_parent,
     };
     let tasks = super::tasks::open(&args.state_dir)?;
     let post = super::policy::post_store(
@@ -87,6 +93,15 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             }
         );
     }
+    if let Ok((m, s)) = &outcome.result
+        && let Some(p) = &m.parent
+        && !args.quiet
+    {
+        eprintln!(
+            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} of {} bytes read) reused its frames, not compressed again",
+            p.prefix, p.bundle_id, p.reused_chunks, s.chunks, p.reused_bytes, s.data_bytes
+        );
+    }
     if let Ok((m, _)) = &outcome.result {
         for x in m
             .excluded_files
@@ -122,6 +137,13 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                 "StoreSeconds": s.store_time.as_secs_f64(),
                 "SourceReads": s.source_reads,
                 "Resumed": s.resumed,
+                "IndexKey": m.index.as_ref().map(|i| i.key.clone()),
+                "Parent": m.parent.as_ref().map(|p| json!({
+                    "Prefix": p.prefix,
+                    "BundleId": p.bundle_id,
+                    "ReusedChunks": p.reused_chunks,
+                    "ReusedBytes": p.reused_bytes,
+                })),
                 "InstanceIdDerived": outcome.instance_id_derived,
             }))
         }

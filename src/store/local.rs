@@ -46,6 +46,34 @@ impl LocalStore {
         self
     }
 
+    /// Every file under the bucket whose key starts with `prefix`: (key, entry).
+    fn files(&self, prefix: &str) -> Result<Vec<(String, fs::DirEntry)>, StoreError> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Self::io("list", prefix)(e)),
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                    continue;
+                }
+                let Some(rel) = p.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else {
+                    continue;
+                };
+                let rel = rel.replace('\\', "/");
+                if rel.starts_with(prefix) {
+                    out.push((rel, entry));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn path(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }
@@ -157,45 +185,40 @@ impl ObjectStore for LocalStore {
 
     fn unfinished(&self, prefix: &str) -> Result<Vec<Upload>, StoreError> {
         let mut out = Vec::new();
-        let mut dirs = vec![self.root.clone()];
-        while let Some(dir) = dirs.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Self::io("list", prefix)(e)),
+        for (rel, entry) in self.files(prefix)? {
+            let Some(key) = rel.strip_suffix(".partial") else {
+                continue;
             };
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if p.is_dir() {
-                    dirs.push(p);
-                    continue;
-                }
-                let Some(rel) = p.strip_prefix(&self.root).ok().and_then(|r| r.to_str()) else {
-                    continue;
-                };
-                let rel = rel.replace('\\', "/");
-                let Some(key) = rel.strip_suffix(".partial") else {
-                    continue;
-                };
-                if !key.starts_with(prefix) {
-                    continue;
-                }
-                let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
-                let epoch = modified
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs() as i64);
-                out.push(Upload {
-                    key: key.to_string(),
-                    upload_id: rel.clone(),
-                    initiated: modified.map(|t| {
-                        chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    }),
-                    initiated_epoch: epoch,
-                });
-            }
+            let modified = entry.metadata().ok().and_then(|m| m.modified().ok());
+            let epoch = modified
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64);
+            out.push(Upload {
+                key: key.to_string(),
+                upload_id: rel.clone(),
+                initiated: modified.map(|t| {
+                    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                }),
+                initiated_epoch: epoch,
+            });
         }
         out.sort_by(|a, b| a.initiated_epoch.cmp(&b.initiated_epoch).then(a.key.cmp(&b.key)));
         Ok(out)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys: Vec<String> = self
+            .files(prefix)?
+            .into_iter()
+            .map(|(rel, _)| rel)
+            .filter(|k| !k.ends_with(".partial"))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn is_local(&self) -> bool {
+        true
     }
 
     fn discard_unfinished(&self, u: &Upload) -> Result<(), StoreError> {

@@ -158,6 +158,17 @@ pub trait ObjectStore: Send + Sync {
         1
     }
 
+    /// Keys of the complete objects whose key starts with `prefix`, sorted.
+    fn list(&self, _prefix: &str) -> Result<Vec<String>, StoreError> {
+        Err(StoreError::S3Config(format!("{} cannot list objects", self.location())))
+    }
+
+    /// Whether reading back what is stored costs nothing worth counting (a local folder), so an
+    /// incremental bundle may copy its parent's frames through this machine.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Unfinished uploads under `prefix`: S3 multipart uploads, a local store's partial files.
     fn unfinished(&self, _prefix: &str) -> Result<Vec<Upload>, StoreError> {
         Ok(Vec::new())

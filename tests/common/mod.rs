@@ -54,6 +54,8 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         overwrite: false,
         assigned: None,
         live: Default::default(),
+        parent: None,
+        force_parent: false,
     }
 }
 
@@ -247,23 +249,31 @@ impl FileAt for std::fs::File {
 /// 64 MiB of data, enough for many 5 MiB parts.
 pub fn big_disk(dir: &Path) -> PathBuf {
     let img = fixture("gpt-disk.img", dir);
-    let disk = winbundle::source::DiskFile::open(&img).unwrap();
+    fill_free_clusters(&img, 0x2545f4914f6cdd1d, &|_| true);
+    img
+}
+
+/// Fills the free clusters of gpt-disk.img's C: (at 10 MiB) that `pick` chooses with random
+/// bytes (from `seed`) and marks them allocated in `$Bitmap`: new data that shifts nothing
+/// else. Returns the clusters filled.
+pub fn fill_free_clusters(img: &Path, mut seed: u64, pick: &dyn Fn(u64) -> bool) -> Vec<u64> {
+    let disk = winbundle::source::DiskFile::open(img).unwrap();
     let c = 10u64 << 20;
     let vol = winbundle::ntfs::NtfsVolume::open(&disk, c, 64 << 20).unwrap();
     let bitmap = vol.file_data(6).unwrap();
     let cs = vol.facts().cluster_size as u64;
     let clusters = vol.facts().cluster_count;
     drop(vol);
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
     let run = bitmap.runs[0];
     assert_eq!(bitmap.runs.len(), 1);
     let pos = c + run.lcn.unwrap() * cs;
     let mut bits = vec![0u8; clusters.div_ceil(8) as usize];
     f.read_exact_at(&mut bits, pos).unwrap();
-    let mut seed = 0x2545f4914f6cdd1du64;
     let mut random = vec![0u8; cs as usize];
+    let mut filled = Vec::new();
     for cl in 0..clusters {
-        if bits[(cl / 8) as usize] & (1 << (cl % 8)) == 0 {
+        if bits[(cl / 8) as usize] & (1 << (cl % 8)) == 0 && pick(cl) {
             for b in random.chunks_mut(8) {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
@@ -272,8 +282,9 @@ pub fn big_disk(dir: &Path) -> PathBuf {
             }
             f.write_all_at(&random, c + cl * cs).unwrap();
             bits[(cl / 8) as usize] |= 1 << (cl % 8);
+            filled.push(cl);
         }
     }
     f.write_all_at(&bits, pos).unwrap();
-    img
+    filled
 }

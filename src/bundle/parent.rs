@@ -1,0 +1,140 @@
+//! The parent of an incremental bundle: an earlier complete bundle whose frames this one reuses
+//! for chunks whose plaintext did not change. Chosen by prefix (`--parent`) or as the newest
+//! bundle of the same instance next to the new one (`--incremental`); opened and checked like
+//! any bundle (manifest, seek table, chunk index with its digest) before anything is reused.
+
+use std::collections::HashMap;
+
+use super::Keys;
+use super::index::ChunkIndex;
+use super::read::OpenedBundle;
+use crate::Error;
+use crate::chunk::{Reuse, ReusedFrame};
+use crate::store::ObjectStore;
+
+/// Which bundle an incremental bundle builds on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParentChoice {
+    /// The bundle under this prefix.
+    Prefix(String),
+    /// The newest complete bundle of the same instance beside the new one (same folder).
+    Newest,
+}
+
+/// An opened parent: the bundle, and its frames by plaintext hash.
+pub struct Parent<'s> {
+    pub prefix: String,
+    pub bundle: OpenedBundle<'s>,
+    frames: HashMap<([u8; 32], u32), ReusedFrame>,
+}
+
+impl Reuse for Parent<'_> {
+    fn lookup(&self, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame> {
+        self.frames.get(&(*hash, raw_len)).copied()
+    }
+}
+
+fn refuse(message: String) -> Error {
+    Error::InvalidParameter {
+        parameter: "--parent",
+        message,
+    }
+}
+
+/// Finds and opens the parent. `prefix` is the new bundle's; `instance_id` its instance.
+pub fn open<'s>(
+    store: &'s dyn ObjectStore,
+    choice: &ParentChoice,
+    prefix: &str,
+    instance_id: &str,
+    force: bool,
+) -> Result<Parent<'s>, Error> {
+    let parent_prefix = match choice {
+        ParentChoice::Prefix(p) => p.clone(),
+        ParentChoice::Newest => newest(store, prefix, instance_id)?,
+    };
+    if parent_prefix == prefix {
+        return Err(refuse(format!(
+            "{parent_prefix} is the prefix of the new bundle itself: name an earlier bundle"
+        )));
+    }
+    let bundle = OpenedBundle::open(store, &parent_prefix).map_err(|e| {
+        refuse(format!(
+            "the parent bundle {parent_prefix} cannot be used: {e} (check --parent and the store, or bundle without --parent)"
+        ))
+    })?;
+    let m = &bundle.manifest;
+    if m.instance_id != instance_id && !force {
+        return Err(refuse(format!(
+            "the parent bundle {parent_prefix} is of instance {}, this bundle is of {instance_id}: pass --force-parent to reuse its frames anyway",
+            m.instance_id
+        )));
+    }
+    let Some(index) = bundle.index.as_ref() else {
+        return Err(refuse(format!(
+            "the parent bundle {parent_prefix} has no chunk index (it was made by an older winbundle): bundle without --parent once, then use that bundle as the parent"
+        )));
+    };
+    let frames = frames_by_hash(index);
+    Ok(Parent {
+        prefix: parent_prefix,
+        bundle,
+        frames,
+    })
+}
+
+/// Each distinct plaintext's first frame.
+fn frames_by_hash(index: &ChunkIndex) -> HashMap<([u8; 32], u32), ReusedFrame> {
+    let mut frames = HashMap::with_capacity(index.entries.len());
+    for e in &index.entries {
+        frames.entry((e.hash, e.raw_len)).or_insert(ReusedFrame {
+            offset: e.offset,
+            length: e.length,
+        });
+    }
+    frames
+}
+
+/// The folder of a prefix: what comes before its last `/` (with it), or "" for the bucket.
+fn folder(prefix: &str) -> &str {
+    prefix.rfind('/').map_or("", |i| &prefix[..=i])
+}
+
+/// The newest complete bundle of `instance_id` with a chunk index in the folder of `prefix`.
+fn newest(store: &dyn ObjectStore, prefix: &str, instance_id: &str) -> Result<String, Error> {
+    let dir = folder(prefix);
+    let mut best: Option<(String, String)> = None; // (end time, prefix)
+    for key in store.list(dir)? {
+        let Some(p) = key.strip_suffix(".manifest.json") else { continue };
+        if p == prefix {
+            continue;
+        }
+        let Ok(bytes) = store.get(&Keys::new(p).manifest()) else { continue };
+        let Ok(m) = super::Manifest::parse(&key, &bytes) else { continue };
+        if m.instance_id != instance_id || m.index.is_none() {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(t, _)| m.end_time > *t) {
+            best = Some((m.end_time, p.to_string()));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        refuse(format!(
+            "--incremental found no complete bundle of instance {instance_id} with a chunk index under {:?} in {}: make a full bundle first, or name the parent with --parent",
+            dir,
+            store.location()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_folder_of_a_prefix() {
+        assert_eq!(folder("win/2026-11-27"), "win/");
+        assert_eq!(folder("a/b/c"), "a/b/");
+        assert_eq!(folder("flat"), "");
+    }
+}

@@ -1,0 +1,235 @@
+//! Incremental bundles (`--parent`, `--incremental`) in a local store: the chunks that did not
+//! change take the parent's frames, the data object is byte-identical to a full bundle's, the
+//! bundle restores without its parent, and every parent that cannot be used is refused with why.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// `winbundle bundle-instance SRC --local-store STORE --bucket bkt --prefix PREFIX EXTRA...`:
+/// (exit status, JSON output or Null, stderr).
+fn bundle_cli(src: &Path, store: &Path, prefix: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    // Each test its own task folder: the tests bundle the same instance id at once.
+    let state = store.parent().unwrap().join("state");
+    let mut args = vec![
+        "bundle-instance",
+        src.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--local-store",
+        store.to_str().unwrap(),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        prefix,
+    ];
+    for (flag, default) in [("--chunk-size", "1MiB"), ("--instance-id", "i-0123456789abcdef0")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let o = winbundle(&args);
+    let json = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (
+        o.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn object(store: &Path, key: &str) -> Vec<u8> {
+    std::fs::read(store.join("bkt").join(key)).unwrap()
+}
+
+/// Restores `prefix` from `store` and compares it with `src`.
+fn restores_like(store: &Path, prefix: &str, src: &Path) {
+    let s = winbundle::store::LocalStore::open(store, "bkt", false).unwrap();
+    let out = store.parent().unwrap().join(format!("{}.restored", prefix.replace('/', "_")));
+    restore_from(&s, prefix, &out).unwrap();
+    assert_restored_matches(src, &request(src, "x").plan, &out);
+}
+
+#[test]
+fn an_unchanged_source_reuses_every_data_chunk_and_restores_without_its_parent() {
+    for name in [
+        "gpt-disk.img",
+        "mbr-disk.img",
+        "gpt4k-disk.img",
+        "bare-volume.img",
+        "attrlist-volume.img",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture(name, dir.path());
+        let store = dir.path().join("store");
+        let (code, full, err) = bundle_cli(&src, &store, "win/full", &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let (code, inc, err) = bundle_cli(&src, &store, "win/inc", &["--parent", "win/full"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let b = &inc["Bundle"];
+        let data_chunks = b["Chunks"].as_u64().unwrap() - b["ZeroChunks"].as_u64().unwrap();
+        assert_eq!(b["Parent"]["Prefix"], "win/full", "{name}: {inc}");
+        assert_eq!(b["Parent"]["BundleId"], full["BundleTask"]["BundleId"], "{name}");
+        // Every chunk with data but the short last one (its frame is made at its own length).
+        let reused = b["Parent"]["ReusedChunks"].as_u64().unwrap();
+        assert!(reused + 1 >= data_chunks && reused > 0, "{name}: {reused} of {data_chunks}");
+        assert!(err.contains("incremental on win/full"), "{name}: {err}");
+        assert_eq!(
+            object(&store, "win/inc.image.zst"),
+            object(&store, "win/full.image.zst"),
+            "{name}: the incremental object is the full bundle's, byte for byte"
+        );
+        assert_eq!(b["BundleSha256"], full["Bundle"]["BundleSha256"], "{name}");
+        // The parent goes; the incremental bundle still verifies and restores.
+        for suffix in ["manifest.json", "image.zst", "index.zst"] {
+            std::fs::remove_file(store.join("bkt").join(format!("win/full.{suffix}"))).unwrap();
+        }
+        verify_in(&store, "win/inc");
+        restores_like(&store, "win/inc", &src);
+    }
+}
+
+fn verify_in(store: &Path, prefix: &str) {
+    let o = winbundle(&[
+        "verify",
+        "--local-store",
+        store.to_str().unwrap(),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        prefix,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn changed_clusters_are_compressed_again_and_the_object_equals_a_full_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let store = dir.path().join("store");
+    let (code, full, err) = bundle_cli(&src, &store, "nightly/mon", &[]);
+    assert_eq!(code, 0, "{err}");
+    // New data in three free clusters far apart (so in three chunks), nothing else moved.
+    let changed = fill_free_clusters(&src, 7, &|cl| cl % 4096 == 1000);
+    assert!(changed.len() >= 3, "{changed:?}");
+    let (code, inc, err) = bundle_cli(&src, &store, "nightly/tue", &["--incremental"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("incremental on nightly/mon"), "--incremental names its choice: {err}");
+    let (code, fresh, err) = bundle_cli(&src, &store, "full/tue", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        object(&store, "nightly/tue.image.zst"),
+        object(&store, "full/tue.image.zst"),
+        "an incremental bundle's object equals a full bundle's of the same source"
+    );
+    assert_eq!(inc["Bundle"]["BundleSha256"], fresh["Bundle"]["BundleSha256"]);
+    let cs = {
+        let m: serde_json::Value = serde_json::from_slice(&object(&store, "nightly/mon.manifest.json")).unwrap();
+        m["source"]["ntfs"]["cluster_size"].as_u64().unwrap()
+    };
+    let mut chunks: Vec<u64> = changed.iter().map(|cl| cl * cs / (1 << 20)).collect();
+    chunks.dedup();
+    let before = full["Bundle"]["Chunks"].as_u64().unwrap() - full["Bundle"]["ZeroChunks"].as_u64().unwrap();
+    let reused = inc["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap();
+    // The changed chunks are compressed (one may have been all zeros before: a new data
+    // chunk), and so is the short last chunk; every other chunk with data is reused.
+    assert!(
+        reused + chunks.len() as u64 + 1 >= before && reused <= before,
+        "{reused} reused of {before}, {} changed",
+        chunks.len()
+    );
+    verify_in(&store, "nightly/tue");
+    restores_like(&store, "nightly/tue", &src);
+}
+
+#[test]
+fn parents_that_cannot_be_used_are_refused_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let store = dir.path().join("store");
+    let (code, _, err) = bundle_cli(&src, &store, "p/full", &[]);
+    assert_eq!(code, 0, "{err}");
+    let refused = |prefix: &str, extra: &[&str], says: &str| {
+        let (code, _, err) = bundle_cli(&src, &store, prefix, extra);
+        assert_eq!(code, 2, "{says}: {err}");
+        assert!(err.contains(says), "expected {says:?} in: {err}");
+        assert!(
+            !store.join("bkt").join(format!("{prefix}.manifest.json")).exists(),
+            "{says}: no bundle"
+        );
+    };
+    refused("p/a", &["--parent", "p/none"], "the parent bundle p/none cannot be used");
+    refused("p/a", &["--parent", "p/full", "--chunk-size", "2MiB"], "pass --chunk-size 1048576");
+    refused(
+        "p/a",
+        &["--parent", "p/full", "--instance-id", "i-0fedcba9876543210"],
+        "pass --force-parent",
+    );
+    refused("p/a", &["--parent", "p/a"], "the prefix of the new bundle itself");
+    refused("q/a", &["--incremental", "--instance-id", "i-0fedcba9876543210"], "found no complete bundle");
+    // Another instance's bundle, when the user says so.
+    let (code, v, err) = bundle_cli(
+        &src,
+        &store,
+        "p/forced",
+        &["--parent", "p/full", "--instance-id", "i-0fedcba9876543210", "--force-parent"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(v["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap() > 0, "{v}");
+
+    // Another zstd level: the frames would differ from a full bundle's, so none is reused.
+    let (code, v, err) = bundle_cli(&src, &store, "p/level", &["--parent", "p/full", "--zstd-level", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(v["Bundle"]["Parent"].is_null(), "{v}");
+    assert!(err.contains("every chunk is compressed again"), "{err}");
+
+    // A damaged parent index is found by its digest.
+    let index = store.join("bkt").join("p/full.index.zst");
+    let mut bytes = std::fs::read(&index).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&index, &bytes).unwrap();
+    refused("p/b", &["--parent", "p/full"], "is not the one the manifest names");
+    // A parent from before chunk indexes: its manifest names none.
+    let manifest = store.join("bkt").join("p/full.manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("index");
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    refused("p/b", &["--parent", "p/full"], "has no chunk index");
+}
+
+#[test]
+fn a_chunk_that_differs_from_its_index_fails_verify() {
+    // The index is covered by the manifest's digest; a bundle whose index and data disagree
+    // (made by hand here: index and manifest digest rewritten together) fails on that chunk.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let store = dir.path().join("store");
+    let (code, _, err) = bundle_cli(&src, &store, "t/x", &[]);
+    assert_eq!(code, 0, "{err}");
+    let key = |s: &str| store.join("bkt").join(format!("t/x.{s}"));
+    let raw = zstd::decode_all(&std::fs::read(key("index.zst")).unwrap()[..]).unwrap();
+    let mut raw = raw.clone();
+    // The first entry's hash (after the 40-byte header).
+    raw[40] ^= 0xff;
+    let bytes = zstd::encode_all(&raw[..], 3).unwrap();
+    std::fs::write(key("index.zst"), &bytes).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(key("manifest.json")).unwrap()).unwrap();
+    m["index"]["size"] = bytes.len().into();
+    m["index"]["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)).into();
+    std::fs::write(key("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let o = winbundle(&[
+        "verify",
+        "--local-store",
+        store.to_str().unwrap(),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "t/x",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("chunk 0") && err.contains("BLAKE3"), "{err}");
+}
