@@ -98,8 +98,8 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         && !args.quiet
     {
         eprintln!(
-            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} of {} bytes read) reused its frames, not compressed again",
-            p.prefix, p.bundle_id, p.reused_chunks, s.chunks, p.reused_bytes, s.data_bytes
+            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again",
+            p.prefix, p.bundle_id, p.reused_chunks, s.chunks, p.reused_bytes
         );
     }
     if let Ok((m, _)) = &outcome.result {
