@@ -10,7 +10,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 MiB=$((1024 * 1024))
 rm -rf "$seeds"
-mkdir -p "$seeds"/{disk_image,data_runs,seek_table,bundle_read,upload_policy,ec2_query,sigv4_request,server_config}
+mkdir -p "$seeds"/{disk_image,data_runs,seek_table,bundle_read,upload_policy,ec2_query,sigv4_request,server_config,chunk_index}
 
 # Small NTFS volumes: 512-byte clusters, a few files (one to be excluded, one fragmented enough
 # for several data runs), bare and inside an MBR and a GPT disk.
@@ -46,6 +46,7 @@ m = json.load(open(sys.argv[1] + "/p.manifest.json"))["data"]
 data = open(sys.argv[1] + "/p.image.zst", "rb").read()
 open(sys.argv[2], "wb").write(data[m["seek_table_offset"]:m["seek_table_offset"] + m["seek_table_size"]])
 PY
+cp "$work/store/fuzz-bucket/p.index.zst" "$seeds/chunk_index/bare"
 
 # Upload policies (base64 JSON, a newline, then a signature or credential).
 for v in 2 4; do
