@@ -658,12 +658,44 @@ PY
   cmp "$work/serve-v4.img" "$work/local.img"
 }
 
+incremental_ntfs3g() { # ntfs-3g changes a volume; --incremental reuses the rest; object = a full bundle's
+  local store="$work/store-inc" vol="$work/inc-vol.img" mnt="$work/inc-mnt" b=(--bucket e2e-bucket --chunk-size 64KiB)
+  rm -rf "$store"
+  zstd -q -d -f "$root/testdata/bare-volume.img.zst" -o "$vol"
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix inc/mon --local-store "$store" -q >/dev/null
+  mkdir -p "$mnt"
+  ntfs-3g "$vol" "$mnt"
+  head -c 200000 /dev/urandom >"$mnt/docs/added.bin"
+  printf 'changed\n' >>"$mnt/docs/$(ls "$mnt/docs" | grep -v added.bin | head -1)"
+  umount "$mnt"
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix inc/tue --local-store "$store" --incremental -q >"$work/inc.json"
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix full/tue --local-store "$store" -q >"$work/full.json"
+  cmp "$store/e2e-bucket/inc/tue.image.zst" "$store/e2e-bucket/full/tue.image.zst"
+  python3 - "$work/inc.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))["Bundle"]
+reused, data = b["Parent"]["ReusedChunks"], b["Chunks"] - b["ZeroChunks"]
+assert b["Parent"]["Prefix"] == "inc/mon", b
+assert 0 < reused < data, (reused, data)
+print(f"{reused} of {data} chunks with data reused")
+PY
+  rm "$store/e2e-bucket/inc/mon".*
+  "$wb" restore --bucket e2e-bucket --prefix inc/tue --local-store "$store" --output "$work/inc.img" --force -q
+  zstd -d -c "$store/e2e-bucket/inc/tue.image.zst" | cmp - "$work/inc.img"
+  ntfsls "$work/inc.img" -p /docs | grep -q added.bin
+}
+
 fixtures=(gpt-disk.img.zst mbr-disk.img.zst gpt4k-disk.img.zst bare-volume.img.zst attrlist-volume.img.zst)
 for fx in "${fixtures[@]}"; do
   check "round trip $fx (single object)" roundtrip "$fx" single
   check "round trip $fx (parts)" roundtrip "$fx" parts
 done
 check "tampered object fails verify and restore" tamper gpt-disk.img.zst
+if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
+  check "local incremental bundle after ntfs-3g changes: unchanged chunks reused, object = a full bundle's, restores without its parent" incremental_ntfs3g
+else
+  echo "skip local incremental bundle (needs root and FUSE for ntfs-3g)"
+fi
 if [ "$(id -u)" = 0 ]; then
   check "local store on a full file system (4 MiB tmpfs): a clear error, nothing left, task failed" full_disk
 else

@@ -47,7 +47,10 @@ fn object(store: &Path, key: &str) -> Vec<u8> {
 /// Restores `prefix` from `store` and compares it with `src`.
 fn restores_like(store: &Path, prefix: &str, src: &Path) {
     let s = winbundle::store::LocalStore::open(store, "bkt", false).unwrap();
-    let out = store.parent().unwrap().join(format!("{}.restored", prefix.replace('/', "_")));
+    let out = store
+        .parent()
+        .unwrap()
+        .join(format!("{}.restored", prefix.replace('/', "_")));
     restore_from(&s, prefix, &out).unwrap();
     assert_restored_matches(src, &request(src, "x").plan, &out);
 }
@@ -74,7 +77,10 @@ fn an_unchanged_source_reuses_every_data_chunk_and_restores_without_its_parent()
         assert_eq!(b["Parent"]["BundleId"], full["BundleTask"]["BundleId"], "{name}");
         // Every chunk with data but the short last one (its frame is made at its own length).
         let reused = b["Parent"]["ReusedChunks"].as_u64().unwrap();
-        assert!(reused + 1 >= data_chunks && reused > 0, "{name}: {reused} of {data_chunks}");
+        assert!(
+            reused + 1 >= data_chunks && reused > 0,
+            "{name}: {reused} of {data_chunks}"
+        );
         assert!(err.contains("incremental on win/full"), "{name}: {err}");
         assert_eq!(
             object(&store, "win/inc.image.zst"),
@@ -116,7 +122,10 @@ fn changed_clusters_are_compressed_again_and_the_object_equals_a_full_bundles() 
     assert!(changed.len() >= 3, "{changed:?}");
     let (code, inc, err) = bundle_cli(&src, &store, "nightly/tue", &["--incremental"]);
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("incremental on nightly/mon"), "--incremental names its choice: {err}");
+    assert!(
+        err.contains("incremental on nightly/mon"),
+        "--incremental names its choice: {err}"
+    );
     let (code, fresh, err) = bundle_cli(&src, &store, "full/tue", &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -160,21 +169,39 @@ fn parents_that_cannot_be_used_are_refused_with_why() {
             "{says}: no bundle"
         );
     };
-    refused("p/a", &["--parent", "p/none"], "the parent bundle p/none cannot be used");
-    refused("p/a", &["--parent", "p/full", "--chunk-size", "2MiB"], "pass --chunk-size 1048576");
+    refused(
+        "p/a",
+        &["--parent", "p/none"],
+        "the parent bundle p/none cannot be used",
+    );
+    refused(
+        "p/a",
+        &["--parent", "p/full", "--chunk-size", "2MiB"],
+        "pass --chunk-size 1048576",
+    );
     refused(
         "p/a",
         &["--parent", "p/full", "--instance-id", "i-0fedcba9876543210"],
         "pass --force-parent",
     );
     refused("p/a", &["--parent", "p/a"], "the prefix of the new bundle itself");
-    refused("q/a", &["--incremental", "--instance-id", "i-0fedcba9876543210"], "found no complete bundle");
+    refused(
+        "q/a",
+        &["--incremental", "--instance-id", "i-0fedcba9876543210"],
+        "found no complete bundle",
+    );
     // Another instance's bundle, when the user says so.
     let (code, v, err) = bundle_cli(
         &src,
         &store,
         "p/forced",
-        &["--parent", "p/full", "--instance-id", "i-0fedcba9876543210", "--force-parent"],
+        &[
+            "--parent",
+            "p/full",
+            "--instance-id",
+            "i-0fedcba9876543210",
+            "--force-parent",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(v["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap() > 0, "{v}");

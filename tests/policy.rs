@@ -456,11 +456,18 @@ fn a_policy_bundle_over_https_trusts_ssl_cert_file_and_nothing_else() {
     let (b64, sig) = v4("tls/win", None, ACCESS_KEY, SECRET_KEY, "us-east-1", Duration::hours(1));
     let run = |prefix: &str, ca: Option<&std::path::Path>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
-        c.args(["bundle-instance", src.to_str().unwrap(), "--bucket", "bkt", "--prefix", prefix])
-            .args(["--endpoint-url", &front.endpoint, "--upload-policy", &b64])
-            .args(["--upload-policy-signature", &sig, "--part-size", "1MiB", "-q"])
-            .env("XDG_STATE_HOME", dir.path().join("state"))
-            .env_remove("SSL_CERT_DIR");
+        c.args([
+            "bundle-instance",
+            src.to_str().unwrap(),
+            "--bucket",
+            "bkt",
+            "--prefix",
+            prefix,
+        ])
+        .args(["--endpoint-url", &front.endpoint, "--upload-policy", &b64])
+        .args(["--upload-policy-signature", &sig, "--part-size", "1MiB", "-q"])
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .env_remove("SSL_CERT_DIR");
         match ca {
             Some(ca) => c.env("SSL_CERT_FILE", ca),
             None => c.env_remove("SSL_CERT_FILE"),
@@ -470,8 +477,14 @@ fn a_policy_bundle_over_https_trusts_ssl_cert_file_and_nothing_else() {
     let o = run("tls/win", None);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "an untrusted certificate must fail the run");
-    assert!(err.contains("invalid peer certificate"), "the error names the certificate: {err}");
-    assert!(err.contains("SSL_CERT_FILE"), "the hint says how to trust a private CA: {err}");
+    assert!(
+        err.contains("invalid peer certificate"),
+        "the error names the certificate: {err}"
+    );
+    assert!(
+        err.contains("SSL_CERT_FILE"),
+        "the hint says how to trust a private CA: {err}"
+    );
     assert_eq!(s3.faults.count("PostObject"), 0, "nothing reached the server");
 
     let o = run("tls/win", Some(&front.ca_pem));
@@ -493,9 +506,23 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     let (b64, sig) = v4("res/win", None, ACCESS_KEY, SECRET_KEY, "us-east-1", Duration::hours(1));
     let run = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
-            .args(["bundle-instance", src.to_str().unwrap(), "--bucket", "bkt", "--prefix", "res/win"])
+            .args([
+                "bundle-instance",
+                src.to_str().unwrap(),
+                "--bucket",
+                "bkt",
+                "--prefix",
+                "res/win",
+            ])
             .args(["--endpoint-url", &s3.endpoint, "--upload-policy", &b64])
-            .args(["--upload-policy-signature", &sig, "--part-size", "5MiB", "--concurrency", "1"])
+            .args([
+                "--upload-policy-signature",
+                &sig,
+                "--part-size",
+                "5MiB",
+                "--concurrency",
+                "1",
+            ])
             .args(["-q", "--state-dir", state.to_str().unwrap()])
             .output()
             .unwrap()
@@ -509,7 +536,10 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     let journals: Vec<_> = std::fs::read_dir(state.join("journals")).unwrap().collect();
     assert_eq!(journals.len(), 1, "one journal for the bundle");
     let journal = journals[0].as_ref().unwrap().path();
-    assert!(err.contains(&journal.display().to_string()), "the error names the journal: {err}");
+    assert!(
+        err.contains(&journal.display().to_string()),
+        "the error names the journal: {err}"
+    );
 
     // Part 3's line no longer matches what the source gives: it is sent again.
     let text = std::fs::read_to_string(&journal).unwrap();
@@ -537,7 +567,10 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     assert!(parts > 5, "{parts} parts");
     // The probe, the parts not reused, the manifest (s3s now and then needs a form sent twice).
     let posts = s3.faults.count("PostObject") - before;
-    assert!((parts + 2 - 2..=parts + 2).contains(&posts), "{posts} POSTs for {parts} parts");
+    assert!(
+        (parts + 2 - 2..=parts + 2).contains(&posts),
+        "{posts} POSTs for {parts} parts"
+    );
     assert!(!journal.exists(), "the journal is removed once the bundle is complete");
     let out = dir.path().join("out.img");
     restore_from(&s3.store("bkt"), "res/win", &out).unwrap();

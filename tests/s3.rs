@@ -591,18 +591,62 @@ fn bundles_over_https_and_refuses_an_untrusted_certificate() {
     };
     let state = dir.path().join("state");
     let (src_arg, state) = (src.to_str().unwrap(), state.to_str().unwrap());
-    let o = run(&["bundle-instance", src_arg, "--bucket", "bkt", "--prefix", "untrusted", "-q", "--state-dir", state], None);
+    let o = run(
+        &[
+            "bundle-instance",
+            src_arg,
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "untrusted",
+            "-q",
+            "--state-dir",
+            state,
+        ],
+        None,
+    );
     assert!(!o.status.success(), "an untrusted certificate must fail the run");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("invalid peer certificate"), "the error names the certificate: {err}");
-    assert!(err.contains("hint: the server's TLS certificate is not trusted"), "{err}");
-    assert!(err.contains("SSL_CERT_FILE"), "the hint says how to trust a private CA: {err}");
+    assert!(
+        err.contains("invalid peer certificate"),
+        "the error names the certificate: {err}"
+    );
+    assert!(
+        err.contains("hint: the server's TLS certificate is not trusted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("SSL_CERT_FILE"),
+        "the hint says how to trust a private CA: {err}"
+    );
 
-    let o = run(&["bundle-instance", src_arg, "--bucket", "bkt", "--prefix", "tls", "-q", "--state-dir", state], Some(&front.ca_pem));
+    let o = run(
+        &[
+            "bundle-instance",
+            src_arg,
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "tls",
+            "-q",
+            "--state-dir",
+            state,
+        ],
+        Some(&front.ca_pem),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = dir.path().join("restored.img");
     let o = run(
-        &["restore", "--bucket", "bkt", "--prefix", "tls", "-q", "--output", out.to_str().unwrap()],
+        &[
+            "restore",
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "tls",
+            "-q",
+            "--output",
+            out.to_str().unwrap(),
+        ],
         Some(&front.ca_pem),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -913,7 +913,10 @@ fn a_bundle_cut_short_by_a_server_crash_resumes_after_the_restart() {
     let parts = manifest["data"]["objects"].as_array().unwrap().len();
     let posts = s3.faults.count("PostObject") - before;
     // The probe, the parts not reused and the manifest (s3s now and then needs a form twice).
-    assert!(posts <= parts + 2 - reused as usize + 4, "{posts} POSTs for {parts} parts");
+    assert!(
+        posts <= parts + 2 - reused as usize + 4,
+        "{posts} POSTs for {parts} parts"
+    );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("restored.img");
     restore_from(&s3.store("bkt"), "crash/win", &out).unwrap();

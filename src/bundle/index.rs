@@ -89,7 +89,10 @@ impl ChunkIndex {
             )));
         }
         if (raw.len() - HEADER) as u64 != count.saturating_mul(ENTRY as u64) {
-            return Err(bad(format!("{} bytes of entries for {count} chunks", raw.len() - HEADER)));
+            return Err(bad(format!(
+                "{} bytes of entries for {count} chunks",
+                raw.len() - HEADER
+            )));
         }
         let entries = raw[HEADER..]
             .chunks_exact(ENTRY)
@@ -165,8 +168,11 @@ mod tests {
         let idx = sample();
         let back = ChunkIndex::decode(&idx.encode(), 3).unwrap();
         assert_eq!(back, idx);
-        back.check(4096, 10_000, &[(100, 4096), (100, 4096), (100, 1808)]).unwrap();
-        let err = back.check(4096, 10_000, &[(100, 4096), (99, 4096), (100, 1808)]).unwrap_err();
+        back.check(4096, 10_000, &[(100, 4096), (100, 4096), (100, 1808)])
+            .unwrap();
+        let err = back
+            .check(4096, 10_000, &[(100, 4096), (99, 4096), (100, 1808)])
+            .unwrap_err();
         assert!(err.to_string().contains("chunk 1"), "{err}");
         assert!(back.check(8192, 10_000, &[]).is_err());
     }

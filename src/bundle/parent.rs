@@ -105,12 +105,18 @@ fn newest(store: &dyn ObjectStore, prefix: &str, instance_id: &str) -> Result<St
     let dir = folder(prefix);
     let mut best: Option<(String, String)> = None; // (end time, prefix)
     for key in store.list(dir)? {
-        let Some(p) = key.strip_suffix(".manifest.json") else { continue };
+        let Some(p) = key.strip_suffix(".manifest.json") else {
+            continue;
+        };
         if p == prefix {
             continue;
         }
-        let Ok(bytes) = store.get(&Keys::new(p).manifest()) else { continue };
-        let Ok(m) = super::Manifest::parse(&key, &bytes) else { continue };
+        let Ok(bytes) = store.get(&Keys::new(p).manifest()) else {
+            continue;
+        };
+        let Ok(m) = super::Manifest::parse(&key, &bytes) else {
+            continue;
+        };
         if m.instance_id != instance_id || m.index.is_none() {
             continue;
         }

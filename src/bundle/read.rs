@@ -122,7 +122,9 @@ impl<'s> OpenedBundle<'s> {
     /// Reads the chunk index the manifest names and checks it: its SHA-256, its format, and
     /// that it describes the seek table's frames.
     fn read_index(&self) -> Result<Option<ChunkIndex>, Error> {
-        let Some(info) = &self.manifest.index else { return Ok(None) };
+        let Some(info) = &self.manifest.index else {
+            return Ok(None);
+        };
         let bytes = self.store.get(&info.key)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if bytes.len() as u64 != info.size || digest != info.sha256 {

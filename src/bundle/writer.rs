@@ -228,9 +228,9 @@ impl FrameSink for StreamWriter<'_> {
         let bytes = match frame {
             FrameBytes::New(b) => b,
             FrameBytes::Reused(r) => {
-                let parent = self.parent.ok_or_else(|| {
-                    Error::Internal(format!("chunk {index}: a reused frame without a parent bundle"))
-                })?;
+                let parent = self
+                    .parent
+                    .ok_or_else(|| Error::Internal(format!("chunk {index}: a reused frame without a parent bundle")))?;
                 reused.resize(r.length as usize, 0);
                 parent.read_stream(r.offset, &mut reused)?;
                 &reused[..]

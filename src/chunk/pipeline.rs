@@ -30,8 +30,14 @@ pub trait FrameSink {
     /// `frame` is one complete zstd frame for chunk `index` of `raw_len` bytes whose plaintext
     /// hashes to `hash` ([`crate::bundle::index::chunk_hash`]); `zero` is set when it is the
     /// shared all-zero frame.
-    fn frame(&mut self, index: u64, frame: FrameBytes<'_>, raw_len: u32, zero: bool, hash: &[u8; 32])
-    -> Result<(), Error>;
+    fn frame(
+        &mut self,
+        index: u64,
+        frame: FrameBytes<'_>,
+        raw_len: u32,
+        zero: bool,
+        hash: &[u8; 32],
+    ) -> Result<(), Error>;
 }
 
 /// A frame's bytes: new ones, or an earlier bundle's frame for the same plaintext.
@@ -87,9 +93,19 @@ enum Job {
 }
 
 enum Frame {
-    Zero { raw_len: u32 },
-    Data { bytes: Vec<u8>, raw_len: u32, hash: [u8; 32] },
-    Reused { frame: ReusedFrame, raw_len: u32, hash: [u8; 32] },
+    Zero {
+        raw_len: u32,
+    },
+    Data {
+        bytes: Vec<u8>,
+        raw_len: u32,
+        hash: [u8; 32],
+    },
+    Reused {
+        frame: ReusedFrame,
+        raw_len: u32,
+        hash: [u8; 32],
+    },
 }
 
 /// Runs the pipeline over every chunk of `source`. With `reuse`, a chunk whose plaintext an

@@ -144,7 +144,10 @@ impl Journal {
     /// journal has served its purpose and is removed.
     pub fn record(&self, key: &str, stored: Stored) -> Result<(), StoreError> {
         self.append(key, Some(stored))?;
-        self.vouched.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_string());
+        self.vouched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
         Ok(())
     }
 
@@ -193,7 +196,9 @@ fn read(path: &Path, header: &Header) -> Option<(HashMap<String, Stored>, bool)>
     }
     let mut stored = HashMap::new();
     for line in lines {
-        let Ok(l) = serde_json::from_slice::<Line>(line) else { continue };
+        let Ok(l) = serde_json::from_slice::<Line>(line) else {
+            continue;
+        };
         let mut sha256 = [0u8; 32];
         if hex::decode_to_slice(&l.sha256, &mut sha256).is_ok() {
             stored.insert(l.key, Stored { size: l.size, sha256 });
@@ -243,7 +248,12 @@ mod tests {
         assert_eq!(j.earlier_count(), 1);
         drop(j);
         // Another bundle's journal is another file; --no-resume starts empty.
-        assert_eq!(Journal::open(dir.path(), url, b, "win/y", true).unwrap().earlier_count(), 0);
+        assert_eq!(
+            Journal::open(dir.path(), url, b, "win/y", true)
+                .unwrap()
+                .earlier_count(),
+            0
+        );
         assert_eq!(Journal::open(dir.path(), url, b, p, false).unwrap().earlier_count(), 0);
         assert_eq!(Journal::open(dir.path(), url, b, p, true).unwrap().earlier_count(), 0);
     }
@@ -269,8 +279,14 @@ mod tests {
             "{\"Format\":\"winbundle-post-journal-1\",\"Url\":\"u\",\"Bucket\":\"b\",\"Prefix\":\"q\"}\n{\"Key\":\"p.part.0\",\"Size\":1,\"Sha256\":\"0101010101010101010101010101010101010101010101010101010101010101\",\"Time\":\"t\"}\n",
         )
         .unwrap();
-        assert_eq!(Journal::open(dir.path(), "u", "b", "p", true).unwrap().earlier_count(), 0);
+        assert_eq!(
+            Journal::open(dir.path(), "u", "b", "p", true).unwrap().earlier_count(),
+            0
+        );
         std::fs::write(&path, "not json\n").unwrap();
-        assert_eq!(Journal::open(dir.path(), "u", "b", "p", true).unwrap().earlier_count(), 0);
+        assert_eq!(
+            Journal::open(dir.path(), "u", "b", "p", true).unwrap().earlier_count(),
+            0
+        );
     }
 }
