@@ -22,6 +22,9 @@ cleanup() {
 trap cleanup EXIT
 pass=0
 fail=0
+# Free loopback ports, so the suite runs beside other services.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+S3S_PORT=$(free_port) GARAGE_PORT=$(free_port) GARAGE_RPC_PORT=$(free_port) SERVE_PORT=$(free_port) SERVE2_PORT=$(free_port)
 check() { # name, command... (E2E_ONLY=TEXT runs only the checks whose name holds TEXT;
   # E2E_VERBOSE=1 prints what passing checks printed)
   local name=$1; shift
@@ -91,15 +94,15 @@ wait_port() { # port: wait until something listens
   return 1
 }
 
-start_s3s() { # serves $work/s3s on 127.0.0.1:8014
+start_s3s() { # serves $work/s3s on 127.0.0.1:$S3S_PORT
   mkdir -p "$work/s3s/e2e-bucket"
   S3S_AK=e2eaccess S3S_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
-  s3s-fs --host 127.0.0.1 --port 8014 --access-key "$S3S_AK" --secret-key "$S3S_SK" "$work/s3s" >"$work/s3s.log" 2>&1 &
+  s3s-fs --host 127.0.0.1 --port $S3S_PORT --access-key "$S3S_AK" --secret-key "$S3S_SK" "$work/s3s" >"$work/s3s.log" 2>&1 &
   pids+=($!)
-  wait_port 8014 && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "s3s-fs did not start (port 8014 busy?)"; return 1; }
+  wait_port $S3S_PORT && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "s3s-fs did not start (port $S3S_PORT busy?)"; return 1; }
 }
 
-start_garage() { # a one-node Garage on 127.0.0.1:3900, bucket e2e-bucket, key e2e-key
+start_garage() { # a one-node Garage on 127.0.0.1:$GARAGE_PORT, bucket e2e-bucket, key e2e-key
   local g="$work/garage"
   mkdir -p "$g/meta" "$g/data"
   cat >"$g/garage.toml" <<TOML
@@ -107,19 +110,19 @@ metadata_dir = "$g/meta"
 data_dir = "$g/data"
 db_engine = "sqlite"
 replication_factor = 1
-rpc_bind_addr = "127.0.0.1:3911"
-rpc_public_addr = "127.0.0.1:3911"
+rpc_bind_addr = "127.0.0.1:$GARAGE_RPC_PORT"
+rpc_public_addr = "127.0.0.1:$GARAGE_RPC_PORT"
 rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 
 [s3_api]
 s3_region = "garage"
-api_bind_addr = "127.0.0.1:3910"
+api_bind_addr = "127.0.0.1:$GARAGE_PORT"
 root_domain = ".s3.garage.localhost"
 TOML
   local gc=(garage -c "$g/garage.toml")
   "${gc[@]}" server >"$g/server.log" 2>&1 &
   pids+=($!)
-  wait_port 3910 && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "garage did not start (port 3910 busy?)"; return 1; }
+  wait_port $GARAGE_PORT && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "garage did not start (port $GARAGE_PORT busy?)"; return 1; }
   for _ in $(seq 1 50); do "${gc[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
   local node; node=$("${gc[@]}" node id -q 2>/dev/null | cut -d@ -f1)
   "${gc[@]}" layout assign -z dc1 -c 1G "$node" >/dev/null 2>&1
@@ -136,8 +139,8 @@ TOML
 s3_roundtrip() { # server-name fixture: bundle to S3, verify, restore, compare; read back with the aws-cli
   local name=$1 fx=$2 prefix="e2e/${2%.img.zst}" ep ak sk region
   case $name in
-    s3s) ep=http://127.0.0.1:8014 ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
-    garage) ep=http://127.0.0.1:3910 ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
+    s3s) ep=http://127.0.0.1:$S3S_PORT ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
+    garage) ep=http://127.0.0.1:$GARAGE_PORT ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
   esac
   local s3=(--endpoint-url "$ep" --region "$region")
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" bundle-instance "$root/testdata/$fx" --bucket e2e-bucket \
@@ -165,8 +168,8 @@ big_volume() { # a 128 MiB NTFS volume holding 48 MiB of random data (made witho
 s3_many_parts() { # server: a bundle of ~10 parts of 5 MiB, restored equal to the source's data
   local name=$1 ep ak sk region
   case $name in
-    s3s) ep=http://127.0.0.1:8014 ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
-    garage) ep=http://127.0.0.1:3910 ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
+    s3s) ep=http://127.0.0.1:$S3S_PORT ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
+    garage) ep=http://127.0.0.1:$GARAGE_PORT ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
   esac
   [ -f "$work/big.img" ] || big_volume
   local s3=(--endpoint-url "$ep" --region "$region")
@@ -190,8 +193,8 @@ PY
 garage_kill_resume() ( # SIGKILL at 10 random moments, then run again: resumed, restore = source, nothing left
   # (a subshell: the exported keys stay here)
   [ -f "$work/huge.img" ] || huge_volume
-  local s3=(--endpoint-url http://127.0.0.1:3910 --region garage) i listed stored reused total_reused=0 ref
-  local api=(aws --endpoint-url http://127.0.0.1:3910 --region garage s3api)
+  local s3=(--endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage) i listed stored reused total_reused=0 ref
+  local api=(aws --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage s3api)
   local opts=(--bucket e2e-bucket --prefix e2e/kill --overwrite --part-size 5MiB --concurrency 2 -q)
   export AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK
   # The reference: the same bundle in a local store, never interrupted.
@@ -244,7 +247,7 @@ PY
   local fs=$! rc=0
   for _ in $(seq 50); do [ -e "$work/eio/disk.img" ] && break; sleep 0.1; done
   AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK "$wb" bundle-instance "$work/eio/disk.img" --bucket e2e-bucket \
-    --prefix e2e/eio --endpoint-url http://127.0.0.1:3910 --region garage --part-size 5MiB -q >"$work/eio.json" 2>"$work/eio.err" || rc=$?
+    --prefix e2e/eio --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage --part-size 5MiB -q >"$work/eio.json" 2>"$work/eio.err" || rc=$?
   fusermount -u "$work/eio" 2>/dev/null || umount "$work/eio" 2>/dev/null || true
   kill "$fs" 2>/dev/null || true
   cat "$work/eio.err"
@@ -252,9 +255,9 @@ PY
   grep -q "at byte $bad (partition" "$work/eio.err" # the bad spot itself, not the start of the request
   grep -q "(partition [0-9]*, byte [0-9]* of the root volume): Input/output error" "$work/eio.err"
   grep -q '"State": "failed"' "$work/eio.json"
-  [ -z "$(AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK aws --endpoint-url http://127.0.0.1:3910 --region garage \
+  [ -z "$(AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK aws --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage \
     s3api list-multipart-uploads --bucket e2e-bucket --prefix e2e/eio --query 'Uploads[].UploadId' --output text | grep -v None)" ]
-  ! AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK aws --endpoint-url http://127.0.0.1:3910 --region garage \
+  ! AWS_ACCESS_KEY_ID=$GARAGE_AK AWS_SECRET_ACCESS_KEY=$GARAGE_SK aws --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage \
     s3api head-object --bucket e2e-bucket --key e2e/eio.manifest.json >/dev/null 2>&1
 }
 
@@ -276,7 +279,7 @@ full_disk() { # a local store on a full file system (tmpfs of 4 MiB): clear erro
 
 garage_restart() { # Garage killed and restarted mid-bundle: retried through, or a clean failure that the next run completes
   [ -f "$work/huge.img" ] || huge_volume
-  local s3=(--endpoint-url http://127.0.0.1:3910 --region garage) rc=0 g="$work/garage"
+  local s3=(--endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage) rc=0 g="$work/garage"
   local keys=(env AWS_ACCESS_KEY_ID="$GARAGE_AK" AWS_SECRET_ACCESS_KEY="$GARAGE_SK")
   local opts=(--bucket e2e-bucket --prefix e2e/restart --overwrite --part-size 5MiB --concurrency 2 -q)
   "${keys[@]}" "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json" 2>"$work/restart.err" &
@@ -286,7 +289,7 @@ garage_restart() { # Garage killed and restarted mid-bundle: retried through, or
   sleep 1
   garage -c "$g/garage.toml" server >>"$g/server.log" 2>&1 &
   pids+=($!)
-  wait_port 3910
+  wait_port $GARAGE_PORT
   wait "$pid" || rc=$?
   cat "$work/restart.err"
   if [ "$rc" = 0 ]; then
@@ -295,20 +298,20 @@ garage_restart() { # Garage killed and restarted mid-bundle: retried through, or
     # A clean failure: the task failed with the error, no manifest; the next run completes it.
     echo "the bundle failed (exit $rc); running it again"
     grep -q '"State": "failed"' "$work/restart.json"
-    ! "${keys[@]}" aws --endpoint-url http://127.0.0.1:3910 --region garage s3api head-object --bucket e2e-bucket \
+    ! "${keys[@]}" aws --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage s3api head-object --bucket e2e-bucket \
       --key e2e/restart.manifest.json >/dev/null 2>&1
     "${keys[@]}" "$wb" bundle-instance "$work/huge.img" "${opts[@]}" "${s3[@]}" >"$work/restart.json"
   fi
   grep -q '"State": "complete"' "$work/restart.json"
   "${keys[@]}" "$wb" verify --bucket e2e-bucket --prefix e2e/restart "${s3[@]}" -q
-  [ -z "$("${keys[@]}" aws --endpoint-url http://127.0.0.1:3910 --region garage s3api list-multipart-uploads --bucket e2e-bucket \
+  [ -z "$("${keys[@]}" aws --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage s3api list-multipart-uploads --bucket e2e-bucket \
     --prefix e2e/restart --query 'Uploads[].UploadId' --output text | grep -v None)" ]
 }
 
 s3s_sigterm() { # SIGTERM mid-bundle: exit non-zero, upload aborted, no manifest, no object
   [ -f "$work/big.img" ] || big_volume
   AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" bundle-instance "$work/big.img" --bucket e2e-bucket \
-    --prefix e2e/term --endpoint-url http://127.0.0.1:8014 --zstd-level 19 --part-size 5MiB -q >"$work/term.json" 2>"$work/term.err" &
+    --prefix e2e/term --endpoint-url http://127.0.0.1:$S3S_PORT --zstd-level 19 --part-size 5MiB -q >"$work/term.json" 2>"$work/term.err" &
   local pid=$! rc=0
   sleep 2
   kill -TERM "$pid"
@@ -331,12 +334,12 @@ PY
 )
   local pol=${made% *} sig=${made#* }
   env -u AWS_SECRET_ACCESS_KEY -u AWS_ACCESS_KEY_ID -u AWS_SESSION_TOKEN -u S3S_SK "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" \
-    --bucket e2e-bucket --prefix "$prefix" --endpoint-url http://127.0.0.1:8014 --owner-akid "$S3S_AK" \
+    --bucket e2e-bucket --prefix "$prefix" --endpoint-url http://127.0.0.1:$S3S_PORT --owner-akid "$S3S_AK" \
     --upload-policy "$pol" --upload-policy-signature "$sig" --part-size 1MiB -q >"$work/task.json"
   grep -q '"State": "complete"' "$work/task.json"
   [ -e "$work/s3s/e2e-bucket/$prefix.part.0" ] && [ -e "$work/s3s/e2e-bucket/$prefix.manifest.json" ]
   AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" restore --bucket e2e-bucket --prefix "$prefix" \
-    --endpoint-url http://127.0.0.1:8014 --output "$work/policy.img" --force -q
+    --endpoint-url http://127.0.0.1:$S3S_PORT --output "$work/policy.img" --force -q
   "$wb" restore --bucket e2e-bucket --prefix "e2e/gpt-disk" --local-store "$work/store-gpt-disk.img.zst-single" --output "$work/local.img" --force -q
   cmp "$work/policy.img" "$work/local.img"
   # The signature is not in the task output.
@@ -347,7 +350,7 @@ garage_policy_refused() { # Garage takes only SigV4 POST policies: a SigV2 one i
   local out rc=0
   out=$("$wb" upload-policy --signature-version 2 --bucket e2e-bucket --prefix e2e/gp --owner-akid "$GARAGE_AK" --owner-sak "$GARAGE_SK" --output text)
   "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix e2e/gp \
-    --endpoint-url http://127.0.0.1:3910 --region garage --owner-akid "$GARAGE_AK" \
+    --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage --owner-akid "$GARAGE_AK" \
     --upload-policy "$(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$out")" \
     --upload-policy-signature "$(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$out")" -q >/dev/null 2>"$work/err.txt" || rc=$?
   cat "$work/err.txt"
@@ -356,8 +359,8 @@ garage_policy_refused() { # Garage takes only SigV4 POST policies: a SigV2 one i
 
 server_vars() { # name: sets ep ak sk region for a server
   case $1 in
-    s3s) ep=http://127.0.0.1:8014 ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
-    garage) ep=http://127.0.0.1:3910 ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
+    s3s) ep=http://127.0.0.1:$S3S_PORT ak=$S3S_AK sk=$S3S_SK region=us-east-1 ;;
+    garage) ep=http://127.0.0.1:$GARAGE_PORT ak=$GARAGE_AK sk=$GARAGE_SK region=garage ;;
   esac
 }
 
@@ -416,8 +419,8 @@ policy_v4_boto3() { # name: boto3's generate_presigned_post policy and signature
 s3_wrong_secret() { # name: AuthFailure-like refusal, non-zero exit, no manifest
   local name=$1 ep region ak
   case $name in
-    s3s) ep=http://127.0.0.1:8014 region=us-east-1 ak=$S3S_AK ;;
-    garage) ep=http://127.0.0.1:3910 region=garage ak=$GARAGE_AK ;;
+    s3s) ep=http://127.0.0.1:$S3S_PORT region=us-east-1 ak=$S3S_AK ;;
+    garage) ep=http://127.0.0.1:$GARAGE_PORT region=garage ak=$GARAGE_AK ;;
   esac
   local rc=0
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=wrong-secret "$wb" bundle-instance "$root/testdata/bare-volume.img.zst" \
@@ -434,7 +437,7 @@ huge_volume() { # a 1 GiB NTFS volume holding 640 MiB of random data: a bundle t
   rm -f "$work/random-huge.bin"
 }
 
-start_serve() { # winbundle serve on 127.0.0.1:8773, uploading to s3s-fs; one bundle at a time
+start_serve() { # winbundle serve on 127.0.0.1:$SERVE_PORT, uploading to s3s-fs; one bundle at a time
   [ -f "$work/huge.img" ] || huge_volume
   SERVE_AK=AKIASERVEE2E SERVE_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
   cat >"$work/serve.toml" <<TOML
@@ -442,7 +445,7 @@ region = "us-east-1"
 state_dir = "$work/serve-tasks"
 max_concurrent_bundles = 1
 [s3]
-endpoint_url = "http://127.0.0.1:8014"
+endpoint_url = "http://127.0.0.1:$S3S_PORT"
 [bundle]
 part_size = "8MiB"
 [[caller]]
@@ -456,16 +459,16 @@ id = "i-0bbbbbbbbbbbbbbb1"
 source = "$work/huge.img"
 zstd_level = 19 # slow on purpose: runs long enough to be cancelled
 TOML
-  WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:8773 \
+  WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:$SERVE_PORT \
     >>"$work/serve.out" 2>>"$work/serve.log" &
   serve_pid=$!
   pids+=($serve_pid)
-  wait_port 8773 || { echo "winbundle serve did not start"; cat "$work/serve.log"; return 1; }
+  wait_port $SERVE_PORT || { echo "winbundle serve did not start"; cat "$work/serve.log"; return 1; }
 }
 
 ec2() { # the aws-cli's ec2 commands against winbundle serve, as the configured caller
   AWS_ACCESS_KEY_ID=$SERVE_AK AWS_SECRET_ACCESS_KEY=$SERVE_SK AWS_DEFAULT_REGION=us-east-1 \
-    aws ec2 --endpoint-url http://127.0.0.1:8773 "$@"
+    aws ec2 --endpoint-url http://127.0.0.1:$SERVE_PORT "$@"
 }
 
 task_field() { # json-file field (of BundleTask or BundleTasks[0])
@@ -515,7 +518,7 @@ assert t["Storage"] == {"S3": {"Bucket": "e2e-bucket", "Prefix": "e2e/ec2"}}, t
 PY
   # The raw XML, from an independent signer (curl's --aws-sigv4).
   curl -sS --fail-with-body --aws-sigv4 "aws:amz:us-east-1:ec2" --user "$SERVE_AK:$SERVE_SK" \
-    -d Action=DescribeBundleTasks -d Version=2016-11-15 -d "BundleId.1=$id" http://127.0.0.1:8773/ >"$work/dbt.xml"
+    -d Action=DescribeBundleTasks -d Version=2016-11-15 -d "BundleId.1=$id" http://127.0.0.1:$SERVE_PORT/ >"$work/dbt.xml"
   python3 - "$work/dbt.xml" "$id" <<'PY'
 import sys, xml.etree.ElementTree as ET
 ns = "{http://ec2.amazonaws.com/doc/2016-11-15/}"
@@ -533,7 +536,7 @@ assert i.find(ns + "error") is None
 assert [c.tag[len(ns):] for c in i] == ["instanceId", "bundleId", "state", "startTime", "updateTime", "storage", "progress"]
 PY
   AWS_ACCESS_KEY_ID=$S3S_AK AWS_SECRET_ACCESS_KEY=$S3S_SK "$wb" restore --bucket e2e-bucket --prefix e2e/ec2 \
-    --endpoint-url http://127.0.0.1:8014 --output "$work/ec2.img" --force -q
+    --endpoint-url http://127.0.0.1:$S3S_PORT --output "$work/ec2.img" --force -q
   "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix e2e/ec2-local \
     --local-store "$work/store-ec2" --overwrite -q >/dev/null
   "$wb" restore --bucket e2e-bucket --prefix e2e/ec2-local --local-store "$work/store-ec2" \
@@ -581,14 +584,14 @@ serve_auth_failure() { # a wrong secret key: AuthFailure, exit 255, nothing star
   local rc=0 before after
   before=$(ls "$work/serve-tasks" | wc -l)
   AWS_ACCESS_KEY_ID=$SERVE_AK AWS_SECRET_ACCESS_KEY=wrong-secret AWS_DEFAULT_REGION=us-east-1 \
-    aws ec2 --endpoint-url http://127.0.0.1:8773 bundle-instance --instance-id i-0123456789abcdef0 \
+    aws ec2 --endpoint-url http://127.0.0.1:$SERVE_PORT bundle-instance --instance-id i-0123456789abcdef0 \
     --bucket e2e-bucket --prefix e2e/denied --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" 2>"$work/err.txt" || rc=$?
   after=$(ls "$work/serve-tasks" | wc -l)
   [ "$rc" = 255 ] && grep -q "(AuthFailure)" "$work/err.txt" && [ "$before" = "$after" ]
 }
 
 serve_boto3() { # boto3: bundle_instance, the waiter, DryRun, BundlingInProgress, cancel, error codes
-  E2E_ENDPOINT=http://127.0.0.1:8773 E2E_CALLER_AK=$SERVE_AK E2E_CALLER_SK=$SERVE_SK \
+  E2E_ENDPOINT=http://127.0.0.1:$SERVE_PORT E2E_CALLER_AK=$SERVE_AK E2E_CALLER_SK=$SERVE_SK \
     E2E_OWNER_AK=$S3S_AK E2E_OWNER_SK=$S3S_SK python3 "$root/tests/e2e_boto3.py"
 }
 
@@ -603,11 +606,11 @@ serve_sigterm_restart() { # SIGTERM cancels the running bundle and exits 0; a ne
   "$wb" describe-bundle-tasks --state-dir "$work/serve-tasks" --bundle-ids "$id" >"$work/st.json"
   [ "$(task_field "$work/st.json" BundleTaskError.Code)" = Cancelled ]
   [ ! -e "$work/s3s/e2e-bucket/e2e/term2.manifest.json" ]
-  WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:8773 \
+  WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:$SERVE_PORT \
     >>"$work/serve.out" 2>>"$work/serve.log" &
   serve_pid=$!
   pids+=($serve_pid)
-  wait_port 8773
+  wait_port $SERVE_PORT
   ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/st.json"
   [ "$(task_field "$work/st.json" State)" = failed ]
 }
@@ -619,7 +622,7 @@ serve_garage_v4() { # winbundle serve in front of Garage: boto3 BundleInstance w
 region = "us-east-1"
 state_dir = "$work/serve-garage-tasks"
 [s3]
-endpoint_url = "http://127.0.0.1:3910"
+endpoint_url = "http://127.0.0.1:$GARAGE_PORT"
 region = "garage"
 [bundle]
 part_size = "8MiB"
@@ -630,17 +633,17 @@ secret_access_key_env = "WINBUNDLE_E2E_CALLER_SECRET"
 id = "i-0123456789abcdef0"
 source = "$root/testdata/gpt-disk.img.zst"
 TOML
-  WINBUNDLE_E2E_CALLER_SECRET=$caller_sk "$wb" serve --config "$work/serve-garage.toml" --listen 127.0.0.1:8774 \
+  WINBUNDLE_E2E_CALLER_SECRET=$caller_sk "$wb" serve --config "$work/serve-garage.toml" --listen 127.0.0.1:$SERVE2_PORT \
     >"$work/serve-garage.out" 2>"$work/serve-garage.log" &
   local pid=$!
   pids+=($pid)
-  wait_port 8774 || { echo "winbundle serve did not start"; cat "$work/serve-garage.log"; return 1; }
+  wait_port $SERVE2_PORT || { echo "winbundle serve did not start"; cat "$work/serve-garage.log"; return 1; }
   made=$(boto3_post garage "$prefix")
-  E2E_CALLER_SK=$caller_sk E2E_OWNER_AK=$ak python3 - "$prefix" "${made% *}" "${made#* }" <<'PY' || rc=$?
+  E2E_SERVE_EP=http://127.0.0.1:$SERVE2_PORT E2E_CALLER_SK=$caller_sk E2E_OWNER_AK=$ak python3 - "$prefix" "${made% *}" "${made#* }" <<'PY' || rc=$?
 import base64, os, sys
 import boto3
 prefix, policy_b64, sig = sys.argv[1:4]
-ec2 = boto3.client("ec2", endpoint_url="http://127.0.0.1:8774", region_name="us-east-1",
+ec2 = boto3.client("ec2", endpoint_url=os.environ["E2E_SERVE_EP"], region_name="us-east-1",
                    aws_access_key_id="AKIASERVEGARAGE", aws_secret_access_key=os.environ["E2E_CALLER_SK"])
 t = ec2.bundle_instance(InstanceId="i-0123456789abcdef0", Storage={"S3": {
     "Bucket": "e2e-bucket", "Prefix": prefix, "AWSAccessKeyId": os.environ["E2E_OWNER_AK"],
@@ -653,7 +656,7 @@ PY
   kill -TERM "$pid"; wait "$pid" || true
   [ "$rc" = 0 ] || { tail "$work/serve-garage.log"; return 1; }
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" restore --bucket e2e-bucket --prefix "$prefix" \
-    --endpoint-url http://127.0.0.1:3910 --region garage --output "$work/serve-v4.img" --force -q
+    --endpoint-url http://127.0.0.1:$GARAGE_PORT --region garage --output "$work/serve-v4.img" --force -q
   local_reference
   cmp "$work/serve-v4.img" "$work/local.img"
 }
