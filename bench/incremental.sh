@@ -32,10 +32,11 @@ part=$((change * 1024 * 1024 / 4))
 find "$mnt" -type f -size +64k 2>/dev/null | head -200 | while read -r f; do
   dd if=/dev/urandom of="$f" bs=4096 count=1 seek=$(($(stat -c %s "$f") / 8192)) conv=notrunc status=none
 done
+# Deleted: up to 20 files smaller than a quarter of the change.
+find "$mnt" -type f -size -"$((part / 1024))"k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done
+biggest=$(find "$mnt" -type f -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
 head -c "$part" /dev/urandom >"$mnt/added-1.bin"
 head -c "$part" /dev/urandom >"$mnt/added-2.bin"
-find "$mnt" -type f -size +16k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done
-biggest=$(find "$mnt" -type f -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
 head -c "$part" /dev/urandom >>"$biggest"
 umount "$mnt"
 
