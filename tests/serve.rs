@@ -782,14 +782,18 @@ fn many_clients_at_once_and_slow_ones_never_tie_it_up() {
         }
         slow.push(s);
     }
-    // 50 signed clients, 40 DescribeBundleTasks each, and a burst of BundleInstance.
+    // 50 signed clients, 40 DescribeBundleTasks each, and a burst of BundleInstance. Under Wine
+    // (the Windows run of this suite) every request costs many times more CPU: a tenth of the
+    // load there, so the bound below still tells a server tied up by the slow connections (their
+    // header timeout is 10 s) from a busy one.
+    let (clients, each) = if cfg!(windows) { (10, 20) } else { (50, 40) };
     let c = server.client();
     let describe: Vec<(&str, &str)> = vec![("Action", "DescribeBundleTasks"), ("Version", "2016-11-15")];
-    let workers: Vec<_> = (0..50)
+    let workers: Vec<_> = (0..clients)
         .map(|_| {
             let (c, describe) = (c.clone(), describe.clone());
             std::thread::spawn(move || {
-                (0..40)
+                (0..each)
                     .map(|_| {
                         let t = Instant::now();
                         let r = c.post(&describe);
@@ -820,11 +824,12 @@ fn many_clients_at_once_and_slow_ones_never_tie_it_up() {
             _ => assert_eq!(code, "BundlingInProgress", "status {status}"),
         }
     }
-    assert_eq!(latencies.len(), 2000);
+    assert_eq!(latencies.len(), clients * each);
     latencies.sort();
     let p = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     eprintln!(
-        "2000 DescribeBundleTasks from 50 clients: p50 {:?}, p99 {:?}, max {:?}",
+        "{} DescribeBundleTasks from {clients} clients: p50 {:?}, p99 {:?}, max {:?}",
+        clients * each,
         p(0.5),
         p(0.99),
         latencies[latencies.len() - 1]
