@@ -7,10 +7,11 @@
 # Then `winbundle serve` in front of s3s-fs, driven by the aws-cli's ec2 commands, curl's SigV4
 # signer and boto3.
 # Needs: zstd, ntfs-3g, s3s-fs, garage, aws, boto3, curl (installed by .ci/run). A missing server is
-# reported and fails the suite unless E2E_ALLOW_MISSING=1.
+# reported and fails the suite unless E2E_ALLOW_MISSING=1. WINBUNDLE names the binary (default
+# the release build; .ci/run passes the one `cargo test` built).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-wb="$root/target/release/winbundle"
+wb=${WINBUNDLE:-$root/target/release/winbundle}
 work=$(mktemp -d)
 export XDG_STATE_HOME="$work/state" # task files of this run
 pids=()

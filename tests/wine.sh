@@ -12,12 +12,12 @@
 # - `inspect X:` reports the volume and says a snapshot would be taken;
 # - Ctrl-C (SIGINT, which Wine delivers as CTRL_C_EVENT) stops a bundle that waits on a silent
 #   server: exit 130, the task failed with Cancelled.
-# Needs: target/release/winbundle and a winbundle.exe (WINBUNDLE_EXE, default the release build;
+# Needs: a Linux winbundle (WINBUNDLE, default target/release/winbundle) and a winbundle.exe (WINBUNDLE_EXE, default the release build;
 # .ci/run passes the one its Wine test run built), wine64, mingw-w64 (for the test-only
 # ProcessPrng shim), zstd, python3.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-lin="$root/target/release/winbundle"
+lin=${WINBUNDLE:-$root/target/release/winbundle}
 exe=${WINBUNDLE_EXE:-$root/target/x86_64-pc-windows-gnu/release/winbundle.exe}
 work=$(mktemp -d)
 export WINEPREFIX="$work/prefix"
