@@ -98,7 +98,13 @@ fn an_unchanged_source_reuses_every_data_chunk_and_restores_without_its_parent()
 }
 
 fn verify_in(store: &Path, prefix: &str) {
-    let o = winbundle(&[
+    let o = verify_cli(store, prefix);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `winbundle verify` of `prefix` in the local store `store`.
+fn verify_cli(store: &Path, prefix: &str) -> std::process::Output {
+    winbundle(&[
         "verify",
         "--local-store",
         store.to_str().unwrap(),
@@ -106,8 +112,7 @@ fn verify_in(store: &Path, prefix: &str) {
         "bkt",
         "--prefix",
         prefix,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ])
 }
 
 #[test]
@@ -247,15 +252,7 @@ fn a_chunk_that_differs_from_its_index_fails_verify() {
     m["index"]["size"] = bytes.len().into();
     m["index"]["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)).into();
     std::fs::write(key("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
-    let o = winbundle(&[
-        "verify",
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "bkt",
-        "--prefix",
-        "t/x",
-    ]);
+    let o = verify_cli(&store, "t/x");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(err.contains("chunk 0") && err.contains("BLAKE3"), "{err}");

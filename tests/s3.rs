@@ -591,20 +591,11 @@ fn bundles_over_https_and_refuses_an_untrusted_certificate() {
     };
     let state = dir.path().join("state");
     let (src_arg, state) = (src.to_str().unwrap(), state.to_str().unwrap());
-    let o = run(
-        &[
-            "bundle-instance",
-            src_arg,
-            "--bucket",
-            "bkt",
-            "--prefix",
-            "untrusted",
-            "-q",
-            "--state-dir",
-            state,
-        ],
-        None,
-    );
+    let bundle = |prefix: &str, ca: Option<&Path>| {
+        let args = ["bundle-instance", src_arg, "--bucket", "bkt", "--prefix", prefix];
+        run(&[&args[..], &["-q", "--state-dir", state]].concat(), ca)
+    };
+    let o = bundle("untrusted", None);
     assert!(!o.status.success(), "an untrusted certificate must fail the run");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -620,20 +611,7 @@ fn bundles_over_https_and_refuses_an_untrusted_certificate() {
         "the hint says how to trust a private CA: {err}"
     );
 
-    let o = run(
-        &[
-            "bundle-instance",
-            src_arg,
-            "--bucket",
-            "bkt",
-            "--prefix",
-            "tls",
-            "-q",
-            "--state-dir",
-            state,
-        ],
-        Some(&front.ca_pem),
-    );
+    let o = bundle("tls", Some(&front.ca_pem));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = dir.path().join("restored.img");
     let o = run(
