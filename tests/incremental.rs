@@ -257,3 +257,31 @@ fn a_chunk_that_differs_from_its_index_fails_verify() {
     assert!(!o.status.success());
     assert!(err.contains("chunk 0") && err.contains("BLAKE3"), "{err}");
 }
+
+#[test]
+fn a_damaged_parent_frame_is_compressed_again_with_a_warning() {
+    // A parent whose data object was damaged after it was made (its manifest and index still
+    // name the old bytes): the frames that no longer give back their chunk are not reused.
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let store = dir.path().join("store");
+    let (code, _, err) = bundle_cli(&src, &store, "d/full", &[]);
+    assert_eq!(code, 0, "{err}");
+    let image = store.join("bkt").join("d/full.image.zst");
+    let mut bytes = std::fs::read(&image).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&image, &bytes).unwrap();
+    let (code, v, err) = bundle_cli(&src, &store, "d/inc", &["--parent", "d/full"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the parent bundle d/full is damaged"), "{err}");
+    assert!(v["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap() > 0, "{v}");
+    let (code, fresh, err) = bundle_cli(&src, &store, "d/fresh", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        v["Bundle"]["BundleSha256"], fresh["Bundle"]["BundleSha256"],
+        "the damage did not pass on"
+    );
+    verify_in(&store, "d/inc");
+    restores_like(&store, "d/inc", &src);
+}

@@ -303,9 +303,6 @@ fn run(
     progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
     let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
-    if let Some(p) = &parent {
-        writer = writer.with_parent(&p.bundle);
-    }
     let cfg = PipelineConfig {
         chunk_size: req.chunk_size,
         level: req.level,
@@ -319,6 +316,12 @@ fn run(
             return Err(e);
         }
     };
+    if let (Some(p), Some(first)) = (&parent, stats.first_damaged_chunk) {
+        notes.warnings.push(format!(
+            "the parent bundle {} is damaged: {} of its frames (the first for chunk {first}) do not decompress to the chunks its index names; those chunks were compressed again, so this bundle is whole; check the parent with `winbundle verify --prefix {}`",
+            p.prefix, stats.damaged_parent_frames, p.prefix
+        ));
+    }
     task.state = State::Storing;
     task.progress = "99%".into();
     task.update_time = task::now_iso();

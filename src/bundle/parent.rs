@@ -32,6 +32,11 @@ impl Reuse for Parent<'_> {
     fn lookup(&self, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame> {
         self.frames.get(&(*hash, raw_len)).copied()
     }
+
+    fn read(&self, frame: &ReusedFrame, buf: &mut Vec<u8>) -> Result<(), Error> {
+        buf.resize(frame.length as usize, 0);
+        self.bundle.read_stream(frame.offset, buf)
+    }
 }
 
 fn refuse(message: String) -> Error {

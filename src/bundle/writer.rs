@@ -7,7 +7,6 @@ use sha2::{Digest, Sha256};
 use super::Keys;
 use super::index::{ChunkIndex, IndexEntry};
 use super::manifest::{DataInfo, Layout, ObjectInfo};
-use super::read::OpenedBundle;
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
 use crate::chunk::pipeline::{FrameBytes, FrameSink};
@@ -35,9 +34,6 @@ pub struct StreamWriter<'a> {
     resumed: ResumeStats,
     /// The chunk index: each chunk's plaintext hash and where its frame went.
     index: Vec<IndexEntry>,
-    /// The bundle whose frames reused chunks take (incremental bundles), and a buffer for them.
-    parent: Option<&'a OpenedBundle<'a>>,
-    reused: Vec<u8>,
 }
 
 /// A finished data stream.
@@ -76,15 +72,7 @@ impl<'a> StreamWriter<'a> {
             reported: 0,
             resumed: ResumeStats::default(),
             index: Vec::new(),
-            parent: None,
-            reused: Vec::new(),
         }
-    }
-
-    /// Takes reused frames from `parent` (an incremental bundle).
-    pub fn with_parent(mut self, parent: &'a OpenedBundle<'a>) -> Self {
-        self.parent = Some(parent);
-        self
     }
 
     fn open_object(&mut self) -> Result<(), Error> {
@@ -218,23 +206,14 @@ impl<'a> StreamWriter<'a> {
 impl FrameSink for StreamWriter<'_> {
     fn frame(
         &mut self,
-        index: u64,
+        _index: u64,
         frame: FrameBytes<'_>,
         raw_len: u32,
         _zero: bool,
         hash: &[u8; 32],
     ) -> Result<(), Error> {
-        let mut reused = std::mem::take(&mut self.reused);
         let bytes = match frame {
-            FrameBytes::New(b) => b,
-            FrameBytes::Reused(r) => {
-                let parent = self
-                    .parent
-                    .ok_or_else(|| Error::Internal(format!("chunk {index}: a reused frame without a parent bundle")))?;
-                reused.resize(r.length as usize, 0);
-                parent.read_stream(r.offset, &mut reused)?;
-                &reused[..]
-            }
+            FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => b,
         };
         self.seek.push(SeekEntry {
             compressed: bytes.len() as u32,
@@ -247,8 +226,6 @@ impl FrameSink for StreamWriter<'_> {
             length: bytes.len() as u32,
             raw_len,
         });
-        let written = self.write_bytes(bytes);
-        self.reused = reused;
-        written
+        self.write_bytes(bytes)
     }
 }

@@ -40,10 +40,11 @@ pub trait FrameSink {
     ) -> Result<(), Error>;
 }
 
-/// A frame's bytes: new ones, or an earlier bundle's frame for the same plaintext.
+/// A frame's bytes: new ones, or an earlier bundle's frame for the same plaintext (read from
+/// that bundle and checked: it decompresses to this chunk's plaintext).
 pub enum FrameBytes<'a> {
     New(&'a [u8]),
-    Reused(ReusedFrame),
+    Reused { from: ReusedFrame, bytes: &'a [u8] },
 }
 
 /// Where an earlier bundle (the parent of an incremental one) holds a frame.
@@ -58,6 +59,8 @@ pub struct ReusedFrame {
 pub trait Reuse: Sync {
     /// The earlier frame of a chunk of `raw_len` bytes whose plaintext hashes to `hash`.
     fn lookup(&self, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame>;
+    /// Reads that frame's bytes into `buf`.
+    fn read(&self, frame: &ReusedFrame, buf: &mut Vec<u8>) -> Result<(), Error>;
 }
 
 /// What a run did, and where its time went.
@@ -82,6 +85,10 @@ pub struct PipelineStats {
     /// Chunks (and their plaintext bytes) whose frames came from the parent bundle.
     pub reused_chunks: u64,
     pub reused_bytes: u64,
+    /// Parent frames that did not decompress to the chunk their index promised (a damaged
+    /// parent): those chunks were compressed instead. The first one's chunk number.
+    pub damaged_parent_frames: u64,
+    pub first_damaged_chunk: Option<u64>,
 }
 
 enum Job {
@@ -103,9 +110,30 @@ enum Frame {
     },
     Reused {
         frame: ReusedFrame,
+        bytes: Vec<u8>,
         raw_len: u32,
         hash: [u8; 32],
     },
+    /// Compressed because the parent's frame for it was damaged.
+    Repaired {
+        bytes: Vec<u8>,
+        raw_len: u32,
+        hash: [u8; 32],
+    },
+}
+
+/// Whether `frame` is one zstd frame that decompresses to exactly `plain`.
+fn decompresses_to(frame: &[u8], plain: &[u8]) -> bool {
+    thread_local! {
+        static OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    OUT.with_borrow_mut(|out| {
+        out.clear();
+        out.reserve(plain.len());
+        zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(frame, out))
+            .is_ok_and(|n| n == plain.len() && out[..] == *plain)
+    })
 }
 
 /// Runs the pipeline over every chunk of `source`. With `reuse`, a chunk whose plaintext an
@@ -178,17 +206,45 @@ pub fn run_pipeline(
                 Frame::Zero { raw_len }
             } else {
                 let hash = chunk_hash(data);
-                match reuse.and_then(|r| r.lookup(&hash, raw_len)) {
-                    Some(frame) => Frame::Reused { frame, raw_len, hash },
+                let found = reuse.and_then(|r| r.lookup(&hash, raw_len).map(|f| (r, f)));
+                let mut damaged = false;
+                let mut reused = None;
+                if let Some((r, frame)) = found {
+                    // The parent's frame is taken only if it gives back this very chunk:
+                    // decompressing costs a fraction of compressing, and a damaged parent must
+                    // not pass into a bundle whose digests would then vouch for it.
+                    let mut bytes = outputs.take();
+                    r.read(&frame, &mut bytes)?;
+                    if decompresses_to(&bytes, data) {
+                        reused = Some(Frame::Reused {
+                            frame,
+                            bytes,
+                            raw_len,
+                            hash,
+                        });
+                    } else {
+                        damaged = true;
+                        outputs.give(bytes);
+                    }
+                }
+                match reused {
+                    Some(f) => f,
                     None => {
                         let mut out = outputs.take();
                         compressor
                             .compress(data, &mut out)
                             .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
-                        Frame::Data {
-                            bytes: out,
-                            raw_len,
-                            hash,
+                        match damaged {
+                            true => Frame::Repaired {
+                                bytes: out,
+                                raw_len,
+                                hash,
+                            },
+                            false => Frame::Data {
+                                bytes: out,
+                                raw_len,
+                                hash,
+                            },
                         }
                     }
                 }
@@ -210,11 +266,28 @@ pub fn run_pipeline(
                     sink.frame(index, FrameBytes::New(&bytes), raw_len, false, &hash)?;
                     outputs.give(bytes);
                 }
-                Frame::Reused { frame, raw_len, hash } => {
-                    stats.compressed_bytes += u64::from(frame.length);
+                Frame::Reused {
+                    frame,
+                    bytes,
+                    raw_len,
+                    hash,
+                } => {
+                    stats.compressed_bytes += bytes.len() as u64;
                     stats.reused_chunks += 1;
                     stats.reused_bytes += u64::from(raw_len);
-                    sink.frame(index, FrameBytes::Reused(frame), raw_len, false, &hash)?;
+                    let reused = FrameBytes::Reused {
+                        from: frame,
+                        bytes: &bytes,
+                    };
+                    sink.frame(index, reused, raw_len, false, &hash)?;
+                    outputs.give(bytes);
+                }
+                Frame::Repaired { bytes, raw_len, hash } => {
+                    stats.compressed_bytes += bytes.len() as u64;
+                    stats.damaged_parent_frames += 1;
+                    stats.first_damaged_chunk.get_or_insert(index);
+                    sink.frame(index, FrameBytes::New(&bytes), raw_len, false, &hash)?;
+                    outputs.give(bytes);
                 }
             }
             stats.store_time += t.elapsed();
