@@ -565,10 +565,11 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     });
     let parts = parts.unwrap();
     assert!(parts > 5, "{parts} parts");
-    // The probe, the parts not reused, the manifest (s3s now and then needs a form sent twice).
+    // The probe, the parts not reused (all but 1 and 2), the chunk index and the manifest: parts
+    // + 1 POSTs, and a few more where s3s needed a form sent twice.
     let posts = s3.faults.count("PostObject") - before;
     assert!(
-        (parts + 2 - 2..=parts + 2).contains(&posts),
+        (parts + 1..=parts + 4).contains(&posts),
         "{posts} POSTs for {parts} parts"
     );
     assert!(!journal.exists(), "the journal is removed once the bundle is complete");
