@@ -58,7 +58,6 @@ impl Error {
     /// An EC2-style error code for a failed bundle task.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Source(SourceError::Open { .. } | SourceError::IsDirectory { .. }) => "InvalidInstanceID.Malformed",
             Error::Source(SourceError::NotElevated { .. }) => "UnauthorizedOperation",
             Error::Source(SourceError::Snapshot { .. }) => "SnapshotFailed",
             Error::Source(SourceError::NoRootVolume { .. }) => "NoRootVolume",

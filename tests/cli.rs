@@ -599,4 +599,10 @@ fn errors_carry_their_code_and_a_json_line_for_scripts() {
         "{err}"
     );
     assert!(v["Error"]["Hint"].as_str().is_some_and(|h| !h.is_empty()), "{v}");
+    // A missing source is a source problem, not a malformed instance id.
+    assert_eq!(v["Error"]["Code"], "InvalidSource", "{v}");
+    // So is a folder given as the source.
+    let o = bundle_cmd(dir.path(), &dir.path().join("store"), &[]);
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("error (InvalidSource)"));
 }
