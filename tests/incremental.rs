@@ -40,6 +40,16 @@ fn bundle_cli(src: &Path, store: &Path, prefix: &str, extra: &[&str]) -> (i32, s
     )
 }
 
+/// A copy of gpt-disk.img bundled in full under `prefix`: (its folder, the image, the store).
+fn full_bundle(prefix: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let store = dir.path().join("store");
+    let (code, _, err) = bundle_cli(&src, &store, prefix, &[]);
+    assert_eq!(code, 0, "{err}");
+    (dir, src, store)
+}
+
 fn object(store: &Path, key: &str) -> Vec<u8> {
     std::fs::read(store.join("bkt").join(key)).unwrap()
 }
@@ -160,11 +170,7 @@ fn changed_clusters_are_compressed_again_and_the_object_equals_a_full_bundles() 
 
 #[test]
 fn parents_that_cannot_be_used_are_refused_with_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("gpt-disk.img", dir.path());
-    let store = dir.path().join("store");
-    let (code, _, err) = bundle_cli(&src, &store, "p/full", &[]);
-    assert_eq!(code, 0, "{err}");
+    let (_dir, src, store) = full_bundle("p/full");
     let refused = |prefix: &str, extra: &[&str], says: &str| {
         let (code, _, err) = bundle_cli(&src, &store, prefix, extra);
         assert_eq!(code, 2, "{says}: {err}");
@@ -236,14 +242,9 @@ fn parents_that_cannot_be_used_are_refused_with_why() {
 fn a_chunk_that_differs_from_its_index_fails_verify() {
     // The index is covered by the manifest's digest; a bundle whose index and data disagree
     // (made by hand here: index and manifest digest rewritten together) fails on that chunk.
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("gpt-disk.img", dir.path());
-    let store = dir.path().join("store");
-    let (code, _, err) = bundle_cli(&src, &store, "t/x", &[]);
-    assert_eq!(code, 0, "{err}");
+    let (_dir, _, store) = full_bundle("t/x");
     let key = |s: &str| store.join("bkt").join(format!("t/x.{s}"));
-    let raw = zstd::decode_all(&std::fs::read(key("index.zst")).unwrap()[..]).unwrap();
-    let mut raw = raw.clone();
+    let mut raw = zstd::decode_all(&std::fs::read(key("index.zst")).unwrap()[..]).unwrap();
     // The first entry's hash (after the 40-byte header).
     raw[40] ^= 0xff;
     let bytes = zstd::encode_all(&raw[..], 3).unwrap();
@@ -262,11 +263,7 @@ fn a_chunk_that_differs_from_its_index_fails_verify() {
 fn a_damaged_parent_frame_is_compressed_again_with_a_warning() {
     // A parent whose data object was damaged after it was made (its manifest and index still
     // name the old bytes): the frames that no longer give back their chunk are not reused.
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("gpt-disk.img", dir.path());
-    let store = dir.path().join("store");
-    let (code, _, err) = bundle_cli(&src, &store, "d/full", &[]);
-    assert_eq!(code, 0, "{err}");
+    let (_dir, src, store) = full_bundle("d/full");
     let image = store.join("bkt").join("d/full.image.zst");
     let mut bytes = std::fs::read(&image).unwrap();
     let middle = bytes.len() / 2;
