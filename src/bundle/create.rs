@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use super::Keys;
 use super::manifest::{
-    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, IndexInfo, Layout, Manifest, ParentInfo, RootInfo,
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_PART_SIZES, IndexInfo, Layout, Manifest, ParentInfo, RootInfo,
     SourceInfo, Stats,
 };
 pub use super::parent::ParentChoice;
@@ -303,6 +303,15 @@ fn run(
     progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
     let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
+    if let Some(p) = parent.as_ref().filter(|p| !crate::chunk::Reuse::reads_frames(*p)) {
+        // Every part but the last at least `min_part`: S3's 5 MiB, or more so that a stream
+        // of copied and sent parts still fits in 10,000 parts.
+        let min_part = store
+            .min_part_size()
+            .max(bound.div_ceil(MAX_PARTS - 1).next_multiple_of(1 << 20))
+            .min(part_size);
+        writer = writer.copy_from(super::writer::Copying { parent: p, min_part });
+    }
     let cfg = PipelineConfig {
         chunk_size: req.chunk_size,
         level: req.level,
@@ -318,7 +327,7 @@ fn run(
     };
     if let (Some(p), Some(first)) = (&parent, stats.first_damaged_chunk) {
         notes.warnings.push(format!(
-            "the parent bundle {} is damaged: {} of its frames (the first for chunk {first}) do not decompress to the chunks its index names; those chunks were compressed again, so this bundle is whole; check the parent with `winbundle verify --prefix {}`",
+            "the parent bundle {} is damaged: {} of its frames (the first for chunk {first}) are not the bytes its index names; those chunks were compressed again, so this bundle is whole; check the parent with `winbundle verify --prefix {}`",
             p.prefix, stats.damaged_parent_frames, p.prefix
         ));
     }
@@ -328,6 +337,8 @@ fn run(
     on_update(task)?;
     let finished = writer.finish(req.chunk_size as u64, plan.image_len)?;
     let (data, bundle_sha256, resumed) = (finished.data, finished.bundle_sha256, finished.resumed);
+    stats.parent_io = finished.reuse;
+    notes.warnings.extend(stats.parent_io.copies.note.clone());
     store.flush()?;
     let index_bytes = finished.index.encode();
     let stored_index = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
@@ -352,7 +363,11 @@ fn run(
     let root = plan.layout.root();
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
+        format_version: if data.objects.iter().any(|o| o.part_sizes.is_some()) {
+            FORMAT_VERSION_PART_SIZES
+        } else {
+            FORMAT_VERSION
+        },
         tool_version: env!("CARGO_PKG_VERSION").into(),
         bundle_id: task.bundle_id.clone(),
         instance_id: task.instance_id.clone(),
@@ -393,6 +408,8 @@ fn run(
             bundle_id: p.bundle.manifest.bundle_id.clone(),
             reused_chunks: stats.reused_chunks,
             reused_bytes: stats.reused_bytes,
+            copied_parts: stats.parent_io.copies.copied_parts,
+            copied_bytes: stats.parent_io.copies.copied_bytes,
         }),
         stats: Stats {
             allocated_bytes: plan.allocated_bytes,
@@ -427,16 +444,29 @@ fn open_parent<'s>(
     instance_id: &str,
     notes: &mut Notes,
 ) -> Result<Option<super::parent::Parent<'s>>, Error> {
-    if !store.is_local() {
+    if !store.is_local() && !store.copies_parts() {
         return Err(invalid(
             "--parent",
             format!(
-                "incremental bundles are made in a local store for now ({} would have to send the reused frames through this machine; copying them on the server with UploadPartCopy is not built yet): bundle without --parent/--incremental",
+                "{} cannot copy objects (an upload policy only lets one POST new ones): an incremental bundle reuses its parent's frames by having the server copy them, which needs credentials for the bucket; bundle with --owner-akid/--owner-sak or an AWS profile instead of the policy, or without --parent/--incremental",
                 store.location()
             ),
         ));
     }
+    if !store.is_local() && req.layout == Layout::Parts {
+        return Err(invalid(
+            "--parent",
+            "--layout parts stores each part as an object of its own, which a server-side copy cannot fill from a range of the parent: use --layout single (the default) for incremental bundles",
+        ));
+    }
     let parent = super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent)?;
+    if !store.is_local() && !parent.has_frame_hashes() {
+        notes.warnings.push(format!(
+            "the parent bundle {}'s chunk index has no frame hashes (it was made by an earlier winbundle), which copies on the server need so that every byte stays covered: every chunk is compressed again (a full bundle); the next bundle can build on this one",
+            parent.prefix
+        ));
+        return Ok(None);
+    }
     let m = &parent.bundle.manifest;
     if m.chunk_size != req.chunk_size as u64 {
         return Err(invalid(

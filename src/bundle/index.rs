@@ -5,15 +5,22 @@
 //! index object's size and SHA-256, so the index is covered like every data part.
 //!
 //! Layout (little-endian), compressed as one zstd frame:
-//! `"WBINDEX1"` | u32 version = 1 | u32 hash = 1 (BLAKE3-256) | u64 chunk_size | u64 volume_size |
-//! u64 chunk_count | chunk_count × { [u8; 32] hash | u64 frame offset | u32 frame length |
-//! u32 plaintext length }.
+//! `"WBINDEX1"` | u32 version = 2 | u32 hash = 1 (BLAKE3-256) | u64 chunk_size | u64 volume_size |
+//! u64 chunk_count | chunk_count × { [u8; 32] plaintext hash | [u8; 32] frame hash | u64 frame
+//! offset | u32 frame length | u32 plaintext length }.
+//!
+//! The frame hash (BLAKE3 of the compressed frame's bytes) lets a later bundle take a frame
+//! from this one, or have the server copy it, and still know every byte of it: checking a frame
+//! against it costs a fraction of decompressing. Version 1 (the first indexes, written for a
+//! few days before frame hashes existed) has no frame hash and is still read.
 
 use super::FormatError;
 
 const MAGIC: &[u8; 8] = b"WBINDEX1";
 const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8;
-const ENTRY: usize = 32 + 8 + 4 + 4;
+/// Entry sizes of index versions 1 and 2.
+const ENTRY_V1: usize = 32 + 8 + 4 + 4;
+const ENTRY: usize = 32 + 32 + 8 + 4 + 4;
 /// The hash algorithm named in the header: BLAKE3 with 32-byte output.
 const BLAKE3: u32 = 1;
 
@@ -21,6 +28,8 @@ const BLAKE3: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
     pub hash: [u8; 32],
+    /// BLAKE3 of the frame's compressed bytes (absent in version-1 indexes).
+    pub frame_hash: Option<[u8; 32]>,
     /// Offset of the frame in the data stream (all data objects, in order).
     pub offset: u64,
     pub length: u32,
@@ -40,22 +49,32 @@ pub fn chunk_hash(plain: &[u8]) -> [u8; 32] {
     blake3::hash(plain).into()
 }
 
+/// The hash the index records for a frame's compressed bytes.
+pub fn frame_hash(frame: &[u8]) -> [u8; 32] {
+    blake3::hash(frame).into()
+}
+
 fn bad(problem: impl Into<String>) -> FormatError {
     FormatError::Index(problem.into())
 }
 
 impl ChunkIndex {
     /// The index, compressed (level 3: the hashes do not compress; the offsets do a little).
+    /// Version 2 when every entry has its frame hash (every index winbundle writes now).
     pub fn encode(&self) -> Vec<u8> {
+        let v2 = self.entries.iter().all(|e| e.frame_hash.is_some());
         let mut raw = Vec::with_capacity(HEADER + self.entries.len() * ENTRY);
         raw.extend_from_slice(MAGIC);
-        raw.extend_from_slice(&1u32.to_le_bytes());
+        raw.extend_from_slice(&(if v2 { 2u32 } else { 1 }).to_le_bytes());
         raw.extend_from_slice(&BLAKE3.to_le_bytes());
         raw.extend_from_slice(&self.chunk_size.to_le_bytes());
         raw.extend_from_slice(&self.volume_size.to_le_bytes());
         raw.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         for e in &self.entries {
             raw.extend_from_slice(&e.hash);
+            if v2 {
+                raw.extend_from_slice(&e.frame_hash.unwrap_or_default());
+            }
             raw.extend_from_slice(&e.offset.to_le_bytes());
             raw.extend_from_slice(&e.length.to_le_bytes());
             raw.extend_from_slice(&e.raw_len.to_le_bytes());
@@ -76,9 +95,15 @@ impl ChunkIndex {
         }
         let u32_at = |o: usize| u32::from_le_bytes(raw[o..o + 4].try_into().unwrap_or_default());
         let u64_at = |o: usize| u64::from_le_bytes(raw[o..o + 8].try_into().unwrap_or_default());
-        if u32_at(8) != 1 {
-            return Err(bad(format!("index version {} is not supported", u32_at(8))));
-        }
+        let entry = match u32_at(8) {
+            1 => ENTRY_V1,
+            2 => ENTRY,
+            v => {
+                return Err(bad(format!(
+                    "index version {v} is not supported (this winbundle reads 1 and 2): use a newer winbundle"
+                )));
+            }
+        };
         if u32_at(12) != BLAKE3 {
             return Err(bad(format!("unknown hash algorithm {}", u32_at(12))));
         }
@@ -88,22 +113,26 @@ impl ChunkIndex {
                 "{count} chunks of {chunk_size} bytes do not make a volume of {volume_size} bytes"
             )));
         }
-        if (raw.len() - HEADER) as u64 != count.saturating_mul(ENTRY as u64) {
+        if (raw.len() - HEADER) as u64 != count.saturating_mul(entry as u64) {
             return Err(bad(format!(
                 "{} bytes of entries for {count} chunks",
                 raw.len() - HEADER
             )));
         }
+        let hash_at = |e: &[u8], at: usize| -> [u8; 32] { e[at..at + 32].try_into().unwrap_or_default() };
         let entries = raw[HEADER..]
-            .chunks_exact(ENTRY)
+            .chunks_exact(entry)
             .map(|e| {
-                let mut hash = [0u8; 32];
-                hash.copy_from_slice(&e[..32]);
+                let (frame_hash, rest) = match entry {
+                    ENTRY => (Some(hash_at(e, 32)), 64),
+                    _ => (None, 32),
+                };
                 IndexEntry {
-                    hash,
-                    offset: u64::from_le_bytes(e[32..40].try_into().unwrap_or_default()),
-                    length: u32::from_le_bytes(e[40..44].try_into().unwrap_or_default()),
-                    raw_len: u32::from_le_bytes(e[44..48].try_into().unwrap_or_default()),
+                    hash: hash_at(e, 0),
+                    frame_hash,
+                    offset: u64::from_le_bytes(e[rest..rest + 8].try_into().unwrap_or_default()),
+                    length: u32::from_le_bytes(e[rest + 8..rest + 12].try_into().unwrap_or_default()),
+                    raw_len: u32::from_le_bytes(e[rest + 12..rest + 16].try_into().unwrap_or_default()),
                 }
             })
             .collect();
@@ -155,6 +184,7 @@ mod tests {
             entries: (0..3u32)
                 .map(|i| IndexEntry {
                     hash: chunk_hash(&[i as u8; 7]),
+                    frame_hash: Some(frame_hash(&[i as u8; 3])),
                     offset: u64::from(i) * 100,
                     length: 100,
                     raw_len: if i == 2 { 10_000 - 8192 } else { 4096 },
@@ -178,6 +208,22 @@ mod tests {
     }
 
     #[test]
+    fn version_1_indexes_without_frame_hashes_are_still_read() {
+        let mut idx = sample();
+        for e in &mut idx.entries {
+            e.frame_hash = None;
+        }
+        let bytes = idx.encode();
+        let raw = zstd::decode_all(&bytes[..]).unwrap();
+        assert_eq!(u32::from_le_bytes(raw[8..12].try_into().unwrap()), 1);
+        assert_eq!(raw.len(), HEADER + 3 * ENTRY_V1);
+        assert_eq!(ChunkIndex::decode(&bytes, 3).unwrap(), idx);
+        let v2 = zstd::decode_all(&sample().encode()[..]).unwrap();
+        assert_eq!(u32::from_le_bytes(v2[8..12].try_into().unwrap()), 2);
+        assert_eq!(v2.len(), HEADER + 3 * ENTRY);
+    }
+
+    #[test]
     fn malformed_indexes_are_refused_with_what_is_wrong() {
         let good = sample().encode();
         let raw = zstd::decode_all(&good[..]).unwrap();
@@ -188,7 +234,7 @@ mod tests {
             assert!(err.to_string().contains(says), "{says}: {err}");
         };
         case(&|r| r[0] = b'X', 3, "bad magic");
-        case(&|r| r[8] = 2, 3, "version 2");
+        case(&|r| r[8] = 3, 3, "version 3");
         case(&|r| r[12] = 9, 3, "hash algorithm");
         case(&|r| r[32] = 4, 3, "do not make a volume");
         case(&|r| r.truncate(r.len() - 1), 3, "bytes of entries");

@@ -9,7 +9,10 @@ use crate::ntfs::{Exclusion, NtfsFacts};
 use crate::source::TableKind;
 
 pub const FORMAT_NAME: &str = "winbundle";
+/// The version a bundle is written with: 1, or 2 when its parts vary in size (an incremental
+/// bundle whose parts the server copied). Readers take both.
 pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION_PART_SIZES: u32 = 2;
 
 /// How the data stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -103,6 +106,11 @@ pub struct ParentInfo {
     /// Chunks whose frames were taken from the parent instead of compressed again.
     pub reused_chunks: u64,
     pub reused_bytes: u64,
+    /// Parts the server copied from the parent's object, and their bytes (S3).
+    #[serde(default)]
+    pub copied_parts: u32,
+    #[serde(default)]
+    pub copied_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,6 +137,22 @@ pub struct ObjectInfo {
     /// ETag of each part of a multipart upload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts_etag: Vec<String>,
+    /// Each part's size, when they are not all `part_size` (the last may be shorter): parts an
+    /// incremental bundle had the server copy are sized by the runs they copy (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_sizes: Option<Vec<u64>>,
+}
+
+impl ObjectInfo {
+    /// The size of each part, in order.
+    pub fn part_lengths(&self, part_size: u64) -> Vec<u64> {
+        match &self.part_sizes {
+            Some(sizes) => sizes.clone(),
+            None => (0..self.parts_sha256.len() as u64)
+                .map(|n| (self.size.saturating_sub(n * part_size)).min(part_size))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,9 +188,9 @@ impl Manifest {
         if m.format != FORMAT_NAME {
             return Err(bad(format!("format is {:?}, not {FORMAT_NAME:?}", m.format)));
         }
-        if m.format_version != FORMAT_VERSION {
+        if !(FORMAT_VERSION..=FORMAT_VERSION_PART_SIZES).contains(&m.format_version) {
             return Err(bad(format!(
-                "format version {} is not supported by this winbundle (it reads version {FORMAT_VERSION}); use a matching winbundle release",
+                "format version {} is not supported by this winbundle (it reads versions {FORMAT_VERSION} and {FORMAT_VERSION_PART_SIZES}); use a matching winbundle release",
                 m.format_version
             )));
         }
@@ -191,7 +215,25 @@ impl Manifest {
             )));
         }
         for o in &d.objects {
-            if o.parts_sha256.len() as u64 != o.size.div_ceil(d.part_size).max(1) {
+            if let Some(sizes) = &o.part_sizes {
+                if m.format_version < FORMAT_VERSION_PART_SIZES {
+                    return Err(bad(format!(
+                        "object {} lists part sizes, which format version {} does not have",
+                        o.key, m.format_version
+                    )));
+                }
+                let sum = sizes.iter().try_fold(0u64, |a, &s| a.checked_add(s));
+                if sizes.len() != o.parts_sha256.len() || sum != Some(o.size) || sizes.contains(&0) {
+                    return Err(bad(format!(
+                        "object {} lists {} part sizes adding up to {:?} for {} part digests and {} bytes",
+                        o.key,
+                        sizes.len(),
+                        sum,
+                        o.parts_sha256.len(),
+                        o.size
+                    )));
+                }
+            } else if o.parts_sha256.len() as u64 != o.size.div_ceil(d.part_size).max(1) {
                 return Err(bad(format!(
                     "object {} lists {} part digests for {} bytes",
                     o.key,

@@ -26,11 +26,39 @@ pub struct Parent<'s> {
     pub prefix: String,
     pub bundle: OpenedBundle<'s>,
     frames: HashMap<([u8; 32], u32), ReusedFrame>,
+    /// Frames are read through this machine (a local store), not copied on the server.
+    reads_frames: bool,
+}
+
+impl Parent<'_> {
+    /// Whether every entry of the parent's index has its frame hash (index version 2), which
+    /// copies on the server need: the new index carries them over for bytes it never sees.
+    pub fn has_frame_hashes(&self) -> bool {
+        self.bundle
+            .index
+            .as_ref()
+            .is_some_and(|i| i.entries.iter().all(|e| e.frame_hash.is_some()))
+    }
+
+    /// The parent's data object holding stream byte `offset`, and where it starts in the
+    /// stream.
+    pub fn object_at(&self, offset: u64) -> (&super::manifest::ObjectInfo, u64) {
+        self.bundle.object_at(offset)
+    }
+
+    /// Reads stream bytes of the parent.
+    pub fn read_stream(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.bundle.read_stream(offset, buf)
+    }
 }
 
 impl Reuse for Parent<'_> {
     fn lookup(&self, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame> {
         self.frames.get(&(*hash, raw_len)).copied()
+    }
+
+    fn reads_frames(&self) -> bool {
+        self.reads_frames
     }
 
     fn read(&self, frame: &ReusedFrame, buf: &mut Vec<u8>) -> Result<(), Error> {
@@ -80,21 +108,25 @@ pub fn open<'s>(
             "the parent bundle {parent_prefix} has no chunk index (it was made by an older winbundle): bundle without --parent once, then use that bundle as the parent"
         )));
     };
-    let frames = frames_by_hash(index);
+    let frames = frames_by_hash(index, &bundle.seek);
     Ok(Parent {
         prefix: parent_prefix,
         bundle,
         frames,
+        reads_frames: store.is_local(),
     })
 }
 
 /// Each distinct plaintext's first frame.
-fn frames_by_hash(index: &ChunkIndex) -> HashMap<([u8; 32], u32), ReusedFrame> {
+fn frames_by_hash(index: &ChunkIndex, seek: &[crate::chunk::SeekEntry]) -> HashMap<([u8; 32], u32), ReusedFrame> {
     let mut frames = HashMap::with_capacity(index.entries.len());
-    for e in &index.entries {
+    // The index was checked against the seek table: one entry per frame.
+    for (e, s) in index.entries.iter().zip(seek) {
         frames.entry((e.hash, e.raw_len)).or_insert(ReusedFrame {
             offset: e.offset,
             length: e.length,
+            checksum: s.checksum,
+            frame_hash: e.frame_hash,
         });
     }
     frames

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::index::{ChunkIndex, chunk_hash};
+use super::index::{ChunkIndex, chunk_hash, frame_hash};
 use super::manifest::Manifest;
 use super::{FormatError, Keys};
 use crate::Error;
@@ -86,17 +86,18 @@ impl<'s> OpenedBundle<'s> {
                 )));
             }
             object_offsets.push(offset);
-            for (n, h) in o.parts_sha256.iter().enumerate() {
+            let mut start = 0u64;
+            for (n, (h, size)) in o.parts_sha256.iter().zip(o.part_lengths(ps)).enumerate() {
                 let mut sha256 = [0u8; 32];
                 hex::decode_to_slice(h, &mut sha256).map_err(|e| integrity(format!("{}: {e}", o.key)))?;
-                let start = n as u64 * ps;
                 parts.push(PartSpan {
                     object: i,
                     number: n,
                     stream_offset: offset + start,
-                    size: (o.size - start).min(ps),
+                    size,
                     sha256,
                 });
+                start += size;
             }
             offset += o.size;
         }
@@ -192,6 +193,12 @@ impl<'s> OpenedBundle<'s> {
         Ok(())
     }
 
+    /// The data object holding stream byte `offset`, and where it starts in the stream.
+    pub fn object_at(&self, offset: u64) -> (&super::manifest::ObjectInfo, u64) {
+        let i = self.object_offsets.partition_point(|&o| o <= offset).saturating_sub(1);
+        (&self.manifest.data.objects[i], self.object_offsets[i])
+    }
+
     fn describe_part(&self, p: &PartSpan) -> String {
         let key = &self.manifest.data.objects[p.object].key;
         let (first, last) = self.chunks_in(p.stream_offset, p.stream_offset + p.size);
@@ -243,6 +250,7 @@ impl<'s> OpenedBundle<'s> {
         let zeros = vec![0u8; if zero.is_some() { chunk_size } else { 0 }];
         let zero_hash = self.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
         let hash_of = |i: u64| self.index.as_ref().map(|idx| idx.entries[i as usize].hash);
+        let frame_hash_of = |i: u64| self.index.as_ref().and_then(|idx| idx.entries[i as usize].frame_hash);
         let frames = BufPool::default();
         let raws = BufPool::default();
         let mut stats = ReadStats::default();
@@ -344,6 +352,9 @@ impl<'s> OpenedBundle<'s> {
                     };
                     if frame_checksum(&frame) != e.checksum {
                         return Err(fail("its frame checksum differs from the seek table".into()));
+                    }
+                    if frame_hash_of(i).is_some_and(|h| h != frame_hash(&frame)) {
+                        return Err(fail("its bytes' BLAKE3 differs from the chunk index".into()));
                     }
                     if e.raw as usize == chunk_size && zero.as_ref().is_some_and(|z| z.bytes == frame) {
                         if hash_of(i).is_some_and(|h| Some(h) != zero_hash) {

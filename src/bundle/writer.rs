@@ -1,6 +1,14 @@
 //! Turns the ordered frames into stored objects: appends each frame to the data stream, cuts
 //! the stream into parts of `part_size` bytes (hashing each with SHA-256 as the bytes go by, the
 //! only pass over the compressed data), and ends the stream with the seek table.
+//!
+//! Incremental bundles on a store that copies on the server: frames the parent holds arrive
+//! without bytes ([`FrameBytes::Copied`]). Consecutive ones that sit back to back in one parent
+//! object form a *run*; a run becomes parts the server copies (UploadPartCopy) when it is long
+//! enough, and its bytes are fetched from the parent and sent like new frames when it is not.
+//! Every part but the last must hold at least `min_part` bytes (S3: 5 MiB), so an upload part
+//! still too short when a run starts takes its missing bytes from the head of that run. Parts
+//! then vary in size, and the manifest lists their sizes.
 
 use sha2::{Digest, Sha256};
 
@@ -9,9 +17,43 @@ use super::index::{ChunkIndex, IndexEntry};
 use super::manifest::{DataInfo, Layout, ObjectInfo};
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
-use crate::chunk::pipeline::{FrameBytes, FrameSink};
+use super::parent::Parent;
+use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink};
 use crate::progress::Progress;
-use crate::store::{ObjectStore, ObjectWriter, PartInfo, ResumeStats};
+use crate::store::{CopySource, CopyStats, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError};
+
+/// The largest part copied in one request (S3 allows 5 GiB; smaller keeps retries cheap).
+const MAX_COPY_PART: u64 = 1 << 30;
+/// Bytes fetched from the parent per read when a run is sent instead of copied.
+const FETCH_PIECE: usize = 8 << 20;
+
+/// Server-side copies from the parent (incremental bundles on S3).
+pub struct Copying<'a> {
+    pub parent: &'a Parent<'a>,
+    /// The smallest part but the last.
+    pub min_part: u64,
+}
+
+/// Frames of the parent, back to back in one of its objects, not yet placed in parts.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    /// Stream offset in the parent, and length.
+    start: u64,
+    len: u64,
+    /// Stream offset of the parent object holding it.
+    object_start: u64,
+}
+
+/// How an incremental bundle's reused frames reached the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReuseStats {
+    #[serde(flatten)]
+    pub copies: CopyStats,
+    /// Bytes of the parent's frames read through this machine and sent again (runs too short
+    /// to copy; every reused frame in a local store).
+    pub fetched_bytes: u64,
+}
 
 pub struct StreamWriter<'a> {
     store: &'a dyn ObjectStore,
@@ -34,6 +76,15 @@ pub struct StreamWriter<'a> {
     resumed: ResumeStats,
     /// The chunk index: each chunk's plaintext hash and where its frame went.
     index: Vec<IndexEntry>,
+    /// Each part of the current object: its size and, unless the server copied it, its SHA-256.
+    parts: Vec<(u64, Option<[u8; 32]>)>,
+    copying: Option<Copying<'a>>,
+    /// The server refused to copy: runs are sent from here on.
+    copy_refused: bool,
+    run: Option<Run>,
+    /// Stream bytes of all frames so far, a run not yet placed in parts included.
+    frames_end: u64,
+    reuse: ReuseStats,
 }
 
 /// A finished data stream.
@@ -44,6 +95,7 @@ pub struct Finished {
     /// What an interrupted earlier run had stored and this one reused.
     pub resumed: ResumeStats,
     pub index: ChunkIndex,
+    pub reuse: ReuseStats,
 }
 
 impl<'a> StreamWriter<'a> {
@@ -72,7 +124,19 @@ impl<'a> StreamWriter<'a> {
             reported: 0,
             resumed: ResumeStats::default(),
             index: Vec::new(),
+            parts: Vec::new(),
+            copying: None,
+            copy_refused: false,
+            run: None,
+            frames_end: 0,
+            reuse: ReuseStats::default(),
         }
+    }
+
+    /// Has the store copy runs of the parent's frames on the server.
+    pub fn copy_from(mut self, copying: Copying<'a>) -> Self {
+        self.copying = Some(copying);
+        self
     }
 
     fn open_object(&mut self) -> Result<(), Error> {
@@ -90,8 +154,10 @@ impl<'a> StreamWriter<'a> {
                     parts_sha256: Vec::new(),
                     etag: None,
                     parts_etag: Vec::new(),
+                    part_sizes: None,
                 },
             ));
+            self.parts.clear();
             self.part_number = 0;
         }
         Ok(())
@@ -120,17 +186,16 @@ impl<'a> StreamWriter<'a> {
 
     fn end_part(&mut self) -> Result<(), Error> {
         let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
-        self.bundle_hasher.update(digest);
         let part = PartInfo {
             number: self.part_number,
             size: self.part_len,
             sha256: digest,
         };
+        self.parts.push((self.part_len, Some(digest)));
         self.part_len = 0;
         self.part_number += 1;
-        if let Some((w, info)) = self.current.as_mut() {
+        if let Some((w, _)) = self.current.as_mut() {
             w.end_part(&part)?;
-            info.parts_sha256.push(hex::encode(digest));
         }
         if self.layout == Layout::Parts {
             self.close_object()?;
@@ -145,9 +210,124 @@ impl<'a> StreamWriter<'a> {
             info.etag = receipt.etag;
             info.parts_etag = receipt.part_etags;
             self.resumed.add(&receipt.resumed);
+            self.reuse.copies.add(&receipt.copy);
+            for (number, sum) in receipt.copied {
+                if let Some(p) = self.parts.get_mut(number as usize) {
+                    p.1 = Some(sum);
+                }
+            }
+            for (n, (_, digest)) in self.parts.iter().enumerate() {
+                let digest = digest.ok_or_else(|| {
+                    Error::Internal(format!("{}: the store gave no SHA-256 for copied part {n}", info.key))
+                })?;
+                self.bundle_hasher.update(digest);
+                info.parts_sha256.push(hex::encode(digest));
+            }
+            // Parts of one size (the last may be shorter) need no list.
+            let uneven = self.parts.len() > 1 && self.parts[..self.parts.len() - 1].iter().any(|p| p.0 != self.part_size);
+            if uneven {
+                info.part_sizes = Some(self.parts.iter().map(|p| p.0).collect());
+            }
+            self.parts.clear();
             self.done.push(info);
             self.report_stored();
         }
+        Ok(())
+    }
+
+    /// Appends a run of the parent's frames to the stream: copied on the server where it is
+    /// long enough, otherwise fetched and sent.
+    fn close_run(&mut self) -> Result<(), Error> {
+        let (Some(run), Some(min)) = (self.run.take(), self.copying.as_ref().map(|c| c.min_part)) else {
+            return Ok(());
+        };
+        if self.copy_refused {
+            return self.send_from_parent(run.start, run.len);
+        }
+        // An upload part already begun must reach `min` before a copy may follow it.
+        let need = if self.part_len > 0 {
+            min.saturating_sub(self.part_len)
+        } else {
+            0
+        };
+        if run.len < need + min {
+            return self.send_from_parent(run.start, run.len);
+        }
+        self.send_from_parent(run.start, need)?;
+        if self.part_len > 0 {
+            self.end_part()?;
+        }
+        let (start, len) = (run.start + need, run.len - need);
+        // Pieces of at most MAX_COPY_PART, of near-equal size (each far above `min`).
+        let pieces = len.div_ceil(MAX_COPY_PART);
+        let mut at = start;
+        for k in 0..pieces {
+            let end = start + len * (k + 1) / pieces;
+            if !self.copy_part(at, end - at, &run)? {
+                // The server does not copy: this and every later run is sent.
+                return self.send_from_parent(at, start + len - at);
+            }
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Has the store copy parent stream bytes [start, start + len) as the next part. False when
+    /// the server refused to copy (nothing was stored; copying is off from here on).
+    fn copy_part(&mut self, start: u64, len: u64, run: &Run) -> Result<bool, Error> {
+        let Some(c) = &self.copying else { return Ok(false) };
+        let (object, _) = c.parent.object_at(run.object_start);
+        let source = CopySource {
+            key: object.key.clone(),
+            offset: start - run.object_start,
+            len,
+            etag: object.etag.clone(),
+        };
+        self.open_object()?;
+        let number = self.part_number;
+        let copied = match self.current.as_mut() {
+            Some((w, _)) => w.copy_part(number, &source),
+            None => return Err(Error::Internal("no data object to copy into".into())),
+        };
+        match copied {
+            Ok(()) => {}
+            Err(StoreError::CopyRefused { location, code, message }) => {
+                self.reuse.copies.note = Some(format!(
+                    "the server refused UploadPartCopy ({code}: {message}) at {location}: the parent's frames were read and sent from this machine instead"
+                ));
+                self.copy_refused = true;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if let Some((_, info)) = self.current.as_mut() {
+            info.size += len;
+        }
+        self.parts.push((len, None));
+        self.part_number += 1;
+        self.stream_size += len;
+        self.report_stored();
+        Ok(true)
+    }
+
+    /// Sends parent stream bytes [start, start + len) like new ones: read from the parent, in
+    /// pieces.
+    fn send_from_parent(&mut self, start: u64, len: u64) -> Result<(), Error> {
+        if len == 0 {
+            return Ok(());
+        }
+        let Some(parent) = self.copying.as_ref().map(|c| c.parent) else {
+            return Err(Error::Internal("parent frames to send without a parent".into()));
+        };
+        let mut buf = vec![0u8; (len as usize).min(FETCH_PIECE)];
+        let mut at = start;
+        while at < start + len {
+            let n = ((start + len - at) as usize).min(FETCH_PIECE);
+            parent.read_stream(at, &mut buf[..n])?;
+            self.write_bytes(&buf[..n])?;
+            at += n as u64;
+        }
+        self.reuse.fetched_bytes += len;
         Ok(())
     }
 
@@ -164,6 +344,7 @@ impl<'a> StreamWriter<'a> {
     /// the bundle digest, what an interrupted earlier run had stored that was reused, and the
     /// chunk index of a volume of `volume_size` bytes in chunks of `chunk_size`.
     pub fn finish(mut self, chunk_size: u64, volume_size: u64) -> Result<Finished, Error> {
+        self.close_run()?;
         let table = encode_seek_table(&self.seek);
         let seek_table_offset = self.stream_size;
         self.write_bytes(&table)?;
@@ -189,6 +370,7 @@ impl<'a> StreamWriter<'a> {
                 volume_size,
                 entries: std::mem::take(&mut self.index),
             },
+            reuse: std::mem::take(&mut self.reuse),
         })
     }
 
@@ -204,28 +386,65 @@ impl<'a> StreamWriter<'a> {
 }
 
 impl FrameSink for StreamWriter<'_> {
-    fn frame(
-        &mut self,
-        _index: u64,
-        frame: FrameBytes<'_>,
-        raw_len: u32,
-        _zero: bool,
-        hash: &[u8; 32],
-    ) -> Result<(), Error> {
-        let bytes = match frame {
-            FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => b,
+    fn frame(&mut self, f: ChunkFrame<'_>) -> Result<(), Error> {
+        let (length, checksum) = match &f.bytes {
+            FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => (b.len() as u32, frame_checksum(b)),
+            FrameBytes::Copied(from) => (from.length, from.checksum),
         };
         self.seek.push(SeekEntry {
-            compressed: bytes.len() as u32,
-            raw: raw_len,
-            checksum: frame_checksum(bytes),
+            compressed: length,
+            raw: f.raw_len,
+            checksum,
         });
         self.index.push(IndexEntry {
-            hash: *hash,
-            offset: self.stream_size,
-            length: bytes.len() as u32,
-            raw_len,
+            hash: f.hash,
+            frame_hash: Some(f.frame_hash),
+            offset: self.frames_end,
+            length,
+            raw_len: f.raw_len,
         });
-        self.write_bytes(bytes)
+        self.frames_end += u64::from(length);
+        match f.bytes {
+            FrameBytes::New(b) => {
+                self.close_run()?;
+                self.write_bytes(b)
+            }
+            FrameBytes::Reused { bytes, .. } => {
+                self.close_run()?;
+                self.reuse.fetched_bytes += bytes.len() as u64;
+                self.write_bytes(bytes)
+            }
+            FrameBytes::Copied(from) => self.extend_run(from.offset, u64::from(from.length)),
+        }
+    }
+}
+
+impl StreamWriter<'_> {
+    /// Adds a parent frame at parent stream offset `start` to the run, or starts a new run.
+    fn extend_run(&mut self, start: u64, len: u64) -> Result<(), Error> {
+        let Some(c) = &self.copying else {
+            return Err(Error::Internal("a frame to copy, but no parent to copy from".into()));
+        };
+        let (object, object_start) = c.parent.object_at(start);
+        if start + len > object_start + object.size {
+            // The frame spans two of the parent's objects (one object per part): no single
+            // copy can take it.
+            self.close_run()?;
+            return self.send_from_parent(start, len);
+        }
+        if let Some(run) = self.run.as_mut()
+            && run.start + run.len == start
+            && run.object_start == object_start
+        {
+            run.len += len;
+            return Ok(());
+        }
+        self.close_run()?;
+        self.run = Some(Run {
+            start,
+            len,
+            object_start,
+        });
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use super::ordered::{BufPool, Pool, ordered_map};
 use super::source::ChunkBuf;
 use super::source::ChunkSource;
 use crate::Error;
-use crate::bundle::index::chunk_hash;
+use crate::bundle::index::{chunk_hash, frame_hash};
 use crate::progress::Progress;
 
 /// Settings of one run.
@@ -27,24 +27,31 @@ pub struct PipelineConfig {
 
 /// Receives frames in chunk order.
 pub trait FrameSink {
-    /// `frame` is one complete zstd frame for chunk `index` of `raw_len` bytes whose plaintext
-    /// hashes to `hash` ([`crate::bundle::index::chunk_hash`]); `zero` is set when it is the
-    /// shared all-zero frame.
-    fn frame(
-        &mut self,
-        index: u64,
-        frame: FrameBytes<'_>,
-        raw_len: u32,
-        zero: bool,
-        hash: &[u8; 32],
-    ) -> Result<(), Error>;
+    fn frame(&mut self, frame: ChunkFrame<'_>) -> Result<(), Error>;
 }
 
-/// A frame's bytes: new ones, or an earlier bundle's frame for the same plaintext (read from
-/// that bundle and checked: it decompresses to this chunk's plaintext).
+/// One chunk's frame, as the sink receives it.
+pub struct ChunkFrame<'a> {
+    /// The chunk's number.
+    pub index: u64,
+    pub bytes: FrameBytes<'a>,
+    /// Bytes of plaintext (the chunk size, or less for the last chunk).
+    pub raw_len: u32,
+    /// The shared all-zero frame.
+    pub zero: bool,
+    /// [`crate::bundle::index::chunk_hash`] of the plaintext.
+    pub hash: [u8; 32],
+    /// [`crate::bundle::index::frame_hash`] of the frame's bytes.
+    pub frame_hash: [u8; 32],
+}
+
+/// A frame's bytes: new ones; an earlier bundle's frame for the same plaintext, read from that
+/// bundle and checked against its frame hash; or an earlier bundle's frame that the store is to
+/// copy on the server (the bytes never pass through this machine).
 pub enum FrameBytes<'a> {
     New(&'a [u8]),
     Reused { from: ReusedFrame, bytes: &'a [u8] },
+    Copied(ReusedFrame),
 }
 
 /// Where an earlier bundle (the parent of an incremental one) holds a frame.
@@ -53,12 +60,19 @@ pub struct ReusedFrame {
     /// Offset and length of the frame in the parent's data stream.
     pub offset: u64,
     pub length: u32,
+    /// The frame's content checksum (its seek-table entry).
+    pub checksum: u32,
+    /// BLAKE3 of the frame's bytes, from the parent's chunk index (version 2 and later).
+    pub frame_hash: Option<[u8; 32]>,
 }
 
 /// The frames of an earlier bundle, by the hash of their plaintext (incremental bundles).
 pub trait Reuse: Sync {
     /// The earlier frame of a chunk of `raw_len` bytes whose plaintext hashes to `hash`.
     fn lookup(&self, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame>;
+    /// True when reused frames are read through this machine and checked by the workers (a
+    /// local store); false when the store copies them on the server, unread ([`FrameBytes::Copied`]).
+    fn reads_frames(&self) -> bool;
     /// Reads that frame's bytes into `buf`.
     fn read(&self, frame: &ReusedFrame, buf: &mut Vec<u8>) -> Result<(), Error>;
 }
@@ -89,6 +103,8 @@ pub struct PipelineStats {
     /// parent): those chunks were compressed instead. The first one's chunk number.
     pub damaged_parent_frames: u64,
     pub first_damaged_chunk: Option<u64>,
+    /// How the reused frames reached the store (copied on the server, or read and sent).
+    pub parent_io: crate::bundle::writer::ReuseStats,
 }
 
 enum Job {
@@ -103,22 +119,27 @@ enum Frame {
     Zero {
         raw_len: u32,
     },
+    /// Compressed here; `repaired` when the parent's frame for it was damaged.
     Data {
         bytes: Vec<u8>,
         raw_len: u32,
         hash: [u8; 32],
+        frame_hash: [u8; 32],
+        repaired: bool,
     },
     Reused {
         frame: ReusedFrame,
         bytes: Vec<u8>,
         raw_len: u32,
         hash: [u8; 32],
+        frame_hash: [u8; 32],
     },
-    /// Compressed because the parent's frame for it was damaged.
-    Repaired {
-        bytes: Vec<u8>,
+    /// The parent's frame, copied by the store.
+    Copied {
+        frame: ReusedFrame,
         raw_len: u32,
         hash: [u8; 32],
+        frame_hash: [u8; 32],
     },
 }
 
@@ -133,6 +154,27 @@ fn decompresses_to(frame: &[u8], plain: &[u8]) -> bool {
         zstd::bulk::Decompressor::new()
             .and_then(|mut d| d.decompress_to_buffer(frame, out))
             .is_ok_and(|n| n == plain.len() && out[..] == *plain)
+    })
+}
+
+/// Compresses one chunk into a new frame (in `out`, a recycled buffer).
+fn compress(
+    compressor: &mut ChunkCompressor,
+    index: u64,
+    data: &[u8],
+    hash: [u8; 32],
+    repaired: bool,
+    mut out: Vec<u8>,
+) -> Result<Frame, Error> {
+    compressor
+        .compress(data, &mut out)
+        .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
+    Ok(Frame::Data {
+        frame_hash: frame_hash(&out),
+        bytes: out,
+        raw_len: data.len() as u32,
+        hash,
+        repaired,
     })
 }
 
@@ -153,6 +195,7 @@ pub fn run_pipeline(
     let compress_err = |e: std::io::Error| Error::Compress(e.to_string());
     let zero = ZeroFrame::new(cfg.chunk_size, cfg.level).map_err(compress_err)?;
     let zero_hash = chunk_hash(&vec![0u8; cfg.chunk_size]);
+    let zero_frame_hash = frame_hash(&zero.bytes);
     let inputs = Pool::<ChunkBuf>::default();
     let outputs = BufPool::default();
     let compress_nanos = AtomicU64::new(0);
@@ -206,47 +249,42 @@ pub fn run_pipeline(
                 Frame::Zero { raw_len }
             } else {
                 let hash = chunk_hash(data);
-                let found = reuse.and_then(|r| r.lookup(&hash, raw_len).map(|f| (r, f)));
-                let mut damaged = false;
-                let mut reused = None;
-                if let Some((r, frame)) = found {
-                    // The parent's frame is taken only if it gives back this very chunk:
-                    // decompressing costs a fraction of compressing, and a damaged parent must
-                    // not pass into a bundle whose digests would then vouch for it.
-                    let mut bytes = outputs.take();
-                    r.read(&frame, &mut bytes)?;
-                    if decompresses_to(&bytes, data) {
-                        reused = Some(Frame::Reused {
+                match reuse.and_then(|r| r.lookup(&hash, raw_len).map(|f| (r, f))) {
+                    Some((r, frame)) if !r.reads_frames() => match frame.frame_hash {
+                        Some(frame_hash) => Frame::Copied {
                             frame,
-                            bytes,
                             raw_len,
                             hash,
-                        });
-                    } else {
-                        damaged = true;
-                        outputs.give(bytes);
-                    }
-                }
-                match reused {
-                    Some(f) => f,
-                    None => {
-                        let mut out = outputs.take();
-                        compressor
-                            .compress(data, &mut out)
-                            .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
-                        match damaged {
-                            true => Frame::Repaired {
-                                bytes: out,
+                            frame_hash,
+                        },
+                        None => compress(compressor, index, data, hash, false, outputs.take())?,
+                    },
+                    Some((r, frame)) => {
+                        // The parent's frame is taken only if its bytes are the ones the
+                        // parent's index vouches for (a version-1 index, without frame hashes:
+                        // if it gives back this very chunk). A damaged parent must not pass
+                        // into a bundle whose digests would then vouch for it.
+                        let mut bytes = outputs.take();
+                        r.read(&frame, &mut bytes)?;
+                        let got = frame_hash(&bytes);
+                        let good = match frame.frame_hash {
+                            Some(h) => h == got,
+                            None => decompresses_to(&bytes, data),
+                        };
+                        if good {
+                            Frame::Reused {
+                                frame,
+                                bytes,
                                 raw_len,
                                 hash,
-                            },
-                            false => Frame::Data {
-                                bytes: out,
-                                raw_len,
-                                hash,
-                            },
+                                frame_hash: got,
+                            }
+                        } else {
+                            outputs.give(bytes);
+                            compress(compressor, index, data, hash, true, outputs.take())?
                         }
                     }
+                    None => compress(compressor, index, data, hash, false, outputs.take())?,
                 }
             };
             compress_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -255,40 +293,62 @@ pub fn run_pipeline(
         },
         |index, frame| {
             let t = Instant::now();
-            match frame {
+            let (bytes, raw_len, zero_frame, hash, frame_hash) = match &frame {
                 Frame::Zero { raw_len } => {
                     stats.zero_chunks += 1;
-                    stats.compressed_bytes += zero.bytes.len() as u64;
-                    sink.frame(index, FrameBytes::New(&zero.bytes), raw_len, true, &zero_hash)?;
+                    (FrameBytes::New(&zero.bytes), *raw_len, true, zero_hash, zero_frame_hash)
                 }
-                Frame::Data { bytes, raw_len, hash } => {
-                    stats.compressed_bytes += bytes.len() as u64;
-                    sink.frame(index, FrameBytes::New(&bytes), raw_len, false, &hash)?;
-                    outputs.give(bytes);
+                Frame::Data {
+                    bytes,
+                    raw_len,
+                    hash,
+                    frame_hash,
+                    repaired,
+                } => {
+                    if *repaired {
+                        stats.damaged_parent_frames += 1;
+                        stats.first_damaged_chunk.get_or_insert(index);
+                    }
+                    (FrameBytes::New(bytes), *raw_len, false, *hash, *frame_hash)
                 }
                 Frame::Reused {
                     frame,
                     bytes,
                     raw_len,
                     hash,
+                    frame_hash,
                 } => {
-                    stats.compressed_bytes += bytes.len() as u64;
-                    stats.reused_chunks += 1;
-                    stats.reused_bytes += u64::from(raw_len);
                     let reused = FrameBytes::Reused {
-                        from: frame,
-                        bytes: &bytes,
+                        from: *frame,
+                        bytes,
                     };
-                    sink.frame(index, reused, raw_len, false, &hash)?;
-                    outputs.give(bytes);
+                    (reused, *raw_len, false, *hash, *frame_hash)
                 }
-                Frame::Repaired { bytes, raw_len, hash } => {
-                    stats.compressed_bytes += bytes.len() as u64;
-                    stats.damaged_parent_frames += 1;
-                    stats.first_damaged_chunk.get_or_insert(index);
-                    sink.frame(index, FrameBytes::New(&bytes), raw_len, false, &hash)?;
-                    outputs.give(bytes);
-                }
+                Frame::Copied {
+                    frame,
+                    raw_len,
+                    hash,
+                    frame_hash,
+                } => (FrameBytes::Copied(*frame), *raw_len, false, *hash, *frame_hash),
+            };
+            stats.compressed_bytes += match &bytes {
+                FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => b.len() as u64,
+                FrameBytes::Copied(f) => u64::from(f.length),
+            };
+            if matches!(bytes, FrameBytes::Reused { .. } | FrameBytes::Copied(_)) {
+                stats.reused_chunks += 1;
+                stats.reused_bytes += u64::from(raw_len);
+            }
+            sink.frame(ChunkFrame {
+                index,
+                bytes,
+                raw_len,
+                zero: zero_frame,
+                hash,
+                frame_hash,
+            })?;
+            if let Frame::Data { bytes, .. } | Frame::Reused { bytes, .. } = frame {
+                outputs.give(bytes);
             }
             stats.store_time += t.elapsed();
             Ok(())

@@ -97,8 +97,21 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         && let Some(p) = &m.parent
         && !args.quiet
     {
+        let io = &s.parent_io;
+        let how = match io.copies.copied_parts {
+            0 => String::new(),
+            n => format!(
+                "; the server copied {} bytes of them in {n} parts{}, {} bytes were read from the parent and sent",
+                io.copies.copied_bytes,
+                match io.copies.read_back_bytes {
+                    0 => String::new(),
+                    b => format!(" (it returned no checksums, so {b} bytes were read back to hash them)"),
+                },
+                io.fetched_bytes
+            ),
+        };
         eprintln!(
-            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again",
+            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again{how}",
             p.prefix, p.bundle_id, p.reused_chunks, s.chunks, p.reused_bytes
         );
     }
@@ -143,6 +156,11 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                     "BundleId": p.bundle_id,
                     "ReusedChunks": p.reused_chunks,
                     "ReusedBytes": p.reused_bytes,
+                    "CopiedParts": s.parent_io.copies.copied_parts,
+                    "CopiedBytes": s.parent_io.copies.copied_bytes,
+                    "ReadBackBytes": s.parent_io.copies.read_back_bytes,
+                    "FetchedBytes": s.parent_io.fetched_bytes,
+                    "NewBytes": m.data.stream_size - s.parent_io.copies.copied_bytes - s.parent_io.fetched_bytes,
                 })),
                 "InstanceIdDerived": outcome.instance_id_derived,
             }))

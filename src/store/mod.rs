@@ -51,6 +51,12 @@ pub enum StoreError {
         location: String,
         detail: String,
     },
+    #[error("S3 UploadPartCopy {location}: {code}: {message} (the server does not copy parts)")]
+    CopyRefused {
+        location: String,
+        code: String,
+        message: String,
+    },
     #[error("S3 setup: {0}")]
     S3Config(String),
     #[error("{op} stopped: the run was cancelled")]
@@ -67,6 +73,50 @@ pub struct ObjectReceipt {
     pub part_etags: Vec<String>,
     /// What an interrupted earlier run had already stored and this one reused.
     pub resumed: ResumeStats,
+    /// The SHA-256 of each part stored as a server-side copy ([`ObjectWriter::copy_part`]),
+    /// by part number.
+    pub copied: Vec<(u32, [u8; 32])>,
+    /// How those copies went.
+    pub copy: CopyStats,
+}
+
+/// Parts an incremental bundle had the server copy from its parent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CopyStats {
+    /// Parts copied on the server (UploadPartCopy) and their bytes.
+    pub copied_parts: u32,
+    pub copied_bytes: u64,
+    /// Bytes of copied parts read back to compute their SHA-256, where the server returned no
+    /// checksum for the copy.
+    pub read_back_bytes: u64,
+    /// Parts meant as copies that were uploaded instead (the server refused to copy), and why.
+    pub uploaded_instead: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl CopyStats {
+    pub fn add(&mut self, o: &CopyStats) {
+        self.copied_parts += o.copied_parts;
+        self.copied_bytes += o.copied_bytes;
+        self.read_back_bytes += o.read_back_bytes;
+        self.uploaded_instead += o.uploaded_instead;
+        if self.note.is_none() {
+            self.note.clone_from(&o.note);
+        }
+    }
+}
+
+/// A byte range of an object in the same bucket, for a server-side copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySource {
+    pub key: String,
+    pub offset: u64,
+    pub len: u64,
+    /// The object's ETag as its manifest records it: the copy is made only if the object still
+    /// has it (`x-amz-copy-source-if-match`).
+    pub etag: Option<String>,
 }
 
 /// An interrupted upload picked up again: what of it was reused.
@@ -115,6 +165,13 @@ pub trait ObjectWriter: Send {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
     /// The bytes written since the last part boundary form `part`.
     fn end_part(&mut self, part: &PartInfo) -> Result<(), StoreError>;
+    /// Stores part `number` as a server-side copy of `source`: the bytes do not pass through
+    /// this machine. The part's SHA-256 comes back in the receipt ([`ObjectReceipt::copied`]).
+    /// Only stores whose [`ObjectStore::copies_parts`] is true take it.
+    fn copy_part(&mut self, number: u32, source: &CopySource) -> Result<(), StoreError> {
+        let _ = (number, source);
+        Err(StoreError::S3Config("this store cannot copy parts on the server".into()))
+    }
     /// Bytes durably stored so far (written to disk, or parts whose upload completed).
     fn stored_bytes(&self) -> u64;
     /// Makes the object visible under its key.
@@ -166,6 +223,13 @@ pub trait ObjectStore: Send + Sync {
     /// Whether reading back what is stored costs nothing worth counting (a local folder), so an
     /// incremental bundle may copy its parent's frames through this machine.
     fn is_local(&self) -> bool {
+        false
+    }
+
+    /// Whether data objects can take parts copied on the server from another object of the same
+    /// bucket (S3 UploadPartCopy), so an incremental bundle's reused frames never pass through
+    /// this machine.
+    fn copies_parts(&self) -> bool {
         false
     }
 

@@ -352,6 +352,35 @@ impl ObjectStore for S3Store {
         MIN_MULTIPART_PART
     }
 
+    fn copies_parts(&self) -> bool {
+        true
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let i = &self.inner;
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = i.run("ListObjectsV2", async {
+                i.client
+                    .list_objects_v2()
+                    .bucket(&i.bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.clone())
+                    .send()
+                    .await
+                    .map_err(|e| convert("ListObjectsV2", &i.bucket, prefix, e))
+            })?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            token = page.next_continuation_token().map(str::to_string);
+            if !page.is_truncated().unwrap_or(false) || token.is_none() {
+                break;
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
     fn unfinished(&self, prefix: &str) -> Result<Vec<uploads::Upload>, StoreError> {
         uploads::list(&self.inner, prefix)
     }

@@ -8,6 +8,13 @@
 //! upload holds (its SHA-256 checksum, or its ETag as MD5 where the server lists no checksums):
 //! an equal part is not sent again, a different one (the source changed) is sent and replaces
 //! it. Older unfinished uploads of the key are aborted.
+//!
+//! Copies (incremental bundles): a part can be an UploadPartCopy of a range of the parent
+//! bundle's object, made only while that object keeps the ETag its manifest recorded. Its
+//! SHA-256 is the server's checksum of the copy (the upload asks for SHA-256 checksums, so AWS
+//! computes one for copied parts too); a server that returns none has the source range read
+//! back and hashed here. The first copy waits for its answer: a server that does not do
+//! UploadPartCopy says so there, and the caller sends the bytes instead.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,15 +29,30 @@ use super::error::convert;
 use super::signing::PrecomputedSha256;
 use super::uploads::{self, StoredPart};
 use super::{ABORT_TIMEOUT, Inner, b64};
-use crate::store::{ObjectReceipt, ObjectWriter, PartInfo, ResumeStats, StoreError};
+use crate::store::{CopySource, CopyStats, ObjectReceipt, ObjectWriter, PartInfo, ResumeStats, StoreError};
+
+/// What one part's request left: the part for CompleteMultipartUpload, and for a copy its
+/// SHA-256.
+struct Done {
+    part: CompletedPart,
+    copied: Option<[u8; 32]>,
+    stats: CopyStats,
+}
+
+/// Error codes with which a server says it does not do UploadPartCopy at all.
+const COPY_REFUSED: &[&str] = &["NotImplemented", "MethodNotAllowed", "UnsupportedOperation"];
 
 pub struct MultipartWriter {
     inner: Arc<Inner>,
     key: String,
     upload_id: String,
     buf: Vec<u8>,
-    tasks: Vec<JoinHandle<Result<CompletedPart, StoreError>>>,
+    tasks: Vec<JoinHandle<Result<Done, StoreError>>>,
     done: Vec<CompletedPart>,
+    copied: Vec<(u32, [u8; 32])>,
+    copy: CopyStats,
+    /// A copy has been answered: the server does UploadPartCopy.
+    copy_works: bool,
     uploaded: Arc<AtomicU64>,
     /// Completed or aborted: nothing left to clean up.
     closed: bool,
@@ -115,6 +137,9 @@ impl MultipartWriter {
             buf: Vec::new(),
             tasks: Vec::new(),
             done: Vec::new(),
+            copied: Vec::new(),
+            copy: CopyStats::default(),
+            copy_works: false,
             uploaded: Arc::default(),
             closed: false,
             stored,
@@ -154,17 +179,38 @@ impl MultipartWriter {
     }
 
     /// Waits for one part upload and records the part.
-    fn join(&mut self, t: JoinHandle<Result<CompletedPart, StoreError>>) -> Result<(), StoreError> {
+    fn join(&mut self, t: JoinHandle<Result<Done, StoreError>>) -> Result<(), StoreError> {
         let location = self.location();
-        let part = self.inner.run("UploadPart", async move {
+        let done = self.inner.run("UploadPart", async move {
             t.await.map_err(|e| StoreError::S3Transport {
                 op: "UploadPart",
                 location,
                 detail: e.to_string(),
             })?
         })?;
-        self.done.push(part);
+        self.record(done);
         Ok(())
+    }
+
+    fn record(&mut self, done: Done) {
+        if let (Some(sum), Some(n)) = (done.copied, done.part.part_number()) {
+            self.copied.push((n as u32 - 1, sum));
+        }
+        self.copy.add(&done.stats);
+        self.done.push(done.part);
+    }
+
+    /// Waits for a free upload slot.
+    fn permit(&self, op: &'static str) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        let location = self.location();
+        let permits = self.inner.permits.clone();
+        self.inner.run(op, async move {
+            permits.acquire_owned().await.map_err(|e| StoreError::S3Transport {
+                op,
+                location,
+                detail: e.to_string(),
+            })
+        })
     }
 
     fn location(&self) -> String {
@@ -223,50 +269,59 @@ impl ObjectWriter for MultipartWriter {
             );
             return Ok(());
         }
-        let location = self.location();
-        let permits = self.inner.permits.clone();
-        let permit = self.inner.run("UploadPart", async move {
-            permits.acquire_owned().await.map_err(|e| StoreError::S3Transport {
-                op: "UploadPart",
-                location,
-                detail: e.to_string(),
-            })
-        })?;
+        let permit = self.permit("UploadPart")?;
         let body = std::mem::replace(&mut self.buf, Vec::with_capacity(part.size as usize));
-        let len = body.len();
-        let checksum = b64(&part.sha256);
-        let payload_hash = hex::encode(part.sha256);
-        let (inner, key, upload_id, uploaded) = (
+        let (inner, key, upload_id, uploaded, sha256) = (
             self.inner.clone(),
             self.key.clone(),
             self.upload_id.clone(),
             self.uploaded.clone(),
+            part.sha256,
         );
         let task = self.inner.rt.spawn(async move {
             let _permit = permit;
-            let out = inner
-                .client
-                .upload_part()
-                .bucket(&inner.bucket)
-                .key(&key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .content_length(len as i64)
-                .checksum_sha256(&checksum)
-                .body(ByteStream::from(body))
-                .customize()
-                .interceptor(PrecomputedSha256(payload_hash))
-                .send()
-                .await
-                .map_err(|e| convert("UploadPart", &inner.bucket, &key, e))?;
-            uploaded.fetch_add(len as u64, Ordering::Relaxed);
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .e_tag(out.e_tag().unwrap_or_default())
-                .checksum_sha256(checksum)
-                .build())
+            let part = upload_part(&inner, &key, &upload_id, number, body, &sha256).await?;
+            uploaded.fetch_add(part.1, Ordering::Relaxed);
+            Ok(Done {
+                part: part.0,
+                copied: None,
+                stats: CopyStats::default(),
+            })
         });
         self.tasks.push(task);
+        Ok(())
+    }
+
+    fn copy_part(&mut self, number: u32, source: &CopySource) -> Result<(), StoreError> {
+        self.check_finished()?;
+        let number = number as i32 + 1;
+        // A copy is never matched against a resumed upload's part: copying again is cheap.
+        if self.stored.remove(&number).is_some() {
+            self.resumed.replaced_parts += 1;
+        }
+        let permit = self.permit("UploadPartCopy")?;
+        let (inner, key, upload_id, uploaded, source) = (
+            self.inner.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+            self.uploaded.clone(),
+            source.clone(),
+        );
+        let copy = async move {
+            let _permit = permit;
+            let done = copy_part(&inner, &key, &upload_id, number, &source).await?;
+            uploaded.fetch_add(source.len, Ordering::Relaxed);
+            Ok(done)
+        };
+        if self.copy_works {
+            let task = self.inner.rt.spawn(copy);
+            self.tasks.push(task);
+            return Ok(());
+        }
+        // The first copy: its answer says whether the server copies at all.
+        let done = self.inner.run("UploadPartCopy", copy)?;
+        self.copy_works = true;
+        self.record(done);
         Ok(())
     }
 
@@ -303,6 +358,8 @@ impl ObjectWriter for MultipartWriter {
                     etag: out.e_tag().map(str::to_string),
                     part_etags,
                     resumed: std::mem::take(&mut self.resumed),
+                    copied: std::mem::take(&mut self.copied),
+                    copy: std::mem::take(&mut self.copy),
                 })
             }
             Err(e) => {
@@ -323,4 +380,155 @@ impl Drop for MultipartWriter {
             self.abort_upload();
         }
     }
+}
+
+/// Uploads one part; returns it for CompleteMultipartUpload, and its size.
+async fn upload_part(
+    inner: &Inner,
+    key: &str,
+    upload_id: &str,
+    number: i32,
+    body: Vec<u8>,
+    sha256: &[u8; 32],
+) -> Result<(CompletedPart, u64), StoreError> {
+    let len = body.len();
+    let checksum = b64(sha256);
+    let out = inner
+        .client
+        .upload_part()
+        .bucket(&inner.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(number)
+        .content_length(len as i64)
+        .checksum_sha256(&checksum)
+        .body(ByteStream::from(body))
+        .customize()
+        .interceptor(PrecomputedSha256(hex::encode(sha256)))
+        .send()
+        .await
+        .map_err(|e| convert("UploadPart", &inner.bucket, key, e))?;
+    let part = CompletedPart::builder()
+        .part_number(number)
+        .e_tag(out.e_tag().unwrap_or_default())
+        .checksum_sha256(checksum)
+        .build();
+    Ok((part, len as u64))
+}
+
+/// `bucket/key` for `x-amz-copy-source`, the key percent-encoded except for `/`.
+fn copy_source_header(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Has the server copy `source` into part `number`. Its SHA-256: the server's checksum, or
+/// the source range read back and hashed.
+async fn copy_part(
+    inner: &Inner,
+    key: &str,
+    upload_id: &str,
+    number: i32,
+    source: &CopySource,
+) -> Result<Done, StoreError> {
+    let range = format!("bytes={}-{}", source.offset, source.offset + source.len - 1);
+    let out = inner
+        .client
+        .upload_part_copy()
+        .bucket(&inner.bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(number)
+        .copy_source(copy_source_header(&inner.bucket, &source.key))
+        .copy_source_range(&range)
+        .set_copy_source_if_match(source.etag.clone())
+        .send()
+        .await
+        .map_err(|e| match convert("UploadPartCopy", &inner.bucket, key, e) {
+            StoreError::S3 { code, message, .. } if COPY_REFUSED.contains(&code.as_str()) => StoreError::CopyRefused {
+                location: format!("{}/{key}", inner.bucket),
+                code,
+                message,
+            },
+            StoreError::S3 { op, location, code, .. } if code == "PreconditionFailed" => StoreError::S3 {
+                op,
+                location,
+                code,
+                message: format!(
+                    "the parent object {} no longer has the ETag {} its manifest recorded: it was replaced after the parent bundle was made, so its frames cannot be trusted; bundle without --parent/--incremental, or name another parent",
+                    source.key,
+                    source.etag.as_deref().unwrap_or("")
+                ),
+            },
+            e => e,
+        })?;
+    let result = out.copy_part_result();
+    let server_sum = result
+        .and_then(|r| r.checksum_sha256())
+        .and_then(|s| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).ok())
+        .and_then(|d| <[u8; 32]>::try_from(d).ok());
+    let mut stats = CopyStats {
+        copied_parts: 1,
+        copied_bytes: source.len,
+        ..Default::default()
+    };
+    let sha256 = match server_sum {
+        Some(sum) => sum,
+        None => {
+            stats.read_back_bytes = source.len;
+            hash_range(inner, source).await?
+        }
+    };
+    let part = CompletedPart::builder()
+        .part_number(number)
+        .e_tag(result.and_then(|r| r.e_tag()).unwrap_or_default())
+        .checksum_sha256(b64(&sha256))
+        .build();
+    Ok(Done {
+        part,
+        copied: Some(sha256),
+        stats,
+    })
+}
+
+/// SHA-256 of a range of an object, read as a stream (nothing kept).
+async fn hash_range(inner: &Inner, source: &CopySource) -> Result<[u8; 32], StoreError> {
+    let range = format!("bytes={}-{}", source.offset, source.offset + source.len - 1);
+    let location = format!("{}/{}", inner.bucket, source.key);
+    let out = inner
+        .client
+        .get_object()
+        .bucket(&inner.bucket)
+        .key(&source.key)
+        .range(&range)
+        .set_if_match(source.etag.clone())
+        .send()
+        .await
+        .map_err(|e| convert("GetObject", &inner.bucket, &source.key, e))?;
+    let mut body = out.body;
+    let mut hasher = sha2::Sha256::new();
+    let mut got = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| StoreError::S3Transport {
+            op: "GetObject",
+            location: location.clone(),
+            detail: format!("reading the body: {}", super::error::error_chain(&e)),
+        })?;
+        got += chunk.len() as u64;
+        sha2::Digest::update(&mut hasher, &chunk);
+    }
+    if got != source.len {
+        return Err(StoreError::S3Transport {
+            op: "GetObject",
+            location,
+            detail: format!("asked for {} bytes ({range}), got {got}", source.len),
+        });
+    }
+    Ok(sha2::Digest::finalize(hasher).into())
 }
