@@ -322,6 +322,19 @@ fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
     let out = dir.path().join("out.img");
     restore_from(&reader, "pol/win", &out).unwrap();
     assert_restored_matches(&src, &req.plan, &out);
+
+    // An incremental bundle needs the server to copy the parent's frames: a policy cannot.
+    let post = post_store(&s3, "bkt", "pol/inc", SECRET_KEY);
+    let mut inc = request(&src, "pol/inc");
+    inc.layout = Layout::Parts;
+    inc.parent = Some(winbundle::bundle::create::ParentChoice::Prefix("pol/win".into()));
+    let err = bundle_instance(&inc, &post, &NoProgress, &AtomicBool::new(false), &mut |_| Ok(()))
+        .result
+        .unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let err = err.to_string();
+    assert!(err.contains("cannot copy objects") && err.contains("needs credentials"), "{err}");
+    assert!(!reader.exists("pol/inc.manifest.json").unwrap());
 }
 
 #[test]

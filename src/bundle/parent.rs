@@ -46,6 +46,21 @@ impl Parent<'_> {
         self.bundle.object_at(offset)
     }
 
+    /// The parent's frame that starts at stream offset `offset`, if it holds a chunk of
+    /// `raw_len` bytes whose plaintext hashes to `hash`: the frame that continues a run, where
+    /// the same plaintext sits in several chunks (zeros, repeated blocks).
+    pub fn frame_at(&self, offset: u64, hash: &[u8; 32], raw_len: u32) -> Option<ReusedFrame> {
+        let index = self.bundle.index.as_ref()?;
+        let i = index.entries.binary_search_by_key(&offset, |e| e.offset).ok()?;
+        let e = &index.entries[i];
+        (e.hash == *hash && e.raw_len == raw_len).then(|| ReusedFrame {
+            offset: e.offset,
+            length: e.length,
+            checksum: self.bundle.seek[i].checksum,
+            frame_hash: e.frame_hash,
+        })
+    }
+
     /// Reads stream bytes of the parent.
     pub fn read_stream(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.bundle.read_stream(offset, buf)

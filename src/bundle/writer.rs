@@ -224,7 +224,11 @@ impl<'a> StreamWriter<'a> {
                 info.parts_sha256.push(hex::encode(digest));
             }
             // Parts of one size (the last may be shorter) need no list.
-            let uneven = self.parts.len() > 1 && self.parts[..self.parts.len() - 1].iter().any(|p| p.0 != self.part_size);
+            let last = self.parts.len().saturating_sub(1);
+            let uneven = self.parts.iter().enumerate().any(|(i, p)| match i == last {
+                false => p.0 != self.part_size,
+                true => p.0 > self.part_size,
+            });
             if uneven {
                 info.part_sizes = Some(self.parts.iter().map(|p| p.0).collect());
             }
@@ -344,10 +348,25 @@ impl<'a> StreamWriter<'a> {
     /// the bundle digest, what an interrupted earlier run had stored that was reused, and the
     /// chunk index of a volume of `volume_size` bytes in chunks of `chunk_size`.
     pub fn finish(mut self, chunk_size: u64, volume_size: u64) -> Result<Finished, Error> {
-        self.close_run()?;
         let table = encode_seek_table(&self.seek);
-        let seek_table_offset = self.stream_size;
-        self.write_bytes(&table)?;
+        let seek_table_offset = self.frames_end;
+        // An unchanged source has the parent's seek table too: it follows the parent's last
+        // frames, so the copy of those takes it along and nothing at all is sent.
+        let parent_table = self
+            .copying
+            .as_ref()
+            .filter(|c| encode_seek_table(&c.parent.bundle.seek) == table)
+            .map(|c| c.parent.bundle.manifest.data.seek_table_offset);
+        match parent_table {
+            Some(at) if !self.copy_refused => {
+                self.extend_run(at, table.len() as u64)?;
+                self.close_run()?;
+            }
+            _ => {
+                self.close_run()?;
+                self.write_bytes(&table)?;
+            }
+        }
         if self.part_len > 0 {
             self.end_part()?;
         }
@@ -386,7 +405,16 @@ impl<'a> StreamWriter<'a> {
 }
 
 impl FrameSink for StreamWriter<'_> {
-    fn frame(&mut self, f: ChunkFrame<'_>) -> Result<(), Error> {
+    fn frame(&mut self, mut f: ChunkFrame<'_>) -> Result<(), Error> {
+        // The same plaintext can sit in several of the parent's frames (zeros, repeated
+        // blocks): the one that continues the current run keeps it one copy.
+        if let (Some(c), Some(run)) = (&self.copying, &self.run)
+            && (f.zero || matches!(f.bytes, FrameBytes::Copied(_)))
+            && let Some(next) = c.parent.frame_at(run.start + run.len, &f.hash, f.raw_len)
+            && next.frame_hash == Some(f.frame_hash)
+        {
+            f.bytes = FrameBytes::Copied(next);
+        }
         let (length, checksum) = match &f.bytes {
             FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => (b.len() as u32, frame_checksum(b)),
             FrameBytes::Copied(from) => (from.length, from.checksum),

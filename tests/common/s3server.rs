@@ -46,6 +46,10 @@ pub struct Faults {
     pub no_part_checksums: AtomicBool,
     /// Unfinished multipart uploads by upload id.
     pub uploads: Mutex<std::collections::BTreeMap<String, Pending>>,
+    /// Answer UploadPartCopy with 501 NotImplemented (a server that does not copy).
+    pub refuse_copy: AtomicBool,
+    /// Request body bytes received, by operation.
+    pub bytes_in: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// An unfinished multipart upload, as ListMultipartUploads and ListParts report it.
@@ -186,6 +190,20 @@ impl Faults {
                     .to_string();
                 u.parts.insert(n, (size, etag, header("x-amz-checksum-sha256")));
             }
+            "UploadPartCopy" => {
+                let Some(u) = uploads.get_mut(&id) else { return };
+                let n: u32 = query_param(query, "partNumber")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let size = headers
+                    .get("x-amz-copy-source-range")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.split_once('-'))
+                    .and_then(|(a, b)| Some(b.parse::<u64>().ok()? + 1 - a.parse::<u64>().ok()?))
+                    .unwrap_or(0);
+                u.parts.insert(n, (size, String::new(), None));
+            }
             "CompleteMultipartUpload" | "AbortMultipartUpload" => {
                 uploads.remove(&id);
             }
@@ -197,6 +215,17 @@ impl Faults {
 impl Faults {
     pub fn count(&self, op: &str) -> usize {
         self.log.lock().unwrap().iter().filter(|o| *o == op).count()
+    }
+
+    /// Request body bytes received by operation `op`.
+    pub fn bytes_in(&self, op: &str) -> u64 {
+        self.bytes_in.lock().unwrap().get(op).copied().unwrap_or(0)
+    }
+
+    /// Forgets the operations and bytes seen so far.
+    pub fn reset_counts(&self) {
+        self.log.lock().unwrap().clear();
+        self.bytes_in.lock().unwrap().clear();
     }
 }
 
@@ -251,8 +280,21 @@ impl Service<http::Request<Incoming>> for Faulty {
         Box::pin(async move {
             let query = req.uri().query().unwrap_or("").to_string();
             let path = req.uri().path().to_string();
-            let op = classify(req.method(), &query);
+            let mut op = classify(req.method(), &query);
+            if op == "UploadPart" && req.headers().contains_key("x-amz-copy-source") {
+                op = "UploadPartCopy";
+            }
             faults.log.lock().unwrap().push(op.to_string());
+            let len: u64 = req
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            *faults.bytes_in.lock().unwrap().entry(op.to_string()).or_default() += len;
+            if op == "UploadPartCopy" && faults.refuse_copy.load(Ordering::SeqCst) {
+                return Ok(s3_error(501, "NotImplemented", "A header you provided implies functionality that is not implemented."));
+            }
             if let Some(resp) = faults.answer_listing(op, &path, &query) {
                 return Ok(resp);
             }

@@ -1,0 +1,171 @@
+//! Incremental bundles on S3 (an in-process s3s-fs server): runs of unchanged frames become
+//! parts the server copies from the parent (UploadPartCopy), the rest is sent; the new object
+//! equals a full bundle's byte for byte, verifies and restores without its parent; an unchanged
+//! source sends nothing but copies; a server that refuses copies gets the bytes instead; an
+//! upload policy cannot make incremental bundles.
+
+mod common;
+#[path = "common/s3server.rs"]
+mod s3server;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use s3server::TestS3;
+use winbundle::bundle::create::{BundleOutcome, BundleRequest, ParentChoice, bundle_instance};
+use winbundle::bundle::read::OpenedBundle;
+use winbundle::progress::NoProgress;
+use winbundle::store::ObjectStore;
+
+fn run(req: &BundleRequest, store: &dyn ObjectStore) -> BundleOutcome {
+    bundle_instance(req, store, &NoProgress, &AtomicBool::new(false), &mut |_| Ok(()))
+}
+
+/// gpt-disk.img with nearly every free cluster of C: filled with random bytes (about 64 MiB
+/// of data that does not compress), leaving a few free for later changes.
+fn disk(dir: &Path) -> std::path::PathBuf {
+    let img = fixture("gpt-disk.img", dir);
+    fill_free_clusters(&img, 0x2545f4914f6cdd1d, &|cl| cl % 4096 != 77);
+    img
+}
+
+fn with_parent(src: &Path, prefix: &str, parent: &str) -> BundleRequest {
+    let mut req = request(src, prefix);
+    req.instance_id = Some("i-0123456789abcdef0".into());
+    req.parent = Some(ParentChoice::Prefix(parent.into()));
+    req
+}
+
+fn full(src: &Path, prefix: &str) -> BundleRequest {
+    let mut req = request(src, prefix);
+    req.instance_id = Some("i-0123456789abcdef0".into());
+    req
+}
+
+fn restores_from_s3(store: &dyn ObjectStore, prefix: &str, src: &Path, dir: &Path) {
+    let b = OpenedBundle::open(store, prefix).unwrap();
+    b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
+    let out = dir.join(format!("{}.restored", prefix.replace('/', "_")));
+    restore_from(store, prefix, &out).unwrap();
+    assert_restored_matches(src, &request(src, "x").plan, &out);
+}
+
+#[test]
+fn changed_chunks_are_sent_and_the_rest_copied_on_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let (parent, _) = run(&full(&src, "win/mon"), &store).result.unwrap();
+    // New data in clusters 16 MiB apart: a few chunks change, nothing moves.
+    let changed = fill_free_clusters(&src, 7, &|cl| cl % 4096 == 77);
+    assert!(changed.len() >= 3, "{changed:?}");
+    s3.faults.reset_counts();
+    let (m, stats) = run(&with_parent(&src, "win/tue", "win/mon"), &store).result.unwrap();
+
+    let p = m.parent.as_ref().unwrap();
+    assert_eq!(p.prefix, "win/mon");
+    assert!(p.copied_parts >= 2, "{p:?}");
+    assert_eq!(s3.faults.count("UploadPartCopy") as u32, p.copied_parts);
+    // s3s-fs returns no checksum for a copied part: each was read back to hash it.
+    assert_eq!(stats.parent_io.copies.read_back_bytes, p.copied_bytes);
+    assert_eq!(m.format_version, 2, "parts of several sizes");
+    let o = &m.data.objects[0];
+    let sizes = o.part_sizes.as_ref().unwrap();
+    assert_eq!(sizes.iter().sum::<u64>(), o.size);
+    assert!(sizes[..sizes.len() - 1].iter().all(|&s| s >= 5 << 20), "{sizes:?}");
+    // What was sent: the changed frames (the clusters' chunks and $Bitmap's), each in a part
+    // padded to 5 MiB with the frames around it, and the seek table.
+    let index = |prefix: &str| OpenedBundle::open(&store, prefix).unwrap().index.unwrap().entries;
+    let (before, after) = (index("win/mon"), index("win/tue"));
+    let differ = before.iter().zip(&after).filter(|(a, b)| a.hash != b.hash).count() as u64;
+    assert!(differ > changed.len() as u64 / 2, "{differ} chunks changed");
+    let sent = s3.faults.bytes_in("UploadPart");
+    assert_eq!(sent, o.size - p.copied_bytes);
+    assert!(
+        sent <= differ * (5 << 20) + m.data.seek_table_size,
+        "{sent} bytes sent for {differ} changed chunks: {sizes:?}"
+    );
+    assert!(p.copied_bytes > o.size / 2, "{p:?} of {}", o.size);
+
+    // Byte for byte the object a full bundle of the same source makes.
+    let (fresh, _) = run(&full(&src, "full/tue"), &store).result.unwrap();
+    let image = |key: &str| store.get(key).unwrap();
+    assert!(image("win/tue.image.zst") == image("full/tue.image.zst"));
+    assert_eq!(fresh.data.stream_size, m.data.stream_size);
+    assert!(image("win/tue.image.zst") != image("win/mon.image.zst"));
+
+    // The parent goes; the incremental bundle verifies and restores on its own.
+    for o in &parent.data.objects {
+        store.delete(&o.key).unwrap();
+    }
+    store.delete("win/mon.index.zst").unwrap();
+    store.delete("win/mon.manifest.json").unwrap();
+    restores_from_s3(&store, "win/tue", &src, dir.path());
+}
+
+#[test]
+fn an_unchanged_source_sends_no_data_only_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let (parent, _) = run(&full(&src, "n/1"), &store).result.unwrap();
+    s3.faults.reset_counts();
+    // --incremental finds the parent by listing the bucket.
+    let mut req = full(&src, "n/2");
+    req.parent = Some(ParentChoice::Newest);
+    let (m, _) = run(&req, &store).result.unwrap();
+    assert_eq!(m.parent.as_ref().unwrap().prefix, "n/1");
+    assert_eq!(s3.faults.count("UploadPart"), 0, "{:?}", s3.faults.log.lock().unwrap());
+    assert_eq!(s3.faults.bytes_in("UploadPart"), 0);
+    assert!(s3.faults.count("UploadPartCopy") >= 1);
+    // What was written besides the copies: the index and the manifest, nothing else.
+    assert_eq!(s3.faults.count("PutObject"), 2);
+    assert!(store.get("n/2.image.zst").unwrap() == store.get("n/1.image.zst").unwrap());
+    assert_eq!(m.data.stream_size, parent.data.stream_size);
+    restores_from_s3(&store, "n/2", &src, dir.path());
+}
+
+#[test]
+fn a_server_that_refuses_copies_gets_the_bytes_sent_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    run(&full(&src, "r/1"), &store).result.unwrap();
+    fill_free_clusters(&src, 9, &|cl| cl % 4096 == 77);
+    s3.faults.refuse_copy.store(true, Ordering::SeqCst);
+    s3.faults.reset_counts();
+    let out = run(&with_parent(&src, "r/2", "r/1"), &store);
+    let (m, stats) = out.result.unwrap();
+    assert!(
+        out.warnings.iter().any(|w| w.contains("refused UploadPartCopy (NotImplemented")),
+        "{:?}",
+        out.warnings
+    );
+    // One copy was tried, then none: the bundle is whole, with fixed-size parts.
+    assert_eq!(s3.faults.count("UploadPartCopy"), 1);
+    assert_eq!(stats.parent_io.copies.copied_parts, 0);
+    assert!(stats.parent_io.fetched_bytes > 0);
+    assert_eq!(m.parent.as_ref().unwrap().copied_parts, 0);
+    assert_eq!(s3.faults.bytes_in("UploadPart"), m.data.stream_size);
+    run(&full(&src, "r/fresh"), &store).result.unwrap();
+    assert!(store.get("r/2.image.zst").unwrap() == store.get("r/fresh.image.zst").unwrap());
+    restores_from_s3(&store, "r/2", &src, dir.path());
+}
+
+#[test]
+fn parts_layout_and_upload_policies_cannot_copy_and_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    run(&full(&src, "l/1"), &store).result.unwrap();
+    let mut req = with_parent(&src, "l/2", "l/1");
+    req.layout = winbundle::bundle::manifest::Layout::Parts;
+    let err = run(&req, &store).result.unwrap_err().to_string();
+    assert!(err.contains("use --layout single"), "{err}");
+    assert!(!store.exists("l/2.manifest.json").unwrap());
+}
