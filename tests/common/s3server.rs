@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of it
 //! An S3 server inside the test process: s3s + s3s-fs on a random loopback port, with faults
 //! that tests can switch on (5xx answers, dropped connections, AccessDenied) and a log of the
 //! operations it saw.
