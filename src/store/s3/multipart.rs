@@ -11,9 +11,10 @@
 //!
 //! Copies (incremental bundles): a part can be an UploadPartCopy of a range of the parent
 //! bundle's object, made only while that object keeps the ETag its manifest recorded. Its
-//! SHA-256 is the server's checksum of the copy (the upload asks for SHA-256 checksums, so AWS
-//! computes one for copied parts too); a server that returns none has the source range read
-//! back and hashed here. The first copy waits for its answer: a server that does not do
+//! SHA-256 is the server's checksum of the copy: in the UploadPartCopy answer (AWS computes one
+//! for copied parts of an upload created with SHA-256 checksums), else as ListParts lists it
+//! before the upload is completed (Garage), else the source range is read back and hashed here
+//! (s3s-fs). The first copy waits for its answer: a server that does not do
 //! UploadPartCopy says so there, and the caller sends the bytes instead.
 
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ use crate::store::{CopySource, CopyStats, ObjectReceipt, ObjectWriter, PartInfo,
 struct Done {
     part: CompletedPart,
     copied: Option<[u8; 32]>,
+    /// A copy whose answer carried no checksum: its source, to get the SHA-256 another way.
+    unsummed: Option<CopySource>,
     stats: CopyStats,
 }
 
@@ -50,6 +53,8 @@ pub struct MultipartWriter {
     tasks: Vec<JoinHandle<Result<Done, StoreError>>>,
     done: Vec<CompletedPart>,
     copied: Vec<(u32, [u8; 32])>,
+    /// Copies without a checksum yet: part number → source.
+    unsummed: HashMap<i32, CopySource>,
     copy: CopyStats,
     /// A copy has been answered: the server does UploadPartCopy.
     copy_works: bool,
@@ -138,6 +143,7 @@ impl MultipartWriter {
             tasks: Vec::new(),
             done: Vec::new(),
             copied: Vec::new(),
+            unsummed: HashMap::new(),
             copy: CopyStats::default(),
             copy_works: false,
             uploaded: Arc::default(),
@@ -196,8 +202,47 @@ impl MultipartWriter {
         if let (Some(sum), Some(n)) = (done.copied, done.part.part_number()) {
             self.copied.push((n as u32 - 1, sum));
         }
+        if let (Some(source), Some(n)) = (done.unsummed, done.part.part_number()) {
+            self.unsummed.insert(n, source);
+        }
         self.copy.add(&done.stats);
         self.done.push(done.part);
+    }
+
+    /// The SHA-256 of every copied part the server did not give one for in its answer: as
+    /// ListParts lists it, else read back from the source and hashed.
+    fn sum_copies(&mut self) -> Result<(), StoreError> {
+        if self.unsummed.is_empty() {
+            return Ok(());
+        }
+        let listed = uploads::parts(&self.inner, &self.key, &self.upload_id).unwrap_or_default();
+        let mut readback = 0u64;
+        for (number, source) in std::mem::take(&mut self.unsummed) {
+            let listed = listed
+                .get(&number)
+                .filter(|p| p.size == source.len)
+                .and_then(|p| p.sha256_b64.as_deref())
+                .and_then(|s| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).ok())
+                .and_then(|d| <[u8; 32]>::try_from(d).ok());
+            let sum = match listed {
+                Some(sum) => sum,
+                None => {
+                    readback += source.len;
+                    let i = self.inner.clone();
+                    self.inner.run("GetObject", async move { hash_range(&i, &source).await })?
+                }
+            };
+            self.copied.push((number as u32 - 1, sum));
+            if let Some(p) = self.done.iter_mut().find(|p| p.part_number() == Some(number)) {
+                *p = CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(p.e_tag().unwrap_or_default())
+                    .checksum_sha256(b64(&sum))
+                    .build();
+            }
+        }
+        self.copy.read_back_bytes += readback;
+        Ok(())
     }
 
     /// Waits for a free upload slot.
@@ -285,6 +330,7 @@ impl ObjectWriter for MultipartWriter {
             Ok(Done {
                 part: part.0,
                 copied: None,
+                unsummed: None,
                 stats: CopyStats::default(),
             })
         });
@@ -332,6 +378,10 @@ impl ObjectWriter for MultipartWriter {
                 self.abort_upload();
                 return Err(e);
             }
+        }
+        if let Err(e) = self.sum_copies() {
+            self.abort_upload();
+            return Err(e);
         }
         let mut parts = std::mem::take(&mut self.done);
         parts.sort_by_key(|p| p.part_number());
@@ -473,26 +523,21 @@ async fn copy_part(
         .and_then(|r| r.checksum_sha256())
         .and_then(|s| base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).ok())
         .and_then(|d| <[u8; 32]>::try_from(d).ok());
-    let mut stats = CopyStats {
+    let stats = CopyStats {
         copied_parts: 1,
         copied_bytes: source.len,
         ..Default::default()
     };
-    let sha256 = match server_sum {
-        Some(sum) => sum,
-        None => {
-            stats.read_back_bytes = source.len;
-            hash_range(inner, source).await?
-        }
-    };
-    let part = CompletedPart::builder()
+    let mut part = CompletedPart::builder()
         .part_number(number)
-        .e_tag(result.and_then(|r| r.e_tag()).unwrap_or_default())
-        .checksum_sha256(b64(&sha256))
-        .build();
+        .e_tag(result.and_then(|r| r.e_tag()).unwrap_or_default());
+    if let Some(sum) = server_sum {
+        part = part.checksum_sha256(b64(&sum));
+    }
     Ok(Done {
-        part,
-        copied: Some(sha256),
+        part: part.build(),
+        copied: server_sum,
+        unsummed: server_sum.is_none().then(|| source.clone()),
         stats,
     })
 }

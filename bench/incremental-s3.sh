@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Incremental bundles on S3, side by side in one run, against a full re-bundle and restic 0.14
+# (the anchor users would reach for), all to the same local Garage server.
+#
+#   bench/incremental-s3.sh IMAGE [CHANGE_MIB]      (root, FUSE, ntfs-3g, restic, garage, aws-cli)
+#
+# IMAGE is a bare NTFS volume (bench/make-disk.sh makes one; bench/run.sh's disk*-c.img). It is
+# copied, bundled in full (the parent) and backed up by restic (its first snapshot); then about
+# CHANGE_MIB MiB of C: is changed through ntfs-3g (files modified in place, added, deleted, one
+# appended: bench/incremental.sh's changes), and the changed volume is stored three ways:
+# `winbundle bundle-instance` in full, with `--parent`, and `restic backup` of the mounted
+# volume (its second snapshot). For each: wall and client CPU seconds, Garage's CPU, the S3
+# requests Garage counted, and the bytes sent as each tool reports them (winbundle: new and
+# fetched bytes of the stream; restic: data added to the repository). Benchmarks report; they
+# never fail on speed.
+set -euo pipefail
+img=${1:?usage: bench/incremental-s3.sh IMAGE [CHANGE_MIB]} change=${2:-30}
+root=$(cd "$(dirname "$0")/.." && pwd)
+wb=${WINBUNDLE:-$root/target/release/winbundle}
+export PATH="$HOME/.cargo/bin:$PATH"
+for t in restic ntfs-3g garage aws; do command -v $t >/dev/null || { echo "needs $t"; exit 2; }; done
+work=$(mktemp -d)
+mnt="$work/mnt"
+pid=
+cleanup() {
+  mountpoint -q "$mnt" && umount "$mnt"
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ticks=$(getconf CLK_TCK)
+
+# --- Garage ------------------------------------------------------------------------------------
+g="$work/garage"
+mkdir -p "$g/meta" "$g/data" "$mnt"
+cat >"$g/garage.toml" <<TOML
+metadata_dir = "$g/meta"
+data_dir = "$g/data"
+db_engine = "sqlite"
+replication_factor = 1
+rpc_bind_addr = "127.0.0.1:3931"
+rpc_public_addr = "127.0.0.1:3931"
+rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+[s3_api]
+s3_region = "garage"
+api_bind_addr = "127.0.0.1:3930"
+root_domain = ".s3.garage.localhost"
+[admin]
+api_bind_addr = "127.0.0.1:3933"
+TOML
+gc=(garage -c "$g/garage.toml")
+"${gc[@]}" server >"$g/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/3930) 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 1 50); do "${gc[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
+node=$("${gc[@]}" node id -q 2>/dev/null | cut -d@ -f1)
+"${gc[@]}" layout assign -z dc1 -c 100G "$node" >/dev/null 2>&1
+"${gc[@]}" layout apply --version 1 >/dev/null 2>&1
+"${gc[@]}" bucket create bench >/dev/null 2>&1
+"${gc[@]}" key create bench-key >/dev/null 2>&1
+"${gc[@]}" bucket allow --read --write --owner bench --key bench-key >/dev/null 2>&1
+info=$("${gc[@]}" key info bench-key --show-secret 2>/dev/null)
+export AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ {print $3}' <<<"$info")
+export AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ {print $3}' <<<"$info")
+export AWS_DEFAULT_REGION=garage RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://127.0.0.1:3930/bench/restic
+s3=(--bucket bench --endpoint-url http://127.0.0.1:3930 --region garage --instance-id i-0123456789abcdef0 -q)
+
+requests() { curl -s http://127.0.0.1:3933/metrics | awk '/^api_s3_request_counter/ {n += $NF} END {print n + 0}'; }
+server_cpu() { awk -v t="$ticks" '{ print ($14 + $15) / t }' "/proc/$pid/stat"; }
+results="$work/results.txt"
+: >"$results"
+measure() { # name sent-extractor command...: runs it, appends "name wall cpu server_cpu requests sent"
+  local name=$1 extract=$2; shift 2
+  local r0 c0; r0=$(requests); c0=$(server_cpu)
+  /usr/bin/time -o "$work/time.txt" -f "%e %U %S" "$@" >"$work/out.json" 2>"$work/err.txt" ||
+    { echo "FAILED: $name: $(tail -3 "$work/err.txt")"; return 1; }
+  sleep 0.5
+  local r1 c1; r1=$(requests); c1=$(server_cpu)
+  read -r wall user sys <"$work/time.txt"
+  local sent; sent=$($extract "$work/out.json")
+  echo "$name $wall $(echo "$user + $sys" | bc) $(echo "$c1 - $c0" | bc) $((r1 - r0)) $sent" | tee -a "$results"
+}
+wb_sent() { python3 -c '
+import json, sys
+b = json.load(open(sys.argv[1]))["Bundle"]; p = b.get("Parent")
+print(b["StoredBytes"] if not p else p["NewBytes"] + p["FetchedBytes"])' "$1"; }
+restic_sent() { python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    if d.get("message_type") == "summary": print(d["data_added"])' "$1"; }
+
+cp --sparse=always "$img" "$work/vol.img"
+echo "== the parent: a full bundle and restic's first snapshot of the unchanged volume"
+measure "winbundle-first" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix base
+restic init >/dev/null 2>&1
+ntfs-3g -o ro "$work/vol.img" "$mnt"
+measure "restic-first" restic_sent restic backup --json --host bench "$mnt"
+umount "$mnt"
+
+echo "== about $change MiB changed through ntfs-3g"
+ntfs-3g "$work/vol.img" "$mnt"
+part=$((change * 1024 * 1024 / 4))
+find "$mnt" -type f -size +64k 2>/dev/null | head -200 | while read -r f; do
+  dd if=/dev/urandom of="$f" bs=4096 count=1 seek=$(($(stat -c %s "$f") / 8192)) conv=notrunc status=none
+done
+find "$mnt" -type f -size -"$((part / 1024))"k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done
+biggest=$(find "$mnt" -type f -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
+head -c "$part" /dev/urandom >"$mnt/added-1.bin"
+head -c "$part" /dev/urandom >"$mnt/added-2.bin"
+head -c "$part" /dev/urandom >>"$biggest"
+umount "$mnt"
+
+echo "== the changed volume, three ways (name, wall s, client CPU s, Garage CPU s, requests, bytes sent)"
+measure "winbundle-full" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix full
+measure "winbundle-parent" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix inc --parent base
+cp "$work/out.json" "$work/inc.json"
+ntfs-3g -o ro "$work/vol.img" "$mnt"
+measure "restic-second" restic_sent restic backup --json --host bench "$mnt"
+umount "$mnt"
+python3 - "$work/inc.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))["Bundle"]["Parent"]
+print(f"incremental: {p['ReusedChunks']} chunks reused, {p['CopiedBytes']} bytes in {p['CopiedParts']} parts copied on the server, "
+      f"{p['NewBytes']} new and {p['FetchedBytes']} fetched bytes sent, {p['ReadBackBytes']} bytes read back to hash the copies")
+PY
+a=$(aws --endpoint-url http://127.0.0.1:3930 s3 cp s3://bench/inc.image.zst - | sha256sum)
+b=$(aws --endpoint-url http://127.0.0.1:3930 s3 cp s3://bench/full.image.zst - | sha256sum)
+[ "$a" = "$b" ] && echo "the incremental data object equals the full one" || echo "OBJECTS DIFFER"
+python3 - "$results" <<'PY'
+import sys
+r = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
+f, i, s = r["winbundle-full"], r["winbundle-parent"], r["restic-second"]
+print(f"incremental / full:        wall {float(i[0]) / float(f[0]):.2f}, CPU {float(i[1]) / float(f[1]):.2f}, bytes sent {int(i[4]) / int(f[4]):.3f}")
+print(f"incremental / restic 2nd:  wall {float(i[0]) / float(s[0]):.2f}, CPU {float(i[1]) / float(s[1]):.2f}, bytes sent {int(i[4]) / max(int(s[4]), 1):.2f}")
+PY
