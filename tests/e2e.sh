@@ -735,6 +735,30 @@ PY
   unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 }
 
+incremental_grown() { # the volume grown by ntfsresize between two bundles: the unchanged chunks are reused; object = a full bundle's
+  local store="$work/store-grow" vol="$work/grow-vol.img" b=(--bucket e2e-bucket --chunk-size 64KiB -q)
+  rm -rf "$store"
+  zstd -q -d -f "$root/testdata/bare-volume.img.zst" -o "$vol"
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix grow/small --local-store "$store" >/dev/null
+  truncate -s +32M "$vol"
+  echo y | ntfsresize -f -s "$(stat -c %s "$vol")" "$vol" >/dev/null 2>&1
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix grow/big --local-store "$store" --incremental >"$work/grow.json"
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix grow/full --local-store "$store" >/dev/null
+  cmp "$store/e2e-bucket/grow/big.image.zst" "$store/e2e-bucket/grow/full.image.zst"
+  python3 - "$work/grow.json" "$store/e2e-bucket/grow/small.manifest.json" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1]))["Bundle"]
+small = json.load(open(sys.argv[2]))
+assert b["VolumeSize"] == small["volume_size"] + (32 << 20), (b["VolumeSize"], small["volume_size"])
+assert b["Parent"]["ReusedChunks"] > 0, b["Parent"]
+print(f"{small['volume_size']} -> {b['VolumeSize']} bytes; {b['Parent']['ReusedChunks']} chunks reused")
+PY
+  rm "$store/e2e-bucket/grow/small".*
+  "$wb" restore --bucket e2e-bucket --prefix grow/big --local-store "$store" --output "$work/grow.img" --force -q
+  ntfsls -f "$work/grow.img" -p /docs >/dev/null 2>&1
+  rm -rf "$store" "$work/grow.img" "$vol"
+}
+
 fixtures=(gpt-disk.img.zst mbr-disk.img.zst gpt4k-disk.img.zst bare-volume.img.zst attrlist-volume.img.zst)
 for fx in "${fixtures[@]}"; do
   check "round trip $fx (single object)" roundtrip "$fx" single
@@ -743,6 +767,7 @@ done
 check "tampered object fails verify and restore" tamper gpt-disk.img.zst
 if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
   check "local incremental bundle after ntfs-3g changes: unchanged chunks reused, object = a full bundle's, restores without its parent" incremental_ntfs3g
+  check "local incremental bundle of a volume grown by ntfsresize: unchanged chunks reused, object = a full bundle's" incremental_grown
 else
   echo "skip local incremental bundle (needs root and FUSE for ntfs-3g)"
 fi
