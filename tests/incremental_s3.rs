@@ -169,3 +169,27 @@ fn parts_layout_and_upload_policies_cannot_copy_and_say_so() {
     assert!(err.contains("use --layout single"), "{err}");
     assert!(!store.exists("l/2.manifest.json").unwrap());
 }
+
+#[test]
+fn a_parent_of_one_object_per_part_is_copied_from_its_part_objects() {
+    // A parent in the `parts` layout (as upload policies write): runs are copied from ranges of
+    // its part objects, and frames that straddle two of them are read and sent.
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let mut parent = full(&src, "pp/1");
+    parent.layout = winbundle::bundle::manifest::Layout::Parts;
+    parent.part_size = Some(8 << 20);
+    let (pm, _) = run(&parent, &store).result.unwrap();
+    assert!(pm.data.objects.len() >= 4, "{} objects", pm.data.objects.len());
+    fill_free_clusters(&src, 11, &|cl| cl % 4096 == 77);
+    s3.faults.reset_counts();
+    let (m, stats) = run(&with_parent(&src, "pp/2", "pp/1"), &store).result.unwrap();
+    let p = m.parent.as_ref().unwrap();
+    assert!(p.copied_parts >= 2, "{p:?}");
+    assert!(stats.parent_io.fetched_bytes > 0);
+    run(&full(&src, "pp/fresh"), &store).result.unwrap();
+    assert!(store.get("pp/2.image.zst").unwrap() == store.get("pp/fresh.image.zst").unwrap());
+    restores_from_s3(&store, "pp/2", &src, dir.path());
+}
