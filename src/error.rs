@@ -88,6 +88,8 @@ impl Error {
     }
 
     /// What the user can do about it, when there is something.
+    ///
+    /// (Inspect, which is what most hints point to, has its own wording: see `hint_in_inspect`.)
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             Error::Source(SourceError::Open { .. }) => {
@@ -96,6 +98,7 @@ impl Error {
             Error::Source(SourceError::AmbiguousRoot { .. }) => {
                 "run `winbundle inspect SOURCE` to see the partitions, then pass --partition N".into()
             }
+            Error::Source(SourceError::NoRootVolume { bitlocker: true, .. }) => BITLOCKER_HINT.into(),
             Error::Source(SourceError::NoRootVolume { .. }) => {
                 "run `winbundle inspect SOURCE` to see what is on the disk; pass --partition N to bundle a specific NTFS volume".into()
             }
@@ -148,6 +151,24 @@ impl Error {
         })
     }
 
+    /// The hint for a source problem met by `inspect`, which must not tell the user to run
+    /// `inspect`: what to do instead.
+    pub fn hint_in_inspect(&self) -> Option<String> {
+        match self {
+            Error::Source(SourceError::NoRootVolume { bitlocker: true, .. }) => Some(BITLOCKER_HINT.into()),
+            Error::Source(SourceError::NoRootVolume { .. }) => Some(
+                "the partitions above hold no readable NTFS volume: if C: is on another disk or image, inspect that one; a damaged NTFS volume can be repaired with `chkdsk /f` (or `ntfsfix`)".into(),
+            ),
+            Error::Source(SourceError::AmbiguousRoot { .. }) => {
+                Some("pass --partition N (one of the NTFS partitions above) to inspect or bundle that one".into())
+            }
+            Error::Source(SourceError::BadPartitionChoice { .. }) => {
+                Some("pass --partition N with one of the NTFS partitions above".into())
+            }
+            e => e.hint(),
+        }
+    }
+
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -176,3 +197,6 @@ impl Error {
         }
     }
 }
+
+/// What to do about a BitLocker volume.
+const BITLOCKER_HINT: &str = "bundle from inside the running Windows instance, where the volume is unlocked (`winbundle bundle-instance C:` reads it decrypted through Windows), or decrypt it first (`manage-bde -off C:`, then wait for `manage-bde -status` to say Fully Decrypted) and image the disk again";

@@ -606,3 +606,101 @@ fn errors_carry_their_code_and_a_json_line_for_scripts() {
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("error (InvalidSource)"));
 }
+
+/// Writes `bytes` at `offset` of the file at `path`.
+fn patch(path: &std::path::Path, offset: u64, bytes: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+/// Makes the NTFS volume at `offset` (of `len` bytes) look like BitLocker: its boot sector's OEM
+/// name, and no NTFS backup boot sector at its end.
+fn lock_with_bitlocker(path: &std::path::Path, offset: u64, len: u64) {
+    patch(path, offset + 3, b"-FVE-FS-");
+    patch(path, offset + len - 4096, &[0u8; 4096]);
+}
+
+#[test]
+fn inspect_shows_a_disk_without_a_root_volume_and_exits_with_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&winbundle(&["inspect", s(&src), "--json"]).stdout).unwrap();
+    let c = &v["partitions"][2];
+    lock_with_bitlocker(&src, c["offset"].as_u64().unwrap(), c["size"].as_u64().unwrap());
+
+    // Text: every partition, the file systems named, then why there is no root; status 3.
+    let o = winbundle(&["inspect", s(&src)]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{out}{err}");
+    assert!(out.contains("Partition table: GPT"), "{out}");
+    assert!(out.contains("BitLocker") && out.contains("NTFS") && out.contains("FAT"), "{out}");
+    assert!(out.contains("Root volume:     none") && out.contains("encrypted with BitLocker"), "{out}");
+    assert!(err.contains("manage-bde") && !err.contains("run `winbundle inspect"), "{err}");
+
+    // JSON: the same facts, root null, the problem with its code.
+    let o = winbundle(&["inspect", s(&src), "--json"]);
+    assert_eq!(o.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["root"].is_null(), "{v}");
+    assert_eq!(v["partitions"].as_array().unwrap().len(), 4);
+    assert_eq!(v["partitions"][2]["file_system"], "BitLocker");
+    assert_eq!(v["root_problem"]["Code"], "NoRootVolume");
+    assert!(v["root_problem"]["Hint"].as_str().unwrap().contains("bundle-instance C:"), "{v}");
+
+    // bundle-instance refuses (it would otherwise take D:, the only readable NTFS volume).
+    let store = dir.path().join("store");
+    let o = bundle_cmd(&src, &store, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("encrypted with BitLocker") && err.contains("manage-bde"), "{err}");
+    assert!(!store.join("bkt/p.manifest.json").exists());
+
+    // Naming the other NTFS volume is the user's call.
+    let o = winbundle(&["inspect", s(&src), "--partition", "4"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bare_volumes_of_other_file_systems_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let sector = |oem: &[u8], fat32: bool| {
+        let mut b = vec![0u8; 1 << 20];
+        b[0..3].copy_from_slice(&[0xeb, 0x58, 0x90]);
+        b[3..11].copy_from_slice(oem);
+        if fat32 {
+            b[11..13].copy_from_slice(&512u16.to_le_bytes());
+            b[13] = 8; // sectors per cluster
+            b[14..16].copy_from_slice(&32u16.to_le_bytes()); // reserved sectors
+            b[16] = 2; // FATs
+            b[82..90].copy_from_slice(b"FAT32   ");
+        }
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("FAT", sector(b"MSWIN4.1", true)),
+        ("exFAT", sector(b"EXFAT   ", false)),
+        ("ReFS", sector(b"ReFS\0\0\0\0", false)),
+        ("BitLocker", sector(b"-FVE-FS-", false)),
+    ];
+    for (name, bytes) in cases {
+        let img = dir.path().join(format!("{name}.img"));
+        std::fs::write(&img, bytes).unwrap();
+        let o = winbundle(&["inspect", s(&img), "--json"]);
+        assert_eq!(o.status.code(), Some(3), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["partition_table"], "none", "{name}: {v}");
+        assert_eq!(v["partitions"][0]["file_system"], name, "{name}: {v}");
+        let problem = v["root_problem"]["Message"].as_str().unwrap();
+        assert!(problem.contains(&format!("the whole image ({name}")), "{name}: {problem}");
+    }
+    // A BitLocker-encrypted bare volume image: the hint says how to get a readable one.
+    let img = fixture("bare-volume.img", dir.path());
+    let len = std::fs::metadata(&img).unwrap().len();
+    lock_with_bitlocker(&img, 0, len);
+    let o = bundle_cmd(&img, &dir.path().join("store"), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("BitLocker") && err.contains("manage-bde -off"), "{err}");
+}

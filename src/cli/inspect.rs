@@ -2,6 +2,9 @@
 
 use serde_json::json;
 use winbundle::Error;
+use winbundle::source::layout::{self, PartitionInfo, RootChoice};
+use winbundle::source::partition::PartitionTable;
+use winbundle::source::{DiskFile, SourceError};
 use winbundle::bundle::create::excluded_partitions;
 use winbundle::bundle::plan::{Plan, PlanOptions};
 use winbundle::source::live::{self, LiveOptions, LiveSource, SnapshotMode};
@@ -25,7 +28,17 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
     };
     let live = live::recognise(&args.source);
     let opened = live::open(&args.source, &opts, false)?;
-    let plan = Plan::analyse(&opened.disk, &plan_options(&args.volume))?;
+    let plan = match Plan::analyse(&opened.disk, &plan_options(&args.volume)) {
+        Ok(plan) => plan,
+        Err(
+            e @ Error::Source(
+                SourceError::NoRootVolume { .. }
+                | SourceError::AmbiguousRoot { .. }
+                | SourceError::BadPartitionChoice { .. },
+            ),
+        ) => return no_root(&opened.disk, &e, args.json),
+        Err(e) => return Err(e),
+    };
     let snapshot = match (&live, args.live.snapshot) {
         (None, _) => None,
         (Some(LiveSource::Volume { root, .. }), SnapshotMode::Vss) => Some(format!(
@@ -56,27 +69,7 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
 
 fn to_json(plan: &Plan<'_>) -> serde_json::Value {
     let l = &plan.layout;
-    let parts: Vec<_> = l
-        .partitions
-        .iter()
-        .map(|p| {
-            json!({
-                "index": p.partition.index,
-                "offset": p.partition.offset,
-                "size": p.partition.length,
-                "type_id": p.partition.ptype.id(),
-                "type": p.partition.ptype.name(),
-                "name": p.partition.name,
-                "bootable": p.partition.bootable,
-                "file_system": p.fs.to_string(),
-                "label": p.label,
-                "has_windows": p.has_windows,
-                "error": p.error,
-                "root": p.partition.index == l.root.index,
-                "excluded_because": p.excluded_because,
-            })
-        })
-        .collect();
+    let parts: Vec<_> = l.partitions.iter().map(|p| partition_json(p, Some(&l.root))).collect();
     json!({
         "source": plan.disk.path().display().to_string(),
         "disk_size": l.disk_size,
@@ -95,29 +88,73 @@ fn to_json(plan: &Plan<'_>) -> serde_json::Value {
     })
 }
 
-fn to_text(plan: &Plan<'_>) -> String {
-    let l = &plan.layout;
+/// What `inspect` shows of a disk on which no root volume can be chosen: everything found, then
+/// why; the exit status is the error's (the one `bundle-instance` would end with).
+fn no_root(disk: &DiskFile, e: &Error, json: bool) -> Result<i32, Error> {
+    let (table, parts) = layout::survey(disk)?;
+    let hint = e.hint_in_inspect();
+    if json {
+        let mut v = json!({
+            "source": disk.path().display().to_string(),
+            "disk_size": disk.size(),
+            "partition_table": table.kind,
+            "sector_size": table.sector_size,
+            "disk_id": table.disk_id,
+            "warnings": table.warnings,
+            "partitions": parts.iter().map(|p| partition_json(p, None)).collect::<Vec<_>>(),
+            "root": null,
+            "root_problem": {"Code": e.code(), "Message": e.to_string()},
+        });
+        if let Some(h) = &hint {
+            v["root_problem"]["Hint"] = h.clone().into();
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", table_text(disk, &table, &parts, None));
+        println!();
+        println!("Root volume:     none: {e}");
+    }
+    eprintln!("winbundle: error ({}): {e}", e.code());
+    if let Some(h) = hint {
+        eprintln!("  hint: {h}");
+    }
+    Ok(e.exit_code())
+}
+
+fn partition_json(p: &PartitionInfo, root: Option<&RootChoice>) -> serde_json::Value {
+    json!({
+        "index": p.partition.index,
+        "offset": p.partition.offset,
+        "size": p.partition.length,
+        "type_id": p.partition.ptype.id(),
+        "type": p.partition.ptype.name(),
+        "name": p.partition.name,
+        "bootable": p.partition.bootable,
+        "file_system": p.fs.to_string(),
+        "label": p.label,
+        "has_windows": p.has_windows,
+        "error": p.error,
+        "root": root.is_some_and(|r| r.index == p.partition.index),
+        "excluded_because": p.excluded_because,
+    })
+}
+
+/// The source, its partition table and every partition, with the root volume's role when
+/// there is one.
+fn table_text(disk: &DiskFile, table: &PartitionTable, parts: &[PartitionInfo], root: Option<&RootChoice>) -> String {
     let mut s = String::new();
     let mut line = |t: String| {
         s.push_str(&t);
         s.push('\n');
     };
-    line(format!(
-        "Source:          {} ({})",
-        plan.disk.path().display(),
-        human(l.disk_size)
-    ));
+    line(format!("Source:          {} ({})", disk.path().display(), human(disk.size())));
     line(format!(
         "Partition table: {}, {}-byte sectors{}",
-        l.table.kind,
-        l.table.sector_size,
-        l.table
-            .disk_id
-            .as_ref()
-            .map(|d| format!(", disk id {d}"))
-            .unwrap_or_default()
+        table.kind,
+        table.sector_size,
+        table.disk_id.as_ref().map(|d| format!(", disk id {d}")).unwrap_or_default()
     ));
-    for w in &l.table.warnings {
+    for w in &table.warnings {
         line(format!("Warning:         {w}"));
     }
     line(String::new());
@@ -125,11 +162,12 @@ fn to_text(plan: &Plan<'_>) -> String {
         "{:>3}  {:>14}  {:>10}  {:<22} {:<9} {:<18} {}",
         "#", "offset", "size", "type", "fs", "label", "role"
     ));
-    for p in &l.partitions {
-        let role = if p.partition.index == l.root.index {
-            format!("ROOT (C:): {}", l.root.reason)
-        } else {
-            "excluded (not the root volume)".to_string()
+    for p in parts {
+        let role = match root {
+            Some(r) if p.partition.index == r.index => format!("ROOT (C:): {}", r.reason),
+            Some(_) => "excluded (not the root volume)".to_string(),
+            None if p.has_windows => "holds \\Windows\\System32".to_string(),
+            None => "-".to_string(),
         };
         line(format!(
             "{:>3}  {:>14}  {:>10}  {:<22} {:<9} {:<18} {}",
@@ -138,16 +176,23 @@ fn to_text(plan: &Plan<'_>) -> String {
             human(p.partition.length),
             p.partition.ptype.name(),
             p.fs.to_string(),
-            p.label
-                .as_deref()
-                .map(|l| format!("{l:?}"))
-                .unwrap_or_else(|| "-".into()),
+            p.label.as_deref().map(|l| format!("{l:?}")).unwrap_or_else(|| "-".into()),
             role
         ));
         if let Some(e) = &p.error {
             line(format!("     (cannot read this NTFS volume: {e})"));
         }
     }
+    s
+}
+
+fn to_text(plan: &Plan<'_>) -> String {
+    let l = &plan.layout;
+    let mut s = table_text(plan.disk, &l.table, &l.partitions, Some(&l.root));
+    let mut line = |t: String| {
+        s.push_str(&t);
+        s.push('\n');
+    };
     let f = &plan.facts;
     line(String::new());
     line(format!("Root volume (partition {}):", l.root.index));

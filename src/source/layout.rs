@@ -105,7 +105,10 @@ fn backup_boot_sector_is_ntfs(disk: &DiskFile, p: &Partition) -> Result<bool, So
 }
 
 fn describe(p: &PartitionInfo) -> String {
-    let mut s = format!("partition {} ({}", p.partition.index, p.fs);
+    let mut s = match p.partition.index {
+        0 => format!("the whole image ({}", p.fs),
+        n => format!("partition {n} ({}", p.fs),
+    };
     if let Some(l) = &p.label {
         s.push_str(&format!(", label {l:?}"));
     }
@@ -115,6 +118,32 @@ fn describe(p: &PartitionInfo) -> String {
 
 /// Reads the table, looks at every partition and picks the root volume.
 pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, SourceError> {
+    let (table, mut partitions) = survey(disk)?;
+    let root = choose_root(disk.path(), &partitions, forced)?;
+    for p in &mut partitions {
+        if p.partition.index != root.index {
+            let what = match (&p.partition.ptype, p.fs) {
+                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _) if p.partition.ptype.name() != "unknown" => {
+                    p.partition.ptype.name().to_string()
+                }
+                _ => format!("{} partition", p.fs),
+            };
+            p.excluded_because = Some(format!(
+                "not the root volume ({what}): only C:\\ is bundled, the data on other volumes is not preserved"
+            ));
+        }
+    }
+    Ok(DiskLayout {
+        disk_size: disk.size(),
+        table,
+        partitions,
+        root,
+    })
+}
+
+/// Reads the table and looks at every partition (file system, label, `\Windows\System32`),
+/// without choosing a root volume: what `inspect` shows of a disk that has none.
+pub fn survey(disk: &DiskFile) -> Result<(PartitionTable, Vec<PartitionInfo>), SourceError> {
     let table = read_table(disk)?;
     let mut partitions = Vec::new();
     for p in &table.partitions {
@@ -157,26 +186,7 @@ pub fn analyse(disk: &DiskFile, forced: Option<u32>) -> Result<DiskLayout, Sourc
         }
         partitions.push(info);
     }
-    let root = choose_root(disk.path(), &partitions, forced)?;
-    for p in &mut partitions {
-        if p.partition.index != root.index {
-            let what = match (&p.partition.ptype, p.fs) {
-                (PartitionType::Gpt(_), _) | (PartitionType::Mbr(_), _) if p.partition.ptype.name() != "unknown" => {
-                    p.partition.ptype.name().to_string()
-                }
-                _ => format!("{} partition", p.fs),
-            };
-            p.excluded_because = Some(format!(
-                "not the root volume ({what}): only C:\\ is bundled, the data on other volumes is not preserved"
-            ));
-        }
-    }
-    Ok(DiskLayout {
-        disk_size: disk.size(),
-        table,
-        partitions,
-        root,
-    })
+    Ok((table, partitions))
 }
 
 fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Result<RootChoice, SourceError> {
@@ -222,6 +232,18 @@ fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Res
         }
         _ => {}
     }
+    if let Some(locked) = parts.iter().find(|p| p.fs == FileSystem::Bitlocker) {
+        // C: may well be the encrypted one: taking another NTFS volume would bundle the wrong
+        // volume.
+        return Err(SourceError::NoRootVolume {
+            path: path.to_path_buf(),
+            reason: format!(
+                "{} is encrypted with BitLocker and no readable NTFS volume holds \\Windows\\System32: C: is most likely the encrypted one (pass --partition N to bundle another NTFS volume anyway)",
+                describe(locked)
+            ),
+            bitlocker: true,
+        });
+    }
     let ntfs: Vec<&PartitionInfo> = parts.iter().filter(|p| p.fs == FileSystem::Ntfs).collect();
     if let Some(broken) = ntfs.iter().find(|p| p.error.is_some()) {
         // A damaged NTFS volume might be C:; picking another one would bundle the wrong volume.
@@ -232,6 +254,7 @@ fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Res
                 broken.partition.index,
                 broken.error.as_deref().unwrap_or_default()
             ),
+            bitlocker: false,
         });
     }
     match ntfs.len() {
@@ -256,11 +279,12 @@ fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Res
                         found.join("; ")
                     },
                     if bitlocker {
-                        "; a BitLocker volume must be unlocked and imaged decrypted"
+                        "; BitLocker encrypts its volume: winbundle cannot read an NTFS volume inside it"
                     } else {
                         ""
                     }
                 ),
+                bitlocker,
             })
         }
         n => {

@@ -55,7 +55,12 @@ pub enum SourceError {
     )]
     PartitionPastEnd { index: u32, end: u64, size: u64 },
     #[error("no Windows root volume found on {path}: {reason}")]
-    NoRootVolume { path: PathBuf, reason: String },
+    NoRootVolume {
+        path: PathBuf,
+        reason: String,
+        /// A BitLocker volume is among what was found.
+        bitlocker: bool,
+    },
     #[error("cannot tell which volume is C: on {path}: {candidates}; choose one with --partition N")]
     AmbiguousRoot { path: PathBuf, candidates: String },
     #[error("--partition {index}: {reason}")]

@@ -119,10 +119,14 @@ pub fn read_table(disk: &DiskFile) -> Result<PartitionTable, SourceError> {
     }
     let mut first = vec![0u8; 512];
     disk.read_exact_at(&mut first, 0)?;
-    if &first[3..11] == b"NTFS    " {
+    // A bare volume: NTFS, or another file system users meet on Windows disks (BitLocker,
+    // exFAT, ReFS, FAT), which is then named rather than read as a garbled MBR.
+    let bare = &first[3..11] == b"NTFS    " || bare_other_fs(&first);
+    if bare {
+        let ss = u16::from_le_bytes([first[11], first[12]]) as u32;
         return Ok(PartitionTable {
             kind: TableKind::None,
-            sector_size: u16::from_le_bytes([first[11], first[12]]) as u32,
+            sector_size: if [512, 1024, 2048, 4096].contains(&ss) { ss } else { 512 },
             disk_id: None,
             partitions: vec![Partition {
                 index: 0,
@@ -163,6 +167,23 @@ pub fn read_table(disk: &DiskFile) -> Result<PartitionTable, SourceError> {
         ));
     }
     read_mbr(disk, &first)
+}
+
+/// True when sector 0 is the boot sector of a BitLocker, exFAT, ReFS or FAT volume (not an
+/// MBR): their OEM names, and for FAT also a sound BIOS parameter block, since "FAT32" could
+/// in principle sit in an MBR's boot code.
+fn bare_other_fs(first: &[u8]) -> bool {
+    use super::layout::{FileSystem, detect_fs};
+    match detect_fs(first) {
+        FileSystem::Bitlocker | FileSystem::Exfat | FileSystem::Refs => true,
+        FileSystem::Fat => {
+            let bps = u16::from_le_bytes([first[11], first[12]]);
+            let spc = first[13];
+            let reserved = u16::from_le_bytes([first[14], first[15]]);
+            [512, 1024, 2048, 4096].contains(&bps) && spc.is_power_of_two() && reserved > 0 && (1..=2).contains(&first[16])
+        }
+        _ => false,
+    }
 }
 
 // ------------------------------------------------------------------------------------------ GPT
