@@ -704,3 +704,43 @@ fn bare_volumes_of_other_file_systems_are_named() {
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(err.contains("BitLocker") && err.contains("manage-bde -off"), "{err}");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_flags() {
+    for (shell, mark) in [
+        ("bash", "_winbundle()"),
+        ("zsh", "#compdef winbundle"),
+        ("fish", "complete -c winbundle"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let o = winbundle(&["completions", shell]);
+        assert!(o.status.success(), "{shell}");
+        let text = String::from_utf8(o.stdout).unwrap();
+        assert!(text.contains(mark), "{shell}: {}", &text[..text.len().min(300)]);
+        // Every command and a late-added flag are offered.
+        assert!(text.contains("bundle-instance") && text.contains("incremental"), "{shell}");
+        if shell == "bash" && have("bash") {
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("winbundle.bash");
+            std::fs::write(&f, &text).unwrap();
+            let ok = std::process::Command::new("bash").arg("-n").arg(&f).status().unwrap();
+            assert!(ok.success(), "bash -n rejects the script");
+        }
+    }
+    let o = winbundle(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    let o = winbundle(&["man"]);
+    assert!(o.status.success());
+    let page = String::from_utf8(o.stdout).unwrap();
+    assert!(page.contains(".TH winbundle 1") && page.contains("bundle\\-instance"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let o = winbundle(&["man", "--out", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for page in ["winbundle.1", "winbundle-bundle-instance.1", "winbundle-restore.1", "winbundle-serve.1"] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let text = std::fs::read_to_string(dir.path().join("winbundle-bundle-instance.1")).unwrap();
+    assert!(text.contains("\\-\\-parent") && text.contains("\\-\\-snapshot"), "{text}");
+}

@@ -630,3 +630,60 @@ fn bundles_over_https_and_refuses_an_untrusted_certificate() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_restored_matches(&src, &request(&src, "tls").plan, &out);
 }
+
+#[test]
+fn verbose_logs_the_plan_each_request_and_its_retries_but_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = big_disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.fail_5xx.store(1, Ordering::SeqCst);
+    let run_cli = |extra_env: &[(&str, &str)], verbose: &[&str], prefix: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
+        c.env("XDG_STATE_HOME", dir.path().join("state"))
+            .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
+            .env_remove("RUST_LOG")
+            .args(["bundle-instance", src.to_str().unwrap(), "--bucket", "bkt", "--prefix", prefix])
+            .args(["--endpoint-url", &s3.endpoint, "--region", "us-east-1", "--part-size", "5MiB", "-q"])
+            .args(verbose);
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let o = run_cli(&[], &["-vv"], "v/1");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // Timestamped lines: the plan, the stages, every request with its status and attempt.
+    assert!(err.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T'), "{err}");
+    assert!(err.contains("plan: ") && err.contains("data stream: ") && err.contains("bundle complete: "), "{err}");
+    assert!(err.contains("CreateMultipartUpload POST /bkt/v/1.image.zst?uploads"), "{err}");
+    assert!(err.contains("UploadPart PUT /bkt/v/1.image.zst?") && err.contains(": 200 in "), "{err}");
+    // The failed attempt (the 500 comes back while the body is still being sent, so the client
+    // may see it as a broken connection), then the retry that stored the part.
+    let failed = err
+        .lines()
+        .find(|l| l.contains(" WARN ") && l.contains("UploadPart PUT") && l.contains("(attempt 1; retried"))
+        .unwrap_or_else(|| panic!("no failed attempt logged: {err}"));
+    let part = failed.split("partNumber=").nth(1).unwrap().split('&').next().unwrap();
+    assert!(
+        err.lines()
+            .any(|l| l.contains(&format!("partNumber={part}&")) && l.contains(": 200 in ") && l.contains("(attempt 2)")),
+        "{err}"
+    );
+    // No secret, no signature, whatever the level.
+    for level in [&["-vvv"][..], &[]] {
+        let env: &[(&str, &str)] = if level.is_empty() { &[("RUST_LOG", "trace")] } else { &[] };
+        let o = run_cli(env, level, &format!("v/{}", level.len() + 2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.len() > 1000, "{level:?} logs: {}", err.len());
+        for secret in [s3server::SECRET_KEY, "Signature=", "x-amz-signature", "signing key"] {
+            assert!(!err.contains(secret), "{level:?}: {secret:?} in the log");
+        }
+    }
+    // Without -v nothing is logged.
+    let o = run_cli(&[], &[], "v/9");
+    assert!(o.status.success());
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}

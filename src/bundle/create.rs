@@ -236,10 +236,26 @@ fn run(
     on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> Result<(Manifest, PipelineStats), Error> {
     // A live volume's snapshot lives as long as `disk`: it is deleted on every way out of here.
+    let started = std::time::Instant::now();
     let opened = crate::source::live::open(&req.source, &req.live, true)?;
     notes.warnings.extend(opened.notes);
     let disk = opened.disk;
     let plan = Plan::analyse(&disk, &req.plan)?;
+    let root = plan.layout.root();
+    tracing::info!(
+        "plan: {} ({} bytes, partition table {}): root volume partition {} at byte {} ({} bytes; {}); {} bytes allocated, {} left out, {} to read; analysed in {} ms",
+        req.source.display(),
+        plan.layout.disk_size,
+        plan.layout.table.kind,
+        root.partition.index,
+        root.partition.offset,
+        plan.image_len,
+        plan.layout.root.reason,
+        plan.allocated_bytes,
+        plan.excluded_bytes,
+        plan.read_bytes,
+        started.elapsed().as_millis()
+    );
     // Bundling this machine's own volume on EC2: its instance id is the natural one.
     if task.instance_id.is_empty()
         && opened.live
@@ -297,6 +313,19 @@ fn run(
         .warnings
         .extend(store.preflight(&planned_keys, part_size, plan.read_bytes as f64 / PESSIMISTIC_RATE)?);
 
+    tracing::info!(
+        "bundle {} of instance {} to {} under {:?}: chunks of {} bytes, zstd level {}, {} threads, {:?} layout, parts of {} bytes{}",
+        task.bundle_id,
+        task.instance_id,
+        store.location(),
+        req.prefix,
+        req.chunk_size,
+        req.level,
+        req.threads,
+        req.layout,
+        part_size,
+        parent.as_ref().map(|p| format!(", parent {}", p.prefix)).unwrap_or_default()
+    );
     task.state = State::Bundling;
     task.update_time = task::now_iso();
     on_update(task)?;
@@ -325,6 +354,19 @@ fn run(
             return Err(e);
         }
     };
+    tracing::info!(
+        "data stream: {} chunks ({} all zeros, {} reused) in {:.2} s: reading {:.2} s, compressing {:.2} s over {} threads, storing {:.2} s; {} bytes read, {} bytes of frames",
+        stats.chunks,
+        stats.zero_chunks,
+        stats.reused_chunks,
+        stats.elapsed.as_secs_f64(),
+        stats.read_time.as_secs_f64(),
+        stats.compress_time.as_secs_f64(),
+        req.threads,
+        stats.store_time.as_secs_f64(),
+        stats.data_bytes,
+        stats.compressed_bytes
+    );
     if let (Some(p), Some(first)) = (&parent, stats.first_damaged_chunk) {
         notes.warnings.push(format!(
             "the parent bundle {} is damaged: {} of its frames (the first for chunk {first}) are not the bytes its index names; those chunks were compressed again, so this bundle is whole; check the parent with `winbundle verify --prefix {}`",
@@ -428,6 +470,14 @@ fn run(
         return Err(e.into());
     }
     progress.finish();
+    tracing::info!(
+        "bundle complete: {} ({} bytes of data, index {} bytes, manifest {} bytes) in {:.2} s",
+        keys.manifest(),
+        manifest.data.stream_size,
+        index_bytes.len(),
+        json.len(),
+        started.elapsed().as_secs_f64()
+    );
     stats.source_reads = disk.read_stats();
     notes.warnings.extend(resumed.note.clone());
     stats.resumed = resumed;

@@ -124,6 +124,13 @@ pub fn open<'s>(
         )));
     };
     let frames = frames_by_hash(index, &bundle.seek);
+    tracing::info!(
+        "parent {parent_prefix} ({}, made {}): {} chunks indexed, {} distinct",
+        bundle.manifest.bundle_id,
+        bundle.manifest.end_time,
+        index.entries.len(),
+        frames.len()
+    );
     Ok(Parent {
         prefix: parent_prefix,
         bundle,

@@ -404,6 +404,12 @@ impl<'s> OpenedBundle<'s> {
                 self.manifest.bundle_sha256
             )));
         }
+        tracing::info!(
+            "{} chunks and {parts_verified} parts checked ({} bytes of stream) in {:.2} s",
+            count,
+            self.manifest.data.stream_size,
+            started.elapsed().as_secs_f64()
+        );
         stats.chunks = count;
         stats.parts_verified = parts_verified;
         stats.stream_bytes = self.manifest.data.stream_size;

@@ -258,8 +258,20 @@ impl<'a> StreamWriter<'a> {
             0
         };
         if run.len < need + min {
+            tracing::debug!(
+                "parent bytes {}..{} ({} bytes): too short to copy (parts need {min}), sent",
+                run.start,
+                run.start + run.len,
+                run.len
+            );
             return self.send_from_parent(run.start, run.len);
         }
+        tracing::debug!(
+            "parent bytes {}..{} ({} bytes): {need} sent to fill the part before, the rest copied on the server",
+            run.start,
+            run.start + run.len,
+            run.len
+        );
         self.send_from_parent(run.start, need)?;
         if self.part_len > 0 {
             self.end_part()?;
@@ -300,6 +312,7 @@ impl<'a> StreamWriter<'a> {
         match copied {
             Ok(()) => {}
             Err(StoreError::CopyRefused { location, code, message }) => {
+                tracing::warn!("UploadPartCopy refused ({code}: {message}): sending the parent's frames instead");
                 self.reuse.copies.note = Some(format!(
                     "the server refused UploadPartCopy ({code}: {message}) at {location}: the parent's frames were read and sent from this machine instead"
                 ));

@@ -14,6 +14,11 @@ use winbundle::bundle::Layout;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log what the run does on stderr, with timestamps: -v the plan, stages and their timings,
+    /// S3 retries and failures; -vv also every S3 request and part; -vvv everything. RUST_LOG
+    /// (e.g. `winbundle=debug`) sets the filter instead. Never logs secrets.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,6 +46,25 @@ pub enum Command {
     /// Serve the EC2 Query API (BundleInstance, DescribeBundleTasks, CancelBundleTask) so the
     /// aws-cli, boto3 and the SDKs drive winbundle with only --endpoint-url.
     Serve(ServeArgs),
+    /// Print the shell completion script for bash, zsh, fish, PowerShell or elvish.
+    Completions(CompletionsArgs),
+    /// Print the man page (winbundle.1), or write one page per command into a folder.
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write winbundle.1 and winbundle-COMMAND.1 for every command into this folder instead of
+    /// printing winbundle.1.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

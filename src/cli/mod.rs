@@ -5,7 +5,9 @@
 mod args;
 mod bundle;
 mod cleanup;
+mod docs;
 mod inspect;
+mod log;
 mod policy;
 mod progress;
 mod restore;
@@ -103,6 +105,7 @@ fn cancel_flag() -> Arc<AtomicBool> {
 
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    log::init(cli.verbose);
     let json = wants_json(&cli.command);
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(a),
@@ -121,6 +124,8 @@ pub fn run() -> i32 {
             },
         )
         .map(|()| 0),
+        Command::Completions(a) => docs::completions(a.shell),
+        Command::Man(a) => docs::man(a.out.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -140,6 +145,6 @@ fn wants_json(c: &Command) -> bool {
         Command::DescribeBundleTasks(a) => a.output == O::Json,
         Command::CancelBundleTask(a) => a.output == O::Json,
         Command::Cleanup(a) => a.output == O::Json,
-        Command::Serve(_) => false,
+        Command::Serve(_) | Command::Completions(_) | Command::Man(_) => false,
     }
 }

@@ -2,11 +2,25 @@
 //! bytes stored. Hidden when stderr is not a terminal or with --quiet.
 
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use winbundle::progress::Progress;
 use winbundle::units::human;
+
+/// The bar on screen, if any: log lines are written while it is suspended (cleared, then drawn
+/// again), so the two never garble each other.
+static ON_SCREEN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Runs `f` with the bar on screen (if any) out of the way.
+pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    let bar = ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match bar {
+        Some(b) => b.suspend(f),
+        None => f(),
+    }
+}
 
 pub struct Bar {
     bar: ProgressBar,
@@ -20,6 +34,8 @@ impl Bar {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         if quiet || !std::io::stderr().is_terminal() {
             bar.set_draw_target(ProgressDrawTarget::hidden());
+        } else {
+            *ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
         }
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
@@ -55,6 +71,7 @@ impl Progress for Bar {
 
     fn finish(&self) {
         self.bar.finish_and_clear();
+        ON_SCREEN.lock().unwrap_or_else(|e| e.into_inner()).take();
         let _ = self.verb;
     }
 }

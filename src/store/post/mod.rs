@@ -390,6 +390,7 @@ fn post_once(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let started = std::time::Instant::now();
         let request = s
             .client
             .post(&t.url)
@@ -401,7 +402,17 @@ fn post_once(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
                 body.len() as u64,
             ));
         let retry_later = match request.send() {
-            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(
+                    target: "winbundle::s3",
+                    "{} {key} ({} bytes): {} in {} ms (attempt {attempt})",
+                    t.op(),
+                    body.len(),
+                    r.status().as_u16(),
+                    started.elapsed().as_millis()
+                );
+                return Ok(());
+            }
             Ok(r) => {
                 let status = r.status().as_u16();
                 let text = r.text().unwrap_or_default();
@@ -431,8 +442,16 @@ fn post_once(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
             },
         };
         if attempt >= s.max_attempts {
+            tracing::warn!(target: "winbundle::s3", "{} {key}: {retry_later} (attempt {attempt}, the last)", t.op());
             return Err(retry_later);
         }
+        tracing::warn!(
+            target: "winbundle::s3",
+            "{} {key}: {retry_later} after {} ms (attempt {attempt} of {}; sending again)",
+            t.op(),
+            started.elapsed().as_millis(),
+            s.max_attempts
+        );
         // Exponential backoff with jitter: 200 ms, 400 ms, ... up to 10 s.
         let base = 200u64 << (attempt - 1).min(6);
         let jitter = (std::time::SystemTime::now()

@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod http;
+pub mod log;
 pub mod multipart;
 pub mod signing;
 pub mod uploads;
@@ -187,7 +188,8 @@ impl S3Store {
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(opts.force_path_style.unwrap_or(endpoint.is_some()))
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .interceptor(log::RequestLog);
         if sdk.region().is_none() {
             if endpoint.is_some() {
                 // A custom endpoint still needs a region to sign with; MinIO and s3s take any.
