@@ -103,8 +103,8 @@ ntfs-3g "$work/vol.img" "$mnt"
 part=$((change * 1024 * 1024 / 4))
 find "$mnt" -type f -size +64k 2>/dev/null | head -200 | while read -r f; do
   dd if=/dev/urandom of="$f" bs=4096 count=1 seek=$(($(stat -c %s "$f") / 8192)) conv=notrunc status=none
-done
-find "$mnt" -type f -size -"$((part / 1024))"k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done
+done || true # (head stops find early: SIGPIPE)
+find "$mnt" -type f -size -"$((part / 1024))"k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done || true
 biggest=$(find "$mnt" -type f -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
 head -c "$part" /dev/urandom >"$mnt/added-1.bin"
 head -c "$part" /dev/urandom >"$mnt/added-2.bin"

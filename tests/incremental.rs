@@ -107,6 +107,83 @@ fn an_unchanged_source_reuses_every_data_chunk_and_restores_without_its_parent()
     }
 }
 
+/// Overwrites one cluster in the middle of `$LogFile` (its contents are not parsed, so only
+/// that cluster's chunk changes: nothing shifts) with random bytes. Returns the volume offset of
+/// the cluster.
+fn change_one_cluster(img: &Path, seed: u64) -> u64 {
+    use common::FileAt;
+    let disk = winbundle::source::DiskFile::open(img).unwrap();
+    let plan = winbundle::bundle::plan::Plan::analyse(&disk, &request(img, "x").plan).unwrap();
+    let root = plan.layout.root().partition.clone();
+    let vol = winbundle::ntfs::NtfsVolume::open(&disk, root.offset, root.length).unwrap();
+    let cs = vol.facts().cluster_size as u64;
+    let log = vol.file_data(2).unwrap();
+    let clusters: Vec<u64> = log
+        .runs
+        .iter()
+        .filter_map(|r| r.lcn.map(|l| (l, r.count)))
+        .flat_map(|(l, n)| l..l + n)
+        .collect();
+    let lcn = clusters[clusters.len() / 2];
+    drop(vol);
+    drop(plan);
+    drop(disk);
+    let mut x = seed;
+    let bytes: Vec<u8> = (0..cs)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(&bytes, root.offset + lcn * cs).unwrap();
+    lcn * cs
+}
+
+#[test]
+fn one_changed_cluster_in_every_fixture_costs_one_chunk() {
+    for name in [
+        "gpt-disk.img",
+        "mbr-disk.img",
+        "gpt4k-disk.img",
+        "bare-volume.img",
+        "attrlist-volume.img",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = fixture(name, dir.path());
+        let store = dir.path().join("store");
+        let (code, full, err) = bundle_cli(&src, &store, "c/mon", &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let at = change_one_cluster(&src, 0x9e3779b97f4a7c15);
+        let (code, inc, err) = bundle_cli(&src, &store, "c/tue", &["--incremental"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let (code, fresh, err) = bundle_cli(&src, &store, "c/fresh", &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let data = |v: &serde_json::Value| v["Bundle"]["Chunks"].as_u64().unwrap() - v["Bundle"]["ZeroChunks"].as_u64().unwrap();
+        let reused = inc["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap();
+        // Every chunk with data but the changed one and the short last one took the parent's
+        // frame (the changed cluster may have been in an all-zero chunk before: one more).
+        assert!(
+            reused + 2 >= data(&full) && reused < data(&fresh),
+            "{name}: {reused} reused of {} chunks with data (cluster at {at})",
+            data(&fresh)
+        );
+        assert_eq!(
+            object(&store, "c/tue.image.zst"),
+            object(&store, "c/fresh.image.zst"),
+            "{name}: the incremental object is a full bundle's"
+        );
+        assert_ne!(object(&store, "c/tue.image.zst"), object(&store, "c/mon.image.zst"), "{name}");
+        for suffix in ["manifest.json", "image.zst", "index.zst"] {
+            std::fs::remove_file(store.join("bkt").join(format!("c/mon.{suffix}"))).unwrap();
+        }
+        verify_in(&store, "c/tue");
+        restores_like(&store, "c/tue", &src);
+    }
+}
+
 fn verify_in(store: &Path, prefix: &str) {
     let o = verify_cli(store, prefix);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
