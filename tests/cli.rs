@@ -633,9 +633,18 @@ fn inspect_shows_a_disk_without_a_root_volume_and_exits_with_its_status() {
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.status.code(), Some(3), "{out}{err}");
     assert!(out.contains("Partition table: GPT"), "{out}");
-    assert!(out.contains("BitLocker") && out.contains("NTFS") && out.contains("FAT"), "{out}");
-    assert!(out.contains("Root volume:     none") && out.contains("encrypted with BitLocker"), "{out}");
-    assert!(err.contains("manage-bde") && !err.contains("run `winbundle inspect"), "{err}");
+    assert!(
+        out.contains("BitLocker") && out.contains("NTFS") && out.contains("FAT"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Root volume:     none") && out.contains("encrypted with BitLocker"),
+        "{out}"
+    );
+    assert!(
+        err.contains("manage-bde") && !err.contains("run `winbundle inspect"),
+        "{err}"
+    );
 
     // JSON: the same facts, root null, the problem with its code.
     let o = winbundle(&["inspect", s(&src), "--json"]);
@@ -645,14 +654,23 @@ fn inspect_shows_a_disk_without_a_root_volume_and_exits_with_its_status() {
     assert_eq!(v["partitions"].as_array().unwrap().len(), 4);
     assert_eq!(v["partitions"][2]["file_system"], "BitLocker");
     assert_eq!(v["root_problem"]["Code"], "NoRootVolume");
-    assert!(v["root_problem"]["Hint"].as_str().unwrap().contains("bundle-instance C:"), "{v}");
+    assert!(
+        v["root_problem"]["Hint"]
+            .as_str()
+            .unwrap()
+            .contains("bundle-instance C:"),
+        "{v}"
+    );
 
     // bundle-instance refuses (it would otherwise take D:, the only readable NTFS volume).
     let store = dir.path().join("store");
     let o = bundle_cmd(&src, &store, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
-    assert!(err.contains("encrypted with BitLocker") && err.contains("manage-bde"), "{err}");
+    assert!(
+        err.contains("encrypted with BitLocker") && err.contains("manage-bde"),
+        "{err}"
+    );
     assert!(!store.join("bkt/p.manifest.json").exists());
 
     // Naming the other NTFS volume is the user's call.
@@ -688,12 +706,20 @@ fn bare_volumes_of_other_file_systems_are_named() {
         let img = dir.path().join(format!("{name}.img"));
         std::fs::write(&img, bytes).unwrap();
         let o = winbundle(&["inspect", s(&img), "--json"]);
-        assert_eq!(o.status.code(), Some(3), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["partition_table"], "none", "{name}: {v}");
         assert_eq!(v["partitions"][0]["file_system"], name, "{name}: {v}");
         let problem = v["root_problem"]["Message"].as_str().unwrap();
-        assert!(problem.contains(&format!("the whole image ({name}")), "{name}: {problem}");
+        assert!(
+            problem.contains(&format!("the whole image ({name}")),
+            "{name}: {problem}"
+        );
     }
     // A BitLocker-encrypted bare volume image: the hint says how to get a readable one.
     let img = fixture("bare-volume.img", dir.path());
@@ -718,7 +744,10 @@ fn completions_and_man_pages_come_from_the_flags() {
         let text = String::from_utf8(o.stdout).unwrap();
         assert!(text.contains(mark), "{shell}: {}", &text[..text.len().min(300)]);
         // Every command and a late-added flag are offered.
-        assert!(text.contains("bundle-instance") && text.contains("incremental"), "{shell}");
+        assert!(
+            text.contains("bundle-instance") && text.contains("incremental"),
+            "{shell}"
+        );
         if shell == "bash" && have("bash") {
             let dir = tempfile::tempdir().unwrap();
             let f = dir.path().join("winbundle.bash");
@@ -733,14 +762,25 @@ fn completions_and_man_pages_come_from_the_flags() {
     let o = winbundle(&["man"]);
     assert!(o.status.success());
     let page = String::from_utf8(o.stdout).unwrap();
-    assert!(page.contains(".TH winbundle 1") && page.contains("bundle\\-instance"), "{page}");
+    assert!(
+        page.contains(".TH winbundle 1") && page.contains("bundle\\-instance"),
+        "{page}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let o = winbundle(&["man", "--out", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for page in ["winbundle.1", "winbundle-bundle-instance.1", "winbundle-restore.1", "winbundle-serve.1"] {
+    for page in [
+        "winbundle.1",
+        "winbundle-bundle-instance.1",
+        "winbundle-restore.1",
+        "winbundle-serve.1",
+    ] {
         let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
         assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
     }
     let text = std::fs::read_to_string(dir.path().join("winbundle-bundle-instance.1")).unwrap();
-    assert!(text.contains("\\-\\-parent") && text.contains("\\-\\-snapshot"), "{text}");
+    assert!(
+        text.contains("\\-\\-parent") && text.contains("\\-\\-snapshot"),
+        "{text}"
+    );
 }

@@ -161,7 +161,9 @@ fn one_changed_cluster_in_every_fixture_costs_one_chunk() {
         assert_eq!(code, 0, "{name}: {err}");
         let (code, fresh, err) = bundle_cli(&src, &store, "c/fresh", &[]);
         assert_eq!(code, 0, "{name}: {err}");
-        let data = |v: &serde_json::Value| v["Bundle"]["Chunks"].as_u64().unwrap() - v["Bundle"]["ZeroChunks"].as_u64().unwrap();
+        let data = |v: &serde_json::Value| {
+            v["Bundle"]["Chunks"].as_u64().unwrap() - v["Bundle"]["ZeroChunks"].as_u64().unwrap()
+        };
         let reused = inc["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap();
         // Every chunk with data but the changed one and the short last one took the parent's
         // frame (the changed cluster may have been in an all-zero chunk before: one more).
@@ -175,7 +177,11 @@ fn one_changed_cluster_in_every_fixture_costs_one_chunk() {
             object(&store, "c/fresh.image.zst"),
             "{name}: the incremental object is a full bundle's"
         );
-        assert_ne!(object(&store, "c/tue.image.zst"), object(&store, "c/mon.image.zst"), "{name}");
+        assert_ne!(
+            object(&store, "c/tue.image.zst"),
+            object(&store, "c/mon.image.zst"),
+            "{name}"
+        );
         for suffix in ["manifest.json", "image.zst", "index.zst"] {
             std::fs::remove_file(store.join("bkt").join(format!("c/mon.{suffix}"))).unwrap();
         }

@@ -141,7 +141,9 @@ fn a_server_that_refuses_copies_gets_the_bytes_sent_instead() {
     let out = run(&with_parent(&src, "r/2", "r/1"), &store);
     let (m, stats) = out.result.unwrap();
     assert!(
-        out.warnings.iter().any(|w| w.contains("refused UploadPartCopy (NotImplemented")),
+        out.warnings
+            .iter()
+            .any(|w| w.contains("refused UploadPartCopy (NotImplemented")),
         "{:?}",
         out.warnings
     );

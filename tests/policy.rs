@@ -333,7 +333,10 @@ fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
         .unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     let err = err.to_string();
-    assert!(err.contains("cannot copy objects") && err.contains("needs credentials"), "{err}");
+    assert!(
+        err.contains("cannot copy objects") && err.contains("needs credentials"),
+        "{err}"
+    );
     assert!(!reader.exists("pol/inc.manifest.json").unwrap());
 }
 

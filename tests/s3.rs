@@ -643,8 +643,23 @@ fn verbose_logs_the_plan_each_request_and_its_retries_but_no_secret() {
             .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
             .env_remove("RUST_LOG")
-            .args(["bundle-instance", src.to_str().unwrap(), "--bucket", "bkt", "--prefix", prefix])
-            .args(["--endpoint-url", &s3.endpoint, "--region", "us-east-1", "--part-size", "5MiB", "-q"])
+            .args([
+                "bundle-instance",
+                src.to_str().unwrap(),
+                "--bucket",
+                "bkt",
+                "--prefix",
+                prefix,
+            ])
+            .args([
+                "--endpoint-url",
+                &s3.endpoint,
+                "--region",
+                "us-east-1",
+                "--part-size",
+                "5MiB",
+                "-q",
+            ])
             .args(verbose);
         for (k, v) in extra_env {
             c.env(k, v);
@@ -655,10 +670,23 @@ fn verbose_logs_the_plan_each_request_and_its_retries_but_no_secret() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     // Timestamped lines: the plan, the stages, every request with its status and attempt.
-    assert!(err.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T'), "{err}");
-    assert!(err.contains("plan: ") && err.contains("data stream: ") && err.contains("bundle complete: "), "{err}");
-    assert!(err.contains("CreateMultipartUpload POST /bkt/v/1.image.zst?uploads"), "{err}");
-    assert!(err.contains("UploadPart PUT /bkt/v/1.image.zst?") && err.contains(": 200 in "), "{err}");
+    assert!(
+        err.lines()
+            .all(|l| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T'),
+        "{err}"
+    );
+    assert!(
+        err.contains("plan: ") && err.contains("data stream: ") && err.contains("bundle complete: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("CreateMultipartUpload POST /bkt/v/1.image.zst?uploads"),
+        "{err}"
+    );
+    assert!(
+        err.contains("UploadPart PUT /bkt/v/1.image.zst?") && err.contains(": 200 in "),
+        "{err}"
+    );
     // The failed attempt (the 500 comes back while the body is still being sent, so the client
     // may see it as a broken connection), then the retry that stored the part.
     let failed = err
@@ -667,13 +695,18 @@ fn verbose_logs_the_plan_each_request_and_its_retries_but_no_secret() {
         .unwrap_or_else(|| panic!("no failed attempt logged: {err}"));
     let part = failed.split("partNumber=").nth(1).unwrap().split('&').next().unwrap();
     assert!(
-        err.lines()
-            .any(|l| l.contains(&format!("partNumber={part}&")) && l.contains(": 200 in ") && l.contains("(attempt 2)")),
+        err.lines().any(|l| l.contains(&format!("partNumber={part}&"))
+            && l.contains(": 200 in ")
+            && l.contains("(attempt 2)")),
         "{err}"
     );
     // No secret, no signature, whatever the level.
     for level in [&["-vvv"][..], &[]] {
-        let env: &[(&str, &str)] = if level.is_empty() { &[("RUST_LOG", "trace")] } else { &[] };
+        let env: &[(&str, &str)] = if level.is_empty() {
+            &[("RUST_LOG", "trace")]
+        } else {
+            &[]
+        };
         let o = run_cli(env, level, &format!("v/{}", level.len() + 2));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{err}");

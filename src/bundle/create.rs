@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 
 use super::Keys;
 use super::manifest::{
-    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_PART_SIZES, IndexInfo, Layout, Manifest, ParentInfo, RootInfo,
-    SourceInfo, Stats,
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_PART_SIZES, IndexInfo, Layout,
+    Manifest, ParentInfo, RootInfo, SourceInfo, Stats,
 };
 pub use super::parent::ParentChoice;
 use super::plan::{Plan, PlanOptions};
@@ -324,7 +324,10 @@ fn run(
         req.threads,
         req.layout,
         part_size,
-        parent.as_ref().map(|p| format!(", parent {}", p.prefix)).unwrap_or_default()
+        parent
+            .as_ref()
+            .map(|p| format!(", parent {}", p.prefix))
+            .unwrap_or_default()
     );
     task.state = State::Bundling;
     task.update_time = task::now_iso();

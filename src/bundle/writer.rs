@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use super::Keys;
 use super::index::{ChunkIndex, IndexEntry};
 use super::manifest::{DataInfo, Layout, ObjectInfo};
+use super::parent::Parent;
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
-use super::parent::Parent;
 use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink};
 use crate::progress::Progress;
 use crate::store::{CopySource, CopyStats, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError};
@@ -311,7 +311,11 @@ impl<'a> StreamWriter<'a> {
         };
         match copied {
             Ok(()) => {}
-            Err(StoreError::CopyRefused { location, code, message }) => {
+            Err(StoreError::CopyRefused {
+                location,
+                code,
+                message,
+            }) => {
                 tracing::warn!("UploadPartCopy refused ({code}: {message}): sending the parent's frames instead");
                 self.reuse.copies.note = Some(format!(
                     "the server refused UploadPartCopy ({code}: {message}) at {location}: the parent's frames were read and sent from this machine instead"

@@ -318,10 +318,7 @@ pub fn run_pipeline(
                     hash,
                     frame_hash,
                 } => {
-                    let reused = FrameBytes::Reused {
-                        from: *frame,
-                        bytes,
-                    };
+                    let reused = FrameBytes::Reused { from: *frame, bytes };
                     (reused, *raw_len, false, *hash, *frame_hash)
                 }
                 Frame::Copied {

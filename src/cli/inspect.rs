@@ -2,12 +2,12 @@
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::source::layout::{self, PartitionInfo, RootChoice};
-use winbundle::source::partition::PartitionTable;
-use winbundle::source::{DiskFile, SourceError};
 use winbundle::bundle::create::excluded_partitions;
 use winbundle::bundle::plan::{Plan, PlanOptions};
+use winbundle::source::layout::{self, PartitionInfo, RootChoice};
 use winbundle::source::live::{self, LiveOptions, LiveSource, SnapshotMode};
+use winbundle::source::partition::PartitionTable;
+use winbundle::source::{DiskFile, SourceError};
 use winbundle::units::human;
 
 use super::args::{InspectArgs, VolumeArgs};
@@ -147,12 +147,20 @@ fn table_text(disk: &DiskFile, table: &PartitionTable, parts: &[PartitionInfo], 
         s.push_str(&t);
         s.push('\n');
     };
-    line(format!("Source:          {} ({})", disk.path().display(), human(disk.size())));
+    line(format!(
+        "Source:          {} ({})",
+        disk.path().display(),
+        human(disk.size())
+    ));
     line(format!(
         "Partition table: {}, {}-byte sectors{}",
         table.kind,
         table.sector_size,
-        table.disk_id.as_ref().map(|d| format!(", disk id {d}")).unwrap_or_default()
+        table
+            .disk_id
+            .as_ref()
+            .map(|d| format!(", disk id {d}"))
+            .unwrap_or_default()
     ));
     for w in &table.warnings {
         line(format!("Warning:         {w}"));
@@ -176,7 +184,10 @@ fn table_text(disk: &DiskFile, table: &PartitionTable, parts: &[PartitionInfo], 
             human(p.partition.length),
             p.partition.ptype.name(),
             p.fs.to_string(),
-            p.label.as_deref().map(|l| format!("{l:?}")).unwrap_or_else(|| "-".into()),
+            p.label
+                .as_deref()
+                .map(|l| format!("{l:?}"))
+                .unwrap_or_else(|| "-".into()),
             role
         ));
         if let Some(e) = &p.error {

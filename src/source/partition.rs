@@ -180,7 +180,10 @@ fn bare_other_fs(first: &[u8]) -> bool {
             let bps = u16::from_le_bytes([first[11], first[12]]);
             let spc = first[13];
             let reserved = u16::from_le_bytes([first[14], first[15]]);
-            [512, 1024, 2048, 4096].contains(&bps) && spc.is_power_of_two() && reserved > 0 && (1..=2).contains(&first[16])
+            [512, 1024, 2048, 4096].contains(&bps)
+                && spc.is_power_of_two()
+                && reserved > 0
+                && (1..=2).contains(&first[16])
         }
         _ => false,
     }

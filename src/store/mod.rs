@@ -170,7 +170,9 @@ pub trait ObjectWriter: Send {
     /// Only stores whose [`ObjectStore::copies_parts`] is true take it.
     fn copy_part(&mut self, number: u32, source: &CopySource) -> Result<(), StoreError> {
         let _ = (number, source);
-        Err(StoreError::S3Config("this store cannot copy parts on the server".into()))
+        Err(StoreError::S3Config(
+            "this store cannot copy parts on the server".into(),
+        ))
     }
     /// Bytes durably stored so far (written to disk, or parts whose upload completed).
     fn stored_bytes(&self) -> u64;

@@ -294,7 +294,11 @@ impl Service<http::Request<Incoming>> for Faulty {
                 .unwrap_or(0);
             *faults.bytes_in.lock().unwrap().entry(op.to_string()).or_default() += len;
             if op == "UploadPartCopy" && faults.refuse_copy.load(Ordering::SeqCst) {
-                return Ok(s3_error(501, "NotImplemented", "A header you provided implies functionality that is not implemented."));
+                return Ok(s3_error(
+                    501,
+                    "NotImplemented",
+                    "A header you provided implies functionality that is not implemented.",
+                ));
             }
             if let Some(resp) = faults.answer_listing(op, &path, &query) {
                 return Ok(resp);

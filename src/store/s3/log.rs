@@ -69,7 +69,9 @@ impl Intercept for RequestLog {
                 target: "winbundle::s3",
                 "{op} {target}: {status} in {ms} ms (attempt {attempt}; retried while attempts remain)"
             ),
-            Some(status) => tracing::info!(target: "winbundle::s3", "{op} {target}: {status} in {ms} ms (attempt {attempt})"),
+            Some(status) => {
+                tracing::info!(target: "winbundle::s3", "{op} {target}: {status} in {ms} ms (attempt {attempt})")
+            }
             None => {
                 let why = context
                     .output_or_error()

@@ -229,7 +229,8 @@ impl MultipartWriter {
                 None => {
                     readback += source.len;
                     let i = self.inner.clone();
-                    self.inner.run("GetObject", async move { hash_range(&i, &source).await })?
+                    self.inner
+                        .run("GetObject", async move { hash_range(&i, &source).await })?
                 }
             };
             self.copied.push((number as u32 - 1, sum));
