@@ -557,10 +557,16 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
         "the error names the journal: {err}"
     );
 
-    // Part 3's line no longer matches what the source gives: it is sent again.
+    // The last part the journal vouches for no longer matches what the source gives: it is
+    // sent again. (Usually parts 0 to 3; fewer when s3s made the run send a form twice.)
     let text = std::fs::read_to_string(&journal).unwrap();
-    let line3 = text.lines().find(|l| l.contains("res/win.part.3\"")).unwrap();
-    let v: serde_json::Value = serde_json::from_str(line3).unwrap();
+    let stored: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("res/win.part.") && !l.contains("res/win.part.0\""))
+        .collect();
+    assert!(!stored.is_empty(), "{text}");
+    let last = stored[stored.len() - 1];
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
     let sha = v["Sha256"].as_str().unwrap();
     let flipped = format!("{}{}", if sha.starts_with('0') { "1" } else { "0" }, &sha[1..]);
     std::fs::write(&journal, text.replace(sha, &flipped)).unwrap();
@@ -571,8 +577,8 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let resumed = &v["Bundle"]["Resumed"];
-    // Part 0 was overwritten by the policy probe and is sent again; 1 and 2 are reused.
-    assert_eq!(resumed["ReusedParts"], 2, "{v}");
+    // Part 0 was overwritten by the policy probe and is sent again; the others are reused.
+    assert_eq!(resumed["ReusedParts"], stored.len() - 1, "{v}");
     assert_eq!(resumed["ReplacedParts"], 1, "{v}");
     assert!(resumed["ResumedFrom"].as_str().unwrap().contains("journals"), "{v}");
     let parts = s3.store("bkt").get("res/win.manifest.json").map(|m| {
@@ -581,11 +587,12 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     });
     let parts = parts.unwrap();
     assert!(parts > 5, "{parts} parts");
-    // The probe, the parts not reused (all but 1 and 2), the chunk index and the manifest: parts
-    // + 1 POSTs, and a few more where s3s needed a form sent twice.
+    // The probe, the parts not reused, the chunk index and the manifest, and a few more where
+    // s3s needed a form sent twice.
     let posts = s3.faults.count("PostObject") - before;
+    let expected = parts + 3 - (stored.len() - 1);
     assert!(
-        (parts + 1..=parts + 4).contains(&posts),
+        (expected..=expected + 3).contains(&posts),
         "{posts} POSTs for {parts} parts"
     );
     assert!(!journal.exists(), "the journal is removed once the bundle is complete");

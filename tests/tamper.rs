@@ -226,6 +226,7 @@ fn restore_refuses_to_replace_a_file_without_force() {
     let target = winbundle::bundle::read::RestoreTarget::File {
         path: out.clone(),
         force: false,
+        assume_zeroed: false,
     };
     let e = b
         .restore(&target, 2, &winbundle::progress::NoProgress, &AtomicBool::new(false))

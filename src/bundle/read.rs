@@ -62,6 +62,10 @@ pub struct ReadStats {
     pub volume_bytes: u64,
     /// Bytes actually written (zeros are skipped in sparse files).
     pub written_bytes: u64,
+    /// What was checked: "full" (part digests, bundle digest, frame checksums and hashes,
+    /// plaintext hashes) or "frames" (every frame's bytes against the chunk index, and its
+    /// checksum).
+    pub checked: &'static str,
     pub elapsed: Duration,
 }
 
@@ -232,16 +236,27 @@ impl<'s> OpenedBundle<'s> {
         )
     }
 
-    /// Streams every frame through parallel decompression, checking parts and frames, and
-    /// hands each chunk's bytes in order to `out`.
+    /// How a read checks the bundle: everything (`verify`), or what proves every restored byte
+    /// (`restore`): every part's SHA-256 and the bundle digest (the manifest's own chain over
+    /// every stored byte), and every frame decompressed with zstd's content checksum. The chunk
+    /// index's BLAKE3 hashes of frames and plaintexts see the same bytes another way; `verify`
+    /// checks those too.
+    fn check_for(&self, restore: bool) -> Check {
+        if restore { Check::Frames } else { Check::Full }
+    }
+
+    /// Streams every frame through parallel decompression, checking parts and frames as
+    /// `check` says, and hands each chunk's bytes to `out`.
     fn stream(
         &self,
         threads: usize,
         progress: &dyn Progress,
         cancel: &AtomicBool,
-        mut out: impl FnMut(u64, &[u8], bool) -> Result<(), Error>,
+        check: Check,
+        mut out: Output<'_>,
     ) -> Result<ReadStats, Error> {
         let started = Instant::now();
+        let full = check == Check::Full;
         // The shared all-zero frame (the free space of a volume): recognised by its bytes and
         // handed on as zeros without decompressing 4 MiB each time. `out` is told (true), so a
         // file restore leaves a hole without scanning the bytes.
@@ -249,8 +264,18 @@ impl<'s> OpenedBundle<'s> {
         let zero = ZeroFrame::new(chunk_size, self.manifest.compression.level).ok();
         let zeros = vec![0u8; if zero.is_some() { chunk_size } else { 0 }];
         let zero_hash = self.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
-        let hash_of = |i: u64| self.index.as_ref().map(|idx| idx.entries[i as usize].hash);
-        let frame_hash_of = |i: u64| self.index.as_ref().and_then(|idx| idx.entries[i as usize].frame_hash);
+        let hash_of = |i: u64| {
+            self.index
+                .as_ref()
+                .filter(|_| full)
+                .map(|idx| idx.entries[i as usize].hash)
+        };
+        let frame_hash_of = |i: u64| {
+            self.index
+                .as_ref()
+                .filter(|_| full)
+                .and_then(|idx| idx.entries[i as usize].frame_hash)
+        };
         let frames = BufPool::default();
         let raws = BufPool::default();
         let mut stats = ReadStats::default();
@@ -260,63 +285,90 @@ impl<'s> OpenedBundle<'s> {
             offsets.push(off);
             off += e.compressed as u64;
         }
-        // Part hashing follows the stream as the producer reads it.
-        let mut hasher = Sha256::new();
-        let mut part_index = 0usize;
-        let mut part_filled = 0u64;
-        let mut bundle = Sha256::new();
-        let mut parts_verified = 0u64;
-        let mut feed = |mut bytes: &[u8]| -> Result<(), Error> {
-            while !bytes.is_empty() {
-                let p = &self.parts[part_index];
-                let n = ((p.size - part_filled) as usize).min(bytes.len());
-                hasher.update(&bytes[..n]);
-                part_filled += n as u64;
-                bytes = &bytes[n..];
-                if part_filled == p.size {
-                    let digest: [u8; 32] = std::mem::take(&mut hasher).finalize().into();
-                    if digest != p.sha256 {
-                        return Err(integrity(self.describe_part(p)));
-                    }
-                    bundle.update(digest);
-                    parts_verified += 1;
-                    part_index += 1;
-                    part_filled = 0;
-                }
-            }
-            Ok(())
+        let positional = match &out {
+            Output::Positional(w) => Some(*w),
+            _ => None,
         };
         let count = self.seek.len() as u64;
         let fetchers = self.fetchers;
-        let stream_size = self.manifest.data.stream_size;
-        let blocks = stream_size.div_ceil(FETCH_BLOCK);
-        // Memory: `fetchers` blocks being fetched, as many waiting their turn, one in the
-        // channel and one being read: 2 × fetchers + 2 blocks, recycled through `pool`.
+        // Fetch units: each part whole (its SHA-256 computed by the fetcher that read it, so
+        // parts are hashed in parallel), or, for parts over WHOLE_PART, pieces of FETCH_BLOCK
+        // hashed in stream order.
+        let mut units: Vec<(u64, u64, Option<usize>)> = Vec::new();
+        for (n, p) in self.parts.iter().enumerate() {
+            if p.size <= WHOLE_PART {
+                units.push((p.stream_offset, p.size, Some(n)));
+            } else {
+                let mut at = 0;
+                while at < p.size {
+                    units.push((p.stream_offset + at, (p.size - at).min(FETCH_BLOCK), None));
+                    at += FETCH_BLOCK;
+                }
+            }
+        }
+        let units = &units;
+        // Memory: `fetchers` units being fetched, as many waiting their turn, one in the channel
+        // and one being read: 2 × fetchers + 2 units, recycled through `pool`.
         let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Vec<u8>, Error>>(1);
         let pool = BufPool::default();
         let pool = &pool;
-        std::thread::scope(|scope| {
-            // Fetchers: the stream in FETCH_BLOCK pieces, several at once, handed on in order.
-            scope.spawn(move || {
+        let (parts_verified, bundle_digest) = std::thread::scope(|scope| {
+            // Fetchers: the stream unit by unit, several at once, handed on in order; each part's
+            // digest checked in order, and the bundle digest over them.
+            let fetched = scope.spawn(move || {
+                let mut bundle = Sha256::new();
+                let mut verified = 0u64;
+                let mut serial: Option<(usize, u64, Sha256)> = None; // a large part being hashed
+                let mut next_part = 0usize;
+                let mut check_part = |n: usize, digest: [u8; 32], bundle: &mut Sha256| -> Result<(), Error> {
+                    let p = &self.parts[n];
+                    if n != next_part || digest != p.sha256 {
+                        return Err(integrity(self.describe_part(p)));
+                    }
+                    bundle.update(digest);
+                    verified += 1;
+                    next_part += 1;
+                    Ok(())
+                };
                 let sent = ordered_map(
-                    blocks,
+                    units.len() as u64,
                     fetchers,
                     fetchers,
                     cancel,
                     Ok,
                     || Ok(()),
                     |_, k, _| {
-                        let start = k * FETCH_BLOCK;
+                        let (start, len, whole) = units[k as usize];
                         let mut buf = pool.take();
-                        buf.resize((stream_size - start).min(FETCH_BLOCK) as usize, 0);
+                        buf.resize(len as usize, 0);
                         self.read_stream(start, &mut buf)?;
-                        Ok(buf)
+                        let digest: Option<[u8; 32]> = whole.map(|_| Sha256::digest(&buf).into());
+                        Ok((buf, digest))
                     },
-                    |_, block| block_tx.send(Ok(block)).map_err(|_| Error::Cancelled),
+                    |k, (block, digest)| {
+                        let (start, len, whole) = units[k as usize];
+                        match (whole, digest) {
+                            (Some(n), Some(d)) => check_part(n, d, &mut bundle)?,
+                            _ => {
+                                // A piece of a large part: hashed here, in stream order.
+                                let n = self.parts.partition_point(|p| p.stream_offset + p.size <= start);
+                                let (_, done, h) = serial.get_or_insert_with(|| (n, 0, Sha256::new()));
+                                h.update(&block);
+                                *done += len;
+                                if *done == self.parts[n].size {
+                                    let (n, _, h) = serial.take().unwrap_or((n, 0, Sha256::new()));
+                                    check_part(n, h.finalize().into(), &mut bundle)?;
+                                }
+                            }
+                        }
+                        block_tx.send(Ok(block)).map_err(|_| Error::Cancelled)
+                    },
                 );
                 if let Err(e) = sent {
                     let _ = block_tx.send(Err(e));
+                    return None;
                 }
+                Some((verified, bundle))
             });
             let mut cursor = BlockCursor {
                 rx: block_rx,
@@ -324,7 +376,7 @@ impl<'s> OpenedBundle<'s> {
                 pos: 0,
                 pool,
             };
-            ordered_map(
+            let decoded = ordered_map(
                 count,
                 threads,
                 2 * threads + 2,
@@ -334,12 +386,11 @@ impl<'s> OpenedBundle<'s> {
                     let mut buf = frames.take();
                     buf.resize(e.compressed as usize, 0);
                     cursor.read_exact(&mut buf)?;
-                    feed(&buf)?;
                     progress.read(buf.len() as u64);
                     if i + 1 == count {
+                        // The seek table ends the stream; its part digest is checked like any.
                         let mut table = vec![0u8; self.manifest.data.seek_table_size as usize];
                         cursor.read_exact(&mut table)?;
-                        feed(&table)?;
                     }
                     Ok(buf)
                 },
@@ -361,7 +412,7 @@ impl<'s> OpenedBundle<'s> {
                             return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
                         }
                         frames.give(frame);
-                        return Ok((Vec::new(), true));
+                        return Ok((Vec::new(), true, 0, 0));
                     }
                     let mut raw = raws.take();
                     raw.clear();
@@ -376,28 +427,53 @@ impl<'s> OpenedBundle<'s> {
                         return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
                     }
                     frames.give(frame);
-                    Ok((raw, false))
+                    // Files and devices are written here, by the worker threads, each chunk at
+                    // its own offset.
+                    if let Some(write) = positional {
+                        let written = write(i, &raw, false)?;
+                        let len = raw.len() as u64;
+                        raws.give(raw);
+                        return Ok((Vec::new(), false, len, written));
+                    }
+                    let len = raw.len() as u64;
+                    Ok((raw, false, len, 0))
                 },
-                |i, (raw, is_zero)| {
+                |i, (raw, is_zero, len, written)| {
+                    stats.written_bytes += written;
+                    match &mut out {
+                        Output::Ordered(write) if is_zero => write(i, &zeros)?,
+                        Output::Ordered(write) => write(i, &raw)?,
+                        Output::Positional(write) if is_zero => stats.written_bytes += write(i, &zeros, true)?,
+                        _ => {}
+                    }
                     if is_zero {
-                        out(i, &zeros, true)?;
                         stats.volume_bytes += zeros.len() as u64;
                     } else {
-                        out(i, &raw, false)?;
-                        stats.volume_bytes += raw.len() as u64;
+                        stats.volume_bytes += len;
+                    }
+                    // (Positional writers gave their buffer back already: an empty one here
+                    // would bury the pooled ones and make every chunk allocate anew.)
+                    if raw.capacity() > 0 {
                         raws.give(raw);
                     }
                     Ok(())
                 },
-            )
+            );
+            // The fetchers stop once nobody reads what they send.
+            drop(cursor);
+            let fetched = fetched
+                .join()
+                .map_err(|_| Error::Internal("a fetcher thread panicked".into()))?;
+            decoded?;
+            fetched.ok_or_else(|| Error::Internal("the fetchers stopped without an error".into()))
         })?;
-        if part_index != self.parts.len() {
+        if parts_verified != self.parts.len() as u64 {
             return Err(integrity(format!(
-                "only {part_index} of {} parts were read",
+                "only {parts_verified} of {} parts were read",
                 self.parts.len()
             )));
         }
-        let digest = hex::encode(bundle.finalize());
+        let digest = hex::encode(bundle_digest.finalize());
         if digest != self.manifest.bundle_sha256 {
             return Err(integrity(format!(
                 "the bundle digest is {digest}, the manifest says {}",
@@ -405,13 +481,21 @@ impl<'s> OpenedBundle<'s> {
             )));
         }
         tracing::info!(
-            "{} chunks and {parts_verified} parts checked ({} bytes of stream) in {:.2} s",
+            "{} chunks{} checked ({} bytes of stream) in {:.2} s",
             count,
+            match check {
+                Check::Full => format!(", {parts_verified} parts and every plaintext"),
+                Check::Frames => format!(" and {parts_verified} parts"),
+            },
             self.manifest.data.stream_size,
             started.elapsed().as_secs_f64()
         );
         stats.chunks = count;
         stats.parts_verified = parts_verified;
+        stats.checked = match check {
+            Check::Full => "full",
+            Check::Frames => "frames",
+        };
         stats.stream_bytes = self.manifest.data.stream_size;
         stats.elapsed = started.elapsed();
         Ok(stats)
@@ -420,7 +504,7 @@ impl<'s> OpenedBundle<'s> {
     /// Checks everything, writes nothing.
     pub fn verify(&self, threads: usize, progress: &dyn Progress, cancel: &AtomicBool) -> Result<ReadStats, Error> {
         progress.start(self.manifest.data.stream_size);
-        let r = self.stream(threads, progress, cancel, |_, _, _| Ok(()));
+        let r = self.stream(threads, progress, cancel, Check::Full, Output::Nothing);
         progress.finish();
         r
     }
@@ -434,35 +518,43 @@ impl<'s> OpenedBundle<'s> {
         cancel: &AtomicBool,
     ) -> Result<ReadStats, Error> {
         progress.start(self.manifest.data.stream_size);
-        let chunk = self.manifest.chunk_size;
+        let check = self.check_for(true);
         let r = match target {
             RestoreTarget::Stdout => {
                 let stdout = std::io::stdout();
                 let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
                 let mut written = 0u64;
-                let mut stats = self.stream(threads, progress, cancel, |_, raw, _| {
+                let mut write = |_: u64, raw: &[u8]| {
                     written += raw.len() as u64;
                     w.write_all(raw).map_err(|e| io_err("write to standard output", e))
-                })?;
+                };
+                let mut stats = self.stream(threads, progress, cancel, check, Output::Ordered(&mut write))?;
                 w.flush().map_err(|e| io_err("write to standard output", e))?;
                 stats.written_bytes = written;
                 Ok(stats)
             }
-            RestoreTarget::File { path, force } => self.restore_file(path, *force, chunk, threads, progress, cancel),
+            RestoreTarget::File {
+                path,
+                force,
+                assume_zeroed,
+            } => self.restore_file(path, *force, *assume_zeroed, check, threads, progress, cancel),
         };
         progress.finish();
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn restore_file(
         &self,
         path: &Path,
         force: bool,
-        chunk: u64,
+        assume_zeroed: bool,
+        check: Check,
         threads: usize,
         progress: &dyn Progress,
         cancel: &AtomicBool,
     ) -> Result<ReadStats, Error> {
+        let chunk = self.manifest.chunk_size;
         let meta = std::fs::metadata(path).ok();
         let device = meta.as_ref().is_some_and(|m| !m.is_file() && !m.is_dir());
         if meta.as_ref().is_some_and(|m| m.is_dir()) {
@@ -479,19 +571,24 @@ impl<'s> OpenedBundle<'s> {
         }
         let volume = self.manifest.volume_size;
         if device {
-            // A block device: write every chunk, zeros included; it cannot be renamed.
+            // A block device: every chunk written, zeros included (it may hold old data), unless
+            // the user says it reads back zeros (--assume-zeroed); it cannot be renamed.
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
                 .map_err(|e| io_err(&format!("open {}", path.display()), e))?;
-            let mut written = 0;
-            let mut stats = self.stream(threads, progress, cancel, |i, raw, _| {
-                written += raw.len() as u64;
-                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", path.display()), e))
-            })?;
+            let write = |i: u64, raw: &[u8], known_zero: bool| -> Result<u64, Error> {
+                let at = i * chunk;
+                let r = match (assume_zeroed, known_zero) {
+                    (true, true) => Ok(0),
+                    (true, false) => write_sparse(&f, raw, at),
+                    (false, _) => write_at(&f, raw, at).map(|()| raw.len() as u64),
+                };
+                r.map_err(|e| io_err(&format!("write {}", path.display()), e))
+            };
+            let stats = self.stream(threads, progress, cancel, check, Output::Positional(&write))?;
             f.sync_all()
                 .map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
-            stats.written_bytes = written;
             return Ok(stats);
         }
         let tmp = partial_path(path);
@@ -499,17 +596,17 @@ impl<'s> OpenedBundle<'s> {
         let result = (|| {
             f.set_len(volume)
                 .map_err(|e| io_err(&format!("size {}", tmp.display()), e))?;
-            let mut written = 0;
-            let mut stats = self.stream(threads, progress, cancel, |i, raw, known_zero| {
-                if known_zero || is_all_zero(raw) {
-                    return Ok(()); // a hole in the sparse file
+            // A new file reads back zeros where nothing was written: zero chunks, and zero runs
+            // of SPARSE_RUN bytes or more inside chunks, stay holes.
+            let write = |i: u64, raw: &[u8], known_zero: bool| -> Result<u64, Error> {
+                if known_zero {
+                    return Ok(0);
                 }
-                written += raw.len() as u64;
-                write_at(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))
-            })?;
+                write_sparse(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))
+            };
+            let stats = self.stream(threads, progress, cancel, check, Output::Positional(&write))?;
             f.sync_all()
                 .map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
-            stats.written_bytes = written;
             std::fs::rename(&tmp, path)
                 .map_err(|e| io_err(&format!("rename {} to {}", tmp.display(), path.display()), e))?;
             Ok(stats)
@@ -521,8 +618,55 @@ impl<'s> OpenedBundle<'s> {
     }
 }
 
-/// Stream bytes fetched per request when reading a bundle.
+/// What a read checks (see [`OpenedBundle::check_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Part digests, the bundle digest, frame checksums, frame hashes, plaintext hashes.
+    Full,
+    /// Part digests, the bundle digest, frame checksums.
+    Frames,
+}
+
+/// Where decompressed chunks go.
+enum Output<'a> {
+    Nothing,
+    /// In chunk order, from one thread (standard output).
+    Ordered(&'a mut dyn FnMut(u64, &[u8]) -> Result<(), Error>),
+    /// At each chunk's offset, from the worker threads (files, devices); `true` for the shared
+    /// all-zero chunk. Returns the bytes actually written.
+    Positional(&'a (dyn Fn(u64, &[u8], bool) -> Result<u64, Error> + Sync)),
+}
+
+/// Zero runs at least this long (and aligned to it) inside a chunk are not written to a file:
+/// they stay holes (`zstd -d --sparse` does the same with 32 KiB).
+const SPARSE_RUN: usize = 32 << 10;
+
+/// Writes `buf` at `offset`, leaving out its all-zero SPARSE_RUN-sized blocks. Returns the bytes
+/// written.
+fn write_sparse(f: &File, buf: &[u8], offset: u64) -> std::io::Result<u64> {
+    let mut written = 0u64;
+    let mut start = None; // start of the pending run of non-zero blocks
+    let blocks = buf.len().div_ceil(SPARSE_RUN);
+    for b in 0..=blocks {
+        let block = (b < blocks).then(|| &buf[b * SPARSE_RUN..((b + 1) * SPARSE_RUN).min(buf.len())]);
+        match (block.is_some_and(|blk| !is_all_zero(blk)), start) {
+            (true, None) => start = Some(b * SPARSE_RUN),
+            (false, Some(s)) => {
+                let end = (b * SPARSE_RUN).min(buf.len());
+                write_at(f, &buf[s..end], offset + s as u64)?;
+                written += (end - s) as u64;
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    Ok(written)
+}
+
+/// Stream bytes fetched per request for a part larger than WHOLE_PART.
 const FETCH_BLOCK: u64 = 8 << 20;
+/// Parts up to this size are fetched whole, and hashed by the fetcher that read them.
+const WHOLE_PART: u64 = 32 << 20;
 
 /// Reads the stream sequentially from the blocks the fetchers deliver in order.
 struct BlockCursor<'p> {
@@ -557,7 +701,13 @@ impl BlockCursor<'_> {
 /// Where a restore goes.
 #[derive(Debug, Clone)]
 pub enum RestoreTarget {
-    File { path: PathBuf, force: bool },
+    /// A file (written as FILE.partial, sparse, then renamed) or a block device; `assume_zeroed`:
+    /// the device reads back zeros where nothing is written, so zero runs are skipped.
+    File {
+        path: PathBuf,
+        force: bool,
+        assume_zeroed: bool,
+    },
     Stdout,
 }
 

@@ -373,6 +373,10 @@ pub struct RestoreArgs {
     /// Replace OUTPUT if it is an existing file.
     #[arg(long)]
     pub force: bool,
+    /// OUTPUT is a block device that reads back zeros where nothing is written (a new EBS
+    /// volume, a discarded SSD, a thin LUN): zero runs are skipped instead of written.
+    #[arg(long)]
+    pub assume_zeroed: bool,
     /// Decompression threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,

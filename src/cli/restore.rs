@@ -19,6 +19,7 @@ fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
         "VolumeSize": b.manifest.volume_size,
         "Chunks": s.chunks,
         "PartsVerified": s.parts_verified,
+        "Checked": s.checked,
         "StoredBytes": s.stream_bytes,
         "WrittenBytes": s.written_bytes,
         "BundleSha256": b.manifest.bundle_sha256,
@@ -38,6 +39,7 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
         RestoreTarget::File {
             path: args.output.clone(),
             force: args.force,
+            assume_zeroed: args.assume_zeroed,
         }
     };
     let bar = Bar::new(args.quiet, "restoring");
@@ -53,13 +55,15 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
         }
     } else if !args.quiet {
         eprintln!(
-            "restored {} ({} bytes) to {}: {} chunks, {} parts verified, bundle SHA-256 {}",
+            "restored {} ({} bytes) to {}: {} chunks, {}",
             human(bundle.manifest.volume_size),
             bundle.manifest.volume_size,
             args.output.display(),
             stats.chunks,
-            stats.parts_verified,
-            bundle.manifest.bundle_sha256
+            match stats.parts_verified {
+                0 => "every frame checked against the chunk index".to_string(),
+                n => format!("{n} parts verified, bundle SHA-256 {}", bundle.manifest.bundle_sha256),
+            }
         );
     }
     Ok(0)

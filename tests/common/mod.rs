@@ -80,6 +80,7 @@ pub fn restore_from(
     let target = RestoreTarget::File {
         path: out.to_path_buf(),
         force: true,
+        assume_zeroed: false,
     };
     b.restore(&target, 2, &NoProgress, &AtomicBool::new(false))?;
     Ok(())
