@@ -627,14 +627,19 @@ enum Check {
     Frames,
 }
 
+/// Writes chunk `i` in chunk order.
+type OrderedWrite<'a> = dyn FnMut(u64, &[u8]) -> Result<(), Error> + 'a;
+/// Writes chunk `i` at its offset, from any thread; `true` for the shared all-zero chunk.
+/// Returns the bytes actually written.
+type PositionalWrite<'a> = dyn Fn(u64, &[u8], bool) -> Result<u64, Error> + Sync + 'a;
+
 /// Where decompressed chunks go.
 enum Output<'a> {
     Nothing,
     /// In chunk order, from one thread (standard output).
-    Ordered(&'a mut dyn FnMut(u64, &[u8]) -> Result<(), Error>),
-    /// At each chunk's offset, from the worker threads (files, devices); `true` for the shared
-    /// all-zero chunk. Returns the bytes actually written.
-    Positional(&'a (dyn Fn(u64, &[u8], bool) -> Result<u64, Error> + Sync)),
+    Ordered(&'a mut OrderedWrite<'a>),
+    /// At each chunk's offset, from the worker threads (files, devices).
+    Positional(&'a PositionalWrite<'a>),
 }
 
 /// Zero runs at least this long (and aligned to it) inside a chunk are not written to a file:
