@@ -99,17 +99,7 @@ measure "restic-first" restic_sent restic backup --json --host bench "$mnt"
 umount "$mnt"
 
 echo "== about $change MiB changed through ntfs-3g"
-ntfs-3g "$work/vol.img" "$mnt"
-part=$((change * 1024 * 1024 / 4))
-find "$mnt" -type f -size +64k 2>/dev/null | head -200 | while read -r f; do
-  dd if=/dev/urandom of="$f" bs=4096 count=1 seek=$(($(stat -c %s "$f") / 8192)) conv=notrunc status=none
-done || true # (head stops find early: SIGPIPE)
-find "$mnt" -type f -size -"$((part / 1024))"k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done || true
-biggest=$(find "$mnt" -type f -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
-head -c "$part" /dev/urandom >"$mnt/added-1.bin"
-head -c "$part" /dev/urandom >"$mnt/added-2.bin"
-head -c "$part" /dev/urandom >>"$biggest"
-umount "$mnt"
+"$(dirname "$0")/change-volume.sh" "$work/vol.img" "$mnt" "$change"
 
 echo "== the changed volume, three ways (name, wall s, client CPU s, Garage CPU s, requests, bytes sent)"
 measure "winbundle-full" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix full

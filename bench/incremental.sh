@@ -25,20 +25,7 @@ PY
 }
 timed parent "$wb" bundle-instance "$work/vol.img" "${st[@]}" --prefix base
 
-mkdir -p "$mnt"
-ntfs-3g "$work/vol.img" "$mnt"
-part=$((change * 1024 * 1024 / 4))
-# Modified in place: 4 KiB in the middle of up to 200 files of 64 KiB or more.
-find "$mnt" -type f -size +64k 2>/dev/null | head -200 | while read -r f; do
-  dd if=/dev/urandom of="$f" bs=4096 count=1 seek=$(($(stat -c %s "$f") / 8192)) conv=notrunc status=none
-done || true # (head stops find early: SIGPIPE)
-# Deleted: up to 20 files smaller than a quarter of the change.
-find "$mnt" -type f -size -"$((part / 1024))"k 2>/dev/null | tail -20 | while read -r f; do rm -f "$f"; done || true
-biggest=$(find "$mnt" -type f -printf '%s %p\n' 2>/dev/null | sort -n | tail -1 | cut -d' ' -f2-)
-head -c "$part" /dev/urandom >"$mnt/added-1.bin"
-head -c "$part" /dev/urandom >"$mnt/added-2.bin"
-head -c "$part" /dev/urandom >>"$biggest"
-umount "$mnt"
+"$(dirname "$0")/change-volume.sh" "$work/vol.img" "$mnt" "$change"
 
 declare -A wall cpu
 for r in $(seq 1 "$rounds"); do

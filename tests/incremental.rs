@@ -42,9 +42,7 @@ fn bundle_cli(src: &Path, store: &Path, prefix: &str, extra: &[&str]) -> (i32, s
 
 /// A copy of gpt-disk.img bundled in full under `prefix`: (its folder, the image, the store).
 fn full_bundle(prefix: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let src = fixture("gpt-disk.img", dir.path());
-    let store = dir.path().join("store");
+    let (dir, src, store) = fresh("gpt-disk.img");
     let (code, _, err) = bundle_cli(&src, &store, prefix, &[]);
     assert_eq!(code, 0, "{err}");
     (dir, src, store)
@@ -65,18 +63,27 @@ fn restores_like(store: &Path, prefix: &str, src: &Path) {
     assert_restored_matches(src, &request(src, "x").plan, &out);
 }
 
+/// Every committed fixture: GPT, MBR, 4K sectors, a bare volume, a fragmented MFT.
+const FIXTURES: [&str; 5] = [
+    "gpt-disk.img",
+    "mbr-disk.img",
+    "gpt4k-disk.img",
+    "bare-volume.img",
+    "attrlist-volume.img",
+];
+
+/// A copy of fixture `name` in a new folder: (the folder, the image, where its store goes).
+fn fresh(name: &str) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture(name, dir.path());
+    let store = dir.path().join("store");
+    (dir, src, store)
+}
+
 #[test]
 fn an_unchanged_source_reuses_every_data_chunk_and_restores_without_its_parent() {
-    for name in [
-        "gpt-disk.img",
-        "mbr-disk.img",
-        "gpt4k-disk.img",
-        "bare-volume.img",
-        "attrlist-volume.img",
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let src = fixture(name, dir.path());
-        let store = dir.path().join("store");
+    for name in FIXTURES {
+        let (_dir, src, store) = fresh(name);
         let (code, full, err) = bundle_cli(&src, &store, "win/full", &[]);
         assert_eq!(code, 0, "{name}: {err}");
         let (code, inc, err) = bundle_cli(&src, &store, "win/inc", &["--parent", "win/full"]);
@@ -144,16 +151,8 @@ fn change_one_cluster(img: &Path, seed: u64) -> u64 {
 
 #[test]
 fn one_changed_cluster_in_every_fixture_costs_one_chunk() {
-    for name in [
-        "gpt-disk.img",
-        "mbr-disk.img",
-        "gpt4k-disk.img",
-        "bare-volume.img",
-        "attrlist-volume.img",
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let src = fixture(name, dir.path());
-        let store = dir.path().join("store");
+    for name in FIXTURES {
+        let (_dir, src, store) = fresh(name);
         let (code, full, err) = bundle_cli(&src, &store, "c/mon", &[]);
         assert_eq!(code, 0, "{name}: {err}");
         let at = change_one_cluster(&src, 0x9e3779b97f4a7c15);
