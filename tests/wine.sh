@@ -22,7 +22,7 @@ exe=${WINBUNDLE_EXE:-$root/target/x86_64-pc-windows-gnu/release/winbundle.exe}
 work=$(mktemp -d)
 export WINEPREFIX="$work/prefix"
 export AWS_EC2_METADATA_DISABLED=true # no metadata service to ask under Wine
-trap 'rm -rf "$work"' EXIT
+trap '/usr/lib/wine/wineserver -k 2>/dev/null; rm -rf "$work"' EXIT # (run.sh keeps a wineserver for the prefix)
 wine() { "$root/tests/wine/run.sh" "$exe" "$@"; }
 pass=0
 fail=0

@@ -13,4 +13,8 @@ if [ ! -f "$sys32/bcryptprimitives.dll" ] || [ "$root/tests/wine/bcryptprimitive
   if [ ! -d "$sys32" ]; then "$wine" wineboot -i >/dev/null 2>&1 || true; fi
   x86_64-w64-mingw32-gcc -shared -O2 -o "$sys32/bcryptprimitives.dll" "$root/tests/wine/bcryptprimitives.c" -ladvapi32
 fi
+# One wineserver for the whole run (it outlives each test binary until `wineserver -k`): with
+# Wine's default, the server quits a few seconds after its last client, and a test binary started
+# just then fails with "wine client error:0: recvmsg: Connection reset by peer" (seen once in CI).
+"$(dirname "$wine")/wineserver" -p 2>/dev/null || true
 exec "$wine" "$@"
