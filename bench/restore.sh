@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Restore side by side with the plain tools, on the same local object, alternating, ROUNDS times:
-# `winbundle restore` to a file against `zstd -d --sparse` to a file, and to standard output
-# (into /dev/null) against `zstd -d -c`. Prints wall seconds, peak RSS and the medians' ratios,
+# `winbundle restore` to a file against `zstd -d --sparse` to a file (as is, and followed by
+# `sync FILE`: winbundle syncs the file before renaming it into place, so a file that looks
+# restored is on disk), and to standard output (into /dev/null) against `zstd -d -c`. Prints wall seconds, peak RSS and the medians' ratios,
 # and checks that both ways wrote the same bytes.   bench/restore.sh IMAGE [ROUNDS]
 set -euo pipefail
 img=${1:?usage: bench/restore.sh IMAGE [ROUNDS]} rounds=${2:-5}
@@ -20,6 +21,8 @@ timed() { # label command...: prints "label wall rss_kib"
 for r in $(seq 1 "$rounds"); do
   rm -f "$work/a.img" "$work/b.img"; sync
   timed zstd-file zstd -q -d --sparse -f "$obj" -o "$work/a.img" | tee -a "$work/results"
+  rm -f "$work/a.img"; sync
+  timed zstd-file-sync sh -c "zstd -q -d --sparse -f '$obj' -o '$work/a.img' && sync '$work/a.img'" | tee -a "$work/results"
   timed winbundle-file "$wb" restore --bucket bkt --prefix r --local-store "$work/store" --output "$work/b.img" --force -q | tee -a "$work/results"
   timed zstd-stdout sh -c "zstd -q -d -c '$obj' >/dev/null" | tee -a "$work/results"
   timed winbundle-stdout sh -c "'$wb' restore --bucket bkt --prefix r --local-store '$work/store' --output - -q >/dev/null" | tee -a "$work/results"
@@ -37,5 +40,6 @@ rss = {k: max(m for _, m in v) // 1024 for k, v in r.items()}
 for k in med:
     print(f"{k:18} median {med[k]:.2f} s, peak RSS {rss[k]} MiB")
 print(f"file:   zstd -d --sparse / winbundle restore = {med['zstd-file'] / med['winbundle-file']:.2f}x")
+print(f"file, both durable (zstd then sync FILE; winbundle syncs before its rename) = {med['zstd-file-sync'] / med['winbundle-file']:.2f}x")
 print(f"stdout: zstd -d -c / winbundle restore -     = {med['zstd-stdout'] / med['winbundle-stdout']:.2f}x")
 PY

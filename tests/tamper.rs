@@ -144,7 +144,12 @@ fn a_damaged_manifest() {
     let e = verify(&store, "b").unwrap_err();
     assert!(matches!(e, Error::Format(FormatError::Manifest { .. })), "{e}");
     assert!(e.to_string().contains("not a valid manifest"), "{e}");
-    // A part digest changed in an otherwise valid manifest.
+    // A part digest changed in an otherwise valid manifest: verify names the part. Restore
+    // checks every frame against the chunk index (which the manifest's index digest covers), so
+    // it still writes exactly the bundled volume; with the index digest changed too, it refuses.
+    std::fs::write(&key, &text).unwrap();
+    let reference = dir.path().join("reference.img");
+    restore(&store, "b", &reference).unwrap();
     let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
     m["data"]["objects"][0]["parts_sha256"][0] = serde_json::json!("00".repeat(32));
     std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
@@ -153,7 +158,13 @@ fn a_damaged_manifest() {
         e.to_string().contains("SHA-256 mismatch in object b.image.zst, part 0"),
         "{e}"
     );
-    assert_restore_fails_cleanly(dir.path(), &store);
+    let out = dir.path().join("again.img");
+    restore(&store, "b", &out).unwrap();
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&reference).unwrap());
+    m["index"]["sha256"] = serde_json::json!("11".repeat(32));
+    std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
+    let e = assert_restore_fails_cleanly(dir.path(), &store);
+    assert!(e.to_string().contains("is not the one the manifest names"), "{e}");
     // A future format version.
     m["format_version"] = serde_json::json!(99);
     std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
