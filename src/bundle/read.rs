@@ -756,4 +756,39 @@ fn io_err(context: &str, source: std::io::Error) -> Error {
     }
 }
 
+#[cfg(test)]
+use crate::source::disk::read_exact_at;
 use crate::source::disk::write_all_at as write_at;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_runs_inside_a_chunk_are_left_as_holes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("out.img");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create");
+        let len = 16 * SPARSE_RUN;
+        f.set_len(len as u64 * 2).expect("size");
+        let mut buf = vec![7u8; len];
+        // Zeros: one whole aligned block, a run spanning two blocks, and a short run.
+        buf[2 * SPARSE_RUN..3 * SPARSE_RUN].fill(0);
+        buf[5 * SPARSE_RUN..7 * SPARSE_RUN].fill(0);
+        buf[10 * SPARSE_RUN + 5..10 * SPARSE_RUN + 100].fill(0);
+        let written = write_sparse(&f, &buf, len as u64).expect("write");
+        assert_eq!(written, (len - 3 * SPARSE_RUN) as u64);
+        let mut back = vec![1u8; len];
+        read_exact_at(&f, &mut back, len as u64).expect("read");
+        assert!(back == buf, "the bytes read back are the chunk's");
+        // A chunk that is all zeros writes nothing; one with no zero block writes whole.
+        assert_eq!(write_sparse(&f, &vec![0u8; len], 0).expect("zeros"), 0);
+        assert_eq!(write_sparse(&f, &[1u8; 100], 0).expect("short"), 100);
+    }
+}
