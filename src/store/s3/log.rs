@@ -62,7 +62,8 @@ impl Intercept for RequestLog {
             .load::<AttemptStart>()
             .map_or((0, String::new()), |s| (s.0.elapsed().as_millis(), s.1.clone()));
         match context.response().map(|r| r.status().as_u16()) {
-            Some(status) if status < 400 => {
+            // 404 is how HeadObject says "not there yet": an answer, not a problem.
+            Some(status) if status < 400 || status == 404 => {
                 tracing::debug!(target: "winbundle::s3", "{op} {target}: {status} in {ms} ms (attempt {attempt})")
             }
             Some(status) if status >= 500 || status == 429 => tracing::warn!(
