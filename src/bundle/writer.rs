@@ -283,7 +283,7 @@ impl<'a> StreamWriter<'a> {
         let mut at = start;
         for k in 0..pieces {
             let end = start + len * (k + 1) / pieces;
-            if !self.copy_part(at, end - at, &run)? {
+            if !self.copy_part(at, end - at, run.object_start)? {
                 // The server does not copy: this and every later run is sent.
                 return self.send_from_parent(at, start + len - at);
             }
@@ -293,13 +293,14 @@ impl<'a> StreamWriter<'a> {
     }
 
     /// Has the store copy parent stream bytes [start, start + len) as the next part. False when
-    /// the server refused to copy (nothing was stored; copying is off from here on).
-    fn copy_part(&mut self, start: u64, len: u64, run: &Run) -> Result<bool, Error> {
+    /// the server refused to copy (nothing was stored; copying is off from here on). `object_start`:
+    /// where the parent object holding the bytes starts in its stream.
+    fn copy_part(&mut self, start: u64, len: u64, object_start: u64) -> Result<bool, Error> {
         let Some(c) = &self.copying else { return Ok(false) };
-        let (object, _) = c.parent.object_at(run.object_start);
+        let (object, _) = c.parent.object_at(object_start);
         let source = CopySource {
             key: object.key.clone(),
-            offset: start - run.object_start,
+            offset: start - object_start,
             len,
             etag: object.etag.clone(),
         };

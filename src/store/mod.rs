@@ -119,6 +119,13 @@ pub struct CopySource {
     pub etag: Option<String>,
 }
 
+impl CopySource {
+    /// The HTTP range of the bytes (`bytes=FIRST-LAST`), for a copy or a ranged read.
+    pub fn range_header(&self) -> String {
+        format!("bytes={}-{}", self.offset, self.offset + self.len - 1)
+    }
+}
+
 /// An interrupted upload picked up again: what of it was reused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]

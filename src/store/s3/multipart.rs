@@ -488,7 +488,7 @@ async fn copy_part(
     number: i32,
     source: &CopySource,
 ) -> Result<Done, StoreError> {
-    let range = format!("bytes={}-{}", source.offset, source.offset + source.len - 1);
+    let range = source.range_header();
     let out = inner
         .client
         .upload_part_copy()
@@ -545,7 +545,7 @@ async fn copy_part(
 
 /// SHA-256 of a range of an object, read as a stream (nothing kept).
 async fn hash_range(inner: &Inner, source: &CopySource) -> Result<[u8; 32], StoreError> {
-    let range = format!("bytes={}-{}", source.offset, source.offset + source.len - 1);
+    let range = source.range_header();
     let location = format!("{}/{}", inner.bucket, source.key);
     let out = inner
         .client
