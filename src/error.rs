@@ -36,6 +36,13 @@ pub enum Error {
     Task(#[from] crate::task::store::TaskStoreError),
     #[error(transparent)]
     Config(#[from] crate::api::config::ConfigError),
+    /// A path asked for inside a bundle's volume that is not there.
+    #[error("{path}: no such file or folder in the bundle's volume")]
+    NotInBundle { path: String },
+    /// A file inside a bundle whose contents cannot be given (encrypted, left out, a name the
+    /// local system cannot hold).
+    #[error("{path}: {problem}")]
+    Unreadable { path: String, problem: String },
     /// A failure after which objects remain in a store that cannot delete them.
     #[error("{message}")]
     Incomplete {
@@ -81,6 +88,8 @@ impl Error {
             Error::InvalidParameter { .. } => "InvalidParameterValue",
             Error::Compress(_) | Error::Internal(_) | Error::Io { .. } => "InternalError",
             Error::Cancelled => "Cancelled",
+            Error::NotInBundle { .. } => "NoSuchFile",
+            Error::Unreadable { .. } => "UnsupportedOperation",
             Error::Incomplete { code, .. } => code,
             Error::Task(t) => t.code(),
             Error::Config(_) => "InvalidParameterValue",
@@ -131,6 +140,9 @@ impl Error {
                 "the stored bundle is damaged or was modified: bundle the instance again".into()
             }
             Error::Cancelled => "nothing was kept; run the command again to start over".into(),
+            Error::NotInBundle { .. } => {
+                "names are matched in any case, with \\ or / between them: list the folder above it with `winbundle ls --bucket B --prefix P FOLDER`".into()
+            }
             Error::Store(StoreError::Cancelled { .. }) => "run the command again to start over".into(),
             Error::Config(_) => {
                 "fix the configuration file (README: \"EC2 API server\" has a complete example), then start the server again".into()
@@ -172,7 +184,7 @@ impl Error {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::InvalidParameter { .. } => 2,
+            Error::InvalidParameter { .. } | Error::NotInBundle { .. } => 2,
             Error::Source(SourceError::AmbiguousRoot { .. } | SourceError::BadPartitionChoice { .. }) => 2,
             Error::Source(SourceError::NotElevated { .. }) => 2,
             Error::Source(SourceError::Snapshot { .. }) => 1,

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod parent;
 pub mod plan;
 pub mod read;
+pub mod view;
 pub mod writer;
 
 pub use keys::Keys;

@@ -228,7 +228,8 @@ impl<'s> OpenedBundle<'s> {
         (first.unwrap_or(self.seek.len() as u64), last)
     }
 
-    fn locate(&self, stream_offset: u64) -> (String, u64) {
+    /// The data object holding stream byte `stream_offset`, and the byte within it.
+    pub(crate) fn locate(&self, stream_offset: u64) -> (String, u64) {
         let i = self.object_offsets.partition_point(|&o| o <= stream_offset) - 1;
         (
             self.manifest.data.objects[i].key.clone(),
@@ -661,7 +662,7 @@ enum Output<'a> {
 
 /// Standard output as a plain file handle: Rust's `Stdout` is line-buffered and scans every
 /// write for a newline, gigabytes of it here.
-fn raw_stdout() -> Result<File, Error> {
+pub fn raw_stdout() -> Result<File, Error> {
     #[cfg(unix)]
     let owned = std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned();
     #[cfg(windows)]
@@ -675,7 +676,7 @@ const SPARSE_RUN: usize = 32 << 10;
 
 /// Writes `buf` at `offset`, leaving out its all-zero SPARSE_RUN-sized blocks. Returns the bytes
 /// written.
-fn write_sparse(f: &File, buf: &[u8], offset: u64) -> std::io::Result<u64> {
+pub fn write_sparse(f: &File, buf: &[u8], offset: u64) -> std::io::Result<u64> {
     let mut written = 0u64;
     let mut start = None; // start of the pending run of non-zero blocks
     let blocks = buf.len().div_ceil(SPARSE_RUN);

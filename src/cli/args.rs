@@ -32,6 +32,14 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Check every object of a bundle against its manifest; writes nothing.
     Verify(VerifyArgs),
+    /// List the files and folders inside a bundle (names, sizes, times, attributes), read
+    /// straight from the bundle: only the chunks needed are fetched.
+    Ls(LsArgs),
+    /// Copy files and whole folders out of a bundle, keeping their times, without restoring
+    /// the volume.
+    Extract(ExtractArgs),
+    /// Write one file of a bundle (or one of its alternate data streams) to standard output.
+    Cat(CatArgs),
     /// Make an upload policy and its signature (as the aws-cli does for ec2 bundle-instance):
     /// what a machine needs to bundle into your bucket without your secret key.
     UploadPolicy(UploadPolicyArgs),
@@ -385,6 +393,64 @@ pub struct RestoreArgs {
     pub json: bool,
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Folder or file inside the volume (`\Windows\System32` or `/Windows/System32`, any
+    /// case); the root when left out.
+    #[arg(default_value = "\\")]
+    pub path: String,
+    /// Attributes, modification time and size of each entry, and its alternate data streams.
+    #[arg(long, short)]
+    pub long: bool,
+    /// List subfolders too, with paths from PATH.
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+    /// Also the file system's own files ($MFT, $Bitmap, $Extend, ...).
+    #[arg(long)]
+    pub system: bool,
+    /// Print the entries (every fact) and what was fetched as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Files or folders inside the volume; each lands in OUTPUT under its own name (`\` puts
+    /// the whole volume's tree there).
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Folder to write into (made if missing).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Extract this alternate data stream of each file instead of its contents, as
+    /// `NAME:STREAM` (on Windows, a stream of that file again).
+    #[arg(long, value_name = "NAME")]
+    pub stream: Option<String>,
+    /// Replace files that already exist in OUTPUT.
+    #[arg(long)]
+    pub force: bool,
+    /// Print what was extracted and fetched as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The file inside the volume.
+    pub path: String,
+    /// Write this alternate data stream instead of the file's contents.
+    #[arg(long, value_name = "NAME")]
+    pub stream: Option<String>,
 }
 
 #[derive(Args, Debug)]

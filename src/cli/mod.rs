@@ -3,6 +3,7 @@
 //! (0 ok, 1 failure, 2 usage, 3 damaged source, 4 damaged bundle, 130 cancelled).
 
 mod args;
+mod browse;
 mod bundle;
 mod cleanup;
 mod docs;
@@ -112,6 +113,9 @@ pub fn run() -> i32 {
         Command::BundleInstance(a) => bundle::run(*a, &cancel_flag()),
         Command::Restore(a) => restore::run_restore(a, &cancel_flag()),
         Command::Verify(a) => restore::run_verify(a, &cancel_flag()),
+        Command::Ls(a) => browse::ls(a, &cancel_flag()),
+        Command::Extract(a) => browse::extract(a, &cancel_flag()),
+        Command::Cat(a) => browse::cat(a, &cancel_flag()),
         Command::UploadPolicy(a) => policy::run(a),
         Command::DescribeBundleTasks(a) => tasks::describe(a),
         Command::CancelBundleTask(a) => tasks::cancel(a),
@@ -141,6 +145,9 @@ fn wants_json(c: &Command) -> bool {
         Command::BundleInstance(a) => a.output == O::Json,
         Command::Restore(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::Ls(a) => a.json,
+        Command::Extract(a) => a.json,
+        Command::Cat(_) => false,
         Command::UploadPolicy(a) => a.output == P::Json,
         Command::DescribeBundleTasks(a) => a.output == O::Json,
         Command::CancelBundleTask(a) => a.output == O::Json,

@@ -240,6 +240,7 @@ impl MftMap {
         pieces.dedup();
         let mut runs: Vec<Run> = Vec::new();
         let mut size = 0;
+        let (mut initialized_size, mut compression_unit, mut flags) = (0, 0, 0);
         let mut first_record = n;
         for (vcn, rec_no) in pieces {
             let next = runs.last().map_or(0, |r| r.vcn + r.count);
@@ -261,6 +262,7 @@ impl MftMap {
             let a = find_attr(r, rec_no, ty, name, Some(vcn))?;
             if vcn == 0 {
                 first_record = rec_no;
+                flags = a.flags;
                 if !a.non_resident {
                     let v = a.resident_value(r, rec_no)?;
                     return Ok(Some(Extents {
@@ -268,9 +270,16 @@ impl MftMap {
                         runs: Vec::new(),
                         resident: true,
                         first_record,
+                        initialized_size: v.len() as u64,
+                        compression_unit: 0,
+                        flags,
+                        value: Some(v.to_vec()),
                     }));
                 }
-                size = a.non_resident(r, rec_no)?.data_size;
+                let nr = a.non_resident(r, rec_no)?;
+                size = nr.data_size;
+                initialized_size = nr.initialized_size.min(size);
+                compression_unit = nr.compression_unit;
             }
             runs.extend(extent_runs(r, rec_no, &a, vcn, self.clusters)?);
         }
@@ -279,6 +288,10 @@ impl MftMap {
             runs,
             resident: false,
             first_record,
+            initialized_size,
+            compression_unit,
+            flags,
+            value: None,
         }))
     }
 
@@ -403,6 +416,14 @@ pub struct Extents {
     pub resident: bool,
     /// The record that holds the extent starting at VCN 0.
     pub first_record: u64,
+    /// Bytes past this read as zeros (the valid data length).
+    pub initialized_size: u64,
+    /// Clusters per compression unit as a power of two; 0 when not compressed.
+    pub compression_unit: u8,
+    /// The attribute's flags (compressed, encrypted, sparse).
+    pub flags: u16,
+    /// A resident attribute's value.
+    pub value: Option<Vec<u8>>,
 }
 
 /// Reads `buf.len()` bytes at `offset` of the stream that `runs` describe (sparse runs read as zeros).

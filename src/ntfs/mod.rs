@@ -7,6 +7,8 @@
 //! volume and no walk can loop forever.
 
 pub mod bitmap;
+pub mod catalog;
+pub mod content;
 pub mod exclude;
 pub mod mft;
 pub mod reader;

@@ -97,7 +97,14 @@ pub struct Attribute {
     pub ty: u32,
     pub name_len: u8,
     pub non_resident: bool,
+    /// Attribute flags: [`FLAG_COMPRESSED`], [`FLAG_ENCRYPTED`], [`FLAG_SPARSE`].
+    pub flags: u16,
 }
+
+/// Attribute header flags.
+pub const FLAG_COMPRESSED: u16 = 0x0001;
+pub const FLAG_ENCRYPTED: u16 = 0x4000;
+pub const FLAG_SPARSE: u16 = 0x8000;
 
 impl Attribute {
     /// The attribute's name as raw UTF-16LE bytes.
@@ -145,6 +152,8 @@ impl Attribute {
             mapping_pairs: self.offset + mp,
             allocated_size: u64_at(a, 0x28),
             data_size: u64_at(a, 0x30),
+            initialized_size: u64_at(a, 0x38),
+            compression_unit: a[0x22],
         })
     }
 }
@@ -158,6 +167,10 @@ pub struct NonResident {
     pub mapping_pairs: usize,
     pub allocated_size: u64,
     pub data_size: u64,
+    /// Bytes written so far (the valid data length): what lies past it reads as zeros.
+    pub initialized_size: u64,
+    /// Clusters per compression unit, as a power of two (0: not compressed).
+    pub compression_unit: u8,
 }
 
 /// Record header flags: in use.
@@ -198,6 +211,7 @@ pub fn attributes(rec: &[u8], record: u64) -> Result<Vec<Attribute>, NtfsError> 
             ty,
             non_resident: rec[ofs + 8] != 0,
             name_len: rec[ofs + 9],
+            flags: u16_at(rec, ofs + 12),
         });
         ofs += length;
     }

@@ -43,6 +43,8 @@ pub struct Found {
 /// An opened NTFS volume.
 pub struct NtfsVolume<'d> {
     disk: &'d DiskFile,
+    /// Where the volume starts on the disk.
+    offset: u64,
     ntfs: Ntfs,
     remap: Remap<'d>,
     facts: NtfsFacts,
@@ -107,6 +109,7 @@ impl<'d> NtfsVolume<'d> {
         };
         Ok(Self {
             disk,
+            offset,
             ntfs,
             remap,
             facts,
@@ -177,6 +180,26 @@ impl<'d> NtfsVolume<'d> {
     /// File record `n` with its fixups undone.
     pub fn read_record(&self, n: u64) -> Result<Vec<u8>, NtfsError> {
         self.remap.map().read_record(self.disk, n)
+    }
+
+    /// Every extent of attribute (`ty`, `name` as UTF-16LE) of record `n`, joined.
+    pub fn extents(&self, n: u64, ty: u32, name: &[u8]) -> Result<Option<super::mft::Extents>, NtfsError> {
+        self.remap.map().extents(self.disk, n, ty, name)
+    }
+
+    /// The bytes of a record's `$ATTRIBUTE_LIST`.
+    pub(super) fn attribute_list(
+        &self,
+        rec: &[u8],
+        attr: &super::record::Attribute,
+        n: u64,
+    ) -> Result<Vec<u8>, NtfsError> {
+        self.remap.map().attribute_list_bytes(self.disk, rec, attr, n)
+    }
+
+    /// The disk the volume is on, and where on it the volume starts.
+    pub fn disk(&self) -> (&'d DiskFile, u64) {
+        (self.disk, self.offset)
     }
 
     /// The unnamed `$DATA` stream of a record.
