@@ -3,6 +3,8 @@
 //! types and sizes, and the same bytes in every file and alternate data stream.
 
 mod common;
+#[path = "common/s3server.rs"]
+mod s3server;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -291,4 +293,50 @@ fn a_tampered_bundle_fails_ls_with_an_integrity_error() {
     let (code, err) = error_of(&run(&store, &["ls"]));
     assert_eq!(code, Some(4), "{err}");
     assert!(err.contains("IntegrityError") && err.contains("chunk 0"), "{err}");
+}
+
+/// On S3, listing a folder and reading one file fetch a small part of the bundle, in ranged
+/// reads, and the bytes are the file's.
+#[test]
+fn on_s3_only_the_frames_needed_are_fetched() {
+    let dir = tempfile::tempdir().unwrap();
+    // C: with its free clusters full of random bytes: 64 MiB of data that does not compress.
+    let src = common::fixture("gpt-disk.img", dir.path());
+    common::fill_free_clusters(&src, 0x9e3779b97f4a7c15, &|_| true);
+    let s3 = s3server::TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let mut req = common::request(&src, "win/p");
+    req.bucket = "bkt".into();
+    winbundle::bundle::create::bundle_instance(
+        &req,
+        &store,
+        &winbundle::progress::NoProgress,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut |_| Ok(()),
+    )
+    .result
+    .expect("bundle to S3");
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
+            .args(args)
+            .args(["--bucket", "bkt", "--prefix", "win/p", "--endpoint-url", &s3.endpoint, "--region", "us-east-1"])
+            .output()
+            .unwrap()
+    };
+    s3.faults.reset_counts();
+    let v = json_of(&cli(&["ls", "--json", "-l", "\\Windows\\System32"]));
+    let names: BTreeSet<&str> = v["Entries"].as_array().unwrap().iter().map(|e| e["Name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["cmd.exe", "config", "drivers", "kernel32.dll"]));
+    let f = &v["Fetched"];
+    let (fetched, stream) = (f["FetchedBytes"].as_u64().unwrap(), f["StreamBytes"].as_u64().unwrap());
+    assert!(stream > 50 << 20, "{f}");
+    assert!(fetched * 10 < stream, "listing fetched {fetched} of {stream} bytes: {f}");
+    // Ranged GETs: the manifest, the seek table, the index, then one per run of frames.
+    let gets = s3.faults.count("GetObject") as u64;
+    assert_eq!(gets, f["Requests"].as_u64().unwrap() + 3, "{f}");
+    let out = cli(&["cat", "/Windows/System32/kernel32.dll"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(short_hash(&out.stdout), tree("gpt-disk.img")["Windows\\System32\\kernel32.dll"].2);
 }
