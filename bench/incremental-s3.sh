@@ -28,45 +28,17 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ticks=$(getconf CLK_TCK)
 
 # --- Garage ------------------------------------------------------------------------------------
-g="$work/garage"
-mkdir -p "$g/meta" "$g/data" "$mnt"
-cat >"$g/garage.toml" <<TOML
-metadata_dir = "$g/meta"
-data_dir = "$g/data"
-db_engine = "sqlite"
-replication_factor = 1
-rpc_bind_addr = "127.0.0.1:3931"
-rpc_public_addr = "127.0.0.1:3931"
-rpc_secret = "$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:3930"
-root_domain = ".s3.garage.localhost"
-[admin]
-api_bind_addr = "127.0.0.1:3933"
-TOML
-gc=(garage -c "$g/garage.toml")
-"${gc[@]}" server >"$g/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/3930) 2>/dev/null && break; sleep 0.1; done
-for _ in $(seq 1 50); do "${gc[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
-node=$("${gc[@]}" node id -q 2>/dev/null | cut -d@ -f1)
-"${gc[@]}" layout assign -z dc1 -c 100G "$node" >/dev/null 2>&1
-"${gc[@]}" layout apply --version 1 >/dev/null 2>&1
-"${gc[@]}" bucket create bench >/dev/null 2>&1
-"${gc[@]}" key create bench-key >/dev/null 2>&1
-"${gc[@]}" bucket allow --read --write --owner bench --key bench-key >/dev/null 2>&1
-info=$("${gc[@]}" key info bench-key --show-secret 2>/dev/null)
-export AWS_ACCESS_KEY_ID=$(awk '/Key ID:/ {print $3}' <<<"$info")
-export AWS_SECRET_ACCESS_KEY=$(awk '/Secret key:/ {print $3}' <<<"$info")
+. "$(dirname "$0")/garage.sh"
+mkdir -p "$mnt"
+start_garage "$work/garage"
+pid=$garage_pid
 export AWS_DEFAULT_REGION=garage RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://127.0.0.1:3930/bench/restic
 s3=(--bucket bench --endpoint-url http://127.0.0.1:3930 --region garage --instance-id i-0123456789abcdef0 -q)
 
-requests() { curl -s http://127.0.0.1:3933/metrics | awk '/^api_s3_request_counter/ {n += $NF} END {print n + 0}'; }
-server_cpu() { awk -v t="$ticks" '{ print ($14 + $15) / t }' "/proc/$pid/stat"; }
+requests() { garage_requests; }
+server_cpu() { garage_cpu; }
 results="$work/results.txt"
 : >"$results"
 measure() { # name sent-extractor command...: runs it, appends "name wall cpu server_cpu requests sent"
