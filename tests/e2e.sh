@@ -16,10 +16,13 @@ work=$(mktemp -d)
 export XDG_STATE_HOME="$work/state" # task files of this run
 pids=()
 cleanup() {
+  # Servers started inside checks (which run in subshells) are listed in $work/pids.
+  if [ -f "$work/pids" ]; then mapfile -t -O "${#pids[@]}" pids <"$work/pids"; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
+track_pid() { pids+=("$1"); echo "$1" >>"$work/pids"; } # a server to stop at the end
 trap cleanup EXIT
 pass=0
 fail=0
@@ -28,9 +31,26 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 S3S_PORT=$(free_port) GARAGE_PORT=$(free_port) GARAGE_RPC_PORT=$(free_port) SERVE_PORT=$(free_port) SERVE2_PORT=$(free_port)
 check() { # name, command... (E2E_ONLY=TEXT runs only the checks whose name holds TEXT;
   # E2E_VERBOSE=1 prints what passing checks printed)
-  local name=$1; shift
+  # The command runs in a subshell with errexit on, outside any `if` or `||` (where bash would
+  # ignore errexit): any command of a check that fails fails the check, not just its last one.
+  local name=$1 rc; shift
   if [ -n "${E2E_ONLY:-}" ] && [[ "$name" != *"$E2E_ONLY"* ]]; then return 0; fi
-  if "$@" >"$work/out.txt" 2>&1; then
+  set +e
+  (set -e; "$@") >"$work/out.txt" 2>&1
+  rc=$?
+  set -e
+  report_check "$name" "$rc"
+}
+check_here() { # name, command...: as check, in this shell (for a check that waits on a server this
+  # shell started); errexit does not apply, so the command must return non-zero itself on failure
+  local name=$1 rc=0; shift
+  if [ -n "${E2E_ONLY:-}" ] && [[ "$name" != *"$E2E_ONLY"* ]]; then return 0; fi
+  "$@" >"$work/out.txt" 2>&1 || rc=$?
+  report_check "$name" "$rc"
+}
+report_check() { # name status
+  local name=$1 rc=$2
+  if [ "$rc" = 0 ]; then
     pass=$((pass + 1)); echo "ok   $name"
     if [ "${E2E_VERBOSE:-0}" = 1 ]; then sed 's/^/     /' "$work/out.txt"; fi
   else
@@ -114,7 +134,7 @@ start_s3s() { # serves $work/s3s on 127.0.0.1:$S3S_PORT
   mkdir -p "$work/s3s/e2e-bucket"
   S3S_AK=e2eaccess S3S_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
   s3s-fs --host 127.0.0.1 --port $S3S_PORT --access-key "$S3S_AK" --secret-key "$S3S_SK" "$work/s3s" >"$work/s3s.log" 2>&1 &
-  pids+=($!)
+  track_pid $!
   wait_port $S3S_PORT && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "s3s-fs did not start (port $S3S_PORT busy?)"; return 1; }
 }
 
@@ -137,7 +157,7 @@ root_domain = ".s3.garage.localhost"
 TOML
   local gc=(garage -c "$g/garage.toml")
   "${gc[@]}" server >"$g/server.log" 2>&1 &
-  pids+=($!)
+  track_pid $!
   wait_port $GARAGE_PORT && sleep 0.2 && kill -0 "$!" 2>/dev/null || { echo "garage did not start (port $GARAGE_PORT busy?)"; return 1; }
   for _ in $(seq 1 50); do "${gc[@]}" status >/dev/null 2>&1 && break; sleep 0.2; done
   local node; node=$("${gc[@]}" node id -q 2>/dev/null | cut -d@ -f1)
@@ -172,6 +192,42 @@ s3_roundtrip() { # server-name fixture: bundle to S3, verify, restore, compare; 
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$ep" --region "$region" \
     s3 cp "s3://e2e-bucket/$prefix.image.zst" - | zstd -d -c | cmp - "$work/s3-restored.img"
   ntfsls -R "$work/s3-restored.img" >/dev/null
+}
+
+s3_browse() { # server-name: ls -R and extract of a gpt-disk bundle (1 MiB chunks) on the server = what ntfs-3g mounts of the source's C:
+  local ep ak sk region prefix=e2e/browse
+  server_vars "$1"
+  local s3=(--bucket e2e-bucket --prefix "$prefix" --endpoint-url "$ep" --region "$region")
+  AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" "${s3[@]}" \
+    --chunk-size 1MiB --part-size 5MiB --overwrite -q >/dev/null
+  local off size dir="$work/browse-$1"
+  rm -rf "$dir"; mkdir -p "$dir/mnt"
+  read -r off size < <("$wb" inspect "$root/testdata/gpt-disk.img.zst" --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["root"]; print(r["offset"], r["size"])')
+  zstd -dqc "$root/testdata/gpt-disk.img.zst" | tail -c +$((off + 1)) | head -c "$size" >"$dir/c.img" || true
+  ntfs-3g -o ro "$dir/c.img" "$dir/mnt"
+  local rc=0
+  (
+    set -e
+    AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" ls "${s3[@]}" -R --json >"$dir/ls.json"
+    python3 - "$dir/ls.json" "$dir/mnt" <<'PY'
+import json, os, sys
+listed = {(e["Path"].replace("\\", "/")[1:], e["Type"], e["Size"] if e["Type"] == "file" else 0) for e in json.load(open(sys.argv[1]))["Entries"]}
+seen = set()
+for d, dirs, files in os.walk(sys.argv[2]):
+    for n in dirs:
+        seen.add((os.path.relpath(os.path.join(d, n), sys.argv[2]), "directory", 0))
+    for n in files:
+        p = os.path.join(d, n)
+        seen.add((os.path.relpath(p, sys.argv[2]), "file", os.path.getsize(p)))
+assert listed == seen, (sorted(listed ^ seen))[:10]
+PY
+    AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" extract "${s3[@]}" '\' --output "$dir/out" -q
+    diff -r -x pagefile.sys -x hiberfil.sys -x swapfile.sys "$dir/mnt" "$dir/out"
+    AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" cat "${s3[@]}" /Compressed/log.txt | cmp - "$dir/mnt/Compressed/log.txt"
+  ) || rc=$?
+  umount "$dir/mnt"
+  return $rc
 }
 
 big_volume() { # a 128 MiB NTFS volume holding 48 MiB of random data (made without FUSE)
@@ -304,7 +360,7 @@ garage_restart() { # Garage killed and restarted mid-bundle: retried through, or
   pkill -KILL -f "garage -c $g/garage.toml server"
   sleep 1
   garage -c "$g/garage.toml" server >>"$g/server.log" 2>&1 &
-  pids+=($!)
+  track_pid $!
   wait_port $GARAGE_PORT
   wait "$pid" || rc=$?
   cat "$work/restart.err"
@@ -478,7 +534,7 @@ TOML
   WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:$SERVE_PORT \
     >>"$work/serve.out" 2>>"$work/serve.log" &
   serve_pid=$!
-  pids+=($serve_pid)
+  track_pid "$serve_pid"
   wait_port $SERVE_PORT || { echo "winbundle serve did not start"; cat "$work/serve.log"; return 1; }
 }
 
@@ -613,21 +669,21 @@ serve_boto3() { # boto3: bundle_instance, the waiter, DryRun, BundlingInProgress
 
 serve_sigterm_restart() { # SIGTERM cancels the running bundle and exits 0; a new server shows the task failed
   ec2 bundle-instance --instance-id i-0bbbbbbbbbbbbbbb1 --bucket e2e-bucket --prefix e2e/term2 \
-    --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" >"$work/st.json"
+    --owner-akid "$S3S_AK" --owner-sak "$S3S_SK" >"$work/st.json" || return 1
   local id rc=0; id=$(task_field "$work/st.json" BundleId)
-  wait_state "$id" bundling
+  wait_state "$id" bundling || return 1
   kill -TERM "$serve_pid"
   wait "$serve_pid" || rc=$?
   [ "$rc" = 0 ] || { echo "serve exit status $rc"; tail "$work/serve.log"; return 1; }
-  "$wb" describe-bundle-tasks --state-dir "$work/serve-tasks" --bundle-ids "$id" >"$work/st.json"
-  [ "$(task_field "$work/st.json" BundleTaskError.Code)" = Cancelled ]
-  [ ! -e "$work/s3s/e2e-bucket/e2e/term2.manifest.json" ]
+  "$wb" describe-bundle-tasks --state-dir "$work/serve-tasks" --bundle-ids "$id" >"$work/st.json" || return 1
+  [ "$(task_field "$work/st.json" BundleTaskError.Code)" = Cancelled ] || return 1
+  [ ! -e "$work/s3s/e2e-bucket/e2e/term2.manifest.json" ] || return 1
   WINBUNDLE_E2E_CALLER_SECRET=$SERVE_SK "$wb" serve --config "$work/serve.toml" --listen 127.0.0.1:$SERVE_PORT \
     >>"$work/serve.out" 2>>"$work/serve.log" &
   serve_pid=$!
-  pids+=($serve_pid)
-  wait_port $SERVE_PORT
-  ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/st.json"
+  track_pid "$serve_pid"
+  wait_port $SERVE_PORT || return 1
+  ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/st.json" || return 1
   [ "$(task_field "$work/st.json" State)" = failed ]
 }
 
@@ -652,7 +708,7 @@ TOML
   WINBUNDLE_E2E_CALLER_SECRET=$caller_sk "$wb" serve --config "$work/serve-garage.toml" --listen 127.0.0.1:$SERVE2_PORT \
     >"$work/serve-garage.out" 2>"$work/serve-garage.log" &
   local pid=$!
-  pids+=($pid)
+  track_pid "$pid"
   wait_port $SERVE2_PORT || { echo "winbundle serve did not start"; cat "$work/serve-garage.log"; return 1; }
   made=$(boto3_post garage "$prefix")
   E2E_SERVE_EP=http://127.0.0.1:$SERVE2_PORT E2E_CALLER_SK=$caller_sk E2E_OWNER_AK=$ak python3 - "$prefix" "${made% *}" "${made#* }" <<'PY' || rc=$?
@@ -807,6 +863,11 @@ for server in "${servers[@]}"; do
   check "$server: many parts (48 MiB of random data in 5 MiB parts), restore to stdout" s3_many_parts "$server"
   check "$server: a wrong secret key fails with a failed task and a hint" s3_wrong_secret "$server"
   check "$server: incremental bundle: unchanged runs copied on the server (UploadPartCopy), object = a full bundle's, restores without its parent" s3_incremental "$server"
+  if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
+    check "$server: ls -R and extract of a bundle on the server = the source's C: mounted by ntfs-3g; cat of a compressed file" s3_browse "$server"
+  else
+    echo "skip $server: ls/extract against ntfs-3g (needs root and FUSE)"
+  fi
 done
 if [[ " ${servers[*]} " == *" s3s "* ]]; then
   check "s3s: SIGTERM during a bundle aborts the upload and leaves no manifest" s3s_sigterm
@@ -822,12 +883,21 @@ for server in "${servers[@]}"; do
   check "$server: SigV4 upload policy made by winbundle upload-policy, bundle with no secret key, restore = source" policy_v4_winbundle "$server"
   check "$server: SigV4 upload policy made by boto3 generate_presigned_post, bundle with no secret key, restore = source" policy_v4_boto3 "$server"
 done
-if [[ " ${servers[*]} " == *" s3s "* ]] && check "serve: winbundle serve starts (config, caller secret from the environment)" start_serve; then
+# Not through `check`: it sets the server's keys for the checks after it, so it runs in this shell.
+serve_up=0
+if [[ " ${servers[*]} " == *" s3s "* ]]; then
+  if start_serve >"$work/out.txt" 2>&1; then
+    serve_up=1; pass=$((pass + 1)); echo "ok   serve: winbundle serve starts (config, caller secret from the environment)"
+  else
+    fail=$((fail + 1)); echo "FAIL serve: winbundle serve starts"; sed 's/^/     /' "$work/out.txt" | tail -20
+  fi
+fi
+if [ "$serve_up" = 1 ]; then
   check "serve: aws ec2 bundle-instance, wait bundle-task-complete, every field (JSON and raw XML), restore = source" serve_bundle_wait_restore
   check "serve: aws ec2 cancel-bundle-task on a queued and a running bundle; filters" serve_cancel_and_filters
   check "serve: a wrong secret key gives AuthFailure and starts nothing" serve_auth_failure
   check "serve: boto3 bundle_instance, waiter, DryRun, BundlingInProgress, cancel_bundle_task" serve_boto3
-  check "serve: SIGTERM cancels the running bundle and exits 0; the restarted server reports it" serve_sigterm_restart
+  check_here "serve: SIGTERM cancels the running bundle and exits 0; the restarted server reports it" serve_sigterm_restart
 fi
 if [[ " ${servers[*]} " == *" garage "* ]]; then
   check "serve: winbundle serve in front of Garage, boto3 BundleInstance with a SigV4 policy, waiter, restore = source" serve_garage_v4
