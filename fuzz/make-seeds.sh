@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the committed seed corpora (fuzz/seeds/TARGET/). Needs ntfs-3g (mkntfs, ntfscp),
+# Regenerates the committed seed corpora (fuzz/seeds/TARGET/). Needs root and FUSE (an ntfs-3g
+# mount for the volume_files seed), ntfs-3g (mkntfs, ntfscp), attr (setfattr),
 # gdisk (sgdisk), zstd and a release build of winbundle. Disk seeds are stored zstd-compressed
 # (a 2 MiB volume is 130 KB that way); fuzz/run.sh unpacks them.
 set -euo pipefail
@@ -10,7 +11,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 MiB=$((1024 * 1024))
 rm -rf "$seeds"
-mkdir -p "$seeds"/{disk_image,data_runs,seek_table,bundle_read,upload_policy,ec2_query,sigv4_request,server_config,chunk_index}
+mkdir -p "$seeds"/{disk_image,data_runs,seek_table,bundle_read,upload_policy,ec2_query,sigv4_request,server_config,chunk_index,volume_files}
 
 # Small NTFS volumes: 512-byte clusters, a few files (one to be excluded, one fragmented enough
 # for several data runs), bare and inside an MBR and a GPT disk.
@@ -78,3 +79,21 @@ block = re.search(r"```toml\n(.*?)```", text, re.S)
 open(sys.argv[2], "w").write(block.group(1) if block else "listen = \"127.0.0.1:8773\"\n")
 PY
 du -sh "$seeds"
+
+# volume_files: a 2 MiB volume of the file shapes `ls`, `extract` and `cat` read: a folder tree,
+# an NTFS-compressed file, alternate data streams, a sparse file, hard links, resident files.
+fv="$work/files.img" mnt="$work/mnt"
+truncate -s $((2 * MiB)) "$fv"
+mkntfs -F -Q -q -s 512 -c 512 -L Files "$fv" 2>/dev/null
+mkdir -p "$mnt"
+ntfs-3g -o rw,streams_interface=windows "$fv" "$mnt"
+mkdir -p "$mnt/a/b" "$mnt/Compressed"
+setfattr -h -v 0x00000800 -n system.ntfs_attrib_be "$mnt/Compressed"
+for i in $(seq 1 800); do echo "line $i of a compressible file"; done >"$mnt/Compressed/log.txt"
+echo "main" >"$mnt/a/ads.txt"; echo "stream" >"$mnt/a/ads.txt:s1"
+head -c 3000 /dev/urandom >"$mnt/a/ads.txt:big"
+truncate -s 100000 "$mnt/a/b/sparse.bin"; echo x | dd of="$mnt/a/b/sparse.bin" bs=1 seek=50000 conv=notrunc status=none
+echo "linked" >"$mnt/a/l0"; for i in 1 2 3; do ln "$mnt/a/l0" "$mnt/a/b/l$i"; done
+head -c 9000 /dev/urandom >"$mnt/a/b/runs.bin"
+sync; umount "$mnt"
+zstd -q -19 "$fv" -o "$seeds/volume_files/files.img.zst"

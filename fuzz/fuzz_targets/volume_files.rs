@@ -1,0 +1,58 @@
+//! A bare NTFS volume from outside, read the way `winbundle ls`, `extract` and `cat` read the one
+//! inside a bundle: the directory tree (indexes, file records, attribute lists), every entry's
+//! facts, and the first bytes of every data stream (resident, runs, sparse, LZNT1-compressed
+//! units, named streams).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use winbundle::ntfs::NtfsVolume;
+use winbundle::ntfs::content::FileStream;
+use winbundle::source::DiskFile;
+use winbundle::source::device::Device;
+
+struct Bytes(Vec<u8>);
+
+impl Device for Bytes {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
+        let end = start.checked_add(buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        let src = self.0.get(start..end).ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let len = data.len() as u64;
+    let disk = DiskFile::from_device("fuzz.img".into(), Box::new(Bytes(data.to_vec())), len);
+    let Ok(vol) = NtfsVolume::open(&disk, 0, len) else { return };
+    let mut seen = std::collections::HashSet::from([5u64]);
+    let mut dirs = vec![5u64];
+    let mut entries = 0;
+    let mut buf = vec![0u8; 64 << 10];
+    while let Some(dir) = dirs.pop() {
+        let Ok(list) = vol.entries(dir, true) else { continue };
+        for e in list {
+            entries += 1;
+            if entries > 500 {
+                return;
+            }
+            if e.info.is_dir && seen.insert(e.info.record) {
+                dirs.push(e.info.record);
+            }
+            let names = std::iter::once(None).chain(e.info.streams.iter().map(|s| Some(s.name.as_str())));
+            for name in names {
+                let Ok(mut s) = FileStream::open(&vol, e.info.record, name, &e.name) else { continue };
+                let mut at = 0u64;
+                // The first 256 KiB (a hostile record may claim any size).
+                while at < s.size().min(256 << 10) {
+                    let n = (s.size() - at).min(buf.len() as u64) as usize;
+                    if s.read_at(at, &mut buf[..n]).is_err() {
+                        break;
+                    }
+                    at += n as u64;
+                }
+            }
+        }
+    }
+});
