@@ -321,22 +321,42 @@ fn on_s3_only_the_frames_needed_are_fetched() {
             .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
             .args(args)
-            .args(["--bucket", "bkt", "--prefix", "win/p", "--endpoint-url", &s3.endpoint, "--region", "us-east-1"])
+            .args([
+                "--bucket",
+                "bkt",
+                "--prefix",
+                "win/p",
+                "--endpoint-url",
+                &s3.endpoint,
+                "--region",
+                "us-east-1",
+            ])
             .output()
             .unwrap()
     };
     s3.faults.reset_counts();
     let v = json_of(&cli(&["ls", "--json", "-l", "\\Windows\\System32"]));
-    let names: BTreeSet<&str> = v["Entries"].as_array().unwrap().iter().map(|e| e["Name"].as_str().unwrap()).collect();
+    let names: BTreeSet<&str> = v["Entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["Name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, BTreeSet::from(["cmd.exe", "config", "drivers", "kernel32.dll"]));
     let f = &v["Fetched"];
     let (fetched, stream) = (f["FetchedBytes"].as_u64().unwrap(), f["StreamBytes"].as_u64().unwrap());
     assert!(stream > 50 << 20, "{f}");
-    assert!(fetched * 10 < stream, "listing fetched {fetched} of {stream} bytes: {f}");
+    assert!(
+        fetched * 10 < stream,
+        "listing fetched {fetched} of {stream} bytes: {f}"
+    );
     // Ranged GETs: the manifest, the seek table, the index, then one per run of frames.
     let gets = s3.faults.count("GetObject") as u64;
     assert_eq!(gets, f["Requests"].as_u64().unwrap() + 3, "{f}");
     let out = cli(&["cat", "/Windows/System32/kernel32.dll"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(short_hash(&out.stdout), tree("gpt-disk.img")["Windows\\System32\\kernel32.dll"].2);
+    assert_eq!(
+        short_hash(&out.stdout),
+        tree("gpt-disk.img")["Windows\\System32\\kernel32.dll"].2
+    );
 }
