@@ -8,19 +8,10 @@ use libfuzzer_sys::fuzz_target;
 use winbundle::ntfs::NtfsVolume;
 use winbundle::ntfs::content::FileStream;
 use winbundle::source::DiskFile;
-use winbundle::source::device::Device;
 
-struct Bytes(Vec<u8>);
-
-impl Device for Bytes {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
-        let end = start.checked_add(buf.len()).ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        let src = self.0.get(start..end).ok_or(std::io::ErrorKind::UnexpectedEof)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
+#[path = "bytes_device.rs"]
+mod bytes_device;
+use bytes_device::Bytes;
 
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
