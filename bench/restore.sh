@@ -4,13 +4,44 @@
 # `sync FILE`: winbundle syncs the file before renaming it into place, so a file that looks
 # restored is on disk), and to standard output (into /dev/null) against `zstd -d -c`. Prints wall seconds, peak RSS and the medians' ratios,
 # and checks that both ways wrote the same bytes.   bench/restore.sh IMAGE [ROUNDS]
+# RESTORE_S3=1 also bundles IMAGE to Garage and s3s-fs (started here) and times, from each,
+# `winbundle restore --output -` against `aws s3 cp s3://B/P.image.zst - | zstd -d -c` (into
+# /dev/null). RESTORE_DEVICE=1 also restores onto a loop device (root), against
+# `zstd -d -c > DEVICE`, both followed by sync.
 set -euo pipefail
 img=${1:?usage: bench/restore.sh IMAGE [ROUNDS]} rounds=${2:-5}
 root=$(cd "$(dirname "$0")/.." && pwd)
 wb=${WINBUNDLE:-$root/target/release/winbundle}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+work=$(mktemp -d -p "${BENCH_TMP:-/tmp}")
+garage_pid= s3s_pid= dev=
+cleanup() {
+  for p in $garage_pid $s3s_pid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+  [ -n "$dev" ] && losetup -d "$dev"
+  rm -rf "$work"
+}
+trap cleanup EXIT
 "$wb" bundle-instance "$img" --bucket bkt --prefix r --local-store "$work/store" -q >/dev/null
+servers=()
+if [ "${RESTORE_S3:-0}" = 1 ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  . "$(dirname "$0")/garage.sh"
+  start_garage "$work/garage"
+  declare -A EP=([garage]=http://127.0.0.1:3930 [s3s]=http://127.0.0.1:3934) REGION=([garage]=garage [s3s]=us-east-1)
+  declare -A AK=([garage]=$AWS_ACCESS_KEY_ID [s3s]=benchaccess) SK=([garage]=$AWS_SECRET_ACCESS_KEY [s3s]=$(python3 -c 'import secrets; print(secrets.token_hex(20))'))
+  mkdir -p "$work/s3s/bench"
+  s3s-fs --host 127.0.0.1 --port 3934 --access-key "${AK[s3s]}" --secret-key "${SK[s3s]}" "$work/s3s" >"$work/s3s.log" 2>&1 &
+  s3s_pid=$!
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/3934) 2>/dev/null && break; sleep 0.1; done
+  servers=(garage s3s)
+  for s in "${servers[@]}"; do
+    AWS_ACCESS_KEY_ID=${AK[$s]} AWS_SECRET_ACCESS_KEY=${SK[$s]} "$wb" bundle-instance "$img" --bucket bench --prefix r \
+      --endpoint-url "${EP[$s]}" --region "${REGION[$s]}" -q >/dev/null
+  done
+fi
+if [ "${RESTORE_DEVICE:-0}" = 1 ]; then
+  truncate -s "$(stat -c %s "$img")" "$work/device.img"
+  dev=$(losetup -f --show "$work/device.img")
+fi
 obj="$work/store/bkt/r.image.zst"
 echo "object: $(stat -c %s "$obj") bytes; volume: $(stat -c %s "$img") bytes"
 timed() { # label command...: prints "label wall rss_kib"
@@ -26,7 +57,17 @@ for r in $(seq 1 "$rounds"); do
   timed winbundle-file "$wb" restore --bucket bkt --prefix r --local-store "$work/store" --output "$work/b.img" --force -q | tee -a "$work/results"
   timed zstd-stdout sh -c "zstd -q -d -c '$obj' >/dev/null" | tee -a "$work/results"
   timed winbundle-stdout sh -c "'$wb' restore --bucket bkt --prefix r --local-store '$work/store' --output - -q >/dev/null" | tee -a "$work/results"
+  for s in "${servers[@]}"; do
+    keys="AWS_ACCESS_KEY_ID=${AK[$s]} AWS_SECRET_ACCESS_KEY=${SK[$s]}"
+    timed "aws-zstd-$s" sh -c "$keys aws --endpoint-url ${EP[$s]} --region ${REGION[$s]} s3 cp s3://bench/r.image.zst - | zstd -q -d -c >/dev/null" | tee -a "$work/results"
+    timed "winbundle-$s" sh -c "$keys '$wb' restore --bucket bench --prefix r --endpoint-url ${EP[$s]} --region ${REGION[$s]} --output - -q >/dev/null" | tee -a "$work/results"
+  done
+  if [ -n "$dev" ]; then
+    timed zstd-device sh -c "zstd -q -d -c '$obj' >'$dev' && sync" | tee -a "$work/results"
+    timed winbundle-device sh -c "'$wb' restore --bucket bkt --prefix r --local-store '$work/store' --output '$dev' --force -q && sync" | tee -a "$work/results"
+  fi
 done
+if [ -n "$dev" ]; then cmp -n "$(stat -c %s "$img")" "$dev" "$work/b.img" && echo "device: same bytes as the file restore"; fi
 cmp "$work/a.img" "$work/b.img" && echo "same bytes"
 echo "blocks written: zstd $(du -k "$work/a.img" | cut -f1) KiB, winbundle $(du -k "$work/b.img" | cut -f1) KiB"
 python3 - "$work/results" <<'PY'
@@ -42,4 +83,9 @@ for k in med:
 print(f"file:   zstd -d --sparse / winbundle restore = {med['zstd-file'] / med['winbundle-file']:.2f}x")
 print(f"file, both durable (zstd then sync FILE; winbundle syncs before its rename) = {med['zstd-file-sync'] / med['winbundle-file']:.2f}x")
 print(f"stdout: zstd -d -c / winbundle restore -     = {med['zstd-stdout'] / med['winbundle-stdout']:.2f}x")
+for s in ("garage", "s3s"):
+    if f"winbundle-{s}" in med:
+        print(f"{s}: aws s3 cp - | zstd -d / winbundle restore - = {med[f'aws-zstd-{s}'] / med[f'winbundle-{s}']:.2f}x")
+if "winbundle-device" in med:
+    print(f"device: zstd -d -c > DEVICE; sync / winbundle restore --output DEVICE = {med['zstd-device'] / med['winbundle-device']:.2f}x")
 PY

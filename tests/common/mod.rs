@@ -18,14 +18,17 @@ use winbundle::store::LocalStore;
 pub fn fixture(name: &str, dir: &Path) -> PathBuf {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     std::fs::create_dir_all(&cache).unwrap();
-    let plain = cache.join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(format!("{name}.zst"));
+    let packed = std::fs::read(&src).unwrap();
+    // Keyed by the compressed fixture's digest: a regenerated fixture is unpacked anew.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&packed));
+    let plain = cache.join(format!("{name}.{}", &digest[..16]));
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if !plain.exists() {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(format!("{name}.zst"));
-        let data = zstd::decode_all(std::fs::File::open(&src).unwrap()).unwrap();
+        let data = zstd::decode_all(&packed[..]).unwrap();
         let tmp = cache.join(format!("{name}.{}.tmp", std::process::id()));
         std::fs::write(&tmp, data).unwrap();
         std::fs::rename(&tmp, &plain).unwrap();
