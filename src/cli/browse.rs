@@ -551,3 +551,20 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     b.log_fetched(started);
     Ok(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::local_name;
+
+    #[test]
+    fn names_that_would_leave_the_target_folder_are_refused() {
+        for bad in ["", ".", "..", "a/b", "nul\0byte", "../x"] {
+            assert!(local_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["cmd.exe", "ファイル ☃.txt", "...", "a b", "$RECYCLE.BIN"] {
+            assert_eq!(local_name(good), Ok(good));
+        }
+        assert_eq!(local_name("a:b").is_err(), cfg!(windows));
+        assert_eq!(local_name("a\\b").is_err(), cfg!(windows));
+    }
+}
