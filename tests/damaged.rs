@@ -19,6 +19,7 @@ fn analyse(path: &Path, excludes: &[&str]) -> Result<(), Error> {
         partition: None,
         excludes: excludes.iter().map(|s| s.to_string()).collect(),
         default_excludes: true,
+        volume_only: false,
     };
     Plan::analyse(&disk, &opts).map(|_| ())
 }

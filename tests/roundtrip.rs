@@ -189,6 +189,7 @@ fn exclusions_can_be_turned_off_and_added() {
         partition: None,
         excludes: vec!["/Windows/System32/kernel32.dll".into(), "\\frag".into()],
         default_excludes: false,
+        volume_only: false,
     };
     let (m, _) = bundle(&req, &store).result.unwrap();
     assert_eq!(m.excluded_files.len(), 2);
@@ -252,6 +253,7 @@ fn lookups_inside_a_directory_whose_index_spans_two_records() {
         partition: None,
         excludes: vec!["\\many\\s13999".into(), "\\many\\s1".into()],
         default_excludes: false,
+        volume_only: false,
     };
     let plan = winbundle::bundle::plan::Plan::analyse(&disk, &opts).unwrap();
     assert!(

@@ -155,6 +155,7 @@ impl Instance {
             partition: self.partition,
             excludes: self.exclude.clone(),
             default_excludes: !self.no_default_excludes,
+            volume_only: false,
         }
     }
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 
 use super::Keys;
 use super::manifest::{
-    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_PART_SIZES, IndexInfo, Layout,
-    Manifest, ParentInfo, RootInfo, SourceInfo, Stats,
+    Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_DISK, FORMAT_VERSION_PART_SIZES,
+    IndexInfo, Layout, Manifest, ParentInfo, RootInfo, SourceInfo, Stats,
 };
 pub use super::parent::ParentChoice;
 use super::plan::{Plan, PlanOptions};
@@ -385,6 +385,48 @@ fn run(
     stats.parent_io = finished.reuse;
     notes.warnings.extend(stats.parent_io.copies.note.clone());
     store.flush()?;
+    // The disk around C: (partition table, system partitions), as a stream of its own.
+    let disk_info = match (&plan.disk_plan, &parent) {
+        (Ok(dp), None) => {
+            let written = super::disk::write_stream(
+                store,
+                &req.prefix,
+                req.layout,
+                part_size,
+                req.chunk_size,
+                req.level,
+                plan.disk,
+                dp,
+            )
+            .and_then(|d| store.flush().map(|()| d).map_err(Error::from));
+            match written {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    for o in &data.objects {
+                        let _ = store.delete(&o.key);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        (Ok(_), Some(_)) => {
+            notes.warnings.push(
+                "an incremental bundle keeps C: only (not the partition table and system partitions): `restore --disk` needs a full bundle".into(),
+            );
+            None
+        }
+        (Err(why), _) if why != "--volume-only" && plan.layout.table.kind != crate::source::TableKind::None => {
+            notes.warnings.push(format!(
+                "only C: is kept, `restore --disk` will not rebuild this disk: {why}"
+            ));
+            None
+        }
+        (Err(_), _) => None,
+    };
+    let disk_objects: Vec<String> = disk_info
+        .iter()
+        .flat_map(|d| d.data.objects.iter().map(|o| o.key.clone()))
+        .collect();
     let index_bytes = finished.index.encode();
     let stored_index = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
         Err(Error::Cancelled)
@@ -394,8 +436,8 @@ fn run(
     if let Err(e) = stored_index {
         // Cancelled while the last parts were stored, or the index could not be stored: the
         // bundle must not become complete.
-        for o in &data.objects {
-            let _ = store.delete(&o.key);
+        for k in data.objects.iter().map(|o| &o.key).chain(&disk_objects) {
+            let _ = store.delete(k);
         }
         return Err(e);
     }
@@ -408,7 +450,9 @@ fn run(
     let root = plan.layout.root();
     let manifest = Manifest {
         format: FORMAT_NAME.into(),
-        format_version: if data.objects.iter().any(|o| o.part_sizes.is_some()) {
+        format_version: if disk_info.is_some() {
+            FORMAT_VERSION_DISK
+        } else if data.objects.iter().any(|o| o.part_sizes.is_some()) {
             FORMAT_VERSION_PART_SIZES
         } else {
             FORMAT_VERSION
@@ -456,6 +500,7 @@ fn run(
             copied_parts: stats.parent_io.copies.copied_parts,
             copied_bytes: stats.parent_io.copies.copied_bytes,
         }),
+        disk: disk_info,
         stats: Stats {
             allocated_bytes: plan.allocated_bytes,
             data_bytes: stats.data_bytes,
@@ -466,8 +511,8 @@ fn run(
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
     if let Err(e) = store.put(&keys.manifest(), &json) {
-        for o in &manifest.data.objects {
-            let _ = store.delete(&o.key);
+        for k in manifest.data.objects.iter().map(|o| &o.key).chain(&disk_objects) {
+            let _ = store.delete(k);
         }
         let _ = store.delete(&keys.index());
         return Err(e.into());

@@ -13,6 +13,8 @@ pub const FORMAT_NAME: &str = "winbundle";
 /// bundle whose parts the server copied). Readers take both.
 pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT_VERSION_PART_SIZES: u32 = 2;
+/// Version 3: the disk around C: (partition table, system partitions) kept as `disk`.
+pub const FORMAT_VERSION_DISK: u32 = 3;
 
 /// How the data stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -46,6 +48,9 @@ pub struct Manifest {
     pub index: Option<IndexInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentInfo>,
+    /// The partition table and system partitions around C: (format version 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<super::disk::DiskInfo>,
     pub stats: Stats,
     pub excluded_partitions: Vec<ExcludedPartition>,
     pub excluded_files: Vec<Exclusion>,
@@ -188,10 +193,21 @@ impl Manifest {
         if m.format != FORMAT_NAME {
             return Err(bad(format!("format is {:?}, not {FORMAT_NAME:?}", m.format)));
         }
-        if !(FORMAT_VERSION..=FORMAT_VERSION_PART_SIZES).contains(&m.format_version) {
+        if !(FORMAT_VERSION..=FORMAT_VERSION_DISK).contains(&m.format_version) {
             return Err(bad(format!(
-                "format version {} is not supported by this winbundle (it reads versions {FORMAT_VERSION} and {FORMAT_VERSION_PART_SIZES}); use a matching winbundle release",
+                "format version {} is not supported by this winbundle (it reads versions {FORMAT_VERSION} to {FORMAT_VERSION_DISK}); use a matching winbundle release",
                 m.format_version
+            )));
+        }
+        if m.disk.is_some() != (m.format_version == FORMAT_VERSION_DISK) {
+            return Err(bad(format!(
+                "format version {} {} the disk around C:",
+                m.format_version,
+                if m.disk.is_some() {
+                    "does not describe"
+                } else {
+                    "must describe"
+                }
             )));
         }
         if m.chunk_size == 0 || m.chunk_size > u32::MAX as u64 {
@@ -203,46 +219,11 @@ impl Manifest {
                 m.chunk_count, m.chunk_size, m.volume_size
             )));
         }
-        let d = &m.data;
-        if d.part_size == 0 {
-            return Err(bad("part size is 0".into()));
-        }
-        let total: u64 = d.objects.iter().map(|o| o.size).sum();
-        if total != d.stream_size {
-            return Err(bad(format!(
-                "objects add up to {total} bytes, the stream is {}",
-                d.stream_size
-            )));
-        }
-        for o in &d.objects {
-            if let Some(sizes) = &o.part_sizes {
-                if m.format_version < FORMAT_VERSION_PART_SIZES {
-                    return Err(bad(format!(
-                        "object {} lists part sizes, which format version {} does not have",
-                        o.key, m.format_version
-                    )));
-                }
-                let sum = sizes.iter().try_fold(0u64, |a, &s| a.checked_add(s));
-                if sizes.len() != o.parts_sha256.len() || sum != Some(o.size) || sizes.contains(&0) {
-                    return Err(bad(format!(
-                        "object {} lists {} part sizes adding up to {:?} for {} part digests and {} bytes",
-                        o.key,
-                        sizes.len(),
-                        sum,
-                        o.parts_sha256.len(),
-                        o.size
-                    )));
-                }
-            } else if o.parts_sha256.len() as u64 != o.size.div_ceil(d.part_size).max(1) {
-                return Err(bad(format!(
-                    "object {} lists {} part digests for {} bytes",
-                    o.key,
-                    o.parts_sha256.len(),
-                    o.size
-                )));
-            }
-            if o.parts_sha256.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
-                return Err(bad(format!("object {} has a malformed SHA-256", o.key)));
+        check_data(&m.data, m.format_version, &bad)?;
+        if let Some(disk) = &m.disk {
+            check_data(&disk.data, m.format_version, &bad)?;
+            if disk.stream_plain_size != disk.chunk_count * m.chunk_size {
+                return Err(bad("the disk stream is not whole chunks".into()));
             }
         }
         if let Some(i) = &m.index
@@ -253,9 +234,56 @@ impl Manifest {
                 i.key, i.chunk_hash
             )));
         }
-        if d.seek_table_offset.checked_add(d.seek_table_size) != Some(d.stream_size) {
-            return Err(bad("the seek table does not end the stream".into()));
-        }
         Ok(m)
     }
+}
+
+/// Checks one data stream's description: sizes add up, one digest per part, the seek table
+/// ends the stream.
+fn check_data(d: &DataInfo, version: u32, bad: &dyn Fn(String) -> FormatError) -> Result<(), FormatError> {
+    if d.part_size == 0 {
+        return Err(bad("part size is 0".into()));
+    }
+    let total: u64 = d.objects.iter().map(|o| o.size).sum();
+    if total != d.stream_size {
+        return Err(bad(format!(
+            "objects add up to {total} bytes, the stream is {}",
+            d.stream_size
+        )));
+    }
+    for o in &d.objects {
+        if let Some(sizes) = &o.part_sizes {
+            if version < FORMAT_VERSION_PART_SIZES {
+                return Err(bad(format!(
+                    "object {} lists part sizes, which format version {} does not have",
+                    o.key, version
+                )));
+            }
+            let sum = sizes.iter().try_fold(0u64, |a, &s| a.checked_add(s));
+            if sizes.len() != o.parts_sha256.len() || sum != Some(o.size) || sizes.contains(&0) {
+                return Err(bad(format!(
+                    "object {} lists {} part sizes adding up to {:?} for {} part digests and {} bytes",
+                    o.key,
+                    sizes.len(),
+                    sum,
+                    o.parts_sha256.len(),
+                    o.size
+                )));
+            }
+        } else if o.parts_sha256.len() as u64 != o.size.div_ceil(d.part_size).max(1) {
+            return Err(bad(format!(
+                "object {} lists {} part digests for {} bytes",
+                o.key,
+                o.parts_sha256.len(),
+                o.size
+            )));
+        }
+        if o.parts_sha256.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
+            return Err(bad(format!("object {} has a malformed SHA-256", o.key)));
+        }
+    }
+    if d.seek_table_offset.checked_add(d.seek_table_size) != Some(d.stream_size) {
+        return Err(bad("the seek table does not end the stream".into()));
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@
 //! as objects `P.part.N`; `P.manifest.json` is written last.
 
 pub mod create;
+pub mod disk;
 pub mod index;
 pub mod keys;
 pub mod manifest;

@@ -17,6 +17,8 @@ pub struct PlanOptions {
     pub partition: Option<u32>,
     pub excludes: Vec<String>,
     pub default_excludes: bool,
+    /// Keep only C:, not the partition table and system partitions around it.
+    pub volume_only: bool,
 }
 
 /// The analysed source.
@@ -34,6 +36,8 @@ pub struct Plan<'d> {
     pub read_bytes: u64,
     /// Length of the restored image (the root partition).
     pub image_len: u64,
+    /// What is kept of the disk around C: for `restore --disk`, or why nothing is.
+    pub disk_plan: Result<super::disk::DiskPlan, String>,
 }
 
 impl<'d> Plan<'d> {
@@ -64,7 +68,25 @@ impl<'d> Plan<'d> {
             excluded_bytes: 0,
             read_bytes: 0,
             image_len: root.length,
+            disk_plan: Err("--volume-only".into()),
         };
+        if !opts.volume_only {
+            plan.disk_plan = super::disk::plan(&plan.layout);
+            if let Ok(d) = &plan.disk_plan {
+                for p in &mut plan.layout.partitions {
+                    if let Some(k) = d
+                        .kept
+                        .iter()
+                        .find(|k| k.index == p.partition.index && p.excluded_because.is_some())
+                    {
+                        p.excluded_because = Some(format!(
+                            "not the root volume; kept as the disk's {} partition for `restore --disk`",
+                            k.role
+                        ));
+                    }
+                }
+            }
+        }
         let mut map = plan.allocation_map()?;
         let cs = plan.facts.cluster_size as u64;
         plan.allocated_bytes = map.count_allocated(0, plan.facts.cluster_count).map_err(&at)? * cs;

@@ -77,6 +77,30 @@ impl<'s> OpenedBundle<'s> {
         let key = keys.manifest();
         let bytes = store.get(&key)?;
         let manifest = Manifest::parse(&key, &bytes)?;
+        Self::from_manifest(store, manifest)
+    }
+
+    /// The disk stream around C: (format 3), opened like a bundle of its own: its objects, seek
+    /// table and part digests. None for bundles that keep C: only.
+    pub fn disk_stream(&self) -> Result<Option<OpenedBundle<'s>>, Error> {
+        let Some(d) = self.manifest.disk.clone() else {
+            return Ok(None);
+        };
+        let mut m = self.manifest.clone();
+        m.disk = None;
+        m.volume_size = d.stream_plain_size;
+        m.chunk_count = d.chunk_count;
+        m.data = d.data;
+        m.bundle_sha256 = d.bundle_sha256;
+        m.index = None;
+        m.parent = None;
+        let mut b = Self::from_manifest(self.store, m)?;
+        b.fetchers = self.fetchers;
+        Ok(Some(b))
+    }
+
+    /// Opens the data stream a parsed manifest describes.
+    fn from_manifest(store: &'s dyn ObjectStore, manifest: Manifest) -> Result<Self, Error> {
         let mut object_offsets = Vec::new();
         let mut parts = Vec::new();
         let mut offset = 0u64;
@@ -519,10 +543,53 @@ impl<'s> OpenedBundle<'s> {
 
     /// Checks everything, writes nothing.
     pub fn verify(&self, threads: usize, progress: &dyn Progress, cancel: &AtomicBool) -> Result<ReadStats, Error> {
-        progress.start(self.manifest.data.stream_size);
-        let r = self.stream(threads, progress, cancel, Check::Full, Output::Nothing);
+        let disk = self.disk_stream()?;
+        let extra = disk.as_ref().map_or(0, |d| d.manifest.data.stream_size);
+        progress.start(self.manifest.data.stream_size + extra);
+        let mut r = self.stream(threads, progress, cancel, Check::Full, Output::Nothing);
+        // The disk around C: too (its part digests and frame checksums).
+        if let (Ok(stats), Some(d)) = (&mut r, &disk) {
+            match d.stream(threads, progress, cancel, Check::Parts, Output::Nothing) {
+                Ok(s) => {
+                    stats.parts_verified += s.parts_verified;
+                    stats.stream_bytes += s.stream_bytes;
+                }
+                Err(e) => r = Err(e),
+            }
+        }
         progress.finish();
         r
+    }
+
+    /// Writes every chunk into `f` where `place` says: `place(i, len)` gives how many of chunk
+    /// `i`'s bytes to write and at which offset (None: none of them). Checks what `restore`
+    /// checks. `sparse`: `f` reads back zeros where nothing is written (a new file), so zero
+    /// runs are skipped. For `restore --disk`: C: at its offset, the disk pieces at theirs.
+    #[allow(clippy::type_complexity)]
+    pub fn restore_placed(
+        &self,
+        f: &File,
+        name: &Path,
+        place: &(dyn Fn(u64, usize) -> Option<(usize, u64)> + Sync),
+        sparse: bool,
+        threads: usize,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+    ) -> Result<ReadStats, Error> {
+        let check = self.check_for(true);
+        let write = |i: u64, raw: &[u8], known_zero: bool| -> Result<u64, Error> {
+            let Some((n, at)) = place(i, raw.len()) else {
+                return Ok(0);
+            };
+            let bytes = &raw[..n.min(raw.len())];
+            let r = match (sparse, known_zero) {
+                (true, true) => Ok(0),
+                (true, false) => write_sparse(f, bytes, at),
+                (false, _) => write_at(f, bytes, at).map(|()| bytes.len() as u64),
+            };
+            r.map_err(|e| io_err(&format!("write {}", name.display()), e))
+        };
+        self.stream(threads, progress, cancel, check, Output::Positional(&write))
     }
 
     /// Restores the raw volume to `target`.

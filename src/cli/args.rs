@@ -225,6 +225,10 @@ pub struct VolumeArgs {
     /// Keep \pagefile.sys, \swapfile.sys and \hiberfil.sys (left out by default).
     #[arg(long)]
     pub no_default_excludes: bool,
+    /// Keep only C:, not the partition table and the system partitions (EFI, MSR, recovery,
+    /// System Reserved) that `restore --disk` needs to rebuild a bootable disk.
+    #[arg(long)]
+    pub volume_only: bool,
 }
 
 /// How a live Windows volume is read.
@@ -385,6 +389,14 @@ pub struct RestoreArgs {
     /// volume, a discarded SSD, a thin LUN): zero runs are skipped instead of written.
     #[arg(long)]
     pub assume_zeroed: bool,
+    /// Write the whole disk, bootable: the partition table (without the left-out partitions),
+    /// the system partitions and C:, each at its original offset.
+    #[arg(long)]
+    pub disk: bool,
+    /// With --disk: `raw`, or `vhd` (a fixed VHD: the raw disk plus a 512-byte footer, for
+    /// Hyper-V and EC2 VM import).
+    #[arg(long, value_enum, default_value = "raw", requires = "disk")]
+    pub format: DiskFormatArg,
     /// Decompression threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -393,6 +405,13 @@ pub struct RestoreArgs {
     pub json: bool,
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// The format `restore --disk` writes.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormatArg {
+    Raw,
+    Vhd,
 }
 
 #[derive(Args, Debug)]

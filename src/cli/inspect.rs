@@ -17,6 +17,7 @@ pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
         partition: v.partition,
         excludes: v.exclude.clone(),
         default_excludes: !v.no_default_excludes,
+        volume_only: v.volume_only,
     }
 }
 
@@ -85,6 +86,15 @@ fn to_json(plan: &Plan<'_>) -> serde_json::Value {
         "excluded_bytes": plan.excluded_bytes,
         "excluded_partitions": excluded_partitions(plan),
         "bytes_to_read": plan.read_bytes,
+        "disk": match &plan.disk_plan {
+            Ok(d) => json!({
+                "kept": true,
+                "regions": d.regions.iter().map(|(w, o, l)| json!({"what": w, "offset": o, "length": l})).collect::<Vec<_>>(),
+                "kept_partitions": d.kept,
+                "dropped_partitions": d.dropped,
+            }),
+            Err(why) => json!({"kept": false, "reason": why}),
+        },
     })
 }
 
@@ -173,6 +183,13 @@ fn table_text(disk: &DiskFile, table: &PartitionTable, parts: &[PartitionInfo], 
     for p in parts {
         let role = match root {
             Some(r) if p.partition.index == r.index => format!("ROOT (C:): {}", r.reason),
+            Some(_)
+                if p.excluded_because
+                    .as_deref()
+                    .is_some_and(|w| w.contains("restore --disk")) =>
+            {
+                "kept for restore --disk (system partition)".to_string()
+            }
             Some(_) => "excluded (not the root volume)".to_string(),
             None if p.has_windows => "holds \\Windows\\System32".to_string(),
             None => "-".to_string(),
@@ -234,6 +251,23 @@ fn to_text(plan: &Plan<'_>) -> String {
         human(plan.allocated_bytes),
         plan.allocated_bytes
     ));
+    line(String::new());
+    match &plan.disk_plan {
+        Ok(d) => {
+            line("Kept for a bootable disk (restore --disk):".into());
+            for (what, offset, length) in &d.regions {
+                line(format!("  {what:40} at {offset:>14}, {}", human(*length)));
+            }
+            if !d.dropped.is_empty() {
+                let dropped: Vec<String> = d.dropped.iter().map(|i| i.to_string()).collect();
+                line(format!(
+                    "  partitions {} (instance stores) are left out and removed from the table",
+                    dropped.join(", ")
+                ));
+            }
+        }
+        Err(why) => line(format!("Kept for a bootable disk: nothing but C: ({why})")),
+    }
     line(String::new());
     line("Contents left out (clusters imaged as zeros, files kept):".into());
     if plan.exclusions.items.is_empty() {

@@ -33,6 +33,9 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
     }
+    if args.disk {
+        return restore_disk(&args, &bundle, cancel);
+    }
     let target = if args.output.as_os_str() == "-" {
         RestoreTarget::Stdout
     } else {
@@ -63,6 +66,76 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
             match stats.parts_verified {
                 0 => "every frame checked against the chunk index".to_string(),
                 n => format!("{n} parts verified, bundle SHA-256 {}", bundle.manifest.bundle_sha256),
+            }
+        );
+    }
+    Ok(0)
+}
+
+/// `restore --disk`: the whole disk, bootable.
+fn restore_disk(args: &RestoreArgs, bundle: &OpenedBundle<'_>, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    use winbundle::bundle::disk::{DiskFormat, restore};
+    if args.output.as_os_str() == "-" {
+        return Err(Error::InvalidParameter {
+            parameter: "--output",
+            message: "--disk writes a file or a block device, not standard output".into(),
+        });
+    }
+    let format = match args.format {
+        super::args::DiskFormatArg::Raw => DiskFormat::Raw,
+        super::args::DiskFormatArg::Vhd => DiskFormat::Vhd,
+    };
+    let bar = Bar::new(args.quiet, "restoring disk");
+    let r = restore(
+        bundle,
+        &args.output,
+        format,
+        args.force,
+        default_threads(args.threads),
+        &bar,
+        cancel,
+    )?;
+    let kept: Vec<serde_json::Value> = r
+        .disk
+        .kept_partitions
+        .iter()
+        .map(|p| json!({"Index": p.index, "Offset": p.offset, "Length": p.length, "Role": p.role}))
+        .collect();
+    if args.json {
+        let v = json!({
+            "BundleId": bundle.manifest.bundle_id,
+            "Output": args.output,
+            "Format": if format == DiskFormat::Vhd { "vhd" } else { "raw" },
+            "DiskSize": r.disk.disk_size,
+            "FileSize": r.size,
+            "PartitionTable": r.disk.partition_table.to_string(),
+            "KeptPartitions": kept,
+            "DroppedPartitions": r.disk.dropped_partitions,
+            "WrittenBytes": r.written_bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if !args.quiet {
+        eprintln!(
+            "restored the disk ({}, {} bytes, {} table) to {}: {}; left out: {}",
+            human(r.disk.disk_size),
+            r.size,
+            r.disk.partition_table,
+            args.output.display(),
+            r.disk
+                .kept_partitions
+                .iter()
+                .map(|p| format!("partition {} ({})", p.index, p.role))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if r.disk.dropped_partitions.is_empty() {
+                "nothing".to_string()
+            } else {
+                r.disk
+                    .dropped_partitions
+                    .iter()
+                    .map(|i| format!("partition {i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         );
     }

@@ -48,6 +48,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
             partition: None,
             excludes: Vec::new(),
             default_excludes: true,
+            volume_only: false,
         },
         chunk_size: 1 << 20,
         level: 1,
