@@ -190,6 +190,44 @@ fn a_gpt_disk_comes_back_bootable_raw_and_as_vhd() {
 }
 
 #[test]
+fn inspect_lists_what_a_bundle_keeps_of_the_disk() {
+    let inspect = |fx: &str, extra: &[&str]| -> serde_json::Value {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(fx);
+        let out = Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .arg("inspect")
+            .arg(path)
+            .arg("--json")
+            .args(extra)
+            .output()
+            .unwrap();
+        ok(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["disk"].clone()
+    };
+    let d = inspect("gpt-disk.img.zst", &[]);
+    assert_eq!(d["kept"], true);
+    let what: Vec<&str> = d["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        what,
+        [
+            "partition table and boot area",
+            "partition 1 (EFI system)",
+            "partition 2 (Microsoft reserved)",
+            "backup GPT"
+        ]
+    );
+    assert_eq!(d["dropped_partitions"], serde_json::json!([4]));
+    assert_eq!(inspect("gpt-disk.img.zst", &["--volume-only"])["kept"], false);
+    let bare = inspect("bare-volume.img.zst", &[]);
+    assert_eq!(bare["kept"], false);
+    assert!(bare["reason"].as_str().unwrap().contains("bare volume"));
+}
+
+#[test]
 fn an_mbr_disk_keeps_system_reserved_active_with_its_boot_code() {
     let dir = tempfile::tempdir().unwrap();
     let (src, store) = bundled("mbr-disk.img", dir.path(), false);

@@ -192,6 +192,18 @@ s3_roundtrip() { # server-name fixture: bundle to S3, verify, restore, compare; 
   AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk aws --endpoint-url "$ep" --region "$region" \
     s3 cp "s3://e2e-bucket/$prefix.image.zst" - | zstd -d -c | cmp - "$work/s3-restored.img"
   ntfsls -R "$work/s3-restored.img" >/dev/null
+  # Partitioned disks: the whole disk back (table, system partitions, C:) from S3 equals the
+  # local store's, and a 512-byte-sector GPT passes sgdisk -v.
+  case $fx in
+    bare-volume.img.zst | attrlist-volume.img.zst) ;;
+    *)
+      AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" restore --disk --bucket e2e-bucket --prefix "$prefix" "${s3[@]}" \
+        --output "$work/s3-disk.img" --force -q
+      "$wb" restore --disk --bucket e2e-bucket --prefix "$prefix" --local-store "$work/store-$fx-single" --output "$work/local-disk.img" --force -q
+      cmp "$work/s3-disk.img" "$work/local-disk.img"
+      if [ "$fx" = gpt-disk.img.zst ]; then sgdisk -v "$work/s3-disk.img" | grep -q "No problems found"; fi
+      ;;
+  esac
 }
 
 s3_browse() { # server-name: ls -R and extract of a gpt-disk bundle (1 MiB chunks) on the server = what ntfs-3g mounts of the source's C:

@@ -20,6 +20,14 @@ use winbundle::bundle::read::OpenedBundle;
 use winbundle::progress::NoProgress;
 use winbundle::store::{ObjectStore, StoreError};
 
+/// These tests count the requests of one data stream (parts sent, retried, resumed): their
+/// bundles keep C: only, without the disk stream around it (tests/disk.rs covers that one).
+fn request(src: &Path, prefix: &str) -> winbundle::bundle::create::BundleRequest {
+    let mut r = common::request(src, prefix);
+    r.plan.volume_only = true;
+    r
+}
+
 fn run(
     req: &winbundle::bundle::create::BundleRequest,
     store: &dyn ObjectStore,

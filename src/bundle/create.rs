@@ -384,7 +384,6 @@ fn run(
     let (data, bundle_sha256, resumed) = (finished.data, finished.bundle_sha256, finished.resumed);
     stats.parent_io = finished.reuse;
     notes.warnings.extend(stats.parent_io.copies.note.clone());
-    store.flush()?;
     // The disk around C: (partition table, system partitions), as a stream of its own.
     let disk_info = match (&plan.disk_plan, &parent) {
         (Ok(dp), None) => {
@@ -397,8 +396,7 @@ fn run(
                 req.level,
                 plan.disk,
                 dp,
-            )
-            .and_then(|d| store.flush().map(|()| d).map_err(Error::from));
+            );
             match written {
                 Ok(d) => Some(d),
                 Err(e) => {
@@ -427,6 +425,7 @@ fn run(
         .iter()
         .flat_map(|d| d.data.objects.iter().map(|o| o.key.clone()))
         .collect();
+    store.flush()?;
     let index_bytes = finished.index.encode();
     let stored_index = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
         Err(Error::Cancelled)
