@@ -565,7 +565,7 @@ impl<'s> OpenedBundle<'s> {
     /// `i`'s bytes to write and at which offset (None: none of them). Checks what `restore`
     /// checks. `sparse`: `f` reads back zeros where nothing is written (a new file), so zero
     /// runs are skipped. For `restore --disk`: C: at its offset, the disk pieces at theirs.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     pub fn restore_placed(
         &self,
         f: &File,
