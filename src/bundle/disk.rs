@@ -30,6 +30,8 @@ pub const MAX_SYSTEM_PARTITION: u64 = 2 << 30;
 const MAX_HEAD: u64 = 16 << 20;
 /// The most of the disk's tail (after the last partition) kept: the backup GPT.
 const MAX_TAIL: u64 = 16 << 20;
+/// The largest disk a VHD can describe.
+const MAX_VHD: u64 = 2040 << 30;
 
 /// A stretch of the source disk kept in the disk stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -496,6 +498,15 @@ pub fn restore(
             b.manifest.bundle_id
         )));
     };
+    if format == DiskFormat::Vhd && d.disk_size > MAX_VHD {
+        return Err(Error::InvalidParameter {
+            parameter: "--format",
+            message: format!(
+                "a VHD holds at most 2040 GiB and this disk is {} bytes: restore it raw, then convert it (`qemu-img convert -f raw -O vhdx disk.img disk.vhdx`)",
+                d.disk_size
+            ),
+        });
+    }
     let size = d.disk_size + if format == DiskFormat::Vhd { 512 } else { 0 };
     let meta = std::fs::metadata(out).ok();
     if meta.as_ref().is_some_and(|m| m.is_dir()) {
