@@ -89,6 +89,12 @@ fn excluded(entries: &[serde_json::Value]) -> BTreeSet<String> {
 #[test]
 fn ls_and_extract_equal_what_ntfs_3g_sees_in_every_fixture() {
     for fixture in FIXTURES {
+        if cfg!(windows) && fixture == "attrlist-volume.img" {
+            // 14,000 files extracted one by one are slow under Wine (CI time); the same code
+            // reads them on Linux, and the files fixture's attribute lists are read here too.
+            println!("skipped under Windows: {fixture} (14,000 files; checked on Linux)");
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         let store = bundled(fixture, dir.path());
         let want = tree(fixture);
