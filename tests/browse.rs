@@ -54,18 +54,7 @@ fn bundled(fixture: &str, dir: &Path) -> std::path::PathBuf {
 }
 
 fn run(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_winbundle"))
-        .args(args)
-        .args([
-            "--local-store",
-            store.to_str().unwrap(),
-            "--bucket",
-            "test-bucket",
-            "--prefix",
-            "p",
-        ])
-        .output()
-        .unwrap()
+    common::cli_local(store, args)
 }
 
 fn json_of(out: &Output) -> serde_json::Value {

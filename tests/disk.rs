@@ -8,18 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn run(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_winbundle"))
-        .args(args)
-        .args([
-            "--local-store",
-            store.to_str().unwrap(),
-            "--bucket",
-            "test-bucket",
-            "--prefix",
-            "p",
-        ])
-        .output()
-        .unwrap()
+    common::cli_local(store, args)
 }
 
 fn ok(out: &Output) {

@@ -111,8 +111,7 @@ impl<'v, 'd> FileStream<'v, 'd> {
             return Ok(());
         }
         if self.unit_clusters == 0 {
-            let (disk, vol_offset) = self.vol.disk();
-            return read_runs(disk, vol_offset, self.cluster_size, &self.runs, offset, head);
+            return self.read_clusters(offset, head);
         }
         let unit_bytes = self.unit_clusters * self.cluster_size;
         let mut at = offset;
@@ -133,6 +132,12 @@ impl<'v, 'd> FileStream<'v, 'd> {
         Ok(())
     }
 
+    /// Bytes of the stream's clusters as they are on disk (sparse runs as zeros).
+    fn read_clusters(&self, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
+        let (disk, vol_offset) = self.vol.disk();
+        read_runs(disk, vol_offset, self.cluster_size, &self.runs, offset, buf)
+    }
+
     /// The bytes of compression unit `u`: stored as they are when all its clusters are
     /// allocated, zeros when none is, else LZNT1 in its allocated clusters.
     fn decode_unit(&self, u: u64) -> Result<Vec<u8>, NtfsError> {
@@ -149,31 +154,16 @@ impl<'v, 'd> FileStream<'v, 'd> {
         if allocated == 0 {
             return Ok(out);
         }
-        let (disk, vol_offset) = self.vol.disk();
         // A unit past the last run (a stream whose allocation ends inside its last unit) reads
         // what its runs hold.
         let covered = self.runs.last().map_or(0, |r| r.vcn + r.count).min(v1);
         if allocated == self.unit_clusters || covered < v1 && allocated == covered - v0 {
             let n = ((covered - v0) * self.cluster_size) as usize;
-            read_runs(
-                disk,
-                vol_offset,
-                self.cluster_size,
-                &self.runs,
-                v0 * self.cluster_size,
-                &mut out[..n],
-            )?;
+            self.read_clusters(v0 * self.cluster_size, &mut out[..n])?;
             return Ok(out);
         }
         let mut packed = vec![0u8; (allocated * self.cluster_size) as usize];
-        read_runs(
-            disk,
-            vol_offset,
-            self.cluster_size,
-            &self.runs,
-            v0 * self.cluster_size,
-            &mut packed,
-        )?;
+        self.read_clusters(v0 * self.cluster_size, &mut packed)?;
         lznt1_unit(&packed, &mut out).map_err(|problem| NtfsError::Path {
             path: self.what.clone(),
             problem: format!(

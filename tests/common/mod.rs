@@ -293,3 +293,20 @@ pub fn fill_free_clusters(img: &Path, mut seed: u64, pick: &dyn Fn(u64) -> bool)
     f.write_all_at(&bits, pos).unwrap();
     filled
 }
+
+/// Runs the winbundle binary with `args` on bundle `p` of bucket test-bucket in the local store
+/// folder `store`.
+pub fn cli_local(store: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(args)
+        .args([
+            "--local-store",
+            store.to_str().unwrap(),
+            "--bucket",
+            "test-bucket",
+            "--prefix",
+            "p",
+        ])
+        .output()
+        .unwrap()
+}
