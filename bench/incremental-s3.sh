@@ -13,6 +13,8 @@
 # requests Garage counted, and the bytes sent as each tool reports them (winbundle: new and
 # fetched bytes of the stream; restic: data added to the repository). Benchmarks report; they
 # never fail on speed.
+# KEEP_LOGS=DIR keeps each run's stderr there; WB_FLAGS adds flags to the incremental run
+# (for example -v, for its stage times).
 set -euo pipefail
 img=${1:?usage: bench/incremental-s3.sh IMAGE [CHANGE_MIB]} change=${2:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,6 +48,7 @@ measure() { # name sent-extractor command...: runs it, appends "name wall cpu se
   local r0 c0; r0=$(requests); c0=$(server_cpu)
   /usr/bin/time -o "$work/time.txt" -f "%e %U %S" "$@" >"$work/out.json" 2>"$work/err.txt" ||
     { echo "FAILED: $name: $(tail -3 "$work/err.txt")"; return 1; }
+  [ -z "${KEEP_LOGS:-}" ] || cp "$work/err.txt" "$KEEP_LOGS/$name.err"
   sleep 0.5
   local r1 c1; r1=$(requests); c1=$(server_cpu)
   read -r wall user sys <"$work/time.txt"
@@ -75,7 +78,7 @@ echo "== about $change MiB changed through ntfs-3g"
 
 echo "== the changed volume, three ways (name, wall s, client CPU s, Garage CPU s, requests, bytes sent)"
 measure "winbundle-full" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix full
-measure "winbundle-parent" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix inc --parent base
+measure "winbundle-parent" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix inc --parent base ${WB_FLAGS:-}
 cp "$work/out.json" "$work/inc.json"
 ntfs-3g -o ro "$work/vol.img" "$mnt"
 measure "restic-second" restic_sent restic backup --json --host bench "$mnt"

@@ -33,6 +33,9 @@ pub const MAX_PARTS: u64 = 10_000;
 pub const MIN_PART_SIZE: u64 = 1 << 20;
 /// S3's largest part, and largest object of a single PUT/POST.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// Parallel GETs of the parent bytes an incremental bundle on S3 sends again (padding changed
+/// frames' parts to the 5 MiB minimum).
+const FETCH_THREADS: usize = 4;
 
 /// Compression threads: the number asked for, else one per core.
 pub fn default_threads(requested: Option<usize>) -> usize {
@@ -334,29 +337,45 @@ fn run(
     on_update(task)?;
     progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
-    let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
-    if let Some(p) = parent.as_ref().filter(|p| !crate::chunk::Reuse::reads_frames(*p)) {
-        // Every part but the last at least `min_part`: S3's 5 MiB, or more so that a stream
-        // of copied and sent parts still fits in 10,000 parts.
-        let min_part = store
-            .min_part_size()
-            .max(bound.div_ceil(MAX_PARTS - 1).next_multiple_of(1 << 20))
-            .min(part_size);
-        writer = writer.copy_from(super::writer::Copying { parent: p, min_part });
-    }
     let cfg = PipelineConfig {
         chunk_size: req.chunk_size,
         level: req.level,
         threads: req.threads,
     };
-    let reuse = parent.as_ref().map(|p| p as &dyn crate::chunk::Reuse);
-    let mut stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, progress, cancel) {
-        Ok(s) => s,
-        Err(e) => {
-            writer.abort();
-            return Err(e);
+    // Threads that fetch parent bytes for an incremental bundle on S3 live as long as the
+    // writer: both inside this scope.
+    let (mut stats, finished) = std::thread::scope(|scope| -> Result<_, Error> {
+        let copies = parent.as_ref().filter(|p| !crate::chunk::Reuse::reads_frames(*p));
+        let fetcher = copies.map(|p| super::fetch::Fetcher::start(scope, p, FETCH_THREADS));
+        let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
+        if let Some(p) = copies {
+            // Every part but the last at least `min_part`: S3's 5 MiB, or more so that a
+            // stream of copied and sent parts still fits in 10,000 parts.
+            let min_part = store
+                .min_part_size()
+                .max(bound.div_ceil(MAX_PARTS - 1).next_multiple_of(1 << 20))
+                .min(part_size);
+            writer = writer.copy_from(super::writer::Copying {
+                parent: p,
+                min_part,
+                fetcher: fetcher.as_ref(),
+            });
         }
-    };
+        let reuse = parent.as_ref().map(|p| p as &dyn crate::chunk::Reuse);
+        let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, progress, cancel) {
+            Ok(s) => s,
+            Err(e) => {
+                writer.abort();
+                return Err(e);
+            }
+        };
+        task.state = State::Storing;
+        task.progress = "99%".into();
+        task.update_time = task::now_iso();
+        on_update(task)?;
+        let finished = writer.finish(req.chunk_size as u64, plan.image_len)?;
+        Ok((stats, finished))
+    })?;
     tracing::info!(
         "data stream: {} chunks ({} all zeros, {} reused) in {:.2} s: reading {:.2} s, compressing {:.2} s over {} threads, storing {:.2} s; {} bytes read, {} bytes of frames",
         stats.chunks,
@@ -380,7 +399,6 @@ fn run(
     task.progress = "99%".into();
     task.update_time = task::now_iso();
     on_update(task)?;
-    let finished = writer.finish(req.chunk_size as u64, plan.image_len)?;
     let (data, bundle_sha256, resumed) = (finished.data, finished.bundle_sha256, finished.resumed);
     stats.parent_io = finished.reuse;
     notes.warnings.extend(stats.parent_io.copies.note.clone());

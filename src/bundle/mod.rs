@@ -8,6 +8,7 @@
 
 pub mod create;
 pub mod disk;
+mod fetch;
 pub mod index;
 pub mod keys;
 pub mod manifest;

@@ -8,11 +8,16 @@
 //! enough, and its bytes are fetched from the parent and sent like new frames when it is not.
 //! Every part but the last must hold at least `min_part` bytes (S3: 5 MiB), so an upload part
 //! still too short when a run starts takes its missing bytes from the head of that run. Parts
-//! then vary in size, and the manifest lists their sizes.
+//! then vary in size, and the manifest lists their sizes. The parent bytes sent that way are
+//! fetched in the background ([`Fetcher`]): what follows them in the stream waits in a queue,
+//! in order, until they arrive.
+
+use std::collections::VecDeque;
 
 use sha2::{Digest, Sha256};
 
 use super::Keys;
+use super::fetch::{Fetcher, Pending};
 use super::index::{ChunkIndex, IndexEntry};
 use super::manifest::{DataInfo, Layout, ObjectInfo};
 use super::parent::Parent;
@@ -29,12 +34,31 @@ use crate::store::{CopySource, CopyStats, ObjectStore, ObjectWriter, PartInfo, R
 const MAX_COPY_PART: u64 = 128 << 20;
 /// Bytes fetched from the parent per read when a run is sent instead of copied.
 const FETCH_PIECE: usize = 8 << 20;
+/// Bytes waiting behind fetches of the parent (theirs included) before the writer waits for
+/// the oldest fetch.
+const MAX_QUEUED: u64 = 64 << 20;
 
 /// Server-side copies from the parent (incremental bundles on S3).
 pub struct Copying<'a> {
     pub parent: &'a Parent<'a>,
     /// The smallest part but the last.
     pub min_part: u64,
+    /// Reads the parent bytes that are sent in the background; without it they are read
+    /// when needed.
+    pub fetcher: Option<&'a Fetcher>,
+}
+
+/// Stream work waiting, in order, behind a fetch of the parent's bytes.
+enum Op {
+    Bytes(Vec<u8>),
+    Fetch(Pending),
+    /// Ends the upload part begun, before a copy.
+    EndPart,
+    Copy {
+        start: u64,
+        len: u64,
+        object_start: u64,
+    },
 }
 
 /// Frames of the parent, back to back in one of its objects, not yet placed in parts.
@@ -88,6 +112,12 @@ pub struct StreamWriter<'a> {
     /// Stream bytes of all frames so far, a run not yet placed in parts included.
     frames_end: u64,
     reuse: ReuseStats,
+    /// Work behind fetches still under way, and the bytes it holds.
+    queue: VecDeque<Op>,
+    queued: u64,
+    /// The length of the upload part begun once the queue is written: what part boundaries are
+    /// planned on.
+    plan_part_len: u64,
 }
 
 /// A finished data stream.
@@ -133,6 +163,9 @@ impl<'a> StreamWriter<'a> {
             run: None,
             frames_end: 0,
             reuse: ReuseStats::default(),
+            queue: VecDeque::new(),
+            queued: 0,
+            plan_part_len: 0,
         }
     }
 
@@ -252,8 +285,8 @@ impl<'a> StreamWriter<'a> {
             return self.send_from_parent(run.start, run.len);
         }
         // An upload part already begun must reach `min` before a copy may follow it.
-        let need = if self.part_len > 0 {
-            min.saturating_sub(self.part_len)
+        let need = if self.plan_part_len > 0 {
+            min.saturating_sub(self.plan_part_len)
         } else {
             0
         };
@@ -273,9 +306,7 @@ impl<'a> StreamWriter<'a> {
             run.len
         );
         self.send_from_parent(run.start, need)?;
-        if self.part_len > 0 {
-            self.end_part()?;
-        }
+        self.end_part_for_copy()?;
         let (start, len) = (run.start + need, run.len - need);
         // Pieces of at most MAX_COPY_PART (or twice `min`, for streams so long that parts must
         // be larger), of near-equal size: each at least `min`.
@@ -283,13 +314,107 @@ impl<'a> StreamWriter<'a> {
         let mut at = start;
         for k in 0..pieces {
             let end = start + len * (k + 1) / pieces;
-            if !self.copy_part(at, end - at, run.object_start)? {
-                // The server does not copy: this and every later run is sent.
-                return self.send_from_parent(at, start + len - at);
-            }
+            self.put_copy(at, end - at, run.object_start)?;
             at = end;
         }
         Ok(())
+    }
+
+    /// Bytes for the stream: written now, or queued behind fetches still under way.
+    fn put_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.plan(bytes.len() as u64);
+        if self.queue.is_empty() {
+            return self.write_bytes(bytes);
+        }
+        self.queued += bytes.len() as u64;
+        self.queue.push_back(Op::Bytes(bytes.to_vec()));
+        self.pump(false)
+    }
+
+    /// Plans `n` more bytes in upload parts.
+    fn plan(&mut self, n: u64) {
+        self.plan_part_len = (self.plan_part_len + n) % self.part_size;
+    }
+
+    /// Ends the upload part begun, if any, so that a copy can follow.
+    fn end_part_for_copy(&mut self) -> Result<(), Error> {
+        if self.plan_part_len == 0 {
+            return Ok(());
+        }
+        self.plan_part_len = 0;
+        if self.queue.is_empty() {
+            return self.end_part_now();
+        }
+        self.queue.push_back(Op::EndPart);
+        Ok(())
+    }
+
+    fn end_part_now(&mut self) -> Result<(), Error> {
+        // Once the server has refused a copy every byte is sent: parts are then all of
+        // `part_size`, and a part ended early would be one S3 refuses as too small.
+        if !self.copy_refused && self.part_len > 0 {
+            self.end_part()?;
+        }
+        Ok(())
+    }
+
+    /// Parent stream bytes [start, start + len) as the next copied part.
+    fn put_copy(&mut self, start: u64, len: u64, object_start: u64) -> Result<(), Error> {
+        if self.queue.is_empty() {
+            return self.copy_now(start, len, object_start);
+        }
+        self.queue.push_back(Op::Copy {
+            start,
+            len,
+            object_start,
+        });
+        self.pump(false)
+    }
+
+    fn copy_now(&mut self, start: u64, len: u64, object_start: u64) -> Result<(), Error> {
+        if !self.copy_refused && self.copy_part(start, len, object_start)? {
+            return Ok(());
+        }
+        // The server does not copy: these bytes, and every later run's, are sent.
+        self.reuse.fetched_bytes += len;
+        self.read_and_write(start, len)
+    }
+
+    /// Writes the queued work in order, as far as its fetches have arrived; waits for the
+    /// oldest fetch while the queue holds more than MAX_QUEUED bytes, or when `all`.
+    fn pump(&mut self, all: bool) -> Result<(), Error> {
+        loop {
+            let wait = all || self.queued > MAX_QUEUED;
+            match self.queue.front_mut() {
+                None => return Ok(()),
+                Some(Op::Fetch(p)) => {
+                    if !wait && !p.is_ready() {
+                        return Ok(());
+                    }
+                }
+                Some(_) => {}
+            }
+            let Some(op) = self.queue.pop_front() else {
+                return Ok(());
+            };
+            match op {
+                Op::Bytes(b) => {
+                    self.queued -= b.len() as u64;
+                    self.write_bytes(&b)?;
+                }
+                Op::Fetch(p) => {
+                    self.queued -= p.len as u64;
+                    let b = p.wait()?;
+                    self.write_bytes(&b)?;
+                }
+                Op::EndPart => self.end_part_now()?,
+                Op::Copy {
+                    start,
+                    len,
+                    object_start,
+                } => self.copy_now(start, len, object_start)?,
+            }
+        }
     }
 
     /// Has the store copy parent stream bytes [start, start + len) as the next part. False when
@@ -336,12 +461,29 @@ impl<'a> StreamWriter<'a> {
         Ok(true)
     }
 
-    /// Sends parent stream bytes [start, start + len) like new ones: read from the parent, in
-    /// pieces.
+    /// Sends parent stream bytes [start, start + len) like new ones: fetched in the
+    /// background, in pieces, or read here without a fetcher.
     fn send_from_parent(&mut self, start: u64, len: u64) -> Result<(), Error> {
         if len == 0 {
             return Ok(());
         }
+        self.reuse.fetched_bytes += len;
+        self.plan(len);
+        let Some(fetcher) = self.copying.as_ref().and_then(|c| c.fetcher) else {
+            return self.read_and_write(start, len);
+        };
+        let mut at = start;
+        while at < start + len {
+            let n = ((start + len - at) as usize).min(FETCH_PIECE);
+            self.queued += n as u64;
+            self.queue.push_back(Op::Fetch(fetcher.fetch(at, n)));
+            at += n as u64;
+        }
+        self.pump(false)
+    }
+
+    /// Reads parent stream bytes [start, start + len) here and writes them.
+    fn read_and_write(&mut self, start: u64, len: u64) -> Result<(), Error> {
         let Some(parent) = self.copying.as_ref().map(|c| c.parent) else {
             return Err(Error::Internal("parent frames to send without a parent".into()));
         };
@@ -353,7 +495,6 @@ impl<'a> StreamWriter<'a> {
             self.write_bytes(&buf[..n])?;
             at += n as u64;
         }
-        self.reuse.fetched_bytes += len;
         Ok(())
     }
 
@@ -386,9 +527,10 @@ impl<'a> StreamWriter<'a> {
             }
             _ => {
                 self.close_run()?;
-                self.write_bytes(&table)?;
+                self.put_bytes(&table)?;
             }
         }
+        self.pump(true)?;
         if self.part_len > 0 {
             self.end_part()?;
         }
@@ -417,6 +559,7 @@ impl<'a> StreamWriter<'a> {
 
     /// Removes everything written so far (best effort).
     pub fn abort(mut self) {
+        self.queue.clear();
         if let Some((w, _)) = self.current.take() {
             w.abort();
         }
@@ -457,12 +600,12 @@ impl FrameSink for StreamWriter<'_> {
         match f.bytes {
             FrameBytes::New(b) => {
                 self.close_run()?;
-                self.write_bytes(b)
+                self.put_bytes(b)
             }
             FrameBytes::Reused { bytes, .. } => {
                 self.close_run()?;
                 self.reuse.fetched_bytes += bytes.len() as u64;
-                self.write_bytes(bytes)
+                self.put_bytes(bytes)
             }
             FrameBytes::Copied(from) => self.extend_run(from.offset, u64::from(from.length)),
         }
