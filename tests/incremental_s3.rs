@@ -159,6 +159,38 @@ fn a_server_that_refuses_copies_gets_the_bytes_sent_instead() {
 }
 
 #[test]
+fn a_refused_copy_queued_behind_a_background_fetch_is_sent_too() {
+    // C:'s first chunk changed (a byte of its boot code): the stream starts with a new frame,
+    // so the head of the run after it is fetched in the background to fill that frame's part,
+    // and the first copy waits in the queue behind that fetch. The server refuses it there:
+    // it and every later run are sent, and the parts stay valid.
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    run(&full(&src, "q/1"), &store).result.unwrap();
+    fill_free_clusters(&src, 13, &|cl| cl % 4096 == 77);
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(&[0x90], (10 << 20) + 0x100).unwrap();
+    drop(f);
+    s3.faults.refuse_copy.store(true, Ordering::SeqCst);
+    s3.faults.reset_counts();
+    let out = run(&with_parent(&src, "q/2", "q/1"), &store);
+    let (m, stats) = out.result.unwrap();
+    assert!(
+        out.warnings.iter().any(|w| w.contains("refused UploadPartCopy")),
+        "{:?}",
+        out.warnings
+    );
+    assert_eq!(s3.faults.count("UploadPartCopy"), 1);
+    assert_eq!(stats.parent_io.copies.copied_parts, 0);
+    assert_eq!(s3.faults.bytes_in("UploadPart"), m.data.stream_size);
+    run(&full(&src, "q/fresh"), &store).result.unwrap();
+    assert!(store.get("q/2.image.zst").unwrap() == store.get("q/fresh.image.zst").unwrap());
+    restores_from_s3(&store, "q/2", &src, dir.path());
+}
+
+#[test]
 fn parts_layout_and_upload_policies_cannot_copy_and_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let src = disk(dir.path());
