@@ -128,17 +128,19 @@ fn an_unchanged_source_sends_no_data_only_copies() {
     restores_from_s3(&store, "n/2", &src, dir.path());
 }
 
-#[test]
-fn a_server_that_refuses_copies_gets_the_bytes_sent_instead() {
+/// Bundles a parent, changes the source with `change`, then bundles it with `--parent` to a
+/// server that refuses UploadPartCopy: one copy is tried, then none; every byte is sent in
+/// full-size parts, and the object equals a full bundle's and restores.
+fn refused_copies_are_sent(p: &str, change: &dyn Fn(&Path)) {
     let dir = tempfile::tempdir().unwrap();
     let src = disk(dir.path());
     let s3 = TestS3::start(&["bkt"]);
     let store = s3.store("bkt");
-    run(&full(&src, "r/1"), &store).result.unwrap();
-    fill_free_clusters(&src, 9, &|cl| cl % 4096 == 77);
+    run(&full(&src, &format!("{p}/1")), &store).result.unwrap();
+    change(&src);
     s3.faults.refuse_copy.store(true, Ordering::SeqCst);
     s3.faults.reset_counts();
-    let out = run(&with_parent(&src, "r/2", "r/1"), &store);
+    let out = run(&with_parent(&src, &format!("{p}/2"), &format!("{p}/1")), &store);
     let (m, stats) = out.result.unwrap();
     assert!(
         out.warnings
@@ -147,47 +149,34 @@ fn a_server_that_refuses_copies_gets_the_bytes_sent_instead() {
         "{:?}",
         out.warnings
     );
-    // One copy was tried, then none: the bundle is whole, with fixed-size parts.
     assert_eq!(s3.faults.count("UploadPartCopy"), 1);
     assert_eq!(stats.parent_io.copies.copied_parts, 0);
     assert!(stats.parent_io.fetched_bytes > 0);
     assert_eq!(m.parent.as_ref().unwrap().copied_parts, 0);
     assert_eq!(s3.faults.bytes_in("UploadPart"), m.data.stream_size);
-    run(&full(&src, "r/fresh"), &store).result.unwrap();
-    assert!(store.get("r/2.image.zst").unwrap() == store.get("r/fresh.image.zst").unwrap());
-    restores_from_s3(&store, "r/2", &src, dir.path());
+    run(&full(&src, &format!("{p}/fresh")), &store).result.unwrap();
+    assert!(store.get(&format!("{p}/2.image.zst")).unwrap() == store.get(&format!("{p}/fresh.image.zst")).unwrap());
+    restores_from_s3(&store, &format!("{p}/2"), &src, dir.path());
+}
+
+#[test]
+fn a_server_that_refuses_copies_gets_the_bytes_sent_instead() {
+    refused_copies_are_sent("r", &|src| {
+        fill_free_clusters(src, 9, &|cl| cl % 4096 == 77);
+    });
 }
 
 #[test]
 fn a_refused_copy_queued_behind_a_background_fetch_is_sent_too() {
-    // C:'s first chunk changed (a byte of its boot code): the stream starts with a new frame,
-    // so the head of the run after it is fetched in the background to fill that frame's part,
-    // and the first copy waits in the queue behind that fetch. The server refuses it there:
-    // it and every later run are sent, and the parts stay valid.
-    let dir = tempfile::tempdir().unwrap();
-    let src = disk(dir.path());
-    let s3 = TestS3::start(&["bkt"]);
-    let store = s3.store("bkt");
-    run(&full(&src, "q/1"), &store).result.unwrap();
-    fill_free_clusters(&src, 13, &|cl| cl % 4096 == 77);
-    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
-    f.write_all_at(&[0x90], (10 << 20) + 0x100).unwrap();
-    drop(f);
-    s3.faults.refuse_copy.store(true, Ordering::SeqCst);
-    s3.faults.reset_counts();
-    let out = run(&with_parent(&src, "q/2", "q/1"), &store);
-    let (m, stats) = out.result.unwrap();
-    assert!(
-        out.warnings.iter().any(|w| w.contains("refused UploadPartCopy")),
-        "{:?}",
-        out.warnings
-    );
-    assert_eq!(s3.faults.count("UploadPartCopy"), 1);
-    assert_eq!(stats.parent_io.copies.copied_parts, 0);
-    assert_eq!(s3.faults.bytes_in("UploadPart"), m.data.stream_size);
-    run(&full(&src, "q/fresh"), &store).result.unwrap();
-    assert!(store.get("q/2.image.zst").unwrap() == store.get("q/fresh.image.zst").unwrap());
-    restores_from_s3(&store, "q/2", &src, dir.path());
+    // C:'s first chunk changed too (a byte of its boot code): the stream starts with a new
+    // frame, so the head of the run after it is fetched in the background to fill that
+    // frame's part, and the first copy waits in the queue behind that fetch. The server
+    // refuses it there: it and every later run are sent, and the parts stay full-size.
+    refused_copies_are_sent("q", &|src| {
+        fill_free_clusters(src, 13, &|cl| cl % 4096 == 77);
+        let f = std::fs::OpenOptions::new().write(true).open(src).unwrap();
+        f.write_all_at(&[0x90], (10 << 20) + 0x100).unwrap();
+    });
 }
 
 #[test]
