@@ -201,7 +201,17 @@ s3_roundtrip() { # server-name fixture: bundle to S3, verify, restore, compare; 
         --output "$work/s3-disk.img" --force -q
       "$wb" restore --disk --bucket e2e-bucket --prefix "$prefix" --local-store "$work/store-$fx-single" --output "$work/local-disk.img" --force -q
       cmp "$work/s3-disk.img" "$work/local-disk.img"
-      if [ "$fx" = gpt-disk.img.zst ]; then sgdisk -v "$work/s3-disk.img" | grep -q "No problems found"; fi
+      if [ "$fx" = gpt-disk.img.zst ]; then
+        sgdisk -v "$work/s3-disk.img" | grep -q "No problems found"
+        # An incremental bundle of the unchanged disk: the parent's disk stream is copied on the
+        # server, and its disk comes back the same.
+        AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" bundle-instance "$root/testdata/$fx" --bucket e2e-bucket \
+          --prefix "$prefix-inc" "${s3[@]}" --part-size 5MiB --parent "$prefix" -q >"$work/task.json"
+        python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["Bundle"]["Parent"]; assert p["DiskStream"]=="copied", p' "$work/task.json"
+        AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk "$wb" restore --disk --bucket e2e-bucket --prefix "$prefix-inc" "${s3[@]}" \
+          --output "$work/s3-disk-inc.img" --force -q
+        cmp "$work/s3-disk.img" "$work/s3-disk-inc.img"
+      fi
       ;;
   esac
 }
@@ -870,7 +880,7 @@ if command -v garage >/dev/null && start_garage; then servers+=(garage); else ec
 if [ "${E2E_ALLOW_MISSING:-0}" = 1 ] && [ "${#servers[@]}" -lt 2 ]; then fail=0; fi
 for server in "${servers[@]}"; do
   for fx in "${fixtures[@]}"; do
-    check "$server: bundle $fx, verify, restore, aws s3 cp | zstd -d" s3_roundtrip "$server" "$fx"
+    check "$server: bundle $fx, verify, restore, aws s3 cp | zstd -d, restore --disk (and of an incremental bundle: disk stream copied)" s3_roundtrip "$server" "$fx"
   done
   check "$server: many parts (48 MiB of random data in 5 MiB parts), restore to stdout" s3_many_parts "$server"
   check "$server: a wrong secret key fails with a failed task and a hint" s3_wrong_secret "$server"

@@ -181,12 +181,46 @@ fn one_changed_cluster_in_every_fixture_costs_one_chunk() {
             object(&store, "c/mon.image.zst"),
             "{name}"
         );
+        // A partitioned disk: the disk stream (table, system partitions) did not change, so the
+        // parent's was copied, and the incremental bundle's disk is a full bundle's.
+        let has_disk = store.join("bkt/c/mon.disk.image.zst").exists();
+        if has_disk {
+            assert_eq!(inc["Bundle"]["Parent"]["DiskStream"], "copied", "{name}");
+            assert_eq!(
+                object(&store, "c/tue.disk.image.zst"),
+                object(&store, "c/mon.disk.image.zst"),
+                "{name}"
+            );
+            std::fs::remove_file(store.join("bkt/c/mon.disk.image.zst")).unwrap();
+        }
         for suffix in ["manifest.json", "image.zst", "index.zst"] {
             std::fs::remove_file(store.join("bkt").join(format!("c/mon.{suffix}"))).unwrap();
         }
         verify_in(&store, "c/tue");
         restores_like(&store, "c/tue", &src);
+        if has_disk {
+            assert_eq!(
+                restored_disk(&store, "c/tue"),
+                restored_disk(&store, "c/fresh"),
+                "{name}"
+            );
+        }
     }
+}
+
+/// `winbundle restore --disk` of `prefix` from `store`: the disk's bytes.
+fn restored_disk(store: &Path, prefix: &str) -> Vec<u8> {
+    let out = store
+        .parent()
+        .unwrap()
+        .join(format!("{}.disk", prefix.replace('/', "_")));
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(["restore", "--disk", "--output", out.to_str().unwrap(), "--local-store"])
+        .args([store.to_str().unwrap(), "--bucket", "bkt", "--prefix", prefix, "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(&out).unwrap()
 }
 
 fn verify_in(store: &Path, prefix: &str) {
@@ -363,4 +397,26 @@ fn a_damaged_parent_frame_is_compressed_again_with_a_warning() {
     );
     verify_in(&store, "d/inc");
     restores_like(&store, "d/inc", &src);
+}
+
+#[test]
+fn a_parent_whose_disk_stream_was_damaged_fails_the_bundle_and_names_it() {
+    // The parent's disk stream is copied part for part, each part's SHA-256 checked against
+    // the parent's manifest: a damaged one fails the run (exit 4) instead of passing on.
+    let (_dir, src, store) = full_bundle("dd/mon");
+    let disk_object = store.join("bkt/dd/mon.disk.image.zst");
+    let mut bytes = std::fs::read(&disk_object).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&disk_object, bytes).unwrap();
+    let (code, _, err) = bundle_cli(&src, &store, "dd/tue", &["--parent", "dd/mon"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("dd/mon.disk.image.zst") && err.contains("winbundle verify"),
+        "{err}"
+    );
+    assert!(!store.join("bkt/dd/tue.manifest.json").exists());
+    for left in ["disk.image.zst", "image.zst", "index.zst"] {
+        assert!(!store.join(format!("bkt/dd/tue.{left}")).exists(), "{left} left behind");
+    }
 }

@@ -31,15 +31,17 @@ fn disk(dir: &Path) -> std::path::PathBuf {
 }
 
 fn with_parent(src: &Path, prefix: &str, parent: &str) -> BundleRequest {
-    let mut req = request(src, prefix);
-    req.instance_id = Some("i-0123456789abcdef0".into());
+    let mut req = full(src, prefix);
     req.parent = Some(ParentChoice::Prefix(parent.into()));
     req
 }
 
+/// A full bundle of C: only: the tests here count the requests of the volume's stream (the
+/// disk stream's are counted in `the_disk_stream_is_copied_when_unchanged_and_written_when_not`).
 fn full(src: &Path, prefix: &str) -> BundleRequest {
     let mut req = request(src, prefix);
     req.instance_id = Some("i-0123456789abcdef0".into());
+    req.plan.volume_only = true;
     req
 }
 
@@ -177,6 +179,78 @@ fn a_refused_copy_queued_behind_a_background_fetch_is_sent_too() {
         let f = std::fs::OpenOptions::new().write(true).open(src).unwrap();
         f.write_all_at(&[0x90], (10 << 20) + 0x100).unwrap();
     });
+}
+
+#[test]
+fn the_disk_stream_is_copied_when_unchanged_and_written_when_not() {
+    // Incremental bundles keep the disk around C: too: the parent's disk stream is copied on
+    // the server while the partition table and system partitions are unchanged, and written
+    // again in full once they change; `restore --disk` of either gives the source's disk.
+    let dir = tempfile::tempdir().unwrap();
+    let src = disk(dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let mut first = full(&src, "d/1");
+    first.plan.volume_only = false;
+    let (pm, _) = run(&first, &store).result.unwrap();
+    let pd = pm.disk.as_ref().expect("a full bundle of a GPT disk keeps its disk");
+    assert!(pd.plain_blake3.is_some());
+
+    // C: changed, the rest of the disk not: the disk object is copied, part for part.
+    fill_free_clusters(&src, 21, &|cl| cl % 4096 == 77);
+    let mut second = with_parent(&src, "d/2", "d/1");
+    second.plan.volume_only = false;
+    s3.faults.reset_counts();
+    let (m, stats) = run(&second, &store).result.unwrap();
+    assert_eq!(stats.parent_io.disk_stream.as_deref(), Some("copied"));
+    let d = m.disk.as_ref().unwrap();
+    assert_eq!(d.data.objects[0].key, "d/2.disk.image.zst");
+    assert_eq!(d.data.objects[0].parts_sha256, pd.data.objects[0].parts_sha256);
+    assert_eq!(
+        (d.bundle_sha256.as_str(), &d.regions),
+        (pd.bundle_sha256.as_str(), &pd.regions)
+    );
+    // Nothing of the disk stream was uploaded: only the volume's bytes that were not copied.
+    assert_eq!(
+        s3.faults.bytes_in("UploadPart"),
+        m.data.stream_size - stats.parent_io.copies.copied_bytes
+    );
+    assert!(store.get("d/2.disk.image.zst").unwrap() == store.get("d/1.disk.image.zst").unwrap());
+    same_disk_as_full(&store, "d/2", &src, dir.path());
+
+    // The EFI system partition (the first partition, at 1 MiB) changed: written in full.
+    let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
+    f.write_all_at(b"changed boot configuration", (1 << 20) + (512 << 10))
+        .unwrap();
+    drop(f);
+    let mut third = with_parent(&src, "d/3", "d/2");
+    third.plan.volume_only = false;
+    let (m3, stats3) = run(&third, &store).result.unwrap();
+    assert_eq!(stats3.parent_io.disk_stream.as_deref(), Some("written"));
+    assert_ne!(m3.disk.as_ref().unwrap().plain_blake3, d.plain_blake3);
+
+    same_disk_as_full(&store, "d/3", &src, dir.path());
+}
+
+/// Restores the disk of `prefix` from S3 (after `verify`) and checks it equals the disk a full
+/// bundle of `src` (as it is now) gives.
+fn same_disk_as_full(store: &dyn ObjectStore, prefix: &str, src: &Path, dir: &Path) {
+    let disk_of = |prefix: &str| {
+        let b = OpenedBundle::open(store, prefix).unwrap();
+        b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
+        let out = dir.join(format!("{}.disk", prefix.replace('/', "_")));
+        let raw = winbundle::bundle::disk::DiskFormat::Raw;
+        winbundle::bundle::disk::restore(&b, &out, raw, false, 2, &NoProgress, &AtomicBool::new(false)).unwrap();
+        std::fs::read(&out).unwrap()
+    };
+    let fresh = format!("{prefix}-full");
+    let mut req = full(src, &fresh);
+    req.plan.volume_only = false;
+    run(&req, store).result.unwrap();
+    assert!(
+        disk_of(prefix) == disk_of(&fresh),
+        "{prefix}: the restored disk differs from a full bundle's"
+    );
 }
 
 #[test]

@@ -403,20 +403,32 @@ fn run(
     stats.parent_io = finished.reuse;
     notes.warnings.extend(stats.parent_io.copies.note.clone());
     // The disk around C: (partition table, system partitions), as a stream of its own.
-    let disk_info = match (&plan.disk_plan, &parent) {
-        (Ok(dp), None) => {
-            let written = super::disk::write_stream(
+    let disk_info = match &plan.disk_plan {
+        Ok(dp) => {
+            let settings = super::disk::StreamSettings {
                 store,
-                &req.prefix,
-                req.layout,
+                prefix: &req.prefix,
+                layout: req.layout,
                 part_size,
-                req.chunk_size,
-                req.level,
-                plan.disk,
-                dp,
-            );
+                chunk_size: req.chunk_size,
+                level: req.level,
+            };
+            let parent_disk = parent.as_ref().and_then(|p| p.bundle.manifest.disk.as_ref());
+            let written = super::disk::write_stream(&settings, plan.disk, dp, parent_disk);
             match written {
-                Ok(d) => Some(d),
+                Ok((d, copied)) => {
+                    if let Some(p) = parent.as_ref() {
+                        tracing::info!(
+                            "disk stream: {}",
+                            match copied {
+                                true => format!("unchanged since {}, its objects copied", p.prefix),
+                                false => format!("differs from {}'s (or it has none), written in full", p.prefix),
+                            }
+                        );
+                        stats.parent_io.disk_stream = Some(if copied { "copied" } else { "written" }.into());
+                    }
+                    Some(d)
+                }
                 Err(e) => {
                     for o in &data.objects {
                         let _ = store.delete(&o.key);
@@ -425,19 +437,13 @@ fn run(
                 }
             }
         }
-        (Ok(_), Some(_)) => {
-            notes.warnings.push(
-                "an incremental bundle keeps C: only (not the partition table and system partitions): `restore --disk` needs a full bundle".into(),
-            );
-            None
-        }
-        (Err(why), _) if why != "--volume-only" && plan.layout.table.kind != crate::source::TableKind::None => {
+        Err(why) if why != "--volume-only" && plan.layout.table.kind != crate::source::TableKind::None => {
             notes.warnings.push(format!(
                 "only C: is kept, `restore --disk` will not rebuild this disk: {why}"
             ));
             None
         }
-        (Err(_), _) => None,
+        Err(_) => None,
     };
     let disk_objects: Vec<String> = disk_info
         .iter()

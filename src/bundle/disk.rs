@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Keys;
 use super::index::{chunk_hash, frame_hash};
-use super::manifest::{DataInfo, Layout};
+use super::manifest::{DataInfo, Layout, ObjectInfo};
 use super::writer::StreamWriter;
 use crate::Error;
 use crate::chunk::frame::ChunkCompressor;
@@ -22,7 +22,7 @@ use crate::progress::NoProgress;
 use crate::source::layout::{DiskLayout, FileSystem, PartitionInfo};
 use crate::source::partition::{PartitionType, TableKind};
 use crate::source::{DiskFile, disk::read_exact_at, disk::write_all_at};
-use crate::store::ObjectStore;
+use crate::store::{CopySource, ObjectStore, ObjectWriter, PartInfo, StoreError};
 
 /// The largest partition kept as a system partition.
 pub const MAX_SYSTEM_PARTITION: u64 = 2 << 30;
@@ -72,6 +72,10 @@ pub struct DiskInfo {
     pub chunk_count: u64,
     pub data: DataInfo,
     pub bundle_sha256: String,
+    /// BLAKE3 (hex) over the BLAKE3 of each chunk's plaintext, in order: what an incremental
+    /// bundle compares to reuse this stream whole. Absent in bundles made before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_blake3: Option<String>,
 }
 
 /// What a bundle of this disk will keep besides C:, worked out before anything is read.
@@ -163,57 +167,77 @@ pub fn plan(layout: &DiskLayout) -> Result<DiskPlan, String> {
     })
 }
 
-/// Writes the disk stream of `dp` from `disk` under `P.disk`: each region read in chunks,
-/// compressed and stored as a data stream of its own.
-#[allow(clippy::too_many_arguments)]
-pub fn write_stream(
-    store: &dyn ObjectStore,
-    prefix: &str,
-    layout: Layout,
-    part_size: u64,
-    chunk_size: usize,
-    level: i32,
+/// Reads the regions of `dp` from `disk` chunk by chunk (each region padded with zeros to whole
+/// chunks) and hands each chunk's index, plaintext and BLAKE3 to `each`. Returns the regions as
+/// the disk stream holds them, the chunk count and the plaintext digest (`plain_blake3`).
+fn read_chunks(
     disk: &DiskFile,
     dp: &DiskPlan,
-) -> Result<DiskInfo, Error> {
+    chunk_size: usize,
+    mut each: impl FnMut(u64, &[u8], [u8; 32]) -> Result<(), Error>,
+) -> Result<(Vec<DiskRegion>, u64, String), Error> {
+    let mut plain = vec![0u8; chunk_size];
+    let mut regions = Vec::new();
+    let mut digest = blake3::Hasher::new();
+    let mut index = 0u64;
+    let cs = chunk_size as u64;
+    for (what, offset, length) in &dp.regions {
+        regions.push(DiskRegion {
+            what: what.clone(),
+            offset: *offset,
+            length: *length,
+            stream_offset: index * cs,
+        });
+        let mut at = 0u64;
+        while at < *length {
+            let n = (length - at).min(cs) as usize;
+            plain.fill(0);
+            disk.read_exact_at(&mut plain[..n], offset + at)?;
+            let hash = chunk_hash(&plain);
+            digest.update(&hash);
+            each(index, &plain, hash)?;
+            index += 1;
+            at += n as u64;
+        }
+    }
+    Ok((regions, index, digest.finalize().to_hex().to_string()))
+}
+
+/// Where and how a disk stream is stored.
+pub struct StreamSettings<'a> {
+    pub store: &'a dyn ObjectStore,
+    /// The bundle's prefix (the stream goes under `P.disk`).
+    pub prefix: &'a str,
+    pub layout: Layout,
+    pub part_size: u64,
+    pub chunk_size: usize,
+    pub level: i32,
+}
+
+/// Writes the disk stream of `dp` from `disk` under `P.disk`: each region read in chunks,
+/// compressed and stored as a data stream of its own.
+fn compress_stream(s: &StreamSettings<'_>, disk: &DiskFile, dp: &DiskPlan) -> Result<DiskInfo, Error> {
+    let (store, prefix, layout, part_size, chunk_size, level) =
+        (s.store, s.prefix, s.layout, s.part_size, s.chunk_size, s.level);
     let keys = Keys::new(&format!("{prefix}.disk"));
     let mut w = StreamWriter::new(store, keys, layout, part_size, &NoProgress);
     let result = (|| {
         let mut comp = ChunkCompressor::new(level).map_err(|e| Error::Compress(e.to_string()))?;
-        let mut plain = vec![0u8; chunk_size];
         let mut frame = Vec::new();
-        let mut regions = Vec::new();
-        let mut index = 0u64;
-        let cs = chunk_size as u64;
-        for (what, offset, length) in &dp.regions {
-            regions.push(DiskRegion {
-                what: what.clone(),
-                offset: *offset,
-                length: *length,
-                stream_offset: index * cs,
-            });
-            let mut at = 0u64;
-            while at < *length {
-                let n = (length - at).min(cs) as usize;
-                plain.fill(0);
-                disk.read_exact_at(&mut plain[..n], offset + at)?;
-                comp.compress(&plain, &mut frame)
-                    .map_err(|e| Error::Compress(e.to_string()))?;
-                w.frame(ChunkFrame {
-                    index,
-                    bytes: FrameBytes::New(&frame),
-                    raw_len: chunk_size as u32,
-                    zero: false,
-                    hash: chunk_hash(&plain),
-                    frame_hash: frame_hash(&frame),
-                })?;
-                index += 1;
-                at += n as u64;
-            }
-        }
-        Ok((regions, index))
+        read_chunks(disk, dp, chunk_size, |index, plain, hash| {
+            comp.compress(plain, &mut frame)
+                .map_err(|e| Error::Compress(e.to_string()))?;
+            w.frame(ChunkFrame {
+                index,
+                bytes: FrameBytes::New(&frame),
+                raw_len: chunk_size as u32,
+                zero: false,
+                hash,
+                frame_hash: frame_hash(&frame),
+            })
+        })
     })();
-    let (regions, chunks) = match result {
+    let (regions, chunks, plain_blake3) = match result {
         Ok(r) => r,
         Err(e) => {
             w.abort();
@@ -233,7 +257,172 @@ pub fn write_stream(
         chunk_count: chunks,
         data: fin.data,
         bundle_sha256: fin.bundle_sha256,
+        plain_blake3: Some(plain_blake3),
     })
+}
+
+/// Writes the disk stream of `dp` from `disk`. For an incremental bundle (`parent`: the parent's
+/// disk description), when the parent's disk stream holds the same plaintext (the same regions,
+/// the same bytes: its `plain_blake3`) and the same table facts, its objects are copied (on the
+/// server where the store can, else read and written here) and nothing is compressed or sent;
+/// otherwise the stream is compressed and written as in a full bundle. Returns the description
+/// and whether it was copied. Frames are the same either way: the parent was compressed by the
+/// same zstd at the same level with the same chunk size (checked when the parent was chosen).
+pub fn write_stream(
+    s: &StreamSettings<'_>,
+    disk: &DiskFile,
+    dp: &DiskPlan,
+    parent: Option<&DiskInfo>,
+) -> Result<(DiskInfo, bool), Error> {
+    if let Some(from) = parent.filter(|p| {
+        p.plain_blake3.is_some()
+            && p.disk_size == dp.disk_size
+            && p.sector_size == dp.sector_size
+            && p.partition_table == dp.table
+            && p.kept_partitions == dp.kept
+            && p.dropped_partitions == dp.dropped
+    }) {
+        let (regions, chunks, digest) = read_chunks(disk, dp, s.chunk_size, |_, _, _| Ok(()))?;
+        if from.regions == regions && from.chunk_count == chunks && from.plain_blake3.as_deref() == Some(&*digest) {
+            let data = copy_stream(s.store, s.prefix, &from.data)?;
+            return Ok((DiskInfo { data, ..from.clone() }, true));
+        }
+    }
+    compress_stream(s, disk, dp).map(|d| (d, false))
+}
+
+/// Copies a parent's disk stream objects under `P.disk`, part for part, so that every part
+/// keeps its SHA-256; each part's digest (the server's for a copy, computed here otherwise) is
+/// checked against the one the parent's manifest records.
+fn copy_stream(store: &dyn ObjectStore, prefix: &str, from: &DataInfo) -> Result<DataInfo, Error> {
+    let keys = Keys::new(&format!("{prefix}.disk"));
+    let mut objects: Vec<ObjectInfo> = Vec::new();
+    let mut copies = store.copies_parts();
+    for (i, o) in from.objects.iter().enumerate() {
+        let key = match from.layout {
+            Layout::Single => keys.image(),
+            Layout::Parts => keys.part(i as u32),
+        };
+        match copy_object(store, o, key, from.part_size, &mut copies) {
+            Ok(info) => objects.push(info),
+            Err(e) => {
+                for done in &objects {
+                    let _ = store.delete(&done.key);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(DataInfo {
+        objects,
+        ..from.clone()
+    })
+}
+
+/// Bytes read per request when a part is copied through this machine.
+const COPY_PIECE: u64 = 8 << 20;
+
+/// One object of [`copy_stream`]. `copies`: the store copies parts on the server (turned off
+/// when the server refuses the first copy).
+fn copy_object(
+    store: &dyn ObjectStore,
+    from: &ObjectInfo,
+    key: String,
+    part_size: u64,
+    copies: &mut bool,
+) -> Result<ObjectInfo, Error> {
+    let lengths = from.part_lengths(part_size);
+    let mut w = store.writer(&key)?;
+    let mut sums = match fill_object(&mut *w, store, from, &lengths, copies) {
+        Ok(s) => s,
+        Err(e) => {
+            w.abort();
+            return Err(e);
+        }
+    };
+    let receipt = w.finish()?;
+    for (n, sum) in receipt.copied {
+        if let Some(s) = sums.get_mut(n as usize) {
+            *s = Some(sum);
+        }
+    }
+    for (n, (sum, want)) in sums.iter().zip(&from.parts_sha256).enumerate() {
+        if sum.map(hex::encode).as_deref() != Some(want.as_str()) {
+            let _ = store.delete(&key);
+            return Err(super::FormatError::Integrity {
+                what: format!(
+                    "the parent's disk stream object {} has a part {n} that is not the bytes its manifest names (SHA-256 {want}): check the parent with `winbundle verify`, or bundle without --parent",
+                    from.key
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(ObjectInfo {
+        key,
+        size: from.size,
+        parts_sha256: from.parts_sha256.clone(),
+        etag: receipt.etag,
+        parts_etag: receipt.part_etags,
+        part_sizes: from.part_sizes.clone(),
+    })
+}
+
+/// Stores `from`'s parts into `w`: copied on the server while `copies`, else read and written.
+/// Returns the SHA-256 of each part written here (copied parts' come with the receipt).
+fn fill_object(
+    w: &mut dyn ObjectWriter,
+    store: &dyn ObjectStore,
+    from: &ObjectInfo,
+    lengths: &[u64],
+    copies: &mut bool,
+) -> Result<Vec<Option<[u8; 32]>>, Error> {
+    use sha2::{Digest, Sha256};
+    let mut sums = vec![None; lengths.len()];
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for (n, &len) in lengths.iter().enumerate() {
+        if *copies {
+            let source = CopySource {
+                key: from.key.clone(),
+                offset,
+                len,
+                etag: from.etag.clone(),
+            };
+            match w.copy_part(n as u32, &source) {
+                Ok(()) => {
+                    offset += len;
+                    continue;
+                }
+                Err(StoreError::CopyRefused { code, message, .. }) => {
+                    tracing::warn!(
+                        "UploadPartCopy refused ({code}: {message}): the disk stream is read and sent instead"
+                    );
+                    *copies = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut hasher = Sha256::new();
+        let mut at = 0u64;
+        while at < len {
+            let k = (len - at).min(COPY_PIECE) as usize;
+            buf.resize(k, 0);
+            store.read_at(&from.key, offset + at, &mut buf)?;
+            hasher.update(&buf);
+            w.write(&buf)?;
+            at += k as u64;
+        }
+        let sha256: [u8; 32] = hasher.finalize().into();
+        w.end_part(&PartInfo {
+            number: n as u32,
+            size: len,
+            sha256,
+        })?;
+        sums[n] = Some(sha256);
+        offset += len;
+    }
+    Ok(sums)
 }
 
 /// Where chunk `i` of the disk stream goes on the disk: (bytes of it to write, disk offset);
@@ -448,6 +637,7 @@ mod tests {
                 objects: vec![],
             },
             bundle_sha256: String::new(),
+            plain_blake3: None,
         };
         let cs = 4 << 20;
         assert_eq!(place(&d, cs, 0), Some((1 << 20, 0)));
@@ -494,7 +684,7 @@ pub fn restore(
     };
     let (Some(d), Some(ds)) = (b.manifest.disk.clone(), b.disk_stream()?) else {
         return Err(refuse(format!(
-            "bundle {} keeps only C: (it was made from a bare volume, with --volume-only, as an incremental bundle, or by a winbundle before format 3): restore the volume without --disk, or bundle the disk again",
+            "bundle {} keeps only C: (it was made from a bare volume, with --volume-only, or by an earlier winbundle: before format 3, or an incremental bundle before they kept the disk): restore the volume without --disk, or bundle the disk again",
             b.manifest.bundle_id
         )));
     };

@@ -80,6 +80,10 @@ pub struct ReuseStats {
     /// Bytes of the parent's frames read through this machine and sent again (runs too short
     /// to copy; every reused frame in a local store).
     pub fetched_bytes: u64,
+    /// The disk stream (partition table, system partitions): `copied` from the parent's when
+    /// unchanged, else `written`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_stream: Option<String>,
 }
 
 pub struct StreamWriter<'a> {

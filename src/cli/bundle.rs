@@ -110,8 +110,15 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                 io.fetched_bytes
             ),
         };
+        let disk = match io.disk_stream.as_deref() {
+            Some("copied") => {
+                "; the partition table and system partitions are unchanged: their stream was copied from the parent"
+            }
+            Some(_) => "; the partition table or a system partition changed: their stream was written in full",
+            None => "",
+        };
         eprintln!(
-            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again{how}",
+            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again{how}{disk}",
             p.prefix, p.bundle_id, p.reused_chunks, s.chunks, p.reused_bytes
         );
     }
@@ -161,6 +168,7 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                     "ReadBackBytes": s.parent_io.copies.read_back_bytes,
                     "FetchedBytes": s.parent_io.fetched_bytes,
                     "NewBytes": m.data.stream_size - s.parent_io.copies.copied_bytes - s.parent_io.fetched_bytes,
+                    "DiskStream": s.parent_io.disk_stream,
                 })),
                 "InstanceIdDerived": outcome.instance_id_derived,
             }))
