@@ -828,6 +828,41 @@ PY
   unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 }
 
+efi_tree() { # disk-image dir: the EFI system partition's files (at 1 MiB), copied out by mtools
+  rm -rf "$2"
+  mkdir -p "$2"
+  mcopy -s -n -i "$1@@1M" ::/EFI "$2/"
+}
+
+efi_files() { # restore --disk of full and incremental bundles: the EFI partition's files (mtools) equal the source's
+  local img="$work/efi-disk.img" store="$work/store-efi" b=(--bucket e2e-bucket --instance-id i-0123456789abcdef0 -q)
+  rm -rf "$store"
+  zstd -q -d -f "$root/testdata/gpt-disk.img.zst" -o "$img"
+  mmd -i "$img@@1M" ::/EFI ::/EFI/Microsoft ::/EFI/Microsoft/Boot ::/EFI/Boot
+  head -c 20000 /dev/urandom >"$work/bcd"
+  head -c 150000 /dev/urandom >"$work/bootx64.efi"
+  mcopy -i "$img@@1M" "$work/bcd" ::/EFI/Microsoft/Boot/BCD
+  mcopy -i "$img@@1M" "$work/bootx64.efi" ::/EFI/Boot/bootx64.efi
+  "$wb" bundle-instance "$img" "${b[@]}" --prefix efi/mon --local-store "$store" >/dev/null
+  # Patch day: the boot configuration changes; the next bundle writes the disk stream again.
+  head -c 20000 /dev/urandom >"$work/bcd"
+  mcopy -o -i "$img@@1M" "$work/bcd" ::/EFI/Microsoft/Boot/BCD
+  "$wb" bundle-instance "$img" "${b[@]}" --prefix efi/tue --local-store "$store" --parent efi/mon >"$work/efi.json"
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["Bundle"]["Parent"]; assert p["DiskStream"]=="written", p' "$work/efi.json"
+  # Nothing changed since: the disk stream is copied.
+  "$wb" bundle-instance "$img" "${b[@]}" --prefix efi/wed --local-store "$store" --parent efi/tue >"$work/efi.json"
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["Bundle"]["Parent"]; assert p["DiskStream"]=="copied", p' "$work/efi.json"
+  efi_tree "$img" "$work/efi-src"
+  for p in tue wed; do
+    "$wb" restore --disk --bucket e2e-bucket --prefix "efi/$p" --local-store "$store" --output "$work/efi-restored.img" --force -q
+    efi_tree "$work/efi-restored.img" "$work/efi-out"
+    diff -r "$work/efi-src" "$work/efi-out"
+    cmp "$work/efi-out/EFI/Microsoft/Boot/BCD" "$work/bcd"
+    mdir -i "$work/efi-restored.img@@1M" ::/ | grep -q "Volume in drive : is SYSTEM"
+  done
+  rm -rf "$img" "$store" "$work/efi-restored.img" "$work/efi-src" "$work/efi-out"
+}
+
 incremental_grown() { # the volume grown by ntfsresize between two bundles: the unchanged chunks are reused; object = a full bundle's
   local store="$work/store-grow" vol="$work/grow-vol.img" b=(--bucket e2e-bucket --chunk-size 64KiB -q)
   rm -rf "$store"
@@ -858,6 +893,12 @@ for fx in "${fixtures[@]}"; do
   check "round trip $fx (parts)" roundtrip "$fx" parts
 done
 check "tampered object fails verify and restore" tamper gpt-disk.img.zst
+if command -v mcopy >/dev/null; then
+  check "restore --disk (full and incremental bundles): the EFI system partition's files, read by mtools, equal the source's" efi_files
+else
+  echo "FAIL mtools is not installed (apt-get install mtools)"
+  fail=$((fail + 1))
+fi
 if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
   check "local incremental bundle after ntfs-3g changes: unchanged chunks reused, object = a full bundle's, restores without its parent" incremental_ntfs3g
   check "local incremental bundle of a volume grown by ntfsresize: unchanged chunks reused, object = a full bundle's" incremental_grown
