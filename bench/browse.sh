@@ -23,7 +23,7 @@ mkdir -p "$mnt"
 garage_pid=
 cleanup() {
   mountpoint -q "$mnt" && umount "$mnt"
-  [ -n "$garage_pid" ] && kill "$garage_pid" 2>/dev/null && wait "$garage_pid" 2>/dev/null
+  [ -n "$garage_pid" ] && kill "$garage_pid" 2>/dev/null && wait "$garage_pid" 2>/dev/null || true # (a killed server's wait fails)
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -26,7 +26,7 @@ mnt="$work/mnt"
 pid=
 cleanup() {
   mountpoint -q "$mnt" && umount "$mnt"
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true # (a killed server's wait fails)
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -14,9 +14,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 wb=${WINBUNDLE:-$root/target/release/winbundle}
 work=$(mktemp -d -p "${BENCH_TMP:-/tmp}")
 garage_pid= s3s_pid= dev=
-cleanup() {
-  for p in $garage_pid $s3s_pid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
-  [ -n "$dev" ] && losetup -d "$dev"
+cleanup() { # every step runs, whatever the one before returned (a killed server's wait fails)
+  for p in $garage_pid $s3s_pid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  [ -z "$dev" ] || losetup -d "$dev" || true
   rm -rf "$work"
 }
 trap cleanup EXIT
