@@ -921,7 +921,7 @@ if command -v garage >/dev/null && start_garage; then servers+=(garage); else ec
 if [ "${E2E_ALLOW_MISSING:-0}" = 1 ] && [ "${#servers[@]}" -lt 2 ]; then fail=0; fi
 for server in "${servers[@]}"; do
   for fx in "${fixtures[@]}"; do
-    check "$server: bundle $fx, verify, restore, aws s3 cp | zstd -d, restore --disk (and of an incremental bundle: disk stream copied)" s3_roundtrip "$server" "$fx"
+    check "$server: bundle $fx, verify, restore, aws s3 cp | zstd -d, restore --disk (GPT: also of an incremental bundle, its disk stream copied)" s3_roundtrip "$server" "$fx"
   done
   check "$server: many parts (48 MiB of random data in 5 MiB parts), restore to stdout" s3_many_parts "$server"
   check "$server: a wrong secret key fails with a failed task and a hint" s3_wrong_secret "$server"
