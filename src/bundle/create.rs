@@ -395,10 +395,6 @@ fn run(
             p.prefix, stats.damaged_parent_frames, p.prefix
         ));
     }
-    task.state = State::Storing;
-    task.progress = "99%".into();
-    task.update_time = task::now_iso();
-    on_update(task)?;
     let (data, bundle_sha256, resumed) = (finished.data, finished.bundle_sha256, finished.resumed);
     stats.parent_io = finished.reuse;
     notes.warnings.extend(stats.parent_io.copies.note.clone());

@@ -299,11 +299,13 @@ fn copy_stream(store: &dyn ObjectStore, prefix: &str, from: &DataInfo) -> Result
     let mut objects: Vec<ObjectInfo> = Vec::new();
     let mut copies = store.copies_parts();
     for (i, o) in from.objects.iter().enumerate() {
-        let key = match from.layout {
-            Layout::Single => keys.image(),
-            Layout::Parts => keys.part(i as u32),
-        };
-        match copy_object(store, o, key, from.part_size, &mut copies) {
+        match copy_object(
+            store,
+            o,
+            keys.object(from.layout, i as u32),
+            from.part_size,
+            &mut copies,
+        ) {
             Ok(info) => objects.push(info),
             Err(e) => {
                 for done in &objects {

@@ -21,7 +21,6 @@ pub struct Fetcher {
 /// The bytes of one fetch, once they have arrived.
 pub struct Pending {
     rx: Receiver<Result<Vec<u8>, Error>>,
-    pub start: u64,
     pub len: usize,
     ready: Option<Result<Vec<u8>, Error>>,
 }
@@ -62,7 +61,7 @@ impl Fetcher {
             Ok(()) => None,
             Err(_) => Some(Err(Error::Internal("the parent's readers have stopped".into()))),
         };
-        Pending { rx, start, len, ready }
+        Pending { rx, len, ready }
     }
 }
 

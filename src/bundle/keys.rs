@@ -32,4 +32,12 @@ impl Keys {
     pub fn part(&self, n: u32) -> String {
         format!("{}.part.{n}", self.prefix)
     }
+
+    /// The key of object `n` of a data stream in `layout`.
+    pub fn object(&self, layout: super::Layout, n: u32) -> String {
+        match layout {
+            super::Layout::Single => self.image(),
+            super::Layout::Parts => self.part(n),
+        }
+    }
 }

@@ -184,10 +184,7 @@ impl<'a> StreamWriter<'a> {
 
     fn open_object(&mut self) -> Result<(), Error> {
         if self.current.is_none() {
-            let key = match self.layout {
-                Layout::Single => self.keys.image(),
-                Layout::Parts => self.keys.part(self.done.len() as u32),
-            };
+            let key = self.keys.object(self.layout, self.done.len() as u32);
             let w = self.store.writer(&key)?;
             self.current = Some((
                 w,
