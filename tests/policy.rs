@@ -304,12 +304,17 @@ fn a_bundle_posted_with_only_a_policy_restores_like_the_source() {
         .result
         .unwrap();
     assert!(m.data.objects.len() >= 3, "{} parts", m.data.objects.len());
-    // Parts, the probe and the manifest; s3s now and then fails to read a form body (answering
-    // InvalidRequest), and that POST is sent again.
+    // The volume's parts, the disk stream's parts, the chunk index, the probe and the manifest;
+    // s3s now and then fails to read a form body (answering InvalidRequest), and that POST is
+    // sent again.
+    let disk_parts = m.disk.as_ref().map_or(0, |d| d.data.objects.len());
+    assert!(disk_parts >= 1, "a GPT disk keeps its disk stream");
+    let index = usize::from(m.index.is_some());
+    let objects = m.data.objects.len() + disk_parts + index + 2;
     let posts = s3.faults.count("PostObject");
     assert!(
-        (m.data.objects.len() + 2..=m.data.objects.len() + 4).contains(&posts),
-        "{posts} POSTs for {} parts, the probe and the manifest",
+        (objects..=objects + 3).contains(&posts),
+        "{posts} POSTs for {} parts, {disk_parts} disk parts, {index} index, the probe and the manifest",
         m.data.objects.len()
     );
     assert_eq!(
