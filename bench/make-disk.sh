@@ -2,13 +2,14 @@
 # Makes a Windows-like GPT disk image for benchmarks:
 #   EFI (FAT, 100 MiB) + MSR (16 MiB) + C: (NTFS, C_GIB GiB) + D: (NTFS, 1 GiB)
 # C: holds \Windows\System32, real-looking content (copies of this machine's libraries and
-# documentation, many small files and some large ones: COPY_DIRS), a 512 MiB pagefile.sys and
+# documentation, many small files and some large ones: COPY_DIRS, capped at CONTENT_MIB MiB), a 512 MiB pagefile.sys and
 # a 256 MiB hiberfil.sys of random bytes, and free space pre-filled with stale random data.
 # Usage: bench/make-disk.sh OUT.img [C_GIB] ; needs root, FUSE, ntfs-3g, gdisk, dosfstools.
 set -euo pipefail
 out=${1:?usage: make-disk.sh OUT.img [C_GIB]}
 c_gib=${2:-6}
 copy_dirs=${COPY_DIRS:-/usr/lib}
+content_mib=${CONTENT_MIB:-2200}
 stale_mib=${STALE_MIB:-1024}
 mnt=$(mktemp -d)
 loops=()
@@ -41,8 +42,36 @@ ntfs-3g -o big_writes "$c" "$mnt"
 head -c $((stale_mib << 20)) /dev/urandom >"$mnt/stale.tmp"; sync; rm "$mnt/stale.tmp"
 mkdir -p "$mnt/Windows/System32/config" "$mnt/Program Files" "$mnt/Users/Public"
 head -c $((64 << 20)) /dev/urandom >"$mnt/Windows/System32/config/SYSTEM"
-for dir in $copy_dirs; do cp -a --no-preserve=ownership "$dir" "$mnt/Program Files/" 2>/dev/null || true; done
-cp -a /usr/share/doc "$mnt/Users/Public/" 2>/dev/null || true
+# The content: files of COPY_DIRS in name order, up to CONTENT_MIB in all (each directory an
+# equal share of what is left), so the data set has the same size however much this machine's
+# /usr holds (files past a share are left out). A copy that fails (a full volume) stops the script.
+python3 - "$mnt/Program Files" "$content_mib" $copy_dirs <<'PY'
+import os, shutil, sys
+dest, budget, dirs = sys.argv[1], int(sys.argv[2]) << 20, sys.argv[3:]
+used = files = 0
+for i, top in enumerate(dirs):
+    # each directory gets an equal share of what is left, so every one is represented
+    cap = used + (budget - used) // (len(dirs) - i)
+    base = os.path.join(dest, os.path.basename(top.rstrip("/")))
+    for here, subdirs, names in os.walk(top):
+        subdirs.sort()
+        out = os.path.join(base, os.path.relpath(here, top))
+        os.makedirs(out, exist_ok=True)
+        for name in sorted(names):
+            src = os.path.join(here, name)
+            if os.path.islink(src) or not os.path.isfile(src):
+                continue
+            size = os.path.getsize(src)
+            if used + size > cap:
+                continue
+            try:
+                shutil.copyfile(src, os.path.join(out, name))
+            except PermissionError:
+                continue
+            used += size
+            files += 1
+print(f"content: {files} files, {used} bytes (cap {budget})", file=sys.stderr)
+PY
 head -c $((512 << 20)) /dev/urandom >"$mnt/pagefile.sys"
 head -c $((256 << 20)) /dev/urandom >"$mnt/hiberfil.sys"
 sync; umount "$mnt"

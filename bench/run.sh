@@ -6,8 +6,10 @@
 # Usage: bench/run.sh [C_GIB...]        C: sizes in GiB (default: 4 32); disks are reused
 # Env:   SERVERS="garage s3s"  which S3 servers
 #        KEEP_DISKS=1          keep bench/work/disk*.img (default: kept; delete by hand)
+#        DEVICE_MAX_GIB=8      restore onto a loop device at C: sizes up to this (its zeros are written)
+#        INCREMENTAL=0         leave out the incremental runs (full, --parent, restic; on Garage)
 # Needs (installed here when missing, with apt/pip): ntfs-3g, partclone, zstd, rclone, gdisk,
-# dosfstools, GNU time, the aws-cli; garage and s3s-fs on PATH (.ci/run installs them).
+# dosfstools, restic, GNU time, the aws-cli; garage and s3s-fs on PATH (.ci/run installs them).
 # Root and FUSE are needed to make the disks (bench/make-disk.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +22,7 @@ read -r -a servers <<<"${SERVERS:-garage s3s}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 need=()
-for t in ntfsclone:ntfs-3g partclone.ntfs:partclone zstd:zstd rclone:rclone sgdisk:gdisk mkfs.vfat:dosfstools; do
+for t in ntfsclone:ntfs-3g partclone.ntfs:partclone zstd:zstd rclone:rclone sgdisk:gdisk mkfs.vfat:dosfstools restic:restic; do
   command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
 done
 [ -x /usr/bin/time ] || need+=(time)
@@ -33,10 +35,13 @@ wb="$root/target/release/winbundle"
 ticks=$(getconf CLK_TCK)
 
 pids=()
-cleanup() {
+dev=
+cleanup() { # every step runs, whatever the one before returned
+  mountpoint -q "$work/mnt" && umount "$work/mnt" || true
+  [ -z "$dev" ] || losetup -d "$dev" || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work/s3s" "$work/garage" "$work/store" "$work"/restored-*.img
+  rm -rf "$work/s3s" "$work/garage" "$work/store" "$work/rstore" "$work"/restored-*.img "$work/device.img" "$work/inc-vol.img"
 }
 trap cleanup EXIT
 
@@ -111,11 +116,13 @@ empty_bucket() {
 results="$work/results.jsonl"
 : >"$results"
 : >"$work/alloc.txt"
+# GROUP (env) pairs a winbundle row with the plain tool's row it is compared with in the report;
+# SENT (env) names a function that reads the bytes sent from the command's stdout (stdout.txt).
 measure() { # size kind name server stored-prefix-or-path command-string
   local size=$1 kind=$2 name=$3 server=$4 where=$5 cmd=$6
   local cpu0=0 req0=0
   if [ "$server" != - ]; then cpu0=$(server_cpu "$server"); req0=$(requests "$server"); fi
-  if ! /usr/bin/time -o "$work/time.txt" -f "%e %U %S %M" bash -o pipefail -c "$cmd" >/dev/null 2>"$work/stderr.txt"; then
+  if ! /usr/bin/time -o "$work/time.txt" -f "%e %U %S %M" bash -o pipefail -c "$cmd" >"$work/stdout.txt" 2>"$work/stderr.txt"; then
     echo "FAILED: $name ($size GiB): $(tail -3 "$work/stderr.txt")" >&2
     return 0
   fi
@@ -129,11 +136,14 @@ measure() { # size kind name server stored-prefix-or-path command-string
     /*) bytes=$(du -sb --apparent-size "$where" 2>/dev/null | cut -f1 || echo 0) ;;
     *) bytes=$(stored "$server" "$where") ;;
   esac
+  local sent=None
+  [ -z "${SENT:-}" ] || sent=$("$SENT" "$work/stdout.txt")
   read -r wall user sys rss <"$work/time.txt"
   python3 - "$results" <<PY
 import json, sys
 print(json.dumps(dict(size=$size, kind="$kind", name="$name", server="$server", wall=$wall, cpu=$user + $sys,
     rss_kib=$rss, server_cpu=round($cpu1 - $cpu0, 2), requests=$req1 - $req0, stored=$bytes,
+    group="${GROUP:-}", sent=$sent,
     command=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$cmd"))), file=open(sys.argv[1], "a"))
 PY
   printf '%-46s %3s GiB %7.2f s  CPU %6.1f s  RSS %5d MiB  server CPU %6.1f s  %5d requests\n' \
@@ -144,13 +154,108 @@ stop_servers() { # stops the servers and drops their data (Garage frees deleted 
   for s in "${servers[@]}"; do kill "${PID[$s]}" 2>/dev/null || true; wait "${PID[$s]}" 2>/dev/null || true; done
   rm -rf "$work/s3s" "$work/garage"
 }
+# --- restore from a local store: to a file, to stdout, to a block device -----------------------
+local_restores() { # size img: winbundle restore against zstd -d on the same local object
+  local size=$1 img=$2 st="$work/rstore"
+  rm -rf "$st"
+  "$wb" bundle-instance "$img" --bucket bench --prefix r --local-store "$st" -q >/dev/null
+  local obj="$st/bench/r.image.zst" out="$work/restored-file.img" vsize
+  vsize=$("$wb" inspect "$img" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["root"]["size"])')
+  rm -f "$out"; sync
+  GROUP=file measure "$size" restore-peer "zstd -d --sparse -o FILE (local object)" - - \
+    "zstd -q -d --sparse -f '$obj' -o '$out'"
+  rm -f "$out"; sync
+  GROUP=file-durable measure "$size" restore-peer "zstd -d --sparse -o FILE && sync FILE" - - \
+    "zstd -q -d --sparse -f '$obj' -o '$out' && sync '$out'"
+  rm -f "$out"; sync
+  GROUP=file measure "$size" restore "winbundle restore --output FILE (local)" - - \
+    "'$wb' restore --bucket bench --prefix r --local-store '$st' --output '$out' --force -q"
+  rm -f "$out"; sync
+  GROUP=file measure "$size" restore "winbundle restore --output FILE --no-sync (local)" - - \
+    "'$wb' restore --bucket bench --prefix r --local-store '$st' --output '$out' --force --no-sync -q"
+  rm -f "$out"; sync
+  GROUP=stdout measure "$size" restore-peer "zstd -d -c > /dev/null (local object)" - - \
+    "zstd -q -d -c '$obj' > /dev/null"
+  GROUP=stdout measure "$size" restore "winbundle restore --output - > /dev/null (local)" - - \
+    "'$wb' restore --bucket bench --prefix r --local-store '$st' --output - -q > /dev/null"
+  # A block device: a loop device over a sparse file, at sizes whose zeros fit on this disk.
+  if [ "$size" -le "${DEVICE_MAX_GIB:-8}" ]; then
+    truncate -s "$vsize" "$work/device.img"
+    dev=$(losetup -f --show "$work/device.img")
+    GROUP=device measure "$size" restore-peer "zstd -d -c > DEVICE && sync (local object)" - - \
+      "zstd -q -d -c '$obj' > '$dev' && sync"
+    GROUP=device measure "$size" restore "winbundle restore --output DEVICE && sync (local)" - - \
+      "'$wb' restore --bucket bench --prefix r --local-store '$st' --output '$dev' --force -q && sync"
+    losetup -d "$dev"; dev=
+    rm -f "$work/device.img"
+  fi
+  rm -rf "$st"
+}
+
+# --- incremental bundles: full, --parent and (on Garage) restic's second snapshot ----------------
+wb_sent() { python3 -c '
+import json, sys
+b = json.load(open(sys.argv[1]))["Bundle"]; p = b.get("Parent")
+print(b["StoredBytes"] if not p else p["NewBytes"] + p["FetchedBytes"])' "$1"; }
+restic_sent() { python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    if d.get("message_type") == "summary": print(d["data_added"])' "$1"; }
+incremental() { # size vol creds s3opts server: C: changed by about 1 % of its data, stored
+  # in full and with --parent, and (on Garage) by restic as its second snapshot
+  local size=$1 vol=$2 creds=$3 s3opts=$4 s=$5 v="$work/inc-vol.img" mnt="$work/mnt" alloc_b change
+  [ "${INCREMENTAL:-1}" != 0 ] || return 0
+  local restic=0
+  [ "$s" = garage ] && command -v restic >/dev/null && restic=1
+  cp --sparse=always "$vol" "$v"
+  mkdir -p "$mnt"
+  local rrepo="RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:${EP[$s]}/bench/restic"
+  local wbi="$creds '$wb' bundle-instance '$v' --bucket bench $s3opts --instance-id i-0123456789abcdef0"
+  SENT=wb_sent measure "$size" inc-base "incremental → $s: the parent, a full bundle of C:" "$s" ip/ "$wbi --prefix ip/c"
+  if [ $restic = 1 ]; then
+    env $creds $rrepo restic init >/dev/null 2>&1
+    ntfs-3g -o ro "$v" "$mnt"
+    SENT=restic_sent measure "$size" inc-base "incremental → $s: restic backup, first snapshot" "$s" - \
+      "$creds $rrepo restic backup --json --host bench '$mnt'"
+    umount "$mnt"
+  fi
+  alloc_b=$(tail -1 "$work/alloc.txt" | cut -d' ' -f2)
+  change=$(( alloc_b / 100 / 1048576 ))
+  echo "   (changing about $change MiB of C: through ntfs-3g)"
+  "$here/change-volume.sh" "$v" "$mnt" "$change"
+  cp --sparse=always "$v" /dev/null
+  GROUP=inc-$s SENT=wb_sent measure "$size" inc-full "incremental → $s: changed C:, full bundle" "$s" if/ "$wbi --prefix if/c"
+  GROUP=inc-$s SENT=wb_sent measure "$size" inc-parent "incremental → $s: changed C:, --parent" "$s" ii/ "$wbi --prefix ii/c --parent ip/c"
+  python3 - "$results" "$work/stdout.txt" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+p = json.load(open(sys.argv[2]))["Bundle"]["Parent"]
+rows[-1]["new"] = p["NewBytes"]  # the compressed size of the changed chunks
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
+print(f"   --parent: {p['ReusedChunks']} chunks reused, {p['CopiedBytes']} bytes in {p['CopiedParts']} parts copied on the server, "
+      f"{p['NewBytes']} new and {p['FetchedBytes']} fetched bytes sent")
+PY
+  if [ $restic = 1 ]; then
+    ntfs-3g -o ro "$v" "$mnt"
+    GROUP=inc-$s SENT=restic_sent measure "$size" inc-restic "incremental → $s: changed C:, restic backup (second snapshot)" "$s" - \
+      "$creds $rrepo restic backup --json --host bench '$mnt'"
+    umount "$mnt"
+  fi
+  local a b
+  a=$(env $creds aws s3 cp s3://bench/ii/c.image.zst - --endpoint-url "${EP[$s]}" | sha256sum)
+  b=$(env $creds aws s3 cp s3://bench/if/c.image.zst - --endpoint-url "${EP[$s]}" | sha256sum)
+  [ "$a" = "$b" ] && echo "   the incremental data object equals the full one" || echo "   INCREMENTAL OBJECT DIFFERS FROM THE FULL ONE" >&2
+  rm -f "$v"
+}
+
 machine="$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 for size in "${sizes[@]}"; do
   img="$work/disk$size.img" vol="$work/disk$size-c.img"
   if [ ! -f "$img" ]; then
     # The same content at every size, so only the volume size differs (~3.3 GB allocated).
     COPY_DIRS=${COPY_DIRS:-"/usr/lib/x86_64-linux-gnu /usr/lib/jvm /usr/lib/llvm-14 /usr/lib/gcc /usr/lib/python3.11 /usr/share"} \
-      STALE_MIB=1024 "$here/make-disk.sh" "$img" "$size"
+      CONTENT_MIB=2200 STALE_MIB=1024 "$here/make-disk.sh" "$img" "$size"
   fi
   if [ ! -f "$vol" ]; then # C: as its own file, for ntfsclone and partclone
     first=$(sgdisk -i 3 "$img" | awk '/First sector/ {print $3}')
@@ -179,6 +284,7 @@ for size in "${sizes[@]}"; do
   measure "$size" local "winbundle → local store --threads 1" - - \
     "'$wb' bundle-instance '$img' --bucket bench --prefix l --local-store '$work/store' --threads 1 -q"
   rm -rf "$work/store"
+  local_restores "$size" "$img"
   for s in "${servers[@]}"; do
     creds="AWS_ACCESS_KEY_ID=${AK[$s]} AWS_SECRET_ACCESS_KEY=${SK[$s]} AWS_DEFAULT_REGION=${REGION[$s]}"
     s3opts="--endpoint-url ${EP[$s]} --region ${REGION[$s]}"
@@ -189,17 +295,17 @@ for size in "${sizes[@]}"; do
       "ntfsclone --save-image -o - '$vol' 2>/dev/null | zstd -1 -T2 -q | $creds aws s3 cp - s3://bench/nc/c.ntfsclone.zst --endpoint-url ${EP[$s]} --only-show-errors"
     measure "$size" peer "partclone | zstd -1 -T2 | rclone rcat → $s" "$s" pc/ \
       "partclone.ntfs -c -s '$vol' -o - 2>/dev/null | zstd -1 -T2 -q | $rclone_env rclone rcat B:bench/pc/c.partclone.zst"
-    if [ "$s" = s3s ]; then # Garage takes only SigV4 POST policies; BundleInstance's are SigV2
-      # s3s 0.14's form parser fails now and then on large reads (bench/README.md): more tries.
-      pol=$("$wb" upload-policy --bucket bench --prefix pol/c --owner-akid "${AK[$s]}" --owner-sak "${SK[$s]}" --output text)
-      measure "$size" s3 "winbundle → $s, upload-policy mode" "$s" pol/ \
-        "env -u AWS_SECRET_ACCESS_KEY '$wb' bundle-instance '$img' --bucket bench --prefix pol/c --endpoint-url ${EP[$s]} --max-attempts 8 --owner-akid ${AK[$s]} --upload-policy $(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$pol") --upload-policy-signature $(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$pol") -q"
-    fi
-    measure "$size" restore "winbundle restore ← $s" "$s" "$work/restored-wb.img" \
-      "$creds '$wb' restore --bucket bench --prefix wb/c $s3opts --output '$work/restored-wb.img' --force -q"
-    measure "$size" restore-peer "aws s3 cp - | zstd -d ← $s" "$s" - \
-      "$creds aws s3 cp s3://bench/nc/c.ntfsclone.zst - --endpoint-url ${EP[$s]} | zstd -d -q > '$work/restored-peer.img'"
-    rm -f "$work"/restored-*.img
+    # Upload-policy mode: a SigV4 POST policy and its signature only (S3 POST Object).
+    # s3s 0.14's form parser fails now and then on large reads (bench/README.md): more tries.
+    pol=$(AWS_SECRET_ACCESS_KEY=${SK[$s]} "$wb" upload-policy --bucket bench --prefix pol/c --owner-akid "${AK[$s]}" --region "${REGION[$s]}" --output text)
+    measure "$size" s3 "winbundle → $s, upload-policy mode" "$s" pol/ \
+      "env -u AWS_SECRET_ACCESS_KEY '$wb' bundle-instance '$img' --bucket bench --prefix pol/c --endpoint-url ${EP[$s]} --region ${REGION[$s]} --max-attempts 8 --owner-akid ${AK[$s]} --upload-policy $(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$pol") --upload-policy-signature $(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$pol") -q"
+    # Restore: the same object (winbundle's wb/c.image.zst) both ways, into /dev/null.
+    GROUP=$s measure "$size" restore "winbundle restore --output - ← $s" "$s" - \
+      "$creds '$wb' restore --bucket bench --prefix wb/c $s3opts --output - -q > /dev/null"
+    GROUP=$s measure "$size" restore-peer "aws s3 cp - | zstd -d -c ← $s (the same object)" "$s" - \
+      "$creds aws s3 cp s3://bench/wb/c.image.zst - --endpoint-url ${EP[$s]} | zstd -d -c -q > /dev/null"
+    incremental "$size" "$vol" "$creds" "$s3opts" "$s"
     empty_bucket "$s"
   done
   stop_servers
