@@ -54,6 +54,7 @@ for r in $(seq 1 "$rounds"); do
   timed zstd-file zstd -q -d --sparse -f "$obj" -o "$work/a.img" | tee -a "$work/results"
   rm -f "$work/a.img"; sync
   timed zstd-file-sync sh -c "zstd -q -d --sparse -f '$obj' -o '$work/a.img' && sync '$work/a.img'" | tee -a "$work/results"
+  rm -f "$work/b.img"; sync # (as for zstd: replacing the last round's file is not timed)
   timed winbundle-file "$wb" restore --bucket bkt --prefix r --local-store "$work/store" --output "$work/b.img" --force -q | tee -a "$work/results"
   timed zstd-stdout sh -c "zstd -q -d -c '$obj' >/dev/null" | tee -a "$work/results"
   timed winbundle-stdout sh -c "'$wb' restore --bucket bkt --prefix r --local-store '$work/store' --output - -q >/dev/null" | tee -a "$work/results"
