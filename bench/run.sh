@@ -171,9 +171,6 @@ local_restores() { # size img: winbundle restore against zstd -d on the same loc
   GROUP=file measure "$size" restore "winbundle restore --output FILE (local)" - - \
     "'$wb' restore --bucket bench --prefix r --local-store '$st' --output '$out' --force -q"
   rm -f "$out"; sync
-  GROUP=file measure "$size" restore "winbundle restore --output FILE --no-sync (local)" - - \
-    "'$wb' restore --bucket bench --prefix r --local-store '$st' --output '$out' --force --no-sync -q"
-  rm -f "$out"; sync
   GROUP=stdout measure "$size" restore-peer "zstd -d -c > /dev/null (local object)" - - \
     "zstd -q -d -c '$obj' > /dev/null"
   GROUP=stdout measure "$size" restore "winbundle restore --output - > /dev/null (local)" - - \

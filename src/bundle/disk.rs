@@ -775,9 +775,7 @@ pub fn restore(
             write_all_at(&f, &vhd_footer(d.disk_size, id, since_2000), d.disk_size)
                 .map_err(|e| io(&format!("write {}", target.display()), e))?;
         }
-        if b.syncs() {
-            f.sync_all().map_err(|e| io(&format!("sync {}", target.display()), e))?;
-        }
+        f.sync_all().map_err(|e| io(&format!("sync {}", target.display()), e))?;
         if !device {
             std::fs::rename(&target, out)
                 .map_err(|e| io(&format!("rename {} to {}", target.display(), out.display()), e))?;

@@ -51,8 +51,6 @@ pub struct OpenedBundle<'s> {
     parts: Vec<PartSpan>,
     /// Requests that read the stream at once.
     fetchers: usize,
-    /// Restores wait for the data to reach the disk (fsync) before they end; see [`Self::set_sync`].
-    sync: bool,
 }
 
 /// What a read did.
@@ -98,7 +96,6 @@ impl<'s> OpenedBundle<'s> {
         m.parent = None;
         let mut b = Self::from_manifest(self.store, m)?;
         b.fetchers = self.fetchers;
-        b.sync = self.sync;
         Ok(Some(b))
     }
 
@@ -140,7 +137,6 @@ impl<'s> OpenedBundle<'s> {
             object_offsets,
             parts,
             fetchers: 2,
-            sync: true,
         };
         let d = &b.manifest.data;
         let mut table = vec![0u8; d.seek_table_size as usize];
@@ -179,20 +175,6 @@ impl<'s> OpenedBundle<'s> {
     /// Sets how many ranged reads run at once (S3: more hides latency).
     pub fn set_fetchers(&mut self, n: usize) {
         self.fetchers = n.max(1);
-    }
-
-    /// `false` (`restore --no-sync`): a restore to a file or device ends once every byte is
-    /// written and checked, with the data still in the page cache, as `zstd -d`, `cp` and `dd`
-    /// do; a power cut or crash soon after can lose it. `true` (the default): each chunk's
-    /// writeback starts as it is written, and the restore syncs before it renames the file
-    /// into place.
-    pub fn set_sync(&mut self, sync: bool) {
-        self.sync = sync;
-    }
-
-    /// Whether restores sync (see [`Self::set_sync`]).
-    pub fn syncs(&self) -> bool {
-        self.sync
     }
 
     fn check_seek(&self, seek: &[SeekEntry]) -> Result<(), Error> {
@@ -606,9 +588,7 @@ impl<'s> OpenedBundle<'s> {
                 (false, _) => write_at(f, bytes, at).map(|()| bytes.len() as u64),
             };
             let written = r.map_err(|e| io_err(&format!("write {}", name.display()), e))?;
-            if self.sync {
-                start_writeback(f, at, written, bytes.len());
-            }
+            start_writeback(f, at, written, bytes.len());
             Ok(written)
         };
         self.stream(threads, progress, cancel, check, Output::Positional(&write))
@@ -689,16 +669,12 @@ impl<'s> OpenedBundle<'s> {
                     (false, _) => write_at(&f, raw, at).map(|()| raw.len() as u64),
                 };
                 let written = r.map_err(|e| io_err(&format!("write {}", path.display()), e))?;
-                if self.sync {
-                    start_writeback(&f, at, written, raw.len());
-                }
+                start_writeback(&f, at, written, raw.len());
                 Ok(written)
             };
             let stats = self.stream(threads, progress, cancel, check, Output::Positional(&write))?;
-            if self.sync {
-                f.sync_all()
-                    .map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
-            }
+            f.sync_all()
+                .map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
             return Ok(stats);
         }
         let tmp = partial_path(path);
@@ -714,16 +690,12 @@ impl<'s> OpenedBundle<'s> {
                 }
                 let written =
                     write_sparse(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))?;
-                if self.sync {
-                    start_writeback(&f, i * chunk, written, raw.len());
-                }
+                start_writeback(&f, i * chunk, written, raw.len());
                 Ok(written)
             };
             let stats = self.stream(threads, progress, cancel, check, Output::Positional(&write))?;
-            if self.sync {
-                f.sync_all()
-                    .map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
-            }
+            f.sync_all()
+                .map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
             std::fs::rename(&tmp, path)
                 .map_err(|e| io_err(&format!("rename {} to {}", tmp.display(), path.display()), e))?;
             Ok(stats)

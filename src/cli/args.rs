@@ -389,12 +389,6 @@ pub struct RestoreArgs {
     /// volume, a discarded SSD, a thin LUN): zero runs are skipped instead of written.
     #[arg(long)]
     pub assume_zeroed: bool,
-    /// End once every byte is written and checked, without waiting for it to reach the disk
-    /// (as `zstd -d`, `cp` and `dd` do): faster where the disk is slow, but a power cut or
-    /// crash soon after can lose what is still in memory. By default a restore syncs the file
-    /// or device before it ends (and before it renames FILE.partial into place).
-    #[arg(long)]
-    pub no_sync: bool,
     /// Write the whole disk, bootable: the partition table (without the left-out partitions),
     /// the system partitions and C:, each at its original offset.
     #[arg(long)]

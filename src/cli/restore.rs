@@ -33,7 +33,6 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
     }
-    bundle.set_sync(!args.no_sync);
     if args.disk {
         return restore_disk(&args, &bundle, cancel);
     }
