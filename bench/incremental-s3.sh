@@ -55,15 +55,7 @@ measure() { # name sent-extractor command...: runs it, appends "name wall cpu se
   local sent; sent=$($extract "$work/out.json")
   echo "$name $wall $(echo "$user + $sys" | bc) $(echo "$c1 - $c0" | bc) $((r1 - r0)) $sent" | tee -a "$results"
 }
-wb_sent() { python3 -c '
-import json, sys
-b = json.load(open(sys.argv[1]))["Bundle"]; p = b.get("Parent")
-print(b["StoredBytes"] if not p else p["NewBytes"] + p["FetchedBytes"])' "$1"; }
-restic_sent() { python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    d = json.loads(line)
-    if d.get("message_type") == "summary": print(d["data_added"])' "$1"; }
+. "$(dirname "$0")/sent.sh"
 
 cp --sparse=always "$img" "$work/vol.img"
 echo "== the parent: a full bundle and restic's first snapshot of the unchanged volume"

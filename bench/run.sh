@@ -190,15 +190,7 @@ local_restores() { # size img: winbundle restore against zstd -d on the same loc
 }
 
 # --- incremental bundles: full, --parent and (on Garage) restic's second snapshot ----------------
-wb_sent() { python3 -c '
-import json, sys
-b = json.load(open(sys.argv[1]))["Bundle"]; p = b.get("Parent")
-print(b["StoredBytes"] if not p else p["NewBytes"] + p["FetchedBytes"])' "$1"; }
-restic_sent() { python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    d = json.loads(line)
-    if d.get("message_type") == "summary": print(d["data_added"])' "$1"; }
+. "$here/sent.sh"
 incremental() { # size vol creds s3opts server: C: changed by about 1 % of its data, stored
   # in full and with --parent, and (on Garage) by restic as its second snapshot
   local size=$1 vol=$2 creds=$3 s3opts=$4 s=$5 v="$work/inc-vol.img" mnt="$work/mnt" alloc_b change
