@@ -117,7 +117,8 @@ results="$work/results.jsonl"
 : >"$results"
 : >"$work/alloc.txt"
 # GROUP (env) pairs a winbundle row with the plain tool's row it is compared with in the report;
-# SENT (env) names a function that reads the bytes sent from the command's stdout (stdout.txt).
+# SENT and NEW (env) name functions that read, from the command's stdout (stdout.txt), the bytes
+# it sent and the compressed size of the chunks it found changed (bench/sent.sh).
 measure() { # size kind name server stored-prefix-or-path command-string
   local size=$1 kind=$2 name=$3 server=$4 where=$5 cmd=$6
   local cpu0=0 req0=0
@@ -136,14 +137,15 @@ measure() { # size kind name server stored-prefix-or-path command-string
     /*) bytes=$(du -sb --apparent-size "$where" 2>/dev/null | cut -f1 || echo 0) ;;
     *) bytes=$(stored "$server" "$where") ;;
   esac
-  local sent=None
+  local sent=None new=None
   [ -z "${SENT:-}" ] || sent=$("$SENT" "$work/stdout.txt")
+  [ -z "${NEW:-}" ] || new=$("$NEW" "$work/stdout.txt")
   read -r wall user sys rss <"$work/time.txt"
   python3 - "$results" <<PY
 import json, sys
 print(json.dumps(dict(size=$size, kind="$kind", name="$name", server="$server", wall=$wall, cpu=$user + $sys,
     rss_kib=$rss, server_cpu=round($cpu1 - $cpu0, 2), requests=$req1 - $req0, stored=$bytes,
-    group="${GROUP:-}", sent=$sent,
+    group="${GROUP:-}", sent=$sent, new=$new,
     command=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$cmd"))), file=open(sys.argv[1], "a"))
 PY
   printf '%-46s %3s GiB %7.2f s  CPU %6.1f s  RSS %5d MiB  server CPU %6.1f s  %5d requests\n' \
@@ -215,16 +217,12 @@ incremental() { # size vol creds s3opts server: C: changed by about 1 % of its d
   "$here/change-volume.sh" "$v" "$mnt" "$change"
   cp --sparse=always "$v" /dev/null
   GROUP=inc-$s SENT=wb_sent measure "$size" inc-full "incremental → $s: changed C:, full bundle" "$s" if/ "$wbi --prefix if/c"
-  GROUP=inc-$s SENT=wb_sent measure "$size" inc-parent "incremental → $s: changed C:, --parent" "$s" ii/ "$wbi --prefix ii/c --parent ip/c"
-  python3 - "$results" "$work/stdout.txt" <<'PY'
+  GROUP=inc-$s SENT=wb_sent NEW=wb_new measure "$size" inc-parent "incremental → $s: changed C:, --parent" "$s" ii/ "$wbi --prefix ii/c --parent ip/c"
+  python3 -c '
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-p = json.load(open(sys.argv[2]))["Bundle"]["Parent"]
-rows[-1]["new"] = p["NewBytes"]  # the compressed size of the changed chunks
-open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
-print(f"   --parent: {p['ReusedChunks']} chunks reused, {p['CopiedBytes']} bytes in {p['CopiedParts']} parts copied on the server, "
-      f"{p['NewBytes']} new and {p['FetchedBytes']} fetched bytes sent")
-PY
+p = json.load(open(sys.argv[1]))["Bundle"]["Parent"]
+print("   --parent: %d chunks reused, %d bytes in %d parts copied on the server, %d new and %d fetched bytes sent"
+      % (p["ReusedChunks"], p["CopiedBytes"], p["CopiedParts"], p["NewBytes"], p["FetchedBytes"]))' "$work/stdout.txt"
   if [ $restic = 1 ]; then
     ntfs-3g -o ro "$v" "$mnt"
     GROUP=inc-$s SENT=restic_sent measure "$size" inc-restic "incremental → $s: changed C:, restic backup (second snapshot)" "$s" - \
