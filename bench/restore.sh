@@ -2,7 +2,7 @@
 # Restore side by side with the plain tools, on the same local object, alternating, ROUNDS times:
 # `winbundle restore` to a file against `zstd -d --sparse` to a file (as is, and followed by
 # `sync FILE`: winbundle syncs the file before renaming it into place, so a file that looks
-# restored is on disk), and to standard output (into /dev/null) against `zstd -d -c`. Prints wall seconds, peak RSS and the medians' ratios,
+# restored is on disk; and `restore --buffered`, through the page cache, against the default), and to standard output (into /dev/null) against `zstd -d -c`. Prints wall seconds, peak RSS and the medians' ratios,
 # and checks that both ways wrote the same bytes.   bench/restore.sh IMAGE [ROUNDS]
 # RESTORE_S3=1 also bundles IMAGE to Garage and s3s-fs (started here) and times, from each,
 # `winbundle restore --output -` against `aws s3 cp s3://B/P.image.zst - | zstd -d -c` (into
@@ -56,6 +56,8 @@ for r in $(seq 1 "$rounds"); do
   timed zstd-file-sync sh -c "zstd -q -d --sparse -f '$obj' -o '$work/a.img' && sync '$work/a.img'" | tee -a "$work/results"
   rm -f "$work/b.img"; sync # (as for zstd: replacing the last round's file is not timed)
   timed winbundle-file "$wb" restore --bucket bkt --prefix r --local-store "$work/store" --output "$work/b.img" --force -q | tee -a "$work/results"
+  rm -f "$work/c.img"; sync
+  timed winbundle-file-buffered "$wb" restore --bucket bkt --prefix r --local-store "$work/store" --output "$work/c.img" --buffered -q | tee -a "$work/results"
   timed zstd-stdout sh -c "zstd -q -d -c '$obj' >/dev/null" | tee -a "$work/results"
   timed winbundle-stdout sh -c "'$wb' restore --bucket bkt --prefix r --local-store '$work/store' --output - -q >/dev/null" | tee -a "$work/results"
   for s in "${servers[@]}"; do
@@ -69,7 +71,7 @@ for r in $(seq 1 "$rounds"); do
   fi
 done
 if [ -n "$dev" ]; then cmp -n "$(stat -c %s "$img")" "$dev" "$work/b.img" && echo "device: same bytes as the file restore"; fi
-cmp "$work/a.img" "$work/b.img" && echo "same bytes"
+cmp "$work/a.img" "$work/b.img" && cmp "$work/a.img" "$work/c.img" && echo "same bytes"
 echo "blocks written: zstd $(du -k "$work/a.img" | cut -f1) KiB, winbundle $(du -k "$work/b.img" | cut -f1) KiB"
 python3 - "$work/results" <<'PY'
 import statistics, sys
@@ -83,6 +85,7 @@ for k in med:
     print(f"{k:18} median {med[k]:.2f} s, peak RSS {rss[k]} MiB")
 print(f"file:   zstd -d --sparse / winbundle restore = {med['zstd-file'] / med['winbundle-file']:.2f}x")
 print(f"file, both durable (zstd then sync FILE; winbundle syncs before its rename) = {med['zstd-file-sync'] / med['winbundle-file']:.2f}x")
+print(f"file, --buffered (through the page cache) / direct I/O (the default) = {med['winbundle-file-buffered'] / med['winbundle-file']:.2f}x")
 print(f"stdout: zstd -d -c / winbundle restore -     = {med['zstd-stdout'] / med['winbundle-stdout']:.2f}x")
 for s in ("garage", "s3s"):
     if f"winbundle-{s}" in med:

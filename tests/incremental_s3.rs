@@ -240,7 +240,7 @@ fn same_disk_as_full(store: &dyn ObjectStore, prefix: &str, src: &Path, dir: &Pa
         b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
         let out = dir.join(format!("{}.disk", prefix.replace('/', "_")));
         let raw = winbundle::bundle::disk::DiskFormat::Raw;
-        winbundle::bundle::disk::restore(&b, &out, raw, false, 2, &NoProgress, &AtomicBool::new(false)).unwrap();
+        winbundle::bundle::disk::restore(&b, &out, raw, false, true, 2, &NoProgress, &AtomicBool::new(false)).unwrap();
         std::fs::read(&out).unwrap()
     };
     let fresh = format!("{prefix}-full");

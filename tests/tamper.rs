@@ -238,6 +238,7 @@ fn restore_refuses_to_replace_a_file_without_force() {
         path: out.clone(),
         force: false,
         assume_zeroed: false,
+        direct: false,
     };
     let e = b
         .restore(&target, 2, &winbundle::progress::NoProgress, &AtomicBool::new(false))

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::Keys;
 use super::index::{chunk_hash, frame_hash};
 use super::manifest::{DataInfo, Layout, ObjectInfo};
+use super::output::ChunkSink;
 use super::writer::StreamWriter;
 use crate::Error;
 use crate::chunk::frame::ChunkCompressor;
@@ -676,6 +677,7 @@ pub fn restore(
     out: &std::path::Path,
     format: DiskFormat,
     force: bool,
+    direct: bool,
     threads: usize,
     progress: &dyn crate::progress::Progress,
     cancel: &std::sync::atomic::AtomicBool,
@@ -742,25 +744,17 @@ pub fn restore(
         progress.start(b.manifest.data.stream_size + ds.manifest.data.stream_size);
         let cs = b.manifest.chunk_size;
         let root = b.manifest.source.root.offset;
+        // A new file reads back zeros where nothing is written; a device may hold old data.
+        let sink = ChunkSink::new(&f, &target, !device, direct);
         let mut written = 0;
         written += b
-            .restore_placed(
-                &f,
-                &target,
-                &|i, n| Some((n, root + i * cs)),
-                !device,
-                threads,
+            .restore_placed(&sink, &|i, n| Some((n, root + i * cs)), threads,
                 progress,
                 cancel,
             )?
             .written_bytes;
         written += ds
-            .restore_placed(
-                &f,
-                &target,
-                &|i, _| place(&d, cs, i),
-                !device,
-                threads,
+            .restore_placed(&sink, &|i, _| place(&d, cs, i), threads,
                 progress,
                 cancel,
             )?

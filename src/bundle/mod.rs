@@ -12,6 +12,7 @@ mod fetch;
 pub mod index;
 pub mod keys;
 pub mod manifest;
+pub mod output;
 pub mod parent;
 pub mod plan;
 pub mod read;

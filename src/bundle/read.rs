@@ -17,9 +17,10 @@ use sha2::{Digest, Sha256};
 
 use super::index::{ChunkIndex, chunk_hash, frame_hash};
 use super::manifest::Manifest;
+use super::output::{self, ChunkSink};
 use super::{FormatError, Keys};
 use crate::Error;
-use crate::chunk::frame::{SeekEntry, ZeroFrame, frame_checksum, is_all_zero, parse_seek_table};
+use crate::chunk::frame::{SeekEntry, ZeroFrame, frame_checksum, parse_seek_table};
 use crate::chunk::ordered::{BufPool, ordered_map};
 use crate::progress::Progress;
 use crate::store::ObjectStore;
@@ -298,7 +299,8 @@ impl<'s> OpenedBundle<'s> {
         // file restore leaves a hole without scanning the bytes.
         let chunk_size = self.manifest.chunk_size as usize;
         let zero = ZeroFrame::new(chunk_size, self.manifest.compression.level).ok();
-        let zeros = vec![0u8; if zero.is_some() { chunk_size } else { 0 }];
+        let mut zeros_buf = Vec::new();
+        let zeros: &[u8] = output::aligned(&mut zeros_buf, if zero.is_some() { chunk_size } else { 0 });
         let zero_hash = self.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
         let hash_of = |i: u64| {
             self.index
@@ -453,35 +455,40 @@ impl<'s> OpenedBundle<'s> {
                         return Ok((Vec::new(), true, 0, 0));
                     }
                     let mut raw = raws.take();
-                    raw.clear();
-                    raw.reserve(e.raw as usize);
-                    let n = dec
-                        .decompress_to_buffer(&frame, &mut raw)
-                        .map_err(|err| fail(format!("zstd: {err}")))?;
-                    if n != e.raw as usize {
-                        return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
-                    }
-                    if hash_of(i).is_some_and(|h| h != chunk_hash(&raw)) {
-                        return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
-                    }
-                    frames.give(frame);
+                    let decompress = |dec: &mut zstd::bulk::Decompressor<'_>, out: &mut [u8]| {
+                        let n = dec
+                            .decompress_to_buffer(&frame, out)
+                            .map_err(|err| fail(format!("zstd: {err}")))?;
+                        if n != e.raw as usize {
+                            return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                        }
+                        if hash_of(i).is_some_and(|h| h != chunk_hash(&out[..n])) {
+                            return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
+                        }
+                        Ok(())
+                    };
                     // Files and devices are written here, by the worker threads, each chunk at
-                    // its own offset.
+                    // its own offset, from a page-aligned window (a direct write needs one).
                     if let Some(write) = positional {
-                        let written = write(i, &raw, false)?;
-                        let len = raw.len() as u64;
+                        let window = output::aligned(&mut raw, e.raw as usize);
+                        decompress(dec, window)?;
+                        frames.give(frame);
+                        let written = write(i, window, false)?;
                         raws.give(raw);
-                        return Ok((Vec::new(), false, len, written));
+                        return Ok((Vec::new(), false, e.raw as u64, written));
                     }
+                    raw.resize(e.raw as usize, 0);
+                    decompress(dec, &mut raw)?;
+                    frames.give(frame);
                     let len = raw.len() as u64;
                     Ok((raw, false, len, 0))
                 },
                 |i, (raw, is_zero, len, written)| {
                     stats.written_bytes += written;
                     match &mut out {
-                        Output::Ordered(write) if is_zero => write(i, &zeros)?,
+                        Output::Ordered(write) if is_zero => write(i, zeros)?,
                         Output::Ordered(write) => write(i, &raw)?,
-                        Output::Positional(write) if is_zero => stats.written_bytes += write(i, &zeros, true)?,
+                        Output::Positional(write) if is_zero => stats.written_bytes += write(i, zeros, true)?,
                         _ => {}
                     }
                     if is_zero {
@@ -561,17 +568,13 @@ impl<'s> OpenedBundle<'s> {
         r
     }
 
-    /// Writes every chunk into `f` where `place` says: `place(i, len)` gives how many of chunk
-    /// `i`'s bytes to write and at which offset (None: none of them). Checks what `restore`
-    /// checks. `sparse`: `f` reads back zeros where nothing is written (a new file), so zero
-    /// runs are skipped. For `restore --disk`: C: at its offset, the disk pieces at theirs.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes every chunk into `sink` where `place` says: `place(i, len)` gives how many of
+    /// chunk `i`'s bytes to write and at which offset (None: none of them). Checks what
+    /// `restore` checks. For `restore --disk`: C: at its offset, the disk pieces at theirs.
     pub fn restore_placed(
         &self,
-        f: &File,
-        name: &Path,
+        sink: &ChunkSink<'_>,
         place: &(dyn Fn(u64, usize) -> Option<(usize, u64)> + Sync),
-        sparse: bool,
         threads: usize,
         progress: &dyn Progress,
         cancel: &AtomicBool,
@@ -581,15 +584,7 @@ impl<'s> OpenedBundle<'s> {
             let Some((n, at)) = place(i, raw.len()) else {
                 return Ok(0);
             };
-            let bytes = &raw[..n.min(raw.len())];
-            let r = match (sparse, known_zero) {
-                (true, true) => Ok(0),
-                (true, false) => write_sparse(f, bytes, at),
-                (false, _) => write_at(f, bytes, at).map(|()| bytes.len() as u64),
-            };
-            let written = r.map_err(|e| io_err(&format!("write {}", name.display()), e))?;
-            start_writeback(f, at, written, bytes.len());
-            Ok(written)
+            sink.write(&raw[..n.min(raw.len())], at, known_zero)
         };
         self.stream(threads, progress, cancel, check, Output::Positional(&write))
     }
@@ -621,7 +616,8 @@ impl<'s> OpenedBundle<'s> {
                 path,
                 force,
                 assume_zeroed,
-            } => self.restore_file(path, *force, *assume_zeroed, check, threads, progress, cancel),
+                direct,
+            } => self.restore_file(path, *force, *assume_zeroed, *direct, check, threads, progress, cancel),
         };
         progress.finish();
         r
@@ -633,6 +629,7 @@ impl<'s> OpenedBundle<'s> {
         path: &Path,
         force: bool,
         assume_zeroed: bool,
+        direct: bool,
         check: Check,
         threads: usize,
         progress: &dyn Progress,
@@ -661,17 +658,9 @@ impl<'s> OpenedBundle<'s> {
                 .write(true)
                 .open(path)
                 .map_err(|e| io_err(&format!("open {}", path.display()), e))?;
-            let write = |i: u64, raw: &[u8], known_zero: bool| -> Result<u64, Error> {
-                let at = i * chunk;
-                let r = match (assume_zeroed, known_zero) {
-                    (true, true) => Ok(0),
-                    (true, false) => write_sparse(&f, raw, at),
-                    (false, _) => write_at(&f, raw, at).map(|()| raw.len() as u64),
-                };
-                let written = r.map_err(|e| io_err(&format!("write {}", path.display()), e))?;
-                start_writeback(&f, at, written, raw.len());
-                Ok(written)
-            };
+            // Zeros are written unless the device reads them back (--assume-zeroed).
+            let sink = ChunkSink::new(&f, path, assume_zeroed, direct);
+            let write = |i: u64, raw: &[u8], known_zero: bool| sink.write(raw, i * chunk, known_zero);
             let stats = self.stream(threads, progress, cancel, check, Output::Positional(&write))?;
             f.sync_all()
                 .map_err(|e| io_err(&format!("sync {}", path.display()), e))?;
@@ -684,15 +673,8 @@ impl<'s> OpenedBundle<'s> {
                 .map_err(|e| io_err(&format!("size {}", tmp.display()), e))?;
             // A new file reads back zeros where nothing was written: zero chunks, and zero runs
             // of SPARSE_RUN bytes or more inside chunks, stay holes.
-            let write = |i: u64, raw: &[u8], known_zero: bool| -> Result<u64, Error> {
-                if known_zero {
-                    return Ok(0);
-                }
-                let written =
-                    write_sparse(&f, raw, i * chunk).map_err(|e| io_err(&format!("write {}", tmp.display()), e))?;
-                start_writeback(&f, i * chunk, written, raw.len());
-                Ok(written)
-            };
+            let sink = ChunkSink::new(&f, &tmp, true, direct);
+            let write = |i: u64, raw: &[u8], known_zero: bool| sink.write(raw, i * chunk, known_zero);
             let stats = self.stream(threads, progress, cancel, check, Output::Positional(&write))?;
             f.sync_all()
                 .map_err(|e| io_err(&format!("sync {}", tmp.display()), e))?;
@@ -744,52 +726,6 @@ pub fn raw_stdout() -> Result<File, Error> {
     owned.map(File::from).map_err(|e| io_err("open standard output", e))
 }
 
-/// Zero runs at least this long (and aligned to it) inside a chunk are not written to a file:
-/// they stay holes (`zstd -d --sparse` does the same with 32 KiB).
-const SPARSE_RUN: usize = 32 << 10;
-
-/// Writes `buf` at `offset`, leaving out its all-zero SPARSE_RUN-sized blocks. Returns the bytes
-/// written.
-pub fn write_sparse(f: &File, buf: &[u8], offset: u64) -> std::io::Result<u64> {
-    let mut written = 0u64;
-    let mut start = None; // start of the pending run of non-zero blocks
-    let blocks = buf.len().div_ceil(SPARSE_RUN);
-    for b in 0..=blocks {
-        let block = (b < blocks).then(|| &buf[b * SPARSE_RUN..((b + 1) * SPARSE_RUN).min(buf.len())]);
-        match (block.is_some_and(|blk| !is_all_zero(blk)), start) {
-            (true, None) => start = Some(b * SPARSE_RUN),
-            (false, Some(s)) => {
-                let end = (b * SPARSE_RUN).min(buf.len());
-                write_at(f, &buf[s..end], offset + s as u64)?;
-                written += (end - s) as u64;
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    Ok(written)
-}
-
-/// Has the kernel start writing back the `len` bytes at `offset` that a chunk just wrote
-/// (`written` of them were not holes), without waiting: the sync that ends a restore then waits
-/// for the last chunks only, not for the whole volume (Linux; elsewhere the sync does it all).
-/// Advice only: the sync reports any write error.
-fn start_writeback(f: &File, offset: u64, written: u64, len: usize) {
-    #[cfg(target_os = "linux")]
-    if written > 0 {
-        use std::os::fd::AsRawFd;
-        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return;
-        };
-        // SAFETY: a system call on a descriptor `f` holds open; it touches no memory of ours.
-        unsafe {
-            libc::sync_file_range(f.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (f, offset, written, len);
-}
-
 /// Stream bytes fetched per request for a part larger than WHOLE_PART.
 const FETCH_BLOCK: u64 = 8 << 20;
 /// Parts up to this size are fetched whole, and hashed by the fetcher that read them.
@@ -834,6 +770,8 @@ pub enum RestoreTarget {
         path: PathBuf,
         force: bool,
         assume_zeroed: bool,
+        /// Write around the page cache where the system allows it (see [`ChunkSink`]).
+        direct: bool,
     },
     Stdout,
 }
@@ -851,39 +789,3 @@ fn io_err(context: &str, source: std::io::Error) -> Error {
     }
 }
 
-#[cfg(test)]
-use crate::source::disk::read_exact_at;
-use crate::source::disk::write_all_at as write_at;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_runs_inside_a_chunk_are_left_as_holes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("out.img");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create");
-        let len = 16 * SPARSE_RUN;
-        f.set_len(len as u64 * 2).expect("size");
-        let mut buf = vec![7u8; len];
-        // Zeros: one whole aligned block, a run spanning two blocks, and a short run.
-        buf[2 * SPARSE_RUN..3 * SPARSE_RUN].fill(0);
-        buf[5 * SPARSE_RUN..7 * SPARSE_RUN].fill(0);
-        buf[10 * SPARSE_RUN + 5..10 * SPARSE_RUN + 100].fill(0);
-        let written = write_sparse(&f, &buf, len as u64).expect("write");
-        assert_eq!(written, (len - 3 * SPARSE_RUN) as u64);
-        let mut back = vec![1u8; len];
-        read_exact_at(&f, &mut back, len as u64).expect("read");
-        assert!(back == buf, "the bytes read back are the chunk's");
-        // A chunk that is all zeros writes nothing; one with no zero block writes whole.
-        assert_eq!(write_sparse(&f, &vec![0u8; len], 0).expect("zeros"), 0);
-        assert_eq!(write_sparse(&f, &[1u8; 100], 0).expect("short"), 100);
-    }
-}

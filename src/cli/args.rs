@@ -389,6 +389,11 @@ pub struct RestoreArgs {
     /// volume, a discarded SSD, a thin LUN): zero runs are skipped instead of written.
     #[arg(long)]
     pub assume_zeroed: bool,
+    /// Write through the page cache. By default a file or device is written around it (direct
+    /// I/O, Linux), which leaves the CPU to the decompression; a file system that refuses
+    /// direct I/O is written buffered anyway.
+    #[arg(long)]
+    pub buffered: bool,
     /// Write the whole disk, bootable: the partition table (without the left-out partitions),
     /// the system partitions and C:, each at its original offset.
     #[arg(long)]
@@ -397,7 +402,8 @@ pub struct RestoreArgs {
     /// Hyper-V and EC2 VM import).
     #[arg(long, value_enum, default_value = "raw", requires = "disk")]
     pub format: DiskFormatArg,
-    /// Decompression threads (default: the number of cores).
+    /// Decompression threads (default: the number of cores; twice that for a file or device
+    /// written with direct I/O, where each thread also waits for its writes).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Print the result as JSON (on stderr when OUTPUT is `-`).

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::read::{OpenedBundle, raw_stdout, write_sparse};
+use winbundle::bundle::output::write_sparse;
+use winbundle::bundle::read::{OpenedBundle, raw_stdout};
 use winbundle::bundle::view::{BundleView, ViewDevice};
 use winbundle::ntfs::NtfsVolume;
 use winbundle::ntfs::catalog::{ATTRIBUTE_NAMES, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix};

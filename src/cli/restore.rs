@@ -27,6 +27,15 @@ fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
     })
 }
 
+/// Decompression threads: as many as asked, else one per core, and twice that when a file or
+/// device is written with direct I/O: each thread then also waits for its own writes, and the
+/// disk needs several in flight (bench/README.md, "Restore against `zstd -d`").
+fn restore_threads(args: &RestoreArgs) -> usize {
+    let cores = default_threads(None);
+    let direct = args.output.as_os_str() != "-" && !args.buffered;
+    args.threads.unwrap_or(if direct { 2 * cores } else { cores })
+}
+
 pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let store = super::open_store(&args.store, false, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
@@ -43,10 +52,11 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
             path: args.output.clone(),
             force: args.force,
             assume_zeroed: args.assume_zeroed,
+            direct: !args.buffered,
         }
     };
     let bar = Bar::new(args.quiet, "restoring");
-    let stats = bundle.restore(&target, default_threads(args.threads), &bar, cancel)?;
+    let stats = bundle.restore(&target, restore_threads(&args), &bar, cancel)?;
     let v = summary(&bundle, &stats);
     let to_stdout = !matches!(target, RestoreTarget::Stdout);
     if args.json {
@@ -91,7 +101,8 @@ fn restore_disk(args: &RestoreArgs, bundle: &OpenedBundle<'_>, cancel: &Arc<Atom
         &args.output,
         format,
         args.force,
-        default_threads(args.threads),
+        !args.buffered,
+        restore_threads(args),
         &bar,
         cancel,
     )?;

@@ -85,6 +85,7 @@ pub fn restore_from(
         path: out.to_path_buf(),
         force: true,
         assume_zeroed: false,
+        direct: true,
     };
     b.restore(&target, 2, &NoProgress, &AtomicBool::new(false))?;
     Ok(())
