@@ -99,6 +99,12 @@ fn an_unchanged_source_reuses_every_data_chunk_and_restores_without_its_parent()
             "{name}: {reused} of {data_chunks}"
         );
         assert!(err.contains("incremental on win/full"), "{name}: {err}");
+        // Every reused frame was read and checked, and copied file to file by the kernel.
+        let p = &b["Parent"];
+        assert!(p["FetchedBytes"].as_u64().unwrap() > 0, "{name}: {inc}");
+        if cfg!(target_os = "linux") {
+            assert_eq!(p["FileCopiedBytes"], p["FetchedBytes"], "{name}: {inc}");
+        }
         assert_eq!(
             object(&store, "win/inc.image.zst"),
             object(&store, "win/full.image.zst"),

@@ -361,6 +361,11 @@ fn run(
                 fetcher: fetcher.as_ref(),
             });
         }
+        // A local store copies the parent's frames file to file (the pipeline still reads
+        // and checks them).
+        if let Some(p) = parent.as_ref().filter(|p| crate::chunk::Reuse::reads_frames(*p) && store.is_local()) {
+            writer = writer.copy_locally_from(p);
+        }
         let reuse = parent.as_ref().map(|p| p as &dyn crate::chunk::Reuse);
         let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, progress, cancel) {
             Ok(s) => s,

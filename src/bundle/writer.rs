@@ -23,7 +23,7 @@ use super::manifest::{DataInfo, Layout, ObjectInfo};
 use super::parent::Parent;
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
-use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink};
+use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink, ReusedFrame};
 use crate::progress::Progress;
 use crate::store::{CopySource, CopyStats, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError};
 
@@ -124,6 +124,8 @@ pub struct StreamWriter<'a> {
     plan_part_len: u64,
     /// The first copy has been planned.
     probed: bool,
+    /// A local store's parent: its frames are copied by the file system (`write_copy`).
+    local_parent: Option<&'a Parent<'a>>,
 }
 
 /// A finished data stream.
@@ -173,12 +175,20 @@ impl<'a> StreamWriter<'a> {
             queued: 0,
             plan_part_len: 0,
             probed: false,
+            local_parent: None,
         }
     }
 
     /// Has the store copy runs of the parent's frames on the server.
     pub fn copy_from(mut self, copying: Copying<'a>) -> Self {
         self.copying = Some(copying);
+        self
+    }
+
+    /// Has a local store copy the parent's frames from its objects (the bytes are still read
+    /// and hashed here).
+    pub fn copy_locally_from(mut self, parent: &'a Parent<'a>) -> Self {
+        self.local_parent = Some(parent);
         self
     }
 
@@ -203,14 +213,27 @@ impl<'a> StreamWriter<'a> {
         Ok(())
     }
 
-    fn write_bytes(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.write_bytes_from(bytes, None)
+    }
+
+    /// Writes `bytes`; `from`: an object of the store holds them at that offset (a local
+    /// store's parent), so the store may copy them instead.
+    fn write_bytes_from(&mut self, mut bytes: &[u8], mut from: Option<CopySource>) -> Result<(), Error> {
         while !bytes.is_empty() {
             self.open_object()?;
             let n = ((self.part_size - self.part_len) as usize).min(bytes.len());
             let (now, rest) = bytes.split_at(n);
             self.hasher.update(now);
             if let Some((w, info)) = self.current.as_mut() {
-                w.write(now)?;
+                match from.as_mut() {
+                    Some(source) => {
+                        source.len = n as u64;
+                        w.write_copy(now, source)?;
+                        source.offset += n as u64;
+                    }
+                    None => w.write(now)?,
+                }
                 info.size += n as u64;
             }
             self.part_len += n as u64;
@@ -616,10 +639,16 @@ impl FrameSink for StreamWriter<'_> {
                 self.close_run()?;
                 self.put_bytes(b)
             }
-            FrameBytes::Reused { bytes, .. } => {
+            FrameBytes::Reused { bytes, from } => {
                 self.close_run()?;
                 self.reuse.fetched_bytes += bytes.len() as u64;
-                self.put_bytes(bytes)
+                match self.local_source(&from) {
+                    Some(source) if self.queue.is_empty() => {
+                        self.plan(bytes.len() as u64);
+                        self.write_bytes_from(bytes, Some(source))
+                    }
+                    _ => self.put_bytes(bytes),
+                }
             }
             FrameBytes::Copied(from) => self.extend_run(from.offset, u64::from(from.length)),
         }
@@ -627,6 +656,19 @@ impl FrameSink for StreamWriter<'_> {
 }
 
 impl StreamWriter<'_> {
+    /// Where a local store's parent object holds `frame`, when one object holds all of it.
+    fn local_source(&self, frame: &ReusedFrame) -> Option<CopySource> {
+        let parent = self.local_parent?;
+        let (object, object_start) = parent.bundle.object_at(frame.offset);
+        let offset = frame.offset - object_start;
+        (offset + u64::from(frame.length) <= object.size).then(|| CopySource {
+            key: object.key.clone(),
+            offset,
+            len: u64::from(frame.length),
+            etag: None,
+        })
+    }
+
     /// Adds a parent frame at parent stream offset `start` to the run, or starts a new run.
     fn extend_run(&mut self, start: u64, len: u64) -> Result<(), Error> {
         let Some(c) = &self.copying else {

@@ -99,6 +99,10 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     {
         let io = &s.parent_io;
         let how = match io.copies.copied_parts {
+            0 if io.copies.file_copied_bytes > 0 => format!(
+                "; the file system copied {} bytes of them from the parent's object",
+                io.copies.file_copied_bytes
+            ),
             0 => String::new(),
             n => format!(
                 "; the server copied {} bytes of them in {n} parts{}, {} bytes were read from the parent and sent",
@@ -167,6 +171,7 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                     "CopiedBytes": s.parent_io.copies.copied_bytes,
                     "ReadBackBytes": s.parent_io.copies.read_back_bytes,
                     "FetchedBytes": s.parent_io.fetched_bytes,
+                    "FileCopiedBytes": s.parent_io.copies.file_copied_bytes,
                     "NewBytes": m.data.stream_size - s.parent_io.copies.copied_bytes - s.parent_io.fetched_bytes,
                     "DiskStream": s.parent_io.disk_stream,
                 })),

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError, Upload, names};
+use super::{
+    CopySource, CopyStats, ObjectReceipt, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError, Upload, names,
+};
 use crate::source::disk::{read_exact_at, write_all_at};
 
 pub struct LocalStore {
@@ -170,6 +172,9 @@ impl ObjectStore for LocalStore {
         };
         Ok(Box::new(LocalWriter {
             file,
+            root: self.root.clone(),
+            sources: Vec::new(),
+            file_copied: 0,
             tmp,
             path,
             key: key.to_string(),
@@ -232,6 +237,11 @@ impl ObjectStore for LocalStore {
 
 struct LocalWriter {
     file: File,
+    /// The bucket folder, and the objects copied from (write_copy): each opened once, with its
+    /// modification time then, which must be the same when the object is finished.
+    root: PathBuf,
+    sources: Vec<(String, File, Option<std::time::SystemTime>)>,
+    file_copied: u64,
     tmp: PathBuf,
     path: PathBuf,
     key: String,
@@ -261,7 +271,45 @@ impl LocalWriter {
     }
 }
 
+impl LocalWriter {
+    /// The object `key` of this bucket, opened for reading (once): its place in `sources`.
+    fn source(&mut self, key: &str) -> Result<usize, StoreError> {
+        let i = match self.sources.iter().position(|(k, _, _)| k == key) {
+            Some(i) => i,
+            None => {
+                let f = File::open(self.root.join(key)).map_err(LocalStore::io("open", key))?;
+                let modified = f.metadata().and_then(|m| m.modified()).ok();
+                self.sources.push((key.to_string(), f, modified));
+                self.sources.len() - 1
+            }
+        };
+        Ok(i)
+    }
+}
+
 impl ObjectWriter for LocalWriter {
+    fn write_copy(&mut self, bytes: &[u8], source: &CopySource) -> Result<(), StoreError> {
+        if self.old_len > 0 {
+            return self.write(bytes); // resuming: parts are compared before they are written
+        }
+        let i = self.source(&source.key)?;
+        let copied = copy_to_end(&self.sources[i].1, source.offset, &self.file, bytes.len());
+        let done = match copied {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("{}: copy_file_range failed ({e}): writing instead", source.key);
+                0
+            }
+        };
+        // What the file system did not copy is written (the file position follows the copy).
+        self.file
+            .write_all(&bytes[done..])
+            .map_err(LocalStore::io("write", &self.key))?;
+        self.file_copied += done as u64;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         if self.old_len > 0 {
             self.part.extend_from_slice(bytes);
@@ -305,15 +353,116 @@ impl ObjectWriter for LocalWriter {
                 .set_len(self.written)
                 .map_err(LocalStore::io("truncate", &self.key))?;
         }
+        // Copied bytes were hashed as read before the copy: an object changed in place since
+        // would make the copy differ from them (winbundle never writes an object in place).
+        for (key, f, modified) in &self.sources {
+            if f.metadata().and_then(|m| m.modified()).ok() != *modified {
+                return Err(StoreError::Local {
+                    path: self.root.join(key),
+                    problem: "changed while this bundle copied from it; run the bundle again".into(),
+                });
+            }
+        }
         self.file.sync_data().map_err(LocalStore::io("sync", &self.key))?;
         fs::rename(&self.tmp, &self.path).map_err(LocalStore::io("rename", &self.key))?;
         Ok(ObjectReceipt {
             resumed: std::mem::take(&mut self.resumed),
+            copy: CopyStats {
+                file_copied_bytes: self.file_copied,
+                ..Default::default()
+            },
             ..Default::default()
         })
     }
 
     fn abort(self: Box<Self>) {
         let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Appends `len` bytes at `offset` of `src` to `dst` (at its file position) inside the kernel:
+/// `copy_file_range`, which XFS and Btrfs turn into shared blocks (a reflink) where the offsets
+/// are block-aligned. Returns the bytes copied; fewer than `len` (0 where the system has no
+/// such call) leaves the rest to the caller.
+#[cfg(target_os = "linux")]
+fn copy_to_end(src: &File, offset: u64, dst: &File, len: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off_in = i64::try_from(offset).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut done = 0;
+    while done < len {
+        // SAFETY: both descriptors are open for the call; `off_in` is a live i64 the kernel
+        // updates; a null output offset means dst's file position, which the kernel advances.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                std::ptr::null_mut(),
+                len - done,
+                0,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => break, // the source ended early: the caller writes the rest
+            _ if done > 0 => break,
+            _ => return Err(std::io::Error::last_os_error()),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn copy_to_end(_: &File, _: u64, _: &File, _: usize) -> std::io::Result<usize> {
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_source(key: &str, offset: u64, len: u64) -> CopySource {
+        CopySource {
+            key: key.into(),
+            offset,
+            len,
+            etag: None,
+        }
+    }
+
+    /// Bytes copied from another object land where written bytes would, and are counted.
+    #[test]
+    fn write_copy_appends_the_source_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), "bkt", true).unwrap();
+        let parent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        store.put("p.image.zst", &parent).unwrap();
+        let mut w = store.writer("c.image.zst").unwrap();
+        w.write(b"new").unwrap();
+        w.write_copy(&parent[1000..61_000], &copy_source("p.image.zst", 1000, 60_000)).unwrap();
+        w.write(b"tail").unwrap();
+        let receipt = w.finish().unwrap();
+        let mut want = b"new".to_vec();
+        want.extend_from_slice(&parent[1000..61_000]);
+        want.extend_from_slice(b"tail");
+        assert_eq!(store.get("c.image.zst").unwrap(), want);
+        if cfg!(target_os = "linux") {
+            assert_eq!(receipt.copy.file_copied_bytes, 60_000);
+        }
+    }
+
+    /// A source object rewritten in place while it was copied from fails the object, by name.
+    #[test]
+    fn a_source_changed_during_the_copy_fails_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), "bkt", true).unwrap();
+        store.put("p.image.zst", &[7u8; 8192]).unwrap();
+        let mut w = store.writer("c.image.zst").unwrap();
+        w.write_copy(&[7u8; 4096], &copy_source("p.image.zst", 0, 4096)).unwrap();
+        let f = OpenOptions::new().write(true).open(store.path("p.image.zst")).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains("p.image.zst") && e.contains("changed while"), "{e}");
+        assert!(!store.exists("c.image.zst").unwrap());
     }
 }

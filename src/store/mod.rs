@@ -92,6 +92,9 @@ pub struct CopyStats {
     pub read_back_bytes: u64,
     /// Parts meant as copies that were uploaded instead (the server refused to copy), and why.
     pub uploaded_instead: u32,
+    /// Reused bytes a local store had the file system copy from the parent's object
+    /// (`copy_file_range`: a reflink where the file system shares blocks) instead of writing them.
+    pub file_copied_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -102,6 +105,7 @@ impl CopyStats {
         self.copied_bytes += o.copied_bytes;
         self.read_back_bytes += o.read_back_bytes;
         self.uploaded_instead += o.uploaded_instead;
+        self.file_copied_bytes += o.file_copied_bytes;
         if self.note.is_none() {
             self.note.clone_from(&o.note);
         }
@@ -180,6 +184,13 @@ pub trait ObjectWriter: Send {
         Err(StoreError::S3Config(
             "this store cannot copy parts on the server".into(),
         ))
+    }
+    /// Writes `bytes`, which object `source.key` of the same store holds at `source.offset`: a
+    /// local store has the file system copy them (see [`CopyStats::file_copied_bytes`]); others
+    /// write them.
+    fn write_copy(&mut self, bytes: &[u8], source: &CopySource) -> Result<(), StoreError> {
+        let _ = source;
+        self.write(bytes)
     }
     /// Bytes durably stored so far (written to disk, or parts whose upload completed).
     fn stored_bytes(&self) -> u64;
