@@ -363,7 +363,10 @@ fn run(
         }
         // A local store copies the parent's frames file to file (the pipeline still reads
         // and checks them).
-        if let Some(p) = parent.as_ref().filter(|p| crate::chunk::Reuse::reads_frames(*p) && store.is_local()) {
+        if let Some(p) = parent
+            .as_ref()
+            .filter(|p| crate::chunk::Reuse::reads_frames(*p) && store.is_local())
+        {
             writer = writer.copy_locally_from(p);
         }
         let reuse = parent.as_ref().map(|p| p as &dyn crate::chunk::Reuse);

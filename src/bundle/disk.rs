@@ -748,16 +748,10 @@ pub fn restore(
         let sink = ChunkSink::new(&f, &target, !device, direct);
         let mut written = 0;
         written += b
-            .restore_placed(&sink, &|i, n| Some((n, root + i * cs)), threads,
-                progress,
-                cancel,
-            )?
+            .restore_placed(&sink, &|i, n| Some((n, root + i * cs)), threads, progress, cancel)?
             .written_bytes;
         written += ds
-            .restore_placed(&sink, &|i, _| place(&d, cs, i), threads,
-                progress,
-                cancel,
-            )?
+            .restore_placed(&sink, &|i, _| place(&d, cs, i), threads, progress, cancel)?
             .written_bytes;
         patch_table(&f, &d)?;
         if format == DiskFormat::Vhd {

@@ -38,7 +38,11 @@ impl<'f> ChunkSink<'f> {
         tracing::debug!(
             "{}: writing {}",
             name.display(),
-            if direct.is_some() { "with direct I/O" } else { "through the page cache" }
+            if direct.is_some() {
+                "with direct I/O"
+            } else {
+                "through the page cache"
+            }
         );
         ChunkSink {
             file,
@@ -64,7 +68,7 @@ impl<'f> ChunkSink<'f> {
         };
         if let Some(d) = &self.direct
             && buf.as_ptr().align_offset(ALIGN) == 0
-            && offset % ALIGN as u64 == 0
+            && offset.is_multiple_of(ALIGN as u64)
         {
             match put(d) {
                 Ok(n) => return Ok(n),
@@ -100,7 +104,10 @@ fn open_direct(name: &Path) -> Option<File> {
     {
         Ok(f) => Some(f),
         Err(e) => {
-            tracing::debug!("{}: no direct I/O ({e}); writing through the page cache", name.display());
+            tracing::debug!(
+                "{}: no direct I/O ({e}); writing through the page cache",
+                name.display()
+            );
             None
         }
     }
@@ -220,7 +227,10 @@ mod tests {
         assert_eq!(sink.write(chunk, 0, false).expect("aligned"), 2 * SPARSE_RUN as u64);
         // The tail: 1000 bytes past a full block, not a multiple of any block size.
         let tail = vec![9u8; SPARSE_RUN + 1000];
-        assert_eq!(sink.write(&tail, 2 * SPARSE_RUN as u64, false).expect("tail"), tail.len() as u64);
+        assert_eq!(
+            sink.write(&tail, 2 * SPARSE_RUN as u64, false).expect("tail"),
+            tail.len() as u64
+        );
         // Overwrite a middle piece at an offset off the page grid.
         sink.write(&[5u8; 10], 4097, false).expect("unaligned");
         f.sync_all().expect("sync");

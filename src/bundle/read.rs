@@ -788,4 +788,3 @@ fn io_err(context: &str, source: std::io::Error) -> Error {
         source,
     }
 }
-

@@ -439,7 +439,8 @@ mod tests {
         store.put("p.image.zst", &parent).unwrap();
         let mut w = store.writer("c.image.zst").unwrap();
         w.write(b"new").unwrap();
-        w.write_copy(&parent[1000..61_000], &copy_source("p.image.zst", 1000, 60_000)).unwrap();
+        w.write_copy(&parent[1000..61_000], &copy_source("p.image.zst", 1000, 60_000))
+            .unwrap();
         w.write(b"tail").unwrap();
         let receipt = w.finish().unwrap();
         let mut want = b"new".to_vec();
@@ -458,7 +459,8 @@ mod tests {
         let store = LocalStore::open(dir.path(), "bkt", true).unwrap();
         store.put("p.image.zst", &[7u8; 8192]).unwrap();
         let mut w = store.writer("c.image.zst").unwrap();
-        w.write_copy(&[7u8; 4096], &copy_source("p.image.zst", 0, 4096)).unwrap();
+        w.write_copy(&[7u8; 4096], &copy_source("p.image.zst", 0, 4096))
+            .unwrap();
         let f = OpenOptions::new().write(true).open(store.path("p.image.zst")).unwrap();
         f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
         let e = w.finish().unwrap_err().to_string();
