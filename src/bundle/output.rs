@@ -175,11 +175,10 @@ mod tests {
     use super::*;
     use crate::source::disk::read_exact_at;
     use std::fs::OpenOptions;
+    use std::path::PathBuf;
 
-    #[test]
-    fn zero_runs_inside_a_chunk_are_left_as_holes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("out.img");
+    fn new_file(dir: &Path) -> (PathBuf, File) {
+        let path = dir.join("out.img");
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -187,6 +186,13 @@ mod tests {
             .truncate(true)
             .open(&path)
             .expect("create");
+        (path, f)
+    }
+
+    #[test]
+    fn zero_runs_inside_a_chunk_are_left_as_holes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_, f) = new_file(dir.path());
         let len = 16 * SPARSE_RUN;
         f.set_len(len as u64 * 2).expect("size");
         let mut buf = vec![7u8; len];
@@ -209,14 +215,7 @@ mod tests {
     #[test]
     fn direct_and_buffered_writes_read_back_the_same_bytes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("out.img");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create");
+        let (path, f) = new_file(dir.path());
         let size = 3 * SPARSE_RUN as u64 + 1000;
         f.set_len(size).expect("size");
         let sink = ChunkSink::new(&f, &path, true, true);
