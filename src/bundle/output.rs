@@ -53,8 +53,12 @@ impl<'f> ChunkSink<'f> {
     }
 
     /// Writes `buf` at `offset`; `known_zero`: `buf` is all zeros. Returns the bytes written
-    /// (holes left out). A direct write the kernel refuses for its alignment (the unaligned
-    /// tail of a volume, a placement off the page grid) is written buffered instead.
+    /// (holes left out). Only whole pages are written directly (buffer, offset and length on
+    /// the page grid); anything else (the unaligned tail of a volume, a disk piece off the
+    /// grid) goes through the page cache. So no page is written both ways: a buffered write
+    /// into part of a page reads the rest from the disk, and would race with a direct write of
+    /// that rest by another thread. A direct write the kernel still refuses for its alignment
+    /// (EINVAL) is written buffered too.
     pub fn write(&self, buf: &[u8], offset: u64, known_zero: bool) -> Result<u64, Error> {
         if self.sparse && known_zero {
             return Ok(0);
@@ -69,6 +73,7 @@ impl<'f> ChunkSink<'f> {
         if let Some(d) = &self.direct
             && buf.as_ptr().align_offset(ALIGN) == 0
             && offset.is_multiple_of(ALIGN as u64)
+            && buf.len().is_multiple_of(ALIGN)
         {
             match put(d) {
                 Ok(n) => return Ok(n),
