@@ -289,8 +289,10 @@ impl LocalWriter {
 
 impl ObjectWriter for LocalWriter {
     fn write_copy(&mut self, bytes: &[u8], source: &CopySource) -> Result<(), StoreError> {
-        if self.old_len > 0 {
-            return self.write(bytes); // resuming: parts are compared before they are written
+        // Resuming: parts are compared before they are written. Without copy_file_range
+        // (not Linux) there is nothing to copy with.
+        if self.old_len > 0 || !cfg!(target_os = "linux") {
+            return self.write(bytes);
         }
         let i = self.source(&source.key)?;
         let copied = copy_to_end(&self.sources[i].1, source.offset, &self.file, bytes.len());
