@@ -455,6 +455,9 @@ mod tests {
     }
 
     /// A source object rewritten in place while it was copied from fails the object, by name.
+    /// Only where the file system copies (Linux): elsewhere the bytes are written, not copied,
+    /// so the source is never opened and a change to it cannot matter.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_source_changed_during_the_copy_fails_the_object() {
         let dir = tempfile::tempdir().unwrap();

@@ -351,7 +351,7 @@ impl Service<http::Request<Incoming>> for Faulty {
 
 pub struct TestS3 {
     pub endpoint: String,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     pub faults: Arc<Faults>,
     _thread: std::thread::JoinHandle<()>,
 }
@@ -382,7 +382,7 @@ impl TestS3 {
         });
         TestS3 {
             endpoint,
-            _root: root,
+            root,
             faults,
             _thread: thread,
         }
@@ -403,6 +403,12 @@ impl TestS3 {
             // Short retry delays keep the fault tests quick; the default is 1 s.
             initial_backoff: Some(std::time::Duration::from_millis(100)),
         }
+    }
+
+    /// The file s3s-fs keeps an object's bytes in.
+    #[allow(dead_code)] // not every test binary looks at the files
+    pub fn object_file(&self, bucket: &str, key: &str) -> std::path::PathBuf {
+        self.root.path().join(bucket).join(key)
     }
 
     pub fn store(&self, bucket: &str) -> winbundle::store::S3Store {
