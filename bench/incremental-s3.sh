@@ -14,7 +14,7 @@
 # fetched bytes of the stream; restic: data added to the repository). Benchmarks report; they
 # never fail on speed.
 # KEEP_LOGS=DIR keeps each run's stderr there; WB_FLAGS adds flags to the incremental run
-# (for example -v, for its stage times).
+# (for example -v, for its stage times). SKIP_RESTIC=1 leaves restic out.
 set -euo pipefail
 img=${1:?usage: bench/incremental-s3.sh IMAGE [CHANGE_MIB]} change=${2:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -60,10 +60,12 @@ measure() { # name sent-extractor command...: runs it, appends "name wall cpu se
 cp --sparse=always "$img" "$work/vol.img"
 echo "== the parent: a full bundle and restic's first snapshot of the unchanged volume"
 measure "winbundle-first" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix base
-restic init >/dev/null 2>&1
-ntfs-3g -o ro "$work/vol.img" "$mnt"
-measure "restic-first" restic_sent restic backup --json --host bench "$mnt"
-umount "$mnt"
+if [ -z "${SKIP_RESTIC:-}" ]; then
+  restic init >/dev/null 2>&1
+  ntfs-3g -o ro "$work/vol.img" "$mnt"
+  measure "restic-first" restic_sent restic backup --json --host bench "$mnt"
+  umount "$mnt"
+fi
 
 echo "== about $change MiB changed through ntfs-3g"
 "$(dirname "$0")/change-volume.sh" "$work/vol.img" "$mnt" "$change"
@@ -72,22 +74,33 @@ echo "== the changed volume, three ways (name, wall s, client CPU s, Garage CPU 
 measure "winbundle-full" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix full
 measure "winbundle-parent" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix inc --parent base ${WB_FLAGS:-}
 cp "$work/out.json" "$work/inc.json"
-ntfs-3g -o ro "$work/vol.img" "$mnt"
-measure "restic-second" restic_sent restic backup --json --host bench "$mnt"
-umount "$mnt"
-python3 - "$work/inc.json" <<'PY'
+measure "winbundle-parent-runs" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix incr --parent base --layout runs ${WB_FLAGS:-}
+cp "$work/out.json" "$work/incr.json"
+if [ -z "${SKIP_RESTIC:-}" ]; then
+  ntfs-3g -o ro "$work/vol.img" "$mnt"
+  measure "restic-second" restic_sent restic backup --json --host bench "$mnt"
+  umount "$mnt"
+fi
+python3 - "$work/inc.json" "$work/incr.json" <<'PY'
 import json, sys
-p = json.load(open(sys.argv[1]))["Bundle"]["Parent"]
-print(f"incremental: {p['ReusedChunks']} chunks reused, {p['CopiedBytes']} bytes in {p['CopiedParts']} parts copied on the server, "
-      f"{p['NewBytes']} new and {p['FetchedBytes']} fetched bytes sent, {p['ReadBackBytes']} bytes read back to hash the copies")
+for f in sys.argv[1:]:
+  p = json.load(open(f))["Bundle"]["Parent"]
+  print(f"incremental ({f.split('/')[-1]}): {p['ReusedChunks']} chunks reused, {p['CopiedBytes']} bytes in {p['CopiedParts']} parts copied on the server, "
+        f"{p['NewBytes']} new and {p['FetchedBytes']} fetched bytes sent, {p['ReadBackBytes']} bytes read back to hash the copies")
 PY
 a=$(aws --endpoint-url http://127.0.0.1:3930 s3 cp s3://bench/inc.image.zst - | sha256sum)
 b=$(aws --endpoint-url http://127.0.0.1:3930 s3 cp s3://bench/full.image.zst - | sha256sum)
 [ "$a" = "$b" ] && echo "the incremental data object equals the full one" || echo "OBJECTS DIFFER"
+c=$(for k in $(aws --endpoint-url http://127.0.0.1:3930 s3api list-objects-v2 --bucket bench --prefix incr.image. --query 'Contents[].Key' --output text | tr '\t' '\n' | sort); do
+  aws --endpoint-url http://127.0.0.1:3930 s3 cp "s3://bench/$k" -; done | sha256sum)
+n=$(aws --endpoint-url http://127.0.0.1:3930 s3api list-objects-v2 --bucket bench --prefix incr.image. --query 'length(Contents)')
+[ "$c" = "$b" ] && echo "the $n objects of the --layout runs bundle, concatenated, equal the full data object" || echo "RUNS OBJECTS DIFFER"
 python3 - "$results" <<'PY'
 import sys
 r = {l.split()[0]: l.split()[1:] for l in open(sys.argv[1])}
-f, i, s = r["winbundle-full"], r["winbundle-parent"], r["restic-second"]
-print(f"incremental / full:        wall {float(i[0]) / float(f[0]):.2f}, CPU {float(i[1]) / float(f[1]):.2f}, bytes sent {int(i[4]) / int(f[4]):.3f}")
-print(f"incremental / restic 2nd:  wall {float(i[0]) / float(s[0]):.2f}, CPU {float(i[1]) / float(s[1]):.2f}, bytes sent {int(i[4]) / max(int(s[4]), 1):.2f}")
+f, s = r["winbundle-full"], r.get("restic-second")
+for name in ["winbundle-parent", "winbundle-parent-runs"]:
+  i = r[name]
+  print(f"{name} / full:        wall {float(i[0]) / float(f[0]):.2f}, CPU {float(i[1]) / float(f[1]):.2f}, bytes sent {int(i[4]) / int(f[4]):.3f}")
+  if s: print(f"{name} / restic 2nd:  wall {float(i[0]) / float(s[0]):.2f}, CPU {float(i[1]) / float(s[1]):.2f}, bytes sent {int(i[4]) / max(int(s[4]), 1):.2f}")
 PY

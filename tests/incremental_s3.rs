@@ -290,3 +290,120 @@ fn a_parent_of_one_object_per_part_is_copied_from_its_part_objects() {
     assert!(store.get("pp/2.image.zst").unwrap() == store.get("pp/fresh.image.zst").unwrap());
     restores_from_s3(&store, "pp/2", &src, dir.path());
 }
+
+/// The stream of a bundle: its data objects, concatenated in manifest order.
+fn stream_of(store: &dyn ObjectStore, m: &winbundle::bundle::manifest::Manifest) -> Vec<u8> {
+    m.data.objects.iter().flat_map(|o| store.get(&o.key).unwrap()).collect()
+}
+
+/// Compressed bytes of the frames of `after` whose plaintext `before` did not have there.
+fn changed_frames(store: &dyn ObjectStore, before: &str, after: &str) -> u64 {
+    let index = |prefix: &str| OpenedBundle::open(store, prefix).unwrap().index.unwrap().entries;
+    let (b, a) = (index(before), index(after));
+    b.iter()
+        .zip(&a)
+        .filter(|(x, y)| x.hash != y.hash)
+        .map(|(_, y)| u64::from(y.length))
+        .sum()
+}
+
+#[test]
+fn the_runs_layout_sends_only_the_changed_frames_and_pads_no_part() {
+    use winbundle::bundle::manifest::Layout;
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    // Free clusters left for two rounds of changes: every 16 MiB, then every 4 MiB.
+    let (first, second) = (|cl: u64| cl % 4096 == 77, |cl: u64| cl % 1024 == 589);
+    fill_free_clusters(&src, 0x2545f4914f6cdd1d, &|cl| !first(cl) && !second(cl));
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    let runs = |prefix: &str, parent: Option<&str>| {
+        let mut req = match parent {
+            Some(p) => with_parent(&src, prefix, p),
+            None => full(&src, prefix),
+        };
+        req.layout = Layout::Runs;
+        req
+    };
+    // A full bundle in this layout is one object.
+    let (pm, _) = run(&runs("u/1", None), &store).result.unwrap();
+    let keys: Vec<_> = pm.data.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(keys, ["u/1.image.000000.zst"]);
+
+    // Round 2: a few chunks change, 16 MiB apart; the runs between them are copied.
+    fill_free_clusters(&src, 7, &|cl| first(cl));
+    s3.faults.reset_counts();
+    let (m, stats) = run(&runs("u/2", Some("u/1")), &store).result.unwrap();
+    assert_eq!(m.data.layout, Layout::Runs);
+    let check_objects = |m: &winbundle::bundle::manifest::Manifest| {
+        for (n, o) in m.data.objects.iter().enumerate() {
+            assert_eq!(
+                o.key,
+                format!(
+                    "{}.image.{n:06}.zst",
+                    m.data.objects[0].key.split(".image.").next().unwrap()
+                )
+            );
+            let sizes = o.part_lengths(m.data.part_size);
+            assert!(
+                sizes[..sizes.len() - 1].iter().all(|&s| s >= 5 << 20),
+                "{}: {sizes:?}",
+                o.key
+            );
+        }
+    };
+    check_objects(&m);
+    assert!(m.data.objects.len() >= 3, "{} objects", m.data.objects.len());
+    let p = m.parent.as_ref().unwrap();
+    assert!(p.copied_parts >= 3, "{p:?}");
+    // Sent: exactly the changed frames and the seek table; no padding, nothing fetched.
+    let sent = s3.faults.bytes_in("UploadPart");
+    assert_eq!(sent, m.data.stream_size - p.copied_bytes);
+    assert_eq!(stats.parent_io.fetched_bytes, 0);
+    assert_eq!(sent, changed_frames(&store, "u/1", "u/2") + m.data.seek_table_size);
+    // The stream is the one a full bundle writes, cut into objects.
+    let (fresh, _) = run(&full(&src, "u/full2"), &store).result.unwrap();
+    assert!(stream_of(&store, &m) == store.get(&fresh.data.objects[0].key).unwrap());
+    // Its parent gone, it verifies and restores on its own.
+    delete_bundle(&store, "u/1");
+    restores_from_s3(&store, "u/2", &src, dir.path());
+
+    // Round 3, from the objects of round 2: changes every 4 MiB leave runs shorter than a
+    // part, each copied as the last (and only) part of an object of its own.
+    fill_free_clusters(&src, 8, &|cl| second(cl));
+    s3.faults.reset_counts();
+    let (m3, stats3) = run(&runs("u/3", Some("u/2")), &store).result.unwrap();
+    check_objects(&m3);
+    let lone = m3
+        .data
+        .objects
+        .iter()
+        .filter(|o| o.size < 5 << 20 && o.parts_sha256.len() == 1)
+        .count();
+    assert!(lone >= 2, "{lone} objects of one short part");
+    let p3 = m3.parent.as_ref().unwrap();
+    assert_eq!(s3.faults.count("UploadPartCopy") as u32, p3.copied_parts);
+    let sent3 = s3.faults.bytes_in("UploadPart");
+    assert_eq!(sent3, m3.data.stream_size - p3.copied_bytes);
+    // Runs under RUN_COPY_MIN are sent rather than copied: they are all that is sent besides
+    // the changed frames and the seek table.
+    assert_eq!(
+        sent3,
+        changed_frames(&store, "u/2", "u/3") + m3.data.seek_table_size + stats3.parent_io.fetched_bytes
+    );
+    let (fresh3, _) = run(&full(&src, "u/full3"), &store).result.unwrap();
+    assert!(stream_of(&store, &m3) == store.get(&fresh3.data.objects[0].key).unwrap());
+
+    // Its parent gone, round 2 (the parent of round 3) still verifies and restores.
+    delete_bundle(&store, "u/2");
+    restores_from_s3(&store, "u/3", &src, dir.path());
+}
+
+fn delete_bundle(store: &dyn ObjectStore, prefix: &str) {
+    let gone = OpenedBundle::open(store, prefix).unwrap().manifest;
+    for o in &gone.data.objects {
+        store.delete(&o.key).unwrap();
+    }
+    store.delete(&format!("{prefix}.index.zst")).unwrap();
+    store.delete(&format!("{prefix}.manifest.json")).unwrap();
+}

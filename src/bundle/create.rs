@@ -128,7 +128,7 @@ pub fn validate(req: &BundleRequest) -> Result<(), Error> {
         return Err(invalid("--threads", format!("{}: use 1 to 256", req.threads)));
     }
     if let Some(p) = req.part_size {
-        let min = if req.layout == Layout::Single {
+        let min = if req.layout != Layout::Parts {
             MIN_PART_SIZE
         } else {
             1 << 20
@@ -287,7 +287,7 @@ fn run(
     let chunk_count = plan.image_len.div_ceil(req.chunk_size as u64);
     let bound = plan.read_bytes + plan.read_bytes / 64 + chunk_count * (256 + 12) + 64;
     let part_size = part_size_for(req.part_size, bound);
-    if req.layout == Layout::Single && part_size < store.min_part_size() {
+    if req.layout != Layout::Parts && part_size < store.min_part_size() {
         return Err(invalid(
             "--part-size",
             format!(
@@ -307,6 +307,7 @@ fn run(
     let planned_keys = match req.layout {
         Layout::Single => vec![keys.manifest(), keys.index(), keys.image()],
         Layout::Parts => vec![keys.manifest(), keys.index(), keys.part(0), keys.part(max_parts - 1)],
+        Layout::Runs => vec![keys.manifest(), keys.index(), keys.run_object(0)],
     };
     let parent = match &req.parent {
         Some(choice) => open_parent(store, req, choice, &task.instance_id, notes)?,
@@ -412,7 +413,11 @@ fn run(
             let settings = super::disk::StreamSettings {
                 store,
                 prefix: &req.prefix,
-                layout: req.layout,
+                // The disk stream is never copied in pieces: one object is all it needs.
+                layout: match req.layout {
+                    Layout::Runs => Layout::Single,
+                    l => l,
+                },
                 part_size,
                 chunk_size: req.chunk_size,
                 level: req.level,

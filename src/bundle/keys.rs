@@ -33,11 +33,18 @@ impl Keys {
         format!("{}.part.{n}", self.prefix)
     }
 
+    /// Object `n` of the data stream in `--layout runs`: zero-padded, so that the keys sort
+    /// in stream order (`cat P.image.*.zst | zstd -d`).
+    pub fn run_object(&self, n: u32) -> String {
+        format!("{}.image.{n:06}.zst", self.prefix)
+    }
+
     /// The key of object `n` of a data stream in `layout`.
     pub fn object(&self, layout: super::Layout, n: u32) -> String {
         match layout {
             super::Layout::Single => self.image(),
             super::Layout::Parts => self.part(n),
+            super::Layout::Runs => self.run_object(n),
         }
     }
 }

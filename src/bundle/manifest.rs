@@ -24,6 +24,10 @@ pub enum Layout {
     Single,
     /// One object per part, `P.part.0`, `P.part.1`, ... (what upload-policy POSTs write).
     Parts,
+    /// Objects `P.image.000000.zst`, `P.image.000001.zst`, ...: one while nothing is copied;
+    /// an incremental bundle on S3 starts a new object where a copied run of its parent's
+    /// frames meets a short upload part, so no part is padded with bytes sent again.
+    Runs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

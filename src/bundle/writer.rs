@@ -11,6 +11,12 @@
 //! then vary in size, and the manifest lists their sizes. The parent bytes sent that way are
 //! fetched in the background ([`Fetcher`]): what follows them in the stream waits in a queue,
 //! in order, until they arrive.
+//!
+//! `--layout runs` pads nothing: where a short upload part meets a run to copy, the object
+//! ends (the short part is its last part) and the next object begins with the copy; a run
+//! shorter than 5 MiB (but at least [`RUN_COPY_MIN`]) is copied as the last part of an object
+//! of its own. Objects are completed in the background ([`MAX_FINISHING`] at once), so the
+//! stream goes on while the server assembles them.
 
 use std::collections::VecDeque;
 
@@ -37,6 +43,12 @@ const FETCH_PIECE: usize = 8 << 20;
 /// Bytes waiting behind fetches of the parent (theirs included) before the writer waits for
 /// the oldest fetch.
 const MAX_QUEUED: u64 = 64 << 20;
+/// `--layout runs`: the shortest run of the parent's frames copied on the server; a shorter one
+/// is sent (a copy costs an object of its own: three requests).
+pub const RUN_COPY_MIN: u64 = 1 << 20;
+/// `--layout runs`: objects being completed in the background before the writer waits for the
+/// oldest.
+const MAX_FINISHING: usize = 8;
 
 /// Server-side copies from the parent (incremental bundles on S3).
 pub struct Copying<'a> {
@@ -54,6 +66,8 @@ enum Op {
     Fetch(Pending),
     /// Ends the upload part begun, before a copy.
     EndPart,
+    /// Ends the object begun (`--layout runs`).
+    EndObject,
     Copy {
         start: u64,
         len: u64,
@@ -69,6 +83,13 @@ struct Run {
     len: u64,
     /// Stream offset of the parent object holding it.
     object_start: u64,
+}
+
+/// An object whose completion runs in the background, and what its description waits for.
+struct Finishing {
+    handle: std::thread::JoinHandle<Result<crate::store::ObjectReceipt, StoreError>>,
+    info: ObjectInfo,
+    parts: Vec<(u64, Option<[u8; 32]>)>,
 }
 
 /// How an incremental bundle's reused frames reached the store.
@@ -126,6 +147,10 @@ pub struct StreamWriter<'a> {
     probed: bool,
     /// A local store's parent: its frames are copied by the file system (`write_copy`).
     local_parent: Option<&'a Parent<'a>>,
+    /// Objects opened so far (the next one's number).
+    objects: u32,
+    /// Objects being completed in the background, oldest first.
+    finishing: VecDeque<Finishing>,
 }
 
 /// A finished data stream.
@@ -176,6 +201,8 @@ impl<'a> StreamWriter<'a> {
             plan_part_len: 0,
             probed: false,
             local_parent: None,
+            objects: 0,
+            finishing: VecDeque::new(),
         }
     }
 
@@ -194,8 +221,13 @@ impl<'a> StreamWriter<'a> {
 
     fn open_object(&mut self) -> Result<(), Error> {
         if self.current.is_none() {
-            let key = self.keys.object(self.layout, self.done.len() as u32);
-            let w = self.store.writer(&key)?;
+            let key = self.keys.object(self.layout, self.objects);
+            // `--layout runs`: only the first object looks for an upload to resume.
+            let w = match (self.layout, self.objects) {
+                (Layout::Runs, 1..) => self.store.fresh_writer(&key)?,
+                _ => self.store.writer(&key)?,
+            };
+            self.objects += 1;
             self.current = Some((
                 w,
                 ObjectInfo {
@@ -267,38 +299,74 @@ impl<'a> StreamWriter<'a> {
     }
 
     fn close_object(&mut self) -> Result<(), Error> {
-        if let Some((w, mut info)) = self.current.take() {
+        let Some((w, info)) = self.current.take() else {
+            return Ok(());
+        };
+        self.stored_before += info.size;
+        let parts = std::mem::take(&mut self.parts);
+        if self.layout != Layout::Runs {
             let receipt = w.finish()?;
-            self.stored_before += info.size;
-            info.etag = receipt.etag;
-            info.parts_etag = receipt.part_etags;
-            self.resumed.add(&receipt.resumed);
-            self.reuse.copies.add(&receipt.copy);
-            for (number, sum) in receipt.copied {
-                if let Some(p) = self.parts.get_mut(number as usize) {
-                    p.1 = Some(sum);
-                }
-            }
-            for (n, (_, digest)) in self.parts.iter().enumerate() {
-                let digest = digest.ok_or_else(|| {
-                    Error::Internal(format!("{}: the store gave no SHA-256 for copied part {n}", info.key))
-                })?;
-                self.bundle_hasher.update(digest);
-                info.parts_sha256.push(hex::encode(digest));
-            }
-            // Parts of one size (the last may be shorter) need no list.
-            let last = self.parts.len().saturating_sub(1);
-            let uneven = self.parts.iter().enumerate().any(|(i, p)| match i == last {
-                false => p.0 != self.part_size,
-                true => p.0 > self.part_size,
-            });
-            if uneven {
-                info.part_sizes = Some(self.parts.iter().map(|p| p.0).collect());
-            }
-            self.parts.clear();
-            self.done.push(info);
-            self.report_stored();
+            return self.settle(receipt, info, parts);
         }
+        // The stream goes on while the server assembles this object.
+        let handle = std::thread::Builder::new()
+            .name("winbundle-complete".into())
+            .spawn(move || w.finish())
+            .map_err(|e| Error::Internal(format!("cannot start a thread to complete {}: {e}", info.key)))?;
+        self.finishing.push_back(Finishing { handle, info, parts });
+        while self.finishing.len() > MAX_FINISHING {
+            self.settle_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the oldest object completing in the background and records it.
+    fn settle_oldest(&mut self) -> Result<(), Error> {
+        let Some(f) = self.finishing.pop_front() else {
+            return Ok(());
+        };
+        let receipt = f
+            .handle
+            .join()
+            .map_err(|_| Error::Internal(format!("completing {} panicked", f.info.key)))??;
+        self.settle(receipt, f.info, f.parts)
+    }
+
+    /// Records a stored object: its ETags, the digests of its parts (the server's for copied
+    /// ones) into the bundle digest, in stream order.
+    fn settle(
+        &mut self,
+        receipt: crate::store::ObjectReceipt,
+        mut info: ObjectInfo,
+        mut parts: Vec<(u64, Option<[u8; 32]>)>,
+    ) -> Result<(), Error> {
+        info.etag = receipt.etag;
+        info.parts_etag = receipt.part_etags;
+        self.resumed.add(&receipt.resumed);
+        self.reuse.copies.add(&receipt.copy);
+        for (number, sum) in receipt.copied {
+            if let Some(p) = parts.get_mut(number as usize) {
+                p.1 = Some(sum);
+            }
+        }
+        for (n, (_, digest)) in parts.iter().enumerate() {
+            let digest = digest.ok_or_else(|| {
+                Error::Internal(format!("{}: the store gave no SHA-256 for copied part {n}", info.key))
+            })?;
+            self.bundle_hasher.update(digest);
+            info.parts_sha256.push(hex::encode(digest));
+        }
+        // Parts of one size (the last may be shorter) need no list.
+        let last = parts.len().saturating_sub(1);
+        let uneven = parts.iter().enumerate().any(|(i, p)| match i == last {
+            false => p.0 != self.part_size,
+            true => p.0 > self.part_size,
+        });
+        if uneven {
+            info.part_sizes = Some(parts.iter().map(|p| p.0).collect());
+        }
+        self.done.push(info);
+        self.report_stored();
         Ok(())
     }
 
@@ -310,6 +378,9 @@ impl<'a> StreamWriter<'a> {
         };
         if self.copy_refused {
             return self.send_from_parent(run.start, run.len);
+        }
+        if self.layout == Layout::Runs {
+            return self.close_run_in_objects(run, min);
         }
         // An upload part already begun must reach `min` before a copy may follow it.
         let need = if self.plan_part_len > 0 {
@@ -334,14 +405,51 @@ impl<'a> StreamWriter<'a> {
         );
         self.send_from_parent(run.start, need)?;
         self.end_part_for_copy()?;
-        let (mut start, mut len) = (run.start + need, run.len - need);
+        self.copy_pieces(run.start + need, run.len - need, run.object_start, min)
+    }
+
+    /// `--layout runs`: a run long enough to copy never pads a part: a short upload part begun
+    /// ends its object instead, and a run shorter than `min` is copied as the last part of an
+    /// object of its own.
+    fn close_run_in_objects(&mut self, run: Run, min: u64) -> Result<(), Error> {
+        if run.len < RUN_COPY_MIN {
+            tracing::debug!(
+                "parent bytes {}..{} ({} bytes): too short to copy, sent",
+                run.start,
+                run.start + run.len,
+                run.len
+            );
+            return self.send_from_parent(run.start, run.len);
+        }
+        if self.plan_part_len > 0 && self.plan_part_len < min {
+            self.end_object_for_copy()?;
+        } else {
+            self.end_part_for_copy()?;
+        }
+        if run.len < min {
+            tracing::debug!(
+                "parent bytes {}..{} ({} bytes): copied as an object's last part",
+                run.start,
+                run.start + run.len,
+                run.len
+            );
+            self.put_copy(run.start, run.len, run.object_start)?;
+            return self.end_object_for_copy();
+        }
+        self.copy_pieces(run.start, run.len, run.object_start, min)
+    }
+
+    /// Copies parent stream bytes [start, start + len) (at least `min`) as parts of at least
+    /// `min` bytes each.
+    fn copy_pieces(&mut self, start: u64, len: u64, object_start: u64, min: u64) -> Result<(), Error> {
+        let (mut start, mut len) = (start, len);
         // The stream's first copy waits for its answer (it tells whether the server copies at
         // all), and the pipeline with it: it is kept to `min` bytes, so that answer comes fast
         // (a 100 MB first copy held a 3 GiB run on Garage up for 0.8 s).
         if !self.probed {
             self.probed = true;
             if len >= 2 * min {
-                self.put_copy(start, min, run.object_start)?;
+                self.put_copy(start, min, object_start)?;
                 (start, len) = (start + min, len - min);
             }
         }
@@ -351,7 +459,7 @@ impl<'a> StreamWriter<'a> {
         let mut at = start;
         for k in 0..pieces {
             let end = start + len * (k + 1) / pieces;
-            self.put_copy(at, end - at, run.object_start)?;
+            self.put_copy(at, end - at, object_start)?;
             at = end;
         }
         Ok(())
@@ -384,6 +492,23 @@ impl<'a> StreamWriter<'a> {
         }
         self.queue.push_back(Op::EndPart);
         Ok(())
+    }
+
+    /// Ends the object begun, if any (`--layout runs`): its last part may be short.
+    fn end_object_for_copy(&mut self) -> Result<(), Error> {
+        self.plan_part_len = 0;
+        if self.queue.is_empty() {
+            return self.end_object_now();
+        }
+        self.queue.push_back(Op::EndObject);
+        Ok(())
+    }
+
+    fn end_object_now(&mut self) -> Result<(), Error> {
+        if self.part_len > 0 {
+            self.end_part()?;
+        }
+        self.close_object()
     }
 
     fn end_part_now(&mut self) -> Result<(), Error> {
@@ -445,6 +570,7 @@ impl<'a> StreamWriter<'a> {
                     self.write_bytes(&b)?;
                 }
                 Op::EndPart => self.end_part_now()?,
+                Op::EndObject => self.end_object_now()?,
                 Op::Copy {
                     start,
                     len,
@@ -547,7 +673,18 @@ impl<'a> StreamWriter<'a> {
     /// Writes the seek table, closes the last part and object. Returns the data description,
     /// the bundle digest, what an interrupted earlier run had stored that was reused, and the
     /// chunk index of a volume of `volume_size` bytes in chunks of `chunk_size`.
+    /// On failure, removes what was written, as [`abort`](Self::abort) does.
     pub fn finish(mut self, chunk_size: u64, volume_size: u64) -> Result<Finished, Error> {
+        match self.finish_stream(chunk_size, volume_size) {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                self.abort();
+                Err(e)
+            }
+        }
+    }
+
+    fn finish_stream(&mut self, chunk_size: u64, volume_size: u64) -> Result<Finished, Error> {
         let table = encode_seek_table(&self.seek);
         let seek_table_offset = self.frames_end;
         // An unchanged source has the parent's seek table too: it follows the parent's last
@@ -572,6 +709,9 @@ impl<'a> StreamWriter<'a> {
             self.end_part()?;
         }
         self.close_object()?;
+        while !self.finishing.is_empty() {
+            self.settle_oldest()?;
+        }
         let digest = hex::encode(std::mem::take(&mut self.bundle_hasher).finalize());
         let info = DataInfo {
             layout: self.layout,
@@ -599,6 +739,11 @@ impl<'a> StreamWriter<'a> {
         self.queue.clear();
         if let Some((w, _)) = self.current.take() {
             w.abort();
+        }
+        // Objects still completing: once done (or failed), removed like the others.
+        for f in std::mem::take(&mut self.finishing) {
+            let _ = f.handle.join();
+            let _ = self.store.delete(&f.info.key);
         }
         for o in &self.done {
             let _ = self.store.delete(&o.key);

@@ -339,7 +339,9 @@ pub struct BundleArgs {
     /// Compression threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// One object PREFIX.image.zst, or objects PREFIX.part.N.
+    /// One object PREFIX.image.zst; objects PREFIX.part.N; or `runs`: objects
+    /// PREFIX.image.NNNNNN.zst, split where an incremental bundle's copies on S3 need it, so
+    /// that only changed frames are sent.
     #[arg(long, value_enum, default_value = "single")]
     pub layout: Layout,
     /// Bytes per part (grown automatically so a bundle never needs more than 10,000 parts).

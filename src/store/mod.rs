@@ -212,6 +212,11 @@ pub trait ObjectStore: Send + Sync {
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<(), StoreError>;
     fn writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError>;
+    /// A writer that does not look for an unfinished upload of `key` to resume (one request
+    /// fewer on S3): for the many small objects of `--layout runs`, where little is in flight.
+    fn fresh_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        self.writer(key)
+    }
 
     /// Waits until everything handed to the store is stored (background uploads).
     fn flush(&self) -> Result<(), StoreError> {

@@ -350,6 +350,13 @@ impl ObjectStore for S3Store {
         Ok(Box::new(multipart::MultipartWriter::start(self.inner.clone(), key)?))
     }
 
+    fn fresh_writer(&self, key: &str) -> Result<Box<dyn ObjectWriter>, StoreError> {
+        Ok(Box::new(multipart::MultipartWriter::start_fresh(
+            self.inner.clone(),
+            key,
+        )?))
+    }
+
     fn min_part_size(&self) -> u64 {
         MIN_MULTIPART_PART
     }

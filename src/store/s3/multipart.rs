@@ -90,7 +90,21 @@ fn pick_upload(inner: &Inner, key: &str) -> Result<(Option<String>, ResumeStats)
 
 impl MultipartWriter {
     pub(crate) fn start(inner: Arc<Inner>, key: &str) -> Result<Self, StoreError> {
-        let (resume, mut resumed) = pick_upload(&inner, key)?;
+        let (resume, resumed) = pick_upload(&inner, key)?;
+        Self::start_from(inner, key, resume, resumed)
+    }
+
+    /// A new upload, without looking for one to resume.
+    pub(crate) fn start_fresh(inner: Arc<Inner>, key: &str) -> Result<Self, StoreError> {
+        Self::start_from(inner, key, None, ResumeStats::default())
+    }
+
+    fn start_from(
+        inner: Arc<Inner>,
+        key: &str,
+        resume: Option<String>,
+        mut resumed: ResumeStats,
+    ) -> Result<Self, StoreError> {
         if let Some(upload_id) = resume {
             match uploads::parts(&inner, key, &upload_id) {
                 Ok(stored) => {
