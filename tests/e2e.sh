@@ -798,6 +798,14 @@ s3_incremental() { # name: an incremental bundle on S3 copies unchanged runs on 
   "$wb" bundle-instance "$vol" "${b[@]}" --prefix "incr/$name/tue" "${s3[@]}" --incremental 2>"$work/incr.err" >"$work/incr.json"
   cat "$work/incr.err"
   "$wb" bundle-instance "$vol" "${b[@]}" --prefix "incr/$name/full" "${s3[@]}" >/dev/null
+  # The same in --layout runs: objects split where copies need it, nothing padded.
+  "$wb" bundle-instance "$vol" "${b[@]}" --prefix "incr/$name/runs" "${s3[@]}" --parent "incr/$name/mon" --layout runs >"$work/runs.json"
+  python3 - "$work/runs.json" "$work/incr.json" <<'PY'
+import json, sys
+r, s = (json.load(open(f))["Bundle"]["Parent"] for f in sys.argv[1:])
+print(f"--layout runs sent {r['NewBytes'] + r['FetchedBytes']} bytes, single {s['NewBytes'] + s['FetchedBytes']}")
+assert r["CopiedParts"] > 0 and r["NewBytes"] + r["FetchedBytes"] <= s["NewBytes"] + s["FetchedBytes"], (r, s)
+PY
   python3 - "$work/incr.json" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1]))["Bundle"]
@@ -810,7 +818,13 @@ PY
   "${api[@]}" cp "s3://e2e-bucket/incr/$name/tue.image.zst" "$work/incr-tue.zst" >/dev/null
   "${api[@]}" cp "s3://e2e-bucket/incr/$name/full.image.zst" "$work/incr-full.zst" >/dev/null
   cmp "$work/incr-tue.zst" "$work/incr-full.zst"
+  rm -rf "$work/runs"
+  "${api[@]}" cp --recursive "s3://e2e-bucket/incr/$name/" "$work/runs/" --exclude "*" --include "runs.image.*" >/dev/null
+  ls "$work/runs" | grep -q '^runs\.image\.000000\.zst$'
+  cat "$work/runs"/runs.image.*.zst | cmp - "$work/incr-full.zst"
   "${api[@]}" rm --recursive "s3://e2e-bucket/incr/$name/mon." >/dev/null
+  "$wb" verify --bucket e2e-bucket --prefix "incr/$name/runs" "${s3[@]}" -q
+  "$wb" restore --bucket e2e-bucket --prefix "incr/$name/runs" "${s3[@]}" --output - -q | cmp - <(zstd -d -c "$work/incr-full.zst")
   "$wb" verify --bucket e2e-bucket --prefix "incr/$name/tue" "${s3[@]}" -q
   "$wb" restore --bucket e2e-bucket --prefix "incr/$name/tue" "${s3[@]}" --output - -q | cmp - <(zstd -d -c "$work/incr-full.zst")
   "$wb" restore --bucket e2e-bucket --prefix "incr/$name/tue" "${s3[@]}" --output "$work/incr.img" --force -q
@@ -824,7 +838,7 @@ PY
     cat "$work/incr.err"
     [ "$rc" != 0 ] && grep -q "no longer has the ETag" "$work/incr.err"
   fi
-  rm -f "$work/incr-tue.zst" "$work/incr-full.zst" "$work/incr.img" "$vol"
+  rm -rf "$work/incr-tue.zst" "$work/incr-full.zst" "$work/incr.img" "$work/runs" "$vol"
   unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
 }
 
@@ -925,7 +939,7 @@ for server in "${servers[@]}"; do
   done
   check "$server: many parts (48 MiB of random data in 5 MiB parts), restore to stdout" s3_many_parts "$server"
   check "$server: a wrong secret key fails with a failed task and a hint" s3_wrong_secret "$server"
-  check "$server: incremental bundle: unchanged runs copied on the server (UploadPartCopy), object = a full bundle's, restores without its parent" s3_incremental "$server"
+  check "$server: incremental bundle: unchanged runs copied on the server (UploadPartCopy), object = a full bundle's (--layout runs: its objects concatenated), restores without its parent" s3_incremental "$server"
   if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
     check "$server: ls -R and extract of a bundle on the server = the source's C: mounted by ntfs-3g; cat of a compressed file" s3_browse "$server"
   else
