@@ -486,22 +486,25 @@ impl<'a> StreamWriter<'a> {
         if self.plan_part_len == 0 {
             return Ok(());
         }
-        self.plan_part_len = 0;
-        if self.queue.is_empty() {
-            return self.end_part_now();
-        }
-        self.queue.push_back(Op::EndPart);
-        Ok(())
+        self.end_for_copy(Op::EndPart)
     }
 
     /// Ends the object begun, if any (`--layout runs`): its last part may be short.
     fn end_object_for_copy(&mut self) -> Result<(), Error> {
+        self.end_for_copy(Op::EndObject)
+    }
+
+    /// `end` (EndPart or EndObject) now, or queued behind the fetches under way.
+    fn end_for_copy(&mut self, end: Op) -> Result<(), Error> {
         self.plan_part_len = 0;
-        if self.queue.is_empty() {
-            return self.end_object_now();
+        if !self.queue.is_empty() {
+            self.queue.push_back(end);
+            return Ok(());
         }
-        self.queue.push_back(Op::EndObject);
-        Ok(())
+        match end {
+            Op::EndObject => self.end_object_now(),
+            _ => self.end_part_now(),
+        }
     }
 
     fn end_object_now(&mut self) -> Result<(), Error> {
