@@ -399,6 +399,44 @@ fn the_runs_layout_sends_only_the_changed_frames_and_pads_no_part() {
     restores_from_s3(&store, "u/3", &src, dir.path());
 }
 
+/// `--layout runs` creates the uploads of its later objects in the background: one the server
+/// refuses to create fails the bundle with the server's answer, and nothing of it is left, no
+/// object and no unfinished upload.
+#[test]
+fn a_runs_object_whose_upload_cannot_be_created_fails_and_leaves_nothing() {
+    use winbundle::bundle::manifest::Layout;
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let changed = |cl: u64| cl % 4096 == 77;
+    fill_free_clusters(&src, 0x2545f4914f6cdd1d, &|cl| !changed(cl));
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    run(&full(&src, "c/1"), &store).result.unwrap();
+    fill_free_clusters(&src, 7, &changed);
+    let mut req = with_parent(&src, "c/2", "c/1");
+    req.layout = Layout::Runs;
+    // The first object's upload is created; every later one is refused.
+    *s3.faults.creates_left.lock().unwrap() = Some(1);
+    let err = run(&req, &store).result.unwrap_err().to_string();
+    assert!(
+        err.contains("CreateMultipartUpload") && err.contains("AccessDenied"),
+        "{err}"
+    );
+    assert!(err.contains("c/2.image.000001.zst"), "names the object: {err}");
+    assert!(s3.faults.count("CreateMultipartUpload") >= 2);
+    *s3.faults.creates_left.lock().unwrap() = None;
+    assert_eq!(store.list("c/2").unwrap(), Vec::<String>::new());
+    let open: Vec<_> = s3
+        .faults
+        .uploads
+        .lock()
+        .unwrap()
+        .values()
+        .map(|u| u.key.clone())
+        .collect();
+    assert!(open.is_empty(), "unfinished uploads left: {open:?}");
+}
+
 fn delete_bundle(store: &dyn ObjectStore, prefix: &str) {
     let gone = OpenedBundle::open(store, prefix).unwrap().manifest;
     for o in &gone.data.objects {

@@ -49,6 +49,9 @@ pub struct Faults {
     pub uploads: Mutex<std::collections::BTreeMap<String, Pending>>,
     /// Answer UploadPartCopy with 501 NotImplemented (a server that does not copy).
     pub refuse_copy: AtomicBool,
+    /// Accept this many more CreateMultipartUpload requests, then answer 403 AccessDenied
+    /// (None: no limit).
+    pub creates_left: Mutex<Option<u32>>,
     /// Request body bytes received, by operation.
     pub bytes_in: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -310,6 +313,14 @@ impl Service<http::Request<Incoming>> for Faulty {
             }
             if op == "PostObject" {
                 let mut left = faults.posts_left.lock().unwrap();
+                match left.as_mut() {
+                    Some(0) => return Ok(s3_error(403, "AccessDenied", "Access Denied")),
+                    Some(n) => *n -= 1,
+                    None => {}
+                }
+            }
+            if op == "CreateMultipartUpload" {
+                let mut left = faults.creates_left.lock().unwrap();
                 match left.as_mut() {
                     Some(0) => return Ok(s3_error(403, "AccessDenied", "Access Denied")),
                     Some(n) => *n -= 1,

@@ -101,6 +101,9 @@ pub(crate) struct Inner {
     pub resume: bool,
     /// What a failed or cancelled run could not clean up (an upload it could not abort).
     pub leftovers: Mutex<Vec<String>>,
+    /// The server has answered an UploadPartCopy: later objects' first copies need not wait
+    /// for their answer (`--layout runs` starts most objects with one).
+    pub copy_works: AtomicBool,
 }
 
 impl Inner {
@@ -212,6 +215,7 @@ impl S3Store {
                 cancel: opts.cancel.clone(),
                 resume: !opts.no_resume,
                 leftovers: Mutex::default(),
+                copy_works: AtomicBool::new(false),
             }),
         })
     }

@@ -14,8 +14,12 @@
 //! SHA-256 is the server's checksum of the copy: in the UploadPartCopy answer (AWS computes one
 //! for copied parts of an upload created with SHA-256 checksums), else as ListParts lists it
 //! before the upload is completed (Garage), else the source range is read back and hashed here
-//! (s3s-fs). The first copy waits for its answer: a server that does not do
-//! UploadPartCopy says so there, and the caller sends the bytes instead.
+//! (s3s-fs). The store's first copy waits for its answer: a server that does not do
+//! UploadPartCopy says so there, and the caller sends the bytes instead; later copies, in this
+//! object or another, run in the background like uploads.
+//!
+//! A fresh writer (`--layout runs`: every object after the first) creates its upload in the
+//! background; its parts wait for the id, the caller does not.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,7 +52,10 @@ const COPY_REFUSED: &[&str] = &["NotImplemented", "MethodNotAllowed", "Unsupport
 pub struct MultipartWriter {
     inner: Arc<Inner>,
     key: String,
-    upload_id: String,
+    /// The upload's id, once CreateMultipartUpload has answered.
+    upload: Upload,
+    /// The CreateMultipartUpload of a fresh writer, under way in the background.
+    creating: Option<JoinHandle<Result<String, StoreError>>>,
     buf: Vec<u8>,
     tasks: Vec<JoinHandle<Result<Done, StoreError>>>,
     done: Vec<CompletedPart>,
@@ -56,8 +63,6 @@ pub struct MultipartWriter {
     /// Copies without a checksum yet: part number → source.
     unsummed: HashMap<i32, CopySource>,
     copy: CopyStats,
-    /// A copy has been answered: the server does UploadPartCopy.
-    copy_works: bool,
     uploaded: Arc<AtomicU64>,
     /// Completed or aborted: nothing left to clean up.
     closed: bool,
@@ -94,9 +99,16 @@ impl MultipartWriter {
         Self::start_from(inner, key, resume, resumed)
     }
 
-    /// A new upload, without looking for one to resume.
+    /// A new upload, without looking for one to resume, created in the background: its parts
+    /// wait for its id, the caller does not (`--layout runs` opens many objects; each would
+    /// otherwise cost a round trip).
     pub(crate) fn start_fresh(inner: Arc<Inner>, key: &str) -> Result<Self, StoreError> {
-        Self::start_from(inner, key, None, ResumeStats::default())
+        let upload = Upload::default();
+        let (i, k, u) = (inner.clone(), key.to_string(), upload.clone());
+        let creating = inner.rt.spawn(async move { upload_id(&i, &k, &u).await });
+        let mut w = Self::new(inner, key, upload, HashMap::new(), ResumeStats::default());
+        w.creating = Some(creating);
+        Ok(w)
     }
 
     fn start_from(
@@ -109,7 +121,7 @@ impl MultipartWriter {
             match uploads::parts(&inner, key, &upload_id) {
                 Ok(stored) => {
                     resumed.resumed_from = Some(upload_id.clone());
-                    return Ok(Self::new(inner, key, upload_id, stored, resumed));
+                    return Ok(Self::new(inner, key, known(upload_id), stored, resumed));
                 }
                 Err(e @ StoreError::Cancelled { .. }) => return Err(e),
                 Err(e) => {
@@ -120,46 +132,28 @@ impl MultipartWriter {
                 }
             }
         }
-        let out = inner.run("CreateMultipartUpload", async {
-            inner
-                .client
-                .create_multipart_upload()
-                .bucket(&inner.bucket)
-                .key(key)
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .send()
-                .await
-                .map_err(|e| convert("CreateMultipartUpload", &inner.bucket, key, e))
-        })?;
-        let upload_id = out.upload_id().unwrap_or_default().to_string();
-        if upload_id.is_empty() {
-            return Err(StoreError::S3Transport {
-                op: "CreateMultipartUpload",
-                location: format!("{}/{key}", inner.bucket),
-                detail: "the server returned no upload id".into(),
-            });
-        }
-        Ok(Self::new(inner, key, upload_id, HashMap::new(), resumed))
+        let upload_id = inner.run("CreateMultipartUpload", create_upload(&inner, key))?;
+        Ok(Self::new(inner, key, known(upload_id), HashMap::new(), resumed))
     }
 
     fn new(
         inner: Arc<Inner>,
         key: &str,
-        upload_id: String,
+        upload: Upload,
         stored: HashMap<i32, StoredPart>,
         resumed: ResumeStats,
     ) -> Self {
         Self {
             inner,
             key: key.to_string(),
-            upload_id,
+            upload,
+            creating: None,
             buf: Vec::new(),
             tasks: Vec::new(),
             done: Vec::new(),
             copied: Vec::new(),
             unsummed: HashMap::new(),
             copy: CopyStats::default(),
-            copy_works: false,
             uploaded: Arc::default(),
             closed: false,
             stored,
@@ -229,7 +223,7 @@ impl MultipartWriter {
         if self.unsummed.is_empty() {
             return Ok(());
         }
-        let listed = uploads::parts(&self.inner, &self.key, &self.upload_id).unwrap_or_default();
+        let listed = uploads::parts(&self.inner, &self.key, &self.upload_id()?).unwrap_or_default();
         let mut readback = 0u64;
         for (number, source) in std::mem::take(&mut self.unsummed) {
             let listed = listed
@@ -277,6 +271,12 @@ impl MultipartWriter {
         format!("{}/{}", self.inner.bucket, self.key)
     }
 
+    /// The upload's id, waiting for (or making) its creation.
+    fn upload_id(&self) -> Result<String, StoreError> {
+        self.inner
+            .run("CreateMultipartUpload", upload_id(&self.inner, &self.key, &self.upload))
+    }
+
     /// Ends the upload on the server, so no parts are left costing money. Not cancellable (it is
     /// what a cancel does), but bounded: an upload it cannot abort is reported as a leftover.
     fn abort_upload(&mut self) {
@@ -285,7 +285,14 @@ impl MultipartWriter {
             t.abort();
         }
         let i = &self.inner;
-        let request = uploads::abort_request(i, &self.key, &self.upload_id);
+        // An upload still being created is waited for, so that it is ended too.
+        if let Some(t) = self.creating.take() {
+            let _ = i.rt.block_on(async { tokio::time::timeout(ABORT_TIMEOUT, t).await });
+        }
+        let Some(upload_id) = self.upload.get() else {
+            return; // never created
+        };
+        let request = uploads::abort_request(i, &self.key, upload_id);
         let why = match i
             .rt
             .block_on(async { tokio::time::timeout(ABORT_TIMEOUT, request).await })
@@ -295,8 +302,8 @@ impl MultipartWriter {
             Err(_) => format!("no answer in {} s", ABORT_TIMEOUT.as_secs()),
         };
         i.leftovers.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
-            "the multipart upload of {} (upload id {}; {why})",
-            self.key, self.upload_id
+            "the multipart upload of {} (upload id {upload_id}; {why})",
+            self.key
         ));
     }
 }
@@ -331,15 +338,16 @@ impl ObjectWriter for MultipartWriter {
         }
         let permit = self.permit("UploadPart")?;
         let body = std::mem::replace(&mut self.buf, Vec::with_capacity(part.size as usize));
-        let (inner, key, upload_id, uploaded, sha256) = (
+        let (inner, key, upload, uploaded, sha256) = (
             self.inner.clone(),
             self.key.clone(),
-            self.upload_id.clone(),
+            self.upload.clone(),
             self.uploaded.clone(),
             part.sha256,
         );
         let task = self.inner.rt.spawn(async move {
             let _permit = permit;
+            let upload_id = upload_id(&inner, &key, &upload).await?;
             let part = upload_part(&inner, &key, &upload_id, number, body, &sha256).await?;
             uploaded.fetch_add(part.1, Ordering::Relaxed);
             Ok(Done {
@@ -361,27 +369,28 @@ impl ObjectWriter for MultipartWriter {
             self.resumed.replaced_parts += 1;
         }
         let permit = self.permit("UploadPartCopy")?;
-        let (inner, key, upload_id, uploaded, source) = (
+        let (inner, key, upload, uploaded, source) = (
             self.inner.clone(),
             self.key.clone(),
-            self.upload_id.clone(),
+            self.upload.clone(),
             self.uploaded.clone(),
             source.clone(),
         );
         let copy = async move {
             let _permit = permit;
+            let upload_id = upload_id(&inner, &key, &upload).await?;
             let done = copy_part(&inner, &key, &upload_id, number, &source).await?;
             uploaded.fetch_add(source.len, Ordering::Relaxed);
             Ok(done)
         };
-        if self.copy_works {
+        if self.inner.copy_works.load(Ordering::Relaxed) {
             let task = self.inner.rt.spawn(copy);
             self.tasks.push(task);
             return Ok(());
         }
-        // The first copy: its answer says whether the server copies at all.
+        // The store's first copy: its answer says whether the server copies at all.
         let done = self.inner.run("UploadPartCopy", copy)?;
-        self.copy_works = true;
+        self.inner.copy_works.store(true, Ordering::Relaxed);
         self.record(done);
         Ok(())
     }
@@ -398,6 +407,13 @@ impl ObjectWriter for MultipartWriter {
             self.abort_upload();
             return Err(e);
         }
+        let upload_id = match self.upload_id() {
+            Ok(id) => id,
+            Err(e) => {
+                self.abort_upload();
+                return Err(e);
+            }
+        };
         let mut parts = std::mem::take(&mut self.done);
         parts.sort_by_key(|p| p.part_number());
         let part_etags = parts
@@ -410,7 +426,7 @@ impl ObjectWriter for MultipartWriter {
                 .complete_multipart_upload()
                 .bucket(&i.bucket)
                 .key(&self.key)
-                .upload_id(&self.upload_id)
+                .upload_id(&upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
@@ -444,6 +460,40 @@ impl Drop for MultipartWriter {
         if !self.closed {
             self.abort_upload();
         }
+    }
+}
+
+/// A multipart upload's id, set once it is created.
+type Upload = Arc<tokio::sync::OnceCell<String>>;
+
+/// An upload whose id is known.
+fn known(upload_id: String) -> Upload {
+    Arc::new(tokio::sync::OnceCell::new_with(Some(upload_id)))
+}
+
+/// The id of `upload`, creating the upload if nobody has (a creation that failed is tried
+/// again by the next caller).
+async fn upload_id(inner: &Inner, key: &str, upload: &Upload) -> Result<String, StoreError> {
+    upload.get_or_try_init(|| create_upload(inner, key)).await.cloned()
+}
+
+async fn create_upload(inner: &Inner, key: &str) -> Result<String, StoreError> {
+    let out = inner
+        .client
+        .create_multipart_upload()
+        .bucket(&inner.bucket)
+        .key(key)
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .send()
+        .await
+        .map_err(|e| convert("CreateMultipartUpload", &inner.bucket, key, e))?;
+    match out.upload_id() {
+        Some(id) if !id.is_empty() => Ok(id.to_string()),
+        _ => Err(StoreError::S3Transport {
+            op: "CreateMultipartUpload",
+            location: format!("{}/{key}", inner.bucket),
+            detail: "the server returned no upload id".into(),
+        }),
     }
 }
 
