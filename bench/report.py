@@ -78,7 +78,7 @@ for size in sorted(by_size):
                 ratio = f"{best['wall'] / r['wall']:.2f}× the best peer"
         elif r["kind"] == "restore":
             ratio = ", ".join(f"{p['wall'] / r['wall']:.2f}× {peer_label(p)}" for p in restore_peers(rs, r))
-        elif r["kind"] == "inc-parent":
+        elif r["kind"] in ("inc-parent", "inc-runs"):
             full = next((p for p in rs if p["kind"] == "inc-full" and p["server"] == r["server"]), None)
             restic = next((p for p in rs if p["kind"] == "inc-restic" and p["server"] == r["server"]), None)
             parts = []
@@ -118,16 +118,20 @@ for size in sorted(by_size):
         inc = {r["kind"]: r for r in rs if r["kind"].startswith("inc-") and r["server"] == server}
         if "inc-full" not in inc:
             continue
-        i, f = inc["inc-parent"], inc["inc-full"]
-        targets.append((f"{size} GiB, {server}: incremental (--parent) wall time / a full run's", i["wall"] / f["wall"], 0.25, "≤"))
-        if i["new"]:
-            targets.append(
-                (f"{size} GiB, {server}: incremental bytes sent / compressed size of the changed chunks", i["sent"] / i["new"], 2.0, "≤")
-            )
-        if "inc-restic" in inc:
-            targets.append(
-                (f"{size} GiB, {server}: restic's second snapshot wall time / incremental's", inc["inc-restic"]["wall"] / i["wall"], 1.0, "≥")
-            )
+        f = inc["inc-full"]
+        for kind, how in (("inc-parent", "--parent"), ("inc-runs", "--parent --layout runs")):
+            if kind not in inc:
+                continue
+            i = inc[kind]
+            targets.append((f"{size} GiB, {server}: incremental ({how}) wall time / a full run's", i["wall"] / f["wall"], 0.25, "≤"))
+            if i["new"]:
+                targets.append(
+                    (f"{size} GiB, {server}: incremental ({how}) bytes sent / compressed size of the changed chunks", i["sent"] / i["new"], 2.0, "≤")
+                )
+            if "inc-restic" in inc:
+                targets.append(
+                    (f"{size} GiB, {server}: restic's second snapshot wall time / incremental ({how})'s", inc["inc-restic"]["wall"] / i["wall"], 1.0, "≥")
+                )
     local = next((r for r in rs if r["name"] == "winbundle → local store"), None)
     if local and limit:
         targets.append((f"{size} GiB: local store vs the CPU limit", limit["wall"] / local["wall"], 0.9, "≥"))

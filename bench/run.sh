@@ -191,10 +191,11 @@ local_restores() { # size img: winbundle restore against zstd -d on the same loc
   rm -rf "$st"
 }
 
-# --- incremental bundles: full, --parent and (on Garage) restic's second snapshot ----------------
+# --- incremental bundles: full, --parent (single and runs) and (on Garage) restic's second snapshot
 . "$here/sent.sh"
 incremental() { # size vol creds s3opts server: C: changed by about 1 % of its data, stored
-  # in full and with --parent, and (on Garage) by restic as its second snapshot
+  # in full, with --parent, with --parent --layout runs, and (on Garage) by restic as its second
+  # snapshot
   local size=$1 vol=$2 creds=$3 s3opts=$4 s=$5 v="$work/inc-vol.img" mnt="$work/mnt" alloc_b change
   [ "${INCREMENTAL:-1}" != 0 ] || return 0
   local restic=0
@@ -218,11 +219,14 @@ incremental() { # size vol creds s3opts server: C: changed by about 1 % of its d
   cp --sparse=always "$v" /dev/null
   GROUP=inc-$s SENT=wb_sent measure "$size" inc-full "incremental → $s: changed C:, full bundle" "$s" if/ "$wbi --prefix if/c"
   GROUP=inc-$s SENT=wb_sent NEW=wb_new measure "$size" inc-parent "incremental → $s: changed C:, --parent" "$s" ii/ "$wbi --prefix ii/c --parent ip/c"
-  python3 -c '
+  reuse_line() { python3 -c '
 import json, sys
 p = json.load(open(sys.argv[1]))["Bundle"]["Parent"]
-print("   --parent: %d chunks reused, %d bytes in %d parts copied on the server, %d new and %d fetched bytes sent"
-      % (p["ReusedChunks"], p["CopiedBytes"], p["CopiedParts"], p["NewBytes"], p["FetchedBytes"]))' "$work/stdout.txt"
+print("   %s: %d chunks reused, %d bytes in %d parts copied on the server, %d new and %d fetched bytes sent"
+      % (sys.argv[2], p["ReusedChunks"], p["CopiedBytes"], p["CopiedParts"], p["NewBytes"], p["FetchedBytes"]))' "$work/stdout.txt" "$1"; }
+  reuse_line --parent
+  GROUP=inc-$s SENT=wb_sent NEW=wb_new measure "$size" inc-runs "incremental → $s: changed C:, --parent --layout runs" "$s" ir/ "$wbi --prefix ir/c --parent ip/c --layout runs"
+  reuse_line "--parent --layout runs"
   if [ $restic = 1 ]; then
     ntfs-3g -o ro "$v" "$mnt"
     GROUP=inc-$s SENT=restic_sent measure "$size" inc-restic "incremental → $s: changed C:, restic backup (second snapshot)" "$s" - \
@@ -233,6 +237,11 @@ print("   --parent: %d chunks reused, %d bytes in %d parts copied on the server,
   a=$(env $creds aws s3 cp s3://bench/ii/c.image.zst - --endpoint-url "${EP[$s]}" | sha256sum)
   b=$(env $creds aws s3 cp s3://bench/if/c.image.zst - --endpoint-url "${EP[$s]}" | sha256sum)
   [ "$a" = "$b" ] && echo "   the incremental data object equals the full one" || echo "   INCREMENTAL OBJECT DIFFERS FROM THE FULL ONE" >&2
+  local keys
+  keys=$(env $creds aws s3api list-objects-v2 --bucket bench --prefix ir/c.image. --endpoint-url "${EP[$s]}" --query 'Contents[].Key' --output text | tr '\t' '\n' | sort)
+  a=$(for k in $keys; do env $creds aws s3 cp "s3://bench/$k" - --endpoint-url "${EP[$s]}"; done | sha256sum)
+  [ "$a" = "$b" ] && echo "   the $(echo "$keys" | wc -l) objects of --layout runs, concatenated, equal the full object" ||
+    echo "   THE --layout runs OBJECTS DIFFER FROM THE FULL ONE" >&2
   rm -f "$v"
 }
 
