@@ -13,8 +13,9 @@
 # requests Garage counted, and the bytes sent as each tool reports them (winbundle: new and
 # fetched bytes of the stream; restic: data added to the repository). Benchmarks report; they
 # never fail on speed.
-# KEEP_LOGS=DIR keeps each run's stderr there; WB_FLAGS adds flags to the incremental run
-# (for example -v, for its stage times). SKIP_RESTIC=1 leaves restic out.
+# KEEP_LOGS=DIR keeps each run's stderr there; WB_FLAGS adds flags to the incremental runs
+# (for example -v, for its stage times), WB_ALL_FLAGS to every winbundle run (for example
+# `--chunk-size 1MiB`: a parent and its child must have the same chunk size). SKIP_RESTIC=1 leaves restic out.
 set -euo pipefail
 img=${1:?usage: bench/incremental-s3.sh IMAGE [CHANGE_MIB]} change=${2:-30}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,7 +60,7 @@ measure() { # name sent-extractor command...: runs it, appends "name wall cpu se
 
 cp --sparse=always "$img" "$work/vol.img"
 echo "== the parent: a full bundle and restic's first snapshot of the unchanged volume"
-measure "winbundle-first" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix base
+measure "winbundle-first" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix base ${WB_ALL_FLAGS:-}
 if [ -z "${SKIP_RESTIC:-}" ]; then
   restic init >/dev/null 2>&1
   ntfs-3g -o ro "$work/vol.img" "$mnt"
@@ -71,10 +72,10 @@ echo "== about $change MiB changed through ntfs-3g"
 "$(dirname "$0")/change-volume.sh" "$work/vol.img" "$mnt" "$change"
 
 echo "== the changed volume, three ways (name, wall s, client CPU s, Garage CPU s, requests, bytes sent)"
-measure "winbundle-full" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix full
-measure "winbundle-parent" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix inc --parent base ${WB_FLAGS:-}
+measure "winbundle-full" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix full ${WB_ALL_FLAGS:-}
+measure "winbundle-parent" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix inc --parent base ${WB_ALL_FLAGS:-} ${WB_FLAGS:-}
 cp "$work/out.json" "$work/inc.json"
-measure "winbundle-parent-runs" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix incr --parent base --layout runs ${WB_FLAGS:-}
+measure "winbundle-parent-runs" wb_sent "$wb" bundle-instance "$work/vol.img" "${s3[@]}" --prefix incr --parent base --layout runs ${WB_ALL_FLAGS:-} ${WB_FLAGS:-}
 cp "$work/out.json" "$work/incr.json"
 if [ -z "${SKIP_RESTIC:-}" ]; then
   ntfs-3g -o ro "$work/vol.img" "$mnt"
