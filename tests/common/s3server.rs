@@ -92,6 +92,18 @@ fn percent_decode(v: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+/// One more request out of an allowance (None: no limit); false once it is used up.
+fn take_allowed(left: &Mutex<Option<u32>>) -> bool {
+    match left.lock().unwrap().as_mut() {
+        Some(0) => false,
+        Some(n) => {
+            *n -= 1;
+            true
+        }
+        None => true,
+    }
+}
+
 /// `/bucket/key` of a path-style request.
 fn bucket_key(path: &str) -> (String, String) {
     let path = percent_decode(path.trim_start_matches('/'));
@@ -311,21 +323,13 @@ impl Service<http::Request<Incoming>> for Faulty {
             if op == "PostObject" && delay > 0 {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             }
-            if op == "PostObject" {
-                let mut left = faults.posts_left.lock().unwrap();
-                match left.as_mut() {
-                    Some(0) => return Ok(s3_error(403, "AccessDenied", "Access Denied")),
-                    Some(n) => *n -= 1,
-                    None => {}
-                }
-            }
-            if op == "CreateMultipartUpload" {
-                let mut left = faults.creates_left.lock().unwrap();
-                match left.as_mut() {
-                    Some(0) => return Ok(s3_error(403, "AccessDenied", "Access Denied")),
-                    Some(n) => *n -= 1,
-                    None => {}
-                }
+            let allowance = match op {
+                "PostObject" => Some(&faults.posts_left),
+                "CreateMultipartUpload" => Some(&faults.creates_left),
+                _ => None,
+            };
+            if allowance.is_some_and(|left| !take_allowed(left)) {
+                return Ok(s3_error(403, "AccessDenied", "Access Denied"));
             }
             if op == "AbortMultipartUpload" && faults.deny_abort.load(Ordering::SeqCst) {
                 return Ok(s3_error(403, "AccessDenied", "Access Denied"));
