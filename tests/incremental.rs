@@ -290,6 +290,57 @@ fn changed_clusters_are_compressed_again_and_the_object_equals_a_full_bundles() 
     restores_like(&store, "nightly/tue", &src);
 }
 
+/// Without --chunk-size and --zstd-level, an incremental bundle takes its parent's, so a chain
+/// made with other settings goes on without repeating them; one given still wins.
+#[test]
+fn an_incremental_bundle_takes_the_parents_chunk_size_and_level_unless_told() {
+    let (dir, src, store) = fresh("gpt-disk.img");
+    let settings = ["--chunk-size", "256KiB", "--zstd-level", "2"];
+    let (code, _, err) = bundle_cli(&src, &store, "s/mon", &settings);
+    assert_eq!(code, 0, "{err}");
+    fill_free_clusters(&src, 9, &|cl| cl % 4096 == 1000);
+    let state = dir.path().join("state");
+    let o = winbundle(&[
+        "bundle-instance",
+        src.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--local-store",
+        store.to_str().unwrap(),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "s/tue",
+        "--instance-id",
+        "i-0123456789abcdef0",
+        "--parent",
+        "s/mon",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("chunks of 262144 bytes and zstd level 2, as the parent's"),
+        "says what it took: {err}"
+    );
+    let inc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(inc["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap() > 0, "{inc}");
+    let m: serde_json::Value = serde_json::from_slice(&object(&store, "s/tue.manifest.json")).unwrap();
+    assert_eq!(m["chunk_size"], 256 << 10, "{m}");
+    assert_eq!(m["compression"]["level"], 2, "{m}");
+    // The object a full bundle with those settings writes.
+    let (code, _, err) = bundle_cli(&src, &store, "s/full", &settings);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(object(&store, "s/tue.image.zst"), object(&store, "s/full.image.zst"));
+    // A chunk size given is kept, and refused where it differs; the level still follows.
+    let (code, v, err) = bundle_cli(&src, &store, "s/wed", &["--parent", "s/tue", "--chunk-size", "256KiB"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(v["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap() > 0, "{v}");
+    let (code, _, err) = bundle_cli(&src, &store, "s/thu", &["--parent", "s/tue", "--chunk-size", "512KiB"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("pass --chunk-size 262144"), "{err}");
+    restores_like(&store, "s/tue", &src);
+}
+
 #[test]
 fn parents_that_cannot_be_used_are_refused_with_why() {
     let (_dir, src, store) = full_bundle("p/full");

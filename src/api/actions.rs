@@ -198,6 +198,7 @@ impl Api {
             live: Default::default(),
             parent: None,
             force_parent: false,
+            from_parent: Default::default(),
         };
         validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
         if self.jobs.stopping() {

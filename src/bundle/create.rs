@@ -69,6 +69,16 @@ pub struct BundleRequest {
     pub parent: Option<ParentChoice>,
     /// Reuse a parent bundle of another instance.
     pub force_parent: bool,
+    /// What an incremental bundle takes from its parent rather than from this request, so that
+    /// the parent's frames can be reused: settings the user did not choose.
+    pub from_parent: FromParent,
+}
+
+/// Settings an incremental bundle takes from its parent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FromParent {
+    pub chunk_size: bool,
+    pub level: bool,
 }
 
 /// A task's identity given before its run.
@@ -104,13 +114,8 @@ struct Notes {
     warnings: Vec<String>,
 }
 
-/// Checks the request's parameters (before any task exists, as EC2 rejects a bad call).
-pub fn validate(req: &BundleRequest) -> Result<(), Error> {
-    names::check_bucket(&req.bucket)?;
-    names::check_prefix(&req.prefix)?;
-    if let Some(id) = &req.instance_id {
-        task::check_instance_id(id).map_err(|m| invalid("--instance-id", m))?;
-    }
+/// Checks the chunk size and zstd level.
+fn check_settings(req: &BundleRequest) -> Result<(), Error> {
     let cs = req.chunk_size;
     if !(64 << 10..=1 << 30).contains(&cs) || !cs.is_multiple_of(4096) {
         return Err(invalid(
@@ -124,6 +129,17 @@ pub fn validate(req: &BundleRequest) -> Result<(), Error> {
             format!("{}: use 1 (fastest) to 22, or -7 to -1 for faster", req.level),
         ));
     }
+    Ok(())
+}
+
+/// Checks the request's parameters (before any task exists, as EC2 rejects a bad call).
+pub fn validate(req: &BundleRequest) -> Result<(), Error> {
+    names::check_bucket(&req.bucket)?;
+    names::check_prefix(&req.prefix)?;
+    if let Some(id) = &req.instance_id {
+        task::check_instance_id(id).map_err(|m| invalid("--instance-id", m))?;
+    }
+    check_settings(req)?;
     if req.threads == 0 || req.threads > 256 {
         return Err(invalid("--threads", format!("{}: use 1 to 256", req.threads)));
     }
@@ -284,6 +300,19 @@ fn run(
         // The old bundle stops being complete before any of its objects is replaced.
         store.delete(&keys.manifest())?;
     }
+    let opened_parent = match &req.parent {
+        Some(choice) => Some(open_parent(store, req, choice, &task.instance_id)?),
+        None => None,
+    };
+    let adopted = match &opened_parent {
+        Some(p) => follow_parent(req, p)?,
+        None => None,
+    };
+    let req = adopted.as_ref().unwrap_or(req);
+    let parent = match opened_parent {
+        Some(p) => reusable_parent(store, req, p, notes)?,
+        None => None,
+    };
     let chunk_count = plan.image_len.div_ceil(req.chunk_size as u64);
     let bound = plan.read_bytes + plan.read_bytes / 64 + chunk_count * (256 + 12) + 64;
     let part_size = part_size_for(req.part_size, bound);
@@ -308,10 +337,6 @@ fn run(
         Layout::Single => vec![keys.manifest(), keys.index(), keys.image()],
         Layout::Parts => vec![keys.manifest(), keys.index(), keys.part(0), keys.part(max_parts - 1)],
         Layout::Runs => vec![keys.manifest(), keys.index(), keys.run_object(0)],
-    };
-    let parent = match &req.parent {
-        Some(choice) => open_parent(store, req, choice, &task.instance_id, notes)?,
-        None => None,
     };
     notes
         .warnings
@@ -564,16 +589,13 @@ fn run(
     Ok((manifest, stats))
 }
 
-/// Opens the parent of an incremental bundle, or says why its frames cannot be reused. `None`
-/// when they could be read but would not give the frames a full bundle makes (another zstd
-/// version or level): then every chunk is compressed, with a note.
+/// Opens the parent of an incremental bundle, or says why this store cannot have one.
 fn open_parent<'s>(
     store: &'s dyn ObjectStore,
     req: &BundleRequest,
     choice: &ParentChoice,
     instance_id: &str,
-    notes: &mut Notes,
-) -> Result<Option<super::parent::Parent<'s>>, Error> {
+) -> Result<super::parent::Parent<'s>, Error> {
     if !store.is_local() && !store.copies_parts() {
         return Err(invalid(
             "--parent",
@@ -589,7 +611,54 @@ fn open_parent<'s>(
             "--layout parts stores each part as an object of its own, which a server-side copy cannot fill from a range of the parent: use --layout single (the default) for incremental bundles",
         ));
     }
-    let parent = super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent)?;
+    super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent)
+}
+
+/// The request with the parent's chunk size and zstd level, where the user chose neither and
+/// they differ (None: nothing to change). A parent's settings this winbundle would refuse as
+/// options are refused here too.
+fn follow_parent(req: &BundleRequest, parent: &super::parent::Parent<'_>) -> Result<Option<BundleRequest>, Error> {
+    let m = &parent.bundle.manifest;
+    let take = req.from_parent;
+    let chunk_size = if take.chunk_size {
+        m.chunk_size
+    } else {
+        req.chunk_size as u64
+    };
+    let level = if take.level { m.compression.level } else { req.level };
+    if chunk_size == req.chunk_size as u64 && level == req.level {
+        return Ok(None);
+    }
+    let adopted = BundleRequest {
+        chunk_size: usize::try_from(chunk_size).unwrap_or(usize::MAX),
+        level,
+        ..req.clone()
+    };
+    check_settings(&adopted).map_err(|e| {
+        invalid(
+            "--parent",
+            format!(
+                "the parent bundle {} was made with chunks of {chunk_size} bytes at zstd level {level}, settings this winbundle does not make ({e}); bundle without --parent, or name another parent",
+                parent.prefix
+            ),
+        )
+    })?;
+    tracing::info!(
+        "chunks of {chunk_size} bytes at zstd level {level}, as the parent bundle {}",
+        parent.prefix
+    );
+    Ok(Some(adopted))
+}
+
+/// Whether the parent's frames can be reused. `None` when they could be read but would not give
+/// the frames a full bundle makes (another zstd version or level, no frame hashes for copies):
+/// then every chunk is compressed, with a note.
+fn reusable_parent<'s>(
+    store: &'s dyn ObjectStore,
+    req: &BundleRequest,
+    parent: super::parent::Parent<'s>,
+    notes: &mut Notes,
+) -> Result<Option<super::parent::Parent<'s>>, Error> {
     if !store.is_local() && !parent.has_frame_hashes() {
         notes.warnings.push(format!(
             "the parent bundle {}'s chunk index has no frame hashes (it was made by an earlier winbundle), which copies on the server need so that every byte stays covered: every chunk is compressed again (a full bundle); the next bundle can build on this one",

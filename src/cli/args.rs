@@ -330,12 +330,14 @@ pub struct BundleArgs {
     pub policy: PolicyArgs,
     #[command(flatten)]
     pub volume: VolumeArgs,
-    /// Uncompressed bytes per zstd frame.
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
-    pub chunk_size: u64,
-    /// zstd level (1 fastest … 22 smallest; -7…-1 faster still).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
-    pub zstd_level: i32,
+    /// Uncompressed bytes per zstd frame [default: 4MiB; with --parent or --incremental, the
+    /// parent's].
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// zstd level (1 fastest … 22 smallest; -7…-1 faster still) [default: 1; with --parent or
+    /// --incremental, the parent's].
+    #[arg(long, allow_negative_numbers = true)]
+    pub zstd_level: Option<i32>,
     /// Compression threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,

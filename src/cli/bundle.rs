@@ -5,7 +5,10 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::create::{BundleRequest, DEFAULT_PART_SIZE, ParentChoice, default_threads, validate};
+use winbundle::bundle::create::{
+    BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, FromParent, ParentChoice, default_threads,
+    validate,
+};
 use winbundle::progress::Progress;
 use winbundle::task::new_request_id;
 use winbundle::task::run::run_tracked;
@@ -21,8 +24,10 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         prefix: args.store.prefix.clone(),
         instance_id: args.instance_id.clone(),
         plan: plan_options(&args.volume),
-        chunk_size: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
-        level: args.zstd_level,
+        chunk_size: args
+            .chunk_size
+            .map_or(DEFAULT_CHUNK_SIZE, |c| usize::try_from(c).unwrap_or(usize::MAX)),
+        level: args.zstd_level.unwrap_or(DEFAULT_LEVEL),
         threads: default_threads(args.threads),
         layout: args.layout,
         part_size: args.part_size,
@@ -39,6 +44,10 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             (None, false) => None,
         },
         force_parent: args.force_parent,
+        from_parent: FromParent {
+            chunk_size: args.chunk_size.is_none(),
+            level: args.zstd_level.is_none(),
+        },
     };
     let tasks = super::tasks::open(&args.state_dir)?;
     let post = super::policy::post_store(
@@ -121,8 +130,22 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             Some(_) => "; the partition table or a system partition changed: their stream was written in full",
             None => "",
         };
+        // Settings taken from the parent (not given, and not the defaults) are named.
+        let taken: Vec<String> = [
+            (args.chunk_size.is_none() && m.chunk_size != DEFAULT_CHUNK_SIZE as u64)
+                .then(|| format!("chunks of {} bytes", m.chunk_size)),
+            (args.zstd_level.is_none() && m.compression.level != DEFAULT_LEVEL)
+                .then(|| format!("zstd level {}", m.compression.level)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let settings = match taken.is_empty() {
+            true => String::new(),
+            false => format!("; {}, as the parent's", taken.join(" and ")),
+        };
         eprintln!(
-            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again{how}{disk}",
+            "winbundle: note: incremental on {} ({}): {} of {} chunks ({} bytes of the image) took its frames instead of being compressed again{how}{disk}{settings}",
             p.prefix, p.bundle_id, p.reused_chunks, s.chunks, p.reused_bytes
         );
     }

@@ -60,6 +60,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         live: Default::default(),
         parent: None,
         force_parent: false,
+        from_parent: Default::default(),
     }
 }
 
