@@ -8,9 +8,21 @@ use std::path::Path;
 
 use common::*;
 
-/// `winbundle bundle-instance SRC --local-store STORE --bucket bkt --prefix PREFIX EXTRA...`:
-/// (exit status, JSON output or Null, stderr).
+/// `winbundle bundle-instance SRC --local-store STORE --bucket bkt --prefix PREFIX EXTRA...`,
+/// with `--chunk-size 1MiB` and one instance id unless EXTRA names them: (exit status, JSON
+/// output or Null, stderr).
 fn bundle_cli(src: &Path, store: &Path, prefix: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut all = extra.to_vec();
+    for (flag, default) in [("--chunk-size", "1MiB"), ("--instance-id", "i-0123456789abcdef0")] {
+        if !extra.contains(&flag) {
+            all.extend([flag, default]);
+        }
+    }
+    bundle_cli_as_is(src, store, prefix, &all)
+}
+
+/// The same with EXTRA as it is.
+fn bundle_cli_as_is(src: &Path, store: &Path, prefix: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
     // Each test its own task folder: the tests bundle the same instance id at once.
     let state = store.parent().unwrap().join("state");
     let mut args = vec![
@@ -25,11 +37,6 @@ fn bundle_cli(src: &Path, store: &Path, prefix: &str, extra: &[&str]) -> (i32, s
         "--prefix",
         prefix,
     ];
-    for (flag, default) in [("--chunk-size", "1MiB"), ("--instance-id", "i-0123456789abcdef0")] {
-        if !extra.contains(&flag) {
-            args.extend([flag, default]);
-        }
-    }
     args.extend_from_slice(extra);
     let o = winbundle(&args);
     let json = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
@@ -294,35 +301,22 @@ fn changed_clusters_are_compressed_again_and_the_object_equals_a_full_bundles() 
 /// made with other settings goes on without repeating them; one given still wins.
 #[test]
 fn an_incremental_bundle_takes_the_parents_chunk_size_and_level_unless_told() {
-    let (dir, src, store) = fresh("gpt-disk.img");
+    let (_dir, src, store) = fresh("gpt-disk.img");
     let settings = ["--chunk-size", "256KiB", "--zstd-level", "2"];
     let (code, _, err) = bundle_cli(&src, &store, "s/mon", &settings);
     assert_eq!(code, 0, "{err}");
     fill_free_clusters(&src, 9, &|cl| cl % 4096 == 1000);
-    let state = dir.path().join("state");
-    let o = winbundle(&[
-        "bundle-instance",
-        src.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "bkt",
-        "--prefix",
+    let (code, inc, err) = bundle_cli_as_is(
+        &src,
+        &store,
         "s/tue",
-        "--instance-id",
-        "i-0123456789abcdef0",
-        "--parent",
-        "s/mon",
-    ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+        &["--instance-id", "i-0123456789abcdef0", "--parent", "s/mon"],
+    );
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("chunks of 262144 bytes and zstd level 2, as the parent's"),
         "says what it took: {err}"
     );
-    let inc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(inc["Bundle"]["Parent"]["ReusedChunks"].as_u64().unwrap() > 0, "{inc}");
     let m: serde_json::Value = serde_json::from_slice(&object(&store, "s/tue.manifest.json")).unwrap();
     assert_eq!(m["chunk_size"], 256 << 10, "{m}");
