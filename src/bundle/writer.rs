@@ -85,6 +85,18 @@ struct Run {
     object_start: u64,
 }
 
+impl Run {
+    /// Logs (debug) what became of this run.
+    fn log(&self, what: &str) {
+        tracing::debug!(
+            "parent bytes {}..{} ({} bytes): {what}",
+            self.start,
+            self.start + self.len,
+            self.len
+        );
+    }
+}
+
 /// An object whose completion runs in the background, and what its description waits for.
 struct Finishing {
     handle: std::thread::JoinHandle<Result<crate::store::ObjectReceipt, StoreError>>,
@@ -389,20 +401,12 @@ impl<'a> StreamWriter<'a> {
             0
         };
         if run.len < need + min {
-            tracing::debug!(
-                "parent bytes {}..{} ({} bytes): too short to copy (parts need {min}), sent",
-                run.start,
-                run.start + run.len,
-                run.len
-            );
+            run.log(&format!("too short to copy (parts need {min}), sent"));
             return self.send_from_parent(run.start, run.len);
         }
-        tracing::debug!(
-            "parent bytes {}..{} ({} bytes): {need} sent to fill the part before, the rest copied on the server",
-            run.start,
-            run.start + run.len,
-            run.len
-        );
+        run.log(&format!(
+            "{need} sent to fill the part before, the rest copied on the server"
+        ));
         self.send_from_parent(run.start, need)?;
         self.end_part_for_copy()?;
         self.copy_pieces(run.start + need, run.len - need, run.object_start, min)
@@ -413,12 +417,7 @@ impl<'a> StreamWriter<'a> {
     /// object of its own.
     fn close_run_in_objects(&mut self, run: Run, min: u64) -> Result<(), Error> {
         if run.len < RUN_COPY_MIN {
-            tracing::debug!(
-                "parent bytes {}..{} ({} bytes): too short to copy, sent",
-                run.start,
-                run.start + run.len,
-                run.len
-            );
+            run.log("too short to copy, sent");
             return self.send_from_parent(run.start, run.len);
         }
         if self.plan_part_len > 0 && self.plan_part_len < min {
@@ -427,12 +426,7 @@ impl<'a> StreamWriter<'a> {
             self.end_part_for_copy()?;
         }
         if run.len < min {
-            tracing::debug!(
-                "parent bytes {}..{} ({} bytes): copied as an object's last part",
-                run.start,
-                run.start + run.len,
-                run.len
-            );
+            run.log("copied as an object's last part");
             self.put_copy(run.start, run.len, run.object_start)?;
             return self.end_object_for_copy();
         }
