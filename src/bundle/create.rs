@@ -614,8 +614,8 @@ fn open_parent<'s>(
     super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent)
 }
 
-/// The request with the parent's chunk size and zstd level, where the user chose neither and
-/// they differ (None: nothing to change). A parent's settings this winbundle would refuse as
+/// The request with the parent's chunk size and zstd level, each where the user did not choose
+/// it and it differs (None: nothing to change). A parent's settings this winbundle would refuse as
 /// options are refused here too.
 fn follow_parent(req: &BundleRequest, parent: &super::parent::Parent<'_>) -> Result<Option<BundleRequest>, Error> {
     let m = &parent.bundle.manifest;
