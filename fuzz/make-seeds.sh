@@ -65,6 +65,14 @@ done
 printf 'Action=DescribeBundleTasks&Version=2016-11-15&BundleId.1=bun-1a2b3c4d&Filter.1.Name=state&Filter.1.Value.1=complete\0Action=BundleInstance&InstanceId=i-0123456789abcdef0&Storage.S3.Bucket=b&Storage.S3.Prefix=p&DryRun=true' \
   >"$seeds/ec2_query/describe"
 
+# Wildcard filters that once overflowed the stack (60,000 `*`) or ran for ever (`*a*a…*b`).
+python3 - "$seeds/ec2_query" <<'PY'
+import sys
+d = sys.argv[1]
+open(d + "/stars", "w").write("Action=DescribeBundleTasks&Filter.1.Name=bundle-id&Filter.1.Value.1=" + "%2A" * 60000 + "\0")
+open(d + "/backtrack", "w").write("Action=DescribeBundleTasks&Filter.1.Name=s3-prefix&Filter.1.Value.1=" + "%2Aa" * 12 + "%2Ab&Filter.2.Name=s3-bucket&Filter.2.Value.1=" + "a" * 3000 + "\0")
+PY
+
 # A signed request (path, query, then headers), as the aws-cli sends it.
 printf '/\n\nhost:127.0.0.1:8773\nx-amz-date:20261127T120000Z\ncontent-type:application/x-www-form-urlencoded; charset=utf-8\nauthorization:AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261127/us-east-1/ec2/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7' \
   >"$seeds/sigv4_request/header"

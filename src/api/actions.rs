@@ -20,7 +20,7 @@ use crate::bundle::create::{
 use crate::bundle::manifest::Layout;
 use crate::store::names;
 use crate::store::post::{PostTarget, UploadPolicy};
-use crate::task::store::{FILTER_NAMES, TaskStore, matches};
+use crate::task::store::{FILTER_NAMES, MAX_BUNDLE_ID_LEN, MAX_BUNDLE_IDS, TaskStore, TaskStoreError, matches};
 use crate::task::{self, BundleTask, State};
 
 /// The service name callers sign for.
@@ -32,6 +32,13 @@ pub struct Answer {
     pub action: String,
     pub caller: Option<String>,
     pub result: Result<String, ApiError>,
+}
+
+/// The caller of a request, once its signature is verified.
+struct Who {
+    access_key_id: String,
+    /// `admin = true` in its `[[caller]]`: sees every task.
+    admin: bool,
 }
 
 /// The API: configuration, callers, tasks and jobs.
@@ -108,19 +115,26 @@ impl Api {
                 .map(|c| c.secret.expose())
         })
         .map_err(|e| ApiError::auth(e.to_string()))?;
-        answer.caller = Some(verified.access_key_id);
+        let caller = Who {
+            admin: self
+                .callers
+                .iter()
+                .any(|c| c.access_key_id == verified.access_key_id && c.admin),
+            access_key_id: verified.access_key_id,
+        };
+        answer.caller = Some(caller.access_key_id.clone());
         let params = Params::parse(req.raw_query, form)?;
         let action = params.required("Action")?.to_string();
         answer.action = action.clone();
         match action.as_str() {
-            "BundleInstance" => self.bundle_instance(&params, &answer.request_id),
-            "DescribeBundleTasks" => self.describe(&params, &answer.request_id),
-            "CancelBundleTask" => self.cancel(&params, &answer.request_id),
+            "BundleInstance" => self.bundle_instance(&params, &answer.request_id, &caller),
+            "DescribeBundleTasks" => self.describe(&params, &answer.request_id, &caller),
+            "CancelBundleTask" => self.cancel(&params, &answer.request_id, &caller),
             other => Err(ApiError::invalid_action(other)),
         }
     }
 
-    fn bundle_instance(&self, p: &Params, request_id: &str) -> Result<String, ApiError> {
+    fn bundle_instance(&self, p: &Params, request_id: &str, caller: &Who) -> Result<String, ApiError> {
         const BUCKET: &str = "Storage.S3.Bucket";
         const PREFIX: &str = "Storage.S3.Prefix";
         const AKID: &str = "Storage.S3.AWSAccessKeyId";
@@ -207,7 +221,25 @@ impl Api {
             ));
         }
         let _admit = self.admit.lock().unwrap_or_else(|e| e.into_inner());
-        self.tasks.check_not_running(instance_id, "")?;
+        if let Err(e) = self.tasks.check_not_running(instance_id, "") {
+            return Err(match e {
+                // The instance is the server's, so that it is busy is no secret; whose task
+                // makes it busy is, unless it is the caller's own.
+                TaskStoreError::InProgress { instance, bundle }
+                    if self
+                        .tasks
+                        .get_visible(&bundle, &caller.access_key_id, caller.admin)
+                        .is_err() =>
+                {
+                    ApiError::new(
+                        400,
+                        "BundlingInProgress",
+                        format!("Instance {instance} is already being bundled by another caller's task: try again when it has ended"),
+                    )
+                }
+                e => e.into(),
+            });
+        }
         if dry {
             return Err(ApiError::dry_run());
         }
@@ -223,7 +255,7 @@ impl Api {
             progress: "0%".into(),
             error: None,
         };
-        self.tasks.save(&task)?;
+        self.tasks.save_owned(&task, Some(caller.access_key_id.clone()))?;
         for w in &warnings {
             super::jobs::log(&format!("{} {instance_id} warning: {w}", task.bundle_id));
         }
@@ -255,12 +287,13 @@ impl Api {
         Ok(xml)
     }
 
-    fn describe(&self, p: &Params, request_id: &str) -> Result<String, ApiError> {
+    fn describe(&self, p: &Params, request_id: &str, caller: &Who) -> Result<String, ApiError> {
         p.only(&[], &["BundleId.", "Filter."])?;
         let dry = p.flag("DryRun")?;
-        let ids = p.list("BundleId")?;
+        let ids = p.list("BundleId", MAX_BUNDLE_IDS, MAX_BUNDLE_ID_LEN)?;
         let filters = p.filters(&FILTER_NAMES)?;
-        let all = self.tasks.all()?;
+        // Another caller's task is not there, as another account's is not in EC2.
+        let all = self.tasks.visible(&caller.access_key_id, caller.admin)?;
         if let Some(missing) = ids.iter().find(|id| !all.iter().any(|t| &t.bundle_id == *id)) {
             return Err(crate::task::store::TaskStoreError::NotFound(missing.clone()).into());
         }
@@ -275,11 +308,17 @@ impl Api {
         Ok(task::describe_xml(&chosen, request_id))
     }
 
-    fn cancel(&self, p: &Params, request_id: &str) -> Result<String, ApiError> {
+    fn cancel(&self, p: &Params, request_id: &str, caller: &Who) -> Result<String, ApiError> {
         p.only(&["BundleId"], &[])?;
         let dry = p.flag("DryRun")?;
         let id = p.required("BundleId")?;
-        self.tasks.get(id)?;
+        if id.chars().count() > MAX_BUNDLE_ID_LEN {
+            return Err(ApiError::invalid(
+                "BundleId",
+                &format!("the value is longer than {MAX_BUNDLE_ID_LEN} characters"),
+            ));
+        }
+        self.tasks.get_visible(id, &caller.access_key_id, caller.admin)?;
         if dry {
             return Err(ApiError::dry_run());
         }

@@ -127,6 +127,10 @@ pub struct Caller {
     pub secret_access_key: Option<Secret>,
     /// … or the name of an environment variable that holds it.
     pub secret_access_key_env: Option<String>,
+    /// Sees and cancels every task, not only its own (and tasks with no recorded owner: the
+    /// CLI's, and those of servers before owners were recorded).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// An instance: an id and the disk that is its root device.
@@ -180,6 +184,7 @@ pub enum ConfigError {
 pub struct ResolvedCaller {
     pub access_key_id: String,
     pub secret: Secret,
+    pub admin: bool,
 }
 
 impl Config {
@@ -292,6 +297,7 @@ impl Config {
                 Ok(ResolvedCaller {
                     access_key_id: c.access_key_id.clone(),
                     secret,
+                    admin: c.admin,
                 })
             })
             .collect()

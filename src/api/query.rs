@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::error::ApiError;
-use crate::task::store::Filter;
+use crate::task::store::{Filter, MAX_FILTER_VALUE_LEN, MAX_FILTER_VALUES, MAX_FILTERS};
 
 /// Parameters every action takes.
 const COMMON: [&str; 3] = ["Action", "Version", "DryRun"];
@@ -41,6 +41,11 @@ impl Params {
             }
         }
         Ok(Self { map })
+    }
+
+    /// Every parameter value, in name order.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.map.values().map(String::as_str)
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -80,14 +85,27 @@ impl Params {
     }
 
     /// The values of `Name.1`, `Name.2`, … in index order. Indexes start at 1; gaps are allowed
-    /// (EC2 clients number from 1 without gaps, but the order is what matters).
-    pub fn list(&self, name: &str) -> Result<Vec<String>, ApiError> {
+    /// (EC2 clients number from 1 without gaps, but the order is what matters). More than
+    /// `max_items` values, or a value longer than `max_len` characters, is refused naming it.
+    pub fn list(&self, name: &str, max_items: usize, max_len: usize) -> Result<Vec<String>, ApiError> {
         let prefix = format!("{name}.");
         let mut items: Vec<(u32, String)> = Vec::new();
         for (k, v) in self.map.range(prefix.clone()..) {
             let Some(rest) = k.strip_prefix(&prefix) else { break };
             let n = index(k, rest)?;
             items.push((n, v.clone()));
+        }
+        if items.len() > max_items {
+            return Err(ApiError::invalid(
+                &format!("{name}.N"),
+                &format!("{} values given; at most {max_items} are taken", items.len()),
+            ));
+        }
+        if let Some((n, v)) = items.iter().find(|(_, v)| v.chars().count() > max_len) {
+            return Err(ApiError::invalid(
+                &format!("{name}.{n}"),
+                &format!("the value is {} characters long; at most {max_len} are taken", v.chars().count()),
+            ));
         }
         items.sort_by_key(|(n, _)| *n);
         Ok(items.into_iter().map(|(_, v)| v).collect())
@@ -110,8 +128,29 @@ impl Params {
                 _ => return Err(ApiError::unknown_parameter(k)),
             }
         }
+        if by_index.len() > MAX_FILTERS {
+            return Err(ApiError::invalid(
+                "Filter.N",
+                &format!("{} filters given; at most {MAX_FILTERS} are taken", by_index.len()),
+            ));
+        }
         let mut out = Vec::new();
         for (n, (name, mut values)) in by_index {
+            if values.len() > MAX_FILTER_VALUES {
+                return Err(ApiError::invalid(
+                    &format!("Filter.{n}.Value.N"),
+                    &format!("{} values given; at most {MAX_FILTER_VALUES} are taken", values.len()),
+                ));
+            }
+            if let Some((m, v)) = values.iter().find(|(_, v)| v.chars().count() > MAX_FILTER_VALUE_LEN) {
+                return Err(ApiError::invalid(
+                    &format!("Filter.{n}.Value.{m}"),
+                    &format!(
+                        "the value is {} characters long; at most {MAX_FILTER_VALUE_LEN} are taken",
+                        v.chars().count()
+                    ),
+                ));
+            }
             let pname = format!("Filter.{n}.Name");
             let name = name.ok_or_else(|| ApiError::missing(&pname))?;
             if !known.contains(&name.as_str()) {
@@ -154,7 +193,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.get("Action"), Some("DescribeBundleTasks"));
-        assert_eq!(p.list("BundleId").unwrap(), ["bun-1", "bun-2"]);
+        assert_eq!(p.list("BundleId", 100, 64).unwrap(), ["bun-1", "bun-2"]);
         assert_eq!(p.get("Storage.S3.UploadPolicy"), Some("eyJh+b=="));
         assert_eq!(p.get("x"), Some("a b c"));
     }
@@ -163,7 +202,7 @@ mod tests {
     fn lists_sort_numerically() {
         let body: String = (1..=12).map(|i| format!("BundleId.{i}=b{i}&")).collect();
         let p = Params::parse("", Some(body.as_bytes())).unwrap();
-        let l = p.list("BundleId").unwrap();
+        let l = p.list("BundleId", 100, 64).unwrap();
         assert_eq!(l.len(), 12);
         assert_eq!(l[1], "b2");
         assert_eq!(l[11], "b12");
@@ -187,7 +226,7 @@ mod tests {
             (e.code, e.message.contains("Storage.S3.Bucket")),
             ("MissingParameter", true)
         );
-        assert_eq!(code(p.list("BundleId").unwrap_err()), "InvalidParameterValue");
+        assert_eq!(code(p.list("BundleId", 100, 64).unwrap_err()), "InvalidParameterValue");
         let e = p.only(&["InstanceId"], &["BundleId."]).unwrap_err();
         assert_eq!((e.code, e.message.contains("Foo")), ("UnknownParameter", true));
     }

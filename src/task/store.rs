@@ -22,6 +22,18 @@ pub struct StoredTask {
     /// What runs the task: `cli`, or `serve` for the API server.
     #[serde(default)]
     pub origin: Option<String>,
+    /// For `serve`: the access key id of the caller that created the task (never a secret).
+    /// Only that caller (and admin callers) see and cancel it. None for tasks of the CLI and
+    /// of servers before owners were recorded: those only admin callers see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl StoredTask {
+    /// Whether the caller with access key id `caller` may see (and cancel) this task.
+    pub fn visible_to(&self, caller: &str, admin: bool) -> bool {
+        admin || self.owner.as_deref() == Some(caller)
+    }
 }
 
 /// Errors of the task folder.
@@ -174,8 +186,17 @@ impl TaskStore {
         self.dir.join(format!("{id}.cancel"))
     }
 
-    /// Writes a task atomically.
+    /// Writes a task atomically, keeping the owner already recorded for it.
     pub fn save(&self, task: &BundleTask) -> Result<(), TaskStoreError> {
+        let owner = std::fs::read(self.path(&task.bundle_id))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StoredTask>(&b).ok())
+            .and_then(|s| s.owner);
+        self.save_owned(task, owner)
+    }
+
+    /// Writes a new task with the access key id of the caller that created it.
+    pub fn save_owned(&self, task: &BundleTask, owner: Option<String>) -> Result<(), TaskStoreError> {
         let path = self.path(&task.bundle_id);
         let io = |source| TaskStoreError::Io {
             path: path.clone(),
@@ -187,6 +208,7 @@ impl TaskStore {
             pid,
             pid_started: process_start(pid),
             origin: Some(self.origin.to_string()),
+            owner,
         };
         let tmp = self.dir.join(format!(".{}.{}.tmp", task.bundle_id, std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(&stored).unwrap_or_default()).map_err(io)?;
@@ -198,7 +220,27 @@ impl TaskStore {
 
     /// Every task; tasks whose process is gone are reported (and saved) as failed.
     pub fn all(&self) -> Result<Vec<BundleTask>, TaskStoreError> {
-        Ok(self.load()?.0)
+        Ok(self.load()?.0.into_iter().map(|s| s.task).collect())
+    }
+
+    /// The tasks the caller with access key id `caller` may see: its own, or all for an admin.
+    pub fn visible(&self, caller: &str, admin: bool) -> Result<Vec<BundleTask>, TaskStoreError> {
+        Ok(self
+            .load()?
+            .0
+            .into_iter()
+            .filter(|s| s.visible_to(caller, admin))
+            .map(|s| s.task)
+            .collect())
+    }
+
+    /// Task `id` if `caller` may see it; another caller's task is [`TaskStoreError::NotFound`],
+    /// exactly as one that does not exist.
+    pub fn get_visible(&self, id: &str, caller: &str, admin: bool) -> Result<BundleTask, TaskStoreError> {
+        self.visible(caller, admin)?
+            .into_iter()
+            .find(|t| t.bundle_id == id)
+            .ok_or_else(|| TaskStoreError::NotFound(id.to_string()))
     }
 
     /// Marks the tasks whose process is gone failed; returns how many there were.
@@ -206,7 +248,7 @@ impl TaskStore {
         Ok(self.load()?.1)
     }
 
-    fn load(&self) -> Result<(Vec<BundleTask>, usize), TaskStoreError> {
+    fn load(&self) -> Result<(Vec<StoredTask>, usize), TaskStoreError> {
         let mut swept = 0;
         let rd = std::fs::read_dir(&self.dir).map_err(|source| TaskStoreError::Io {
             path: self.dir.clone(),
@@ -236,12 +278,14 @@ impl TaskStore {
                     code: "InternalError".into(),
                     message: message.into(),
                 });
-                let _ = self.save(&stored.task);
+                let _ = self.save_owned(&stored.task, stored.owner.clone());
                 swept += 1;
             }
-            out.push(stored.task);
+            out.push(stored);
         }
-        out.sort_by(|a, b| a.start_time.cmp(&b.start_time).then(a.bundle_id.cmp(&b.bundle_id)));
+        out.sort_by(|a, b| {
+            (a.task.start_time.cmp(&b.task.start_time)).then(a.task.bundle_id.cmp(&b.task.bundle_id))
+        });
         Ok((out, swept))
     }
 
@@ -301,6 +345,17 @@ pub struct Filter {
     pub values: Vec<String>,
 }
 
+/// Most filters one request may give (EC2 knows ten names; a few repeats are harmless).
+pub const MAX_FILTERS: usize = 50;
+/// Most values one filter may give.
+pub const MAX_FILTER_VALUES: usize = 200;
+/// Longest filter value, in characters (an ISO time, a bucket or a prefix fit well inside).
+pub const MAX_FILTER_VALUE_LEN: usize = 1024;
+/// Most bundle ids one request may name.
+pub const MAX_BUNDLE_IDS: usize = 200;
+/// Longest bundle id (`bun-` and 8 or 17 hex digits are made here; room for other forms).
+pub const MAX_BUNDLE_ID_LEN: usize = 64;
+
 /// Names DescribeBundleTasks accepts.
 pub const FILTER_NAMES: [&str; 10] = [
     "bundle-id",
@@ -336,19 +391,63 @@ pub fn parse_filter(s: &str) -> Result<Filter, String> {
     })
 }
 
-fn glob(pattern: &str, text: &str) -> bool {
-    // EC2 filters take * and ? wildcards.
-    fn m(p: &[char], t: &[char]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some('*'), _) => m(&p[1..], t) || (!t.is_empty() && m(p, &t[1..])),
-            (Some('?'), Some(_)) => m(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => m(&p[1..], &t[1..]),
-            _ => false,
+/// EC2 filter wildcards: `*` matches any run of characters, `?` exactly one. Iterative and
+/// bounded: the pattern is cut at its `*`s; the first piece must start the text, the last must
+/// end it, and each piece between is taken at its leftmost place after the one before (taking
+/// it further right can only leave less text for the rest, so leftmost is never wrong). A
+/// piece without `?` is found with `str::find` (linear); one with `?` is tried at each
+/// character, so the work is at most text length × pattern length, which the request caps of
+/// [`MAX_FILTER_VALUE_LEN`] keep small. No recursion: no pattern can overflow the stack.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let mut pieces = pattern.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(after_first) = match_at(first, text) else {
+        return false;
+    };
+    let rest: Vec<&str> = pieces.collect();
+    let Some((last, middle)) = rest.split_last() else {
+        // No `*` at all: the one piece must be the whole text.
+        return after_first == text.len();
+    };
+    // The last piece is matched against the end of the text: as many characters as it has.
+    let last_chars = last.chars().count();
+    let text_chars = text.chars().count();
+    let Some(tail_chars) = text_chars.checked_sub(last_chars) else {
+        return false;
+    };
+    let tail = text.char_indices().nth(tail_chars).map_or(text.len(), |(i, _)| i);
+    if tail < after_first || match_at(last, &text[tail..]) != Some(text.len() - tail) {
+        return false;
+    }
+    let mut pos = after_first;
+    for piece in middle.iter().filter(|p| !p.is_empty()) {
+        match find(piece, &text[pos..tail]) {
+            Some(end) => pos += end,
+            None => return false,
         }
     }
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    m(&p, &t)
+    true
+}
+
+/// Matches `piece` (literal characters and `?`) at the start of `text`: the bytes it covers.
+fn match_at(piece: &str, text: &str) -> Option<usize> {
+    let mut t = text.char_indices();
+    for pc in piece.chars() {
+        let (_, tc) = t.next()?;
+        if pc != '?' && pc != tc {
+            return None;
+        }
+    }
+    Some(t.next().map_or(text.len(), |(i, _)| i))
+}
+
+/// The end (in bytes) of the leftmost match of `piece` in `text`.
+fn find(piece: &str, text: &str) -> Option<usize> {
+    if !piece.contains('?') {
+        return text.find(piece).map(|i| i + piece.len());
+    }
+    text.char_indices()
+        .find_map(|(i, _)| match_at(piece, &text[i..]).map(|n| i + n))
 }
 
 /// True when `task` passes every filter.
@@ -383,5 +482,74 @@ fn replace(tmp: &Path, path: &Path) -> std::io::Result<()> {
             }
             r => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook dynamic-programming matcher, as the reference.
+    fn reference(p: &str, t: &str) -> bool {
+        let (p, t): (Vec<char>, Vec<char>) = (p.chars().collect(), t.chars().collect());
+        let mut row = vec![false; t.len() + 1];
+        row[0] = true;
+        for pc in &p {
+            let mut next = vec![false; t.len() + 1];
+            if *pc == '*' {
+                next[0] = row[0];
+            }
+            for j in 1..=t.len() {
+                next[j] = match pc {
+                    '*' => next[j - 1] || row[j],
+                    '?' => row[j - 1],
+                    c => row[j - 1] && *c == t[j - 1],
+                };
+            }
+            row = next;
+        }
+        row[t.len()]
+    }
+
+    #[test]
+    fn glob_agrees_with_the_reference_on_every_small_case() {
+        let alphabet = ['a', 'b', 'é', '*', '?'];
+        let mut patterns = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = patterns
+                .iter()
+                .filter(|p| p.chars().count() == patterns.last().map_or(0, |l| l.chars().count()))
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            patterns.extend(longer);
+        }
+        let texts: Vec<String> = patterns
+            .iter()
+            .filter(|p| !p.contains(['*', '?']))
+            .cloned()
+            .collect();
+        let mut checked = 0;
+        for p in &patterns {
+            for t in &texts {
+                assert_eq!(glob(p, t), reference(p, t), "pattern {p:?} text {t:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 100_000, "{checked}");
+        assert!(glob("bun-*", "bun-1a2b3c4d") && !glob("bun-?", "bun-12"));
+        assert!(glob("*", "") && !glob("?", "") && glob("", ""));
+    }
+
+    #[test]
+    fn hostile_patterns_end_at_once_without_recursion() {
+        // These overflowed the stack and ran for ever with the recursive matcher.
+        let stars = "*".repeat(60_000);
+        assert!(glob(&stars, "bun-1a2b3c4d"));
+        let backtrack = format!("{}b", "*a".repeat(30));
+        let text = "a".repeat(100_000);
+        assert!(!glob(&backtrack, &text));
+        assert!(glob(&backtrack, &format!("{text}b")));
+        let questions = format!("{}b", "*a?".repeat(30));
+        assert!(!glob(&questions, &"a".repeat(2_000)));
     }
 }
