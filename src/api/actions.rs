@@ -180,7 +180,8 @@ impl Api {
                 bucket,
                 self.config.s3.endpoint_url.as_deref(),
                 self.config.s3.region.as_deref().or(policy_region.as_deref()),
-            ),
+            )
+            .map_err(|e| ApiError::invalid(POLICY, &e.message))?,
             bucket,
             akid,
             policy,
@@ -234,7 +235,9 @@ impl Api {
                     ApiError::new(
                         400,
                         "BundlingInProgress",
-                        format!("Instance {instance} is already being bundled by another caller's task: try again when it has ended"),
+                        format!(
+                            "Instance {instance} is already being bundled by another caller's task: try again when it has ended"
+                        ),
                     )
                 }
                 e => e.into(),

@@ -104,7 +104,10 @@ impl Params {
         if let Some((n, v)) = items.iter().find(|(_, v)| v.chars().count() > max_len) {
             return Err(ApiError::invalid(
                 &format!("{name}.{n}"),
-                &format!("the value is {} characters long; at most {max_len} are taken", v.chars().count()),
+                &format!(
+                    "the value is {} characters long; at most {max_len} are taken",
+                    v.chars().count()
+                ),
             ));
         }
         items.sort_by_key(|(n, _)| *n);

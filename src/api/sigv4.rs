@@ -52,6 +52,10 @@ pub enum AuthError {
     Skew { stamp: String, now: String, skew: i64 },
     #[error("the presigned request expired at {0}")]
     Expired(String),
+    #[error(
+        "the presigned request was signed at {stamp}, more than max_clock_skew_seconds ({skew}) ago: this server takes presigned requests only within that window, whatever X-Amz-Expires says; presign it again just before sending it"
+    )]
+    PresignedTooOld { stamp: String, skew: i64 },
     #[error("the signed headers must include host{0}")]
     Unsigned(&'static str),
     #[error(
@@ -357,27 +361,28 @@ pub fn verify<'s>(
         });
     }
     let skew = (expect.now - stamp).num_seconds();
-    if skew.abs() > expect.max_skew_seconds && !(p.presigned && skew > 0) {
-        return Err(AuthError::Skew {
-            stamp: p.amz_date,
-            now: expect.now.format("%Y%m%dT%H%M%SZ").to_string(),
-            skew: expect.max_skew_seconds,
-        });
-    }
     if p.presigned {
-        if -skew > expect.max_skew_seconds {
-            return Err(AuthError::Skew {
-                stamp: p.amz_date,
-                now: expect.now.format("%Y%m%dT%H%M%SZ").to_string(),
-                skew: expect.max_skew_seconds,
-            });
-        }
+        // X-Amz-Expires past its end is refused; and whatever it says, a presigned request
+        // older than the skew window is too (a leaked URL must not stay usable for a week).
         let lifetime = p.expires.unwrap_or(expect.max_skew_seconds);
         if skew > lifetime {
             return Err(AuthError::Expired(
                 (stamp + chrono::Duration::seconds(lifetime)).to_rfc3339(),
             ));
         }
+        if skew > expect.max_skew_seconds {
+            return Err(AuthError::PresignedTooOld {
+                stamp: p.amz_date,
+                skew: expect.max_skew_seconds,
+            });
+        }
+    }
+    if skew.abs() > expect.max_skew_seconds {
+        return Err(AuthError::Skew {
+            stamp: p.amz_date,
+            now: expect.now.format("%Y%m%dT%H%M%SZ").to_string(),
+            skew: expect.max_skew_seconds,
+        });
     }
     if !p.signed_headers.iter().any(|h| h == "host") {
         return Err(AuthError::Unsigned(""));
@@ -782,6 +787,39 @@ mod tests {
         let mut later = expect();
         later.now = suite_now() + chrono::Duration::seconds(61);
         assert!(matches!(verify(&req, &later, secret), Err(AuthError::Expired(_))));
+        // Signed two days ago for a week: refused, as older than the skew window.
+        let week = query_base.replace("X-Amz-Expires=60", "X-Amz-Expires=604800");
+        let creq = canonical_request(
+            "GET",
+            "/",
+            &canonical_query(&week, None).unwrap(),
+            "host:example.amazonaws.com\n",
+            "host",
+            EMPTY_SHA256,
+        );
+        let sts = string_to_sign(DATE, "20150830/us-east-1/service/aws4_request", &creq);
+        let sig = signature(&signing_key(SECRET, "20150830", "us-east-1", "service"), &sts);
+        let week = format!("{week}&X-Amz-Signature={sig}");
+        let req_week = Incoming {
+            raw_query: &week,
+            ..req.clone()
+        };
+        assert!(verify(&req_week, &expect(), secret).is_ok());
+        let mut two_days = expect();
+        two_days.now = suite_now() + chrono::Duration::days(2);
+        assert!(matches!(
+            verify(&req_week, &two_days, secret),
+            Err(AuthError::PresignedTooOld { .. })
+        ));
+        let mut inside = expect();
+        inside.now = suite_now() + chrono::Duration::seconds(299);
+        assert!(verify(&req_week, &inside, secret).is_ok());
+        let mut past_end = expect();
+        past_end.now = suite_now() + chrono::Duration::seconds(604_801);
+        assert!(matches!(
+            verify(&req_week, &past_end, secret),
+            Err(AuthError::Expired(_))
+        ));
         let changed = query.replace("DescribeBundleTasks", "CancelBundleTask");
         let req2 = Incoming {
             raw_query: &changed,

@@ -294,7 +294,8 @@ pub fn post_store(
         &store.bucket,
         store.s3.endpoint_url.as_deref(),
         store.s3.region.as_deref().or(policy_region.as_deref()),
-    );
+    )
+    .map_err(IntoError::into_error)?;
     let target = PostTarget::new(url, &store.bucket, &akid, parsed, &signature).map_err(IntoError::into_error)?;
     let url = target.url.clone();
     let mut post = PostStore::with_cancel(

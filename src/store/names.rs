@@ -11,6 +11,25 @@ fn invalid(what: &'static str, value: &str, reason: impl Into<String>) -> StoreE
     }
 }
 
+/// An AWS region name as it may reach a host name: 1 to 32 lowercase letters, digits and
+/// hyphens, starting with a letter and not ending with a hyphen (`us-east-1`, `garage`). Used on
+/// every region that comes from outside (a policy's credential, a request), so that it can never
+/// name another host, port or path.
+pub fn check_region(r: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && r.as_bytes()[0].is_ascii_lowercase()
+        && !r.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{r:?} is not a region name (1 to 32 lowercase letters, digits and hyphens, such as us-east-1)"
+        ))
+    }
+}
+
 /// S3 bucket naming rules (3–63 chars of a-z 0-9 . -, starting and ending with a letter or digit).
 pub fn check_bucket(b: &str) -> Result<(), StoreError> {
     if !(3..=63).contains(&b.len()) {

@@ -283,9 +283,7 @@ impl TaskStore {
             }
             out.push(stored);
         }
-        out.sort_by(|a, b| {
-            (a.task.start_time.cmp(&b.task.start_time)).then(a.task.bundle_id.cmp(&b.task.bundle_id))
-        });
+        out.sort_by(|a, b| (a.task.start_time.cmp(&b.task.start_time)).then(a.task.bundle_id.cmp(&b.task.bundle_id)));
         Ok((out, swept))
     }
 
@@ -523,11 +521,7 @@ mod tests {
                 .collect();
             patterns.extend(longer);
         }
-        let texts: Vec<String> = patterns
-            .iter()
-            .filter(|p| !p.contains(['*', '?']))
-            .cloned()
-            .collect();
+        let texts: Vec<String> = patterns.iter().filter(|p| !p.contains(['*', '?'])).cloned().collect();
         let mut checked = 0;
         for p in &patterns {
             for t in &texts {

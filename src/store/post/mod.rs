@@ -117,13 +117,38 @@ impl PostTarget {
         }
     }
 
-    /// The form-upload URL for `bucket` at `endpoint` (None: AWS, in `region` if given).
-    pub fn url_for(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> String {
-        match (endpoint, region) {
-            (Some(e), _) => format!("{}/{bucket}", e.trim_end_matches('/')),
-            (None, Some(r)) if r != "us-east-1" => format!("https://{bucket}.s3.{r}.amazonaws.com/"),
-            (None, _) => format!("https://{bucket}.s3.amazonaws.com/"),
-        }
+    /// The form-upload URL for `bucket` at `endpoint` (None: AWS, in `region` if given). Built
+    /// with a URL builder from a checked bucket and region: neither can name another host.
+    pub fn url_for(bucket: &str, endpoint: Option<&str>, region: Option<&str>) -> Result<String, PolicyError> {
+        let bad = |m: String| PolicyError {
+            code: "InvalidParameterValue",
+            message: m,
+        };
+        names::check_bucket(bucket).map_err(|e| bad(e.to_string()))?;
+        let url = match endpoint {
+            Some(e) => {
+                let mut url = reqwest::Url::parse(e)
+                    .map_err(|err| bad(format!("the S3 endpoint URL {e:?} is not a URL ({err})")))?;
+                url.path_segments_mut()
+                    .map_err(|()| bad(format!("the S3 endpoint URL {e:?} cannot have a path")))?
+                    .pop_if_empty()
+                    .push(bucket);
+                url
+            }
+            None => {
+                let host = match region {
+                    Some(r) if r != "us-east-1" => {
+                        names::check_region(r).map_err(|m| bad(format!("the bucket's region: {m}")))?;
+                        format!("{bucket}.s3.{r}.amazonaws.com")
+                    }
+                    _ => format!("{bucket}.s3.amazonaws.com"),
+                };
+                let mut url = reqwest::Url::parse("https://s3.amazonaws.com/").map_err(|e| bad(e.to_string()))?;
+                url.set_host(Some(&host)).map_err(|e| bad(format!("{host:?}: {e}")))?;
+                url
+            }
+        };
+        Ok(url.to_string())
     }
 }
 
@@ -163,6 +188,8 @@ impl PostStore {
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(1200))
+            // S3 answers a POST itself; a redirect (a policy's, or a server's) is never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| StoreError::S3Config(format!("cannot build the HTTP client: {e}")))?;
         let shared = std::sync::Arc::new(Shared {
@@ -626,6 +653,32 @@ impl PostStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_urls_are_built_not_pasted() {
+        assert_eq!(
+            PostTarget::url_for("bkt", Some("http://127.0.0.1:9000/"), None).unwrap(),
+            "http://127.0.0.1:9000/bkt"
+        );
+        assert_eq!(
+            PostTarget::url_for("bkt", Some("http://127.0.0.1:9000"), Some("x@evil")).unwrap(),
+            "http://127.0.0.1:9000/bkt"
+        );
+        assert_eq!(
+            PostTarget::url_for("bkt", None, Some("eu-west-3")).unwrap(),
+            "https://bkt.s3.eu-west-3.amazonaws.com/"
+        );
+        assert_eq!(
+            PostTarget::url_for("bkt", None, None).unwrap(),
+            "https://bkt.s3.amazonaws.com/"
+        );
+        // The region of the attack: it named a loopback port as the host.
+        for region in ["x@127.0.0.1:18556#", "us-east-1.evil.com/", "EU-WEST-1", "a b", ""] {
+            let e = PostTarget::url_for("bkt", None, Some(region)).unwrap_err();
+            assert!(e.message.contains("not a region name"), "{region}: {}", e.message);
+        }
+        assert!(PostTarget::url_for("b/../x", None, None).is_err());
+    }
 
     #[test]
     fn refusal_hints_say_what_to_change() {

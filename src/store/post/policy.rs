@@ -112,6 +112,9 @@ impl Credential {
         if day.len() != 8 || chrono::NaiveDate::parse_from_str(day, "%Y%m%d").is_err() {
             return Err(bad("has no valid date"));
         }
+        if let Err(why) = crate::store::names::check_region(region) {
+            return Err(bad(&format!("names a bad region: {why}")));
+        }
         if service != "s3" {
             return Err(bad("is not for the service s3"));
         }
@@ -420,6 +423,16 @@ impl UploadPolicy {
     /// `x-amz-algorithm`, `x-amz-credential`, `x-amz-date`, `policy`, `x-amz-signature`), and
     /// a value for every other field a condition names (e.g. boto3's `x-amz-security-token`).
     pub fn form_fields(&self, access_key_id: &str, signature: &str) -> Result<Vec<(String, String)>, PolicyError> {
+        // A redirect field would make S3 answer 303 to a URL of the policy maker's choice;
+        // winbundle reads the 204/201 answer itself and follows no redirect.
+        if let Some(field) = ["success_action_redirect", "redirect"]
+            .into_iter()
+            .find(|f| self.field(f).next().is_some())
+        {
+            return Err(invalid(format!(
+                "it has a {field} condition: winbundle reads S3's own answer and follows no redirect, so it does not take policies that require one; ask the bucket owner for a policy without {field} (`winbundle upload-policy` makes one)"
+            )));
+        }
         let mut fields = Vec::new();
         if let Some(acl) = self.acl()? {
             fields.push(("acl".to_string(), acl));
@@ -659,6 +672,33 @@ mod tests {
         );
         // Its public-read ACL would expose a disk image: refused.
         assert!(p.acl().unwrap_err().message.contains("readable by others"));
+        // And its success_action_redirect would send the upload's answer elsewhere: refused.
+        let e = p.form_fields("AKIAIOSFODNN7EXAMPLE", "00").unwrap_err();
+        assert!(e.message.contains("success_action_redirect"), "{}", e.message);
+    }
+
+    #[test]
+    fn redirects_and_bad_regions_in_policies_are_refused() {
+        let exp = "2030-01-01T00:00:00Z";
+        for field in ["success_action_redirect", "redirect"] {
+            let text = format!(
+                r#"{{"expiration": "{exp}","conditions": [{{"bucket": "b"}},["starts-with", "$key", "p."],{{"{field}": "http://127.0.0.1:1/"}}]}}"#
+            );
+            let p = UploadPolicy::parse(&encode(&text)).unwrap();
+            let e = p.form_fields("AKID", "sig").unwrap_err();
+            assert!(e.message.contains(field), "{}", e.message);
+            let starts = text.replace(
+                &format!(r#"{{"{field}": "http://127.0.0.1:1/"}}"#),
+                &format!(r#"["starts-with", "${field}", ""]"#),
+            );
+            let p = UploadPolicy::parse(&encode(&starts)).unwrap();
+            assert!(p.form_fields("AKID", "sig").unwrap_err().message.contains(field));
+        }
+        let text = format!(
+            r#"{{"expiration": "{exp}","conditions": [{{"bucket": "b"}},{{"x-amz-algorithm": "AWS4-HMAC-SHA256"}},{{"x-amz-credential": "AKID/20291231/x@127.0.0.1:18556#/s3/aws4_request"}},{{"x-amz-date": "20291231T000000Z"}}]}}"#
+        );
+        let e = UploadPolicy::parse(&encode(&text)).unwrap_err();
+        assert!(e.message.contains("not a region name"), "{}", e.message);
     }
 
     #[test]
