@@ -48,7 +48,14 @@ fn policy_text(expires: chrono::DateTime<Utc>, bucket: &str, acl: &str, prefix: 
 fn each_bad_policy_has_its_own_message_and_code() {
     let soon = Utc::now() + Duration::hours(24);
     let ok = policy_text(soon, "bkt", "ec2-bundle-read", "win", "");
-    assert!(check(&ok, "bkt", "win/a", 16 << 20).unwrap().is_empty());
+    // A plain prefix (the aws-cli's) passes with only the warning about what it reaches.
+    let warnings = check(&ok, "bkt", "win/a", 16 << 20).unwrap();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("starts-with \"win\""),
+        "{warnings:?}"
+    );
+    let own = policy_text(soon, "bkt", "ec2-bundle-read", "win/a.", "");
+    assert!(check(&own, "bkt", "win/a", 16 << 20).unwrap().is_empty());
     let cases: Vec<(String, &str, &str, &str)> = vec![
         (
             policy_text(Utc::now() - Duration::hours(1), "bkt", "ec2-bundle-read", "win", ""),
@@ -131,7 +138,7 @@ fn post_store(s3: &TestS3, bucket: &str, prefix: &str, secret: &str) -> PostStor
 }
 
 fn store_for(s3: &TestS3, bucket: &str, b64: &str, signature: &str) -> PostStore {
-    let url = PostTarget::url_for(bucket, Some(&s3.endpoint), None);
+    let url = PostTarget::url_for(bucket, Some(&s3.endpoint), None).unwrap();
     let target = PostTarget::new(url, bucket, ACCESS_KEY, UploadPolicy::parse(b64).unwrap(), signature).unwrap();
     PostStore::new(target, 3, 3).unwrap()
 }
@@ -446,20 +453,27 @@ fn upload_policy_takes_its_region_from_flag_environment_or_profile() {
     let (code, _, err) = run(&[], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--region"), "{err}");
-    // Version 2: the aws-cli's text and signature, ec2-bundle-read unless --acl none.
+    // Version 2: the aws-cli's text layout and signature, ec2-bundle-read unless --acl none,
+    // for the bundle's own keys (`win.`, not any key starting with `win`: issue 25).
     let (code, out, _) = run(
-        &["--signature-version", "2", "--expires-at", "2013-08-10T00:00:00Z"],
+        &["--signature-version", "2", "--expires-at", "2040-08-10T00:00:00Z"],
         &[],
     );
     assert_eq!(code, Some(0));
-    let at = chrono::DateTime::parse_from_rfc3339("2013-08-10T00:00:00Z")
+    let at = chrono::DateTime::parse_from_rfc3339("2040-08-10T00:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
-    assert_eq!(field(&out, "Policy"), policy::aws_cli_policy("bkt", "win", at));
+    assert_eq!(field(&out, "Policy"), policy::aws_cli_policy("bkt", "win.", at));
     assert_eq!(
         field(&out, "UploadPolicySignature"),
-        policy::sign("secret", &policy::encode(&policy::aws_cli_policy("bkt", "win", at)))
+        policy::sign("secret", &policy::encode(&policy::aws_cli_policy("bkt", "win.", at)))
     );
+    // The aws-cli's own vector (a past date) is an expired policy: refused (exit 2).
+    let (code, _, err) = run(
+        &["--signature-version", "2", "--expires-at", "2013-08-10T00:00:00Z"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
     let (_, out, _) = run(&["--signature-version", "2", "--acl", "none"], &[]);
     assert!(!field(&out, "Policy").as_str().unwrap().contains("acl"));
     let (code, _, err) = run(&["--signature-version", "3"], &[]);
@@ -630,4 +644,137 @@ fn an_interrupted_policy_bundle_resumes_from_its_journal() {
     let out = dir.path().join("out.img");
     restore_from(&s3.store("bkt"), "res/win", &out).unwrap();
     assert_restored_matches(&src, &request(&src, "res/win").plan, &out);
+}
+
+/// Runs `winbundle upload-policy` with `args` (plus owner keys): exit code, stdout, stderr.
+fn upload_policy(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(["upload-policy", "--owner-akid", ACCESS_KEY, "--owner-sak", SECRET_KEY])
+        .args(args)
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A browser-style form POST of `key` with the policy's fields: the server's status and body.
+fn form_post(
+    endpoint: &str,
+    bucket: &str,
+    fields: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> (u16, String) {
+    let boundary = "----winbundle-test-boundary";
+    let mut body = Vec::new();
+    let mut field = |name: &str, value: &str| {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes(),
+        );
+    };
+    field("key", key);
+    for (name, value) in fields {
+        field(name, value.as_str().unwrap());
+    }
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\nContent-Type: application/octet-stream\r\n\r\n{{}}\r\n--{boundary}--\r\n").as_bytes(),
+    );
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{endpoint}/{bucket}"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .unwrap();
+    (resp.status().as_u16(), resp.text().unwrap_or_default())
+}
+
+/// Issue 25, 5: a policy for `prod/web` once signed `starts-with prod/web`, so its holder could
+/// write `prod/web2.manifest.json` (another bundle). Now it signs `prod/web.`, and the S3 server
+/// itself (s3s checks POST policy conditions) refuses the other bundle's key.
+#[test]
+fn a_policy_for_a_prefix_reaches_only_that_bundles_keys() {
+    let s3 = TestS3::start(&["bkt"]);
+    for version in ["4", "2"] {
+        let (code, out, err) = upload_policy(&[
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "prod/web",
+            "--region",
+            "us-east-1",
+            "--signature-version",
+            version,
+            "--acl",
+            "none",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let text = v["Policy"].as_str().unwrap();
+        assert!(text.contains(r#"["starts-with", "$key", "prod/web."]"#), "{text}");
+        let fields = v["Fields"].as_object().unwrap();
+        let (status, body) = form_post(&s3.endpoint, "bkt", fields, "prod/web2.manifest.json");
+        // s3s says 400 InvalidPolicyDocument; AWS and Garage say 403 AccessDenied.
+        assert!(
+            matches!(status, 400 | 403) && body.contains("prod/web."),
+            "v{version}: another bundle's key must be refused: {status} {body}"
+        );
+        assert!(!s3.object_file("bkt", "prod/web2.manifest.json").exists());
+        let (status, _) = form_post(&s3.endpoint, "bkt", fields, "prod/webserver/x.manifest.json");
+        assert!(matches!(status, 400 | 403), "v{version}: {status}");
+        let (status, body) = form_post(&s3.endpoint, "bkt", fields, "prod/web.manifest.json");
+        assert!((200..300).contains(&status), "v{version}: its own key: {status} {body}");
+        // And the policy checks of bundle-instance take it without a warning.
+        let p = UploadPolicy::parse(v["UploadPolicy"].as_str().unwrap()).unwrap();
+        assert_eq!(p.broad_key_warning(), None);
+    }
+    // A plain-prefix policy (the aws-cli's, EC2's) is still taken, with a warning saying what it
+    // lets a holder do.
+    let text = policy::aws_cli_policy("bkt", "prod/web", Utc::now() + Duration::hours(24));
+    let warnings = check(&text, "bkt", "prod/web", 1 << 20).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("prod/web2.manifest.json") && w.contains("replace another bundle")),
+        "{warnings:?}"
+    );
+}
+
+/// Issue 25, 6: an already-expired --expires-at is refused (exit 2); a policy that would expire
+/// before a bundle of the named size ends gets a warning with the assumed throughput.
+#[test]
+fn upload_policy_refuses_expired_and_warns_about_short_policies() {
+    let base = ["--bucket", "bkt", "--prefix", "p", "--region", "us-east-1"];
+    let past = (Utc::now() - Duration::minutes(5)).to_rfc3339();
+    let (code, out, err) = upload_policy(&[&base[..], &["--expires-at", &past]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("--expires-at") && err.contains("not in the future"),
+        "{err}"
+    );
+    let (code, _, err) = upload_policy(&[&base[..], &["--expires", "0s"]].concat());
+    assert_eq!(code, Some(2), "{err}");
+    // 500 GiB at 20 MiB/s takes about 7 hours: a 1-hour policy is too short.
+    let (code, out, err) = upload_policy(&[&base[..], &["--expires", "1h", "--size", "500GiB"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.is_empty());
+    assert!(
+        err.contains("warning") && err.contains("20 MiB/s") && err.contains("--expires"),
+        "{err}"
+    );
+    let (code, _, err) = upload_policy(&[&base[..], &["--expires", "24h", "--size", "500GiB"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    // --source: the size of the disk file.
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(200 << 30).unwrap();
+    let (code, _, err) =
+        upload_policy(&[&base[..], &["--expires", "30m", "--source", disk.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("warning") && err.contains("200"), "{err}");
 }

@@ -199,9 +199,16 @@ pub struct UploadPolicyArgs {
     /// Validity from now (`24h`, `90m`, `2d`, `3600s`).
     #[arg(long, default_value = "24h", conflicts_with = "expires_at")]
     pub expires: String,
-    /// Expiry as an ISO-8601 UTC time (`2026-12-01T00:00:00Z`).
+    /// Expiry as an ISO-8601 UTC time (`2026-12-01T00:00:00Z`); a time in the past is refused.
     #[arg(long)]
     pub expires_at: Option<String>,
+    /// The disk the policy is for: its size tells whether the policy lasts long enough (a
+    /// warning when a bundle at 20 MiB/s would outlive it).
+    #[arg(long, value_name = "DISK", conflicts_with = "size")]
+    pub source: Option<std::path::PathBuf>,
+    /// The size of the disk the policy is for (`500GiB`), instead of --source.
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
     #[arg(long, value_enum, default_value = "json")]
     pub output: PolicyOutput,
 }

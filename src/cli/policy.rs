@@ -100,6 +100,10 @@ fn make_policy(spec: &Spec<'_>, sak: &str) -> Result<Made, Error> {
         region,
         expires,
     } = *spec;
+    // Every key of the bundle starts with `PREFIX.`: a holder of the policy can write only
+    // those, not `PREFIX2.manifest.json` nor `PREFIX/...` (another bundle's objects).
+    let own = format!("{prefix}.");
+    let prefix = own.as_str();
     if version == 2 {
         let text = policy::v2_policy(bucket, prefix, acl, expires);
         let base64 = policy::encode(&text);
@@ -175,6 +179,35 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
                 })?
         }
     };
+    let now = Utc::now();
+    if expires <= now {
+        return Err(Error::InvalidParameter {
+            parameter: if a.expires_at.is_some() {
+                "--expires-at"
+            } else {
+                "--expires"
+            },
+            message: format!(
+                "{} is not in the future (now is {}): a policy that has expired is refused by S3; give a later time, or --expires 24h",
+                expires.to_rfc3339(),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        });
+    }
+    if let Some(size) = bundle_size(&a)? {
+        let seconds = size as f64 / ASSUMED_THROUGHPUT as f64;
+        let finish = now + Duration::seconds(seconds.ceil() as i64);
+        if expires <= finish {
+            eprintln!(
+                "warning: the policy expires at {}, but a bundle of {} takes about {} at {} MiB/s (the throughput assumed here: compression and upload together), so it would end about {}: the uploads after the expiry would be refused; give a longer --expires",
+                expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                winbundle::units::human(size),
+                human_duration(seconds),
+                ASSUMED_THROUGHPUT >> 20,
+                finish.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+        }
+    }
     let acl = acl_choice(a.acl.as_deref(), a.signature_version)?;
     let region = match a.signature_version {
         4 => Some(resolve_region(a.region.as_deref(), a.profile.as_deref()).ok_or_else(region_required)?),
@@ -233,6 +266,41 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
         }
     }
     Ok(0)
+}
+
+/// What `upload-policy` assumes a bundle moves per second (reading, compressing and uploading
+/// together) when it warns that a policy would expire before the bundle ends: 20 MiB/s, a
+/// cautious figure for one machine uploading over the internet.
+pub const ASSUMED_THROUGHPUT: u64 = 20 << 20;
+
+/// The size of the bundle the policy is for: `--size`, or the size of `--source` (a disk image
+/// file or block device).
+fn bundle_size(a: &UploadPolicyArgs) -> Result<Option<u64>, Error> {
+    if let Some(s) = &a.size {
+        return winbundle::units::parse_size(s)
+            .map(Some)
+            .map_err(|m| Error::InvalidParameter {
+                parameter: "--size",
+                message: m,
+            });
+    }
+    let Some(src) = &a.source else { return Ok(None) };
+    let size = std::fs::File::open(src)
+        .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+        .map_err(|e| Error::InvalidParameter {
+            parameter: "--source",
+            message: format!("cannot read the size of {}: {e}", src.display()),
+        })?;
+    Ok(Some(size))
+}
+
+fn human_duration(seconds: f64) -> String {
+    let s = seconds.ceil() as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{:.1} h", s as f64 / 3600.0),
+    }
 }
 
 /// The POST store when bundle-instance was given a policy (or the owner's secret key), else None.

@@ -534,6 +534,9 @@ impl UploadPolicy {
                 )));
             }
         }
+        if let Some(w) = self.broad_key_warning() {
+            warnings.push(w);
+        }
         for c in &self.conditions {
             if let Condition::LengthRange { min, max } = c {
                 if *max < part_size {
@@ -549,6 +552,20 @@ impl UploadPolicy {
             }
         }
         Ok(warnings)
+    }
+}
+
+impl UploadPolicy {
+    /// A warning when the key condition is `starts-with` a plain prefix (`prod/web`, as the
+    /// aws-cli and EC2 make it) rather than `prod/web.`: every key of a bundle starts with
+    /// `PREFIX.`, but the plain condition lets the holder write other bundles' keys too.
+    pub fn broad_key_warning(&self) -> Option<String> {
+        self.field("key").find_map(|c| match c {
+            Condition::StartsWith { prefix, .. } if !prefix.ends_with('.') => Some(format!(
+                "the upload policy's key condition is starts-with {prefix:?} (as the aws-cli and EC2 make it): besides this bundle's {prefix}.* objects, its holder can write any key that starts with {prefix:?}, such as {prefix}2.manifest.json or {prefix}x/..., and so replace another bundle's objects; policies from `winbundle upload-policy` are limited to {prefix:?}."
+            )),
+            _ => None,
+        })
     }
 }
 
