@@ -930,3 +930,191 @@ fn a_bundle_cut_short_by_a_server_crash_resumes_after_the_restart() {
     restore_from(&s3.store("bkt"), "crash/win", &out).unwrap();
     assert_restored_matches(&st.source, &request(&st.source, "x").plan, &out);
 }
+
+/// A task saved straight into the server's task folder, owned by `owner`.
+fn seed_task(state: &Path, id: &str, prefix: &str, st: winbundle::task::State, owner: Option<&str>) {
+    let now = winbundle::task::now_iso();
+    let task = winbundle::task::BundleTask {
+        bundle_id: id.into(),
+        instance_id: INSTANCE.into(),
+        state: st,
+        start_time: now.clone(),
+        update_time: now,
+        bucket: "bkt".into(),
+        prefix: prefix.into(),
+        progress: "0%".into(),
+        error: None,
+    };
+    winbundle::task::store::TaskStore::open(state)
+        .unwrap()
+        .save_owned(&task, owner.map(str::to_string))
+        .unwrap();
+}
+
+/// Issue 25, 1: a 60,000-`*` filter overflowed the stack of the recursive matcher and killed
+/// the server; `*a*a…*b` against a long prefix held a thread for ever. Now the first is refused
+/// by the caps (naming the parameter), the second is answered, and a normal request after both
+/// is answered within a second.
+#[test]
+fn hostile_filters_neither_stop_nor_hold_the_server() {
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    seed_task(
+        &st.state,
+        "bun-0000000a",
+        &"a".repeat(400),
+        winbundle::task::State::Complete,
+        Some(CALLER_AK),
+    );
+    let server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    let stars = "*".repeat(60_000);
+    let r = c.post(&[
+        ("Action", "DescribeBundleTasks"),
+        ("Filter.1.Name", "bundle-id"),
+        ("Filter.1.Value.1", &stars),
+    ]);
+    expect(r, 400, "InvalidParameterValue", "Filter.1.Value.1");
+    let backtrack = format!("{}b", "*a".repeat(12));
+    let r = c.post(&[
+        ("Action", "DescribeBundleTasks"),
+        ("Filter.1.Name", "s3-prefix"),
+        ("Filter.1.Value.1", &backtrack),
+    ]);
+    assert_eq!((r.status, r.body.matches("<item>").count()), (200, 0), "{}", r.body);
+    let r = c.post(&[
+        ("Action", "DescribeBundleTasks"),
+        ("Filter.1.Name", "s3-prefix"),
+        ("Filter.1.Value.1", &format!("{}a", "*a".repeat(12))),
+    ]);
+    assert_eq!((r.status, r.body.matches("<item>").count()), (200, 1), "{}", r.body);
+    // Too many values, filters and ids: each refused naming its parameter.
+    let many: Vec<(String, String)> = (1..=201)
+        .map(|i| (format!("Filter.1.Value.{i}"), "x".to_string()))
+        .chain([("Filter.1.Name".to_string(), "state".to_string())])
+        .chain([("Action".to_string(), "DescribeBundleTasks".to_string())])
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    expect(c.post(&many), 400, "InvalidParameterValue", "Filter.1.Value.N");
+    let ids: Vec<(String, String)> = (1..=201)
+        .map(|i| (format!("BundleId.{i}"), format!("bun-{i:08x}")))
+        .chain([("Action".to_string(), "DescribeBundleTasks".to_string())])
+        .collect();
+    let ids: Vec<(&str, &str)> = ids.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    expect(c.post(&ids), 400, "InvalidParameterValue", "BundleId.N");
+    let long = "b".repeat(65);
+    expect(
+        c.post(&[("Action", "CancelBundleTask"), ("BundleId", &long)]),
+        400,
+        "InvalidParameterValue",
+        "BundleId",
+    );
+    // The server is alive and answers at once.
+    let started = Instant::now();
+    let r = c.describe("bun-0000000a");
+    assert_eq!(
+        (r.status, r.task_field("state").as_str()),
+        (200, "complete"),
+        "{}",
+        r.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+}
+
+const OTHER_AK: &str = "AKIAOTHERCALLER";
+const ADMIN_AK: &str = "AKIAADMINCALLER";
+
+/// Issue 25, 3: caller B listed caller A's tasks and could cancel them. Now each caller sees
+/// only its own (another's id is InvalidBundleID.NotFound, as if it did not exist); an admin
+/// caller sees all, including tasks with no recorded owner (the CLI's, older servers').
+#[test]
+fn callers_see_and_cancel_only_their_own_tasks() {
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(
+        &s3,
+        &format!(
+            "[[caller]]\naccess_key_id = \"{OTHER_AK}\"\nsecret_access_key = \"other-secret\"\n[[caller]]\naccess_key_id = \"{ADMIN_AK}\"\nsecret_access_key = \"admin-secret\"\nadmin = true\n"
+        ),
+    );
+    use winbundle::task::State;
+    // A running task of caller A (this process stands in for its bundler) and one of nobody.
+    seed_task(
+        &st.state,
+        "bun-000000a1",
+        "a/secret-prefix",
+        State::Bundling,
+        Some(CALLER_AK),
+    );
+    seed_task(&st.state, "bun-000000c1", "legacy", State::Complete, None);
+    let server = Server::start(&st.config, &st.state);
+    let a = server.client();
+    let b = Client {
+        ak: OTHER_AK.into(),
+        sk: "other-secret".into(),
+        ..server.client()
+    };
+    let admin = Client {
+        ak: ADMIN_AK.into(),
+        sk: "admin-secret".into(),
+        ..server.client()
+    };
+    let all = |c: &Client| {
+        let r = c.post(&[("Action", "DescribeBundleTasks")]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+    };
+    let seen = all(&a);
+    assert!(
+        seen.contains("bun-000000a1") && !seen.contains("bun-000000c1"),
+        "{seen}"
+    );
+    let seen = all(&b);
+    assert!(
+        !seen.contains("bun-000000a1") && !seen.contains("secret-prefix"),
+        "{seen}"
+    );
+    assert_eq!(seen.matches("<item>").count(), 0, "{seen}");
+    expect(
+        b.describe("bun-000000a1"),
+        400,
+        "InvalidBundleID.NotFound",
+        "bun-000000a1",
+    );
+    expect(
+        b.post(&[("Action", "CancelBundleTask"), ("BundleId", "bun-000000a1")]),
+        400,
+        "InvalidBundleID.NotFound",
+        "bun-000000a1",
+    );
+    expect(
+        b.post(&[("Action", "CancelBundleTask"), ("BundleId", "bun-000000c1")]),
+        400,
+        "InvalidBundleID.NotFound",
+        "bun-000000c1",
+    );
+    assert_eq!(cli_task(&st.state, "bun-000000a1")["State"], "bundling");
+    let seen = all(&admin);
+    assert!(seen.contains("bun-000000a1") && seen.contains("bun-000000c1"), "{seen}");
+    // B's own bundle: recorded with B's access key id (never a secret), seen by B, not by A.
+    let r = b.post(&refs(&bundle_params(INSTANCE2, "bkt", "b/own")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.task_field("bundleId");
+    let file = std::fs::read_to_string(st.state.join(format!("{id}.json"))).unwrap();
+    assert!(file.contains(OTHER_AK) && !file.contains("other-secret"), "{file}");
+    assert_eq!(b.describe(&id).task_field("bundleId"), id);
+    expect(a.describe(&id), 400, "InvalidBundleID.NotFound", &id);
+    let done = b.wait_for(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done.task_field("state"), "complete", "{}", done.body);
+    // The owner stays recorded through the task's updates.
+    let file = std::fs::read_to_string(st.state.join(format!("{id}.json"))).unwrap();
+    assert!(file.contains(OTHER_AK), "{file}");
+    // A cancels its own task; the CLI (no server) sees every task, as before.
+    let r = a.post(&[("Action", "CancelBundleTask"), ("BundleId", "bun-000000a1")]);
+    assert_eq!(
+        (r.status, r.task_field("state").as_str()),
+        (200, "cancelling"),
+        "{}",
+        r.body
+    );
+    assert_eq!(cli_task(&st.state, "bun-000000c1")["BundleId"], "bun-000000c1");
+}
