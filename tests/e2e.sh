@@ -534,6 +534,7 @@ huge_volume() { # a 1 GiB NTFS volume holding 640 MiB of random data: a bundle t
 start_serve() { # winbundle serve on 127.0.0.1:$SERVE_PORT, uploading to s3s-fs; one bundle at a time
   [ -f "$work/huge.img" ] || huge_volume
   SERVE_AK=AKIASERVEE2E SERVE_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
+  SERVE_OTHER_AK=AKIASERVEOTHER SERVE_OTHER_SK=$(python3 -c 'import secrets; print(secrets.token_hex(20))')
   cat >"$work/serve.toml" <<TOML
 region = "us-east-1"
 state_dir = "$work/serve-tasks"
@@ -545,6 +546,9 @@ part_size = "8MiB"
 [[caller]]
 access_key_id = "$SERVE_AK"
 secret_access_key_env = "WINBUNDLE_E2E_CALLER_SECRET"
+[[caller]]
+access_key_id = "$SERVE_OTHER_AK"
+secret_access_key = "$SERVE_OTHER_SK"
 [[instance]]
 id = "i-0123456789abcdef0"
 source = "$root/testdata/gpt-disk.img.zst"
@@ -563,6 +567,69 @@ TOML
 ec2() { # the aws-cli's ec2 commands against winbundle serve, as the configured caller
   AWS_ACCESS_KEY_ID=$SERVE_AK AWS_SECRET_ACCESS_KEY=$SERVE_SK AWS_DEFAULT_REGION=us-east-1 \
     aws ec2 --endpoint-url http://127.0.0.1:$SERVE_PORT "$@"
+}
+
+serve_two_callers() { # a second caller sees none of the first's tasks and cannot cancel them (aws-cli and boto3)
+  ec2 describe-bundle-tasks >"$work/mine.json"
+  local id; id=$(task_field "$work/mine.json" BundleId)
+  [ -n "$id" ]
+  other() {
+    AWS_ACCESS_KEY_ID=$SERVE_OTHER_AK AWS_SECRET_ACCESS_KEY=$SERVE_OTHER_SK AWS_DEFAULT_REGION=us-east-1 \
+      aws ec2 --endpoint-url http://127.0.0.1:$SERVE_PORT "$@"
+  }
+  other describe-bundle-tasks >"$work/theirs.json"
+  python3 -c 'import json,sys; t=json.load(open(sys.argv[1]))["BundleTasks"]; assert t == [], t' "$work/theirs.json"
+  local rc=0
+  other describe-bundle-tasks --bundle-ids "$id" >/dev/null 2>"$work/err.txt" || rc=$?
+  [ "$rc" != 0 ] && grep -q "InvalidBundleID.NotFound" "$work/err.txt"
+  rc=0
+  other cancel-bundle-task --bundle-id "$id" >/dev/null 2>"$work/err.txt" || rc=$?
+  [ "$rc" != 0 ] && grep -q "InvalidBundleID.NotFound" "$work/err.txt"
+  E2E_SERVE_EP=http://127.0.0.1:$SERVE_PORT E2E_AK=$SERVE_OTHER_AK E2E_SK=$SERVE_OTHER_SK python3 - "$id" <<'PY'
+import os, sys
+import boto3, botocore.exceptions
+ec2 = boto3.client("ec2", endpoint_url=os.environ["E2E_SERVE_EP"], region_name="us-east-1",
+                   aws_access_key_id=os.environ["E2E_AK"], aws_secret_access_key=os.environ["E2E_SK"])
+assert ec2.describe_bundle_tasks()["BundleTasks"] == []
+for call in (lambda: ec2.describe_bundle_tasks(BundleIds=[sys.argv[1]]),
+             lambda: ec2.cancel_bundle_task(BundleId=sys.argv[1])):
+    try:
+        call()
+        raise SystemExit("another caller's task was reachable")
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "InvalidBundleID.NotFound", e.response
+PY
+  # The first caller still sees it, unchanged.
+  ec2 describe-bundle-tasks --bundle-ids "$id" >"$work/mine2.json"
+  [ "$(task_field "$work/mine2.json" BundleId)" = "$id" ]
+}
+
+policy_other_bundle_refused() { # name: a winbundle policy for P reaches only P.*: the server itself refuses P2.manifest.json
+  local name=$1 ep ak sk region prefix="e2e/pw-$1"
+  server_vars "$name"
+  "$wb" upload-policy --bucket e2e-bucket --prefix "$prefix" --owner-akid "$ak" --owner-sak "$sk" --region "$region" >"$work/pw.json"
+  python3 - "$work/pw.json" "$ep" "$prefix" <<'PY'
+import json, sys, urllib.request, urllib.error
+p, ep, prefix = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+assert '["starts-with", "$key", "%s."]' % prefix in p["Policy"], p["Policy"]
+def post(key):
+    b = "----e2e-boundary"
+    parts = [("key", key)] + list(p["Fields"].items())
+    body = b"".join(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n" % (b.encode(), k.encode(), v.encode()) for k, v in parts)
+    body += b"--%s\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\nContent-Type: application/octet-stream\r\n\r\n{}\r\n--%s--\r\n" % (b.encode(), b.encode())
+    req = urllib.request.Request(ep + "/e2e-bucket", data=body, method="POST",
+                                 headers={"Content-Type": "multipart/form-data; boundary=" + b})
+    try:
+        return urllib.request.urlopen(req).status
+    except urllib.error.HTTPError as e:
+        return e.code
+for other in (prefix + "2.manifest.json", prefix + "server/x.manifest.json"):
+    st = post(other)
+    assert st in (400, 403), (other, st)
+st = post(prefix + ".manifest.json")
+assert 200 <= st < 300, st
+print("refused the other bundles' keys; took", prefix + ".manifest.json")
+PY
 }
 
 task_field() { # json-file field (of BundleTask or BundleTasks[0])
@@ -959,6 +1026,7 @@ fi
 for server in "${servers[@]}"; do
   check "$server: SigV4 upload policy made by winbundle upload-policy, bundle with no secret key, restore = source" policy_v4_winbundle "$server"
   check "$server: SigV4 upload policy made by boto3 generate_presigned_post, bundle with no secret key, restore = source" policy_v4_boto3 "$server"
+  check "$server: a winbundle policy for prod/web: the server refuses a POST of prod/web2.manifest.json" policy_other_bundle_refused "$server"
 done
 # Not through `check`: it sets the server's keys for the checks after it, so it runs in this shell.
 serve_up=0
@@ -973,6 +1041,7 @@ if [ "$serve_up" = 1 ]; then
   check "serve: aws ec2 bundle-instance, wait bundle-task-complete, every field (JSON and raw XML), restore = source" serve_bundle_wait_restore
   check "serve: aws ec2 cancel-bundle-task on a queued and a running bundle; filters" serve_cancel_and_filters
   check "serve: a wrong secret key gives AuthFailure and starts nothing" serve_auth_failure
+  check "serve: a second caller sees none of the first's tasks and cannot cancel them (aws-cli and boto3)" serve_two_callers
   check "serve: boto3 bundle_instance, waiter, DryRun, BundlingInProgress, cancel_bundle_task" serve_boto3
   check_here "serve: SIGTERM cancels the running bundle and exits 0; the restarted server reports it" serve_sigterm_restart
 fi
