@@ -79,6 +79,16 @@ printf '/\n\nhost:127.0.0.1:8773\nx-amz-date:20261127T120000Z\ncontent-type:appl
 printf '/\nAction=DescribeBundleTasks&Version=2016-11-15&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%%2F20261127%%2Fus-east-1%%2Fec2%%2Faws4_request&X-Amz-Date=20261127T120000Z&X-Amz-Expires=300&X-Amz-SignedHeaders=host&X-Amz-Signature=00\nhost:127.0.0.1:8773' \
   >"$seeds/sigv4_request/presigned"
 
+# A presigned request signed two days before the target's clock, valid for a week (refused as
+# older than the skew window).
+printf '/\nAction=DescribeBundleTasks&Version=2016-11-15&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%%2F20261125%%2Fus-east-1%%2Fec2%%2Faws4_request&X-Amz-Date=20261125T120000Z&X-Amz-Expires=604800&X-Amz-SignedHeaders=host&X-Amz-Signature=00\nhost:127.0.0.1:8773' \
+  >"$seeds/sigv4_request/presigned-week"
+# Policies that named a host through their region, and one that asked for a redirect.
+printf '{"expiration": "2030-01-01T00:00:00Z","conditions": [{"bucket": "b"},{"x-amz-algorithm": "AWS4-HMAC-SHA256"},{"x-amz-credential": "AKID/20291231/x@127.0.0.1:18556#/s3/aws4_request"},{"x-amz-date": "20291231T000000Z"}]}\n' \
+  >"$seeds/upload_policy/region-host"
+printf '{"expiration": "2030-01-01T00:00:00Z","conditions": [{"bucket": "b"},["starts-with", "$key", "p."],{"success_action_redirect": "http://127.0.0.1:1/"}]}\n' \
+  >"$seeds/upload_policy/redirect"
+
 # The server configuration of the README.
 python3 - "$here/../README.md" "$seeds/server_config/readme.toml" <<'PY'
 import re, sys

@@ -181,8 +181,8 @@ pub struct UploadPolicyArgs {
     #[arg(long, value_name = "SECRET", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub owner_sak: Option<String>,
     /// 4: a SigV4 POST policy, which AWS (every bucket and region), Garage, MinIO, Ceph and s3s
-    /// accept; 2: EC2's original kind, byte-identical to the aws-cli's `ec2 bundle-instance`
-    /// (refused by AWS buckets made since June 2020 and by Garage).
+    /// accept; 2: EC2's original kind, laid out as the aws-cli's `ec2 bundle-instance` (refused
+    /// by AWS buckets made since June 2020 and by Garage). Both limit keys to `PREFIX.`.
     #[arg(long, value_name = "4|2", default_value_t = 4, value_parser = parse_signature_version)]
     pub signature_version: u8,
     /// The bucket's region, which a version 4 policy is signed for (default: AWS_REGION,
