@@ -790,7 +790,7 @@ mod tests {
         let make = |signed: DateTime<Utc>, expires: DateTime<Utc>| {
             let text = v4_policy(&V4Request {
                 bucket: "bkt",
-                prefix: "win",
+                prefix: "win.",
                 acl: None,
                 access_key_id: "AKID",
                 region: "us-east-1",
