@@ -54,6 +54,13 @@ pub fn frame_hash(frame: &[u8]) -> [u8; 32] {
     blake3::hash(frame).into()
 }
 
+/// The largest index object of `chunks` chunks: its raw bytes plus what a zstd frame adds
+/// (a frame of incompressible data grows by a few bytes per 128 KiB block).
+pub fn max_size(chunks: u64) -> u64 {
+    let raw = (HEADER as u64).saturating_add(chunks.saturating_mul(ENTRY as u64));
+    raw.saturating_add(raw / 512).saturating_add(1024)
+}
+
 fn bad(problem: impl Into<String>) -> FormatError {
     FormatError::Index(problem.into())
 }
@@ -87,8 +94,15 @@ impl ChunkIndex {
     /// Parses an index object, refusing anything malformed or inconsistent with its own header.
     /// `max_chunks` bounds the allocation (the manifest's chunk count).
     pub fn decode(bytes: &[u8], max_chunks: u64) -> Result<Self, FormatError> {
-        let limit = HEADER as u64 + max_chunks.saturating_mul(ENTRY as u64);
-        let raw = zstd::bulk::decompress(bytes, usize::try_from(limit).unwrap_or(usize::MAX))
+        let limit = (HEADER as u64).saturating_add(max_chunks.saturating_mul(ENTRY as u64));
+        // The frame states its content size (the writer's always does): the buffer is that
+        // size, checked against the limit, never the limit itself.
+        let stated = match zstd::zstd_safe::get_frame_content_size(bytes) {
+            Ok(Some(n)) if n <= limit => n,
+            Ok(Some(n)) => return Err(bad(format!("not a zstd frame of at most {limit} bytes: it holds {n}"))),
+            _ => return Err(bad(format!("not a zstd frame of at most {limit} bytes with its content size"))),
+        };
+        let raw = zstd::bulk::decompress(bytes, usize::try_from(stated).unwrap_or(usize::MAX))
             .map_err(|e| bad(format!("not a zstd frame of at most {limit} bytes: {e}")))?;
         if raw.len() < HEADER || &raw[..8] != MAGIC {
             return Err(bad("not a winbundle chunk index (bad magic)"));
