@@ -242,6 +242,9 @@ const NOT_READ_EXIT: i32 = 3;
 /// ... and when only entries this system cannot hold were left out (1).
 const NOT_EXTRACTED_EXIT: i32 = 1;
 
+/// The root folder's MFT record (its index has an entry "." for itself).
+const ROOT_RECORD: u64 = 5;
+
 /// What a walk meets, in order.
 enum Event<'e> {
     /// A folder about to be listed; return false to leave it unlisted.
@@ -366,8 +369,8 @@ impl Walk<'_, '_> {
         };
         let mut out = Vec::new();
         for (name, r, _) in listed {
-            if (r < FIRST_USER_RECORD && !self.system) || r == record {
-                continue; // metadata files; the root's entry "." for itself
+            if (r < FIRST_USER_RECORD && !self.system) || (r == record && r == ROOT_RECORD) {
+                continue; // metadata files; the root's entry "." for itself (elsewhere: a cycle)
             }
             match guarded(|| self.vol.stat(r)) {
                 Ok(info) => out.push(Ok((name, info))),
@@ -867,7 +870,17 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::local_name;
+    use super::{escape, local_name};
+
+    #[test]
+    fn non_printable_characters_are_escaped_as_ls_b_does() {
+        assert_eq!(escape("cmd.exe"), "cmd.exe");
+        assert_eq!(escape("ファイル ☃.txt"), "ファイル ☃.txt");
+        assert_eq!(escape("a\u{1b}]0;title\u{7}b"), "a\\033]0;title\\007b");
+        assert_eq!(escape("fake\nentry\t\r"), "fake\\nentry\\t\\r");
+        assert_eq!(escape("x\u{202e}gpj.exe\u{85}"), "x\\u{202e}gpj.exe\\u{85}");
+        assert_eq!(escape("\\Windows\\System32"), "\\Windows\\System32");
+    }
 
     #[test]
     fn names_that_would_leave_the_target_folder_are_refused() {
