@@ -717,6 +717,35 @@ pub fn get_manifest(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, Error
     Ok(store.get(key)?)
 }
 
+/// The most memory `OpenedBundle::open` then `verify` or `restore` with `threads` threads and
+/// `fetchers` requests at once allocate for a bundle whose manifest is `manifest_bytes` long
+/// and says `m` (the formula README.md "Reading bundles: limits" documents):
+/// 32 MiB + 16 × the manifest + 256 bytes a chunk (seek table, index, offsets) + 160 bytes a
+/// part + (2 × fetchers + 3) fetch units of min(stream, 32 MiB) + (2 × threads + 2) frames of
+/// min(stream, …) + (2 × threads + 5) chunks of min(chunk size, volume). Every term is bounded
+/// by the manifest's checked numbers, which `open` checks against the stored objects' sizes.
+pub fn memory_bound(manifest_bytes: u64, m: &Manifest, threads: usize, fetchers: usize) -> u64 {
+    let (t, f) = (threads.max(1) as u64, fetchers.max(1) as u64);
+    let disk = m.disk.as_ref();
+    let chunks = m.chunk_count + disk.map_or(0, |d| d.chunk_count);
+    let parts: u64 = m
+        .data
+        .objects
+        .iter()
+        .chain(disk.map(|d| d.data.objects.iter()).into_iter().flatten())
+        .map(|o| o.parts_sha256.len() as u64)
+        .sum();
+    let stream = m.data.stream_size.max(disk.map_or(0, |d| d.data.stream_size));
+    let chunk = m.chunk_size.min(m.volume_size.max(disk.map_or(0, |d| d.stream_plain_size)));
+    (32u64 << 20)
+        .saturating_add(manifest_bytes.saturating_mul(16))
+        .saturating_add(chunks.saturating_mul(256))
+        .saturating_add(parts.saturating_mul(160))
+        .saturating_add((2 * f + 3).saturating_mul(stream.min(WHOLE_PART)))
+        .saturating_add((2 * t + 2).saturating_mul(stream))
+        .saturating_add((2 * t + 5).saturating_mul(chunk + super::output::ALIGN as u64))
+}
+
 /// `a + b` for stream offsets from a manifest (checked: a manifest is input).
 fn add(a: u64, b: u64, key: &str) -> Result<u64, Error> {
     a.checked_add(b).ok_or_else(|| {
