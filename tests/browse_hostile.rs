@@ -27,7 +27,9 @@ fn text(out: &Output) -> (Option<i32>, String, String) {
 
 fn bundle_of(img: &Path, dir: &Path) -> PathBuf {
     let store = dir.join("store");
-    common::bundle(&common::request(img, "p"), &store).result.expect("bundle");
+    common::bundle(&common::request(img, "p"), &store)
+        .result
+        .expect("bundle");
     store
 }
 
@@ -98,11 +100,17 @@ fn a_folder_containing_itself_is_a_named_cycle_and_the_rest_goes_on() {
     let (code, out, err) = text(&run(&store, &["ls", "--recursive"]));
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("directory cycle") && err.contains("\\many"), "{err}");
-    assert!(out.contains("\\Windows\\Help\\README.Debian"), "the rest is listed: {out}");
+    assert!(
+        out.contains("\\Windows\\Help\\README.Debian"),
+        "the rest is listed: {out}"
+    );
     let out_dir = dir.path().join("out");
     let (code, _, err) = text(&run(&store, &["extract", "\\", "--output", out_dir.to_str().unwrap()]));
     assert_eq!(code, Some(3), "{err}");
-    assert!(err.contains("directory cycle") && err.contains("not extracted"), "{err}");
+    assert!(
+        err.contains("directory cycle") && err.contains("not extracted"),
+        "{err}"
+    );
     assert!(out_dir.join("Windows/Help/README.Debian").is_file(), "{err}");
     // No folder was entered twice: \many holds no folder at all.
     let nested = std::fs::read_dir(out_dir.join("many"))
@@ -206,7 +214,11 @@ fn control_characters_in_names_are_escaped_in_text_and_exact_in_json() {
     let out = run(&store, &["ls", "\\many", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
-        v["Entries"].as_array().unwrap().iter().any(|e| e["Name"] == "\u{1b}]0;X\n"),
+        v["Entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["Name"] == "\u{1b}]0;X\n"),
         "JSON keeps the exact name"
     );
 }
@@ -231,7 +243,10 @@ fn a_stream_name_that_leaves_the_output_folder_is_not_extracted() {
         ],
     ));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("not extracted") && err.contains("../../../escaped"), "{err}");
+    assert!(
+        err.contains("not extracted") && err.contains("../../../escaped"),
+        "{err}"
+    );
     assert!(!dir.path().join("escaped").exists() && !dir.path().join("a/escaped").exists());
     assert_eq!(walkdir(&out_dir).len(), 0);
 }
@@ -253,9 +268,15 @@ fn a_path_too_long_to_write_is_skipped_and_the_rest_extracted() {
     let rest = want - out_dir.as_os_str().len() - 1;
     out_dir.push("e".repeat(rest));
     assert_eq!(out_dir.as_os_str().len(), want);
-    let (code, _, err) = text(&run(&store, &["extract", "\\Windows", "--output", out_dir.to_str().unwrap()]));
+    let (code, _, err) = text(&run(
+        &store,
+        &["extract", "\\Windows", "--output", out_dir.to_str().unwrap()],
+    ));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("not extracted: \\Windows\\System32\\kernel32.dll"), "{err}");
+    assert!(
+        err.contains("not extracted: \\Windows\\System32\\kernel32.dll"),
+        "{err}"
+    );
     assert!(err.contains("not extracted: \\Windows\\System32\\drivers"), "{err}");
     assert!(err.contains("could not be extracted"), "{err}");
     let cmd = std::fs::read(out_dir.join("Windows/System32/cmd.exe")).unwrap();

@@ -261,6 +261,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// A change to a manifest's JSON.
+type Edit = dyn Fn(&mut serde_json::Value);
+
 /// Rewrites the manifest of bundle `b` through `edit`.
 fn edit_manifest(store: &Path, edit: &dyn Fn(&mut serde_json::Value)) {
     let key = store.join("test-bucket/b.manifest.json");
@@ -314,7 +317,7 @@ fn wrapping_sizes_and_oversized_tables_are_refused_by_their_numbers() {
     let (dir, _src, store) = bundled("bare-volume.img");
     let key = store.join("test-bucket/b.manifest.json");
     let text = std::fs::read(&key).unwrap();
-    let cases: [(&str, &dyn Fn(&mut serde_json::Value)); 4] = [
+    let cases: [(&str, &Edit); 4] = [
         ("objects add up to more than 2^64", &|m| {
             let o = m["data"]["objects"][0].clone();
             let mut big = o.clone();
@@ -345,14 +348,24 @@ fn wrapping_sizes_and_oversized_tables_are_refused_by_their_numbers() {
     big.resize(17 << 20, b' ');
     std::fs::write(&key, &big).unwrap();
     let e = verify(&store, "b").unwrap_err();
-    assert!(e.to_string().contains("larger than any manifest winbundle writes"), "{e}");
+    assert!(
+        e.to_string().contains("larger than any manifest winbundle writes"),
+        "{e}"
+    );
     assert_eq!(e.exit_code(), 4);
 }
 
 fn cli_local_prefix(store: &Path, prefix: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
         .args(args)
-        .args(["--local-store", store.to_str().unwrap(), "--bucket", "test-bucket", "--prefix", prefix])
+        .args([
+            "--local-store",
+            store.to_str().unwrap(),
+            "--bucket",
+            "test-bucket",
+            "--prefix",
+            prefix,
+        ])
         .output()
         .unwrap()
 }

@@ -100,7 +100,11 @@ impl ChunkIndex {
         let stated = match zstd::zstd_safe::get_frame_content_size(bytes) {
             Ok(Some(n)) if n <= limit => n,
             Ok(Some(n)) => return Err(bad(format!("not a zstd frame of at most {limit} bytes: it holds {n}"))),
-            _ => return Err(bad(format!("not a zstd frame of at most {limit} bytes with its content size"))),
+            _ => {
+                return Err(bad(format!(
+                    "not a zstd frame of at most {limit} bytes with its content size"
+                )));
+            }
         };
         let raw = zstd::bulk::decompress(bytes, usize::try_from(stated).unwrap_or(usize::MAX))
             .map_err(|e| bad(format!("not a zstd frame of at most {limit} bytes: {e}")))?;

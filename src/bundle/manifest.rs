@@ -30,7 +30,9 @@ pub const MAX_CHUNKS: u64 = 1 << 26;
 /// Bytes of the seek table of `chunks` chunks: skippable-frame header, 12 bytes per entry,
 /// footer (what [`crate::chunk::frame::encode_seek_table`] writes).
 pub fn seek_table_size(chunks: u64) -> Option<u64> {
-    chunks.checked_mul(12)?.checked_add(8 + crate::chunk::frame::FOOTER_LEN as u64)
+    chunks
+        .checked_mul(12)?
+        .checked_add(8 + crate::chunk::frame::FOOTER_LEN as u64)
 }
 
 /// How the data stream is stored.

@@ -201,7 +201,11 @@ impl<'s> OpenedBundle<'s> {
         // (Manifest::parse checked that chunk_count chunks of chunk_size make the volume.)
         let last = m.volume_size - (m.chunk_count - 1) * m.chunk_size;
         for (i, e) in seek.iter().enumerate() {
-            let expect = if i as u64 + 1 == m.chunk_count { last } else { m.chunk_size };
+            let expect = if i as u64 + 1 == m.chunk_count {
+                last
+            } else {
+                m.chunk_size
+            };
             if e.raw as u64 != expect {
                 return Err(
                     FormatError::SeekTable(format!("chunk {i} holds {} bytes, expected {expect}", e.raw)).into(),
@@ -736,7 +740,9 @@ pub fn memory_bound(manifest_bytes: u64, m: &Manifest, threads: usize, fetchers:
         .map(|o| o.parts_sha256.len() as u64)
         .sum();
     let stream = m.data.stream_size.max(disk.map_or(0, |d| d.data.stream_size));
-    let chunk = m.chunk_size.min(m.volume_size.max(disk.map_or(0, |d| d.stream_plain_size)));
+    let chunk = m
+        .chunk_size
+        .min(m.volume_size.max(disk.map_or(0, |d| d.stream_plain_size)));
     (32u64 << 20)
         .saturating_add(manifest_bytes.saturating_mul(16))
         .saturating_add(chunks.saturating_mul(256))

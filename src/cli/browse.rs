@@ -14,7 +14,9 @@ use winbundle::bundle::output::write_sparse;
 use winbundle::bundle::read::{OpenedBundle, raw_stdout};
 use winbundle::bundle::view::{BundleView, ViewDevice};
 use winbundle::ntfs::NtfsVolume;
-use winbundle::ntfs::catalog::{ATTRIBUTE_NAMES, FIRST_USER_RECORD, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix};
+use winbundle::ntfs::catalog::{
+    ATTRIBUTE_NAMES, FIRST_USER_RECORD, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix,
+};
 use winbundle::ntfs::content::FileStream;
 use winbundle::ntfs::exclude::normalise;
 use winbundle::source::DiskFile;
@@ -158,7 +160,13 @@ fn long_line(name: &str, i: &FileInfo) -> String {
         line.push('\\');
     }
     for s in &i.streams {
-        line.push_str(&format!("\n{:10} {:19} {:>14} {name}:{}", "", "", s.size, escape(&s.name)));
+        line.push_str(&format!(
+            "\n{:10} {:19} {:>14} {name}:{}",
+            "",
+            "",
+            s.size,
+            escape(&s.name)
+        ));
     }
     line
 }
@@ -250,7 +258,11 @@ enum Event<'e> {
     /// A folder about to be listed; return false to leave it unlisted.
     Dir { path: &'e str },
     /// An entry of a listed folder (folders too, before their own `Dir`).
-    Entry { path: &'e str, name: &'e str, info: &'e FileInfo },
+    Entry {
+        path: &'e str,
+        name: &'e str,
+        info: &'e FileInfo,
+    },
     /// A folder whose entries have all been met.
     Done { path: &'e str, info: &'e FileInfo },
     /// An entry or folder that could not be read: damaged (a record, an index, a cycle), or a
@@ -273,7 +285,12 @@ struct Walk<'a, 'v> {
 }
 
 impl Walk<'_, '_> {
-    fn run(&self, path: String, info: FileInfo, f: &mut dyn FnMut(Event<'_>) -> Result<bool, Error>) -> Result<(), Error> {
+    fn run(
+        &self,
+        path: String,
+        info: FileInfo,
+        f: &mut dyn FnMut(Event<'_>) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
         struct Frame {
             path: String,
             info: FileInfo,
@@ -412,7 +429,9 @@ fn guarded<T>(read: impl FnOnce() -> Result<T, winbundle::ntfs::NtfsError>) -> R
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{e} (the volume is damaged there: run `chkdsk /f` on it)")),
         Err(_) => {
-            let why = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "no message".into());
+            let why = PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| "no message".into());
             Err(format!(
                 "the NTFS reader stopped on a damaged structure ({why}); the volume is damaged there: run `chkdsk /f` on it"
             ))
@@ -529,7 +548,10 @@ impl Extractor<'_, '_> {
                 match std::fs::create_dir_all(dest) {
                     Ok(()) => Ok(true),
                     Err(e) => {
-                        self.done.failed.push((path.to_string(), format!("cannot make the folder {}: {e}", dest.display())));
+                        self.done.failed.push((
+                            path.to_string(),
+                            format!("cannot make the folder {}: {e}", dest.display()),
+                        ));
                         dests.insert(path.to_string(), None);
                         Ok(false)
                     }
@@ -537,7 +559,11 @@ impl Extractor<'_, '_> {
             }
             Event::Entry { path, name, info } => {
                 let parent = &path[..path.len() - name.len()];
-                let parent = if parent.len() > 1 { parent.trim_end_matches('\\') } else { parent };
+                let parent = if parent.len() > 1 {
+                    parent.trim_end_matches('\\')
+                } else {
+                    parent
+                };
                 let Some(Some(dir)) = dests.get(parent).cloned() else {
                     return Ok(false);
                 };
@@ -626,7 +652,9 @@ impl Extractor<'_, '_> {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => {
-                let why = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| "no message".into());
+                let why = PANIC
+                    .with(|p| p.borrow_mut().take())
+                    .unwrap_or_else(|| "no message".into());
                 let _ = std::fs::remove_file(&dest);
                 self.done.damaged.push((
                     path.to_string(),
@@ -797,9 +825,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     }
     let not_done = done.failed.len() + done.damaged.len();
     if not_done > 0 {
-        eprintln!(
-            "winbundle: {not_done} entries could not be extracted (listed above); everything else was"
-        );
+        eprintln!("winbundle: {not_done} entries could not be extracted (listed above); everything else was");
     }
     Ok(if !done.damaged.is_empty() {
         NOT_READ_EXIT
