@@ -95,19 +95,22 @@ impl ChunkIndex {
     /// `max_chunks` bounds the allocation (the manifest's chunk count).
     pub fn decode(bytes: &[u8], max_chunks: u64) -> Result<Self, FormatError> {
         let limit = (HEADER as u64).saturating_add(max_chunks.saturating_mul(ENTRY as u64));
-        // The frame states its content size (the writer's always does): the buffer is that
-        // size, checked against the limit, never the limit itself.
-        let stated = match zstd::zstd_safe::get_frame_content_size(bytes) {
-            Ok(Some(n)) if n <= limit => n,
-            Ok(Some(n)) => return Err(bad(format!("not a zstd frame of at most {limit} bytes: it holds {n}"))),
-            _ => {
-                return Err(bad(format!(
-                    "not a zstd frame of at most {limit} bytes with its content size"
-                )));
-            }
-        };
-        let raw = zstd::bulk::decompress(bytes, usize::try_from(stated).unwrap_or(usize::MAX))
-            .map_err(|e| bad(format!("not a zstd frame of at most {limit} bytes: {e}")))?;
+        // Decompressed as it comes, never into a buffer of the limit: memory follows the
+        // frame's actual content, and stops one byte past the limit.
+        if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(bytes)
+            && n > limit
+        {
+            return Err(bad(format!("not a zstd frame of at most {limit} bytes: it holds {n}")));
+        }
+        let mut raw = Vec::new();
+        let read = zstd::stream::read::Decoder::new(bytes)
+            .and_then(|d| std::io::Read::read_to_end(&mut std::io::Read::take(d, limit.saturating_add(1)), &mut raw));
+        if let Err(e) = read {
+            return Err(bad(format!("not a zstd frame of at most {limit} bytes: {e}")));
+        }
+        if raw.len() as u64 > limit {
+            return Err(bad(format!("not a zstd frame of at most {limit} bytes")));
+        }
         if raw.len() < HEADER || &raw[..8] != MAGIC {
             return Err(bad("not a winbundle chunk index (bad magic)"));
         }
