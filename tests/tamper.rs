@@ -260,3 +260,112 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A change to a manifest's JSON.
+type Edit = dyn Fn(&mut serde_json::Value);
+
+/// Rewrites the manifest of bundle `b` through `edit`.
+fn edit_manifest(store: &Path, edit: &dyn Fn(&mut serde_json::Value)) {
+    let key = store.join("test-bucket/b.manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&key).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(&key, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+/// A manifest naming keys outside its bundle (`../..`, an absolute path, another bundle's
+/// object, another index) is refused as InvalidBundle (exit 4) before any read: the error
+/// names neither the size nor the digest of the file it points at.
+#[test]
+fn a_manifest_naming_keys_outside_its_bundle_is_refused_before_any_read() {
+    let (dir, src, store) = bundled("bare-volume.img");
+    // Another bundle in the same bucket, whose object a forged manifest could name.
+    bundle(&request(&src, "other"), &store).result.unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, b"not part of any bundle").unwrap();
+    let text = std::fs::read(store.join("test-bucket/b.manifest.json")).unwrap();
+    let escape = format!("../../../../../../../..{}", secret.display());
+    for (what, bad) in [
+        ("object", escape.clone()),
+        ("object", secret.display().to_string()),
+        ("object", "other.image.zst".to_string()),
+        ("index", escape.clone()),
+        ("index", "other.index.zst".to_string()),
+    ] {
+        std::fs::write(store.join("test-bucket/b.manifest.json"), &text).unwrap();
+        edit_manifest(&store, &|m| match what {
+            "object" => m["data"]["objects"][0]["key"] = serde_json::json!(bad),
+            _ => m["index"]["key"] = serde_json::json!(bad),
+        });
+        let e = verify(&store, "b").unwrap_err();
+        assert!(matches!(e, Error::Format(FormatError::Manifest { .. })), "{bad}: {e}");
+        assert_eq!(e.exit_code(), 4);
+        let msg = e.to_string();
+        assert!(msg.contains("its own bundle's objects"), "{msg}");
+        assert!(!msg.contains("22 bytes") && !msg.contains("SHA-256 "), "{msg}");
+        assert_restore_fails_cleanly(dir.path(), &store);
+        // Through the CLI (ls reads the same way).
+        let out = cli_local_prefix(&store, "b", &["ls"]);
+        assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidBundle"));
+    }
+}
+
+/// Sizes that wrap u64 when summed, a chunk size the writer never makes, a seek table larger
+/// than its chunks need and an oversized manifest are refused by their numbers, unread.
+#[test]
+fn wrapping_sizes_and_oversized_tables_are_refused_by_their_numbers() {
+    let (dir, _src, store) = bundled("bare-volume.img");
+    let key = store.join("test-bucket/b.manifest.json");
+    let text = std::fs::read(&key).unwrap();
+    let cases: [(&str, &Edit); 4] = [
+        ("objects add up to more than 2^64", &|m| {
+            let o = m["data"]["objects"][0].clone();
+            let mut big = o.clone();
+            big["size"] = serde_json::json!(u64::MAX - 10);
+            m["data"]["objects"] = serde_json::json!([o, big]);
+        }),
+        ("chunk size 4294963200 is not one winbundle makes", &|m| {
+            m["chunk_size"] = serde_json::json!(4294963200u64);
+            m["chunk_count"] = serde_json::json!(1);
+        }),
+        ("seek table is 3221225472 bytes", &|m| {
+            m["data"]["seek_table_size"] = serde_json::json!(3u64 << 30);
+        }),
+        ("more than the 67108864 winbundle makes", &|m| {
+            m["volume_size"] = serde_json::json!(1u64 << 50);
+            m["chunk_count"] = serde_json::json!((1u64 << 50) / m["chunk_size"].as_u64().unwrap());
+        }),
+    ];
+    for (says, edit) in cases {
+        std::fs::write(&key, &text).unwrap();
+        edit_manifest(&store, edit);
+        let e = assert_restore_fails_cleanly(dir.path(), &store);
+        assert!(matches!(e, Error::Format(FormatError::Manifest { .. })), "{says}: {e}");
+        assert!(e.to_string().contains(says), "{says}: {e}");
+    }
+    // A manifest of 17 MiB is refused by its size.
+    let mut big = text.clone();
+    big.resize(17 << 20, b' ');
+    std::fs::write(&key, &big).unwrap();
+    let e = verify(&store, "b").unwrap_err();
+    assert!(
+        e.to_string().contains("larger than any manifest winbundle writes"),
+        "{e}"
+    );
+    assert_eq!(e.exit_code(), 4);
+}
+
+fn cli_local_prefix(store: &Path, prefix: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(args)
+        .args([
+            "--local-store",
+            store.to_str().unwrap(),
+            "--bucket",
+            "test-bucket",
+            "--prefix",
+            prefix,
+        ])
+        .output()
+        .unwrap()
+}

@@ -1,10 +1,33 @@
 //! A stored bundle from outside (restore and verify read it): the manifest, the data stream with
 //! its zstd frames and seek table. The input is a manifest and a data object, split at the first
-//! NUL; the bundle is opened from an in-memory store and verified.
+//! NUL; the bundle is opened from an in-memory store and verified. A counting allocator
+//! asserts the memory bound (`read::memory_bound`): whatever the manifest says, the reader
+//! allocates no more than the formula of its checked numbers, and a refused manifest no more
+//! than a few times its own size.
 #![no_main]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+struct Counting;
+static NOW: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let n = NOW.fetch_add(l.size() as u64, Ordering::Relaxed) + l.size() as u64;
+        PEAK.fetch_max(n, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        NOW.fetch_sub(l.size() as u64, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
 
 use libfuzzer_sys::fuzz_target;
 use winbundle::bundle::read::OpenedBundle;
@@ -62,6 +85,16 @@ fuzz_target!(|data: &[u8]| {
     objects.insert("p.image.zst".to_string(), image.to_vec());
     objects.insert("p.part.0".to_string(), image.to_vec());
     let store = Memory(objects);
-    let Ok(b) = OpenedBundle::open(&store, "p") else { return };
-    let _ = b.verify(1, &NoProgress, &AtomicBool::new(false));
+    let base = NOW.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let opened = OpenedBundle::open(&store, "p");
+    if let Ok(b) = &opened {
+        let _ = b.verify(1, &NoProgress, &AtomicBool::new(false));
+    }
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let bound = match winbundle::bundle::Manifest::parse("p.manifest.json", manifest) {
+        Ok(m) => winbundle::bundle::read::memory_bound(manifest.len() as u64, &m, 1, 2),
+        Err(_) => (32 << 20) + 16 * manifest.len() as u64,
+    };
+    assert!(peak <= bound, "the reader allocated {peak} bytes, over its bound of {bound}");
 });

@@ -314,6 +314,17 @@ fn run(
         None => None,
     };
     let chunk_count = plan.image_len.div_ceil(req.chunk_size as u64);
+    if chunk_count > super::manifest::MAX_CHUNKS {
+        // Readers refuse more (it bounds the seek table and index they read).
+        return Err(invalid(
+            "--chunk-size",
+            format!(
+                "{} bytes makes {chunk_count} chunks of this volume, more than the {} a bundle may have: use a larger --chunk-size",
+                req.chunk_size,
+                super::manifest::MAX_CHUNKS
+            ),
+        ));
+    }
     let bound = plan.read_bytes + plan.read_bytes / 64 + chunk_count * (256 + 12) + 64;
     let part_size = part_size_for(req.part_size, bound);
     if req.layout != Layout::Parts && part_size < store.min_part_size() {

@@ -54,6 +54,13 @@ pub fn frame_hash(frame: &[u8]) -> [u8; 32] {
     blake3::hash(frame).into()
 }
 
+/// The largest index object of `chunks` chunks: its raw bytes plus what a zstd frame adds
+/// (a frame of incompressible data grows by a few bytes per 128 KiB block).
+pub fn max_size(chunks: u64) -> u64 {
+    let raw = (HEADER as u64).saturating_add(chunks.saturating_mul(ENTRY as u64));
+    raw.saturating_add(raw / 512).saturating_add(1024)
+}
+
 fn bad(problem: impl Into<String>) -> FormatError {
     FormatError::Index(problem.into())
 }
@@ -87,9 +94,23 @@ impl ChunkIndex {
     /// Parses an index object, refusing anything malformed or inconsistent with its own header.
     /// `max_chunks` bounds the allocation (the manifest's chunk count).
     pub fn decode(bytes: &[u8], max_chunks: u64) -> Result<Self, FormatError> {
-        let limit = HEADER as u64 + max_chunks.saturating_mul(ENTRY as u64);
-        let raw = zstd::bulk::decompress(bytes, usize::try_from(limit).unwrap_or(usize::MAX))
-            .map_err(|e| bad(format!("not a zstd frame of at most {limit} bytes: {e}")))?;
+        let limit = (HEADER as u64).saturating_add(max_chunks.saturating_mul(ENTRY as u64));
+        // Decompressed as it comes, never into a buffer of the limit: memory follows the
+        // frame's actual content, and stops one byte past the limit.
+        if let Ok(Some(n)) = zstd::zstd_safe::get_frame_content_size(bytes)
+            && n > limit
+        {
+            return Err(bad(format!("not a zstd frame of at most {limit} bytes: it holds {n}")));
+        }
+        let mut raw = Vec::new();
+        let read = zstd::stream::read::Decoder::new(bytes)
+            .and_then(|d| std::io::Read::read_to_end(&mut std::io::Read::take(d, limit.saturating_add(1)), &mut raw));
+        if let Err(e) = read {
+            return Err(bad(format!("not a zstd frame of at most {limit} bytes: {e}")));
+        }
+        if raw.len() as u64 > limit {
+            return Err(bad(format!("not a zstd frame of at most {limit} bytes")));
+        }
         if raw.len() < HEADER || &raw[..8] != MAGIC {
             return Err(bad("not a winbundle chunk index (bad magic)"));
         }

@@ -39,6 +39,11 @@ impl Keys {
         format!("{}.image.{n:06}.zst", self.prefix)
     }
 
+    /// The keys of the disk stream around C: (format 3), under `P.disk`.
+    pub fn disk(&self) -> Keys {
+        Keys::new(&format!("{}.disk", self.prefix))
+    }
+
     /// The key of object `n` of a data stream in `layout`.
     pub fn object(&self, layout: super::Layout, n: u32) -> String {
         match layout {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::FormatError;
+use super::{FormatError, Keys};
 use crate::ntfs::{Exclusion, NtfsFacts};
 use crate::source::TableKind;
 
@@ -15,6 +15,25 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT_VERSION_PART_SIZES: u32 = 2;
 /// Version 3: the disk around C: (partition table, system partitions) kept as `disk`.
 pub const FORMAT_VERSION_DISK: u32 = 3;
+
+/// The largest manifest a reader reads (its size is checked before it is read). A manifest
+/// takes about 70 bytes per part, and a stream at most 10,000 parts per object: far below.
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Chunk sizes the writer makes (`--chunk-size`): a multiple of 4 KiB from 64 KiB to 1 GiB.
+/// The reader accepts these and nothing else.
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+/// The most chunks a bundle has (the writer refuses a volume that needs more: a larger
+/// `--chunk-size` makes fewer). 256 TiB at the default 4 MiB; it bounds the seek table
+/// (12 bytes a chunk, 768 MiB) and the chunk index (112 bytes a chunk) before either is read.
+pub const MAX_CHUNKS: u64 = 1 << 26;
+/// Bytes of the seek table of `chunks` chunks: skippable-frame header, 12 bytes per entry,
+/// footer (what [`crate::chunk::frame::encode_seek_table`] writes).
+pub fn seek_table_size(chunks: u64) -> Option<u64> {
+    chunks
+        .checked_mul(12)?
+        .checked_add(8 + crate::chunk::frame::FOOTER_LEN as u64)
+}
 
 /// How the data stream is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -158,7 +177,7 @@ impl ObjectInfo {
         match &self.part_sizes {
             Some(sizes) => sizes.clone(),
             None => (0..self.parts_sha256.len() as u64)
-                .map(|n| (self.size.saturating_sub(n * part_size)).min(part_size))
+                .map(|n| (self.size.saturating_sub(n.saturating_mul(part_size))).min(part_size))
                 .collect(),
         }
     }
@@ -214,21 +233,26 @@ impl Manifest {
                 }
             )));
         }
-        if m.chunk_size == 0 || m.chunk_size > u32::MAX as u64 {
-            return Err(bad(format!("chunk size {} is out of range", m.chunk_size)));
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&m.chunk_size) || !m.chunk_size.is_multiple_of(4096) {
+            return Err(bad(format!(
+                "chunk size {} is not one winbundle makes (a multiple of 4 KiB from 64 KiB to 1 GiB)",
+                m.chunk_size
+            )));
         }
-        if m.chunk_count != m.volume_size.div_ceil(m.chunk_size) {
+        if m.chunk_count != m.volume_size.div_ceil(m.chunk_size) || m.chunk_count == 0 {
             return Err(bad(format!(
                 "{} chunks of {} bytes do not make a volume of {} bytes",
                 m.chunk_count, m.chunk_size, m.volume_size
             )));
         }
+        check_chunks(m.chunk_count, &m.data, "", &bad)?;
         check_data(&m.data, m.format_version, &bad)?;
         if let Some(disk) = &m.disk {
             check_data(&disk.data, m.format_version, &bad)?;
-            if disk.stream_plain_size != disk.chunk_count * m.chunk_size {
+            if disk.chunk_count.checked_mul(m.chunk_size) != Some(disk.stream_plain_size) {
                 return Err(bad("the disk stream is not whole chunks".into()));
             }
+            check_chunks(disk.chunk_count, &disk.data, "disk ", &bad)?;
         }
         if let Some(i) = &m.index
             && (i.sha256.len() != 64 || hex::decode(&i.sha256).is_err() || i.chunk_hash != "blake3")
@@ -240,6 +264,75 @@ impl Manifest {
         }
         Ok(m)
     }
+
+    /// Checks that every key the manifest names is one the `Keys` rules derive from the
+    /// bundle's prefix: the data objects (`P.image.zst`, `P.part.N`, `P.image.NNNNNN.zst`, in
+    /// order), the chunk index (`P.index.zst`) and the disk stream's objects (under `P.disk`).
+    /// A manifest that names any other key (`../../etc/passwd`, `/etc/shadow`, another bundle's
+    /// object) is refused before anything is read.
+    pub fn check_keys(&self, keys: &Keys) -> Result<(), FormatError> {
+        let bad = |problem: String| FormatError::Manifest {
+            key: keys.manifest(),
+            problem,
+        };
+        check_object_keys(&self.data, keys, "", &bad)?;
+        if let Some(disk) = &self.disk {
+            check_object_keys(&disk.data, &keys.disk(), "disk stream ", &bad)?;
+        }
+        if let Some(i) = &self.index
+            && i.key != keys.index()
+        {
+            return Err(bad(format!(
+                "it names the chunk index {:?}, which is not this bundle's ({:?}): a manifest names only its own bundle's objects",
+                i.key,
+                keys.index()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The objects of a data stream have the keys its layout gives under `keys`, in order.
+fn check_object_keys(
+    d: &DataInfo,
+    keys: &Keys,
+    what: &str,
+    bad: &dyn Fn(String) -> FormatError,
+) -> Result<(), FormatError> {
+    if d.layout == Layout::Single && d.objects.len() != 1 {
+        return Err(bad(format!(
+            "the {what}layout single has {} objects instead of one",
+            d.objects.len()
+        )));
+    }
+    for (n, o) in d.objects.iter().enumerate() {
+        let want = u32::try_from(n).map(|n| keys.object(d.layout, n));
+        if want.as_ref().ok() != Some(&o.key) {
+            return Err(bad(format!(
+                "its {what}object {n} has the key {:?}, not {:?}: a manifest names only its own bundle's objects",
+                o.key,
+                want.unwrap_or_default()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The chunk count is within [`MAX_CHUNKS`] and the seek table has the size its entries need.
+fn check_chunks(chunks: u64, d: &DataInfo, what: &str, bad: &dyn Fn(String) -> FormatError) -> Result<(), FormatError> {
+    if chunks > MAX_CHUNKS {
+        return Err(bad(format!(
+            "the {what}stream has {chunks} chunks, more than the {MAX_CHUNKS} winbundle makes"
+        )));
+    }
+    if seek_table_size(chunks) != Some(d.seek_table_size) {
+        return Err(bad(format!(
+            "the {what}seek table is {} bytes, but {chunks} chunks need {}",
+            d.seek_table_size,
+            seek_table_size(chunks).unwrap_or(u64::MAX)
+        )));
+    }
+    Ok(())
 }
 
 /// Checks one data stream's description: sizes add up, one digest per part, the seek table
@@ -248,10 +341,11 @@ fn check_data(d: &DataInfo, version: u32, bad: &dyn Fn(String) -> FormatError) -
     if d.part_size == 0 {
         return Err(bad("part size is 0".into()));
     }
-    let total: u64 = d.objects.iter().map(|o| o.size).sum();
-    if total != d.stream_size {
+    let total = d.objects.iter().try_fold(0u64, |a, o| a.checked_add(o.size));
+    if total != Some(d.stream_size) {
         return Err(bad(format!(
-            "objects add up to {total} bytes, the stream is {}",
+            "objects add up to {} bytes, the stream is {}",
+            total.map_or("more than 2^64".to_string(), |t| t.to_string()),
             d.stream_size
         )));
     }

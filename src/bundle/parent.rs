@@ -170,7 +170,7 @@ fn newest(store: &dyn ObjectStore, prefix: &str, instance_id: &str) -> Result<St
         if p == prefix {
             continue;
         }
-        let Ok(bytes) = store.get(&Keys::new(p).manifest()) else {
+        let Ok(bytes) = super::read::get_manifest(store, &Keys::new(p).manifest()) else {
             continue;
         };
         let Ok(m) = super::Manifest::parse(&key, &bytes) else {

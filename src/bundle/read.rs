@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::index::{ChunkIndex, chunk_hash, frame_hash};
-use super::manifest::Manifest;
+use super::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use super::output::{self, ChunkSink};
 use super::{FormatError, Keys};
 use crate::Error;
@@ -76,8 +76,9 @@ impl<'s> OpenedBundle<'s> {
     pub fn open(store: &'s dyn ObjectStore, prefix: &str) -> Result<Self, Error> {
         let keys = Keys::new(prefix);
         let key = keys.manifest();
-        let bytes = store.get(&key)?;
+        let bytes = get_manifest(store, &key)?;
         let manifest = Manifest::parse(&key, &bytes)?;
+        manifest.check_keys(&keys)?;
         Self::from_manifest(store, manifest)
     }
 
@@ -122,13 +123,13 @@ impl<'s> OpenedBundle<'s> {
                 parts.push(PartSpan {
                     object: i,
                     number: n,
-                    stream_offset: offset + start,
+                    stream_offset: add(offset, start, &o.key)?,
                     size,
                     sha256,
                 });
-                start += size;
+                start = add(start, size, &o.key)?;
             }
-            offset += o.size;
+            offset = add(offset, o.size, &o.key)?;
         }
         let mut b = Self {
             store,
@@ -140,7 +141,9 @@ impl<'s> OpenedBundle<'s> {
             fetchers: 2,
         };
         let d = &b.manifest.data;
-        let mut table = vec![0u8; d.seek_table_size as usize];
+        // Its size was checked against the chunk count (at most MAX_CHUNKS) and the objects'
+        // stored sizes before this allocation.
+        let mut table = vec![0u8; usize::try_from(d.seek_table_size).map_err(|_| too_big("seek table"))?];
         b.read_stream(d.seek_table_offset, &mut table)?;
         let seek = parse_seek_table(&table).map_err(Error::from)?;
         b.check_seek(&seek)?;
@@ -155,6 +158,17 @@ impl<'s> OpenedBundle<'s> {
         let Some(info) = &self.manifest.index else {
             return Ok(None);
         };
+        // The index of `chunk_count` chunks is one zstd frame of at most this many bytes: checked
+        // before it is read (a frame does not grow much past its content).
+        let limit = super::index::max_size(self.manifest.chunk_count);
+        let stored = self.store.size(&info.key)?;
+        if stored != info.size || stored > limit {
+            return Err(FormatError::Index(format!(
+                "{} is {stored} bytes; the manifest says {}, and an index of {} chunks is at most {limit}",
+                info.key, info.size, self.manifest.chunk_count
+            ))
+            .into());
+        }
         let bytes = self.store.get(&info.key)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if bytes.len() as u64 != info.size || digest != info.sha256 {
@@ -184,9 +198,11 @@ impl<'s> OpenedBundle<'s> {
             return Err(FormatError::SeekTable(format!("{} entries for {} chunks", seek.len(), m.chunk_count)).into());
         }
         let mut total = 0u64;
+        // (Manifest::parse checked that chunk_count chunks of chunk_size make the volume.)
+        let last = m.volume_size - (m.chunk_count - 1) * m.chunk_size;
         for (i, e) in seek.iter().enumerate() {
             let expect = if i as u64 + 1 == m.chunk_count {
-                m.volume_size - (m.chunk_count - 1) * m.chunk_size
+                last
             } else {
                 m.chunk_size
             };
@@ -195,6 +211,7 @@ impl<'s> OpenedBundle<'s> {
                     FormatError::SeekTable(format!("chunk {i} holds {} bytes, expected {expect}", e.raw)).into(),
                 );
             }
+            // u32 sizes of at most MAX_CHUNKS frames: no u64 overflow.
             total += e.compressed as u64;
         }
         if total != m.data.seek_table_offset {
@@ -687,6 +704,67 @@ impl<'s> OpenedBundle<'s> {
         }
         result
     }
+}
+
+/// Reads the manifest `key`, refusing one over [`MAX_MANIFEST_BYTES`] by its size, unread.
+pub fn get_manifest(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, Error> {
+    let size = store.size(key)?;
+    if size > MAX_MANIFEST_BYTES {
+        return Err(FormatError::Manifest {
+            key: key.to_string(),
+            problem: format!(
+                "{size} bytes is larger than any manifest winbundle writes (at most {MAX_MANIFEST_BYTES}); it was not read"
+            ),
+        }
+        .into());
+    }
+    Ok(store.get(key)?)
+}
+
+/// The most memory `OpenedBundle::open` then `verify` or `restore` with `threads` threads and
+/// `fetchers` requests at once allocate for a bundle whose manifest is `manifest_bytes` long
+/// and says `m` (the formula README.md "Reading bundles: limits" documents):
+/// 32 MiB + 16 × the manifest + 256 bytes a chunk (seek table, index, offsets) + 160 bytes a
+/// part + (2 × fetchers + 3) fetch units of min(stream, 32 MiB) + (2 × threads + 2) frames of
+/// min(stream, …) + (2 × threads + 5) chunks of min(chunk size, volume). Every term is bounded
+/// by the manifest's checked numbers, which `open` checks against the stored objects' sizes.
+pub fn memory_bound(manifest_bytes: u64, m: &Manifest, threads: usize, fetchers: usize) -> u64 {
+    let (t, f) = (threads.max(1) as u64, fetchers.max(1) as u64);
+    let disk = m.disk.as_ref();
+    let chunks = m.chunk_count + disk.map_or(0, |d| d.chunk_count);
+    let parts: u64 = m
+        .data
+        .objects
+        .iter()
+        .chain(disk.map(|d| d.data.objects.iter()).into_iter().flatten())
+        .map(|o| o.parts_sha256.len() as u64)
+        .sum();
+    let stream = m.data.stream_size.max(disk.map_or(0, |d| d.data.stream_size));
+    let chunk = m
+        .chunk_size
+        .min(m.volume_size.max(disk.map_or(0, |d| d.stream_plain_size)));
+    (32u64 << 20)
+        .saturating_add(manifest_bytes.saturating_mul(16))
+        .saturating_add(chunks.saturating_mul(256))
+        .saturating_add(parts.saturating_mul(160))
+        .saturating_add((2 * f + 3).saturating_mul(stream.min(WHOLE_PART)))
+        .saturating_add((2 * t + 2).saturating_mul(stream))
+        .saturating_add((2 * t + 5).saturating_mul(chunk + super::output::ALIGN as u64))
+}
+
+/// `a + b` for stream offsets from a manifest (checked: a manifest is input).
+fn add(a: u64, b: u64, key: &str) -> Result<u64, Error> {
+    a.checked_add(b).ok_or_else(|| {
+        FormatError::Manifest {
+            key: key.to_string(),
+            problem: "its sizes add up to more than 2^64 bytes".into(),
+        }
+        .into()
+    })
+}
+
+fn too_big(what: &str) -> Error {
+    FormatError::SeekTable(format!("the {what} is larger than this system can address")).into()
 }
 
 /// What a read checks (see [`OpenedBundle::check_for`]).

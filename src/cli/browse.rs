@@ -14,7 +14,9 @@ use winbundle::bundle::output::write_sparse;
 use winbundle::bundle::read::{OpenedBundle, raw_stdout};
 use winbundle::bundle::view::{BundleView, ViewDevice};
 use winbundle::ntfs::NtfsVolume;
-use winbundle::ntfs::catalog::{ATTRIBUTE_NAMES, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix};
+use winbundle::ntfs::catalog::{
+    ATTRIBUTE_NAMES, FIRST_USER_RECORD, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix,
+};
 use winbundle::ntfs::content::FileStream;
 use winbundle::ntfs::exclude::normalise;
 use winbundle::source::DiskFile;
@@ -158,7 +160,13 @@ fn long_line(name: &str, i: &FileInfo) -> String {
         line.push('\\');
     }
     for s in &i.streams {
-        line.push_str(&format!("\n{:10} {:19} {:>14} {name}:{}", "", "", s.size, s.name));
+        line.push_str(&format!(
+            "\n{:10} {:19} {:>14} {name}:{}",
+            "",
+            "",
+            s.size,
+            escape(&s.name)
+        ));
     }
     line
 }
@@ -168,6 +176,7 @@ pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let b = Browse::open(&a.store, cancel)?;
     let vol = b.volume()?;
     let mut entries = Vec::new();
+    let mut not_read: Vec<(String, String)> = Vec::new();
     let mut out = std::io::stdout().lock();
     let mut run = || -> Result<(), Error> {
         let (path, info) = resolve(&vol, &a.path)?;
@@ -176,43 +185,29 @@ pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             entries.push((path, name, info));
             return Ok(());
         }
-        // Depth first, each entry followed by what is under it; a folder met twice (a
-        // damaged index pointing back up) is not entered again.
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![(path, info.record)];
-        seen.insert(info.record);
-        while let Some((dir, record)) = stack.pop() {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
+        // Depth first, each entry followed by what is under it (the walk extract uses too).
+        let walk = Walk {
+            b: &b,
+            vol: &vol,
+            system: a.system,
+            recursive: a.recursive,
+            cancel,
+        };
+        walk.run(path, info, &mut |ev| {
+            match ev {
+                Event::Entry { path, name, info } => entries.push((path.to_string(), name.to_string(), info.clone())),
+                Event::Skip { path, reason, .. } => not_read.push((path, reason)),
+                Event::Dir { .. } | Event::Done { .. } => {}
             }
-            let list = vol.entries(record, a.system).map_err(|e| match e {
-                winbundle::ntfs::NtfsError::Path { path, problem } => Error::Ntfs {
-                    offset: 0,
-                    source: winbundle::ntfs::NtfsError::Path {
-                        path: join(&dir, &path),
-                        problem,
-                    },
-                },
-                e => Error::ntfs_at(0)(e),
-            })?;
-            let mut subdirs = Vec::new();
-            for e in list {
-                let p = join(&dir, &e.name);
-                if a.recursive && e.info.is_dir && seen.insert(e.info.record) {
-                    subdirs.push((p.clone(), e.info.record));
-                }
-                entries.push((p, e.name, e.info));
-            }
-            if !a.recursive {
-                break;
-            }
-            // Pre-order: the first subfolder's tree comes next.
-            stack.extend(subdirs.into_iter().rev());
-        }
-        Ok(())
+            Ok(true)
+        })
     };
     run().map_err(|e| b.explain(e))?;
     b.log_fetched(started);
+    for (p, r) in &not_read {
+        eprintln!("winbundle: not read: {}: {}", escape(p), escape(r));
+    }
+    let code = if not_read.is_empty() { 0 } else { NOT_READ_EXIT };
     if a.json {
         let list: Vec<_> = entries
             .iter()
@@ -222,15 +217,16 @@ pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             "BundleId": b.view.bundle().manifest.bundle_id,
             "Path": normalise(&a.path),
             "Entries": list,
+            "NotRead": not_read.iter().map(|(p, r)| json!({"Path": p, "Reason": r})).collect::<Vec<_>>(),
             "Fetched": b.fetched(),
         });
         let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        return Ok(0);
+        return Ok(code);
     }
     for (p, n, i) in &entries {
-        let shown = if a.recursive { p.as_str() } else { n.as_str() };
+        let shown = escape(if a.recursive { p.as_str() } else { n.as_str() });
         let line = if a.long {
-            long_line(shown, i)
+            long_line(&shown, i)
         } else if i.is_dir {
             format!("{shown}\\")
         } else {
@@ -240,7 +236,255 @@ pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             break; // a closed pipe (`| head`)
         }
     }
-    Ok(0)
+    if !not_read.is_empty() {
+        eprintln!(
+            "winbundle: {} entries could not be read (listed above, damaged); everything else is listed",
+            not_read.len()
+        );
+    }
+    Ok(code)
+}
+
+/// The exit status when a walk skipped damaged entries (3: the volume is damaged there) ...
+const NOT_READ_EXIT: i32 = 3;
+/// ... and when only entries this system cannot hold were left out (1).
+const NOT_EXTRACTED_EXIT: i32 = 1;
+
+/// The root folder's MFT record (its index has an entry "." for itself).
+const ROOT_RECORD: u64 = 5;
+
+/// What a walk meets, in order.
+enum Event<'e> {
+    /// A folder about to be listed; return false to leave it unlisted.
+    Dir { path: &'e str },
+    /// An entry of a listed folder (folders too, before their own `Dir`).
+    Entry {
+        path: &'e str,
+        name: &'e str,
+        info: &'e FileInfo,
+    },
+    /// A folder whose entries have all been met.
+    Done { path: &'e str, info: &'e FileInfo },
+    /// An entry or folder that could not be read: damaged (a record, an index, a cycle), or a
+    /// panic in the NTFS layer.
+    Skip { path: String, reason: String },
+}
+
+/// The one walk of a folder tree, shared by `ls -R` and `extract`: each folder's MFT record is
+/// listed at most once (a folder met again elsewhere is skipped as damage: NTFS has no folder
+/// hard links), a folder that contains one of its own ancestors is a cycle, named and not
+/// entered, and a folder or entry that cannot be read (damage, or a panic below) is skipped
+/// with the reason while the rest goes on. Errors of the bundle itself (integrity, store) and
+/// cancellation end the walk.
+struct Walk<'a, 'v> {
+    b: &'a Browse,
+    vol: &'a NtfsVolume<'v>,
+    system: bool,
+    recursive: bool,
+    cancel: &'a AtomicBool,
+}
+
+impl Walk<'_, '_> {
+    fn run(
+        &self,
+        path: String,
+        info: FileInfo,
+        f: &mut dyn FnMut(Event<'_>) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        struct Frame {
+            path: String,
+            info: FileInfo,
+            entries: std::vec::IntoIter<Listed>,
+        }
+        let mut first_seen: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+        let mut stack: Vec<Frame> = Vec::new();
+        first_seen.insert(info.record, path.clone());
+        if f(Event::Dir { path: &path })? {
+            match self.list(&path, info.record)? {
+                Ok(list) => stack.push(Frame {
+                    path,
+                    info,
+                    entries: list.into_iter(),
+                }),
+                Err(reason) => {
+                    f(Event::Skip { path, reason })?;
+                }
+            }
+        }
+        while let Some(top) = stack.last_mut() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let Some(next) = top.entries.next() else {
+                if let Some(done) = stack.pop() {
+                    f(Event::Done {
+                        path: &done.path,
+                        info: &done.info,
+                    })?;
+                }
+                continue;
+            };
+            let (name, info) = match next {
+                Ok(e) => e,
+                Err((path, reason)) => {
+                    f(Event::Skip { path, reason })?;
+                    continue;
+                }
+            };
+            let p = join(&top.path, &name);
+            if info.is_dir {
+                if let Some(anc) = stack.iter().find(|fr| fr.info.record == info.record) {
+                    let reason = format!(
+                        "directory cycle: this folder is {} again (MFT record {}), which contains it; not entered (run `chkdsk /f` on the volume)",
+                        anc.path, info.record
+                    );
+                    f(Event::Skip { path: p, reason })?;
+                    continue;
+                }
+                if let Some(first) = first_seen.get(&info.record) {
+                    let reason = format!(
+                        "the same folder (MFT record {}) as {first}, already read: a damaged index points to it twice",
+                        info.record
+                    );
+                    f(Event::Skip { path: p, reason })?;
+                    continue;
+                }
+            }
+            f(Event::Entry {
+                path: &p,
+                name: &name,
+                info: &info,
+            })?;
+            if !(info.is_dir && self.recursive) {
+                continue;
+            }
+            first_seen.insert(info.record, p.clone());
+            if !f(Event::Dir { path: &p })? {
+                continue;
+            }
+            match self.list(&p, info.record)? {
+                Ok(list) => stack.push(Frame {
+                    path: p,
+                    info,
+                    entries: list.into_iter(),
+                }),
+                Err(reason) => {
+                    f(Event::Skip { path: p, reason })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of folder `record` with their facts: Err(reason) when the folder cannot be
+    /// read; an entry whose record cannot be read is an entry (path, reason) of its own, so
+    /// the walk reports it and goes on. Errors of the bundle itself are the outer Err.
+    fn list(&self, path: &str, record: u64) -> Result<Result<Vec<Listed>, String>, Error> {
+        let listed = match guarded(|| self.vol.list_dir(record)) {
+            Ok(l) => l,
+            Err(reason) => return self.bundle_error().map_or(Ok(Err(reason)), Err),
+        };
+        let mut out = Vec::new();
+        for (name, r, _) in listed {
+            if (r < FIRST_USER_RECORD && !self.system) || (r == record && r == ROOT_RECORD) {
+                continue; // metadata files; the root's entry "." for itself (elsewhere: a cycle)
+            }
+            match guarded(|| self.vol.stat(r)) {
+                Ok(info) => out.push(Ok((name, info))),
+                Err(reason) => {
+                    if let Some(e) = self.bundle_error() {
+                        return Err(e);
+                    }
+                    out.push(Err((join(path, &name), reason)));
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    /// The failure of a read of the bundle (integrity, store), if one happened.
+    fn bundle_error(&self) -> Option<Error> {
+        self.b.view.take_failure()
+    }
+}
+
+/// An entry of a listed folder: its name and facts, or (its path, why its record is unreadable).
+type Listed = Result<(String, FileInfo), (String, String)>;
+
+thread_local! {
+    /// Set while a guarded call runs: a panic is recorded here instead of printed.
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs one read of the NTFS layer for one path: its error, or a panic that escapes it (the
+/// `ntfs` crate on a damaged structure), becomes the reason the path is skipped, and the panic
+/// is not printed (no backtrace reaches the user).
+fn guarded<T>(read: impl FnOnce() -> Result<T, winbundle::ntfs::NtfsError>) -> Result<T, String> {
+    ensure_hook();
+    QUIET.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    QUIET.with(|q| q.set(false));
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{e} (the volume is damaged there: run `chkdsk /f` on it)")),
+        Err(_) => {
+            let why = PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_else(|| "no message".into());
+            Err(format!(
+                "the NTFS reader stopped on a damaged structure ({why}); the volume is damaged there: run `chkdsk /f` on it"
+            ))
+        }
+    }
+}
+
+/// Installs (once) the panic hook that keeps a guarded read's panic quiet: recorded for its
+/// path's reason instead of printed. Panics elsewhere go to the hook that was there before.
+fn ensure_hook() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(|q| q.get()) {
+                let msg = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
+                PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
+            } else {
+                previous(info)
+            }
+        }));
+    });
+}
+
+/// `text` with every non-printable character escaped as `ls -b` does (`\n`, `\t`, `\033`,
+/// `\u{202e}`), so that a name cannot move the cursor, set the window title or fake a line.
+/// JSON output keeps names exact; this is for text and messages.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if bad(c) && (c as u32) < 0x80 => out.push_str(&format!("\\{:03o}", c as u32)),
+            c if bad(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A name as a file name here: refused when it could step out of the target folder or is not
@@ -264,8 +508,11 @@ struct Extracted {
     bytes: u64,
     /// Left out when the bundle was made: (path, why).
     skipped: Vec<(String, String)>,
-    /// Could not be extracted: (path, why).
+    /// Could not be extracted here (a name or path this system cannot hold, a write that
+    /// failed, an encrypted file): (path, why).
     failed: Vec<(String, String)>,
+    /// Could not be read: the volume is damaged there (a record, an index, a cycle): (path, why).
+    damaged: Vec<(String, String)>,
 }
 
 struct Extractor<'a, 'v> {
@@ -278,6 +525,75 @@ struct Extractor<'a, 'v> {
 }
 
 impl Extractor<'_, '_> {
+    /// One PATH of the command line: a folder through the shared walk, else a file.
+    fn top(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
+        if !(info.is_dir && self.args.stream.is_none()) || self.b.excluded(path).is_some() {
+            return self.entry(path, info, dest);
+        }
+        let mut dests: std::collections::HashMap<String, Option<PathBuf>> = std::collections::HashMap::new();
+        dests.insert(path.to_string(), Some(dest.to_path_buf()));
+        let (b, vol, cancel) = (self.b, self.vol, self.cancel);
+        let walk = Walk {
+            b,
+            vol,
+            system: false,
+            recursive: true,
+            cancel,
+        };
+        walk.run(path.to_string(), info.clone(), &mut |ev| match ev {
+            Event::Dir { path, .. } => {
+                let Some(Some(dest)) = dests.get(path) else {
+                    return Ok(false);
+                };
+                match std::fs::create_dir_all(dest) {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        self.done.failed.push((
+                            path.to_string(),
+                            format!("cannot make the folder {}: {e}", dest.display()),
+                        ));
+                        dests.insert(path.to_string(), None);
+                        Ok(false)
+                    }
+                }
+            }
+            Event::Entry { path, name, info } => {
+                let parent = &path[..path.len() - name.len()];
+                let parent = if parent.len() > 1 {
+                    parent.trim_end_matches('\\')
+                } else {
+                    parent
+                };
+                let Some(Some(dir)) = dests.get(parent).cloned() else {
+                    return Ok(false);
+                };
+                match local_name(name) {
+                    Ok(n) if info.is_dir && self.b.excluded(path).is_none() => {
+                        dests.insert(path.to_string(), Some(dir.join(n)));
+                    }
+                    Ok(n) => self.entry(path, info, &dir.join(n))?,
+                    Err(why) => {
+                        self.done.failed.push((path.to_string(), why));
+                        dests.insert(path.to_string(), None);
+                    }
+                }
+                Ok(true)
+            }
+            Event::Done { path, info } => {
+                if let Some(Some(dest)) = dests.remove(path) {
+                    self.done.folders += 1;
+                    set_times(&dest, info, true);
+                }
+                Ok(true)
+            }
+            Event::Skip { path, reason } => {
+                self.done.damaged.push((path, reason));
+                Ok(true)
+            }
+        })
+    }
+
+    /// A file (or the stream `--stream` names of a file or folder), or a left-out folder.
     fn entry(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -288,9 +604,6 @@ impl Extractor<'_, '_> {
                 format!("left out when the bundle was made (excluded: {x}): its contents were not kept"),
             ));
             return Ok(());
-        }
-        if info.is_dir && self.args.stream.is_none() {
-            return self.folder(path, info, dest);
         }
         if info.attributes & ENCRYPTED != 0 {
             self.done.failed.push((
@@ -305,31 +618,20 @@ impl Extractor<'_, '_> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                dest.with_file_name(format!("{name}:{s}"))
+                // The stream's name becomes part of a local name: the same rules apply.
+                match local_name(&format!("{name}:{s}")) {
+                    Ok(n) => dest.with_file_name(n),
+                    Err(_) => {
+                        self.done.failed.push((
+                            path.to_string(),
+                            format!("the stream name {s:?} is not a valid part of a file name here"),
+                        ));
+                        return Ok(());
+                    }
+                }
             }
             None => dest.to_path_buf(),
         };
-        self.file(path, info, &dest)
-    }
-
-    fn folder(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
-        std::fs::create_dir_all(dest).map_err(|e| io_err(dest, "make the folder", e))?;
-        let list = self.vol.entries(info.record, false).map_err(Error::ntfs_at(0))?;
-        for e in list {
-            let p = join(path, &e.name);
-            match local_name(&e.name) {
-                Ok(n) => self.entry(&p, &e.info, &dest.join(n))?,
-                Err(why) => self.done.failed.push((p, why)),
-            }
-        }
-        self.done.folders += 1;
-        set_times(dest, info, true);
-        Ok(())
-    }
-
-    fn file(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
-        let mut stream =
-            FileStream::open(self.vol, info.record, self.args.stream.as_deref(), path).map_err(Error::ntfs_at(0))?;
         if dest.exists() && !self.args.force {
             return Err(Error::InvalidParameter {
                 parameter: "--output",
@@ -339,6 +641,45 @@ impl Extractor<'_, '_> {
                 ),
             });
         }
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            QUIET.with(|q| q.set(true));
+            let r = self.file(path, info, &dest);
+            QUIET.with(|q| q.set(false));
+            r
+        }));
+        QUIET.with(|q| q.set(false));
+        let e = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => {
+                let why = PANIC
+                    .with(|p| p.borrow_mut().take())
+                    .unwrap_or_else(|| "no message".into());
+                let _ = std::fs::remove_file(&dest);
+                self.done.damaged.push((
+                    path.to_string(),
+                    format!("the NTFS reader stopped on a damaged structure ({why}); run `chkdsk /f` on the volume"),
+                ));
+                return Ok(());
+            }
+        };
+        // What was written of it is not the file: removed.
+        let _ = std::fs::remove_file(&dest);
+        if let Some(bundle) = self.b.view.take_failure() {
+            return Err(bundle); // the bundle itself (integrity, store): nothing more can be read
+        }
+        match e {
+            Error::Ntfs { .. } | Error::Source(_) => self.done.damaged.push((path.to_string(), e.to_string())),
+            Error::Io { .. } => self.done.failed.push((path.to_string(), e.to_string())),
+            e => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
+        let mut stream =
+            FileStream::open(self.vol, info.record, self.args.stream.as_deref(), path).map_err(Error::ntfs_at(0))?;
+        ensure_hook();
         let f = File::create(dest).map_err(|e| io_err(dest, "create", e))?;
         let size = stream.size();
         let piece = self.b.view.read_ahead().clamp(1 << 20, 64 << 20);
@@ -434,12 +775,8 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                     }
                 },
             };
-            if path == "\\" && a.stream.is_none() {
-                // The whole tree, into OUTPUT itself.
-                x.folder(&path, &info, &dest)?;
-            } else {
-                x.entry(&path, &info, &dest)?;
-            }
+            // A folder's tree (`\\`: into OUTPUT itself), or a file.
+            x.top(&path, &info, &dest)?;
         }
         Ok(())
     };
@@ -459,6 +796,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             "Bytes": done.bytes,
             "Skipped": pairs(&done.skipped),
             "Failed": pairs(&done.failed),
+            "Damaged": pairs(&done.damaged),
             "Fetched": b.fetched(),
             "Seconds": started.elapsed().as_secs_f64(),
         });
@@ -466,11 +804,11 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     }
     if !a.quiet && !a.json {
         for (p, r) in &done.skipped {
-            eprintln!("skipped {p}: {r}");
+            eprintln!("skipped {}: {}", escape(p), escape(r));
         }
     }
-    for (p, r) in &done.failed {
-        eprintln!("winbundle: not extracted: {p}: {r}");
+    for (p, r) in done.failed.iter().chain(&done.damaged) {
+        eprintln!("winbundle: not extracted: {}: {}", escape(p), escape(r));
     }
     if !a.quiet && !a.json {
         eprintln!(
@@ -478,21 +816,24 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             done.files,
             human(done.bytes),
             done.folders,
-            a.output.display(),
+            escape(&a.output.display().to_string()),
             human(s.fetched_bytes),
             human(s.stream_bytes),
             s.frames,
             s.requests
         );
     }
-    if !done.failed.is_empty() {
-        eprintln!(
-            "winbundle: {} entries could not be extracted (listed above); everything else was",
-            done.failed.len()
-        );
-        return Ok(1);
+    let not_done = done.failed.len() + done.damaged.len();
+    if not_done > 0 {
+        eprintln!("winbundle: {not_done} entries could not be extracted (listed above); everything else was");
     }
-    Ok(0)
+    Ok(if !done.damaged.is_empty() {
+        NOT_READ_EXIT
+    } else if !done.failed.is_empty() {
+        NOT_EXTRACTED_EXIT
+    } else {
+        0
+    })
 }
 
 pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
@@ -555,7 +896,17 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::local_name;
+    use super::{escape, local_name};
+
+    #[test]
+    fn non_printable_characters_are_escaped_as_ls_b_does() {
+        assert_eq!(escape("cmd.exe"), "cmd.exe");
+        assert_eq!(escape("ファイル ☃.txt"), "ファイル ☃.txt");
+        assert_eq!(escape("a\u{1b}]0;title\u{7}b"), "a\\033]0;title\\007b");
+        assert_eq!(escape("fake\nentry\t\r"), "fake\\nentry\\t\\r");
+        assert_eq!(escape("x\u{202e}gpj.exe\u{85}"), "x\\u{202e}gpj.exe\\u{85}");
+        assert_eq!(escape("\\Windows\\System32"), "\\Windows\\System32");
+    }
 
     #[test]
     fn names_that_would_leave_the_target_folder_are_refused() {

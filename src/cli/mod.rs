@@ -29,17 +29,18 @@ use winbundle::store::{LocalStore, ObjectStore, S3Options, S3Store};
 /// as one JSON line (`{"Error": {"Code", "Message", "Hint"}}`), the last line of stderr.
 /// Returns the exit status.
 pub fn report(e: &Error, json: bool) -> i32 {
-    eprintln!("winbundle: error ({}): {e}", e.code());
+    // Text escapes control characters (a name from a volume may hold them); JSON stays exact.
+    eprintln!("winbundle: error ({}): {}", e.code(), browse::escape(&e.to_string()));
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         let text = c.to_string();
         if !e.to_string().contains(&text) {
-            eprintln!("  caused by: {text}");
+            eprintln!("  caused by: {}", browse::escape(&text));
         }
         cause = c.source();
     }
     if let Some(h) = e.hint() {
-        eprintln!("  hint: {h}");
+        eprintln!("  hint: {}", browse::escape(&h));
     }
     if json {
         let mut v = serde_json::json!({"Error": {"Code": e.code(), "Message": e.to_string()}});
