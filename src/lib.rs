@@ -12,6 +12,7 @@ pub mod api;
 pub mod bundle;
 pub mod chunk;
 pub mod error;
+pub mod panics;
 pub mod ntfs;
 pub mod progress;
 pub mod signing;
