@@ -57,12 +57,20 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// The fault-injection switch, for tests: in a debug build, when the environment variable
 /// `WINBUNDLE_INJECT_PANIC` names `stage`, panics there. Stages: `reader`, `compressor`,
 /// `hasher`, `writer`, `uploader`, `progress`, `task-writer`. Release builds have no switch:
-/// the function is empty and the variable is never read.
+/// the function is empty and the variable is never read. `STAGE:once` panics only the first
+/// time the process reaches the stage (a server's first bundle fails, the next completes).
 #[inline]
 pub fn inject(stage: &str) {
     #[cfg(debug_assertions)]
-    if std::env::var("WINBUNDLE_INJECT_PANIC").is_ok_and(|v| v == stage) {
-        panic!("injected fault in the {stage} stage");
+    if let Ok(v) = std::env::var("WINBUNDLE_INJECT_PANIC") {
+        static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let (name, once) = match v.strip_suffix(":once") {
+            Some(n) => (n, true),
+            None => (v.as_str(), false),
+        };
+        if name == stage && !(once && FIRED.swap(true, std::sync::atomic::Ordering::SeqCst)) {
+            panic!("injected fault in the {stage} stage");
+        }
     }
     #[cfg(not(debug_assertions))]
     let _ = stage;

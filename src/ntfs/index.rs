@@ -120,7 +120,10 @@ pub fn entries(vol: &NtfsVolume<'_>, dir: u64) -> Result<Vec<IndexEntry>, NtfsEr
         base: 0,
     };
     if root.len() < ROOT_HEADER + NODE_HEADER {
-        return Err(node.bad(0, format!("$INDEX_ROOT of {} bytes is shorter than its headers", root.len())));
+        return Err(node.bad(
+            0,
+            format!("$INDEX_ROOT of {} bytes is shorter than its headers", root.len()),
+        ));
     }
     let ty = u32_at(&root, 0);
     if ty != ATTR_FILE_NAME {
@@ -194,7 +197,10 @@ impl Walk<'_, '_> {
             }
             let sub_room = if flags & HAS_SUBNODE != 0 { 8 } else { 0 };
             if ENTRY_HEADER + sub_room > len {
-                return Err(node.bad(pos + 8, format!("index entry of {len} bytes has no room for its subnode")));
+                return Err(node.bad(
+                    pos + 8,
+                    format!("index entry of {len} bytes has no room for its subnode"),
+                ));
             }
             if flags & HAS_SUBNODE != 0 {
                 let vcn = u64_at(buf, pos + len - 8);
@@ -237,7 +243,9 @@ impl Walk<'_, '_> {
         }
         let Some(a) = &self.alloc else { return Ok(()) };
         let (block_size, size, vcn_bytes) = (a.block_size, a.size, a.vcn_bytes);
-        let at = vcn.checked_mul(vcn_bytes).filter(|&at| at.saturating_add(block_size as u64) <= size);
+        let at = vcn
+            .checked_mul(vcn_bytes)
+            .filter(|&at| at.saturating_add(block_size as u64) <= size);
         let Some(at) = at else {
             return Err(parent.bad(
                 from,
@@ -283,10 +291,19 @@ impl Walk<'_, '_> {
             .vol
             .extents(self.dir, ATTR_INDEX_ALLOCATION, &I30)?
             .filter(|x| !x.resident)
-            .ok_or_else(|| parent.bad(from, "an index entry has a subnode but the directory has no $INDEX_ALLOCATION"))?;
+            .ok_or_else(|| {
+                parent.bad(
+                    from,
+                    "an index entry has a subnode but the directory has no $INDEX_ALLOCATION",
+                )
+            })?;
         let cluster = u64::from(self.vol.facts().cluster_size);
         let covered = x.runs.last().map_or(0, |r| r.vcn + r.count).saturating_mul(cluster);
-        let vcn_bytes = if self.block_size as u64 >= cluster { cluster } else { 512 };
+        let vcn_bytes = if self.block_size as u64 >= cluster {
+            cluster
+        } else {
+            512
+        };
         Ok(Allocation {
             size: x.size.min(covered),
             runs: x.runs,

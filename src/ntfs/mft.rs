@@ -2,7 +2,6 @@
 //! `$ATTRIBUTE_LIST` when the MFT is fragmented), reading records, and the data runs of any
 //! file's unnamed `$DATA` stream.
 
-
 use super::NtfsError;
 use super::record::{self, ATTR_ATTRIBUTE_LIST, ATTR_DATA, Run};
 use crate::source::DiskFile;

@@ -74,8 +74,8 @@ impl<'d> NtfsVolume<'d> {
         }
         // The `ntfs` crate checks the boot sector's fields (sector and cluster sizes, record
         // size, totals); it is the only part of the crate in use (see docs/reliability.md).
-        let ntfs = ntfs::Ntfs::new(&mut std::io::Cursor::new(&boot[..]))
-            .map_err(|e| NtfsError::BootSector(e.to_string()))?;
+        let ntfs =
+            ntfs::Ntfs::new(&mut std::io::Cursor::new(&boot[..])).map_err(|e| NtfsError::BootSector(e.to_string()))?;
         let cluster_size = ntfs.cluster_size() as u64;
         if ntfs.size() > length {
             return Err(NtfsError::BootSector(format!(
@@ -140,12 +140,22 @@ impl<'d> NtfsVolume<'d> {
             Some(v) => v,
             None => {
                 let mut b = vec![0u8; UPCASE_BYTES];
-                read_runs(self.disk, self.offset, self.facts.cluster_size as u64, &x.runs, 0, &mut b)
-                    .map_err(|e| bad(format!("$UpCase: {e}")))?;
+                read_runs(
+                    self.disk,
+                    self.offset,
+                    self.facts.cluster_size as u64,
+                    &x.runs,
+                    0,
+                    &mut b,
+                )
+                .map_err(|e| bad(format!("$UpCase: {e}")))?;
                 b
             }
         };
-        Ok(bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
     }
 
     /// The volume label: `$Volume`'s `$VOLUME_NAME`.
@@ -221,7 +231,9 @@ impl<'d> NtfsVolume<'d> {
         attr: &super::record::Attribute,
         n: u64,
     ) -> Result<Vec<u8>, NtfsError> {
-        contain(n, "$ATTRIBUTE_LIST", || self.map.attribute_list_bytes(self.disk, rec, attr, n))
+        contain(n, "$ATTRIBUTE_LIST", || {
+            self.map.attribute_list_bytes(self.disk, rec, attr, n)
+        })
     }
 
     /// The disk the volume is on, and where on it the volume starts.
