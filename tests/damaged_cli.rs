@@ -20,7 +20,10 @@ fn s(p: &Path) -> &str {
 
 fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
-    std::fs::File::open(path).unwrap().read_exact_at(&mut b, offset).unwrap();
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut b, offset)
+        .unwrap();
     b
 }
 
@@ -85,8 +88,7 @@ fn damage_index(img: &Path, vol: u64, n: u64, damage: Damage) {
         Damage::BlockEntryLen(l) => {
             let alloc = attrs.iter().find(|a| a.ty == 0xa0).expect("an $INDEX_ALLOCATION");
             let nr = alloc.non_resident(&rec, n).unwrap();
-            let runs =
-                record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 40, n).unwrap();
+            let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 40, n).unwrap();
             let off = vol + runs[0].lcn.unwrap() * cluster;
             let mut block = read_at(img, off, 4096);
             record::apply_fixups_of(&mut block, b"INDX", n).unwrap();
@@ -169,16 +171,66 @@ fn cases() -> Vec<Case> {
         names,
     };
     vec![
-        gpt("root entry length 0", "\\", Damage::RootEntryLen(0), "index entry length 0"),
-        gpt("root entry length 8", "\\", Damage::RootEntryLen(8), "index entry length 8"),
-        gpt("root header total 0", "\\", Damage::RootHeaderTotalZero, "index header's sizes"),
-        gpt("root block size 0", "\\", Damage::RootBlockSizeZero, "index block size 0"),
-        gpt("root block entry length 0", "\\", Damage::BlockEntryLen(0), "index entry length 0"),
-        gpt("root block entry length 8", "\\", Damage::BlockEntryLen(8), "index entry length 8"),
-        gpt("sub entry length 0", "\\Windows\\System32", Damage::RootEntryLen(0), "index entry length 0"),
-        gpt("sub entry length 8", "\\Windows\\System32", Damage::RootEntryLen(8), "index entry length 8"),
-        gpt("sub header total 0", "\\Windows\\System32", Damage::RootHeaderTotalZero, "index header's sizes"),
-        gpt("sub block size 0", "\\Windows\\System32", Damage::RootBlockSizeZero, "index block size 0"),
+        gpt(
+            "root entry length 0",
+            "\\",
+            Damage::RootEntryLen(0),
+            "index entry length 0",
+        ),
+        gpt(
+            "root entry length 8",
+            "\\",
+            Damage::RootEntryLen(8),
+            "index entry length 8",
+        ),
+        gpt(
+            "root header total 0",
+            "\\",
+            Damage::RootHeaderTotalZero,
+            "index header's sizes",
+        ),
+        gpt(
+            "root block size 0",
+            "\\",
+            Damage::RootBlockSizeZero,
+            "index block size 0",
+        ),
+        gpt(
+            "root block entry length 0",
+            "\\",
+            Damage::BlockEntryLen(0),
+            "index entry length 0",
+        ),
+        gpt(
+            "root block entry length 8",
+            "\\",
+            Damage::BlockEntryLen(8),
+            "index entry length 8",
+        ),
+        gpt(
+            "sub entry length 0",
+            "\\Windows\\System32",
+            Damage::RootEntryLen(0),
+            "index entry length 0",
+        ),
+        gpt(
+            "sub entry length 8",
+            "\\Windows\\System32",
+            Damage::RootEntryLen(8),
+            "index entry length 8",
+        ),
+        gpt(
+            "sub header total 0",
+            "\\Windows\\System32",
+            Damage::RootHeaderTotalZero,
+            "index header's sizes",
+        ),
+        gpt(
+            "sub block size 0",
+            "\\Windows\\System32",
+            Damage::RootBlockSizeZero,
+            "index block size 0",
+        ),
         Case {
             name: "sub block entry length 0",
             image: "attrlist-volume.img",
@@ -266,7 +318,15 @@ fn damaged_indexes_end_every_command_with_a_clear_error() {
 fn a_panic_in_any_stage_fails_the_bundle_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let img = fixture("gpt-disk.img", dir.path());
-    let stages = ["reader", "compressor", "hasher", "writer", "uploader", "progress", "task-writer"];
+    let stages = [
+        "reader",
+        "compressor",
+        "hasher",
+        "writer",
+        "uploader",
+        "progress",
+        "task-writer",
+    ];
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = stages
             .iter()

@@ -128,8 +128,8 @@ fn poll(
     counted: &Counted<'_>,
 ) {
     while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(POLL);
         crate::panics::inject("task-writer");
+        std::thread::sleep(POLL);
         let mut guard = current.lock().unwrap_or_else(|e| e.into_inner());
         let Some(task) = guard.as_mut() else { continue };
         if tasks.cancel_requested(&task.bundle_id) && !cancel.swap(true, Ordering::SeqCst) {
