@@ -1065,3 +1065,40 @@ fn a_wide_corpus_of_damaged_volumes_ends_with_clear_errors() {
         failures.join("\n")
     );
 }
+
+/// Issue 25.11: a file whose stated size is 2^62 over a few runs is an impossible size: `cat`
+/// and `extract` say so in seconds instead of streaming 2^62 bytes.
+#[test]
+fn a_size_bomb_is_a_clear_error_for_cat_and_extract() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture("gpt-disk.img", dir.path());
+    let (_, mft, rs) = geometry(&img, GPT_C);
+    let disk = DiskFile::open(&img).unwrap();
+    let n = {
+        let v = winbundle::ntfs::NtfsVolume::open(&disk, GPT_C, 64 << 20).unwrap();
+        let f = v.lookup("\\Windows\\System32\\cmd.exe").unwrap().unwrap();
+        assert!(!v.file_data(f.record).unwrap().resident);
+        f.record
+    };
+    let at = mft + n * rs as u64;
+    let mut rec = read_at(&img, at, rs);
+    record::apply_fixups(&mut rec, n).unwrap();
+    let a = attr(&rec, 0x80);
+    put64(&mut rec, a + 0x30, 1 << 62);
+    record::encode_fixups(&mut rec);
+    write_at(&img, at, &rec);
+    let store = dir.path().join("store");
+    let (code, text) = run(&bundle_args(&img, &store, "p"), &[], LIMIT);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = run(&browse(&store, "p", &["cat", "\\Windows\\System32\\cmd.exe"]), &[], LIMIT);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("impossible size") && text.contains(&(1u64 << 62).to_string()), "{text}");
+    let out = dir.path().join("out");
+    let (code, text) = run(
+        &browse(&store, "p", &["extract", "\\Windows\\System32\\cmd.exe", "-o", s(&out)]),
+        &[],
+        LIMIT,
+    );
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("impossible size"), "{text}");
+}
