@@ -395,6 +395,8 @@ enum Target {
     DirRecord(&'static str),
     /// The first index block of directory `path`, decoded.
     IndexBlock(&'static str),
+    /// The first cluster of the non-resident `$ATTRIBUTE_LIST` of record `n`.
+    AttrList(u64),
 }
 
 type Patch = fn(&mut [u8]);
@@ -404,6 +406,7 @@ type Patch = fn(&mut [u8]);
 struct Wide {
     name: &'static str,
     image: &'static str,
+    vol: u64,
     target: Target,
     patch: Patch,
     inspect: i32,
@@ -458,9 +461,21 @@ fn block_entry(b: &[u8]) -> usize {
 
 fn wide_cases() -> Vec<Wide> {
     const SUB: &str = "\\Windows\\System32";
+    let al = |name, target, patch: Patch, says| Wide {
+        name,
+        image: "attrlist-volume.img",
+        vol: 0,
+        target,
+        patch,
+        inspect: 3,
+        bundle: 3,
+        browse: None,
+        says,
+    };
     let c = |name, target, patch: Patch, inspect, bundle, browse, says| Wide {
         name,
         image: "gpt-disk.img",
+        vol: GPT_C,
         target,
         patch,
         inspect,
@@ -930,6 +945,34 @@ fn wide_cases() -> Vec<Wide> {
             Some(-1),
             "index block size 3000",
         ),
+        // Attribute lists ($MFT's own, in the fragmented-MFT fixture).
+        al(
+            "attribute list entry length 0",
+            AttrList(0),
+            |b| put16(b, 4, 0),
+            "bad length 0",
+        ),
+        al(
+            "attribute list $DATA extent in a record past the MFT",
+            AttrList(0),
+            |b| put64(b, mft_extent(b) + 16, 0xff_ffff),
+            "past the end of the MFT",
+        ),
+        al(
+            "attribute list $DATA extent VCN out of order",
+            AttrList(0),
+            |b| put64(b, mft_extent(b) + 8, 1 << 40),
+            "starts at VCN",
+        ),
+        al(
+            "attribute list size 1 GiB",
+            Record(0),
+            |b| {
+                let a = attr(b, 0x20);
+                put64(b, a + 0x30, 1 << 30)
+            },
+            "implausibly large",
+        ),
         // $Bitmap.
         c(
             "$Bitmap data size 16",
@@ -958,7 +1001,20 @@ fn wide_cases() -> Vec<Wide> {
     ]
 }
 
-/// The record number and image offset of `target`'s record.
+/// Offset of the first attribute-list entry of `$DATA` with a lowest VCN above 0.
+fn mft_extent(list: &[u8]) -> usize {
+    let mut pos = 0;
+    loop {
+        let len = u16_at(list, pos + 4);
+        assert!(len >= 26, "no $DATA extent in the list");
+        if u32_at(list, pos) == 0x80 && u64::from_le_bytes(list[pos + 8..pos + 16].try_into().unwrap()) > 0 {
+            return pos;
+        }
+        pos += len;
+    }
+}
+
+/// Applies `patch` to `target` on the volume at `vol`.
 fn apply(img: &Path, vol: u64, len: u64, target: Target, patch: Patch) {
     let (cluster, mft, rs) = geometry(img, vol);
     match target {
@@ -986,6 +1042,19 @@ fn apply(img: &Path, vol: u64, len: u64, target: Target, patch: Patch) {
             record::encode_fixups(&mut b);
             write_at(img, at, &b);
         }
+        Target::AttrList(n) => {
+            let at = mft + n * rs as u64;
+            let mut rec = read_at(img, at, rs);
+            record::apply_fixups(&mut rec, n).unwrap();
+            let a = attr(&rec, 0x20);
+            assert_eq!(rec[a + 8], 1, "a non-resident $ATTRIBUTE_LIST");
+            let mp = a + u16_at(&rec, a + 0x20);
+            let runs = record::decode_runs(&rec[mp..a + u32_at(&rec, a + 4)], 0, 1 << 40, n).unwrap();
+            let off = vol + runs[0].lcn.unwrap() * cluster;
+            let mut b = read_at(img, off, cluster as usize);
+            patch(&mut b);
+            write_at(img, off, &b);
+        }
         Target::IndexBlock(p) => {
             let n = dir_record(img, vol, len, p);
             let at = mft + n * rs as u64;
@@ -1006,7 +1075,12 @@ fn apply(img: &Path, vol: u64, len: u64, target: Target, patch: Patch) {
 
 fn check_wide(case: &Wide, dir: &Path) -> Result<(), String> {
     let img = fixture(case.image, dir);
-    apply(&img, GPT_C, 64 << 20, case.target, case.patch);
+    let len = if case.vol == GPT_C {
+        64 << 20
+    } else {
+        std::fs::metadata(&img).unwrap().len()
+    };
+    apply(&img, case.vol, len, case.target, case.patch);
     let store = dir.join("store");
     let mut got = Vec::new();
     let (code, text) = run(&["inspect", s(&img)], &[], LIMIT);
@@ -1090,9 +1164,16 @@ fn a_size_bomb_is_a_clear_error_for_cat_and_extract() {
     let store = dir.path().join("store");
     let (code, text) = run(&bundle_args(&img, &store, "p"), &[], LIMIT);
     assert_eq!(code, 0, "{text}");
-    let (code, text) = run(&browse(&store, "p", &["cat", "\\Windows\\System32\\cmd.exe"]), &[], LIMIT);
+    let (code, text) = run(
+        &browse(&store, "p", &["cat", "\\Windows\\System32\\cmd.exe"]),
+        &[],
+        LIMIT,
+    );
     assert_ne!(code, 0, "{text}");
-    assert!(text.contains("impossible size") && text.contains(&(1u64 << 62).to_string()), "{text}");
+    assert!(
+        text.contains("impossible size") && text.contains(&(1u64 << 62).to_string()),
+        "{text}"
+    );
     let out = dir.path().join("out");
     let (code, text) = run(
         &browse(&store, "p", &["extract", "\\Windows\\System32\\cmd.exe", "-o", s(&out)]),

@@ -61,7 +61,11 @@ impl<'v, 'd> FileStream<'v, 'd> {
             0
         };
         if !x.resident {
-            let covered = x.runs.last().map_or(0, |r| r.vcn + r.count).saturating_mul(cluster_size);
+            let covered = x
+                .runs
+                .last()
+                .map_or(0, |r| r.vcn + r.count)
+                .saturating_mul(cluster_size);
             // Runs (sparse ones included) cover every byte of a stream: a stated size past them
             // is damage (a size bomb: 2^62 bytes over 4 KiB of runs), not a stream to read.
             if covered < x.size {
