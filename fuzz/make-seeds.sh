@@ -115,3 +115,32 @@ echo "linked" >"$mnt/a/l0"; for i in 1 2 3; do ln "$mnt/a/l0" "$mnt/a/b/l$i"; do
 head -c 9000 /dev/urandom >"$mnt/a/b/runs.bin"
 sync; umount "$mnt"
 zstd -q -19 "$fv" -o "$seeds/volume_files/files.img.zst"
+
+# Seeds that start inside the structures the volume parsers walk (issue 33.6): one shape each, so
+# a short run's mutations land in index entries, index blocks and attribute lists rather than in
+# $LogFile. For both volume_files and disk_image (a bare volume is a disk image too).
+seed_volume() { # NAME: makes $work/NAME.img, mounts it at $mnt for the caller's commands
+  truncate -s $((2 * MiB)) "$work/$1.img"
+  mkntfs -F -Q -q -s 512 -c 512 -L Fuzz "$work/$1.img" 2>/dev/null
+  ntfs-3g -o rw,streams_interface=xattr "$work/$1.img" "$mnt"
+}
+store_seed() {
+  sync; umount "$mnt"
+  zstd -q -19 "$work/$1.img" -o "$seeds/volume_files/$1.img.zst"
+  cp "$seeds/volume_files/$1.img.zst" "$seeds/disk_image/"
+}
+# A folder of 120 files: its index spills from $INDEX_ROOT into INDX blocks.
+seed_volume index-block; mkdir "$mnt/big"
+for i in $(seq 1 120); do echo "$i" >"$mnt/big/file-with-a-longer-name-$i.txt"; done
+store_seed index-block
+# A folder of three files: a resident index only.
+seed_volume resident-index; mkdir "$mnt/small"; for i in 1 2 3; do echo "$i" >"$mnt/small/f$i"; done
+store_seed resident-index
+# A file with 60 named streams: its record overflows into an $ATTRIBUTE_LIST.
+seed_volume attribute-list; echo data >"$mnt/streams.txt"
+for i in $(seq 1 60); do setfattr -n "user.stream$i" -v "value of stream number $i" "$mnt/streams.txt"; done
+store_seed attribute-list
+# A folder 24 levels deep.
+seed_volume deep-folder; p="$mnt"; for i in $(seq 1 24); do p="$p/level$i"; done
+mkdir -p "$p"; echo deep >"$p/leaf.txt"
+store_seed deep-folder

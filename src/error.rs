@@ -124,7 +124,7 @@ impl Error {
             Error::Source(SourceError::Table(_)) => {
                 "the partition table is damaged: repair it (gdisk/testdisk) or image a bare volume instead".into()
             }
-            Error::Ntfs { .. } => {
+            Error::Ntfs { .. } | Error::Source(SourceError::DamagedVolume { .. }) => {
                 "the NTFS volume is damaged: run `chkdsk /f` on it in Windows (or `ntfsfix`), then bundle again".into()
             }
             Error::Store(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull => {

@@ -13,6 +13,7 @@ pub mod bundle;
 pub mod chunk;
 pub mod error;
 pub mod ntfs;
+pub mod panics;
 pub mod progress;
 pub mod signing;
 pub mod source;

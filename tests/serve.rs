@@ -36,8 +36,13 @@ struct Server {
 
 impl Server {
     fn start(config: &Path, state: &Path) -> Server {
+        Self::start_with_env(config, state, &[])
+    }
+
+    fn start_with_env(config: &Path, state: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_winbundle"))
             .args(["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .arg("--state-dir")
             .arg(state)
             .stdout(Stdio::piped())
@@ -632,6 +637,96 @@ fn busy_instance_queue_and_cancel() {
     let done = c.wait_for(&b, &["complete", "failed"], Duration::from_secs(60));
     assert_eq!(done.task_field("state"), "complete", "{}", done.body);
     assert!(s3.store("bkt").exists("q/two.manifest.json").unwrap());
+}
+
+/// Issue 33: on a one-slot server, a damaged volume's bundle and a bundle that panics (the
+/// fault-injection switch, once) both end `failed` with their error, each frees the slot, the
+/// next healthy bundle completes, and SIGTERM stops the server within its grace period.
+#[test]
+fn a_damaged_volume_and_a_panicking_bundle_do_not_stop_serve() {
+    if cfg!(windows) {
+        eprintln!("skipped on Windows: it sends SIGTERM (`kill -TERM`), which Windows does not have");
+        return;
+    }
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "max_concurrent_bundles = 1");
+    // INSTANCE's source: the root's first $INDEX_ROOT entry has length 0 (the crate panicked).
+    let damaged = st.source.with_file_name("damaged.img");
+    std::fs::copy(&st.source, &damaged).unwrap();
+    zero_root_index_entry_length(&damaged, 10 << 20);
+    let config = std::fs::read_to_string(&st.config).unwrap();
+    let config = config.replacen(
+        &format!("source = '{}'", st.source.display()),
+        &format!("source = '{}'", damaged.display()),
+        1,
+    );
+    std::fs::write(&st.config, config).unwrap();
+    let mut server = Server::start_with_env(&st.config, &st.state, &[("WINBUNDLE_INJECT_PANIC", "compressor:once")]);
+    let c = server.client();
+    let bad = c.post(&refs(&bundle_params(INSTANCE, "bkt", "d/bad")));
+    assert_eq!(bad.status, 200, "{}", bad.body);
+    let panics = c.post(&refs(&bundle_params(INSTANCE2, "bkt", "d/panics")));
+    assert_eq!(panics.status, 200, "{}", panics.body);
+    let r = c.wait_for(
+        &bad.task_field("bundleId"),
+        &["failed", "complete"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.task_field("error/code"), "InvalidSource", "{}", r.body);
+    assert!(
+        r.task_field("error/message").contains("MFT record 5")
+            && r.task_field("error/message").contains("index entry length 0"),
+        "{}",
+        r.body
+    );
+    let r = c.wait_for(
+        &panics.task_field("bundleId"),
+        &["failed", "complete"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.task_field("state"), "failed", "{}", r.body);
+    assert_eq!(r.task_field("error/code"), "InternalError", "{}", r.body);
+    assert!(
+        r.task_field("error/message")
+            .contains("injected fault in the compressor stage"),
+        "{}",
+        r.body
+    );
+    assert!(!s3.store("bkt").exists("d/panics.manifest.json").unwrap());
+    let good = c.post(&refs(&bundle_params(INSTANCE2, "bkt", "d/good")));
+    assert_eq!(good.status, 200, "{}", good.body);
+    let r = c.wait_for(
+        &good.task_field("bundleId"),
+        &["failed", "complete"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.task_field("state"), "complete", "{}", r.body);
+    assert!(s3.store("bkt").exists("d/good.manifest.json").unwrap());
+    let status = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", server.log());
+    assert!(!server.log().contains("panicked at"), "{}", server.log());
+}
+
+/// Sets the length of the first entry of the root's `$INDEX_ROOT` to 0 on the volume at `vol`.
+fn zero_root_index_entry_length(img: &Path, vol: u64) {
+    use common::FileAt;
+    use winbundle::ntfs::record;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
+    let mut boot = vec![0u8; 512];
+    f.read_exact_at(&mut boot, vol).unwrap();
+    let cluster = u16::from_le_bytes([boot[11], boot[12]]) as u64 * boot[13] as u64;
+    let mft = vol + u64::from_le_bytes(boot[0x30..0x38].try_into().unwrap()) * cluster;
+    let at = mft + 5 * 1024;
+    let mut rec = vec![0u8; 1024];
+    f.read_exact_at(&mut rec, at).unwrap();
+    record::apply_fixups(&mut rec, 5).unwrap();
+    let attrs = record::attributes(&rec, 5).unwrap();
+    let root = attrs.iter().find(|a| a.ty == 0x90).unwrap();
+    let vo = root.offset + u16::from_le_bytes([rec[root.offset + 0x14], rec[root.offset + 0x15]]) as usize;
+    let first = vo + 16 + u32::from_le_bytes(rec[vo + 16..vo + 20].try_into().unwrap()) as usize;
+    rec[first + 8..first + 10].copy_from_slice(&0u16.to_le_bytes());
+    record::encode_fixups(&mut rec);
+    f.write_all_at(&rec, at).unwrap();
 }
 
 #[test]

@@ -159,6 +159,8 @@ fn run_job(inner: &Inner, task: BundleTask, spec: JobSpec, cancel: &Arc<AtomicBo
         }
         let _ = inner.freed.wait_timeout(busy, Duration::from_millis(250));
     }
+    // The slot is given back however the job ends, a panic included.
+    let _slot = Slot(inner);
     log(&format!("{id} {} started", task.instance_id));
     let keys = Keys::new(&spec.request.prefix);
     // The journal lets a BundleInstance for the same bucket and prefix, after a failure or a
@@ -197,12 +199,20 @@ fn run_job(inner: &Inner, task: BundleTask, spec: JobSpec, cancel: &Arc<AtomicBo
             final_task.instance_id, e.code, e.message
         )),
     }
-    {
-        let mut busy = inner.busy.lock().unwrap_or_else(|e| e.into_inner());
-        *busy = busy.saturating_sub(1);
-    }
-    inner.freed.notify_all();
     forget(inner, &id);
+}
+
+/// A busy slot; dropping it frees the slot.
+struct Slot<'a>(&'a Inner);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        {
+            let mut busy = self.0.busy.lock().unwrap_or_else(|e| e.into_inner());
+            *busy = busy.saturating_sub(1);
+        }
+        self.0.freed.notify_all();
+    }
 }
 
 /// Drops a finished job from the table (unless shutdown already took its thread to join).

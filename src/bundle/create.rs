@@ -204,7 +204,10 @@ pub fn bundle_instance(
     let first = on_update(&task);
     let mut notes = Notes::default();
     let mut result = match first {
-        Ok(()) => run(req, store, progress, cancel, &mut task, &mut notes, on_update),
+        // The last wall: a panic anywhere in the run fails the bundle like any error, so the
+        // cleanup below (aborted uploads, the task saved as failed) still happens.
+        Ok(()) => crate::panics::catch(|| run(req, store, progress, cancel, &mut task, &mut notes, on_update))
+            .unwrap_or_else(|m| Err(Error::Internal(format!("the bundle panicked: {m}")))),
         Err(e) => Err(e),
     };
     if result.is_err() && cancel.load(std::sync::atomic::Ordering::SeqCst) {

@@ -99,7 +99,7 @@ impl Run {
 
 /// An object whose completion runs in the background, and what its description waits for.
 struct Finishing {
-    handle: std::thread::JoinHandle<Result<crate::store::ObjectReceipt, StoreError>>,
+    handle: std::thread::JoinHandle<Result<crate::store::ObjectReceipt, Error>>,
     info: ObjectInfo,
     parts: Vec<(u64, Option<[u8; 32]>)>,
 }
@@ -317,13 +317,14 @@ impl<'a> StreamWriter<'a> {
         self.stored_before += info.size;
         let parts = std::mem::take(&mut self.parts);
         if self.layout != Layout::Runs {
-            let receipt = w.finish()?;
+            let receipt = complete(w, info.key.clone())?;
             return self.settle(receipt, info, parts);
         }
         // The stream goes on while the server assembles this object.
+        let key = info.key.clone();
         let handle = std::thread::Builder::new()
             .name("winbundle-complete".into())
-            .spawn(move || w.finish())
+            .spawn(move || complete(w, key))
             .map_err(|e| Error::Internal(format!("cannot start a thread to complete {}: {e}", info.key)))?;
         self.finishing.push_back(Finishing { handle, info, parts });
         while self.finishing.len() > MAX_FINISHING {
@@ -337,10 +338,13 @@ impl<'a> StreamWriter<'a> {
         let Some(f) = self.finishing.pop_front() else {
             return Ok(());
         };
-        let receipt = f
-            .handle
-            .join()
-            .map_err(|_| Error::Internal(format!("completing {} panicked", f.info.key)))??;
+        let receipt = f.handle.join().map_err(|p| {
+            Error::Internal(format!(
+                "completing {} panicked: {}",
+                f.info.key,
+                crate::panics::message(p.as_ref())
+            ))
+        })??;
         self.settle(receipt, f.info, f.parts)
     }
 
@@ -672,7 +676,9 @@ impl<'a> StreamWriter<'a> {
     /// chunk index of a volume of `volume_size` bytes in chunks of `chunk_size`.
     /// On failure, removes what was written, as [`abort`](Self::abort) does.
     pub fn finish(mut self, chunk_size: u64, volume_size: u64) -> Result<Finished, Error> {
-        match self.finish_stream(chunk_size, volume_size) {
+        let finished = crate::panics::catch(|| self.finish_stream(chunk_size, volume_size))
+            .unwrap_or_else(|m| Err(Error::Internal(format!("finishing the bundle's stream panicked: {m}"))));
+        match finished {
             Ok(f) => Ok(f),
             Err(e) => {
                 self.abort();
@@ -750,6 +756,7 @@ impl<'a> StreamWriter<'a> {
 
 impl FrameSink for StreamWriter<'_> {
     fn frame(&mut self, mut f: ChunkFrame<'_>) -> Result<(), Error> {
+        crate::panics::inject("writer");
         // The same plaintext can sit in several of the parent's frames (zeros, repeated
         // blocks): the one that continues the current run keeps it one copy.
         if let (Some(c), Some(run)) = (&self.copying, &self.run)
@@ -838,4 +845,15 @@ impl StreamWriter<'_> {
         });
         Ok(())
     }
+}
+
+/// Completes one object's upload. The fault-injection point of the `uploader` stage sits here,
+/// caught, so that an injected panic aborts the upload as any failure does (a panic inside
+/// `finish` itself drops the writer, whose store then cleans up as on a crash).
+fn complete(w: Box<dyn ObjectWriter>, key: String) -> Result<crate::store::ObjectReceipt, Error> {
+    if let Err(m) = crate::panics::catch(|| crate::panics::inject("uploader")) {
+        w.abort();
+        return Err(Error::Internal(format!("completing {key}: the upload panicked: {m}")));
+    }
+    Ok(w.finish()?)
 }

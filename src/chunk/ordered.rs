@@ -73,7 +73,9 @@ where
                     let _ = producer_done.send(Err(Error::Cancelled));
                     return;
                 }
-                match produce(index) {
+                let produced = crate::panics::catch(|| produce(index))
+                    .unwrap_or_else(|m| Err(Error::Internal(format!("the reader thread panicked: {m}"))));
+                match produced {
                     Ok(job) => {
                         if job_tx.send((index, job)).is_err() {
                             return;
@@ -90,7 +92,9 @@ where
         for _ in 0..threads {
             let (job_rx, done_tx, init, work) = (job_rx.clone(), done_tx.clone(), &init, &work);
             workers.push(scope.spawn(move || {
-                let mut state = match init() {
+                let mut state = match crate::panics::catch(init)
+                    .unwrap_or_else(|m| Err(Error::Internal(format!("a worker thread panicked: {m}"))))
+                {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = done_tx.send(Err(e));
@@ -101,7 +105,12 @@ where
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    let r = work(&mut state, index, job).map(|o| (index, o));
+                    let r = crate::panics::catch(|| work(&mut state, index, job))
+                        .unwrap_or_else(|m| Err(Error::Internal(format!("a worker thread panicked: {m}"))))
+                        .map(|o| (index, o));
+                    if r.is_err() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
                     if done_tx.send(r).is_err() {
                         return;
                     }
@@ -120,7 +129,8 @@ where
                 let (index, out) = msg?;
                 pending.insert(index, out);
                 while let Some(out) = pending.remove(&next) {
-                    consume(next, out)?;
+                    crate::panics::catch(|| consume(next, out))
+                        .unwrap_or_else(|m| Err(Error::Internal(format!("the writer panicked: {m}"))))?;
                     next += 1;
                     let _ = ticket_tx.send(());
                 }

@@ -221,6 +221,7 @@ pub fn run_pipeline(
             }
             let mut buf = inputs.take();
             let t = Instant::now();
+            crate::panics::inject("reader");
             source.fill(start, end, &mut buf)?;
             read_time += t.elapsed();
             data_bytes += n;
@@ -242,12 +243,14 @@ pub fn run_pipeline(
                 }
                 Job::Data(buf) => buf,
             };
+            crate::panics::inject("compressor");
             let data = buf.as_slice();
             let raw_len = data.len() as u32;
             let t = Instant::now();
             let frame = if data.len() == cfg.chunk_size && is_all_zero(data) {
                 Frame::Zero { raw_len }
             } else {
+                crate::panics::inject("hasher");
                 let hash = chunk_hash(data);
                 match reuse.and_then(|r| r.lookup(&hash, raw_len).map(|f| (r, f))) {
                     Some((r, frame)) if !r.reads_frames() => match frame.frame_hash {

@@ -34,6 +34,7 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
         Err(
             e @ Error::Source(
                 SourceError::NoRootVolume { .. }
+                | SourceError::DamagedVolume { .. }
                 | SourceError::AmbiguousRoot { .. }
                 | SourceError::BadPartitionChoice { .. },
             ),

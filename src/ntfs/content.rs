@@ -15,6 +15,8 @@ const LZNT1_BLOCK: usize = 4096;
 /// One data stream of a file, ready to read.
 pub struct FileStream<'v, 'd> {
     vol: &'v NtfsVolume<'d>,
+    /// The file's record, for the error of a caught panic.
+    record: u64,
     /// For messages: the path and stream.
     what: String,
     size: u64,
@@ -61,7 +63,19 @@ impl<'v, 'd> FileStream<'v, 'd> {
             0
         };
         if !x.resident {
-            let covered = x.runs.last().map_or(0, |r| r.vcn + r.count) * cluster_size;
+            let covered = x
+                .runs
+                .last()
+                .map_or(0, |r| r.vcn + r.count)
+                .saturating_mul(cluster_size);
+            // Runs (sparse ones included) cover every byte of a stream: a stated size past them
+            // is damage (a size bomb: 2^62 bytes over 4 KiB of runs), not a stream to read.
+            if covered < x.size {
+                return Err(fail(format!(
+                    "its stated size of {} bytes is more than its runs cover ({covered} bytes): an impossible size, the record is damaged",
+                    x.size
+                )));
+            }
             if covered < x.initialized_size.min(x.size) {
                 return Err(fail(format!(
                     "its runs cover {covered} bytes but {} bytes of it are written: the record is damaged",
@@ -71,6 +85,7 @@ impl<'v, 'd> FileStream<'v, 'd> {
         }
         Ok(Self {
             vol,
+            record,
             what: what.to_string(),
             size: x.size,
             initialized: x.initialized_size.min(x.size),
@@ -87,7 +102,12 @@ impl<'v, 'd> FileStream<'v, 'd> {
     }
 
     /// Fills `buf` from byte `offset` of the stream (which must hold that many bytes).
+    /// A panic in a decoder (LZNT1 is the `lznt1` crate's) is caught as [`NtfsError::Panic`].
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
+        super::guard::contain(self.record, "$DATA", || self.read_at_unguarded(offset, buf))
+    }
+
+    fn read_at_unguarded(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
         let end = offset.saturating_add(buf.len() as u64);
         if end > self.size {
             return Err(NtfsError::Path {

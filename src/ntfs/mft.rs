@@ -1,9 +1,6 @@
 //! The `$MFT` itself: where every file record lives (its `$DATA` runs, followed through an
 //! `$ATTRIBUTE_LIST` when the MFT is fragmented), reading records, and the data runs of any
 //! file's unnamed `$DATA` stream.
-//!
-//! Also builds the patched copy of record 0 that lets the `ntfs` crate read records past the
-//! first MFT extent: see [`super::reader`].
 
 use super::NtfsError;
 use super::record::{self, ATTR_ATTRIBUTE_LIST, ATTR_DATA, Run};
@@ -293,106 +290,6 @@ impl MftMap {
             flags,
             value: None,
         }))
-    }
-
-    /// Rewrites, in the decoded record `rec`, the first extent of attribute (`ty`, `name`) as one
-    /// run of `total` clusters at `virtual_lcn` (the caller redoes the fixups). This lets the `ntfs`
-    /// crate (which cannot follow a non-resident attribute into a second extent) read it whole.
-    pub fn patch_first_extent(
-        rec: &mut [u8],
-        rec_no: u64,
-        ty: u32,
-        name: &[u8],
-        total: u64,
-        virtual_lcn: u64,
-    ) -> Result<(), NtfsError> {
-        let data = find_attr(rec, rec_no, ty, name, Some(0))?;
-        if !data.non_resident {
-            return Err(NtfsError::Record {
-                record: rec_no,
-                problem: "cannot remap a resident attribute".into(),
-            });
-        }
-        let nr = data.non_resident(rec, rec_no)?;
-        let encoded = record::encode_single_run(total, virtual_lcn);
-        let attr_end = data.offset + data.length;
-        let room = attr_end - nr.mapping_pairs;
-        let grow = encoded.len().saturating_sub(room).next_multiple_of(8);
-        if grow > 0 {
-            // Grow the attribute, shifting the ones after it.
-            let used = u32::from_le_bytes([rec[0x18], rec[0x19], rec[0x1a], rec[0x1b]]) as usize;
-            let allocated = u32::from_le_bytes([rec[0x1c], rec[0x1d], rec[0x1e], rec[0x1f]]) as usize;
-            if used < attr_end || used + grow > allocated.min(rec.len()) {
-                return Err(NtfsError::Record {
-                    record: rec_no,
-                    problem: format!("no room to describe attribute 0x{ty:x} as one run"),
-                });
-            }
-            rec.copy_within(attr_end..used, attr_end + grow);
-            rec[0x18..0x1c].copy_from_slice(&((used + grow) as u32).to_le_bytes());
-            rec[data.offset + 4..data.offset + 8].copy_from_slice(&((data.length + grow) as u32).to_le_bytes());
-        }
-        let mp = nr.mapping_pairs;
-        rec[mp..attr_end + grow].fill(0);
-        rec[mp..mp + encoded.len()].copy_from_slice(&encoded);
-        rec[data.offset + 0x18..data.offset + 0x20].copy_from_slice(&(total - 1).to_le_bytes());
-        Ok(())
-    }
-
-    /// Writes `list` as the value of the resident `$ATTRIBUTE_LIST` of the decoded record `rec`
-    /// (no longer than the value it replaces).
-    pub fn set_resident_list(rec: &mut [u8], rec_no: u64, list: &[u8]) -> Result<(), NtfsError> {
-        let a = record::attributes(rec, rec_no)?
-            .into_iter()
-            .find(|a| a.ty == ATTR_ATTRIBUTE_LIST && !a.non_resident)
-            .ok_or_else(|| NtfsError::Record {
-                record: rec_no,
-                problem: "no resident $ATTRIBUTE_LIST".into(),
-            })?;
-        let old = a.resident_value(rec, rec_no)?.len();
-        if list.len() > old {
-            return Err(NtfsError::Record {
-                record: rec_no,
-                problem: "a longer $ATTRIBUTE_LIST".into(),
-            });
-        }
-        let vofs = a.offset + u16::from_le_bytes([rec[a.offset + 0x14], rec[a.offset + 0x15]]) as usize;
-        rec[vofs..vofs + old].fill(0);
-        rec[vofs..vofs + list.len()].copy_from_slice(list);
-        rec[a.offset + 0x10..a.offset + 0x14].copy_from_slice(&(list.len() as u32).to_le_bytes());
-        Ok(())
-    }
-
-    /// Points the non-resident `$ATTRIBUTE_LIST` of the decoded record `rec` at `clusters`
-    /// clusters at `virtual_lcn` holding `len` bytes.
-    pub fn set_virtual_list(
-        rec: &mut [u8],
-        rec_no: u64,
-        clusters: u64,
-        virtual_lcn: u64,
-        len: u64,
-        cluster_size: u64,
-    ) -> Result<(), NtfsError> {
-        Self::patch_first_extent(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], clusters, virtual_lcn)?;
-        let a = find_attr(rec, rec_no, ATTR_ATTRIBUTE_LIST, &[], Some(0))?;
-        rec[a.offset + 0x28..a.offset + 0x30].copy_from_slice(&(clusters * cluster_size).to_le_bytes());
-        rec[a.offset + 0x30..a.offset + 0x38].copy_from_slice(&len.to_le_bytes());
-        rec[a.offset + 0x38..a.offset + 0x40].copy_from_slice(&len.to_le_bytes());
-        Ok(())
-    }
-
-    /// Record numbers whose bytes overlap MFT stream bytes [start, end).
-    pub fn records_in(&self, start: u64, end: u64) -> std::ops::Range<u64> {
-        start / self.record_size..end.div_ceil(self.record_size).min(self.record_count())
-    }
-
-    /// MFT stream offset of the real volume byte `pos`, when it lies inside the MFT.
-    pub fn stream_offset_of(&self, pos: u64) -> Option<u64> {
-        let lcn = pos / self.cluster_size;
-        self.runs.iter().find_map(|r| {
-            let l = r.lcn?;
-            (lcn >= l && lcn < l + r.count).then(|| (r.vcn + lcn - l) * self.cluster_size + pos % self.cluster_size)
-        })
     }
 
     pub fn runs(&self) -> &[Run] {

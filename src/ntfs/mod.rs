@@ -2,16 +2,20 @@
 //! `$DATA` is split across an `$ATTRIBUTE_LIST`, which the `ntfs` crate 0.4 cannot follow),
 //! the allocation bitmap, and the files whose contents a bundle leaves out.
 //!
-//! The `ntfs` crate reads directories and names; file records, data runs and `$Bitmap` are
-//! parsed here ([`record`], [`mft`]) so that every structure is bounds-checked against the
-//! volume and no walk can loop forever.
+//! Every structure is parsed here, bounds-checked against the record, the node and the volume:
+//! file records, attributes and data runs ([`record`], [`mft`]), directory indexes ([`index`]),
+//! `$Bitmap` ([`bitmap`]). Of the `ntfs` crate only the boot-sector parser is used; it and every
+//! other entry point run inside [`guard::contain`], which turns an escaped panic into
+//! [`NtfsError::Panic`] naming the record, structure and offset. No walk can loop forever: index
+//! blocks are visited once each, attribute lists and extents are checked for order.
 
 pub mod bitmap;
 pub mod catalog;
 pub mod content;
 pub mod exclude;
+pub mod guard;
+pub mod index;
 pub mod mft;
-pub mod reader;
 pub mod record;
 pub mod volume;
 
@@ -37,30 +41,30 @@ pub enum NtfsError {
         end: u64,
         clusters: u64,
     },
+    #[error("MFT record {record}, {structure} at byte {offset}: {problem}")]
+    Structure {
+        record: u64,
+        structure: &'static str,
+        offset: u64,
+        problem: String,
+    },
+    #[error(
+        "MFT record {record}, {structure} at byte {offset}: the volume is damaged in a way the reader does not check ({message})"
+    )]
+    Panic {
+        record: u64,
+        structure: &'static str,
+        offset: u64,
+        message: String,
+    },
     #[error("the $MFT is damaged: {0}")]
     Mft(String),
     #[error("$Bitmap covers {bits} clusters but the volume has {clusters}: the bitmap is shorter than the volume")]
     BitmapTooShort { bits: u64, clusters: u64 },
     #[error("reading NTFS metadata: {0}")]
     Crate(String),
-    #[error(
-        "walking NTFS metadata read more than {limit} MiB: the structures probably loop (a damaged directory index or attribute list)"
-    )]
-    ReadBudget { limit: u64 },
     #[error("{path}: {problem}")]
     Path { path: String, problem: String },
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
-}
-
-impl From<ntfs::NtfsError> for NtfsError {
-    fn from(e: ntfs::NtfsError) -> Self {
-        // Errors that our reader raised (bounds, budget) travel through the crate as io errors.
-        if let ntfs::NtfsError::Io(io) = &e
-            && let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<reader::ReaderError>())
-        {
-            return inner.clone().into();
-        }
-        NtfsError::Crate(e.to_string())
-    }
 }

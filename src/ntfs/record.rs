@@ -46,7 +46,14 @@ pub fn apply_fixups_of(buf: &mut [u8], magic: &[u8; 4], record: u64) -> Result<(
         return Err(bad(record, "record is shorter than its header"));
     }
     if &buf[0..4] != magic {
-        return Err(bad(record, format!("no FILE signature (found {:02x?})", &buf[0..4])));
+        return Err(bad(
+            record,
+            format!(
+                "no {} signature (found {:02x?})",
+                String::from_utf8_lossy(magic),
+                &buf[0..4]
+            ),
+        ));
     }
     let (usa_ofs, usa_count) = (u16_at(buf, 4) as usize, u16_at(buf, 6) as usize);
     if usa_count < 2 || usa_ofs + usa_count * 2 > buf.len() || !buf.len().is_multiple_of(usa_count - 1) {
@@ -281,28 +288,6 @@ fn read_int(b: &[u8]) -> i64 {
     v
 }
 
-/// Encodes one run (`count` clusters at `lcn`, from a previous LCN of 0) plus the terminator.
-pub fn encode_single_run(count: u64, lcn: u64) -> Vec<u8> {
-    fn min_bytes(v: u64, signed: bool) -> usize {
-        (1..=8)
-            .find(|&n| {
-                let bits = n * 8;
-                if signed {
-                    bits == 64 || v < (1u64 << (bits - 1))
-                } else {
-                    bits == 64 || v < (1u64 << bits)
-                }
-            })
-            .unwrap_or(8)
-    }
-    let (nlen, olen) = (min_bytes(count, false), min_bytes(lcn, true));
-    let mut out = vec![((olen << 4) | nlen) as u8];
-    out.extend_from_slice(&count.to_le_bytes()[..nlen]);
-    out.extend_from_slice(&lcn.to_le_bytes()[..olen]);
-    out.push(0);
-    out
-}
-
 /// Every (type, name) in an attribute list, once each.
 pub fn attribute_list_names(list: &[u8]) -> Vec<(u32, Vec<u8>)> {
     let mut out: Vec<(u32, Vec<u8>)> = Vec::new();
@@ -322,26 +307,6 @@ pub fn attribute_list_names(list: &[u8]) -> Vec<(u32, Vec<u8>)> {
         pos += len;
     }
     out
-}
-
-/// `list` without the entries of later extents (lowest VCN > 0) of the attributes in `drop`.
-pub fn prune_attribute_list(list: &[u8], drop: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    let mut kept = Vec::with_capacity(list.len());
-    let mut pos = 0usize;
-    while pos + 26 <= list.len() {
-        let len = u16::from_le_bytes([list[pos + 4], list[pos + 5]]) as usize;
-        if len < 26 || pos + len > list.len() {
-            break;
-        }
-        let e = &list[pos..pos + len];
-        let (nl, no) = (e[6] as usize * 2, e[7] as usize);
-        let name = e.get(no..no + nl).unwrap_or_default();
-        if !(u64_at(e, 8) > 0 && drop.iter().any(|(t, n)| *t == u32_at(e, 0) && n.as_slice() == name)) {
-            kept.extend_from_slice(e);
-        }
-        pos += len;
-    }
-    kept
 }
 
 /// Attribute-list entries of attribute (`ty`, `name` as UTF-16LE bytes): (lowest VCN, record number).
@@ -418,21 +383,5 @@ mod tests {
             ),
             "{err}"
         );
-    }
-
-    #[test]
-    fn single_run_round_trips() {
-        for (count, lcn) in [(1u64, 1u64), (300, 70_000), (1 << 33, 1 << 40), (255, 128)] {
-            let enc = encode_single_run(count, lcn);
-            let runs = decode_runs(&enc, 0, u64::MAX / 2, 0).unwrap();
-            assert_eq!(
-                runs,
-                vec![Run {
-                    vcn: 0,
-                    lcn: Some(lcn),
-                    count
-                }]
-            );
-        }
     }
 }

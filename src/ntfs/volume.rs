@@ -1,18 +1,24 @@
-//! One NTFS volume on the source: boot-sector facts, label, path lookup (through the `ntfs`
-//! crate's directory indexes) and file data runs (through [`super::mft::MftMap`]).
+//! One NTFS volume on the source: boot-sector facts, label, path lookup (through our checked
+//! directory-index parser, [`super::index`]) and file data runs (through [`super::mft::MftMap`]).
+//! Every public method runs inside [`super::guard::contain`].
 
-use ntfs::Ntfs;
-use ntfs::indexes::NtfsFileNameIndex;
-
-use super::NtfsError;
-use super::mft::{FileData, MftMap};
-use super::reader::{Remap, VolumeReader};
+use super::guard::contain;
+use super::index::{self, NAMESPACE_DOS};
+use super::mft::{FileData, MftMap, read_runs};
+use super::record::ATTR_DATA;
+use super::{NtfsError, guard};
 use crate::source::DiskFile;
 
 /// MFT record number of the root directory.
 const ROOT_RECORD: u64 = 5;
 /// MFT record number of `$Bitmap`.
 pub const BITMAP_RECORD: u64 = 6;
+/// MFT record number of `$Volume` and its `$VOLUME_NAME` attribute.
+const VOLUME_RECORD: u64 = 3;
+const ATTR_VOLUME_NAME: u32 = 0x60;
+/// MFT record number of `$UpCase`, the table that folds names for case-insensitive lookups.
+const UPCASE_RECORD: u64 = 10;
+const UPCASE_BYTES: usize = 65536 * 2;
 
 /// What a bundle records about the volume.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -45,14 +51,19 @@ pub struct NtfsVolume<'d> {
     disk: &'d DiskFile,
     /// Where the volume starts on the disk.
     offset: u64,
-    ntfs: Ntfs,
-    remap: Remap<'d>,
+    map: MftMap,
     facts: NtfsFacts,
+    /// `$UpCase`: the upper case of every UTF-16 unit.
+    upcase: Vec<u16>,
 }
 
 impl<'d> NtfsVolume<'d> {
     /// Opens the volume at `offset`, `length` bytes long (the partition).
     pub fn open(disk: &'d DiskFile, offset: u64, length: u64) -> Result<Self, NtfsError> {
+        contain(0, "boot sector", || Self::open_unguarded(disk, offset, length))
+    }
+
+    fn open_unguarded(disk: &'d DiskFile, offset: u64, length: u64) -> Result<Self, NtfsError> {
         let mut boot = [0u8; 512];
         disk.read_exact_at(&mut boot, offset)?;
         if &boot[3..11] != b"NTFS    " {
@@ -61,8 +72,10 @@ impl<'d> NtfsVolume<'d> {
                 String::from_utf8_lossy(&boot[3..11])
             )));
         }
-        let mut ntfs =
-            Ntfs::new(&mut std::io::Cursor::new(&boot[..])).map_err(|e| NtfsError::BootSector(e.to_string()))?;
+        // The `ntfs` crate checks the boot sector's fields (sector and cluster sizes, record
+        // size, totals); it is the only part of the crate in use (see docs/reliability.md).
+        let ntfs =
+            ntfs::Ntfs::new(&mut std::io::Cursor::new(&boot[..])).map_err(|e| NtfsError::BootSector(e.to_string()))?;
         let cluster_size = ntfs.cluster_size() as u64;
         if ntfs.size() > length {
             return Err(NtfsError::BootSector(format!(
@@ -83,108 +96,132 @@ impl<'d> NtfsVolume<'d> {
             )));
         }
         let record_size = ntfs.file_record_size() as u64;
-        let mft = MftMap::load(disk, offset, mft_position, cluster_size, record_size, clusters)?;
-        let has_attribute_list = mft.has_attribute_list;
-        let records = mft.record_count();
-        let remap = Remap::new(disk, mft, offset, length);
-        let mut fs = VolumeReader::new(&remap);
-        ntfs.read_upcase_table(&mut fs)?;
-        let label = match ntfs.volume_name(&mut fs) {
-            Some(Ok(name)) => Some(name.name().to_string_lossy()),
-            Some(Err(e)) => return Err(e.into()),
-            None => None,
-        };
+        guard::mark(0, "$MFT", 0);
+        let map = MftMap::load(disk, offset, mft_position, cluster_size, record_size, clusters)?;
         let serial64 = ntfs.serial_number();
         let facts = NtfsFacts {
             serial: format!("{:04X}-{:04X}", (serial64 >> 16) & 0xffff, serial64 & 0xffff),
             serial64: format!("{serial64:016X}"),
-            label: label.filter(|l| !l.is_empty()),
+            label: None,
             cluster_size: ntfs.cluster_size(),
             sector_size: ntfs.sector_size() as u32,
             fs_size: ntfs.size(),
             cluster_count: clusters,
             mft_record_size: ntfs.file_record_size(),
-            mft_records: records,
-            mft_attribute_list: has_attribute_list,
+            mft_records: map.record_count(),
+            mft_attribute_list: map.has_attribute_list,
         };
-        Ok(Self {
+        let mut vol = Self {
             disk,
             offset,
-            ntfs,
-            remap,
+            map,
             facts,
-        })
+            upcase: Vec::new(),
+        };
+        vol.upcase = vol.read_upcase()?;
+        vol.facts.label = vol.read_label()?.filter(|l| !l.is_empty());
+        Ok(vol)
+    }
+
+    /// `$UpCase`'s table (record 10's unnamed `$DATA`, 65,536 UTF-16 units).
+    fn read_upcase(&self) -> Result<Vec<u16>, NtfsError> {
+        guard::mark(UPCASE_RECORD, "$UpCase", 0);
+        let bad = |problem: String| NtfsError::Record {
+            record: UPCASE_RECORD,
+            problem,
+        };
+        let x = self
+            .extents(UPCASE_RECORD, ATTR_DATA, &[])?
+            .ok_or_else(|| bad("$UpCase has no $DATA".into()))?;
+        if x.size != UPCASE_BYTES as u64 {
+            return Err(bad(format!("$UpCase holds {} bytes, not {UPCASE_BYTES}", x.size)));
+        }
+        let bytes = match x.value {
+            Some(v) => v,
+            None => {
+                let mut b = vec![0u8; UPCASE_BYTES];
+                read_runs(
+                    self.disk,
+                    self.offset,
+                    self.facts.cluster_size as u64,
+                    &x.runs,
+                    0,
+                    &mut b,
+                )
+                .map_err(|e| bad(format!("$UpCase: {e}")))?;
+                b
+            }
+        };
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect())
+    }
+
+    /// The volume label: `$Volume`'s `$VOLUME_NAME`.
+    fn read_label(&self) -> Result<Option<String>, NtfsError> {
+        guard::mark(VOLUME_RECORD, "$VOLUME_NAME", 0);
+        Ok(self
+            .extents(VOLUME_RECORD, ATTR_VOLUME_NAME, &[])?
+            .and_then(|x| x.value)
+            .map(|v| super::catalog::name_from_utf16(&v)))
+    }
+
+    fn upper(&self, u: u16) -> u16 {
+        self.upcase.get(u as usize).copied().unwrap_or(u)
     }
 
     pub fn facts(&self) -> &NtfsFacts {
         &self.facts
     }
 
-    fn reader(&self) -> VolumeReader<'_, 'd> {
-        VolumeReader::new(&self.remap)
-    }
-
-    /// Looks up a root-relative path (`\Windows\System32`, `/pagefile.sys`), case-insensitively.
+    /// Looks up a root-relative path (`\Windows\System32`, `/pagefile.sys`), case-insensitively
+    /// (through `$UpCase`, as Windows compares names).
     pub fn lookup(&self, path: &str) -> Result<Option<Found>, NtfsError> {
-        let mut fs = self.reader();
-        let mut current = Found {
-            record: ROOT_RECORD,
-            is_dir: true,
-        };
-        for name in path.split(['\\', '/']).filter(|c| !c.is_empty()) {
-            if !current.is_dir {
-                return Ok(None);
+        contain(ROOT_RECORD, "directory index", || {
+            let mut current = Found {
+                record: ROOT_RECORD,
+                is_dir: true,
+            };
+            for name in path.split(['\\', '/']).filter(|c| !c.is_empty()) {
+                if !current.is_dir {
+                    return Ok(None);
+                }
+                let want: Vec<u16> = name.encode_utf16().map(|u| self.upper(u)).collect();
+                let entries = index::entries(self, current.record)?;
+                let hit = entries.iter().find(|e| {
+                    e.name.len() == want.len() && e.name.iter().zip(&want).all(|(&a, &b)| self.upper(a) == b)
+                });
+                let Some(hit) = hit else { return Ok(None) };
+                current = Found {
+                    record: hit.record,
+                    is_dir: hit.is_dir,
+                };
             }
-            let dir = self.ntfs.file(&mut fs, current.record)?;
-            let index = dir.directory_index(&mut fs)?;
-            let mut finder = index.finder();
-            let Some(entry) = NtfsFileNameIndex::find(&mut finder, &self.ntfs, &mut fs, name) else {
-                return Ok(None);
-            };
-            let entry = entry?;
-            let is_dir = match entry.key() {
-                Some(key) => key?.is_directory(),
-                None => false,
-            };
-            current = Found {
-                record: entry.file_reference().file_record_number(),
-                is_dir,
-            };
-        }
-        Ok(Some(current))
+            Ok(Some(current))
+        })
     }
 
-    /// The entries of a directory: (name, record, is_dir), without DOS-only short names.
+    /// The entries of a directory: (name, record, is_dir), without DOS-only short names, in
+    /// index order.
     pub fn list_dir(&self, record: u64) -> Result<Vec<(String, u64, bool)>, NtfsError> {
-        let mut fs = self.reader();
-        let dir = self.ntfs.file(&mut fs, record)?;
-        let index = dir.directory_index(&mut fs)?;
-        let mut entries = index.entries();
-        let mut out = Vec::new();
-        while let Some(entry) = entries.next(&mut fs) {
-            let entry = entry?;
-            let Some(key) = entry.key() else { continue };
-            let key = key?;
-            if key.namespace() == ntfs::structured_values::NtfsFileNamespace::Dos {
-                continue;
-            }
-            out.push((
-                key.name().to_string_lossy(),
-                entry.file_reference().file_record_number(),
-                key.is_directory(),
-            ));
-        }
-        Ok(out)
+        contain(record, "directory index", || {
+            Ok(index::entries(self, record)?
+                .into_iter()
+                .filter(|e| e.namespace != NAMESPACE_DOS)
+                .map(|e| (String::from_utf16_lossy(&e.name), e.record, e.is_dir))
+                .collect())
+        })
     }
 
     /// File record `n` with its fixups undone.
     pub fn read_record(&self, n: u64) -> Result<Vec<u8>, NtfsError> {
-        self.remap.map().read_record(self.disk, n)
+        contain(n, "file record", || self.map.read_record(self.disk, n))
     }
 
     /// Every extent of attribute (`ty`, `name` as UTF-16LE) of record `n`, joined.
     pub fn extents(&self, n: u64, ty: u32, name: &[u8]) -> Result<Option<super::mft::Extents>, NtfsError> {
-        self.remap.map().extents(self.disk, n, ty, name)
+        contain(n, "attribute", || self.map.extents(self.disk, n, ty, name))
     }
 
     /// The bytes of a record's `$ATTRIBUTE_LIST`.
@@ -194,7 +231,9 @@ impl<'d> NtfsVolume<'d> {
         attr: &super::record::Attribute,
         n: u64,
     ) -> Result<Vec<u8>, NtfsError> {
-        self.remap.map().attribute_list_bytes(self.disk, rec, attr, n)
+        contain(n, "$ATTRIBUTE_LIST", || {
+            self.map.attribute_list_bytes(self.disk, rec, attr, n)
+        })
     }
 
     /// The disk the volume is on, and where on it the volume starts.
@@ -204,6 +243,6 @@ impl<'d> NtfsVolume<'d> {
 
     /// The unnamed `$DATA` stream of a record.
     pub fn file_data(&self, record: u64) -> Result<FileData, NtfsError> {
-        self.remap.map().file_data(self.disk, record)
+        contain(record, "$DATA", || self.map.file_data(self.disk, record))
     }
 }

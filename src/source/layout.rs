@@ -247,14 +247,11 @@ fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Res
     let ntfs: Vec<&PartitionInfo> = parts.iter().filter(|p| p.fs == FileSystem::Ntfs).collect();
     if let Some(broken) = ntfs.iter().find(|p| p.error.is_some()) {
         // A damaged NTFS volume might be C:; picking another one would bundle the wrong volume.
-        return Err(SourceError::NoRootVolume {
+        // It was found: what is wrong is its structure (NoRootVolume is for no NTFS at all).
+        return Err(SourceError::DamagedVolume {
             path: path.to_path_buf(),
-            reason: format!(
-                "partition {} looks like NTFS but cannot be read: {}",
-                broken.partition.index,
-                broken.error.as_deref().unwrap_or_default()
-            ),
-            bitlocker: false,
+            index: broken.partition.index,
+            problem: broken.error.clone().unwrap_or_default(),
         });
     }
     match ntfs.len() {

@@ -61,6 +61,9 @@ pub enum SourceError {
         /// A BitLocker volume is among what was found.
         bitlocker: bool,
     },
+    /// An NTFS boot sector was found, but the volume's structures cannot be read.
+    #[error("partition {index} of {path} looks like NTFS but cannot be read: {problem}")]
+    DamagedVolume { path: PathBuf, index: u32, problem: String },
     #[error("cannot tell which volume is C: on {path}: {candidates}; choose one with --partition N")]
     AmbiguousRoot { path: PathBuf, candidates: String },
     #[error("--partition {index}: {reason}")]
