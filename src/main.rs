@@ -4,5 +4,9 @@
 mod cli;
 
 fn main() {
+    // First thing on Windows: DLLs loaded later come from System32 only, never from the
+    // executable's folder or the current directory (winbundle runs elevated).
+    #[cfg(windows)]
+    winbundle::source::windows::restrict_dll_search();
     std::process::exit(cli::run());
 }

@@ -19,10 +19,20 @@ use windows_sys::Win32::System::IO::DeviceIoControl;
 use windows_sys::Win32::System::Ioctl::{
     FSCTL_ALLOW_EXTENDED_DASD_IO, IOCTL_DISK_GET_LENGTH_INFO, IOCTL_STORAGE_QUERY_PROPERTY,
 };
+use windows_sys::Win32::System::LibraryLoader::{LOAD_LIBRARY_SEARCH_SYSTEM32, SetDefaultDllDirectories};
 use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
 use super::device::{Alignment, Device};
 use super::{DiskFile, SourceError};
+
+/// Makes System32 the only folder later `LoadLibrary` calls search (the process runs elevated:
+/// a DLL planted beside the executable or in the current directory must never be loaded).
+/// DLLs the executable imports are resolved before `main`; those that are not KnownDLLs are
+/// named in the README, and the executable belongs in an administrators-only folder.
+pub fn restrict_dll_search() {
+    // SAFETY: a documented flag; the call only changes the process's DLL search path.
+    unsafe { SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_SYSTEM32) };
+}
 
 /// A raw volume, disk or shadow-copy handle opened for unbuffered reads.
 struct RawHandle {

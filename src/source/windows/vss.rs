@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::SysFreeString;
 use windows_sys::Win32::System::Com::{CoInitializeEx, CoInitializeSecurity};
-use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LoadLibraryW};
+use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LOAD_LIBRARY_SEARCH_SYSTEM32, LoadLibraryExW};
 use windows_sys::core::{BSTR, GUID, HRESULT};
 
 use crate::source::snapshot::{Snapshot, SnapshotError, Snapshotter};
@@ -173,13 +173,16 @@ struct Api {
 
 fn load() -> Result<Api, SnapshotError> {
     let name = wide("vssapi.dll");
+    // From System32 only: vssapi.dll is not a KnownDLL, so a bare name would first be looked
+    // for in the executable's own folder, and an elevated process must never load a DLL
+    // planted there.
     // SAFETY: a NUL-terminated name; the library stays loaded for the process.
-    let lib = unsafe { LoadLibraryW(name.as_ptr()) };
+    let lib = unsafe { LoadLibraryExW(name.as_ptr(), std::ptr::null_mut(), LOAD_LIBRARY_SEARCH_SYSTEM32) };
     if lib.is_null() {
         return Err(failed(
-            "LoadLibrary(vssapi.dll)",
+            "LoadLibraryEx(vssapi.dll, System32 only)",
             0x8007_007E_u32 as i32,
-            "vssapi.dll is missing",
+            "vssapi.dll is missing from System32",
         ));
     }
     // SAFETY: NUL-terminated names; the pointers are these functions' documented signatures.
