@@ -41,6 +41,17 @@ impl Alignment {
         }
     }
 
+    /// Unbuffered I/O on a device with these logical and physical sector sizes: offsets and
+    /// lengths in whole *logical* sectors (a 512e disk, 512 logical / 4096 physical, has lengths
+    /// that are multiples of 512 only), buffers aligned to the physical size (at least a page).
+    pub fn for_sectors(logical: u64, physical: u64) -> Self {
+        let logical = logical.max(1);
+        Alignment {
+            sector: logical,
+            memory: (physical.max(logical) as usize).clamp(4096, 1 << 16),
+        }
+    }
+
     fn fits(&self, buf: &[u8], offset: u64) -> bool {
         offset.is_multiple_of(self.sector)
             && (buf.len() as u64).is_multiple_of(self.sector)
@@ -166,8 +177,9 @@ impl BouncePool {
     }
 }
 
-/// Fills `buf` from `offset` on `dev`, respecting its alignment: an aligned read goes straight
-/// through; any other is widened to whole sectors and read into aligned bounce buffers (at most
+/// Fills `buf` from `offset` on `dev` (`size` bytes long), respecting its alignment: an aligned
+/// read goes straight through; any other is widened to whole sectors, never past the end of the
+/// device (Windows refuses such a read), and read into aligned bounce buffers (at most
 /// [`MAX_BOUNCE`] bytes per request), and the asked-for bytes are copied out.
 pub fn read(
     dev: &dyn Device,
@@ -175,6 +187,7 @@ pub fn read(
     counters: &ReadCounters,
     buf: &mut [u8],
     offset: u64,
+    size: u64,
 ) -> std::io::Result<()> {
     let a = dev.alignment();
     counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -190,8 +203,18 @@ pub fn read(
     let mut pos = offset - offset % a.sector; // aligned start of the next request
     let piece = (MAX_BOUNCE as u64 / a.sector).max(1) * a.sector;
     while pos < end {
-        let req_end = (pos + piece).min(end.div_ceil(a.sector) * a.sector);
+        let req_end = (pos + piece).min(end.div_ceil(a.sector) * a.sector).min(size.max(end));
         let len = (req_end - pos) as usize;
+        if !(len as u64).is_multiple_of(a.sector) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the device is {size} bytes, not a whole number of its {}-byte sectors: its last {} bytes cannot be read unbuffered",
+                    a.sector,
+                    size % a.sector
+                ),
+            ));
+        }
         let mut bounce = pool.take(len, a.memory);
         let r = dev.read_at(&mut bounce.as_mut_slice()[..len], pos);
         counters.bounced.fetch_add(1, Ordering::Relaxed);
@@ -209,15 +232,27 @@ pub fn read(
     Ok(())
 }
 
-/// A device that refuses any read Windows would refuse on an unbuffered handle: for tests, so
-/// the alignment rules are exercised on every platform.
+/// A device that refuses any read Windows would refuse on an unbuffered handle `size` bytes
+/// long: unaligned, or extending past the end (ERROR_INVALID_PARAMETER). For tests, so the rules
+/// are exercised on every platform.
 pub struct StrictDevice<D> {
     pub inner: D,
     pub alignment: Alignment,
+    pub size: u64,
 }
 
 impl<D: Device> Device for StrictDevice<D> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "read of {} bytes at byte {offset} extends past the end of the device ({} bytes): Windows refuses it (ERROR_INVALID_PARAMETER)",
+                    buf.len(),
+                    self.size
+                ),
+            ));
+        }
         if !self.alignment.fits(buf, offset) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -266,6 +301,7 @@ mod tests {
             let dev = StrictDevice {
                 inner: Pattern(size),
                 alignment: Alignment::unbuffered(sector),
+                size,
             };
             let (pool, counters) = (BouncePool::default(), ReadCounters::default());
             for (offset, len) in [
@@ -279,7 +315,7 @@ mod tests {
             ] {
                 let mut v = vec![0u8; len + 1];
                 let buf = &mut v[1..]; // never page-aligned
-                read(&dev, &pool, &counters, buf, offset).unwrap();
+                read(&dev, &pool, &counters, buf, offset, size).unwrap();
                 assert!(
                     buf.iter().enumerate().all(|(k, &b)| b == byte(offset + k as u64)),
                     "{offset}+{len}"
@@ -287,10 +323,43 @@ mod tests {
             }
             // An aligned read into an aligned buffer goes straight through.
             let mut a = AlignedBuf::new(1 << 20, 4096);
-            read(&dev, &pool, &counters, a.as_mut_slice(), 2 * sector).unwrap();
+            read(&dev, &pool, &counters, a.as_mut_slice(), 2 * sector, size).unwrap();
             let s = counters.stats(dev.alignment());
             assert_eq!((s.reads, s.direct_requests), (8, 1), "{s:?}");
             assert!(s.bounced_requests >= 8, "{s:?}");
         }
+    }
+
+    #[test]
+    fn the_tail_of_a_512e_device_is_read_in_logical_sectors_never_past_its_end() {
+        // 512 logical, 4096 physical; a length that is a multiple of 512, not of 4096 (a GPT C:
+        // ending at the last usable sector).
+        let size = 4096 * 300 + 512 * 3;
+        let a = Alignment::for_sectors(512, 4096);
+        assert_eq!((a.sector, a.memory), (512, 4096));
+        let dev = StrictDevice {
+            inner: Pattern(size),
+            alignment: a,
+            size,
+        };
+        let (pool, counters) = (BouncePool::default(), ReadCounters::default());
+        for (offset, len) in [(size - 1, 1usize), (size - 700, 700), (size - 5000, 5000), (4096 * 299 + 7, 4096)] {
+            let mut v = vec![0u8; len + 1];
+            let buf = &mut v[1..];
+            read(&dev, &pool, &counters, buf, offset, size).unwrap_or_else(|e| panic!("{offset}+{len}: {e}"));
+            assert!(buf.iter().enumerate().all(|(k, &b)| b == byte(offset + k as u64)));
+        }
+        // The double refuses what Windows refuses: a whole 4096-byte read over the end.
+        let mut b = AlignedBuf::new(4096, 4096);
+        let e = dev.read_at(b.as_mut_slice(), 4096 * 300).unwrap_err();
+        assert!(e.to_string().contains("past the end of the device"), "{e}");
+        // A device whose length is not whole sectors of the alignment says so, without reading past it.
+        let dev4k = StrictDevice {
+            inner: Pattern(size),
+            alignment: Alignment::unbuffered(4096),
+            size,
+        };
+        let e = read(&dev4k, &pool, &counters, &mut [0u8; 10], size - 10, size).unwrap_err();
+        assert!(e.to_string().contains("not a whole number of its 4096-byte sectors"), "{e}");
     }
 }

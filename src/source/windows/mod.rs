@@ -128,26 +128,31 @@ pub fn open_raw(path: &str) -> Result<DiskFile, SourceError> {
     let _ = ioctl::<(), ()>(&file, FSCTL_ALLOW_EXTENDED_DASD_IO, None);
     let queried =
         ioctl::<PropertyQuery, AccessAlignment>(&file, IOCTL_STORAGE_QUERY_PROPERTY, Some(&ACCESS_ALIGNMENT_QUERY))
-            .map(|a| a.bytes_per_logical_sector.max(a.bytes_per_physical_sector) as u64)
-            .filter(|s| s.is_power_of_two() && (512..=65536).contains(s));
-    let mut sector = queried.unwrap_or(4096);
-    // The first sector tells NTFS's own sector size (and, for a volume without a size from the
-    // system, its size). Read with the widest alignment any disk has.
+            .map(|a| (a.bytes_per_logical_sector as u64, a.bytes_per_physical_sector as u64))
+            .filter(|&(l, p)| {
+                let ok = |s: u64| s.is_power_of_two() && (512..=65536).contains(&s);
+                ok(l) && ok(p) && p >= l
+            });
+    // The first 4096 bytes (whole sectors on any disk) tell NTFS's own sector size (and, for a
+    // volume without a size from the system, its size).
     let probe = RawHandle {
         file,
-        alignment: Alignment::unbuffered(sector),
+        alignment: Alignment::unbuffered(4096),
     };
-    let mut first = super::device::AlignedBuf::new(sector as usize, 4096);
+    let mut first = super::device::AlignedBuf::new(4096, 4096);
     let boot = probe
         .read_at(first.as_mut_slice(), 0)
         .ok()
         .map(|_| first.as_mut_slice()[..512].to_vec());
     let ntfs = boot.as_deref().and_then(ntfs_geometry);
-    if let Some((bps, _)) = ntfs
-        && queried.is_none()
-    {
-        sector = bps;
-    }
+    // Offsets and lengths in logical sectors (a 512e disk's volume is a multiple of 512 only),
+    // buffers aligned to the physical size. Without the system's answer (Wine answers no IOCTL): NTFS's sector size, else 512 (the
+    // logical size of all but 4Kn disks), with page-aligned buffers.
+    let alignment = match (queried, ntfs) {
+        (Some((l, p)), _) => Alignment::for_sectors(l, p),
+        (None, Some((bps, _))) => Alignment::for_sectors(bps, 4096),
+        (None, None) => Alignment::for_sectors(512, 4096),
+    };
     let size = ioctl::<(), LengthInfo>(&probe.file, IOCTL_DISK_GET_LENGTH_INFO, None)
         .map(|l| l.length as u64)
         .filter(|&l| l > 0)
@@ -159,7 +164,7 @@ pub fn open_raw(path: &str) -> Result<DiskFile, SourceError> {
         })?;
     let device = RawHandle {
         file: probe.file,
-        alignment: Alignment::unbuffered(sector),
+        alignment,
     };
     Ok(DiskFile::from_device(name, Box::new(device), size))
 }
