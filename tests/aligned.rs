@@ -46,7 +46,11 @@ fn every_fixture_bundles_the_same_through_sector_aligned_reads() {
         let src = root.join(fx);
         let src = src.to_str().unwrap();
         let mut objects = Vec::new();
-        let mut variants = vec![(None, "plain", 1), (Some("512"), "strict512", 512), (Some("512/4096"), "strict512e", 512)];
+        let mut variants = vec![
+            (None, "plain", 1),
+            (Some("512"), "strict512", 512),
+            (Some("512/4096"), "strict512e", 512),
+        ];
         if !ODD.contains(&fx) {
             variants.push((Some("4096"), "strict4k", 4096));
         }

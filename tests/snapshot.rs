@@ -10,6 +10,7 @@ mod fake_vss;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use fake_vss::*;
@@ -28,6 +29,7 @@ fn setup(fail: Option<SnapshotError>) -> (tempfile::TempDir, PathBuf, Arc<Log>, 
         volume_image: image.clone(),
         fail,
         log: log.clone(),
+        takes: Duration::ZERO,
     });
     (dir, image, log, vss)
 }
@@ -95,6 +97,37 @@ fn the_snapshot_is_deleted_when_the_bundle_fails_is_cancelled_or_panics() {
     // the snapshot is gone.
     assert!(!matches!(r, Ok(out) if out.result.is_ok()));
     assert_eq!(log.lines(), ["create Q:\\ within 30s", "delete"]);
+}
+
+#[test]
+fn a_cancel_reaches_a_snapshot_being_made() {
+    // A snapshot that would take 60 s (a slow writer), cancelled after 1 s (cancel-bundle-task;
+    // Ctrl-C sets the same flag): the creation stops within a second, aborted and released,
+    // and the task fails Cancelled with nothing stored.
+    let (dir, _, log, _) = setup(None);
+    let vss = Arc::new(FakeVss {
+        volume_image: dir.path().join("unused.img"),
+        fail: None,
+        log: log.clone(),
+        takes: Duration::from_secs(60),
+    });
+    let store = dir.path().join("store");
+    let s = LocalStore::open(&store, "bkt", true).unwrap();
+    let req = live_request(vss, "live/slow");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let t = Instant::now();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        c.store(true, Ordering::SeqCst);
+    });
+    let out = bundle_instance(&req, &s, &NoProgress, &cancel, &mut |_| Ok(()));
+    canceller.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert_eq!(out.result.err().unwrap().code(), "Cancelled");
+    assert_eq!(out.task.state, State::Failed);
+    assert_eq!(log.lines(), ["create Q:\\ within 30s", "abort and release"]);
+    assert!(walk(&store).is_empty());
 }
 
 #[test]

@@ -256,7 +256,7 @@ fn run(
 ) -> Result<(Manifest, PipelineStats), Error> {
     // A live volume's snapshot lives as long as `disk`: it is deleted on every way out of here.
     let started = std::time::Instant::now();
-    let opened = crate::source::live::open(&req.source, &req.live, true)?;
+    let opened = crate::source::live::open(&req.source, &req.live, true, cancel)?;
     notes.warnings.extend(opened.notes);
     let disk = opened.disk;
     let plan = Plan::analyse(&disk, &req.plan)?;

@@ -343,7 +343,12 @@ mod tests {
             size,
         };
         let (pool, counters) = (BouncePool::default(), ReadCounters::default());
-        for (offset, len) in [(size - 1, 1usize), (size - 700, 700), (size - 5000, 5000), (4096 * 299 + 7, 4096)] {
+        for (offset, len) in [
+            (size - 1, 1usize),
+            (size - 700, 700),
+            (size - 5000, 5000),
+            (4096 * 299 + 7, 4096),
+        ] {
             let mut v = vec![0u8; len + 1];
             let buf = &mut v[1..];
             read(&dev, &pool, &counters, buf, offset, size).unwrap_or_else(|e| panic!("{offset}+{len}: {e}"));
@@ -360,6 +365,9 @@ mod tests {
             size,
         };
         let e = read(&dev4k, &pool, &counters, &mut [0u8; 10], size - 10, size).unwrap_err();
-        assert!(e.to_string().contains("not a whole number of its 4096-byte sectors"), "{e}");
+        assert!(
+            e.to_string().contains("not a whole number of its 4096-byte sectors"),
+            "{e}"
+        );
     }
 }

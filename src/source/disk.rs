@@ -109,12 +109,18 @@ impl DiskFile {
                 size: self.size,
             });
         }
-        super::device::read(self.device.as_ref(), &self.bounce, &self.counters, buf, offset, self.size).map_err(|source| {
-            SourceError::Read {
-                path: self.path.clone(),
-                offset,
-                source,
-            }
+        super::device::read(
+            self.device.as_ref(),
+            &self.bounce,
+            &self.counters,
+            buf,
+            offset,
+            self.size,
+        )
+        .map_err(|source| SourceError::Read {
+            path: self.path.clone(),
+            offset,
+            source,
         })
     }
 }

@@ -164,8 +164,13 @@ pub struct Opened {
 
 /// Opens `path`: a file or block device as always, or a live source (raw, or through a
 /// snapshot per `opts`). `take_snapshot` false reads a live volume directly whatever `opts`
-/// say (inspect does, to report without making a snapshot).
-pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Opened, SourceError> {
+/// say (inspect does, to report without making a snapshot). `cancel` stops a snapshot being made.
+pub fn open(
+    path: &Path,
+    opts: &LiveOptions,
+    take_snapshot: bool,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Opened, SourceError> {
     let Some(live) = recognise(path) else {
         return Ok(Opened {
             disk: DiskFile::open(path)?,
@@ -202,7 +207,7 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
     };
     let snap = opts
         .snapshotter
-        .create(&root, opts.snapshot_timeout)
+        .create(&root, opts.snapshot_timeout, cancel)
         .map_err(|e| snapshot_failed(&root, e))?;
     let guard = SnapshotGuard::new(snap);
     let device_path = guard.device_path().to_string();

@@ -3,8 +3,9 @@
 //! delete is logged.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use winbundle::bundle::create::BundleRequest;
 use winbundle::source::live::{LiveOptions, SnapshotMode};
@@ -26,6 +27,8 @@ pub struct FakeVss {
     pub volume_image: PathBuf,
     pub fail: Option<SnapshotError>,
     pub log: Arc<Log>,
+    /// How long making the snapshot takes (polling the cancel flag, as the VSS waits do).
+    pub takes: Duration,
 }
 
 pub struct FakeSnapshot {
@@ -44,9 +47,26 @@ impl Snapshot for FakeSnapshot {
 }
 
 impl Snapshotter for FakeVss {
-    fn create(&self, volume_root: &str, timeout: Duration) -> Result<Box<dyn Snapshot>, SnapshotError> {
+    fn create(
+        &self,
+        volume_root: &str,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Box<dyn Snapshot>, SnapshotError> {
         self.log
             .push(format!("create {volume_root} within {}s", timeout.as_secs()));
+        let end = Instant::now() + self.takes;
+        while Instant::now() < end {
+            if cancel.load(Ordering::SeqCst) {
+                self.log.push("abort and release".into());
+                return Err(SnapshotError {
+                    step: "DoSnapshotSet",
+                    hresult: None,
+                    message: winbundle::source::snapshot::CANCELLED.into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if let Some(e) = &self.fail {
             return Err(e.clone());
         }
