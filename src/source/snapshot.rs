@@ -45,7 +45,7 @@ pub fn hint(e: &SnapshotError) -> &'static str {
         Some(0x8000_4001) => {
             "this system has no Volume Shadow Copy Service (Wine has none): run on Windows, or pass --snapshot none for a volume nothing writes to"
         }
-        Some(0x8007_0005) => "run from an elevated prompt (Administrator), or as a Backup Operator",
+        Some(0x8007_0005) => "run from an elevated prompt (\"Run as administrator\", an account in Administrators)",
         Some(0x8004_2316) => "another shadow copy is being made (a backup tool?): wait a few minutes and run again",
         Some(0x8004_2313 | 0x8004_2314 | 0x8004_2306 | 0x8004_230F) => {
             "the system could not freeze writes in time (busy disk or a slow writer): wait ten minutes and run again, or raise --snapshot-timeout"

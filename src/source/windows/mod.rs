@@ -1,6 +1,6 @@
 //! Reading live volumes and disks on Windows: unbuffered raw handles (every read aligned, see
 //! [`super::device`]), their size and sector size from IOCTLs with fall-backs, the elevation
-//! check and `SeBackupPrivilege`, and Volume Shadow Copy snapshots ([`vss`]).
+//! check, the DLL search path, and Volume Shadow Copy snapshots ([`vss`]).
 
 pub mod vss;
 
@@ -9,11 +9,8 @@ use std::os::windows::fs::OpenOptionsExt;
 use std::os::windows::io::AsRawHandle;
 use std::path::PathBuf;
 
-use windows_sys::Win32::Foundation::{CloseHandle, ERROR_NOT_ALL_ASSIGNED, GetLastError, HANDLE, LUID};
-use windows_sys::Win32::Security::{
-    AdjustTokenPrivileges, GetTokenInformation, LUID_AND_ATTRIBUTES, LookupPrivilegeValueW, SE_BACKUP_NAME,
-    SE_PRIVILEGE_ENABLED, TOKEN_ADJUST_PRIVILEGES, TOKEN_ELEVATION, TOKEN_PRIVILEGES, TOKEN_QUERY, TokenElevation,
-};
+use windows_sys::Win32::Foundation::{CloseHandle, GetLastError, HANDLE};
+use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_ELEVATION, TOKEN_QUERY, TokenElevation};
 use windows_sys::Win32::Storage::FileSystem::{FILE_FLAG_NO_BUFFERING, FILE_SHARE_READ, FILE_SHARE_WRITE};
 use windows_sys::Win32::System::IO::DeviceIoControl;
 use windows_sys::Win32::System::Ioctl::{
@@ -183,7 +180,10 @@ fn ntfs_geometry(boot: &[u8]) -> Option<(u64, u64)> {
     Some((bps, total.checked_add(1)?.checked_mul(bps)?))
 }
 
-/// Refuses to go on without an elevated token, and enables `SeBackupPrivilege` for the run.
+/// Refuses to go on without an elevated token. Opening a volume or disk for raw reads, and
+/// making a shadow copy, need an elevated member of Administrators. `SeBackupPrivilege` is not
+/// enabled: it bypasses file ACLs only for opens with `FILE_FLAG_BACKUP_SEMANTICS`, and
+/// winbundle opens no file that way (it reads the raw device), so it would grant nothing.
 pub fn require_elevation(source_name: &str) -> Result<(), SourceError> {
     let not = |detail: String| SourceError::NotElevated {
         source_name: source_name.to_string(),
@@ -191,53 +191,27 @@ pub fn require_elevation(source_name: &str) -> Result<(), SourceError> {
     };
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: out-pointers to locals; the token handle is closed below.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY | TOKEN_ADJUST_PRIVILEGES, &mut token) } == 0 {
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
         return Err(not(format!(" (cannot open the process token: error {})", unsafe {
             GetLastError()
         })));
     }
-    let result = (|| {
-        let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
-        let mut len = 0u32;
-        // SAFETY: TOKEN_ELEVATION is the documented output of TokenElevation.
-        let ok = unsafe {
-            GetTokenInformation(
-                token,
-                TokenElevation,
-                &mut elevation as *mut _ as *mut core::ffi::c_void,
-                size_of::<TOKEN_ELEVATION>() as u32,
-                &mut len,
-            )
-        };
-        if ok == 0 || elevation.TokenIsElevated == 0 {
-            return Err(not(String::new()));
-        }
-        let mut luid = LUID {
-            LowPart: 0,
-            HighPart: 0,
-        };
-        // SAFETY: a constant wide string and an out-pointer.
-        if unsafe { LookupPrivilegeValueW(std::ptr::null(), SE_BACKUP_NAME, &mut luid) } == 0 {
-            return Err(not(" (SeBackupPrivilege is unknown to this system)".into()));
-        }
-        let privileges = TOKEN_PRIVILEGES {
-            PrivilegeCount: 1,
-            Privileges: [LUID_AND_ATTRIBUTES {
-                Luid: luid,
-                Attributes: SE_PRIVILEGE_ENABLED,
-            }],
-        };
-        // SAFETY: valid token and structure; no previous state requested.
-        let ok = unsafe { AdjustTokenPrivileges(token, 0, &privileges, 0, std::ptr::null_mut(), std::ptr::null_mut()) };
-        if ok == 0 || unsafe { GetLastError() } == ERROR_NOT_ALL_ASSIGNED {
-            return Err(not(
-                " (this account does not hold SeBackupPrivilege: use an Administrator or Backup Operator account)"
-                    .into(),
-            ));
-        }
-        Ok(())
-    })();
+    let mut elevation = TOKEN_ELEVATION { TokenIsElevated: 0 };
+    let mut len = 0u32;
+    // SAFETY: TOKEN_ELEVATION is the documented output of TokenElevation.
+    let ok = unsafe {
+        GetTokenInformation(
+            token,
+            TokenElevation,
+            &mut elevation as *mut _ as *mut core::ffi::c_void,
+            size_of::<TOKEN_ELEVATION>() as u32,
+            &mut len,
+        )
+    };
     // SAFETY: the handle was opened above.
     unsafe { CloseHandle(token) };
-    result
+    if ok == 0 || elevation.TokenIsElevated == 0 {
+        return Err(not(String::new()));
+    }
+    Ok(())
 }
