@@ -114,3 +114,55 @@ fn every_fixture_bundles_the_same_through_sector_aligned_reads() {
         assert!(o.status.success(), "{fx}: {}", String::from_utf8_lossy(&o.stderr));
     }
 }
+
+/// `--output-file`: the result document goes to the file (UTF-8), nothing to standard output, so
+/// the console stays attached (no PowerShell pipe, Ctrl-C reaches winbundle).
+#[test]
+fn output_file_receives_the_result_document() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("résultat bundle.json");
+    let store = dir.path().join("store");
+    let o = run(
+        None,
+        &[
+            "bundle-instance",
+            root.join("bare-volume.img.zst").to_str().unwrap(),
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "p",
+            "--local-store",
+            store.to_str().unwrap(),
+            "-q",
+            "--output-file",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v["BundleTask"]["State"], "complete", "{v}");
+    assert_eq!(v["Bundle"]["ManifestKey"], "p.manifest.json", "{v}");
+    // A file that cannot be written: exit status 1, the document on standard output instead.
+    let o = run(
+        None,
+        &[
+            "bundle-instance",
+            root.join("bare-volume.img.zst").to_str().unwrap(),
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "q",
+            "--local-store",
+            store.to_str().unwrap(),
+            "-q",
+            "--output-file",
+            dir.path().join("no/such/folder.json").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot write the result to"));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTask"]["State"], "complete");
+}

@@ -371,6 +371,11 @@ pub struct BundleArgs {
     /// How to print the final bundle task.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
+    /// Write the final bundle task (in the --output format, UTF-8) to this file instead of
+    /// standard output, so nothing has to be piped: in PowerShell a pipe (`| Tee-Object`)
+    /// re-encodes the output and makes Ctrl-C kill winbundle before it cleans up.
+    #[arg(long, value_name = "PATH")]
+    pub output_file: Option<PathBuf>,
     /// No progress bar and no notes on stderr.
     #[arg(long, short)]
     pub quiet: bool,
