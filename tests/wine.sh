@@ -66,7 +66,7 @@ imports_known_or_documented() {
   local dlls dll missing=0
   dlls=$(x86_64-w64-mingw32-objdump -p "$exe" | awk '/DLL Name/ {print tolower($3)}' | sort -u)
   # The README section that lists them.
-  sed -n '/^### DLLs winbundle.exe loads/,/^##/p' "$root/README.md" >"$work/dll-section.md"
+  sed -n '/^#### DLLs winbundle.exe loads/,/^#### Native/p' "$root/README.md" >"$work/dll-section.md"
   [ -s "$work/dll-section.md" ]
   for dll in $dlls; do
     case "$dll" in ntdll.dll | api-ms-win-*) continue ;; esac
