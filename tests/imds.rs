@@ -68,6 +68,7 @@ fn live_bundles_take_the_instance_id_from_imds_when_it_answers() {
         fail: None,
         log: Default::default(),
         takes: Duration::ZERO,
+        writers: Vec::new(),
     });
     let store = dir.path().join("store");
 

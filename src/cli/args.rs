@@ -241,6 +241,10 @@ pub struct LiveArgs {
     /// How long making the snapshot may take (`120s`, `5m`).
     #[arg(long, default_value = "120s", value_parser = parse_seconds)]
     pub snapshot_timeout: std::time::Duration,
+    /// Fail the bundle when a VSS writer fails (by default: a warning, and the writer is
+    /// recorded as failed in the manifest: its application's data is only crash-consistent).
+    #[arg(long)]
+    pub require_writers: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {

@@ -36,6 +36,7 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         live: winbundle::source::live::LiveOptions {
             snapshot: args.live.snapshot,
             snapshot_timeout: args.live.snapshot_timeout,
+            require_writers: args.live.require_writers,
             ..Default::default()
         },
         parent: match (&args.parent, args.incremental) {
@@ -199,6 +200,15 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                     "DiskStream": s.parent_io.disk_stream,
                 })),
                 "InstanceIdDerived": outcome.instance_id_derived,
+                "Snapshot": m.snapshot.as_ref().map(|s| json!({
+                    "Writers": s.writers.iter().map(|w| json!({
+                        "Name": w.name,
+                        "State": w.state,
+                        "Failure": w.failure,
+                        "Failed": w.failed,
+                    })).collect::<Vec<_>>(),
+                })),
+                "Warnings": outcome.warnings,
             }))
         }
         Err(_) => None,

@@ -100,6 +100,8 @@ pub struct LiveOptions {
     /// The whole snapshot creation must end within this.
     pub snapshot_timeout: Duration,
     pub snapshotter: Arc<dyn Snapshotter>,
+    /// Fail when a VSS writer failed (else: a warning, and the writer recorded as failed).
+    pub require_writers: bool,
 }
 
 /// The default `--snapshot-timeout`.
@@ -111,6 +113,7 @@ impl Default for LiveOptions {
             snapshot: SnapshotMode::Vss,
             snapshot_timeout: DEFAULT_SNAPSHOT_TIMEOUT,
             snapshotter: super::snapshot::platform(),
+            require_writers: false,
         }
     }
 }
@@ -160,6 +163,8 @@ pub struct Opened {
     pub notes: Vec<String>,
     /// A live Windows volume or disk (this machine's own), not an image.
     pub live: bool,
+    /// The VSS writers' states, when the source was read from a snapshot.
+    pub writers: Option<Vec<super::snapshot::WriterStatus>>,
 }
 
 /// Opens `path`: a file or block device as always, or a live source (raw, or through a
@@ -176,6 +181,7 @@ pub fn open(
             disk: DiskFile::open(path)?,
             notes: Vec::new(),
             live: false,
+            writers: None,
         });
     };
     check_privileges(&live)?;
@@ -203,6 +209,7 @@ pub fn open(
             disk,
             notes,
             live: true,
+            writers: None,
         });
     };
     let snap = opts
@@ -210,12 +217,30 @@ pub fn open(
         .create(&root, opts.snapshot_timeout, cancel)
         .map_err(|e| snapshot_failed(&root, e))?;
     let guard = SnapshotGuard::new(snap);
+    let writers = guard.writers();
+    if opts.require_writers
+        && let Some(bad) = writers.iter().find(|w| w.failed)
+    {
+        // The guard deletes the snapshot on the way out.
+        return Err(snapshot_failed(
+            &root,
+            SnapshotError {
+                step: "writer status (--require-writers)",
+                hresult: bad
+                    .failure
+                    .as_deref()
+                    .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok()),
+                message: super::snapshot::writers_warning(&writers).unwrap_or_default(),
+            },
+        ));
+    }
     let device_path = guard.device_path().to_string();
     let disk = open_device(&device_path, Some(guard))?;
     Ok(Opened {
         disk,
         notes,
         live: true,
+        writers: Some(writers),
     })
 }
 

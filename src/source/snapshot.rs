@@ -67,10 +67,50 @@ pub fn hint(e: &SnapshotError) -> &'static str {
     }
 }
 
+/// A VSS writer's state as the requester last saw it (after PrepareForBackup and after
+/// DoSnapshotSet, the worse of the two).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriterStatus {
+    pub name: String,
+    /// `stable`, `failed at freeze`, … (VSS_WRITER_STATE in words).
+    pub state: String,
+    /// The writer's failure HRESULT (`0x800423F4`), when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The writer failed: its data in the snapshot is only crash-consistent.
+    pub failed: bool,
+}
+
+/// The warning for writers that failed, if any did.
+pub fn writers_warning(writers: &[WriterStatus]) -> Option<String> {
+    let bad: Vec<String> = writers
+        .iter()
+        .filter(|w| w.failed)
+        .map(|w| {
+            format!(
+                "\"{}\" ({}{})",
+                w.name,
+                w.state,
+                w.failure.as_ref().map(|h| format!(", HRESULT {h}")).unwrap_or_default()
+            )
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "VSS writer failed: {}; the snapshot was made, but that application's data in this bundle is only crash-consistent (as after a power cut); check `vssadmin list writers`, or pass --require-writers to fail the bundle instead",
+            bad.join(", ")
+        )
+    })
+}
+
 /// A snapshot that exists until deleted.
 pub trait Snapshot: Send + Sync {
     /// The device to read the snapshot from, e.g. `\\?\GLOBALROOT\Device\HarddiskVolumeShadowCopy7`.
     fn device_path(&self) -> &str;
+    /// The writers' states while the snapshot was made.
+    fn writers(&self) -> Vec<WriterStatus> {
+        Vec::new()
+    }
     /// Deletes the snapshot (and ends the backup it belongs to).
     fn delete(&mut self) -> Result<(), SnapshotError>;
 }
@@ -219,6 +259,10 @@ impl SnapshotGuard {
 
     pub fn device_path(&self) -> &str {
         self.0.as_ref().map_or("", |s| s.device_path())
+    }
+
+    pub fn writers(&self) -> Vec<WriterStatus> {
+        self.0.as_ref().map_or_else(Vec::new, |s| s.writers())
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use winbundle::bundle::create::BundleRequest;
 use winbundle::source::live::{LiveOptions, SnapshotMode};
-use winbundle::source::snapshot::{Snapshot, SnapshotError, Snapshotter};
+use winbundle::source::snapshot::{Snapshot, SnapshotError, Snapshotter, WriterStatus};
 
 #[derive(Default)]
 pub struct Log(Mutex<Vec<String>>);
@@ -29,16 +29,22 @@ pub struct FakeVss {
     pub log: Arc<Log>,
     /// How long making the snapshot takes (polling the cancel flag, as the VSS waits do).
     pub takes: Duration,
+    /// The writers' states the snapshot reports.
+    pub writers: Vec<WriterStatus>,
 }
 
 pub struct FakeSnapshot {
     device: String,
     log: Arc<Log>,
+    writers: Vec<WriterStatus>,
 }
 
 impl Snapshot for FakeSnapshot {
     fn device_path(&self) -> &str {
         &self.device
+    }
+    fn writers(&self) -> Vec<WriterStatus> {
+        self.writers.clone()
     }
     fn delete(&mut self) -> Result<(), SnapshotError> {
         self.log.push("delete".into());
@@ -73,6 +79,7 @@ impl Snapshotter for FakeVss {
         Ok(Box::new(FakeSnapshot {
             device: self.volume_image.to_str().unwrap().to_string(),
             log: self.log.clone(),
+            writers: self.writers.clone(),
         }))
     }
 }
@@ -84,6 +91,7 @@ pub fn live_request(snapshotter: Arc<dyn Snapshotter>, prefix: &str) -> BundleRe
         snapshot: SnapshotMode::Vss,
         snapshot_timeout: Duration::from_secs(30),
         snapshotter,
+        require_writers: false,
     };
     req
 }

@@ -19,7 +19,9 @@ use windows_sys::Win32::System::Com::{CoInitializeEx, CoInitializeSecurity, CoUn
 use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LOAD_LIBRARY_SEARCH_SYSTEM32, LoadLibraryExW};
 use windows_sys::core::{BSTR, GUID, HRESULT};
 
-use crate::source::snapshot::{AsyncOp, CANCELLED, OpenBackup, Snapshot, SnapshotError, Snapshotter, wait_async};
+use crate::source::snapshot::{
+    AsyncOp, CANCELLED, OpenBackup, Snapshot, SnapshotError, Snapshotter, WriterStatus, wait_async, writers_warning,
+};
 
 type Fp = usize; // a slot this requester never calls
 
@@ -305,35 +307,67 @@ impl Components {
         wait_async(step, &op, deadline, cancel)
     }
 
-    /// The writers that failed, by name and state (after a failed DoSnapshotSet).
-    fn failed_writers(&self, deadline: Instant, cancel: &AtomicBool) -> String {
+    /// Every writer's state now (GatherWriterStatus, then each GetWriterStatus).
+    fn writer_statuses(&self, deadline: Instant, cancel: &AtomicBool) -> Result<Vec<WriterStatus>, SnapshotError> {
         let v = self.vtbl();
         let mut op = std::ptr::null_mut();
-        // SAFETY: live object, out-pointers to locals, BSTRs freed after reading.
+        // SAFETY: live object, out-pointers to locals, BSTRs freed after reading, the status
+        // array freed with FreeWriterStatus.
         unsafe {
             let hr = (v.gather_writer_status)(self.this, &mut op);
-            if self.wait("GatherWriterStatus", hr, op, deadline, cancel).is_err() {
-                return String::new();
-            }
+            self.wait("GatherWriterStatus", hr, op, deadline, cancel)?;
             let mut count = 0u32;
-            if (v.get_writer_status_count)(self.this, &mut count) < 0 {
-                return String::new();
-            }
-            let mut bad = Vec::new();
+            check(
+                "GetWriterStatusCount",
+                (v.get_writer_status_count)(self.this, &mut count),
+            )?;
+            let mut all = Vec::new();
             for i in 0..count {
                 let (mut inst, mut id) = (GUID_NULL, GUID_NULL);
                 let (mut name, mut state, mut failure): (BSTR, i32, HRESULT) = (std::ptr::null(), 0, 0);
                 if (v.get_writer_status)(self.this, i, &mut inst, &mut id, &mut name, &mut state, &mut failure) >= 0 {
                     let text = from_wide(name);
                     SysFreeString(name);
-                    if failure < 0 || (6..=15).contains(&state) {
-                        let st = WRITER_STATES.get(state as usize).copied().unwrap_or("unknown");
-                        bad.push(format!("writer \"{text}\": {st}, HRESULT 0x{:08X}", failure as u32));
-                    }
+                    all.push(WriterStatus {
+                        name: text,
+                        state: WRITER_STATES.get(state as usize).copied().unwrap_or("unknown").into(),
+                        failure: (failure != 0).then(|| format!("0x{:08X}", failure as u32)),
+                        failed: failure < 0 || (6..=15).contains(&state),
+                    });
                 }
             }
             (v.free_writer_status)(self.this);
-            bad.join("; ")
+            Ok(all)
+        }
+    }
+
+    /// The failed writers, by name and state (after a failed DoSnapshotSet).
+    fn failed_writers(&self, deadline: Instant, cancel: &AtomicBool) -> String {
+        let Ok(all) = self.writer_statuses(deadline, cancel) else {
+            return String::new();
+        };
+        all.iter()
+            .filter(|w| w.failed)
+            .map(|w| {
+                format!(
+                    "writer \"{}\": {}, HRESULT {}",
+                    w.name,
+                    w.state,
+                    w.failure.as_deref().unwrap_or("none")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Merges a later look at the writers into an earlier one: a writer that failed stays failed.
+fn merge_writers(seen: &mut Vec<WriterStatus>, now: Vec<WriterStatus>) {
+    for w in now {
+        match seen.iter_mut().find(|s| s.name == w.name) {
+            Some(s) if !s.failed => *s = w,
+            Some(_) => {}
+            None => seen.push(w),
         }
     }
 }
@@ -361,11 +395,16 @@ struct VssSnapshot {
     components: Option<Components>,
     snapshot_id: GUID,
     device: String,
+    writers: Vec<WriterStatus>,
 }
 
 impl Snapshot for VssSnapshot {
     fn device_path(&self) -> &str {
         &self.device
+    }
+
+    fn writers(&self) -> Vec<WriterStatus> {
+        self.writers.clone()
     }
 
     fn delete(&mut self) -> Result<(), SnapshotError> {
@@ -380,6 +419,19 @@ impl Snapshot for VssSnapshot {
         let complete = unsafe { (v.backup_complete)(c.this, &mut op) };
         // A second Ctrl-C stops this wait too (the backup is then aborted on release).
         let complete = c.wait("BackupComplete", complete, op, deadline, &AtomicBool::new(false));
+        // Writers can still fail at thaw or backup-complete; the manifest is written by now, so
+        // this can only be said on stderr.
+        if complete.is_ok()
+            && let Ok(after) = c.writer_statuses(Instant::now() + Duration::from_secs(30), &AtomicBool::new(false))
+        {
+            let newly: Vec<WriterStatus> = after
+                .into_iter()
+                .filter(|w| w.failed && !self.writers.iter().any(|s| s.name == w.name && s.failed))
+                .collect();
+            if let Some(w) = writers_warning(&newly) {
+                eprintln!("winbundle: warning: after BackupComplete: {w}");
+            }
+        }
         let (mut deleted, mut nondeleted) = (0i32, GUID_NULL);
         // SAFETY: as above; the id is the snapshot's (by value, as the ABI wants).
         let hr = unsafe {
@@ -494,6 +546,8 @@ impl Snapshotter for Vss {
         let hr = unsafe { (v.prepare_for_backup)(c.this, &mut op) };
         c.prepared = true;
         c.wait("PrepareForBackup", hr, op, deadline, cancel)?;
+        // Writers that fail here without failing the backup leave only crash-consistent data.
+        let mut writers = c.writer_statuses(deadline, cancel)?;
         let mut op = std::ptr::null_mut();
         let hr = unsafe { (v.do_snapshot_set)(c.this, &mut op) };
         if let Err(mut e) = c.wait("DoSnapshotSet", hr, op, deadline, cancel) {
@@ -507,6 +561,7 @@ impl Snapshotter for Vss {
             }
             return Err(e);
         }
+        merge_writers(&mut writers, c.writer_statuses(deadline, cancel)?);
         // SAFETY: a zeroed VSS_SNAPSHOT_PROP, freed with the DLL's own function.
         let device = unsafe {
             let mut prop: SnapshotProp = std::mem::zeroed();
@@ -522,6 +577,7 @@ impl Snapshotter for Vss {
             components: Some(c),
             snapshot_id,
             device,
+            writers,
         }))
     }
 }
