@@ -132,6 +132,9 @@ r = v["Bundle"]["SourceReads"]
 # The raw-handle path: sector-aligned reads (Wine answers no IOCTL: the size and sector size
 # came from the fall-backs), every unaligned read widened through an aligned buffer.
 assert r["SectorAlignment"] >= 512 and r["BouncedRequests"] > 0, r
+# One handle per reader thread (a synchronous handle serves one request at a time).
+assert r["Handles"] >= 2 and r["MaxInFlight"] >= 1, r
+print("SourceReads:", r)
 PY
   cmp "$work/linux/bkt/ref.image.zst" "$work/$2/bkt/ref.image.zst"
   same_manifest "$work/linux/bkt/ref.manifest.json" "$work/$2/bkt/ref.manifest.json"

@@ -19,6 +19,12 @@ pub trait Device: Send + Sync {
     fn alignment(&self) -> Alignment {
         Alignment::NONE
     }
+
+    /// How many reads the system can serve at once: open handles (a synchronous handle serves
+    /// one request at a time).
+    fn handles(&self) -> usize {
+        1
+    }
 }
 
 /// Read constraints: offsets and lengths in multiples of `sector` bytes, buffers at addresses
@@ -130,6 +136,26 @@ pub struct ReadCounters {
     pub bounced: AtomicU64,
     /// Bytes the device delivered.
     pub device_bytes: AtomicU64,
+    /// Requests at the device now, and the most there were at once.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+/// Counts one request at the device while it lives.
+struct InFlight<'a>(&'a ReadCounters);
+
+impl<'a> InFlight<'a> {
+    fn start(c: &'a ReadCounters) -> Self {
+        let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        c.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A snapshot of [`ReadCounters`].
@@ -142,11 +168,17 @@ pub struct ReadStats {
     pub direct_requests: u64,
     pub bounced_requests: u64,
     pub device_bytes: u64,
+    /// Handles open on the device (reads it can serve at once).
+    pub handles: u64,
+    /// The most requests that were at the device at once.
+    pub max_in_flight: u64,
 }
 
 impl ReadCounters {
-    pub fn stats(&self, a: Alignment) -> ReadStats {
+    pub fn stats(&self, a: Alignment, handles: usize) -> ReadStats {
         ReadStats {
+            handles: handles as u64,
+            max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
             sector_alignment: a.sector,
             reads: self.reads.load(Ordering::Relaxed),
             direct_requests: self.direct.load(Ordering::Relaxed),
@@ -197,6 +229,7 @@ pub fn read(
     if a.fits(buf, offset) {
         counters.direct.fetch_add(1, Ordering::Relaxed);
         counters.device_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let _at_device = InFlight::start(counters);
         return dev.read_at(buf, offset);
     }
     let end = offset + buf.len() as u64;
@@ -216,7 +249,10 @@ pub fn read(
             ));
         }
         let mut bounce = pool.take(len, a.memory);
-        let r = dev.read_at(&mut bounce.as_mut_slice()[..len], pos);
+        let r = {
+            let _at_device = InFlight::start(counters);
+            dev.read_at(&mut bounce.as_mut_slice()[..len], pos)
+        };
         counters.bounced.fetch_add(1, Ordering::Relaxed);
         counters.device_bytes.fetch_add(len as u64, Ordering::Relaxed);
         if let Err(e) = r {
@@ -271,6 +307,10 @@ impl<D: Device> Device for StrictDevice<D> {
     fn alignment(&self) -> Alignment {
         self.alignment
     }
+
+    fn handles(&self) -> usize {
+        self.inner.handles()
+    }
 }
 
 #[cfg(test)]
@@ -324,7 +364,7 @@ mod tests {
             // An aligned read into an aligned buffer goes straight through.
             let mut a = AlignedBuf::new(1 << 20, 4096);
             read(&dev, &pool, &counters, a.as_mut_slice(), 2 * sector, size).unwrap();
-            let s = counters.stats(dev.alignment());
+            let s = counters.stats(dev.alignment(), dev.handles());
             assert_eq!((s.reads, s.direct_requests), (8, 1), "{s:?}");
             assert!(s.bounced_requests >= 8, "{s:?}");
         }
@@ -369,5 +409,27 @@ mod tests {
             e.to_string().contains("not a whole number of its 4096-byte sectors"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reads_in_flight_are_counted() {
+        struct Slow;
+        impl Device for Slow {
+            fn read_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                buf.fill(1);
+                Ok(())
+            }
+        }
+        let (pool, counters) = (BouncePool::default(), ReadCounters::default());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| read(&Slow, &pool, &counters, &mut [0u8; 10], 0, 100).unwrap());
+            }
+        });
+        let st = counters.stats(Slow.alignment(), Slow.handles());
+        assert_eq!(st.handles, 1);
+        assert!(st.max_in_flight > 1, "{st:?}");
+        assert_eq!(counters.in_flight.load(Ordering::SeqCst), 0);
     }
 }

@@ -85,7 +85,7 @@ impl DiskFile {
 
     /// How reads were served so far (the aligned layer made observable).
     pub fn read_stats(&self) -> ReadStats {
-        self.counters.stats(self.device.alignment())
+        self.counters.stats(self.device.alignment(), self.device.handles())
     }
 
     pub fn path(&self) -> &Path {

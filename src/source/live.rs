@@ -154,6 +154,10 @@ impl Device for SnapshotDevice {
     fn alignment(&self) -> Alignment {
         self.inner.alignment()
     }
+
+    fn handles(&self) -> usize {
+        self.inner.handles()
+    }
 }
 
 /// An opened source and what the user should know about how.

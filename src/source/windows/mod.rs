@@ -8,6 +8,7 @@ use std::fs::File;
 use std::os::windows::fs::OpenOptionsExt;
 use std::os::windows::io::AsRawHandle;
 use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
 
 use windows_sys::Win32::Foundation::{CloseHandle, GetLastError, HANDLE};
 use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_ELEVATION, TOKEN_QUERY, TokenElevation};
@@ -31,20 +32,65 @@ pub fn restrict_dll_search() {
     unsafe { SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_SYSTEM32) };
 }
 
-/// A raw volume, disk or shadow-copy handle opened for unbuffered reads.
+/// Raw volume, disk or shadow-copy handles opened for unbuffered reads: several, because the
+/// I/O manager runs one request at a time on a synchronous handle, so one handle per reader
+/// thread is what gives the device a queue depth above 1.
 struct RawHandle {
-    file: File,
+    files: Vec<File>,
+    /// Indexes of the handles no read is using.
+    free: Mutex<Vec<usize>>,
+    returned: Condvar,
     alignment: Alignment,
+}
+
+impl RawHandle {
+    fn new(files: Vec<File>, alignment: Alignment) -> Self {
+        let free = (0..files.len()).collect();
+        RawHandle {
+            files,
+            free: Mutex::new(free),
+            returned: Condvar::new(),
+            alignment,
+        }
+    }
 }
 
 impl Device for RawHandle {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        super::disk::read_exact_at(&self.file, buf, offset)
+        let i = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(i) = free.pop() {
+                    break i;
+                }
+                free = self.returned.wait(free).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let r = super::disk::read_exact_at(&self.files[i], buf, offset);
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+        self.returned.notify_one();
+        r
     }
 
     fn alignment(&self) -> Alignment {
         self.alignment
     }
+
+    fn handles(&self) -> usize {
+        self.files.len()
+    }
+}
+
+/// Opens `path` for unbuffered reads, with reads allowed up to the last sectors of a volume,
+/// past what the file system covers.
+fn open_handle(path: &str) -> std::io::Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
+        .custom_flags(FILE_FLAG_NO_BUFFERING)
+        .open(path)?;
+    let _ = ioctl::<(), ()>(&file, FSCTL_ALLOW_EXTENDED_DASD_IO, None);
+    Ok(file)
 }
 
 /// `DeviceIoControl` with a fixed-size input and output; None when the device does not answer.
@@ -115,14 +161,7 @@ pub fn open_raw(path: &str) -> Result<DiskFile, SourceError> {
         path: name.clone(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .share_mode(FILE_SHARE_READ | FILE_SHARE_WRITE)
-        .custom_flags(FILE_FLAG_NO_BUFFERING)
-        .open(path)
-        .map_err(open_err)?;
-    // Lets reads reach the last sectors of a volume, past what the file system covers.
-    let _ = ioctl::<(), ()>(&file, FSCTL_ALLOW_EXTENDED_DASD_IO, None);
+    let file = open_handle(path).map_err(open_err)?;
     let queried =
         ioctl::<PropertyQuery, AccessAlignment>(&file, IOCTL_STORAGE_QUERY_PROPERTY, Some(&ACCESS_ALIGNMENT_QUERY))
             .map(|a| (a.bytes_per_logical_sector as u64, a.bytes_per_physical_sector as u64))
@@ -132,10 +171,7 @@ pub fn open_raw(path: &str) -> Result<DiskFile, SourceError> {
             });
     // The first 4096 bytes (whole sectors on any disk) tell NTFS's own sector size (and, for a
     // volume without a size from the system, its size).
-    let probe = RawHandle {
-        file,
-        alignment: Alignment::unbuffered(4096),
-    };
+    let probe = RawHandle::new(vec![file], Alignment::unbuffered(4096));
     let mut first = super::device::AlignedBuf::new(4096, 4096);
     let boot = probe
         .read_at(first.as_mut_slice(), 0)
@@ -150,19 +186,26 @@ pub fn open_raw(path: &str) -> Result<DiskFile, SourceError> {
         (None, Some((bps, _))) => Alignment::for_sectors(bps, 4096),
         (None, None) => Alignment::for_sectors(512, 4096),
     };
-    let size = ioctl::<(), LengthInfo>(&probe.file, IOCTL_DISK_GET_LENGTH_INFO, None)
+    let mut files = probe.files;
+    let size = ioctl::<(), LengthInfo>(&files[0], IOCTL_DISK_GET_LENGTH_INFO, None)
         .map(|l| l.length as u64)
         .filter(|&l| l > 0)
-        .or_else(|| probe.file.metadata().ok().map(|m| m.len()).filter(|&l| l > 0))
+        .or_else(|| files[0].metadata().ok().map(|m| m.len()).filter(|&l| l > 0))
         .or(ntfs.map(|(_, size)| size))
         .ok_or_else(|| SourceError::Live {
             source_name: path.to_string(),
             message: "the system gives no size for this device and it does not start with an NTFS boot sector".into(),
         })?;
-    let device = RawHandle {
-        file: probe.file,
-        alignment,
-    };
+    // One handle per reader thread (as many as cores, at most 8); a handle that cannot be
+    // opened only lowers the queue depth.
+    let wanted = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    while files.len() < wanted {
+        match open_handle(path) {
+            Ok(f) => files.push(f),
+            Err(_) => break,
+        }
+    }
+    let device = RawHandle::new(files, alignment);
     Ok(DiskFile::from_device(name, Box::new(device), size))
 }
 
