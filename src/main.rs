@@ -4,6 +4,10 @@
 mod cli;
 
 fn main() {
+    // First thing on Windows: DLLs loaded later come from System32 only, never from the
+    // executable's folder or the current directory (winbundle runs elevated).
+    #[cfg(windows)]
+    winbundle::source::windows::restrict_dll_search();
     // No panic output reaches the user: panics are caught where they happen and reported as
     // errors; one that reaches this wall is an `InternalError` with its message, exit 1.
     winbundle::panics::install_quiet_hook();

@@ -160,7 +160,29 @@ rand "$mnt/pagefile.sys" $((1 * MiB))
 umount_ntfs
 ntfsinfo -i 0 "$al" | grep -q ATTRIBUTE_LIST || { echo "attrlist-volume.img: \$MFT has no \$ATTRIBUTE_LIST" >&2; exit 1; }
 
-for img in "$gpt" "$mbr" "$bare" "$g4" "$al"; do
+# ---------------------------------------------------------------- 512e lengths: multiples of 512, not of 4096
+# A GPT disk whose C: ends at the last usable sector (disk and volume lengths 512-byte multiples that
+# are not 4096-byte ones), and a bare volume of such a length with 1 KiB clusters: on a 512e disk
+# (512 logical, 4096 physical) the last reads must stop at the end of the device.
+# Built without mounting (ntfscp writes into the image).
+odd="$work/odd-gpt-disk.img"
+truncate -s $((40 * MiB + 7 * 512)) "$odd"
+sgdisk -Z "$odd" >/dev/null
+sgdisk -n 1:2048:+4M -t 1:EF00 -c 1:"EFI system partition" -n 2:0:0 -t 2:0700 -c 2:"Basic data partition" "$odd" >/dev/null
+oefi="$work/oefi.img"; truncate -s $((4 * MiB)) "$oefi"; mkfs.vfat -n SYSTEM "$oefi" >/dev/null
+oc="$work/oc.img"; truncate -s $(($(part_len "$odd" 2) * 512)) "$oc"
+mkntfs -F -Q -q -L Odd -c 1024 "$oc" 2>/dev/null
+head -c $((300 * 1024)) /dev/urandom >"$work/odd.bin"
+ntfscp -f "$oc" "$work/odd.bin" /odd.bin >/dev/null 2>&1
+cp /usr/share/common-licenses/GPL-3 "$work/GPL-3"; ntfscp -f "$oc" "$work/GPL-3" /GPL-3 >/dev/null 2>&1
+dd if="$oefi" of="$odd" bs=512 seek="$(part_off "$odd" 1)" conv=notrunc status=none
+dd if="$oc" of="$odd" bs=512 seek="$(part_off "$odd" 2)" conv=notrunc status=none
+[ $(( $(stat -c %s "$oc") % 4096 )) -ne 0 ] && [ $(( $(stat -c %s "$odd") % 4096 )) -ne 0 ]
+ov="$work/odd-volume.img"; truncate -s $((12 * MiB + 5 * 512)) "$ov"
+mkntfs -F -Q -q -L OddBare -c 1024 "$ov" 2>/dev/null
+ntfscp -f "$ov" "$work/odd.bin" /odd.bin >/dev/null 2>&1
+
+for img in "$gpt" "$mbr" "$bare" "$g4" "$al" "$odd" "$ov"; do
   zstd -q -19 -f "$img" -o "$here/$(basename "$img").zst"
 done
 ls -l "$here"/*.zst

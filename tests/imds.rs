@@ -67,6 +67,8 @@ fn live_bundles_take_the_instance_id_from_imds_when_it_answers() {
         volume_image: image,
         fail: None,
         log: Default::default(),
+        takes: Duration::ZERO,
+        writers: Vec::new(),
     });
     let store = dir.path().join("store");
 
@@ -91,12 +93,39 @@ fn live_bundles_take_the_instance_id_from_imds_when_it_answers() {
     assert!(out.instance_id_derived && !out.instance_id_from_imds);
     out.result.unwrap();
 
-    // The fake IMDS answers.
+    // The fake IMDS answers, and a proxy set for S3 (here a dead port, with no NO_PROXY) is
+    // never asked: the metadata service answers only on the instance itself.
     unsafe { std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", fake_imds("i-0abc1234def567890")) };
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        unsafe { std::env::set_var(var, format!("http://{dead}")) };
+    }
+    unsafe { std::env::remove_var("NO_PROXY") };
+    unsafe { std::env::remove_var("no_proxy") };
     let out = bundle(&live_request(vss.clone(), "imds/ec2"), &store);
     out.result.as_ref().unwrap();
-    assert!(out.instance_id_from_imds);
+    assert!(
+        out.instance_id_from_imds,
+        "the instance id was derived: the request went to the proxy"
+    );
     assert_eq!(out.task.instance_id, "i-0abc1234def567890");
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        unsafe { std::env::remove_var(var) };
+    }
 
     // Switched off, and image files never ask.
     unsafe { std::env::set_var("AWS_EC2_METADATA_DISABLED", "true") };

@@ -10,13 +10,14 @@ mod fake_vss;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use fake_vss::*;
 use winbundle::bundle::create::bundle_instance;
 use winbundle::progress::{NoProgress, Progress};
 use winbundle::source::live::SnapshotMode;
-use winbundle::source::snapshot::SnapshotError;
+use winbundle::source::snapshot::{SnapshotError, WriterStatus};
 use winbundle::store::LocalStore;
 use winbundle::task::State;
 
@@ -28,6 +29,8 @@ fn setup(fail: Option<SnapshotError>) -> (tempfile::TempDir, PathBuf, Arc<Log>, 
         volume_image: image.clone(),
         fail,
         log: log.clone(),
+        takes: Duration::ZERO,
+        writers: Vec::new(),
     });
     (dir, image, log, vss)
 }
@@ -95,6 +98,115 @@ fn the_snapshot_is_deleted_when_the_bundle_fails_is_cancelled_or_panics() {
     // the snapshot is gone.
     assert!(!matches!(r, Ok(out) if out.result.is_ok()));
     assert_eq!(log.lines(), ["create Q:\\ within 30s", "delete"]);
+}
+
+#[test]
+fn a_cancel_reaches_a_snapshot_being_made() {
+    // A snapshot that would take 60 s (a slow writer), cancelled after 1 s (cancel-bundle-task;
+    // Ctrl-C sets the same flag): the creation stops within a second, aborted and released,
+    // and the task fails Cancelled with nothing stored.
+    let (dir, _, log, _) = setup(None);
+    let vss = Arc::new(FakeVss {
+        volume_image: dir.path().join("unused.img"),
+        fail: None,
+        log: log.clone(),
+        takes: Duration::from_secs(60),
+        writers: Vec::new(),
+    });
+    let store = dir.path().join("store");
+    let s = LocalStore::open(&store, "bkt", true).unwrap();
+    let req = live_request(vss, "live/slow");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    let t = Instant::now();
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        c.store(true, Ordering::SeqCst);
+    });
+    let out = bundle_instance(&req, &s, &NoProgress, &cancel, &mut |_| Ok(()));
+    canceller.join().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert_eq!(out.result.err().unwrap().code(), "Cancelled");
+    assert_eq!(out.task.state, State::Failed);
+    assert_eq!(log.lines(), ["create Q:\\ within 30s", "abort and release"]);
+    assert!(walk(&store).is_empty());
+}
+
+fn writer(name: &str, state: &str, failure: Option<&str>) -> WriterStatus {
+    WriterStatus {
+        name: name.into(),
+        state: state.into(),
+        failure: failure.map(Into::into),
+        failed: failure.is_some(),
+    }
+}
+
+#[test]
+fn writer_outcomes_are_recorded_warned_and_can_fail_the_bundle() {
+    let fake = |writers: Vec<WriterStatus>| {
+        let (dir, image, log, _) = setup(None);
+        let vss = Arc::new(FakeVss {
+            volume_image: image,
+            fail: None,
+            log: log.clone(),
+            takes: Duration::ZERO,
+            writers,
+        });
+        (dir, log, vss)
+    };
+    // Every writer stable: recorded, no warning.
+    let (dir, _, vss) = fake(vec![
+        writer("System Writer", "stable", None),
+        writer("Registry Writer", "stable", None),
+    ]);
+    let out = bundle(&live_request(vss, "w/ok"), &dir.path().join("store"));
+    let (m, _) = out.result.as_ref().unwrap();
+    let w = &m.snapshot.as_ref().unwrap().writers;
+    assert_eq!(w.len(), 2);
+    assert!(w.iter().all(|w| !w.failed && w.state == "stable"));
+    assert!(
+        out.warnings.iter().all(|w| !w.contains("VSS writer")),
+        "{:?}",
+        out.warnings
+    );
+    // A writer failed at freeze, DoSnapshotSet still succeeded: the bundle completes, says so,
+    // and records the writer as failed with its HRESULT.
+    let (dir, log, vss) = fake(vec![
+        writer("System Writer", "stable", None),
+        writer("SqlServerWriter", "failed at freeze", Some("0x800423F4")),
+    ]);
+    let out = bundle(&live_request(vss, "w/failed"), &dir.path().join("store"));
+    let (m, _) = out.result.as_ref().unwrap();
+    let sql = &m.snapshot.as_ref().unwrap().writers[1];
+    assert!(sql.failed && sql.state == "failed at freeze" && sql.failure.as_deref() == Some("0x800423F4"));
+    let warning = out
+        .warnings
+        .iter()
+        .find(|w| w.contains("VSS writer failed"))
+        .expect("a warning");
+    assert!(
+        warning.contains("SqlServerWriter")
+            && warning.contains("crash-consistent")
+            && warning.contains("--require-writers"),
+        "{warning}"
+    );
+    assert_eq!(log.lines(), ["create Q:\\ within 30s", "delete"]);
+    // The same with --require-writers: the bundle fails, nothing is stored, the snapshot is deleted.
+    let (dir, log, vss) = fake(vec![writer("SqlServerWriter", "failed at freeze", Some("0x800423F4"))]);
+    let mut req = live_request(vss, "w/strict");
+    req.live.require_writers = true;
+    let store = dir.path().join("store");
+    let out = bundle(&req, &store);
+    let e = out.result.err().unwrap();
+    assert_eq!(e.code(), "SnapshotFailed");
+    assert!(e.to_string().contains("SqlServerWriter"), "{e}");
+    assert!(e.hint().unwrap().contains("vssadmin list writers"), "{:?}", e.hint());
+    assert_eq!(log.lines(), ["create Q:\\ within 30s", "delete"]);
+    assert!(walk(&store).is_empty());
+    // An image file has no snapshot section.
+    let (dir, image, _, _) = setup(None);
+    let out = bundle(&common::request(&image, "w/file"), &dir.path().join("store"));
+    assert!(out.result.unwrap().0.snapshot.is_none());
 }
 
 #[test]

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The Windows build under Wine 8: what can be proven without Windows.
-# - winbundle.exe needs no DLL beside Windows' own;
+# - winbundle.exe needs no DLL beside Windows' own, and every DLL it imports that is not a
+#   KnownDLL is named in the README (those are looked for in the exe's folder first);
+# - a vssapi.dll planted beside winbundle.exe is never loaded (Wine told to prefer native DLLs,
+#   as Windows does; a plain LoadLibrary from the same folder does load it);
 # - a drive letter pointing at a volume image (`$WINEPREFIX/dosdevices/x::`) is read as a live
 #   volume through the raw, sector-aligned path: `bundle-instance X: --snapshot none` (and
 #   `\\.\X:`) give data objects identical to the Linux build's bundle of the same volume, and a
@@ -26,8 +29,9 @@ trap '/usr/lib/wine/wineserver -k 2>/dev/null; rm -rf "$work"' EXIT # (run.sh ke
 wine() { "$root/tests/wine/run.sh" "$exe" "$@"; }
 pass=0
 fail=0
-check() {
+check() { # WINE_CHECKS=text runs only the checks whose name contains it
   local name=$1; shift
+  if [ -n "${WINE_CHECKS:-}" ] && [[ "$name" != *"$WINE_CHECKS"* ]]; then return 0; fi
   if "$@" >"$work/out.txt" 2>&1; then
     pass=$((pass + 1)); echo "ok   wine: $name"
   else
@@ -53,6 +57,66 @@ self_contained() { # only Windows' own DLLs
   ! grep -E 'libgcc|libstdc|libwinpthread|zstd|vcruntime' <<<"$dlls"
 }
 
+# KnownDLLs of Windows 10 / Server 2016 and later (HKLM\SYSTEM\CurrentControlSet\Control\Session
+# Manager\KnownDLLs; the native workflow compares with the runner's own list). ntdll.dll is mapped
+# before any search, and api-ms-win-* names are API sets the loader resolves without searching.
+known_dlls="advapi32 clbcatq combase comdlg32 coml2 difxapi gdi32 gdiplus imagehlp imm32 kernel32 msctf msvcrt
+normaliz nsi ole32 oleaut32 psapi rpcrt4 sechost setupapi shcore shell32 shlwapi user32 wldap32 ws2_32"
+imports_known_or_documented() {
+  local dlls dll missing=0
+  dlls=$(x86_64-w64-mingw32-objdump -p "$exe" | awk '/DLL Name/ {print tolower($3)}' | sort -u)
+  # The README section that lists them.
+  sed -n '/^#### DLLs winbundle.exe loads/,/^#### Native/p' "$root/README.md" >"$work/dll-section.md"
+  [ -s "$work/dll-section.md" ]
+  for dll in $dlls; do
+    case "$dll" in ntdll.dll | api-ms-win-*) continue ;; esac
+    if grep -qw "${dll%.dll}" <<<"$known_dlls"; then continue; fi
+    if grep -qi "\`$dll\`" "$work/dll-section.md"; then
+      echo "not a KnownDLL, named in the README: $dll"
+    else
+      echo "not a KnownDLL and not named in the README: $dll"; missing=1
+    fi
+  done
+  [ "$missing" = 0 ]
+}
+
+planted_vssapi() { # a vssapi.dll beside the exe, whose DllMain leaves a marker, is never loaded
+  local d="$work/planted" rc=0
+  mkdir -p "$d"
+  cp "$exe" "$d/winbundle.exe"
+  cat >"$d/vssapi.c" <<'C'
+#include <windows.h>
+/* Leaves "planted-loaded" in its own folder when a process loads it. */
+BOOL WINAPI DllMain(HINSTANCE self, DWORD reason, LPVOID reserved) {
+    char path[MAX_PATH];
+    DWORD n;
+    HANDLE f;
+    (void)reserved;
+    if (reason != DLL_PROCESS_ATTACH) return TRUE;
+    n = GetModuleFileNameA(self, path, MAX_PATH - 16);
+    while (n > 0 && path[n - 1] != '\\') n--;
+    lstrcpyA(path + n, "planted-loaded");
+    f = CreateFileA(path, GENERIC_WRITE, 0, NULL, CREATE_ALWAYS, 0, NULL);
+    if (f != INVALID_HANDLE_VALUE) CloseHandle(f);
+    return TRUE;
+}
+C
+  x86_64-w64-mingw32-gcc -shared -O2 -o "$d/vssapi.dll" "$d/vssapi.c"
+  printf '#include <windows.h>\nint main(void) { return LoadLibraryA("vssapi.dll") ? 0 : 1; }\n' >"$d/probe.c"
+  x86_64-w64-mingw32-gcc -O2 -o "$d/probe.exe" "$d/probe.c"
+  # Native DLLs first, as on Windows (Wine otherwise prefers its built-in vssapi whatever the
+  # caller does). The control: a bare-name LoadLibrary from that folder loads the planted DLL.
+  WINEDLLOVERRIDES="vssapi=n,b" "$root/tests/wine/run.sh" "$d/probe.exe"
+  [ -f "$d/planted-loaded" ] || { echo "control failed: the planted DLL was not loaded by a bare-name LoadLibrary"; return 1; }
+  rm "$d/planted-loaded"
+  WINEDLLOVERRIDES="vssapi=n,b" "$root/tests/wine/run.sh" "$d/winbundle.exe" bundle-instance X: \
+    --bucket bkt --prefix planted --local-store "Z:$work/planted-store" >/dev/null 2>"$work/err.txt" || rc=$?
+  cat "$work/err.txt"
+  [ "$rc" = 1 ]
+  grep -q "Volume Shadow Copy (VSS)" "$work/err.txt"
+  if [ -f "$d/planted-loaded" ]; then echo "winbundle.exe loaded the vssapi.dll planted beside it"; return 1; fi
+}
+
 zstd -d -q -f "$root/testdata/bare-volume.img.zst" -o "$work/bare.img"
 "$lin" bundle-instance "$work/bare.img" --bucket bkt --prefix ref --local-store "$work/linux" -q >/dev/null
 "$root/tests/wine/run.sh" cmd /c exit 0 >/dev/null 2>&1 || true # creates the prefix
@@ -68,6 +132,9 @@ r = v["Bundle"]["SourceReads"]
 # The raw-handle path: sector-aligned reads (Wine answers no IOCTL: the size and sector size
 # came from the fall-backs), every unaligned read widened through an aligned buffer.
 assert r["SectorAlignment"] >= 512 and r["BouncedRequests"] > 0, r
+# One handle per reader thread (a synchronous handle serves one request at a time).
+assert r["Handles"] >= 2 and r["MaxInFlight"] >= 1, r
+print("SourceReads:", r)
 PY
   cmp "$work/linux/bkt/ref.image.zst" "$work/$2/bkt/ref.image.zst"
   same_manifest "$work/linux/bkt/ref.manifest.json" "$work/$2/bkt/ref.manifest.json"
@@ -140,6 +207,8 @@ while True:
 }
 
 check "winbundle.exe needs only Windows' own DLLs" self_contained
+check "every DLL winbundle.exe imports is a KnownDLL or named in the README" imports_known_or_documented
+check "a vssapi.dll planted beside winbundle.exe is not loaded" planted_vssapi
 check "bundle-instance X: --snapshot none = the Linux bundle of the same volume" drive_letter X: x
 check "bundle-instance \\\\.\\X: --snapshot none = the Linux bundle" drive_letter '\\.\X:' dotx
 check "bundle-instance X: with VSS fails clearly (Wine has no VSS), nothing written" vss_under_wine

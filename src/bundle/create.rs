@@ -259,8 +259,12 @@ fn run(
 ) -> Result<(Manifest, PipelineStats), Error> {
     // A live volume's snapshot lives as long as `disk`: it is deleted on every way out of here.
     let started = std::time::Instant::now();
-    let opened = crate::source::live::open(&req.source, &req.live, true)?;
+    let opened = crate::source::live::open(&req.source, &req.live, true, cancel)?;
     notes.warnings.extend(opened.notes);
+    let writers = opened.writers;
+    if let Some(w) = writers.as_deref().and_then(crate::source::snapshot::writers_warning) {
+        notes.warnings.push(w);
+    }
     let disk = opened.disk;
     let plan = Plan::analyse(&disk, &req.plan)?;
     let root = plan.layout.root();
@@ -579,6 +583,7 @@ fn run(
         },
         excluded_partitions: excluded_partitions(&plan),
         excluded_files: plan.exclusions.items.clone(),
+        snapshot: writers.map(|writers| super::manifest::SnapshotInfo { writers }),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
     if let Err(e) = store.put(&keys.manifest(), &json) {

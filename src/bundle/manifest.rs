@@ -77,6 +77,15 @@ pub struct Manifest {
     pub stats: Stats,
     pub excluded_partitions: Vec<ExcludedPartition>,
     pub excluded_files: Vec<Exclusion>,
+    /// A live volume read from a Volume Shadow Copy: how its writers fared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+/// The snapshot a live volume was read from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub writers: Vec<crate::source::snapshot::WriterStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

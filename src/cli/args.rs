@@ -248,6 +248,10 @@ pub struct LiveArgs {
     /// How long making the snapshot may take (`120s`, `5m`).
     #[arg(long, default_value = "120s", value_parser = parse_seconds)]
     pub snapshot_timeout: std::time::Duration,
+    /// Fail the bundle when a VSS writer fails (by default: a warning, and the writer is
+    /// recorded as failed in the manifest: its application's data is only crash-consistent).
+    #[arg(long)]
+    pub require_writers: bool,
 }
 
 fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
@@ -378,6 +382,11 @@ pub struct BundleArgs {
     /// How to print the final bundle task.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
+    /// Write the final bundle task (in the --output format, UTF-8) to this file instead of
+    /// standard output, so nothing has to be piped: in PowerShell a pipe (`| Tee-Object`)
+    /// re-encodes the output and makes Ctrl-C kill winbundle before it cleans up.
+    #[arg(long, value_name = "PATH")]
+    pub output_file: Option<PathBuf>,
     /// No progress bar and no notes on stderr.
     #[arg(long, short)]
     pub quiet: bool,

@@ -36,6 +36,7 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         live: winbundle::source::live::LiveOptions {
             snapshot: args.live.snapshot,
             snapshot_timeout: args.live.snapshot_timeout,
+            require_writers: args.live.require_writers,
             ..Default::default()
         },
         parent: match (&args.parent, args.incremental) {
@@ -199,31 +200,59 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                     "DiskStream": s.parent_io.disk_stream,
                 })),
                 "InstanceIdDerived": outcome.instance_id_derived,
+                "Snapshot": m.snapshot.as_ref().map(|s| json!({
+                    "Writers": s.writers.iter().map(|w| json!({
+                        "Name": w.name,
+                        "State": w.state,
+                        "Failure": w.failure,
+                        "Failed": w.failed,
+                    })).collect::<Vec<_>>(),
+                })),
+                "Warnings": outcome.warnings,
             }))
         }
         Err(_) => None,
     };
+    let mut doc = String::new();
     match args.output {
         OutputFormat::Json => {
             let mut v = json!({"BundleTask": outcome.task.to_json()});
             if let Some(s) = &summary {
                 v["Bundle"] = s.clone();
             }
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            doc = serde_json::to_string_pretty(&v).unwrap_or_default();
+            doc.push('\n');
         }
-        OutputFormat::Xml => print!("{}", outcome.task.to_bundle_instance_xml(&new_request_id())),
+        OutputFormat::Xml => doc.push_str(&outcome.task.to_bundle_instance_xml(&new_request_id())),
         OutputFormat::Text => {
-            print!("{}", outcome.task.to_text());
+            doc.push_str(&outcome.task.to_text());
             if let Some(s) = &summary {
-                println!(
-                    "BUNDLE\t{}\t{}\t{} bytes read\t{} bytes stored\t{} s\t{} MB/s",
+                doc.push_str(&format!(
+                    "BUNDLE\t{}\t{}\t{} bytes read\t{} bytes stored\t{} s\t{} MB/s\n",
                     s["ManifestKey"].as_str().unwrap_or_default(),
                     s["BundleSha256"].as_str().unwrap_or_default(),
                     s["DataBytes"],
                     s["StoredBytes"],
                     s["Seconds"],
                     s["MBps"]
+                ));
+            }
+        }
+    }
+    match &args.output_file {
+        None => print!("{doc}"),
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, doc.as_bytes()) {
+                // The task is kept in the task folder either way: say where to find it.
+                eprintln!(
+                    "winbundle: error: cannot write the result to {}: {e}; the task is still listed by `winbundle describe-bundle-tasks --filters Name=bundle-id,Values={}`",
+                    path.display(),
+                    outcome.task.bundle_id
                 );
+                print!("{doc}");
+                if outcome.result.is_ok() {
+                    return Ok(1);
+                }
             }
         }
     }

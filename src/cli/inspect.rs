@@ -28,7 +28,7 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
         ..Default::default()
     };
     let live = live::recognise(&args.source);
-    let opened = live::open(&args.source, &opts, false)?;
+    let opened = live::open(&args.source, &opts, false, &std::sync::atomic::AtomicBool::new(false))?;
     let plan = match Plan::analyse(&opened.disk, &plan_options(&args.volume)) {
         Ok(plan) => plan,
         Err(

@@ -98,7 +98,10 @@ fn cancel_flag() -> Arc<AtomicBool> {
     let f = flag.clone();
     let _ = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
-            std::process::exit(130); // a second Ctrl-C: stop now
+            // A second Ctrl-C: stop now, but first abort and release any Volume Shadow Copy
+            // backup (bounded), so that no snapshot set stays "in progress" for other requesters.
+            winbundle::source::snapshot::quit_after_release(std::time::Duration::from_secs(5));
+            std::process::exit(130);
         }
         eprintln!("\nwinbundle: stopping (press Ctrl-C again to quit at once)...");
     });

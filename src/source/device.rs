@@ -19,6 +19,12 @@ pub trait Device: Send + Sync {
     fn alignment(&self) -> Alignment {
         Alignment::NONE
     }
+
+    /// How many reads the system can serve at once: open handles (a synchronous handle serves
+    /// one request at a time).
+    fn handles(&self) -> usize {
+        1
+    }
 }
 
 /// Read constraints: offsets and lengths in multiples of `sector` bytes, buffers at addresses
@@ -38,6 +44,17 @@ impl Alignment {
         Alignment {
             sector: sector.max(1),
             memory: (sector as usize).clamp(4096, 1 << 16),
+        }
+    }
+
+    /// Unbuffered I/O on a device with these logical and physical sector sizes: offsets and
+    /// lengths in whole *logical* sectors (a 512e disk, 512 logical / 4096 physical, has lengths
+    /// that are multiples of 512 only), buffers aligned to the physical size (at least a page).
+    pub fn for_sectors(logical: u64, physical: u64) -> Self {
+        let logical = logical.max(1);
+        Alignment {
+            sector: logical,
+            memory: (physical.max(logical) as usize).clamp(4096, 1 << 16),
         }
     }
 
@@ -119,6 +136,26 @@ pub struct ReadCounters {
     pub bounced: AtomicU64,
     /// Bytes the device delivered.
     pub device_bytes: AtomicU64,
+    /// Requests at the device now, and the most there were at once.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+/// Counts one request at the device while it lives.
+struct InFlight<'a>(&'a ReadCounters);
+
+impl<'a> InFlight<'a> {
+    fn start(c: &'a ReadCounters) -> Self {
+        let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        c.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A snapshot of [`ReadCounters`].
@@ -131,11 +168,17 @@ pub struct ReadStats {
     pub direct_requests: u64,
     pub bounced_requests: u64,
     pub device_bytes: u64,
+    /// Handles open on the device (reads it can serve at once).
+    pub handles: u64,
+    /// The most requests that were at the device at once.
+    pub max_in_flight: u64,
 }
 
 impl ReadCounters {
-    pub fn stats(&self, a: Alignment) -> ReadStats {
+    pub fn stats(&self, a: Alignment, handles: usize) -> ReadStats {
         ReadStats {
+            handles: handles as u64,
+            max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
             sector_alignment: a.sector,
             reads: self.reads.load(Ordering::Relaxed),
             direct_requests: self.direct.load(Ordering::Relaxed),
@@ -166,8 +209,9 @@ impl BouncePool {
     }
 }
 
-/// Fills `buf` from `offset` on `dev`, respecting its alignment: an aligned read goes straight
-/// through; any other is widened to whole sectors and read into aligned bounce buffers (at most
+/// Fills `buf` from `offset` on `dev` (`size` bytes long), respecting its alignment: an aligned
+/// read goes straight through; any other is widened to whole sectors, never past the end of the
+/// device (Windows refuses such a read), and read into aligned bounce buffers (at most
 /// [`MAX_BOUNCE`] bytes per request), and the asked-for bytes are copied out.
 pub fn read(
     dev: &dyn Device,
@@ -175,6 +219,7 @@ pub fn read(
     counters: &ReadCounters,
     buf: &mut [u8],
     offset: u64,
+    size: u64,
 ) -> std::io::Result<()> {
     let a = dev.alignment();
     counters.reads.fetch_add(1, Ordering::Relaxed);
@@ -184,16 +229,30 @@ pub fn read(
     if a.fits(buf, offset) {
         counters.direct.fetch_add(1, Ordering::Relaxed);
         counters.device_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let _at_device = InFlight::start(counters);
         return dev.read_at(buf, offset);
     }
     let end = offset + buf.len() as u64;
     let mut pos = offset - offset % a.sector; // aligned start of the next request
     let piece = (MAX_BOUNCE as u64 / a.sector).max(1) * a.sector;
     while pos < end {
-        let req_end = (pos + piece).min(end.div_ceil(a.sector) * a.sector);
+        let req_end = (pos + piece).min(end.div_ceil(a.sector) * a.sector).min(size.max(end));
         let len = (req_end - pos) as usize;
+        if !(len as u64).is_multiple_of(a.sector) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the device is {size} bytes, not a whole number of its {}-byte sectors: its last {} bytes cannot be read unbuffered",
+                    a.sector,
+                    size % a.sector
+                ),
+            ));
+        }
         let mut bounce = pool.take(len, a.memory);
-        let r = dev.read_at(&mut bounce.as_mut_slice()[..len], pos);
+        let r = {
+            let _at_device = InFlight::start(counters);
+            dev.read_at(&mut bounce.as_mut_slice()[..len], pos)
+        };
         counters.bounced.fetch_add(1, Ordering::Relaxed);
         counters.device_bytes.fetch_add(len as u64, Ordering::Relaxed);
         if let Err(e) = r {
@@ -209,15 +268,27 @@ pub fn read(
     Ok(())
 }
 
-/// A device that refuses any read Windows would refuse on an unbuffered handle: for tests, so
-/// the alignment rules are exercised on every platform.
+/// A device that refuses any read Windows would refuse on an unbuffered handle `size` bytes
+/// long: unaligned, or extending past the end (ERROR_INVALID_PARAMETER). For tests, so the rules
+/// are exercised on every platform.
 pub struct StrictDevice<D> {
     pub inner: D,
     pub alignment: Alignment,
+    pub size: u64,
 }
 
 impl<D: Device> Device for StrictDevice<D> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset.saturating_add(buf.len() as u64) > self.size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "read of {} bytes at byte {offset} extends past the end of the device ({} bytes): Windows refuses it (ERROR_INVALID_PARAMETER)",
+                    buf.len(),
+                    self.size
+                ),
+            ));
+        }
         if !self.alignment.fits(buf, offset) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -235,6 +306,10 @@ impl<D: Device> Device for StrictDevice<D> {
 
     fn alignment(&self) -> Alignment {
         self.alignment
+    }
+
+    fn handles(&self) -> usize {
+        self.inner.handles()
     }
 }
 
@@ -266,6 +341,7 @@ mod tests {
             let dev = StrictDevice {
                 inner: Pattern(size),
                 alignment: Alignment::unbuffered(sector),
+                size,
             };
             let (pool, counters) = (BouncePool::default(), ReadCounters::default());
             for (offset, len) in [
@@ -279,7 +355,7 @@ mod tests {
             ] {
                 let mut v = vec![0u8; len + 1];
                 let buf = &mut v[1..]; // never page-aligned
-                read(&dev, &pool, &counters, buf, offset).unwrap();
+                read(&dev, &pool, &counters, buf, offset, size).unwrap();
                 assert!(
                     buf.iter().enumerate().all(|(k, &b)| b == byte(offset + k as u64)),
                     "{offset}+{len}"
@@ -287,10 +363,73 @@ mod tests {
             }
             // An aligned read into an aligned buffer goes straight through.
             let mut a = AlignedBuf::new(1 << 20, 4096);
-            read(&dev, &pool, &counters, a.as_mut_slice(), 2 * sector).unwrap();
-            let s = counters.stats(dev.alignment());
+            read(&dev, &pool, &counters, a.as_mut_slice(), 2 * sector, size).unwrap();
+            let s = counters.stats(dev.alignment(), dev.handles());
             assert_eq!((s.reads, s.direct_requests), (8, 1), "{s:?}");
             assert!(s.bounced_requests >= 8, "{s:?}");
         }
+    }
+
+    #[test]
+    fn the_tail_of_a_512e_device_is_read_in_logical_sectors_never_past_its_end() {
+        // 512 logical, 4096 physical; a length that is a multiple of 512, not of 4096 (a GPT C:
+        // ending at the last usable sector).
+        let size = 4096 * 300 + 512 * 3;
+        let a = Alignment::for_sectors(512, 4096);
+        assert_eq!((a.sector, a.memory), (512, 4096));
+        let dev = StrictDevice {
+            inner: Pattern(size),
+            alignment: a,
+            size,
+        };
+        let (pool, counters) = (BouncePool::default(), ReadCounters::default());
+        for (offset, len) in [
+            (size - 1, 1usize),
+            (size - 700, 700),
+            (size - 5000, 5000),
+            (4096 * 299 + 7, 4096),
+        ] {
+            let mut v = vec![0u8; len + 1];
+            let buf = &mut v[1..];
+            read(&dev, &pool, &counters, buf, offset, size).unwrap_or_else(|e| panic!("{offset}+{len}: {e}"));
+            assert!(buf.iter().enumerate().all(|(k, &b)| b == byte(offset + k as u64)));
+        }
+        // The double refuses what Windows refuses: a whole 4096-byte read over the end.
+        let mut b = AlignedBuf::new(4096, 4096);
+        let e = dev.read_at(b.as_mut_slice(), 4096 * 300).unwrap_err();
+        assert!(e.to_string().contains("past the end of the device"), "{e}");
+        // A device whose length is not whole sectors of the alignment says so, without reading past it.
+        let dev4k = StrictDevice {
+            inner: Pattern(size),
+            alignment: Alignment::unbuffered(4096),
+            size,
+        };
+        let e = read(&dev4k, &pool, &counters, &mut [0u8; 10], size - 10, size).unwrap_err();
+        assert!(
+            e.to_string().contains("not a whole number of its 4096-byte sectors"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn reads_in_flight_are_counted() {
+        struct Slow;
+        impl Device for Slow {
+            fn read_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<()> {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                buf.fill(1);
+                Ok(())
+            }
+        }
+        let (pool, counters) = (BouncePool::default(), ReadCounters::default());
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| read(&Slow, &pool, &counters, &mut [0u8; 10], 0, 100).unwrap());
+            }
+        });
+        let st = counters.stats(Slow.alignment(), Slow.handles());
+        assert_eq!(st.handles, 1);
+        assert!(st.max_in_flight > 1, "{st:?}");
+        assert_eq!(counters.in_flight.load(Ordering::SeqCst), 0);
     }
 }

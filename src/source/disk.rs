@@ -52,9 +52,10 @@ impl DiskFile {
         }
         let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
         let device: Box<dyn Device> = match strict_alignment() {
-            Some(sector) => Box::new(StrictDevice {
+            Some((logical, physical)) => Box::new(StrictDevice {
                 inner: FileDevice(file),
-                alignment: Alignment::unbuffered(sector),
+                alignment: Alignment::for_sectors(logical, physical),
+                size,
             }),
             None => Box::new(FileDevice(file)),
         };
@@ -84,7 +85,7 @@ impl DiskFile {
 
     /// How reads were served so far (the aligned layer made observable).
     pub fn read_stats(&self) -> ReadStats {
-        self.counters.stats(self.device.alignment())
+        self.counters.stats(self.device.alignment(), self.device.handles())
     }
 
     pub fn path(&self) -> &Path {
@@ -108,23 +109,34 @@ impl DiskFile {
                 size: self.size,
             });
         }
-        super::device::read(self.device.as_ref(), &self.bounce, &self.counters, buf, offset).map_err(|source| {
-            SourceError::Read {
-                path: self.path.clone(),
-                offset,
-                source,
-            }
+        super::device::read(
+            self.device.as_ref(),
+            &self.bounce,
+            &self.counters,
+            buf,
+            offset,
+            self.size,
+        )
+        .map_err(|source| SourceError::Read {
+            path: self.path.clone(),
+            offset,
+            source,
         })
     }
 }
 
-/// `WINBUNDLE_STRICT_ALIGNMENT=N` (a power of two, 512 to 65536): image files are read as a
-/// Windows unbuffered handle with N-byte sectors would be, refusing any unaligned read. A test
-/// aid: it proves on any platform (and under Wine, which does not enforce alignment) that every
-/// layer's reads go through the aligned path.
-fn strict_alignment() -> Option<u64> {
-    let n: u64 = std::env::var("WINBUNDLE_STRICT_ALIGNMENT").ok()?.trim().parse().ok()?;
-    (n.is_power_of_two() && (512..=65536).contains(&n)).then_some(n)
+/// `WINBUNDLE_STRICT_ALIGNMENT=N` or `L/P` (powers of two, 512 to 65536): image files are read
+/// as a Windows unbuffered handle would be on a disk with N-byte sectors, or L-byte logical and
+/// P-byte physical ones (`512/4096`: a 512e disk), refusing any unaligned read and any read past
+/// the end. The alignment is chosen from the two sizes as for a real handle. A test aid: it
+/// proves on any platform (and under Wine, which enforces neither rule) that every layer's reads
+/// go through the aligned path and stop at the end of the device.
+fn strict_alignment() -> Option<(u64, u64)> {
+    let v = std::env::var("WINBUNDLE_STRICT_ALIGNMENT").ok()?;
+    let (l, p) = v.trim().split_once('/').unwrap_or((v.trim(), v.trim()));
+    let ok = |n: u64| n.is_power_of_two() && (512..=65536).contains(&n);
+    let (l, p): (u64, u64) = (l.trim().parse().ok()?, p.trim().parse().ok()?);
+    (ok(l) && ok(p) && p >= l).then_some((l, p))
 }
 
 /// The first bytes of a zstd frame.

@@ -100,6 +100,8 @@ pub struct LiveOptions {
     /// The whole snapshot creation must end within this.
     pub snapshot_timeout: Duration,
     pub snapshotter: Arc<dyn Snapshotter>,
+    /// Fail when a VSS writer failed (else: a warning, and the writer recorded as failed).
+    pub require_writers: bool,
 }
 
 /// The default `--snapshot-timeout`.
@@ -111,6 +113,7 @@ impl Default for LiveOptions {
             snapshot: SnapshotMode::Vss,
             snapshot_timeout: DEFAULT_SNAPSHOT_TIMEOUT,
             snapshotter: super::snapshot::platform(),
+            require_writers: false,
         }
     }
 }
@@ -151,6 +154,10 @@ impl Device for SnapshotDevice {
     fn alignment(&self) -> Alignment {
         self.inner.alignment()
     }
+
+    fn handles(&self) -> usize {
+        self.inner.handles()
+    }
 }
 
 /// An opened source and what the user should know about how.
@@ -160,17 +167,25 @@ pub struct Opened {
     pub notes: Vec<String>,
     /// A live Windows volume or disk (this machine's own), not an image.
     pub live: bool,
+    /// The VSS writers' states, when the source was read from a snapshot.
+    pub writers: Option<Vec<super::snapshot::WriterStatus>>,
 }
 
 /// Opens `path`: a file or block device as always, or a live source (raw, or through a
 /// snapshot per `opts`). `take_snapshot` false reads a live volume directly whatever `opts`
-/// say (inspect does, to report without making a snapshot).
-pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Opened, SourceError> {
+/// say (inspect does, to report without making a snapshot). `cancel` stops a snapshot being made.
+pub fn open(
+    path: &Path,
+    opts: &LiveOptions,
+    take_snapshot: bool,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Opened, SourceError> {
     let Some(live) = recognise(path) else {
         return Ok(Opened {
             disk: DiskFile::open(path)?,
             notes: Vec::new(),
             live: false,
+            writers: None,
         });
     };
     check_privileges(&live)?;
@@ -198,19 +213,38 @@ pub fn open(path: &Path, opts: &LiveOptions, take_snapshot: bool) -> Result<Open
             disk,
             notes,
             live: true,
+            writers: None,
         });
     };
     let snap = opts
         .snapshotter
-        .create(&root, opts.snapshot_timeout)
+        .create(&root, opts.snapshot_timeout, cancel)
         .map_err(|e| snapshot_failed(&root, e))?;
     let guard = SnapshotGuard::new(snap);
+    let writers = guard.writers();
+    if opts.require_writers
+        && let Some(bad) = writers.iter().find(|w| w.failed)
+    {
+        // The guard deletes the snapshot on the way out.
+        return Err(snapshot_failed(
+            &root,
+            SnapshotError {
+                step: "writer status (--require-writers)",
+                hresult: bad
+                    .failure
+                    .as_deref()
+                    .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok()),
+                message: super::snapshot::writers_warning(&writers).unwrap_or_default(),
+            },
+        ));
+    }
     let device_path = guard.device_path().to_string();
     let disk = open_device(&device_path, Some(guard))?;
     Ok(Opened {
         disk,
         notes,
         live: true,
+        writers: Some(writers),
     })
 }
 

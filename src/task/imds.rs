@@ -2,6 +2,8 @@
 //! own live volume: one attempt, one-second timeouts, so a machine without IMDS waits at most
 //! about two seconds. `AWS_EC2_METADATA_DISABLED=true` turns it off;
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` points it elsewhere (tests use a fake on loopback).
+//! The request never goes through a proxy: `HTTP_PROXY`/`HTTPS_PROXY` are for S3, and a proxy
+//! asked for 169.254.169.254 (or fd00:ec2::254) would answer for itself, not for this instance.
 
 use std::time::Duration;
 
@@ -15,8 +17,7 @@ pub fn instance_id() -> Option<String> {
         .build()
         .ok()?;
     rt.block_on(async {
-        let providers = aws_config::provider_config::ProviderConfig::without_region()
-            .with_http_client(crate::store::s3::http::https_client());
+        let providers = aws_config::provider_config::ProviderConfig::without_region().with_http_client(direct_client());
         let client = aws_config::imds::client::Client::builder()
             .configure(&providers)
             .max_attempts(1)
@@ -27,5 +28,21 @@ pub fn instance_id() -> Option<String> {
         let id = tokio::time::timeout(Duration::from_secs(3), fetch).await.ok()?.ok()?;
         let id: String = id.as_ref().trim().to_string();
         super::check_instance_id(&id).is_ok().then_some(id)
+    })
+}
+
+/// The SDK's HTTP client without any proxy, whatever the environment says.
+fn direct_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::proxy::ProxyConfig;
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            conn.set_sleep_impl(components.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::disabled()));
+        conn.build()
     })
 }

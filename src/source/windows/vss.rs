@@ -11,14 +11,17 @@
 //! DoSnapshotSet reports the failing writers by name and state.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::SysFreeString;
-use windows_sys::Win32::System::Com::{CoInitializeEx, CoInitializeSecurity};
-use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LoadLibraryW};
+use windows_sys::Win32::System::Com::{CoInitializeEx, CoInitializeSecurity, CoUninitialize};
+use windows_sys::Win32::System::LibraryLoader::{GetProcAddress, LOAD_LIBRARY_SEARCH_SYSTEM32, LoadLibraryExW};
 use windows_sys::core::{BSTR, GUID, HRESULT};
 
-use crate::source::snapshot::{Snapshot, SnapshotError, Snapshotter};
+use crate::source::snapshot::{
+    AsyncOp, CANCELLED, OpenBackup, Snapshot, SnapshotError, Snapshotter, WriterStatus, wait_async, writers_warning,
+};
 
 type Fp = usize; // a slot this requester never calls
 
@@ -101,8 +104,6 @@ struct SnapshotProp {
 const VSS_CTX_BACKUP: i32 = 0;
 const VSS_BT_COPY: i32 = 5;
 const VSS_OBJECT_SNAPSHOT: i32 = 3;
-const VSS_S_ASYNC_PENDING: HRESULT = 0x0004_2309;
-const VSS_S_ASYNC_FINISHED: HRESULT = 0x0004_230A;
 const VSS_E_SNAPSHOT_SET_IN_PROGRESS: HRESULT = 0x8004_2316_u32 as i32;
 const RPC_E_TOO_LATE: HRESULT = 0x8001_0119_u32 as i32;
 const GUID_NULL: GUID = GUID::from_u128(0);
@@ -173,13 +174,16 @@ struct Api {
 
 fn load() -> Result<Api, SnapshotError> {
     let name = wide("vssapi.dll");
+    // From System32 only: vssapi.dll is not a KnownDLL, so a bare name would first be looked
+    // for in the executable's own folder, and an elevated process must never load a DLL
+    // planted there.
     // SAFETY: a NUL-terminated name; the library stays loaded for the process.
-    let lib = unsafe { LoadLibraryW(name.as_ptr()) };
+    let lib = unsafe { LoadLibraryExW(name.as_ptr(), std::ptr::null_mut(), LOAD_LIBRARY_SEARCH_SYSTEM32) };
     if lib.is_null() {
         return Err(failed(
-            "LoadLibrary(vssapi.dll)",
+            "LoadLibraryEx(vssapi.dll, System32 only)",
             0x8007_007E_u32 as i32,
-            "vssapi.dll is missing",
+            "vssapi.dll is missing from System32",
         ));
     }
     // SAFETY: NUL-terminated names; the pointers are these functions' documented signatures.
@@ -200,10 +204,82 @@ fn load() -> Result<Api, SnapshotError> {
     }
 }
 
-/// The COM object and where the backup stands.
+/// A live IVssAsync, released when dropped.
+struct ComAsync {
+    op: *mut c_void,
+}
+
+impl ComAsync {
+    fn vtbl(&self) -> &'static AsyncVtbl {
+        // SAFETY: `op` is a live IVssAsync; its first field is the vtable pointer.
+        unsafe { &**(self.op as *const *const AsyncVtbl) }
+    }
+}
+
+impl AsyncOp for ComAsync {
+    fn wait(&self, ms: u32) -> i32 {
+        // SAFETY: live object.
+        unsafe { (self.vtbl().wait)(self.op, ms) }
+    }
+    fn query_status(&self) -> (i32, i32) {
+        let mut status: HRESULT = 0;
+        // SAFETY: live object, out-pointer to a local; the reserved argument may be null.
+        let hr = unsafe { (self.vtbl().query_status)(self.op, &mut status, std::ptr::null_mut()) };
+        (hr, status)
+    }
+    fn cancel(&self) -> i32 {
+        // SAFETY: live object.
+        unsafe { (self.vtbl().cancel)(self.op) }
+    }
+}
+
+impl Drop for ComAsync {
+    fn drop(&mut self) {
+        // SAFETY: we own this reference.
+        unsafe { (self.vtbl().release)(self.op) };
+    }
+}
+
+/// This thread's membership of the multithreaded apartment: CoUninitialize pairs each
+/// successful CoInitializeEx (S_OK or S_FALSE) on the thread that made it (`serve` runs many
+/// bundles, each on its own thread).
+struct Com {
+    initialised: bool,
+    thread: std::thread::ThreadId,
+}
+
+impl Com {
+    /// Joins the multithreaded apartment. RPC_E_CHANGED_MODE (the thread is already
+    /// single-threaded) leaves COM usable and is not paired.
+    fn init() -> Self {
+        // SAFETY: plain COM initialisation.
+        let hr = unsafe {
+            CoInitializeEx(std::ptr::null(), 0 /* COINIT_MULTITHREADED */)
+        };
+        Com {
+            initialised: hr >= 0,
+            thread: std::thread::current().id(),
+        }
+    }
+}
+
+impl Drop for Com {
+    fn drop(&mut self) {
+        // Only on the thread that initialised: elsewhere it would undo another's init.
+        if self.initialised && std::thread::current().id() == self.thread {
+            // SAFETY: pairs the successful CoInitializeEx above, on its thread.
+            unsafe { CoUninitialize() };
+        }
+    }
+}
+
+/// The COM object and where the backup stands. Fields drop after `drop` has released the
+/// object: the open-backup count, then this thread's COM membership.
 struct Components {
     this: *mut c_void,
     prepared: bool,
+    _open: OpenBackup,
+    _com: Com,
 }
 
 impl Components {
@@ -213,74 +289,85 @@ impl Components {
         unsafe { &**(self.this as *const *const BackupVtbl) }
     }
 
-    /// Waits for an async operation until `deadline`, then its status.
-    fn wait(&self, step: &'static str, hr: HRESULT, op: *mut c_void, deadline: Instant) -> Result<(), SnapshotError> {
+    /// Waits for an async operation until `deadline`, in slices so that `cancel` stops it (see
+    /// [`wait_async`]).
+    fn wait(
+        &self,
+        step: &'static str,
+        hr: HRESULT,
+        op: *mut c_void,
+        deadline: Instant,
+        cancel: &AtomicBool,
+    ) -> Result<(), SnapshotError> {
+        let op = (!op.is_null()).then_some(ComAsync { op });
         check(step, hr)?;
-        if op.is_null() {
+        let Some(op) = op else {
             return Err(failed(step, hr, "no asynchronous operation was returned"));
-        }
-        // SAFETY: `op` is a live IVssAsync returned by the call; released below.
-        let v = unsafe { &**(op as *const *const AsyncVtbl) };
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(u32::MAX as u128 - 1) as u32;
-        let mut status: HRESULT = 0;
-        // SAFETY: as above.
-        let result = unsafe {
-            let w = (v.wait)(op, left);
-            let q = (v.query_status)(op, &mut status, std::ptr::null_mut());
-            if w < 0 {
-                Err(failed(step, w, "waiting for it failed"))
-            } else if q < 0 {
-                Err(failed(step, q, "its status could not be read"))
-            } else if status == VSS_S_ASYNC_PENDING {
-                (v.cancel)(op);
-                Err(SnapshotError {
-                    step,
-                    hresult: None,
-                    message: "it did not finish within --snapshot-timeout".into(),
-                })
-            } else if status == VSS_S_ASYNC_FINISHED || status >= 0 {
-                Ok(())
-            } else {
-                Err(failed(step, status, "the operation failed"))
-            }
         };
-        // SAFETY: we own this reference.
-        unsafe { (v.release)(op) };
-        result
+        wait_async(step, &op, deadline, cancel)
     }
 
-    /// The writers that failed, by name and state (after a failed DoSnapshotSet).
-    fn failed_writers(&self, deadline: Instant) -> String {
+    /// Every writer's state now (GatherWriterStatus, then each GetWriterStatus).
+    fn writer_statuses(&self, deadline: Instant, cancel: &AtomicBool) -> Result<Vec<WriterStatus>, SnapshotError> {
         let v = self.vtbl();
         let mut op = std::ptr::null_mut();
-        // SAFETY: live object, out-pointers to locals, BSTRs freed after reading.
+        // SAFETY: live object, out-pointers to locals, BSTRs freed after reading, the status
+        // array freed with FreeWriterStatus.
         unsafe {
             let hr = (v.gather_writer_status)(self.this, &mut op);
-            if self.wait("GatherWriterStatus", hr, op, deadline).is_err() {
-                return String::new();
-            }
+            self.wait("GatherWriterStatus", hr, op, deadline, cancel)?;
             let mut count = 0u32;
-            if (v.get_writer_status_count)(self.this, &mut count) < 0 {
-                return String::new();
-            }
-            let mut bad = Vec::new();
+            check(
+                "GetWriterStatusCount",
+                (v.get_writer_status_count)(self.this, &mut count),
+            )?;
+            let mut all = Vec::new();
             for i in 0..count {
                 let (mut inst, mut id) = (GUID_NULL, GUID_NULL);
                 let (mut name, mut state, mut failure): (BSTR, i32, HRESULT) = (std::ptr::null(), 0, 0);
                 if (v.get_writer_status)(self.this, i, &mut inst, &mut id, &mut name, &mut state, &mut failure) >= 0 {
                     let text = from_wide(name);
                     SysFreeString(name);
-                    if failure < 0 || (6..=15).contains(&state) {
-                        let st = WRITER_STATES.get(state as usize).copied().unwrap_or("unknown");
-                        bad.push(format!("writer \"{text}\": {st}, HRESULT 0x{:08X}", failure as u32));
-                    }
+                    all.push(WriterStatus {
+                        name: text,
+                        state: WRITER_STATES.get(state as usize).copied().unwrap_or("unknown").into(),
+                        failure: (failure != 0).then(|| format!("0x{:08X}", failure as u32)),
+                        failed: failure < 0 || (6..=15).contains(&state),
+                    });
                 }
             }
             (v.free_writer_status)(self.this);
-            bad.join("; ")
+            Ok(all)
+        }
+    }
+
+    /// The failed writers, by name and state (after a failed DoSnapshotSet).
+    fn failed_writers(&self, deadline: Instant, cancel: &AtomicBool) -> String {
+        let Ok(all) = self.writer_statuses(deadline, cancel) else {
+            return String::new();
+        };
+        all.iter()
+            .filter(|w| w.failed)
+            .map(|w| {
+                format!(
+                    "writer \"{}\": {}, HRESULT {}",
+                    w.name,
+                    w.state,
+                    w.failure.as_deref().unwrap_or("none")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Merges a later look at the writers into an earlier one: a writer that failed stays failed.
+fn merge_writers(seen: &mut Vec<WriterStatus>, now: Vec<WriterStatus>) {
+    for w in now {
+        match seen.iter_mut().find(|s| s.name == w.name) {
+            Some(s) if !s.failed => *s = w,
+            Some(_) => {}
+            None => seen.push(w),
         }
     }
 }
@@ -308,6 +395,7 @@ struct VssSnapshot {
     components: Option<Components>,
     snapshot_id: GUID,
     device: String,
+    writers: Vec<WriterStatus>,
 }
 
 impl Snapshot for VssSnapshot {
@@ -315,17 +403,35 @@ impl Snapshot for VssSnapshot {
         &self.device
     }
 
+    fn writers(&self) -> Vec<WriterStatus> {
+        self.writers.clone()
+    }
+
     fn delete(&mut self) -> Result<(), SnapshotError> {
         let Some(mut c) = self.components.take() else {
             return Ok(());
         };
-        com_init();
+        let _com = Com::init();
         let deadline = Instant::now() + Duration::from_secs(120);
         let v = c.vtbl();
         let mut op = std::ptr::null_mut();
         // SAFETY: live object; out-pointers to locals.
         let complete = unsafe { (v.backup_complete)(c.this, &mut op) };
-        let complete = c.wait("BackupComplete", complete, op, deadline);
+        // A second Ctrl-C stops this wait too (the backup is then aborted on release).
+        let complete = c.wait("BackupComplete", complete, op, deadline, &AtomicBool::new(false));
+        // Writers can still fail at thaw or backup-complete; the manifest is written by now, so
+        // this can only be said on stderr.
+        if complete.is_ok()
+            && let Ok(after) = c.writer_statuses(Instant::now() + Duration::from_secs(30), &AtomicBool::new(false))
+        {
+            let newly: Vec<WriterStatus> = after
+                .into_iter()
+                .filter(|w| w.failed && !self.writers.iter().any(|s| s.name == w.name && s.failed))
+                .collect();
+            if let Some(w) = writers_warning(&newly) {
+                eprintln!("winbundle: warning: after BackupComplete: {w}");
+            }
+        }
         let (mut deleted, mut nondeleted) = (0i32, GUID_NULL);
         // SAFETY: as above; the id is the snapshot's (by value, as the ABI wants).
         let hr = unsafe {
@@ -351,25 +457,20 @@ impl Drop for VssSnapshot {
     }
 }
 
-/// Joins this thread to the multithreaded apartment. Its result needs no check: S_FALSE
-/// (already joined) and RPC_E_CHANGED_MODE (already single-threaded: COM still works, and the
-/// calls below report their own errors) both leave COM usable.
-fn com_init() {
-    // SAFETY: plain COM initialisation.
-    unsafe {
-        CoInitializeEx(std::ptr::null(), 0 /* COINIT_MULTITHREADED */)
-    };
-}
-
 /// The Volume Shadow Copy Service.
 #[derive(Debug, Default)]
 pub struct Vss;
 
 impl Snapshotter for Vss {
-    fn create(&self, volume_root: &str, timeout: Duration) -> Result<Box<dyn Snapshot>, SnapshotError> {
+    fn create(
+        &self,
+        volume_root: &str,
+        timeout: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<Box<dyn Snapshot>, SnapshotError> {
         let deadline = Instant::now() + timeout;
         let api = load()?;
-        com_init();
+        let com = Com::init();
         // Writers and the VSS service call back into this process: let them (once per process).
         // SAFETY: documented arguments; RPC_E_TOO_LATE means it was already done.
         let hr = unsafe {
@@ -398,7 +499,12 @@ impl Snapshotter for Vss {
                 "the Volume Shadow Copy Service cannot be used here",
             ));
         }
-        let mut c = Components { this, prepared: false };
+        let mut c = Components {
+            this,
+            prepared: false,
+            _open: OpenBackup::new(),
+            _com: com,
+        };
         let v = c.vtbl();
         // SAFETY (all calls below): live object, documented arguments, out-pointers to locals.
         check("InitializeForBackup", unsafe {
@@ -410,7 +516,7 @@ impl Snapshotter for Vss {
         })?;
         let mut op = std::ptr::null_mut();
         let hr = unsafe { (v.gather_writer_metadata)(c.this, &mut op) };
-        c.wait("GatherWriterMetadata", hr, op, deadline)?;
+        c.wait("GatherWriterMetadata", hr, op, deadline, cancel)?;
         let mut set_id = GUID_NULL;
         loop {
             let hr = unsafe { (v.start_snapshot_set)(c.this, &mut set_id) };
@@ -418,7 +524,18 @@ impl Snapshotter for Vss {
                 check("StartSnapshotSet", hr)?;
                 break;
             }
-            std::thread::sleep(Duration::from_secs(5));
+            // Another set is being made: try again in 5 s, seeing a cancel meanwhile.
+            let retry = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < retry {
+                if cancel.load(Ordering::SeqCst) || crate::source::snapshot::hurrying() {
+                    return Err(SnapshotError {
+                        step: "StartSnapshotSet",
+                        hresult: None,
+                        message: CANCELLED.into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         let root = wide(volume_root);
         let mut snapshot_id = GUID_NULL;
@@ -428,17 +545,23 @@ impl Snapshotter for Vss {
         let mut op = std::ptr::null_mut();
         let hr = unsafe { (v.prepare_for_backup)(c.this, &mut op) };
         c.prepared = true;
-        c.wait("PrepareForBackup", hr, op, deadline)?;
+        c.wait("PrepareForBackup", hr, op, deadline, cancel)?;
+        // Writers that fail here without failing the backup leave only crash-consistent data.
+        let mut writers = c.writer_statuses(deadline, cancel)?;
         let mut op = std::ptr::null_mut();
         let hr = unsafe { (v.do_snapshot_set)(c.this, &mut op) };
-        if let Err(mut e) = c.wait("DoSnapshotSet", hr, op, deadline) {
-            let writers = c.failed_writers(Instant::now() + Duration::from_secs(30));
+        if let Err(mut e) = c.wait("DoSnapshotSet", hr, op, deadline, cancel) {
+            let writers = match cancel.load(Ordering::SeqCst) {
+                true => String::new(),
+                false => c.failed_writers(Instant::now() + Duration::from_secs(30), cancel),
+            };
             if !writers.is_empty() {
                 e.message = format!("{}; {writers}", e.message);
                 e.step = "DoSnapshotSet (writer failure)";
             }
             return Err(e);
         }
+        merge_writers(&mut writers, c.writer_statuses(deadline, cancel)?);
         // SAFETY: a zeroed VSS_SNAPSHOT_PROP, freed with the DLL's own function.
         let device = unsafe {
             let mut prop: SnapshotProp = std::mem::zeroed();
@@ -454,6 +577,7 @@ impl Snapshotter for Vss {
             components: Some(c),
             snapshot_id,
             device,
+            writers,
         }))
     }
 }
