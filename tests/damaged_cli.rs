@@ -103,22 +103,47 @@ fn damage_index(img: &Path, vol: u64, n: u64, damage: Damage) {
     write_at(img, at, &rec);
 }
 
-/// Runs winbundle with `args` (and `env`), asserting it ends within `limit`.
+/// Runs winbundle with `args` (and `env`), asserting it ends within `limit`: a run still going at
+/// the limit is killed and fails the test (a hang must fail, not hold the test binary). Each run
+/// gets task files of its own (`XDG_STATE_HOME`) unless `env` names them, so cases running in
+/// parallel on copies of one fixture (the same derived instance id) do not see each other's tasks.
 fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (i32, String) {
+    let scratch = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
+    if !env.iter().any(|(k, _)| *k == "XDG_STATE_HOME") {
+        cmd.env("XDG_STATE_HOME", scratch.path().join("state"));
+    }
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+    let mut child = cmd
         .args(args)
         .envs(env.iter().copied())
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
         .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let took = started.elapsed();
-    let code = out.status.code().unwrap_or(-1);
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&std::fs::read(&out_path).unwrap()),
+        String::from_utf8_lossy(&std::fs::read(&err_path).unwrap())
     );
-    assert!(took < limit, "{args:?} took {took:?}: {text}");
+    let Some(status) = status else {
+        panic!("{args:?} was still running after {took:?} and was killed: {text}");
+    };
+    let code = status.code().unwrap_or(-1);
     assert_ne!(code, 101, "{args:?} panicked: {text}");
     assert!(
         !text.contains("panicked at") && !text.contains("RUST_BACKTRACE"),

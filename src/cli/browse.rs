@@ -411,55 +411,17 @@ impl Walk<'_, '_> {
 /// An entry of a listed folder: its name and facts, or (its path, why its record is unreadable).
 type Listed = Result<(String, FileInfo), (String, String)>;
 
-thread_local! {
-    /// Set while a guarded call runs: a panic is recorded here instead of printed.
-    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    static PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
 /// Runs one read of the NTFS layer for one path: its error, or a panic that escapes it (the
 /// `ntfs` crate on a damaged structure), becomes the reason the path is skipped, and the panic
 /// is not printed (no backtrace reaches the user).
 fn guarded<T>(read: impl FnOnce() -> Result<T, winbundle::ntfs::NtfsError>) -> Result<T, String> {
-    ensure_hook();
-    QUIET.with(|q| q.set(true));
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
-    QUIET.with(|q| q.set(false));
-    match r {
+    match winbundle::panics::catch(read) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("{e} (the volume is damaged there: run `chkdsk /f` on it)")),
-        Err(_) => {
-            let why = PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_else(|| "no message".into());
-            Err(format!(
-                "the NTFS reader stopped on a damaged structure ({why}); the volume is damaged there: run `chkdsk /f` on it"
-            ))
-        }
+        Err(why) => Err(format!(
+            "the NTFS reader stopped on a damaged structure ({why}); the volume is damaged there: run `chkdsk /f` on it"
+        )),
     }
-}
-
-/// Installs (once) the panic hook that keeps a guarded read's panic quiet: recorded for its
-/// path's reason instead of printed. Panics elsewhere go to the hook that was there before.
-fn ensure_hook() {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if QUIET.with(|q| q.get()) {
-                let msg = info
-                    .payload()
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                let at = info.location().map(|l| format!(" at {l}")).unwrap_or_default();
-                PANIC.with(|p| *p.borrow_mut() = Some(format!("{msg}{at}")));
-            } else {
-                previous(info)
-            }
-        }));
-    });
 }
 
 /// `text` with every non-printable character escaped as `ls -b` does (`\n`, `\t`, `\033`,
@@ -641,20 +603,10 @@ impl Extractor<'_, '_> {
                 ),
             });
         }
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            QUIET.with(|q| q.set(true));
-            let r = self.file(path, info, &dest);
-            QUIET.with(|q| q.set(false));
-            r
-        }));
-        QUIET.with(|q| q.set(false));
-        let e = match r {
+        let e = match winbundle::panics::catch(|| self.file(path, info, &dest)) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
-            Err(_) => {
-                let why = PANIC
-                    .with(|p| p.borrow_mut().take())
-                    .unwrap_or_else(|| "no message".into());
+            Err(why) => {
                 let _ = std::fs::remove_file(&dest);
                 self.done.damaged.push((
                     path.to_string(),
@@ -679,7 +631,6 @@ impl Extractor<'_, '_> {
     fn file(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
         let mut stream =
             FileStream::open(self.vol, info.record, self.args.stream.as_deref(), path).map_err(Error::ntfs_at(0))?;
-        ensure_hook();
         let f = File::create(dest).map_err(|e| io_err(dest, "create", e))?;
         let size = stream.size();
         let piece = self.b.view.read_ahead().clamp(1 << 20, 64 << 20);
