@@ -470,6 +470,16 @@ fn value(rec: &[u8], ty: u32) -> usize {
     a + u16_at(rec, a + 0x14)
 }
 /// Offset of the mapping pairs of the first (non-resident) attribute `ty`.
+/// Rewrites the offset bytes of the first data run of the record's `$DATA`: byte `i` of `o`
+/// becomes `byte(i, o)` (little-endian, so the last byte holds the sign).
+fn set_first_run_offset(b: &mut [u8], byte: impl Fn(usize, usize) -> u8) {
+    let p = pairs(b, 0x80);
+    let (n, o) = ((b[p] & 0xf) as usize, (b[p] >> 4) as usize);
+    for i in 0..o {
+        b[p + 1 + n + i] = byte(i, o)
+    }
+}
+
 fn pairs(rec: &[u8], ty: u32) -> usize {
     let a = attr(rec, ty);
     a + u16_at(rec, a + 0x20)
@@ -755,13 +765,7 @@ fn wide_cases() -> Vec<Wide> {
         c(
             "$MFT run moved to other clusters",
             Record(0),
-            |b| {
-                let p = pairs(b, 0x80);
-                let (n, o) = ((b[p] & 0xf) as usize, (b[p] >> 4) as usize);
-                for i in 0..o {
-                    b[p + 1 + n + i] = if i + 1 == o { 0x7f } else { 0xff }
-                }
-            },
+            |b| set_first_run_offset(b, |i, o| if i + 1 == o { 0x7f } else { 0xff }),
             3,
             3,
             None,
@@ -770,13 +774,7 @@ fn wide_cases() -> Vec<Wide> {
         c(
             "$Bitmap run past the volume",
             Record(6),
-            |b| {
-                let p = pairs(b, 0x80);
-                let (n, o) = ((b[p] & 0xf) as usize, (b[p] >> 4) as usize);
-                for i in 0..o {
-                    b[p + 1 + n + i] = if i + 1 == o { 0x7f } else { 0xff }
-                }
-            },
+            |b| set_first_run_offset(b, |i, o| if i + 1 == o { 0x7f } else { 0xff }),
             3,
             3,
             None,
@@ -785,13 +783,7 @@ fn wide_cases() -> Vec<Wide> {
         c(
             "$Bitmap run negative",
             Record(6),
-            |b| {
-                let p = pairs(b, 0x80);
-                let (n, o) = ((b[p] & 0xf) as usize, (b[p] >> 4) as usize);
-                for i in 0..o {
-                    b[p + 1 + n + i] = 0x80
-                }
-            },
+            |b| set_first_run_offset(b, |_, _| 0x80),
             3,
             3,
             None,

@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use super::NtfsError;
 use super::guard::mark;
 use super::mft::read_runs;
-use super::record::{self, ATTR_FILE_NAME};
+use super::record::{self, ATTR_FILE_NAME, u16_at, u32_at, u64_at};
 use super::volume::NtfsVolume;
 
 pub const ATTR_INDEX_ROOT: u32 = 0x90;
@@ -52,18 +52,6 @@ pub struct IndexEntry {
     pub name: Vec<u16>,
     pub namespace: u8,
     pub is_dir: bool,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Where a node lies, for messages: the record, the structure, the byte where the node starts
