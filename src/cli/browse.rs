@@ -580,9 +580,10 @@ impl Extractor<'_, '_> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                // The stream's name becomes part of a local name: the same rules apply.
-                match local_name(&format!("{name}:{s}")) {
-                    Ok(n) => dest.with_file_name(n),
+                // The stream's name becomes part of a local name: the same rules apply to it (on
+                // Windows `FILE:NAME` is that file's stream again, so the `:` is checked apart).
+                match local_name(s) {
+                    Ok(s) => dest.with_file_name(format!("{name}:{s}")),
                     Err(_) => {
                         self.done.failed.push((
                             path.to_string(),
