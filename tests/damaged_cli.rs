@@ -105,15 +105,18 @@ fn damage_index(img: &Path, vol: u64, n: u64, damage: Damage) {
 
 /// Runs winbundle with `args` (and `env`), asserting it ends within `limit`: a run still going at
 /// the limit is killed and fails the test (a hang must fail, not hold the test binary). Each run
-/// gets task files of its own (`XDG_STATE_HOME`) unless `env` names them, so cases running in
+/// gets task files of its own (`XDG_STATE_HOME`, `LOCALAPPDATA` on Windows) unless `env` names them, so cases running in
 /// parallel on copies of one fixture (the same derived instance id) do not see each other's tasks.
 fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (i32, String) {
     let scratch = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (scratch.path().join("stdout"), scratch.path().join("stderr"));
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
-    if !env.iter().any(|(k, _)| *k == "XDG_STATE_HOME") {
-        cmd.env("XDG_STATE_HOME", scratch.path().join("state"));
-    }
+    // The task folder: $XDG_STATE_HOME here, %LOCALAPPDATA% on Windows (and under Wine).
+    let state = match env.iter().find(|(k, _)| *k == "XDG_STATE_HOME") {
+        Some((_, v)) => std::path::PathBuf::from(v),
+        None => scratch.path().join("state"),
+    };
+    cmd.env("XDG_STATE_HOME", &state).env("LOCALAPPDATA", &state);
     let started = Instant::now();
     let mut child = cmd
         .args(args)
