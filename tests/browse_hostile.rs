@@ -36,19 +36,7 @@ fn bundle_of(img: &Path, dir: &Path) -> PathBuf {
 /// The record number of `\many` in attrlist-volume.img, and each entry of its index blocks:
 /// `edit(block, entry offset)` may change the block, which is written back with its fixups.
 fn edit_many_entries(img: &Path, edit: &mut dyn FnMut(&mut [u8], usize)) -> u64 {
-    let disk = DiskFile::open(img).unwrap();
-    let vol = winbundle::ntfs::NtfsVolume::open(&disk, 0, disk.size()).unwrap();
-    let many = vol.lookup("\\many").unwrap().unwrap().record;
-    let rec = vol.read_record(many).unwrap();
-    let alloc = record::attributes(&rec, 0)
-        .unwrap()
-        .into_iter()
-        .find(|a| a.ty == 0xa0)
-        .unwrap();
-    let nr = alloc.non_resident(&rec, 0).unwrap();
-    let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 20, 0).unwrap();
-    drop(vol);
-    drop(disk);
+    let (many, runs) = common::index_allocation_runs(img, "\\many");
     let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
     for run in runs {
         for c in 0..run.count {

@@ -284,17 +284,7 @@ fn looping_directory_index_stops_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let img = fixture("attrlist-volume.img", dir.path());
     // The live index blocks of \many: its $INDEX_ALLOCATION runs (4 KiB blocks = clusters).
-    let disk = DiskFile::open(&img).unwrap();
-    let vol = winbundle::ntfs::NtfsVolume::open(&disk, 0, disk.size()).unwrap();
-    let many = vol.lookup("\\many").unwrap().unwrap();
-    let rec = vol.read_record(many.record).unwrap();
-    let alloc = record::attributes(&rec, 0)
-        .unwrap()
-        .into_iter()
-        .find(|a| a.ty == 0xa0)
-        .unwrap();
-    let nr = alloc.non_resident(&rec, 0).unwrap();
-    let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 20, 0).unwrap();
+    let (_, runs) = index_allocation_runs(&img, "\\many");
     // Point every node entry of every block at the block itself: a cycle.
     let mut patched = 0;
     for run in runs {

@@ -354,18 +354,3 @@ fn wrapping_sizes_and_oversized_tables_are_refused_by_their_numbers() {
     );
     assert_eq!(e.exit_code(), 4);
 }
-
-fn cli_local_prefix(store: &Path, prefix: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
-        .args(args)
-        .args([
-            "--local-store",
-            store.to_str().unwrap(),
-            "--bucket",
-            "test-bucket",
-            "--prefix",
-            prefix,
-        ])
-        .output()
-        .unwrap()
-}

@@ -299,6 +299,11 @@ pub fn fill_free_clusters(img: &Path, mut seed: u64, pick: &dyn Fn(u64) -> bool)
 /// Runs the winbundle binary with `args` on bundle `p` of bucket test-bucket in the local store
 /// folder `store`.
 pub fn cli_local(store: &Path, args: &[&str]) -> std::process::Output {
+    cli_local_prefix(store, "p", args)
+}
+
+/// As [`cli_local`], for the bundle under `prefix`.
+pub fn cli_local_prefix(store: &Path, prefix: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
         .args(args)
         .args([
@@ -307,8 +312,26 @@ pub fn cli_local(store: &Path, args: &[&str]) -> std::process::Output {
             "--bucket",
             "test-bucket",
             "--prefix",
-            "p",
+            prefix,
         ])
         .output()
         .unwrap()
+}
+
+/// The record number of the folder `path` of the NTFS volume image `img` and the runs of its
+/// `$INDEX_ALLOCATION` (where its index blocks lie), for tests that damage them.
+pub fn index_allocation_runs(img: &Path, path: &str) -> (u64, Vec<winbundle::ntfs::record::Run>) {
+    use winbundle::ntfs::record;
+    let disk = winbundle::source::DiskFile::open(img).unwrap();
+    let vol = winbundle::ntfs::NtfsVolume::open(&disk, 0, disk.size()).unwrap();
+    let folder = vol.lookup(path).unwrap().unwrap().record;
+    let rec = vol.read_record(folder).unwrap();
+    let alloc = record::attributes(&rec, 0)
+        .unwrap()
+        .into_iter()
+        .find(|a| a.ty == 0xa0)
+        .unwrap();
+    let nr = alloc.non_resident(&rec, 0).unwrap();
+    let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 20, 0).unwrap();
+    (folder, runs)
 }
