@@ -89,8 +89,8 @@ printf '{"expiration": "2030-01-01T00:00:00Z","conditions": [{"bucket": "b"},{"x
 printf '{"expiration": "2030-01-01T00:00:00Z","conditions": [{"bucket": "b"},["starts-with", "$key", "p."],{"success_action_redirect": "http://127.0.0.1:1/"}]}\n' \
   >"$seeds/upload_policy/redirect"
 
-# The server configuration of the README.
-python3 - "$here/../README.md" "$seeds/server_config/readme.toml" <<'PY'
+# The server configuration of docs/serve.md.
+python3 - "$here/../docs/serve.md" "$seeds/server_config/readme.toml" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 block = re.search(r"```toml\n(.*?)```", text, re.S)

@@ -5,7 +5,7 @@
 //! Exit statuses: 1 runtime failure, 2 bad usage or parameters, 3 the source is damaged or
 //! unsupported, 4 a bundle failed verification (damaged or tampered), 130 cancelled.
 
-use crate::bundle::FormatError;
+use crate::format::FormatError;
 use crate::ntfs::NtfsError;
 use crate::source::SourceError;
 use crate::store::StoreError;
@@ -32,10 +32,21 @@ pub enum Error {
     Internal(String),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    /// `--output-file` could not be written; `printed`: the document went to standard output
+    /// instead (the work was done), else nothing was done yet.
+    #[error("cannot write the result document to {}: {source}{}", path.display(), if *printed { " (it was printed on standard output instead)" } else { "" })]
+    OutputFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+        printed: bool,
+    },
     #[error(transparent)]
     Task(#[from] crate::task::store::TaskStoreError),
     #[error(transparent)]
     Config(#[from] crate::api::config::ConfigError),
+    /// `snapshot`: the EBS direct APIs.
+    #[error(transparent)]
+    Ebs(#[from] crate::ebs::EbsError),
     /// A path asked for inside a bundle's volume that is not there.
     #[error("{path}: no such file or folder in the bundle's volume")]
     NotInBundle { path: String },
@@ -86,13 +97,15 @@ impl Error {
             Error::Format(FormatError::Integrity { .. }) => "IntegrityError",
             Error::Format(_) => "InvalidBundle",
             Error::InvalidParameter { .. } => "InvalidParameterValue",
-            Error::Compress(_) | Error::Internal(_) | Error::Io { .. } => "InternalError",
+            Error::OutputFile { printed: false, .. } => "InvalidParameterValue",
+            Error::Compress(_) | Error::Internal(_) | Error::Io { .. } | Error::OutputFile { .. } => "InternalError",
             Error::Cancelled => "Cancelled",
             Error::NotInBundle { .. } => "NoSuchFile",
             Error::Unreadable { .. } => "UnsupportedOperation",
             Error::Incomplete { code, .. } => code,
             Error::Task(t) => t.code(),
             Error::Config(_) => "InvalidParameterValue",
+            Error::Ebs(e) => e.code(),
         }
     }
 
@@ -140,13 +153,17 @@ impl Error {
                 "the stored bundle is damaged or was modified: bundle the instance again".into()
             }
             Error::Cancelled => "nothing was kept; run the command again to start over".into(),
+            Error::OutputFile { .. } => {
+                "give --output-file a path in an existing folder you may write to, with free space (or leave it out to print the document)".into()
+            }
             Error::NotInBundle { .. } => {
                 "names are matched in any case, with \\ or / between them: list the folder above it with `winbundle ls --bucket B --prefix P FOLDER`".into()
             }
             Error::Store(StoreError::Cancelled { .. }) => "run the command again to start over".into(),
             Error::Config(_) => {
-                "fix the configuration file (README: \"EC2 API server\" has a complete example), then start the server again".into()
+                "fix the configuration file (docs/serve.md has a complete example), then start the server again".into()
             }
+            Error::Ebs(e) => return e.hint(),
             Error::Store(StoreError::S3 { op, code, .. })
                 if *op == crate::store::post::POST_V2 || *op == crate::store::post::POST_V4 =>
             {
@@ -197,6 +214,7 @@ impl Error {
             Error::Task(_) => 2,
             Error::Store(StoreError::Policy(_)) => 2,
             Error::Config(_) => 2,
+            Error::Ebs(e) => e.exit_code(),
             _ => 1,
         }
     }

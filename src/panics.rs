@@ -56,7 +56,10 @@ pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 /// The fault-injection switch, for tests: in a debug build, when the environment variable
 /// `WINBUNDLE_INJECT_PANIC` names `stage`, panics there. Stages: `reader`, `compressor`,
-/// `hasher`, `writer`, `uploader`, `progress`, `task-writer`. Release builds have no switch:
+/// `hasher`, `writer`, `uploader`, `store-finish` (inside a store's own `finish`, as it makes
+/// the object visible), `progress`, `task-writer`; `file-read` (a read of a file's data for
+/// `cat`/`extract`, outside the NTFS layer's own wall); `api-handler` (a signed request to
+/// `serve`, once its action is known). Release builds have no switch:
 /// the function is empty and the variable is never read. `STAGE:once` panics only the first
 /// time the process reaches the stage (a server's first bundle fails, the next completes).
 #[inline]

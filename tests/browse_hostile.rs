@@ -2,7 +2,7 @@
 //! issue 33 point 3): folders pointing back up or twice at one folder, a damaged subfolder
 //! index, names with control characters, stream names that leave `--output`, paths too long to
 //! write. Each skips what it cannot read or write, says why, goes on, and exits with the status
-//! the README gives (3: damage skipped, 1: only local failures).
+//! docs/file-access.md gives (3: damage skipped, 1: only local failures).
 
 mod common;
 
@@ -271,4 +271,119 @@ fn a_path_too_long_to_write_is_skipped_and_the_rest_extracted() {
     let cmd = std::fs::read(out_dir.join("Windows/System32/cmd.exe")).unwrap();
     let want = run(&store, &["cat", "\\Windows\\System32\\cmd.exe"]).stdout;
     assert!(cmd == want, "cmd.exe was extracted whole");
+}
+
+/// A read of a file's data that panics outside the NTFS layer's own wall (the debug-build
+/// switch `WINBUNDLE_INJECT_PANIC=file-read`): `cat` ends with a damaged-volume error naming the
+/// path (exit 3), as `extract` lists it, never `InternalError` and never the panic's output.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panic_while_cat_reads_a_file_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::fixture("gpt-disk.img", dir.path());
+    let store = bundle_of(&img, dir.path());
+    let with_panic = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .env("WINBUNDLE_INJECT_PANIC", "file-read")
+            .args(args)
+            .args([
+                "--local-store",
+                store.to_str().unwrap(),
+                "--bucket",
+                "test-bucket",
+                "--prefix",
+                "p",
+            ])
+            .output()
+            .unwrap();
+        text(&out)
+    };
+    let (code, out, err) = with_panic(&["cat", "\\Windows\\System32\\cmd.exe"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(out.is_empty());
+    assert!(
+        err.contains("\\Windows\\System32\\cmd.exe") && err.contains("damaged structure"),
+        "{err}"
+    );
+    assert!(!err.contains("InternalError") && !err.contains("panicked at"), "{err}");
+    let out_dir = dir.path().join("out");
+    let (code, _, err) = with_panic(&[
+        "extract",
+        "\\Windows\\System32\\cmd.exe",
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("not extracted: \\Windows\\System32\\cmd.exe"), "{err}");
+}
+
+/// Peak resident memory of `winbundle ARGS` on bundle `p` of `store`, from the kernel's account
+/// of the child (wait4): (exit status, stderr, peak RSS in bytes).
+#[cfg(target_os = "linux")]
+fn peak_rss(store: &Path, args: &[&str]) -> (Option<i32>, String, u64) {
+    use std::io::Read;
+    #[allow(clippy::zombie_processes)] // reaped below by wait4, which gives its rusage
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(args)
+        .args([
+            "--local-store",
+            store.to_str().unwrap(),
+            "--bucket",
+            "test-bucket",
+            "--prefix",
+            "p",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (mut status, mut usage) = (0i32, unsafe { std::mem::zeroed::<libc::rusage>() });
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (code, reader.join().unwrap(), usage.ru_maxrss as u64 * 1024)
+}
+
+/// Issue 25.14: `ls -R` of a bundle whose directory index loops (every node entry of `\many`'s
+/// index blocks points at its first block), and of one whose folder contains itself, stays
+/// within the reader's documented memory (README "Reading bundles: limits": the formula of a
+/// small bundle, well under 100 MiB, plus the chunk cache of at most 128 MiB); the looping
+/// index once grew `ls` to 744 MB before a read budget stopped it.
+#[cfg(target_os = "linux")]
+#[test]
+fn ls_of_looping_indexes_and_folder_cycles_stays_within_its_memory_bound() {
+    const BOUND: u64 = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::fixture("attrlist-volume.img", dir.path());
+    let mut patched = 0;
+    edit_many_entries(&img, &mut |b, e| {
+        let len = u16::from_le_bytes([b[e + 8], b[e + 9]]) as usize;
+        if b[e + 12] & 1 == 1 {
+            b[e + len - 8..e + len].copy_from_slice(&0u64.to_le_bytes());
+            patched += 1;
+        }
+    });
+    assert!(patched > 0, "\\many's index has node entries");
+    let store = bundle_of(&img, dir.path());
+    let (code, err, rss) = peak_rss(&store, &["ls", "--recursive"]);
+    eprintln!("ls -R of a looping index: peak RSS {} MiB", rss >> 20);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("\\many"), "{err}");
+    assert!(rss < BOUND, "ls -R peaked at {rss} bytes");
+
+    let dir = tempfile::tempdir().unwrap();
+    let img = common::fixture("attrlist-volume.img", dir.path());
+    let many = edit_many_entries(&img, &mut |_, _| {});
+    edit_many_entries(&img, &mut |b, e| b[e..e + 6].copy_from_slice(&many.to_le_bytes()[..6]));
+    let store = bundle_of(&img, dir.path());
+    let (code, err, rss) = peak_rss(&store, &["ls", "--recursive"]);
+    eprintln!("ls -R of a folder cycle: peak RSS {} MiB", rss >> 20);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(rss < BOUND, "ls -R peaked at {rss} bytes");
 }

@@ -784,3 +784,321 @@ fn completions_and_man_pages_come_from_the_flags() {
         "{text}"
     );
 }
+
+/// Issue 26.4: `--output-file PATH` on every command that prints a result document. The file
+/// holds what standard output would have held (UTF-8; `extract` and `restore` write their JSON
+/// document), and standard output stays empty. A path that cannot be written fails before any
+/// work: exit status 1, the path named, what to do.
+#[test]
+fn output_file_holds_what_standard_output_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("gpt-disk.img", dir.path());
+    let store = dir.path().join("store");
+    let tasks = dir.path().join("tasks");
+    let id = "i-0123456789abcdef0";
+    let (src, store_s, tasks_s) = (s(&src).to_string(), s(&store).to_string(), s(&tasks).to_string());
+    let o = winbundle(&[
+        "bundle-instance",
+        &src,
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "p",
+        "--local-store",
+        &store_s,
+        "--state-dir",
+        &tasks_s,
+        "--instance-id",
+        id,
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bundle_id = v["BundleTask"]["BundleId"].as_str().unwrap().to_string();
+    let out_dir = dir.path().join("extracted");
+    let volume = dir.path().join("volume.img");
+    let (out_dir, volume) = (s(&out_dir).to_string(), s(&volume).to_string());
+    let bundle = ["--bucket", "bkt", "--prefix", "p", "--local-store", &store_s];
+    let with =
+        |head: &[&str], tail: &[&str]| -> Vec<String> { head.iter().chain(tail).map(|a| a.to_string()).collect() };
+    let ls = |tail: &[&str]| with(&[&["ls"], &bundle[..]].concat(), tail);
+    let json_times = &["Seconds"][..];
+    /// What is run, its arguments printing on stdout, the same with --output-file (when they
+    /// differ), and the fields that differ from run to run.
+    type Case<'a> = (&'a str, Vec<String>, Vec<String>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        ("inspect --json", with(&["inspect", &src, "--json"], &[]), vec![], &[]),
+        ("inspect", with(&["inspect", &src], &[]), vec![], &[]),
+        (
+            "bundle-instance",
+            with(
+                &[
+                    "bundle-instance",
+                    &src,
+                    "--bucket",
+                    "bkt",
+                    "--prefix",
+                    "q",
+                    "--local-store",
+                    &store_s,
+                ],
+                &["--state-dir", &tasks_s, "--instance-id", id, "--overwrite", "-q"],
+            ),
+            vec![],
+            &[
+                "BundleId",
+                "StartTime",
+                "UpdateTime",
+                "Seconds",
+                "MBps",
+                "ReadSeconds",
+                "CompressSeconds",
+                "StoreSeconds",
+            ],
+        ),
+        (
+            "describe-bundle-tasks",
+            with(
+                &[
+                    "describe-bundle-tasks",
+                    "--state-dir",
+                    &tasks_s,
+                    "--bundle-ids",
+                    &bundle_id,
+                ],
+                &[],
+            ),
+            vec![],
+            &[],
+        ),
+        (
+            "describe-bundle-tasks --output text",
+            with(
+                &[
+                    "describe-bundle-tasks",
+                    "--state-dir",
+                    &tasks_s,
+                    "--bundle-ids",
+                    &bundle_id,
+                ],
+                &["--output", "text"],
+            ),
+            vec![],
+            &[],
+        ),
+        (
+            "cancel-bundle-task",
+            with(
+                &["cancel-bundle-task", "--state-dir", &tasks_s, "--bundle-id", &bundle_id],
+                &[],
+            ),
+            vec![],
+            &[],
+        ),
+        ("cleanup", with(&[&["cleanup"], &bundle[..]].concat(), &[]), vec![], &[]),
+        (
+            "cleanup --output text",
+            with(&[&["cleanup"], &bundle[..]].concat(), &["--output", "text"]),
+            vec![],
+            &[],
+        ),
+        (
+            "upload-policy",
+            with(
+                &[
+                    "upload-policy",
+                    "--bucket",
+                    "bkt",
+                    "--prefix",
+                    "p",
+                    "--owner-akid",
+                    "AKIAEXAMPLE",
+                ],
+                &[
+                    "--owner-sak",
+                    "secret",
+                    "--signature-version",
+                    "2",
+                    "--expires-at",
+                    "2030-01-01T00:00:00Z",
+                ],
+            ),
+            vec![],
+            &[],
+        ),
+        ("ls --json", ls(&["-R", "--json"]), vec![], &[]),
+        ("ls -R -l", ls(&["-R", "-l"]), vec![], &[]),
+        (
+            "extract --json",
+            with(
+                &[&["extract"], &bundle[..]].concat(),
+                &["\\", "-o", &out_dir, "--force", "-q", "--json"],
+            ),
+            // Without --json too: the document written is the JSON one.
+            with(
+                &[&["extract"], &bundle[..]].concat(),
+                &["\\", "-o", &out_dir, "--force", "-q"],
+            ),
+            json_times,
+        ),
+        (
+            "restore --json",
+            with(
+                &[&["restore"], &bundle[..]].concat(),
+                &["-o", &volume, "--force", "-q", "--json"],
+            ),
+            with(&[&["restore"], &bundle[..]].concat(), &["-o", &volume, "--force", "-q"]),
+            json_times,
+        ),
+        (
+            "verify --json",
+            with(&[&["verify"], &bundle[..]].concat(), &["-q", "--json"]),
+            vec![],
+            json_times,
+        ),
+        ("verify", with(&[&["verify"], &bundle[..]].concat(), &[]), vec![], &[]),
+    ];
+    fn drop_keys(v: &mut serde_json::Value, keys: &[&str]) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.retain(|k, _| !keys.contains(&k.as_str()));
+                m.values_mut().for_each(|x| drop_keys(x, keys));
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| drop_keys(x, keys)),
+            _ => {}
+        }
+    }
+    let run = |args: &[String]| winbundle(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (n, (what, printing, to_file, volatile)) in cases.iter().enumerate() {
+        let printed = run(printing);
+        assert!(
+            printed.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&printed.stderr)
+        );
+        assert!(!printed.stdout.is_empty(), "{what}");
+        let file = dir.path().join(format!("résultat {n}.out"));
+        let mut args = if to_file.is_empty() {
+            printing.clone()
+        } else {
+            to_file.clone()
+        };
+        args.extend(["--output-file".to_string(), s(&file).to_string()]);
+        let o = run(&args);
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stdout.is_empty(), "{what}: {}", String::from_utf8_lossy(&o.stdout));
+        let written = String::from_utf8(std::fs::read(&file).unwrap()).expect("UTF-8");
+        let stdout = String::from_utf8(printed.stdout).unwrap();
+        match (
+            serde_json::from_str::<serde_json::Value>(&stdout),
+            serde_json::from_str::<serde_json::Value>(&written),
+        ) {
+            (Ok(mut a), Ok(mut b)) => {
+                drop_keys(&mut a, volatile);
+                drop_keys(&mut b, volatile);
+                assert_eq!(a, b, "{what}");
+                assert!(written.ends_with("}\n"), "{what}");
+            }
+            _ => assert_eq!(stdout, written, "{what}"),
+        }
+        // A file that cannot be written: refused before the command does anything.
+        let bad = dir.path().join("no such folder").join("x.json");
+        let mut args = printing.clone();
+        if *what == "bundle-instance" {
+            args[5] = "r".into(); // its --prefix: nothing may be stored under it
+        }
+        args.extend(["--output-file".to_string(), s(&bad).to_string()]);
+        let o = run(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(o.stdout.is_empty(), "{what}");
+        assert!(
+            err.contains(&format!("cannot write the result document to {}", bad.display()))
+                && err.contains("hint: give --output-file a path"),
+            "{what}: {err}"
+        );
+    }
+    assert!(!store.join("bkt").join("r.manifest.json").exists());
+    assert!(!dir.path().join("no such folder").exists());
+    // Nothing but the documents in the folder: no temporary file is left.
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+/// Issue 26.5: a second Ctrl-C while the snapshot is being made still aborts and releases the
+/// backup (bounded) before exiting 130, and the run still ends its task failed (`Cancelled`) with
+/// nothing stored. The fake snapshotter of debug builds (`WINBUNDLE_FAKE_SNAPSHOT`) would take
+/// 60 s to make the snapshot, and takes 2 s to abort and release it (AbortBackup and Release
+/// block).
+#[test]
+fn a_second_ctrl_c_still_releases_the_snapshot_before_exiting_130() {
+    if cfg!(windows) {
+        eprintln!("skipped on Windows: it sends SIGINT (`kill -INT`)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixture("bare-volume.img", dir.path());
+    let (log, store, state) = (
+        dir.path().join("vss.log"),
+        dir.path().join("store"),
+        dir.path().join("state"),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(["bundle-instance", "Q:", "--bucket", "bkt", "--prefix", "p"])
+        .args(["--local-store", s(&store), "--state-dir", s(&state), "-q"])
+        .env("WINBUNDLE_FAKE_SNAPSHOT", &img)
+        .env("WINBUNDLE_FAKE_SNAPSHOT_TAKES", "60")
+        .env("WINBUNDLE_FAKE_SNAPSHOT_ABORT_TAKES", "2")
+        .env("WINBUNDLE_FAKE_SNAPSHOT_LOG", &log)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = std::time::Instant::now();
+    while !lines().contains("create") {
+        assert!(started.elapsed().as_secs() < 30, "no snapshot started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sigint = || {
+        let kill = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+    };
+    sigint();
+    let first = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sigint();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(first.elapsed().as_secs() < 20, "still running 20 s after Ctrl-C");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = first.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{err}");
+    // Bounded: the 5 s the second Ctrl-C allows, not the 60 s of the snapshot.
+    assert!(took.as_secs_f64() < 7.0, "{took:?}: {err}");
+    assert!(err.contains("stopping") && err.contains("quitting"), "{err}");
+    // The backup was aborted and released before the process ended; no snapshot was left.
+    assert_eq!(lines(), "create Q:\\\nabort\nrelease\n");
+    // Nothing stored, no partial file, and the task ended failed (Cancelled), not `pending`.
+    let left: Vec<_> = std::fs::read_dir(store.join("bkt"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let o = winbundle(&["describe-bundle-tasks", "--state-dir", s(&state)]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTasks"][0]["State"], "failed", "{v}");
+    assert_eq!(v["BundleTasks"][0]["BundleTaskError"]["Code"], "Cancelled", "{v}");
+}

@@ -352,6 +352,7 @@ fn a_panic_in_any_stage_fails_the_bundle_cleanly() {
         "hasher",
         "writer",
         "uploader",
+        "store-finish",
         "progress",
         "task-writer",
     ];

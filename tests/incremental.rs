@@ -471,3 +471,25 @@ fn a_parent_whose_disk_stream_was_damaged_fails_the_bundle_and_names_it() {
         assert!(!store.join(format!("bkt/dd/tue.{left}")).exists(), "{left} left behind");
     }
 }
+
+/// A parent whose manifest holds ESC and a newline in a string that the `-v` log and the note on
+/// an incremental bundle print (its bundle id): both show it escaped, never raw (the note printed
+/// it raw), so a hostile bundle cannot set the terminal's title or fake a line (issue 25.13).
+#[test]
+fn manifest_strings_in_notes_and_verbose_logs_are_escaped() {
+    let (_dir, src, store) = full_bundle("win/full");
+    let path = store.join("bkt").join("win/full.manifest.json");
+    let text = String::from_utf8(object(&store, "win/full.manifest.json")).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["bundle_id"] = "bun-\u{1b}]0;pwned\u{7}\nINFO fake line".into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let (code, _, err) = bundle_cli(&src, &store, "win/inc", &["--parent", "win/full", "-v"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("parent win/full"), "the parent's log line: {err}");
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{7}'),
+        "a raw control character reached stderr: {err}"
+    );
+    assert!(err.contains("bun-\\033]0;pwned\\007\\nINFO fake line"), "{err}");
+    assert!(!err.lines().any(|l| l.starts_with("INFO fake line")), "{err}");
+}

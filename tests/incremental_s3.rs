@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::*;
 use s3server::TestS3;
 use winbundle::bundle::create::{BundleOutcome, BundleRequest, ParentChoice, bundle_instance};
-use winbundle::bundle::read::OpenedBundle;
 use winbundle::progress::NoProgress;
+use winbundle::read::OpenedBundle;
 use winbundle::store::ObjectStore;
 
 fn run(req: &BundleRequest, store: &dyn ObjectStore) -> BundleOutcome {
@@ -239,8 +239,8 @@ fn same_disk_as_full(store: &dyn ObjectStore, prefix: &str, src: &Path, dir: &Pa
         let b = OpenedBundle::open(store, prefix).unwrap();
         b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
         let out = dir.join(format!("{}.disk", prefix.replace('/', "_")));
-        let raw = winbundle::bundle::disk::DiskFormat::Raw;
-        winbundle::bundle::disk::restore(&b, &out, raw, false, true, 2, &NoProgress, &AtomicBool::new(false)).unwrap();
+        let raw = winbundle::read::disk::DiskFormat::Raw;
+        winbundle::read::disk::restore(&b, &out, raw, false, true, 2, &NoProgress, &AtomicBool::new(false)).unwrap();
         std::fs::read(&out).unwrap()
     };
     let fresh = format!("{prefix}-full");
@@ -261,7 +261,7 @@ fn parts_layout_and_upload_policies_cannot_copy_and_say_so() {
     let store = s3.store("bkt");
     run(&full(&src, "l/1"), &store).result.unwrap();
     let mut req = with_parent(&src, "l/2", "l/1");
-    req.layout = winbundle::bundle::manifest::Layout::Parts;
+    req.layout = winbundle::format::manifest::Layout::Parts;
     let err = run(&req, &store).result.unwrap_err().to_string();
     assert!(err.contains("use --layout single"), "{err}");
     assert!(!store.exists("l/2.manifest.json").unwrap());
@@ -276,7 +276,7 @@ fn a_parent_of_one_object_per_part_is_copied_from_its_part_objects() {
     let s3 = TestS3::start(&["bkt"]);
     let store = s3.store("bkt");
     let mut parent = full(&src, "pp/1");
-    parent.layout = winbundle::bundle::manifest::Layout::Parts;
+    parent.layout = winbundle::format::manifest::Layout::Parts;
     parent.part_size = Some(8 << 20);
     let (pm, _) = run(&parent, &store).result.unwrap();
     assert!(pm.data.objects.len() >= 4, "{} objects", pm.data.objects.len());
@@ -292,7 +292,7 @@ fn a_parent_of_one_object_per_part_is_copied_from_its_part_objects() {
 }
 
 /// The stream of a bundle: its data objects, concatenated in manifest order.
-fn stream_of(store: &dyn ObjectStore, m: &winbundle::bundle::manifest::Manifest) -> Vec<u8> {
+fn stream_of(store: &dyn ObjectStore, m: &winbundle::format::manifest::Manifest) -> Vec<u8> {
     m.data.objects.iter().flat_map(|o| store.get(&o.key).unwrap()).collect()
 }
 
@@ -309,7 +309,7 @@ fn changed_frames(store: &dyn ObjectStore, before: &str, after: &str) -> u64 {
 
 #[test]
 fn the_runs_layout_sends_only_the_changed_frames_and_pads_no_part() {
-    use winbundle::bundle::manifest::Layout;
+    use winbundle::format::manifest::Layout;
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("gpt-disk.img", dir.path());
     // Free clusters left for two rounds of changes: every 16 MiB, then every 4 MiB.
@@ -335,7 +335,7 @@ fn the_runs_layout_sends_only_the_changed_frames_and_pads_no_part() {
     s3.faults.reset_counts();
     let (m, stats) = run(&runs("u/2", Some("u/1")), &store).result.unwrap();
     assert_eq!(m.data.layout, Layout::Runs);
-    let check_objects = |m: &winbundle::bundle::manifest::Manifest| {
+    let check_objects = |m: &winbundle::format::manifest::Manifest| {
         for (n, o) in m.data.objects.iter().enumerate() {
             assert_eq!(
                 o.key,
@@ -404,7 +404,7 @@ fn the_runs_layout_sends_only_the_changed_frames_and_pads_no_part() {
 /// object and no unfinished upload.
 #[test]
 fn a_runs_object_whose_upload_cannot_be_created_fails_and_leaves_nothing() {
-    use winbundle::bundle::manifest::Layout;
+    use winbundle::format::manifest::Layout;
     let dir = tempfile::tempdir().unwrap();
     let src = fixture("gpt-disk.img", dir.path());
     let changed = |cl: u64| cl % 4096 == 77;

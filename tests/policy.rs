@@ -13,8 +13,8 @@ use std::sync::atomic::AtomicBool;
 use chrono::{Duration, Utc};
 use common::*;
 use s3server::{ACCESS_KEY, SECRET_KEY, TestS3};
-use winbundle::bundle::Layout;
 use winbundle::bundle::create::bundle_instance;
+use winbundle::format::Layout;
 use winbundle::progress::NoProgress;
 use winbundle::store::post::policy::{self, UploadPolicy};
 use winbundle::store::post::{PostStore, PostTarget};
@@ -26,7 +26,7 @@ fn b64(s: &str) -> String {
 
 fn check(policy_text: &str, bucket: &str, prefix: &str, part_size: u64) -> Result<Vec<String>, (&'static str, String)> {
     let p = UploadPolicy::parse(&b64(policy_text)).map_err(|e| (e.code, e.message))?;
-    let keys = winbundle::bundle::Keys::new(prefix);
+    let keys = winbundle::format::Keys::new(prefix);
     p.check(
         bucket,
         &[keys.manifest(), keys.part(0), keys.part(9999)],
@@ -777,4 +777,42 @@ fn upload_policy_refuses_expired_and_warns_about_short_policies() {
         upload_policy(&[&base[..], &["--expires", "30m", "--source", disk.to_str().unwrap()]].concat());
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("warning") && err.contains("200"), "{err}");
+}
+
+/// Issue 25.5: bundle-instance in policy mode takes a plain-prefix policy (the aws-cli's and
+/// EC2's `starts-with "PREFIX"`), and says on stderr what it lets a holder do.
+#[test]
+fn a_plain_prefix_policy_is_taken_with_a_warning_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("mbr-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let run = |prefix: &str| {
+        let (b64, sig) = v4(prefix, None, ACCESS_KEY, SECRET_KEY, "us-east-1", Duration::hours(24));
+        std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .args([
+                "bundle-instance",
+                src.to_str().unwrap(),
+                "--bucket",
+                "bkt",
+                "--prefix",
+                "warn/win",
+            ])
+            .args(["--endpoint-url", &s3.endpoint, "--upload-policy", &b64])
+            .args(["--upload-policy-signature", &sig, "--part-size", "1MiB", "-q"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap()
+    };
+    let o = run("warn/win");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("winbundle: warning: the upload policy's key condition is starts-with \"warn/win\"")
+            && err.contains("warn/win2.manifest.json")
+            && err.contains("replace another bundle")
+            && err.contains("limited to \"warn/win.\""),
+        "{err}"
+    );
+    assert!(s3.store("bkt").exists("warn/win.manifest.json").unwrap());
 }

@@ -1,16 +1,16 @@
 //! Memory a reader allocates, counted by a global allocator: hostile manifests (sizes that
 //! wrap, a 3 GiB seek table, a 2^50-byte volume, a 16 MiB+ manifest) are refused having
 //! allocated next to nothing, and a real bundle's verify and restore stay within
-//! `read::memory_bound`, the formula the README documents (issue 25 point 8).
+//! `read::memory_bound`, the formula docs/file-access.md documents (issue 25 point 8).
 
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use winbundle::bundle::Manifest;
-use winbundle::bundle::read::{OpenedBundle, memory_bound};
+use winbundle::format::Manifest;
 use winbundle::progress::NoProgress;
+use winbundle::read::{OpenedBundle, memory_bound};
 use winbundle::store::LocalStore;
 
 struct Counting;

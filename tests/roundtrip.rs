@@ -3,10 +3,10 @@
 mod common;
 
 use common::*;
-use winbundle::bundle::Layout;
 use winbundle::bundle::plan::PlanOptions;
+use winbundle::format::Layout;
 
-fn roundtrip(name: &str, expect_root: u32) -> (tempfile::TempDir, winbundle::bundle::Manifest) {
+fn roundtrip(name: &str, expect_root: u32) -> (tempfile::TempDir, winbundle::format::Manifest) {
     let dir = tempfile::tempdir().unwrap();
     let src = fixture(name, dir.path());
     let store = dir.path().join("store");

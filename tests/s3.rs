@@ -16,8 +16,8 @@ use common::*;
 use s3server::TestS3;
 use winbundle::Error;
 use winbundle::bundle::create::bundle_instance;
-use winbundle::bundle::read::OpenedBundle;
 use winbundle::progress::NoProgress;
+use winbundle::read::OpenedBundle;
 use winbundle::store::{ObjectStore, StoreError};
 
 /// These tests count the requests of one data stream (parts sent, retried, resumed): their
@@ -118,6 +118,47 @@ fn access_denied_is_not_retried_and_the_upload_is_aborted() {
     assert_eq!(s3.faults.count("AbortMultipartUpload"), 1);
     assert!(!store.exists("denied.manifest.json").unwrap());
     assert!(!store.exists("denied.image.zst").unwrap());
+}
+
+/// Issue 33.2: a panic inside the S3 store's own `finish` (just before CompleteMultipartUpload)
+/// aborts the upload as any failure does: the bundle ends InternalError, nothing is left.
+#[test]
+fn a_panic_in_the_stores_finish_aborts_the_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("bare-volume.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
+        .env("WINBUNDLE_INJECT_PANIC", "store-finish")
+        .args([
+            "bundle-instance",
+            src.to_str().unwrap(),
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "sf",
+        ])
+        .args(["--endpoint-url", &s3.endpoint, "--region", "us-east-1", "-q"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("InternalError") && err.contains("injected fault in the store-finish stage"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["BundleTask"]["State"], "failed", "{v}");
+    assert_eq!(v["BundleTask"]["BundleTaskError"]["Code"], "InternalError", "{v}");
+    assert_eq!(s3.faults.count("CompleteMultipartUpload"), 0);
+    assert!(s3.faults.count("AbortMultipartUpload") >= 1);
+    assert!(s3.faults.uploads.lock().unwrap().is_empty(), "an upload was left");
+    let store = s3.store("bkt");
+    for key in ["sf.manifest.json", "sf.image.zst", "sf.index.zst"] {
+        assert!(!store.exists(key).unwrap(), "{key} was left");
+    }
 }
 
 /// Sets the cancel flag once `after` bytes have been read, as Ctrl-C would mid-run.
@@ -727,4 +768,60 @@ fn verbose_logs_the_plan_each_request_and_its_retries_but_no_secret() {
     let o = run_cli(&[], &[], "v/9");
     assert!(o.status.success());
     assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The S3 form of `tamper::a_manifest_naming_keys_outside_its_bundle_is_refused_before_any_read`
+/// (issue 25.7): on S3 a forged key could name any object of the bucket. A manifest naming
+/// another bundle's object or index, or a key beside the bundles, is InvalidBundle before the
+/// server sees any request for that key.
+#[test]
+fn a_manifest_naming_other_keys_of_the_bucket_is_refused_before_any_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("bare-volume.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let store = s3.store("bkt");
+    run(&request(&src, "b"), &store).result.unwrap();
+    run(&request(&src, "other"), &store).result.unwrap();
+    store.put("secret.txt", b"not part of any bundle").unwrap();
+    let len = store.size("b.manifest.json").unwrap();
+    let mut text = vec![0u8; len as usize];
+    store.read_at("b.manifest.json", 0, &mut text).unwrap();
+    let original: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    for (what, bad) in [
+        ("object", "other.image.zst"),
+        ("object", "secret.txt"),
+        ("object", "b/../secret.txt"),
+        ("index", "other.index.zst"),
+        ("index", "secret.txt"),
+    ] {
+        let mut m = original.clone();
+        match what {
+            "object" => m["data"]["objects"][0]["key"] = serde_json::json!(bad),
+            _ => m["index"]["key"] = serde_json::json!(bad),
+        }
+        store.put("b.manifest.json", &serde_json::to_vec(&m).unwrap()).unwrap();
+        s3.faults.reset_counts();
+        let e = OpenedBundle::open(&store, "b").err().unwrap();
+        assert!(
+            matches!(e, Error::Format(winbundle::format::FormatError::Manifest { .. })),
+            "{bad}: {e}"
+        );
+        assert_eq!(e.exit_code(), 4, "{bad}: {e}");
+        let seen = s3.faults.requests.lock().unwrap().clone();
+        assert!(
+            !seen
+                .iter()
+                .any(|r| r.ends_with(&format!("bkt/{bad}")) || r.contains("other.") || r.contains("secret")),
+            "{bad}: the server was asked for it: {seen:?}"
+        );
+        assert!(seen.iter().any(|r| r == "GetObject bkt/b.manifest.json"), "{seen:?}");
+        let out = dir.path().join("out.img");
+        assert!(restore_from(&store, "b", &out).is_err());
+        let seen = s3.faults.requests.lock().unwrap().clone();
+        assert!(
+            !seen.iter().any(|r| r.contains("other.") || r.contains("secret")),
+            "{bad}: restore asked for it: {seen:?}"
+        );
+        assert!(!out.exists() && !dir.path().join("out.img.partial").exists());
+    }
 }

@@ -401,6 +401,15 @@ fn aws_style_bundle_runs_in_the_background_and_restores_exactly() {
     // No secret in the server's log.
     let log = server.log();
     assert!(log.contains(&id), "{log}");
+    // The aws-cli's plain-prefix policy (issue 25.5): taken, with a warning in the log saying
+    // what its holder can reach.
+    assert!(
+        log.lines().any(|l| l.contains(&format!("{id} {INSTANCE} warning: "))
+            && l.contains("starts-with \"win/serve\"")
+            && l.contains("win/serve2.manifest.json")
+            && l.contains("replace another bundle")),
+        "{log}"
+    );
     for secret in [sig.as_str(), CALLER_SK, SECRET_KEY] {
         assert!(!log.contains(secret), "{log}");
     }
@@ -707,6 +716,58 @@ fn a_damaged_volume_and_a_panicking_bundle_do_not_stop_serve() {
     assert!(!server.log().contains("panicked at"), "{}", server.log());
 }
 
+/// Issue 33.2: "cancel of a failing task always finishes". On a one-slot server, a bundle whose
+/// store panics as it finishes its first object (`store-finish`, once) receives CancelBundleTask
+/// over and over while it fails: every cancel is answered, the task ends `failed` (with its
+/// panic, or Cancelled) within seconds instead of staying `cancelling`, the slot is given back
+/// and the next bundle completes.
+#[test]
+fn cancel_of_a_failing_bundle_always_finishes_and_frees_the_slot() {
+    let s3 = TestS3::start(&["bkt"]);
+    s3.faults.post_delay_ms.store(300, Ordering::SeqCst);
+    let st = setup(&s3, "max_concurrent_bundles = 1");
+    let server = Server::start_with_env(
+        &st.config,
+        &st.state,
+        &[("WINBUNDLE_INJECT_PANIC", "store-finish:once")],
+    );
+    let c = server.client();
+    let failing = c.post(&refs(&bundle_params(INSTANCE, "bkt", "f/failing")));
+    assert_eq!(failing.status, 200, "{}", failing.body);
+    let id = failing.task_field("bundleId");
+    // The next one waits for the slot.
+    let next = c.post(&refs(&bundle_params(INSTANCE2, "bkt", "f/next")));
+    assert_eq!(next.status, 200, "{}", next.body);
+    c.wait_for(
+        &id,
+        &["bundling", "storing", "cancelling", "failed"],
+        Duration::from_secs(30),
+    );
+    let start = Instant::now();
+    let done = loop {
+        let r = c.post(&[("Action", "CancelBundleTask"), ("BundleId", &id)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let d = c.describe(&id);
+        if ["failed", "complete"].contains(&d.task_field("state").as_str()) {
+            break d;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "still {}", d.body);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(done.task_field("state"), "failed", "{}", done.body);
+    let code = done.task_field("error/code");
+    assert!(code == "InternalError" || code == "Cancelled", "{}", done.body);
+    assert!(!s3.store("bkt").exists("f/failing.manifest.json").unwrap());
+    let r = c.wait_for(
+        &next.task_field("bundleId"),
+        &["failed", "complete"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.task_field("state"), "complete", "{}", r.body);
+    assert!(s3.store("bkt").exists("f/next.manifest.json").unwrap());
+    assert!(!server.log().contains("panicked at"), "{}", server.log());
+}
+
 /// Sets the length of the first entry of the root's `$INDEX_ROOT` to 0 on the volume at `vol`.
 fn zero_root_index_entry_length(img: &Path, vol: u64) {
     use common::FileAt;
@@ -773,14 +834,14 @@ fn restart_fails_orphaned_tasks_and_sigterm_cancels_cleanly() {
 }
 
 #[test]
-fn the_readme_configuration_is_valid() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+fn the_documented_configuration_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/serve.md")).unwrap();
     let start = readme
         .find("```toml\nlisten =")
-        .expect("README has the serve configuration")
+        .expect("docs/serve.md has the serve configuration")
         + 8;
     let text = &readme[start..start + readme[start..].find("```").unwrap()];
-    let cfg = winbundle::api::config::Config::parse(text, Path::new("README.md")).unwrap();
+    let cfg = winbundle::api::config::Config::parse(text, Path::new("docs/serve.md")).unwrap();
     assert_eq!(cfg.instances[0].id, "i-0123456789abcdef0");
     assert_eq!(cfg.bundle.part_size.map(|s| s.0), Some(16 << 20));
 }
@@ -984,11 +1045,14 @@ fn a_bundle_cut_short_by_a_server_crash_resumes_after_the_restart() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     s3.faults.post_delay_ms.store(0, Ordering::SeqCst);
+    // Forms the dead server sent in full are still held for the delay: let them land before
+    // the count below starts.
+    std::thread::sleep(Duration::from_millis(900));
 
     let server = Server::start(&st.config, &st.state);
     let c = server.client();
     assert_eq!(c.describe(&id).task_field("state"), "failed");
-    let before = s3.faults.count("PostObject");
+    let before = s3.faults.count_succeeded("PostObject");
     let id = c
         .post(&refs(&bundle_params(INSTANCE, "bkt", "crash/win")))
         .task_field("bundleId");
@@ -1013,12 +1077,15 @@ fn a_bundle_cut_short_by_a_server_crash_resumes_after_the_restart() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&s3.store("bkt").get("crash/win.manifest.json").unwrap()).unwrap();
     let parts = manifest["data"]["objects"].as_array().unwrap().len();
-    let posts = s3.faults.count("PostObject") - before;
-    // The probe, the parts not reused, the chunk index and the manifest (s3s now and then
-    // needs a form sent twice).
-    assert!(
-        posts <= parts + 3 - reused as usize + 3,
-        "{posts} POSTs for {parts} parts"
+    let disk_parts = manifest["disk"]["data"]["objects"].as_array().map_or(0, |o| o.len());
+    // Stored forms, not POSTs sent: s3s now and then cannot read a form and it is sent again,
+    // as often as a loaded machine makes it happen. What was stored is the probe, the parts not
+    // reused, the disk stream's parts (written after the data), the chunk index and the manifest.
+    let stored = s3.faults.count_succeeded("PostObject") - before;
+    assert_eq!(
+        stored,
+        1 + parts - reused as usize + disk_parts + 2,
+        "{stored} forms stored for {parts} parts, {reused} reused"
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("restored.img");
@@ -1212,4 +1279,48 @@ fn callers_see_and_cancel_only_their_own_tasks() {
         r.body
     );
     assert_eq!(cli_task(&st.state, "bun-000000c1")["BundleId"], "bun-000000c1");
+}
+
+/// Issue 25.1, "no request may panic a worker": a request handler that panics (the debug-build
+/// switch `WINBUNDLE_INJECT_PANIC=api-handler:once`) is answered 500 InternalError with a request
+/// id; the server's log names that request and the panic (no panic output); the next request
+/// is answered at once.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panicking_request_handler_answers_500_and_the_server_goes_on() {
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    seed_task(
+        &st.state,
+        "bun-0000000b",
+        "d/x",
+        winbundle::task::State::Complete,
+        Some(CALLER_AK),
+    );
+    let server = Server::start_with_env(&st.config, &st.state, &[("WINBUNDLE_INJECT_PANIC", "api-handler:once")]);
+    let c = server.client();
+    let r = c.describe("bun-0000000b");
+    let id = xml_fields(&r.body)
+        .0
+        .get("Response/RequestID")
+        .cloned()
+        .unwrap_or_default();
+    expect(r, 500, "InternalError", "the server's log says why");
+    let started = Instant::now();
+    let r = c.describe("bun-0000000b");
+    assert_eq!(
+        (r.status, r.task_field("state").as_str()),
+        (200, "complete"),
+        "{}",
+        r.body
+    );
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains(&id)
+            && l.contains("500 InternalError")
+            && l.contains("injected fault in the api-handler stage")),
+        "{log}"
+    );
+    assert!(!log.contains("panicked at"), "{log}");
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use common::*;
 use winbundle::Error;
-use winbundle::bundle::FormatError;
+use winbundle::format::FormatError;
 use winbundle::store::StoreError;
 
 fn bundled(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
@@ -233,8 +233,8 @@ fn restore_refuses_to_replace_a_file_without_force() {
     let out = dir.path().join("exists.img");
     std::fs::write(&out, b"keep me").unwrap();
     let s = winbundle::store::LocalStore::open(&store, "test-bucket", false).unwrap();
-    let b = winbundle::bundle::read::OpenedBundle::open(&s, "b").unwrap();
-    let target = winbundle::bundle::read::RestoreTarget::File {
+    let b = winbundle::read::OpenedBundle::open(&s, "b").unwrap();
+    let target = winbundle::read::RestoreTarget::File {
         path: out.clone(),
         force: false,
         assume_zeroed: false,

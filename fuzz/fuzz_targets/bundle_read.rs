@@ -6,31 +6,15 @@
 //! than a few times its own size.
 #![no_main]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-struct Counting;
-static NOW: AtomicU64 = AtomicU64::new(0);
-static PEAK: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let n = NOW.fetch_add(l.size() as u64, Ordering::Relaxed) + l.size() as u64;
-        PEAK.fetch_max(n, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        NOW.fetch_sub(l.size() as u64, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
+#[path = "common/counting.rs"]
+mod counting;
+use counting::{NOW, PEAK};
 
 use libfuzzer_sys::fuzz_target;
-use winbundle::bundle::read::OpenedBundle;
+use winbundle::read::OpenedBundle;
 use winbundle::progress::NoProgress;
 use winbundle::store::{ObjectStore, ObjectWriter, StoreError};
 
@@ -92,8 +76,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = b.verify(1, &NoProgress, &AtomicBool::new(false));
     }
     let peak = PEAK.load(Ordering::Relaxed) - base;
-    let bound = match winbundle::bundle::Manifest::parse("p.manifest.json", manifest) {
-        Ok(m) => winbundle::bundle::read::memory_bound(manifest.len() as u64, &m, 1, 2),
+    let bound = match winbundle::format::Manifest::parse("p.manifest.json", manifest) {
+        Ok(m) => winbundle::read::memory_bound(manifest.len() as u64, &m, 1, 2),
         Err(_) => (32 << 20) + 16 * manifest.len() as u64,
     };
     assert!(peak <= bound, "the reader allocated {peak} bytes, over its bound of {bound}");

@@ -1,7 +1,8 @@
 //! A bare NTFS volume from outside, read the way `winbundle ls`, `extract` and `cat` read the one
 //! inside a bundle: the directory tree (indexes, file records, attribute lists), every entry's
 //! facts, and the first bytes of every data stream (resident, runs, sparse, LZNT1-compressed
-//! units, named streams).
+//! units, named streams); and the change scan of an incremental bundle (every record parsed
+//! against a parent that has none of them: `ntfs::changes::scan`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
     let disk = DiskFile::from_device("fuzz.img".into(), Box::new(Bytes(data.to_vec())), len);
     let Ok(vol) = NtfsVolume::open(&disk, 0, len) else { return };
+    let _ = winbundle::ntfs::changes::scan(&vol, Some(&[]), 1 << 20);
     let mut seen = std::collections::HashSet::from([5u64]);
     let mut dirs = vec![5u64];
     let mut entries = 0;

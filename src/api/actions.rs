@@ -2,7 +2,7 @@
 //! (each failure names the parameter), then `DryRun` answers `DryRunOperation`, and only then
 //! does anything happen.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,11 +13,11 @@ use super::error::ApiError;
 use super::jobs::{JobSpec, Jobs};
 use super::query::Params;
 use super::sigv4::{self, Expect, Incoming};
-use crate::bundle::Keys;
 use crate::bundle::create::{
     Assigned, BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, default_threads, validate,
 };
-use crate::bundle::manifest::Layout;
+use crate::format::Keys;
+use crate::format::manifest::Layout;
 use crate::store::names;
 use crate::store::post::{PostTarget, UploadPolicy};
 use crate::task::store::{FILTER_NAMES, MAX_BUNDLE_ID_LEN, MAX_BUNDLE_IDS, TaskStore, TaskStoreError, matches};
@@ -126,6 +126,7 @@ impl Api {
         let params = Params::parse(req.raw_query, form)?;
         let action = params.required("Action")?.to_string();
         answer.action = action.clone();
+        crate::panics::inject("api-handler");
         match action.as_str() {
             "BundleInstance" => self.bundle_instance(&params, &answer.request_id, &caller),
             "DescribeBundleTasks" => self.describe(&params, &answer.request_id, &caller),
@@ -134,41 +135,44 @@ impl Api {
         }
     }
 
+    /// BundleInstance: checks the parameters and the upload policy, builds the bundle request
+    /// from the server's settings for the instance, admits it (the instance is not busy), and
+    /// unless `DryRun`, saves the task and starts its job.
     fn bundle_instance(&self, p: &Params, request_id: &str, caller: &Who) -> Result<String, ApiError> {
-        const BUCKET: &str = "Storage.S3.Bucket";
-        const PREFIX: &str = "Storage.S3.Prefix";
-        const AKID: &str = "Storage.S3.AWSAccessKeyId";
-        const POLICY: &str = "Storage.S3.UploadPolicy";
-        const SIGNATURE: &str = "Storage.S3.UploadPolicySignature";
-        p.only(&["InstanceId", BUCKET, PREFIX, AKID, POLICY, SIGNATURE], &[])?;
-        let dry = p.flag("DryRun")?;
-        let instance_id = p.required("InstanceId")?;
-        task::check_instance_id(instance_id)
-            .map_err(|m| ApiError::new(400, "InvalidInstanceID.Malformed", format!("Invalid id: {m}")))?;
-        let bucket = p.required(BUCKET)?;
-        names::check_bucket(bucket).map_err(|e| ApiError::invalid(BUCKET, &e.to_string()))?;
-        let prefix = p.required(PREFIX)?;
-        names::check_prefix(prefix).map_err(|e| ApiError::invalid(PREFIX, &e.to_string()))?;
-        let akid = p.required(AKID)?;
-        let policy_b64 = policy_base64(p.required(POLICY)?).map_err(|m| ApiError::invalid(POLICY, &m))?;
-        let signature = p.required(SIGNATURE)?.trim();
-        let policy = UploadPolicy::parse(&policy_b64).map_err(|e| ApiError::invalid(POLICY, &e.message))?;
-        policy
-            .check_signature_shape(signature)
-            .map_err(|e| ApiError::invalid(SIGNATURE, &e.message))?;
+        let (q, policy) = bundle_params(p)?;
+        let part_size = self.config.bundle.part_size.map_or(DEFAULT_PART_SIZE, |s| s.0);
+        let (target, warnings) = self.upload_target(&q, policy, part_size)?;
+        let request = self.bundle_request(&q, part_size)?;
+        let _admit = self.admit(q.instance_id, caller)?;
+        if q.dry {
+            return Err(ApiError::dry_run());
+        }
+        let task = self.save_task(&q, caller)?;
+        for w in &warnings {
+            super::jobs::log(&format!("{} {} warning: {w}", task.bundle_id, q.instance_id));
+        }
+        self.start_job(task, request, target, request_id)
+    }
+
+    /// Checks that the policy's signer agrees with the access key and the bucket's region, and
+    /// that the policy allows this bundle; returns the upload target and the policy's warnings.
+    fn upload_target(
+        &self,
+        q: &BundleParams<'_>,
+        policy: UploadPolicy,
+        part_size: u64,
+    ) -> Result<(PostTarget, Vec<String>), ApiError> {
         // A version 4 policy names its signer: the access key given and the bucket's region must agree.
         let policy_region = policy
             .check_signer(None, self.config.s3.region.as_deref())
             .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
         policy
-            .check_signer(Some(akid), None)
+            .check_signer(Some(q.akid), None)
             .map_err(|e| ApiError::invalid(AKID, &e.message))?;
-        let b = &self.config.bundle;
-        let part_size = b.part_size.map_or(DEFAULT_PART_SIZE, |s| s.0);
-        let keys = Keys::new(prefix);
+        let keys = Keys::new(q.prefix);
         let warnings = policy
             .check(
-                bucket,
+                q.bucket,
                 &[keys.manifest(), keys.part(0), keys.part(9999)],
                 part_size,
                 Utc::now(),
@@ -177,17 +181,23 @@ impl Api {
             .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
         let target = PostTarget::new(
             PostTarget::url_for(
-                bucket,
+                q.bucket,
                 self.config.s3.endpoint_url.as_deref(),
                 self.config.s3.region.as_deref().or(policy_region.as_deref()),
             )
             .map_err(|e| ApiError::invalid(POLICY, &e.message))?,
-            bucket,
-            akid,
+            q.bucket,
+            q.akid,
             policy,
-            signature,
+            q.signature,
         )
         .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+        Ok((target, warnings))
+    }
+
+    /// The bundle request for the instance, from the server's `[bundle]` and instance settings.
+    fn bundle_request(&self, q: &BundleParams<'_>, part_size: u64) -> Result<BundleRequest, ApiError> {
+        let instance_id = q.instance_id;
         let inst = self.config.instance(instance_id).ok_or_else(|| {
             ApiError::new(
                 400,
@@ -195,10 +205,11 @@ impl Api {
                 format!("The instance ID '{instance_id}' does not exist"),
             )
         })?;
+        let b = &self.config.bundle;
         let request = BundleRequest {
             source: inst.source.clone(),
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            bucket: q.bucket.to_string(),
+            prefix: q.prefix.to_string(),
             instance_id: Some(instance_id.to_string()),
             plan: inst.plan_options(),
             chunk_size: b
@@ -214,14 +225,21 @@ impl Api {
             parent: None,
             force_parent: false,
             from_parent: Default::default(),
+            rehash: Default::default(),
         };
         validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
+        Ok(request)
+    }
+
+    /// Admits a bundle of the instance: refused while the server stops or while a task of the
+    /// instance runs. The guard returned keeps other requests from admitting one meanwhile.
+    fn admit(&self, instance_id: &str, caller: &Who) -> Result<MutexGuard<'_, ()>, ApiError> {
         if self.jobs.stopping() {
             return Err(ApiError::unavailable(
                 "the server is shutting down: try again when it is back",
             ));
         }
-        let _admit = self.admit.lock().unwrap_or_else(|e| e.into_inner());
+        let admit = self.admit.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = self.tasks.check_not_running(instance_id, "") {
             return Err(match e {
                 // The instance is the server's, so that it is busy is no secret; whose task
@@ -243,30 +261,40 @@ impl Api {
                 e => e.into(),
             });
         }
-        if dry {
-            return Err(ApiError::dry_run());
-        }
+        Ok(admit)
+    }
+
+    /// A new pending task for the bundle, saved as the caller's.
+    fn save_task(&self, q: &BundleParams<'_>, caller: &Who) -> Result<BundleTask, ApiError> {
         let now = task::now_iso();
         let task = BundleTask {
             bundle_id: task::new_bundle_id(),
-            instance_id: instance_id.to_string(),
+            instance_id: q.instance_id.to_string(),
             state: State::Pending,
             start_time: now.clone(),
-            update_time: now.clone(),
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
+            update_time: now,
+            bucket: q.bucket.to_string(),
+            prefix: q.prefix.to_string(),
             progress: "0%".into(),
             error: None,
         };
         self.tasks.save_owned(&task, Some(caller.access_key_id.clone()))?;
-        for w in &warnings {
-            super::jobs::log(&format!("{} {instance_id} warning: {w}", task.bundle_id));
-        }
+        Ok(task)
+    }
+
+    /// Starts the task's job and answers with the task; a job that cannot start fails its task.
+    fn start_job(
+        &self,
+        task: BundleTask,
+        request: BundleRequest,
+        target: PostTarget,
+        request_id: &str,
+    ) -> Result<String, ApiError> {
         let spec = JobSpec {
             request: BundleRequest {
                 assigned: Some(Assigned {
                     bundle_id: task.bundle_id.clone(),
-                    start_time: now,
+                    start_time: task.start_time.clone(),
                 }),
                 ..request
             },
@@ -329,6 +357,52 @@ impl Api {
         self.jobs.cancel(id);
         Ok(task.to_cancel_xml(request_id))
     }
+}
+
+const BUCKET: &str = "Storage.S3.Bucket";
+const PREFIX: &str = "Storage.S3.Prefix";
+const AKID: &str = "Storage.S3.AWSAccessKeyId";
+const POLICY: &str = "Storage.S3.UploadPolicy";
+const SIGNATURE: &str = "Storage.S3.UploadPolicySignature";
+
+/// BundleInstance's parameters, each checked on its own (the policy is returned beside them).
+struct BundleParams<'a> {
+    dry: bool,
+    instance_id: &'a str,
+    bucket: &'a str,
+    prefix: &'a str,
+    akid: &'a str,
+    signature: &'a str,
+}
+
+/// Reads and checks BundleInstance's parameters in order, each failure naming its parameter;
+/// decodes the upload policy and checks the signature's shape.
+fn bundle_params(p: &Params) -> Result<(BundleParams<'_>, UploadPolicy), ApiError> {
+    p.only(&["InstanceId", BUCKET, PREFIX, AKID, POLICY, SIGNATURE], &[])?;
+    let dry = p.flag("DryRun")?;
+    let instance_id = p.required("InstanceId")?;
+    task::check_instance_id(instance_id)
+        .map_err(|m| ApiError::new(400, "InvalidInstanceID.Malformed", format!("Invalid id: {m}")))?;
+    let bucket = p.required(BUCKET)?;
+    names::check_bucket(bucket).map_err(|e| ApiError::invalid(BUCKET, &e.to_string()))?;
+    let prefix = p.required(PREFIX)?;
+    names::check_prefix(prefix).map_err(|e| ApiError::invalid(PREFIX, &e.to_string()))?;
+    let akid = p.required(AKID)?;
+    let policy_b64 = policy_base64(p.required(POLICY)?).map_err(|m| ApiError::invalid(POLICY, &m))?;
+    let signature = p.required(SIGNATURE)?.trim();
+    let policy = UploadPolicy::parse(&policy_b64).map_err(|e| ApiError::invalid(POLICY, &e.message))?;
+    policy
+        .check_signature_shape(signature)
+        .map_err(|e| ApiError::invalid(SIGNATURE, &e.message))?;
+    let q = BundleParams {
+        dry,
+        instance_id,
+        bucket,
+        prefix,
+        akid,
+        signature,
+    };
+    Ok((q, policy))
 }
 
 /// The base64 policy that the signature signs. Clients send it base64-encoded once (the

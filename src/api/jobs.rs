@@ -10,8 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::Error;
-use crate::bundle::Keys;
 use crate::bundle::create::BundleRequest;
+use crate::format::Keys;
 use crate::progress::NoProgress;
 use crate::store::post::{Journal, PostStore, PostTarget};
 use crate::task::run::run_tracked;

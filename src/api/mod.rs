@@ -240,16 +240,13 @@ async fn handle(AxState(api): AxState<Arc<Api>>, request: Request) -> Response {
             headers,
             body: &body,
         };
-        api2.handle(&req)
+        crate::panics::catch(|| api2.handle(&req))
     })
     .await;
     let answer = match answer {
-        Ok(a) => a,
-        Err(_) => {
-            let id = crate::task::new_request_id();
-            let e = ApiError::internal("the request handler failed");
-            return respond(e.status, e.to_xml(&id), &id);
-        }
+        Ok(Ok(a)) => a,
+        Ok(Err(why)) => return handler_failed(&why, started),
+        Err(e) => return handler_failed(&e.to_string(), started),
     };
     let (status, code, xml) = match &answer.result {
         Ok(xml) => (200, "OK", xml.clone()),
@@ -258,11 +255,30 @@ async fn handle(AxState(api): AxState<Arc<Api>>, request: Request) -> Response {
     log(&format!(
         "{} {} {} {status} {code} {}ms",
         answer.request_id,
-        answer.action,
+        // The caller's own text: a newline or ESC in it must not fake or colour a log line.
+        answer.action.escape_debug(),
         answer.caller.as_deref().unwrap_or("-"),
         started.elapsed().as_millis()
     ));
     respond(status, xml, &answer.request_id)
+}
+
+/// The answer to a request whose handler panicked (`why`): 500 InternalError, and a log line
+/// with its request id and the panic's message. Nothing else is affected: every lock the
+/// handlers share is taken whatever a panic left in it, and the worker thread goes on.
+fn handler_failed(why: &str, started: Instant) -> Response {
+    let id = crate::task::new_request_id();
+    let e = ApiError::internal(format!(
+        "the server failed to handle this request (request id {id}); the server's log says why"
+    ));
+    log(&format!(
+        "{id} - - {} {} {}ms: the request handler panicked: {:?}",
+        e.status,
+        e.code,
+        started.elapsed().as_millis(),
+        why
+    ));
+    respond(e.status, e.to_xml(&id), &id)
 }
 
 fn respond(status: u16, xml: String, request_id: &str) -> Response {

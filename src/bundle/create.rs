@@ -2,20 +2,28 @@
 //! into the store, then write the manifest. A failure at any point removes what was written and
 //! leaves no manifest: a bundle exists only once its manifest does.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
-use super::Keys;
-use super::manifest::{
+use super::parent::Parent;
+pub use super::parent::ParentChoice;
+use super::plan::{Plan, PlanOptions};
+use super::writer::{Finished, StreamWriter};
+use crate::Error;
+use crate::chunk::{PipelineConfig, PipelineStats, run_pipeline};
+use crate::format::Keys;
+use crate::format::disk::DiskInfo;
+use crate::format::index::ChunkIndex;
+use crate::format::manifest::{
     Compression, ExcludedPartition, FORMAT_NAME, FORMAT_VERSION, FORMAT_VERSION_DISK, FORMAT_VERSION_PART_SIZES,
     IndexInfo, Layout, Manifest, ParentInfo, RootInfo, SourceInfo, Stats,
 };
-pub use super::parent::ParentChoice;
-use super::plan::{Plan, PlanOptions};
-use super::writer::StreamWriter;
-use crate::Error;
-use crate::chunk::{PipelineConfig, PipelineStats, run_pipeline};
+use crate::format::stream::DataInfo;
 use crate::progress::Progress;
+use crate::source::DiskFile;
+use crate::source::live::Opened;
+use crate::source::snapshot::WriterStatus;
 use crate::store::{ObjectStore, names};
 use crate::task::{self, BundleTask, State, TaskError};
 
@@ -72,6 +80,8 @@ pub struct BundleRequest {
     /// What an incremental bundle takes from its parent rather than from this request, so that
     /// the parent's frames can be reused: settings the user did not choose.
     pub from_parent: FromParent,
+    /// `--rehash`, `--rehash-every`: when an incremental bundle reads every chunk.
+    pub rehash: super::detect::RehashOptions,
 }
 
 /// Settings an incremental bundle takes from its parent.
@@ -186,11 +196,35 @@ pub fn bundle_instance(
     cancel: &AtomicBool,
     on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> BundleOutcome {
+    let mut task = new_task(req);
+    let first = on_update(&task);
+    let mut notes = Notes::default();
+    let result = match first {
+        // The last wall: a panic anywhere in the run fails the bundle like any error, so the
+        // cleanup below (aborted uploads, the task saved as failed) still happens.
+        Ok(()) => crate::panics::catch(|| run(req, store, progress, cancel, &mut task, &mut notes, on_update))
+            .unwrap_or_else(|m| Err(Error::Internal(format!("the bundle panicked: {m}")))),
+        Err(e) => Err(e),
+    };
+    let result = settle(result, store, cancel);
+    end_task(&mut task, &result);
+    let _ = on_update(&task);
+    BundleOutcome {
+        task,
+        instance_id_derived: notes.derived,
+        instance_id_from_imds: notes.from_imds,
+        warnings: notes.warnings,
+        result,
+    }
+}
+
+/// The task of a new run, `pending`: its bundle id and start time as announced, or new ones.
+fn new_task(req: &BundleRequest) -> BundleTask {
     let (bundle_id, start_time) = match &req.assigned {
         Some(a) => (a.bundle_id.clone(), a.start_time.clone()),
         None => (task::new_bundle_id(), task::now_iso()),
     };
-    let mut task = BundleTask {
+    BundleTask {
         bundle_id,
         instance_id: req.instance_id.clone().unwrap_or_default(),
         state: State::Pending,
@@ -200,16 +234,12 @@ pub fn bundle_instance(
         prefix: req.prefix.clone(),
         progress: "0%".into(),
         error: None,
-    };
-    let first = on_update(&task);
-    let mut notes = Notes::default();
-    let mut result = match first {
-        // The last wall: a panic anywhere in the run fails the bundle like any error, so the
-        // cleanup below (aborted uploads, the task saved as failed) still happens.
-        Ok(()) => crate::panics::catch(|| run(req, store, progress, cancel, &mut task, &mut notes, on_update))
-            .unwrap_or_else(|m| Err(Error::Internal(format!("the bundle panicked: {m}")))),
-        Err(e) => Err(e),
-    };
+    }
+}
+
+/// The error a failed run reports: the cancel, when one was asked for, and what could not be
+/// cleaned up, once the uploads under way have ended.
+fn settle<T>(mut result: Result<T, Error>, store: &dyn ObjectStore, cancel: &AtomicBool) -> Result<T, Error> {
     if result.is_err() && cancel.load(std::sync::atomic::Ordering::SeqCst) {
         // Whatever failed after a cancel request (an upload cut short, say) is the cancel.
         result = Err(Error::Cancelled);
@@ -227,8 +257,13 @@ pub fn bundle_instance(
             });
         }
     }
+    result
+}
+
+/// Ends the task as `complete` or `failed` (with the error).
+fn end_task<T>(task: &mut BundleTask, result: &Result<T, Error>) {
     task.update_time = task::now_iso();
-    match &result {
+    match result {
         Ok(_) => {
             task.state = State::Complete;
             task.progress = "100%".into();
@@ -238,16 +273,10 @@ pub fn bundle_instance(
             task.error = Some(TaskError::from_error(e));
         }
     }
-    let _ = on_update(&task);
-    BundleOutcome {
-        task,
-        instance_id_derived: notes.derived,
-        instance_id_from_imds: notes.from_imds,
-        warnings: notes.warnings,
-        result,
-    }
 }
 
+/// The bundle itself, step by step: from opening the source to storing the manifest, which makes
+/// it complete.
 fn run(
     req: &BundleRequest,
     store: &dyn ObjectStore,
@@ -257,16 +286,140 @@ fn run(
     notes: &mut Notes,
     on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
 ) -> Result<(Manifest, PipelineStats), Error> {
-    // A live volume's snapshot lives as long as `disk`: it is deleted on every way out of here.
+    // A live volume's snapshot lives as long as `opened.disk`: it is deleted on every way out of here.
     let started = std::time::Instant::now();
-    let opened = crate::source::live::open(&req.source, &req.live, true, cancel)?;
-    notes.warnings.extend(opened.notes);
-    let writers = opened.writers;
-    if let Some(w) = writers.as_deref().and_then(crate::source::snapshot::writers_warning) {
+    let opened = open_source(req, cancel, notes)?;
+    let plan = analyse(req, &opened.disk, started)?;
+    name_instance(task, notes, opened.live, &plan);
+    make_room(store, req)?;
+    let (req, mut parent) = adopt_parent(store, req, &task.instance_id, notes)?;
+    let mut detection = detect_changes(&plan, parent.as_mut(), &req, notes)?;
+    let env = Env::new(&req, parent.as_ref(), store, progress, cancel, started);
+    let sizes = size_stream(&env, &plan)?;
+    preflight(&env, &plan, &sizes, notes)?;
+    announce(&env, &sizes, task, on_update)?;
+    let (mut stats, finished) = write_volume_stream(&env, &plan, &sizes, task, on_update)?;
+    record_volume_stream(&env, &mut stats, finished.reuse, notes);
+    let mut written = Written::new(store, &finished.data);
+    let disk_info = write_disk_stream(&env, &plan, &sizes, &mut stats, notes, &mut written)?;
+    let mut chunk_index = finished.index;
+    chunk_index.records = detection.records.take();
+    let index = store_index(&env, &chunk_index, &mut written)?;
+    let streams = Streams {
+        data: finished.data,
+        chunk_count: sizes.chunk_count,
+        bundle_sha256: finished.bundle_sha256,
+        index,
+        disk: disk_info,
+        detection,
+    };
+    let manifest = build_manifest(&env, task, &plan, &stats, streams, opened.writers);
+    store_manifest(&env, &manifest, &written)?;
+    stats.source_reads = opened.disk.read_stats();
+    notes.warnings.extend(finished.resumed.note.clone());
+    stats.resumed = finished.resumed;
+    Ok((manifest, stats))
+}
+
+/// What the steps after the parent is chosen share: the request (with the parent's settings where
+/// it takes them), the parent whose frames are reused, and where the bundle goes.
+struct Env<'a> {
+    req: &'a BundleRequest,
+    parent: Option<&'a Parent<'a>>,
+    store: &'a dyn ObjectStore,
+    keys: Keys,
+    progress: &'a dyn Progress,
+    cancel: &'a AtomicBool,
+    /// When the run started (before the source was opened).
+    started: std::time::Instant,
+}
+
+impl<'a> Env<'a> {
+    fn new(
+        req: &'a BundleRequest,
+        parent: Option<&'a Parent<'a>>,
+        store: &'a dyn ObjectStore,
+        progress: &'a dyn Progress,
+        cancel: &'a AtomicBool,
+        started: std::time::Instant,
+    ) -> Self {
+        Env {
+            req,
+            parent,
+            store,
+            keys: Keys::new(&req.prefix),
+            progress,
+            cancel,
+            started,
+        }
+    }
+}
+
+/// How the volume's data stream is cut: its chunks, a bound on its bytes, and its part size.
+struct Sizes {
+    chunk_count: u64,
+    bound: u64,
+    part_size: u64,
+}
+
+/// The objects of this bundle stored so far, in the order they were stored. A later step that
+/// fails deletes them all (in that order) before it returns: the bundle must not become complete.
+struct Written<'a> {
+    store: &'a dyn ObjectStore,
+    keys: Vec<String>,
+}
+
+impl<'a> Written<'a> {
+    /// Starts with the objects of the volume's data stream.
+    fn new(store: &'a dyn ObjectStore, data: &DataInfo) -> Self {
+        Written {
+            store,
+            keys: data.objects.iter().map(|o| o.key.clone()).collect(),
+        }
+    }
+
+    /// Records more objects as stored.
+    fn add(&mut self, keys: impl IntoIterator<Item = String>) {
+        self.keys.extend(keys);
+    }
+
+    /// Deletes every object recorded (as far as it can: the failure that led here is the error).
+    fn undo(&self) {
+        for k in &self.keys {
+            let _ = self.store.delete(k);
+        }
+    }
+}
+
+/// The streams a finished run stored, as the manifest names them.
+struct Streams {
+    data: DataInfo,
+    chunk_count: u64,
+    bundle_sha256: String,
+    index: IndexInfo,
+    disk: Option<DiskInfo>,
+    /// How the changed chunks were found (its record digests already in the index).
+    detection: super::detect::Detection,
+}
+
+/// Opens the source (a live volume through its snapshot) and notes its warnings, the VSS
+/// writers' among them.
+fn open_source(req: &BundleRequest, cancel: &AtomicBool, notes: &mut Notes) -> Result<Opened, Error> {
+    let mut opened = crate::source::live::open(&req.source, &req.live, true, cancel)?;
+    notes.warnings.append(&mut opened.notes);
+    if let Some(w) = opened
+        .writers
+        .as_deref()
+        .and_then(crate::source::snapshot::writers_warning)
+    {
         notes.warnings.push(w);
     }
-    let disk = opened.disk;
-    let plan = Plan::analyse(&disk, &req.plan)?;
+    Ok(opened)
+}
+
+/// Analyses the source (layout, root volume, exclusions) and logs the plan.
+fn analyse<'d>(req: &BundleRequest, disk: &'d DiskFile, started: std::time::Instant) -> Result<Plan<'d>, Error> {
+    let plan = Plan::analyse(disk, &req.plan)?;
     let root = plan.layout.root();
     tracing::info!(
         "plan: {} ({} bytes, partition table {}): root volume partition {} at byte {} ({} bytes; {}); {} bytes allocated, {} left out, {} to read; analysed in {} ms",
@@ -282,18 +435,28 @@ fn run(
         plan.read_bytes,
         started.elapsed().as_millis()
     );
+    Ok(plan)
+}
+
+/// Gives the task an instance id when the request named none: this EC2 instance's own for its
+/// live volume, else one derived from the source's identity.
+fn name_instance(task: &mut BundleTask, notes: &mut Notes, live: bool, plan: &Plan<'_>) {
     // Bundling this machine's own volume on EC2: its instance id is the natural one.
     if task.instance_id.is_empty()
-        && opened.live
+        && live
         && let Some(id) = task::imds::instance_id()
     {
         task.instance_id = id;
         notes.from_imds = true;
     }
     if task.instance_id.is_empty() {
-        task.instance_id = task::derived_instance_id(&instance_identity(&plan));
+        task.instance_id = task::derived_instance_id(&instance_identity(plan));
         notes.derived = true;
     }
+}
+
+/// Refuses a prefix that already holds a bundle, or with `--overwrite` deletes its manifest.
+fn make_room(store: &dyn ObjectStore, req: &BundleRequest) -> Result<(), Error> {
     let keys = Keys::new(&req.prefix);
     if store.exists(&keys.manifest())? {
         if !req.overwrite {
@@ -307,28 +470,41 @@ fn run(
         // The old bundle stops being complete before any of its objects is replaced.
         store.delete(&keys.manifest())?;
     }
-    let opened_parent = match &req.parent {
-        Some(choice) => Some(open_parent(store, req, choice, &task.instance_id)?),
-        None => None,
+    Ok(())
+}
+
+/// Opens the parent an incremental bundle asks for: the request with the parent's settings it
+/// takes, and the parent when its frames can be reused.
+fn adopt_parent<'r, 's>(
+    store: &'s dyn ObjectStore,
+    req: &'r BundleRequest,
+    instance_id: &str,
+    notes: &mut Notes,
+) -> Result<(Cow<'r, BundleRequest>, Option<Parent<'s>>), Error> {
+    let Some(choice) = &req.parent else {
+        return Ok((Cow::Borrowed(req), None));
     };
-    let adopted = match &opened_parent {
-        Some(p) => follow_parent(req, p)?,
-        None => None,
+    let opened = open_parent(store, req, choice, instance_id)?;
+    let req = match follow_parent(req, &opened)? {
+        Some(adopted) => Cow::Owned(adopted),
+        None => Cow::Borrowed(req),
     };
-    let req = adopted.as_ref().unwrap_or(req);
-    let parent = match opened_parent {
-        Some(p) => reusable_parent(store, req, p, notes)?,
-        None => None,
-    };
+    let parent = reusable_parent(store, &req, opened, notes)?;
+    Ok((req, parent))
+}
+
+/// Cuts the volume's data stream into chunks and parts, refusing sizes a bundle cannot have.
+fn size_stream(env: &Env<'_>, plan: &Plan<'_>) -> Result<Sizes, Error> {
+    let (req, store) = (env.req, env.store);
     let chunk_count = plan.image_len.div_ceil(req.chunk_size as u64);
-    if chunk_count > super::manifest::MAX_CHUNKS {
+    if chunk_count > crate::format::manifest::MAX_CHUNKS {
         // Readers refuse more (it bounds the seek table and index they read).
         return Err(invalid(
             "--chunk-size",
             format!(
                 "{} bytes makes {chunk_count} chunks of this volume, more than the {} a bundle may have: use a larger --chunk-size",
                 req.chunk_size,
-                super::manifest::MAX_CHUNKS
+                crate::format::manifest::MAX_CHUNKS
             ),
         ));
     }
@@ -350,36 +526,81 @@ fn run(
             "this volume needs parts over 5 GiB to stay within 10,000 parts",
         ));
     }
-    let max_parts = bound.div_ceil(part_size).max(1) as u32;
-    let planned_keys = match req.layout {
+    Ok(Sizes {
+        chunk_count,
+        bound,
+        part_size,
+    })
+}
+
+/// Asks the store whether the bundle's objects can be written (and in time, under an upload
+/// policy), and notes its warnings.
+fn preflight(env: &Env<'_>, plan: &Plan<'_>, sizes: &Sizes, notes: &mut Notes) -> Result<(), Error> {
+    let keys = &env.keys;
+    let max_parts = sizes.bound.div_ceil(sizes.part_size).max(1) as u32;
+    let planned_keys = match env.req.layout {
         Layout::Single => vec![keys.manifest(), keys.index(), keys.image()],
         Layout::Parts => vec![keys.manifest(), keys.index(), keys.part(0), keys.part(max_parts - 1)],
         Layout::Runs => vec![keys.manifest(), keys.index(), keys.run_object(0)],
     };
-    notes
-        .warnings
-        .extend(store.preflight(&planned_keys, part_size, plan.read_bytes as f64 / PESSIMISTIC_RATE)?);
+    notes.warnings.extend(env.store.preflight(
+        &planned_keys,
+        sizes.part_size,
+        plan.read_bytes as f64 / PESSIMISTIC_RATE,
+    )?);
+    Ok(())
+}
 
+/// Logs the bundle's settings and moves the task to `bundling`.
+fn announce(
+    env: &Env<'_>,
+    sizes: &Sizes,
+    task: &mut BundleTask,
+    on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let req = env.req;
     tracing::info!(
         "bundle {} of instance {} to {} under {:?}: chunks of {} bytes, zstd level {}, {} threads, {:?} layout, parts of {} bytes{}",
         task.bundle_id,
         task.instance_id,
-        store.location(),
+        env.store.location(),
         req.prefix,
         req.chunk_size,
         req.level,
         req.threads,
         req.layout,
-        part_size,
-        parent
-            .as_ref()
-            .map(|p| format!(", parent {}", p.prefix))
-            .unwrap_or_default()
+        sizes.part_size,
+        env.parent.map(|p| format!(", parent {}", p.prefix)).unwrap_or_default()
     );
-    task.state = State::Bundling;
+    set_state(task, State::Bundling, None, on_update)
+}
+
+/// Moves the task to `state` (and `progress`, when given) and passes it to `on_update`.
+fn set_state(
+    task: &mut BundleTask,
+    state: State,
+    progress: Option<&str>,
+    on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
+) -> Result<(), Error> {
+    task.state = state;
+    if let Some(p) = progress {
+        task.progress = p.into();
+    }
     task.update_time = task::now_iso();
-    on_update(task)?;
-    progress.start(plan.read_bytes);
+    on_update(task)
+}
+
+/// Streams the root volume through the chunk pipeline into the store, reusing the parent's
+/// frames, then moves the task to `storing` and finishes the stream (its last parts and index).
+fn write_volume_stream(
+    env: &Env<'_>,
+    plan: &Plan<'_>,
+    sizes: &Sizes,
+    task: &mut BundleTask,
+    on_update: &mut dyn FnMut(&BundleTask) -> Result<(), Error>,
+) -> Result<(PipelineStats, Finished), Error> {
+    let (req, store, parent) = (env.req, env.store, env.parent);
+    env.progress.start(plan.read_bytes);
     let mut source = plan.chunk_source()?;
     let cfg = PipelineConfig {
         chunk_size: req.chunk_size,
@@ -388,46 +609,54 @@ fn run(
     };
     // Threads that fetch parent bytes for an incremental bundle on S3 live as long as the
     // writer: both inside this scope.
-    let (mut stats, finished) = std::thread::scope(|scope| -> Result<_, Error> {
-        let copies = parent.as_ref().filter(|p| !crate::chunk::Reuse::reads_frames(*p));
+    std::thread::scope(|scope| -> Result<_, Error> {
+        let copies = parent.filter(|p| !crate::chunk::Reuse::reads_frames(*p));
         let fetcher = copies.map(|p| super::fetch::Fetcher::start(scope, p, FETCH_THREADS));
-        let mut writer = StreamWriter::new(store, keys.clone(), req.layout, part_size, progress);
+        let mut writer = StreamWriter::new(store, env.keys.clone(), req.layout, sizes.part_size, env.progress);
         if let Some(p) = copies {
-            // Every part but the last at least `min_part`: S3's 5 MiB, or more so that a
-            // stream of copied and sent parts still fits in 10,000 parts.
-            let min_part = store
-                .min_part_size()
-                .max(bound.div_ceil(MAX_PARTS - 1).next_multiple_of(1 << 20))
-                .min(part_size);
             writer = writer.copy_from(super::writer::Copying {
                 parent: p,
-                min_part,
+                min_part: min_copy_part(store, sizes),
                 fetcher: fetcher.as_ref(),
             });
         }
         // A local store copies the parent's frames file to file (the pipeline still reads
         // and checks them).
-        if let Some(p) = parent
-            .as_ref()
-            .filter(|p| crate::chunk::Reuse::reads_frames(*p) && store.is_local())
-        {
+        if let Some(p) = parent.filter(|p| crate::chunk::Reuse::reads_frames(*p) && store.is_local()) {
             writer = writer.copy_locally_from(p);
         }
-        let reuse = parent.as_ref().map(|p| p as &dyn crate::chunk::Reuse);
-        let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, progress, cancel) {
+        let reuse = parent.map(|p| p as &dyn crate::chunk::Reuse);
+        let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, env.progress, env.cancel) {
             Ok(s) => s,
             Err(e) => {
                 writer.abort();
                 return Err(e);
             }
         };
-        task.state = State::Storing;
-        task.progress = "99%".into();
-        task.update_time = task::now_iso();
-        on_update(task)?;
+        set_state(task, State::Storing, Some("99%"), on_update)?;
         let finished = writer.finish(req.chunk_size as u64, plan.image_len)?;
         Ok((stats, finished))
-    })?;
+    })
+}
+
+/// The smallest part but the last of a stream that copies the parent's frames on the server.
+fn min_copy_part(store: &dyn ObjectStore, sizes: &Sizes) -> u64 {
+    // Every part but the last at least `min_part`: S3's 5 MiB, or more so that a
+    // stream of copied and sent parts still fits in 10,000 parts.
+    store
+        .min_part_size()
+        .max(sizes.bound.div_ceil(MAX_PARTS - 1).next_multiple_of(1 << 20))
+        .min(sizes.part_size)
+}
+
+/// Logs the data stream's statistics, adds the parent's I/O to them, and notes what the user
+/// should know: a damaged parent, copies the server refused.
+fn record_volume_stream(
+    env: &Env<'_>,
+    stats: &mut PipelineStats,
+    reuse: crate::chunk::pipeline::ReuseStats,
+    notes: &mut Notes,
+) {
     tracing::info!(
         "data stream: {} chunks ({} all zeros, {} reused) in {:.2} s: reading {:.2} s, compressing {:.2} s over {} threads, storing {:.2} s; {} bytes read, {} bytes of frames",
         stats.chunks,
@@ -436,98 +665,119 @@ fn run(
         stats.elapsed.as_secs_f64(),
         stats.read_time.as_secs_f64(),
         stats.compress_time.as_secs_f64(),
-        req.threads,
+        env.req.threads,
         stats.store_time.as_secs_f64(),
         stats.data_bytes,
         stats.compressed_bytes
     );
-    if let (Some(p), Some(first)) = (&parent, stats.first_damaged_chunk) {
+    if let (Some(p), Some(first)) = (env.parent, stats.first_disagreement) {
+        notes.warnings.push(format!(
+            "{} chunks (the first chunk {first}, at volume byte {}) hold other data than the parent {} has for them, though the volume's metadata says nothing in them changed: something wrote to the volume without going through NTFS (a raw write, a disk tool, damage); this bundle holds the data as it is now. Keep using --rehash, or --rehash-every, on this machine",
+            stats.metadata_disagreements,
+            first * env.req.chunk_size as u64,
+            p.prefix
+        ));
+    }
+    if let (Some(p), Some(first)) = (env.parent, stats.first_damaged_chunk) {
         notes.warnings.push(format!(
             "the parent bundle {} is damaged: {} of its frames (the first for chunk {first}) are not the bytes its index names; those chunks were compressed again, so this bundle is whole; check the parent with `winbundle verify --prefix {}`",
             p.prefix, stats.damaged_parent_frames, p.prefix
         ));
     }
-    let (data, bundle_sha256, resumed) = (finished.data, finished.bundle_sha256, finished.resumed);
-    stats.parent_io = finished.reuse;
+    stats.parent_io = reuse;
     notes.warnings.extend(stats.parent_io.copies.note.clone());
-    // The disk around C: (partition table, system partitions), as a stream of its own.
-    let disk_info = match &plan.disk_plan {
-        Ok(dp) => {
-            let settings = super::disk::StreamSettings {
-                store,
-                prefix: &req.prefix,
-                // The disk stream is never copied in pieces: one object is all it needs.
-                layout: match req.layout {
-                    Layout::Runs => Layout::Single,
-                    l => l,
-                },
-                part_size,
-                chunk_size: req.chunk_size,
-                level: req.level,
-            };
-            let parent_disk = parent.as_ref().and_then(|p| p.bundle.manifest.disk.as_ref());
-            let written = super::disk::write_stream(&settings, plan.disk, dp, parent_disk);
-            match written {
-                Ok((d, copied)) => {
-                    if let Some(p) = parent.as_ref() {
-                        tracing::info!(
-                            "disk stream: {}",
-                            match copied {
-                                true => format!("unchanged since {}, its objects copied", p.prefix),
-                                false => format!("differs from {}'s (or it has none), written in full", p.prefix),
-                            }
-                        );
-                        stats.parent_io.disk_stream = Some(if copied { "copied" } else { "written" }.into());
-                    }
-                    Some(d)
-                }
-                Err(e) => {
-                    for o in &data.objects {
-                        let _ = store.delete(&o.key);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+}
+
+/// Writes the disk around C: (partition table, system partitions) as a stream of its own, or
+/// copies the parent's when it is unchanged; or notes why `restore --disk` will not have it.
+fn write_disk_stream(
+    env: &Env<'_>,
+    plan: &Plan<'_>,
+    sizes: &Sizes,
+    stats: &mut PipelineStats,
+    notes: &mut Notes,
+    written: &mut Written<'_>,
+) -> Result<Option<DiskInfo>, Error> {
+    let req = env.req;
+    let dp = match &plan.disk_plan {
+        Ok(dp) => dp,
         Err(why) if why != "--volume-only" && plan.layout.table.kind != crate::source::TableKind::None => {
             notes.warnings.push(format!(
                 "only C: is kept, `restore --disk` will not rebuild this disk: {why}"
             ));
-            None
+            return Ok(None);
         }
-        Err(_) => None,
+        Err(_) => return Ok(None),
     };
-    let disk_objects: Vec<String> = disk_info
-        .iter()
-        .flat_map(|d| d.data.objects.iter().map(|o| o.key.clone()))
-        .collect();
-    store.flush()?;
-    let index_bytes = finished.index.encode();
-    let stored_index = if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+    let settings = super::disk::StreamSettings {
+        store: env.store,
+        prefix: &req.prefix,
+        // The disk stream is never copied in pieces: one object is all it needs.
+        layout: match req.layout {
+            Layout::Runs => Layout::Single,
+            l => l,
+        },
+        part_size: sizes.part_size,
+        chunk_size: req.chunk_size,
+        level: req.level,
+    };
+    let parent_disk = env.parent.and_then(|p| p.bundle.manifest.disk.as_ref());
+    let (d, copied) =
+        super::disk::write_stream(&settings, plan.disk, dp, parent_disk).inspect_err(|_| written.undo())?;
+    if let Some(p) = env.parent {
+        tracing::info!(
+            "disk stream: {}",
+            match copied {
+                true => format!("unchanged since {}, its objects copied", p.prefix),
+                false => format!("differs from {}'s (or it has none), written in full", p.prefix),
+            }
+        );
+        stats.parent_io.disk_stream = Some(if copied { "copied" } else { "written" }.into());
+    }
+    written.add(d.data.objects.iter().map(|o| o.key.clone()));
+    Ok(Some(d))
+}
+
+/// Stores the chunk index once every data object is stored, unless the run was cancelled.
+fn store_index(env: &Env<'_>, index: &ChunkIndex, written: &mut Written<'_>) -> Result<IndexInfo, Error> {
+    let keys = &env.keys;
+    env.store.flush()?;
+    let index_bytes = index.encode();
+    let stored_index = if env.cancel.load(std::sync::atomic::Ordering::SeqCst) {
         Err(Error::Cancelled)
     } else {
-        store.put(&keys.index(), &index_bytes).map_err(Error::from)
+        env.store.put(&keys.index(), &index_bytes).map_err(Error::from)
     };
     if let Err(e) = stored_index {
         // Cancelled while the last parts were stored, or the index could not be stored: the
         // bundle must not become complete.
-        for k in data.objects.iter().map(|o| &o.key).chain(&disk_objects) {
-            let _ = store.delete(k);
-        }
+        written.undo();
         return Err(e);
     }
-    let index = IndexInfo {
+    written.add([keys.index()]);
+    Ok(IndexInfo {
         key: keys.index(),
         size: index_bytes.len() as u64,
         sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&index_bytes)),
         chunk_hash: "blake3".into(),
-    };
-    let root = plan.layout.root();
-    let manifest = Manifest {
+    })
+}
+
+/// The manifest of the finished bundle.
+fn build_manifest(
+    env: &Env<'_>,
+    task: &BundleTask,
+    plan: &Plan<'_>,
+    stats: &PipelineStats,
+    streams: Streams,
+    writers: Option<Vec<WriterStatus>>,
+) -> Manifest {
+    let req = env.req;
+    Manifest {
         format: FORMAT_NAME.into(),
-        format_version: if disk_info.is_some() {
+        format_version: if streams.disk.is_some() {
             FORMAT_VERSION_DISK
-        } else if data.objects.iter().any(|o| o.part_sizes.is_some()) {
+        } else if streams.data.objects.iter().any(|o| o.part_sizes.is_some()) {
             FORMAT_VERSION_PART_SIZES
         } else {
             FORMAT_VERSION
@@ -537,26 +787,10 @@ fn run(
         instance_id: task.instance_id.clone(),
         start_time: task.start_time.clone(),
         end_time: task::now_iso(),
-        source: SourceInfo {
-            path: req.source.display().to_string(),
-            disk_size: plan.layout.disk_size,
-            partition_table: plan.layout.table.kind,
-            sector_size: plan.layout.table.sector_size,
-            disk_id: plan.layout.table.disk_id.clone(),
-            root: RootInfo {
-                index: root.partition.index,
-                offset: root.partition.offset,
-                length: root.partition.length,
-                type_id: root.partition.ptype.id(),
-                type_name: root.partition.ptype.name().into(),
-                name: root.partition.name.clone(),
-                reason: plan.layout.root.reason.clone(),
-            },
-            ntfs: plan.facts.clone(),
-        },
+        source: source_info(req, plan),
         volume_size: plan.image_len,
         chunk_size: req.chunk_size as u64,
-        chunk_count,
+        chunk_count: streams.chunk_count,
         compression: Compression {
             algorithm: "zstd".into(),
             level: req.level,
@@ -564,48 +798,117 @@ fn run(
             zero_chunks: stats.zero_chunks,
             zstd_version: Some(zstd::zstd_safe::version_string().to_string()),
         },
-        data,
-        bundle_sha256,
-        index: Some(index),
-        parent: parent.as_ref().map(|p| ParentInfo {
+        data: streams.data,
+        bundle_sha256: streams.bundle_sha256,
+        index: Some(streams.index),
+        parent: env.parent.map(|p| ParentInfo {
             prefix: p.prefix.clone(),
             bundle_id: p.bundle.manifest.bundle_id.clone(),
             reused_chunks: stats.reused_chunks,
             reused_bytes: stats.reused_bytes,
             copied_parts: stats.parent_io.copies.copied_parts,
             copied_bytes: stats.parent_io.copies.copied_bytes,
+            change_detection: Some(streams.detection.mode.as_str().into()),
+            unread_chunks: stats.unread_chunks,
+            changed_records: streams.detection.changed_records,
+            metadata_disagreements: stats.metadata_disagreements,
+            first_disagreement: stats.first_disagreement,
+            since_rehash: streams.detection.since_rehash,
         }),
-        disk: disk_info,
+        disk: streams.disk,
         stats: Stats {
             allocated_bytes: plan.allocated_bytes,
             data_bytes: stats.data_bytes,
             excluded_bytes: plan.excluded_bytes,
         },
-        excluded_partitions: excluded_partitions(&plan),
+        excluded_partitions: excluded_partitions(plan),
         excluded_files: plan.exclusions.items.clone(),
-        snapshot: writers.map(|writers| super::manifest::SnapshotInfo { writers }),
-    };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Internal(e.to_string()))?;
-    if let Err(e) = store.put(&keys.manifest(), &json) {
-        for k in manifest.data.objects.iter().map(|o| &o.key).chain(&disk_objects) {
-            let _ = store.delete(k);
-        }
-        let _ = store.delete(&keys.index());
+        snapshot: writers.map(|writers| crate::format::manifest::SnapshotInfo { writers }),
+    }
+}
+
+/// The manifest's description of the source: the disk and its root volume.
+fn source_info(req: &BundleRequest, plan: &Plan<'_>) -> SourceInfo {
+    let root = plan.layout.root();
+    SourceInfo {
+        path: req.source.display().to_string(),
+        disk_size: plan.layout.disk_size,
+        partition_table: plan.layout.table.kind,
+        sector_size: plan.layout.table.sector_size,
+        disk_id: plan.layout.table.disk_id.clone(),
+        root: RootInfo {
+            index: root.partition.index,
+            offset: root.partition.offset,
+            length: root.partition.length,
+            type_id: root.partition.ptype.id(),
+            type_name: root.partition.ptype.name().into(),
+            name: root.partition.name.clone(),
+            reason: plan.layout.root.reason.clone(),
+        },
+        ntfs: plan.facts.clone(),
+    }
+}
+
+/// Stores the manifest, which makes the bundle complete, and says so.
+fn store_manifest(env: &Env<'_>, manifest: &Manifest, written: &Written<'_>) -> Result<(), Error> {
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Internal(e.to_string()))?;
+    if let Err(e) = env.store.put(&env.keys.manifest(), &json) {
+        written.undo();
         return Err(e.into());
     }
-    progress.finish();
+    env.progress.finish();
     tracing::info!(
         "bundle complete: {} ({} bytes of data, index {} bytes, manifest {} bytes) in {:.2} s",
-        keys.manifest(),
+        env.keys.manifest(),
         manifest.data.stream_size,
-        index_bytes.len(),
+        manifest.index.as_ref().map_or(0, |i| i.size),
         json.len(),
-        started.elapsed().as_secs_f64()
+        env.started.elapsed().as_secs_f64()
     );
-    stats.source_reads = disk.read_stats();
-    notes.warnings.extend(resumed.note.clone());
-    stats.resumed = resumed;
-    Ok((manifest, stats))
+    Ok(())
+}
+
+/// Scans the volume's `$MFT` for the record digests the new index keeps and, with a parent,
+/// for the chunks that changed since it: `parent` then reads only those (or everything, with
+/// a note saying why).
+fn detect_changes(
+    plan: &Plan<'_>,
+    parent: Option<&mut super::parent::Parent<'_>>,
+    req: &BundleRequest,
+    notes: &mut Notes,
+) -> Result<super::detect::Detection, Error> {
+    let t = std::time::Instant::now();
+    let since = |p: &super::parent::Parent<'_>| p.bundle.manifest.parent.as_ref().map_or(0, |i| i.since_rehash);
+    let of_parent = parent
+        .as_deref()
+        .and_then(|p| Some((p.bundle.index.as_ref()?, since(p))));
+    let detection = super::detect::detect(
+        plan.disk,
+        &plan.layout,
+        &plan.facts,
+        of_parent,
+        req.chunk_size as u64,
+        req.rehash,
+    )?;
+    tracing::info!(
+        "change detection: {} ({} MFT records, {} changed, {} bytes of $MFT read, {} chunks to read) in {:.2} s",
+        detection.mode.as_str(),
+        detection.records.as_ref().map_or(0, |r| r.digests.len()),
+        detection.changed_records,
+        detection.mft_bytes,
+        detection
+            .plan
+            .as_ref()
+            .map_or("all".to_string(), |p| p.read.len().to_string()),
+        t.elapsed().as_secs_f64()
+    );
+    if let Some(p) = parent {
+        if let Some(why) = detection.why_rehash.as_ref().filter(|_| !req.rehash.always) {
+            notes.warnings.push(why.clone());
+        }
+        p.change = detection.plan.clone();
+    }
+    Ok(detection)
 }
 
 /// Opens the parent of an incremental bundle, or says why this store cannot have one.

@@ -7,22 +7,18 @@
 //! C: at their offsets, removes the left-out partitions from the table (fixing the GPT CRCs),
 //! and can end the disk with a fixed-VHD footer.
 
-use std::fs::File;
-
-use serde::{Deserialize, Serialize};
-
-use super::Keys;
-use super::index::{chunk_hash, frame_hash};
-use super::manifest::{DataInfo, Layout, ObjectInfo};
-use super::output::ChunkSink;
 use super::writer::StreamWriter;
 use crate::Error;
 use crate::chunk::frame::ChunkCompressor;
 use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink};
+use crate::format::Keys;
+use crate::format::disk::{DiskInfo, DiskRegion, KeptPartition};
+use crate::format::index::{chunk_hash, frame_hash};
+use crate::format::manifest::{DataInfo, Layout, ObjectInfo};
 use crate::progress::NoProgress;
+use crate::source::DiskFile;
 use crate::source::layout::{DiskLayout, FileSystem, PartitionInfo};
 use crate::source::partition::{PartitionType, TableKind};
-use crate::source::{DiskFile, disk::read_exact_at, disk::write_all_at};
 use crate::store::{CopySource, ObjectStore, ObjectWriter, PartInfo, StoreError};
 
 /// The largest partition kept as a system partition.
@@ -31,53 +27,6 @@ pub const MAX_SYSTEM_PARTITION: u64 = 2 << 30;
 const MAX_HEAD: u64 = 16 << 20;
 /// The most of the disk's tail (after the last partition) kept: the backup GPT.
 const MAX_TAIL: u64 = 16 << 20;
-/// The largest disk a VHD can describe.
-const MAX_VHD: u64 = 2040 << 30;
-
-/// A stretch of the source disk kept in the disk stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskRegion {
-    pub what: String,
-    /// Where it is on the disk, and how long.
-    pub offset: u64,
-    pub length: u64,
-    /// Where it starts in the disk stream's plaintext (a multiple of the chunk size; the rest
-    /// of its last chunk is zeros).
-    pub stream_offset: u64,
-}
-
-/// A partition the restored disk has.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeptPartition {
-    pub index: u32,
-    pub offset: u64,
-    pub length: u64,
-    pub type_id: String,
-    /// `root volume (C:)`, `EFI system`, `Microsoft reserved`, `Windows recovery`,
-    /// `System Reserved (active)`.
-    pub role: String,
-}
-
-/// What the manifest records of the disk around C: (format version 3).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DiskInfo {
-    pub disk_size: u64,
-    pub sector_size: u32,
-    pub partition_table: TableKind,
-    pub regions: Vec<DiskRegion>,
-    pub kept_partitions: Vec<KeptPartition>,
-    /// Partitions left out (instance stores): their entries are removed from the table.
-    pub dropped_partitions: Vec<u32>,
-    /// The disk stream: its plaintext length (whole chunks), chunks, objects and digests.
-    pub stream_plain_size: u64,
-    pub chunk_count: u64,
-    pub data: DataInfo,
-    pub bundle_sha256: String,
-    /// BLAKE3 (hex) over the BLAKE3 of each chunk's plaintext, in order: what an incremental
-    /// bundle compares to reuse this stream whole. Absent in bundles made before it existed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plain_blake3: Option<String>,
-}
 
 /// What a bundle of this disk will keep besides C:, worked out before anything is read.
 #[derive(Debug, Clone)]
@@ -235,6 +184,7 @@ fn compress_stream(s: &StreamSettings<'_>, disk: &DiskFile, dp: &DiskPlan) -> Re
                 zero: false,
                 hash,
                 frame_hash: frame_hash(&frame),
+                alloc: None,
             })
         })
     })();
@@ -343,7 +293,7 @@ fn copy_object(
             return Err(e);
         }
     };
-    let receipt = w.finish()?;
+    let receipt = super::writer::finish_object(w, &key)?;
     for (n, sum) in receipt.copied {
         if let Some(s) = sums.get_mut(n as usize) {
             *s = Some(sum);
@@ -352,7 +302,7 @@ fn copy_object(
     for (n, (sum, want)) in sums.iter().zip(&from.parts_sha256).enumerate() {
         if sum.map(hex::encode).as_deref() != Some(want.as_str()) {
             let _ = store.delete(&key);
-            return Err(super::FormatError::Integrity {
+            return Err(crate::format::FormatError::Integrity {
                 what: format!(
                     "the parent's disk stream object {} has a part {n} that is not the bytes its manifest names (SHA-256 {want}): check the parent with `winbundle verify`, or bundle without --parent",
                     from.key
@@ -426,362 +376,4 @@ fn fill_object(
         offset += len;
     }
     Ok(sums)
-}
-
-/// Where chunk `i` of the disk stream goes on the disk: (bytes of it to write, disk offset);
-/// None for a chunk past every region.
-pub fn place(d: &DiskInfo, chunk_size: u64, i: u64) -> Option<(usize, u64)> {
-    let at = i * chunk_size;
-    let r = d.regions.iter().rev().find(|r| r.stream_offset <= at)?;
-    let within = at - r.stream_offset;
-    if within >= r.length {
-        return None;
-    }
-    Some(((r.length - within).min(chunk_size) as usize, r.offset + within))
-}
-
-fn damaged(what: String) -> Error {
-    super::FormatError::Manifest {
-        key: "disk".into(),
-        problem: what,
-    }
-    .into()
-}
-
-fn io(context: &str, e: std::io::Error) -> Error {
-    Error::Io {
-        context: context.to_string(),
-        source: e,
-    }
-}
-
-/// Removes the dropped partitions from the table written in `f` (a disk of `d.disk_size`
-/// bytes): MBR entries (and an extended partition left with none of the kept ones), or GPT
-/// entries with both headers' CRCs recomputed.
-pub fn patch_table(f: &File, d: &DiskInfo) -> Result<(), Error> {
-    let ss = u64::from(d.sector_size);
-    let kept = |start: u64, len: u64| d.kept_partitions.iter().any(|p| p.offset == start && p.length == len);
-    match d.partition_table {
-        TableKind::Mbr => {
-            let mut mbr = [0u8; 512];
-            read_exact_at(f, &mut mbr, 0).map_err(|e| io("read the restored MBR", e))?;
-            for e in 0..4 {
-                let at = 446 + 16 * e;
-                let ty = mbr[at + 4];
-                let start = u64::from(u32::from_le_bytes([
-                    mbr[at + 8],
-                    mbr[at + 9],
-                    mbr[at + 10],
-                    mbr[at + 11],
-                ])) * ss;
-                let len = u64::from(u32::from_le_bytes([
-                    mbr[at + 12],
-                    mbr[at + 13],
-                    mbr[at + 14],
-                    mbr[at + 15],
-                ])) * ss;
-                let keep = match ty {
-                    0 => true,
-                    0x05 | 0x0f | 0x85 => d
-                        .kept_partitions
-                        .iter()
-                        .any(|p| p.offset >= start && p.offset + p.length <= start + len),
-                    _ => kept(start, len),
-                };
-                if !keep {
-                    mbr[at..at + 16].fill(0);
-                }
-            }
-            write_all_at(f, &mbr, 0).map_err(|e| io("write the restored MBR", e))
-        }
-        TableKind::Gpt => {
-            let last_lba = d.disk_size / ss - 1;
-            for header_lba in [1, last_lba] {
-                let mut h = vec![0u8; ss as usize];
-                read_exact_at(f, &mut h, header_lba * ss).map_err(|e| io("read the restored GPT", e))?;
-                if &h[..8] != b"EFI PART" {
-                    return Err(damaged(format!("no GPT header at LBA {header_lba} of the kept table")));
-                }
-                let size = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
-                let entries_lba = u64::from_le_bytes(h[72..80].try_into().unwrap_or_default());
-                let count = u32::from_le_bytes([h[80], h[81], h[82], h[83]]) as usize;
-                let esize = u32::from_le_bytes([h[84], h[85], h[86], h[87]]) as usize;
-                if !(92..=h.len()).contains(&size) || esize < 128 || count.saturating_mul(esize) > 1 << 20 {
-                    return Err(damaged(format!("the GPT header at LBA {header_lba} is malformed")));
-                }
-                let mut entries = vec![0u8; count * esize];
-                read_exact_at(f, &mut entries, entries_lba * ss).map_err(|e| io("read the restored GPT entries", e))?;
-                for e in entries.chunks_mut(esize) {
-                    if e[..16].iter().all(|&b| b == 0) {
-                        continue;
-                    }
-                    let first = u64::from_le_bytes(e[32..40].try_into().unwrap_or_default());
-                    let last = u64::from_le_bytes(e[40..48].try_into().unwrap_or_default());
-                    if !kept(first * ss, (last + 1).saturating_sub(first) * ss) {
-                        e.fill(0);
-                    }
-                }
-                h[88..92].copy_from_slice(&crc32fast::hash(&entries).to_le_bytes());
-                h[16..20].fill(0);
-                let crc = crc32fast::hash(&h[..size]);
-                h[16..20].copy_from_slice(&crc.to_le_bytes());
-                write_all_at(f, &entries, entries_lba * ss).map_err(|e| io("write the restored GPT entries", e))?;
-                write_all_at(f, &h, header_lba * ss).map_err(|e| io("write the restored GPT", e))?;
-            }
-            Ok(())
-        }
-        TableKind::None => Ok(()),
-    }
-}
-
-/// The 512-byte footer that makes a raw disk of `size` bytes a fixed VHD. The creator is
-/// recorded as Hyper-V's (`win `), so readers take the size from the footer rather than from
-/// the CHS geometry (which cannot express every size).
-pub fn vhd_footer(size: u64, unique_id: [u8; 16], seconds_since_2000: u32) -> [u8; 512] {
-    let mut f = [0u8; 512];
-    f[0..8].copy_from_slice(b"conectix");
-    f[8..12].copy_from_slice(&2u32.to_be_bytes()); // features: reserved bit
-    f[12..16].copy_from_slice(&0x0001_0000u32.to_be_bytes()); // format version 1.0
-    f[16..24].copy_from_slice(&u64::MAX.to_be_bytes()); // data offset: none (fixed disk)
-    f[24..28].copy_from_slice(&seconds_since_2000.to_be_bytes());
-    f[28..32].copy_from_slice(b"win ");
-    f[32..36].copy_from_slice(&0x0006_0001u32.to_be_bytes()); // creator version
-    f[36..40].copy_from_slice(b"Wi2k"); // creator host OS: Windows
-    f[40..48].copy_from_slice(&size.to_be_bytes());
-    f[48..56].copy_from_slice(&size.to_be_bytes());
-    let (c, h, s) = chs(size);
-    f[56..58].copy_from_slice(&c.to_be_bytes());
-    f[58] = h;
-    f[59] = s;
-    f[60..64].copy_from_slice(&2u32.to_be_bytes()); // disk type: fixed
-    f[68..84].copy_from_slice(&unique_id);
-    let sum: u32 = f.iter().map(|&b| u32::from(b)).sum();
-    f[64..68].copy_from_slice(&(!sum).to_be_bytes());
-    f
-}
-
-/// The VHD specification's CHS geometry for a disk of `size` bytes.
-fn chs(size: u64) -> (u16, u8, u8) {
-    let mut total = size / 512;
-    total = total.min(65535 * 16 * 255);
-    let (spt, heads, cth);
-    if total >= 65535 * 16 * 63 {
-        spt = 255;
-        heads = 16;
-        cth = total / spt;
-    } else {
-        let mut s = 17;
-        let mut c = total / s;
-        let mut h = c.div_ceil(1024).max(4);
-        if c >= h * 1024 || h > 16 {
-            s = 31;
-            h = 16;
-            c = total / s;
-        }
-        if c >= h * 1024 {
-            s = 63;
-            h = 16;
-            c = total / s;
-        }
-        spt = s;
-        heads = h;
-        cth = c;
-    }
-    ((cth / heads).min(65535) as u16, heads as u8, spt as u8)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_vhd_footer_checks_out() {
-        let f = vhd_footer(96 << 20, [7; 16], 12345);
-        assert_eq!(&f[..8], b"conectix");
-        let mut copy = f;
-        copy[64..68].fill(0);
-        let sum: u32 = copy.iter().map(|&b| u32::from(b)).sum();
-        assert_eq!(u32::from_be_bytes(f[64..68].try_into().unwrap()), !sum);
-        assert_eq!(u64::from_be_bytes(f[48..56].try_into().unwrap()), 96 << 20);
-        // 96 MiB: 196608 sectors → 17 sectors a track, 12 heads, 963 cylinders (the spec's table).
-        assert_eq!(chs(96 << 20), (963, 12, 17));
-    }
-
-    #[test]
-    fn chunks_map_back_to_their_regions() {
-        let d = DiskInfo {
-            disk_size: 100 << 20,
-            sector_size: 512,
-            partition_table: TableKind::Gpt,
-            regions: vec![
-                DiskRegion {
-                    what: "head".into(),
-                    offset: 0,
-                    length: 1 << 20,
-                    stream_offset: 0,
-                },
-                DiskRegion {
-                    what: "efi".into(),
-                    offset: 1 << 20,
-                    length: 9 << 20,
-                    stream_offset: 4 << 20,
-                },
-            ],
-            kept_partitions: vec![],
-            dropped_partitions: vec![],
-            stream_plain_size: 16 << 20,
-            chunk_count: 4,
-            data: DataInfo {
-                layout: Layout::Single,
-                part_size: 1,
-                stream_size: 0,
-                seek_table_offset: 0,
-                seek_table_size: 0,
-                objects: vec![],
-            },
-            bundle_sha256: String::new(),
-            plain_blake3: None,
-        };
-        let cs = 4 << 20;
-        assert_eq!(place(&d, cs, 0), Some((1 << 20, 0)));
-        assert_eq!(place(&d, cs, 1), Some((4 << 20, 1 << 20)));
-        assert_eq!(place(&d, cs, 2), Some((4 << 20, 5 << 20)));
-        assert_eq!(place(&d, cs, 3), Some((1 << 20, 9 << 20)));
-    }
-}
-
-/// The format of a restored disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFormat {
-    /// The raw disk, byte for byte.
-    Raw,
-    /// The raw disk followed by a fixed-VHD footer (Hyper-V, EC2 VM import, qemu's `vpc`).
-    Vhd,
-}
-
-/// What `restore --disk` did.
-#[derive(Debug, Clone)]
-pub struct DiskRestore {
-    pub disk: DiskInfo,
-    /// Bytes of the file or device written (the footer included).
-    pub size: u64,
-    pub written_bytes: u64,
-}
-
-/// Rebuilds the disk of bundle `b` at `out` (a file, written as `OUT.partial` and renamed once
-/// everything checked out, or a block device): its partition table without the left-out
-/// partitions, the system partitions, and C:, each at its original offset.
-#[allow(clippy::too_many_arguments)]
-pub fn restore(
-    b: &super::read::OpenedBundle<'_>,
-    out: &std::path::Path,
-    format: DiskFormat,
-    force: bool,
-    direct: bool,
-    threads: usize,
-    progress: &dyn crate::progress::Progress,
-    cancel: &std::sync::atomic::AtomicBool,
-) -> Result<DiskRestore, Error> {
-    let refuse = |message: String| Error::InvalidParameter {
-        parameter: "--disk",
-        message,
-    };
-    let (Some(d), Some(ds)) = (b.manifest.disk.clone(), b.disk_stream()?) else {
-        return Err(refuse(format!(
-            "bundle {} keeps only C: (it was made from a bare volume, with --volume-only, or by an earlier winbundle: before format 3, or an incremental bundle before they kept the disk): restore the volume without --disk, or bundle the disk again",
-            b.manifest.bundle_id
-        )));
-    };
-    if format == DiskFormat::Vhd && d.disk_size > MAX_VHD {
-        return Err(Error::InvalidParameter {
-            parameter: "--format",
-            message: format!(
-                "a VHD holds at most 2040 GiB and this disk is {} bytes: restore it raw, then convert it (`qemu-img convert -f raw -O vhdx disk.img disk.vhdx`)",
-                d.disk_size
-            ),
-        });
-    }
-    let size = d.disk_size + if format == DiskFormat::Vhd { 512 } else { 0 };
-    let meta = std::fs::metadata(out).ok();
-    if meta.as_ref().is_some_and(|m| m.is_dir()) {
-        return Err(refuse(format!("{} is a directory", out.display())));
-    }
-    let device = meta.as_ref().is_some_and(|m| !m.is_file());
-    if meta.is_some() && !device && !force {
-        return Err(Error::InvalidParameter {
-            parameter: "--output",
-            message: format!("{} exists: pass --force to replace it", out.display()),
-        });
-    }
-    let target = if device {
-        out.to_path_buf()
-    } else {
-        let mut s = out.as_os_str().to_os_string();
-        s.push(".partial");
-        std::path::PathBuf::from(s)
-    };
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(!device)
-        .truncate(!device)
-        .open(&target)
-        .map_err(|e| io(&format!("open {}", target.display()), e))?;
-    let result = (|| {
-        if device {
-            let have = std::io::Seek::seek(&mut &f, std::io::SeekFrom::End(0))
-                .map_err(|e| io(&format!("size {}", target.display()), e))?;
-            if have < size {
-                return Err(Error::InvalidParameter {
-                    parameter: "--output",
-                    message: format!("{} holds {have} bytes, the disk needs {size}", out.display()),
-                });
-            }
-        } else {
-            f.set_len(size)
-                .map_err(|e| io(&format!("size {}", target.display()), e))?;
-        }
-        progress.start(b.manifest.data.stream_size + ds.manifest.data.stream_size);
-        let cs = b.manifest.chunk_size;
-        let root = b.manifest.source.root.offset;
-        // A new file reads back zeros where nothing is written; a device may hold old data.
-        let sink = ChunkSink::new(&f, &target, !device, direct);
-        let mut written = 0;
-        written += b
-            .restore_placed(&sink, &|i, n| Some((n, root + i * cs)), threads, progress, cancel)?
-            .written_bytes;
-        written += ds
-            .restore_placed(&sink, &|i, _| place(&d, cs, i), threads, progress, cancel)?
-            .written_bytes;
-        patch_table(&f, &d)?;
-        if format == DiskFormat::Vhd {
-            let mut id = [0u8; 16];
-            let _ = getrandom::fill(&mut id);
-            let since_2000 = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |t| t.as_secs().saturating_sub(946_684_800) as u32);
-            write_all_at(&f, &vhd_footer(d.disk_size, id, since_2000), d.disk_size)
-                .map_err(|e| io(&format!("write {}", target.display()), e))?;
-        }
-        f.sync_all().map_err(|e| io(&format!("sync {}", target.display()), e))?;
-        if !device {
-            std::fs::rename(&target, out)
-                .map_err(|e| io(&format!("rename {} to {}", target.display(), out.display()), e))?;
-        }
-        progress.finish();
-        Ok(written)
-    })();
-    match result {
-        Ok(written_bytes) => Ok(DiskRestore {
-            disk: d,
-            size,
-            written_bytes,
-        }),
-        Err(e) => {
-            if !device {
-                let _ = std::fs::remove_file(&target);
-            }
-            Err(e)
-        }
-    }
 }

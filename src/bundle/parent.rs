@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 
-use super::Keys;
-use super::index::ChunkIndex;
-use super::read::OpenedBundle;
 use crate::Error;
 use crate::chunk::{Reuse, ReusedFrame};
+use crate::format::Keys;
+use crate::format::index::ChunkIndex;
+use crate::read::opened::OpenedBundle;
 use crate::store::ObjectStore;
 
 /// Which bundle an incremental bundle builds on.
@@ -28,6 +28,9 @@ pub struct Parent<'s> {
     frames: HashMap<([u8; 32], u32), ReusedFrame>,
     /// Frames are read through this machine (a local store), not copied on the server.
     reads_frames: bool,
+    /// Which chunks the volume's metadata says changed since this parent (set once the volume
+    /// was scanned; `None`: every chunk is read and hashed).
+    pub change: Option<super::detect::ChangePlan>,
 }
 
 impl Parent<'_> {
@@ -42,7 +45,7 @@ impl Parent<'_> {
 
     /// The parent's data object holding stream byte `offset`, and where it starts in the
     /// stream.
-    pub fn object_at(&self, offset: u64) -> (&super::manifest::ObjectInfo, u64) {
+    pub fn object_at(&self, offset: u64) -> (&crate::format::manifest::ObjectInfo, u64) {
         self.bundle.object_at(offset)
     }
 
@@ -79,6 +82,14 @@ impl Reuse for Parent<'_> {
     fn read(&self, frame: &ReusedFrame, buf: &mut Vec<u8>) -> Result<(), Error> {
         buf.resize(frame.length as usize, 0);
         self.bundle.read_stream(frame.offset, buf)
+    }
+
+    fn unchanged(&self, index: u64, alloc: u64) -> Option<([u8; 32], u32)> {
+        super::detect::unchanged(self.change.as_ref()?, self.bundle.index.as_ref()?, index, alloc)
+    }
+
+    fn skips_unchanged(&self) -> bool {
+        self.change.as_ref().is_some_and(|c| c.skip_unchanged)
     }
 }
 
@@ -136,6 +147,7 @@ pub fn open<'s>(
         bundle,
         frames,
         reads_frames: store.is_local(),
+        change: None,
     })
 }
 
@@ -170,10 +182,10 @@ fn newest(store: &dyn ObjectStore, prefix: &str, instance_id: &str) -> Result<St
         if p == prefix {
             continue;
         }
-        let Ok(bytes) = super::read::get_manifest(store, &Keys::new(p).manifest()) else {
+        let Ok(bytes) = crate::read::opened::get_manifest(store, &Keys::new(p).manifest()) else {
             continue;
         };
-        let Ok(m) = super::Manifest::parse(&key, &bytes) else {
+        let Ok(m) = crate::format::Manifest::parse(&key, &bytes) else {
             continue;
         };
         if m.instance_id != instance_id || m.index.is_none() {

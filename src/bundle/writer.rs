@@ -22,16 +22,16 @@ use std::collections::VecDeque;
 
 use sha2::{Digest, Sha256};
 
-use super::Keys;
 use super::fetch::{Fetcher, Pending};
-use super::index::{ChunkIndex, IndexEntry};
-use super::manifest::{DataInfo, Layout, ObjectInfo};
 use super::parent::Parent;
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, encode_seek_table, frame_checksum};
-use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink, ReusedFrame};
+use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink, ReuseStats, ReusedFrame};
+use crate::format::Keys;
+use crate::format::index::{ChunkIndex, IndexEntry};
+use crate::format::manifest::{DataInfo, Layout, ObjectInfo};
 use crate::progress::Progress;
-use crate::store::{CopySource, CopyStats, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError};
+use crate::store::{CopySource, ObjectStore, ObjectWriter, PartInfo, ResumeStats, StoreError};
 
 /// The largest part copied in one request. S3 allows 5 GiB, but a server copies one part at a
 /// time: runs cut in pieces of at most 128 MiB keep several copies going at once (measured
@@ -102,21 +102,6 @@ struct Finishing {
     handle: std::thread::JoinHandle<Result<crate::store::ObjectReceipt, Error>>,
     info: ObjectInfo,
     parts: Vec<(u64, Option<[u8; 32]>)>,
-}
-
-/// How an incremental bundle's reused frames reached the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ReuseStats {
-    #[serde(flatten)]
-    pub copies: CopyStats,
-    /// Bytes of the parent's frames read through this machine and sent again (runs too short
-    /// to copy; every reused frame in a local store).
-    pub fetched_bytes: u64,
-    /// The disk stream (partition table, system partitions): `copied` from the parent's when
-    /// unchanged, else `written`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_stream: Option<String>,
 }
 
 pub struct StreamWriter<'a> {
@@ -732,6 +717,7 @@ impl<'a> StreamWriter<'a> {
                 chunk_size,
                 volume_size,
                 entries: std::mem::take(&mut self.index),
+                records: None,
             },
             reuse: std::mem::take(&mut self.reuse),
         })
@@ -781,6 +767,7 @@ impl FrameSink for StreamWriter<'_> {
             offset: self.frames_end,
             length,
             raw_len: f.raw_len,
+            alloc: f.alloc,
         });
         self.frames_end += u64::from(length);
         match f.bytes {
@@ -848,12 +835,24 @@ impl StreamWriter<'_> {
 }
 
 /// Completes one object's upload. The fault-injection point of the `uploader` stage sits here,
-/// caught, so that an injected panic aborts the upload as any failure does (a panic inside
-/// `finish` itself drops the writer, whose store then cleans up as on a crash).
+/// caught, so that an injected panic aborts the upload as any failure does.
 fn complete(w: Box<dyn ObjectWriter>, key: String) -> Result<crate::store::ObjectReceipt, Error> {
     if let Err(m) = crate::panics::catch(|| crate::panics::inject("uploader")) {
         w.abort();
         return Err(Error::Internal(format!("completing {key}: the upload panicked: {m}")));
     }
-    Ok(w.finish()?)
+    finish_object(w, &key)
+}
+
+/// `w.finish()`, where a panic inside the store's own `finish` becomes an error like any other
+/// failure. The writer, dropped while unwinding, has already ended its upload: every store's
+/// writer aborts (S3: AbortMultipartUpload) or removes its partial file when dropped unfinished.
+pub(crate) fn finish_object(w: Box<dyn ObjectWriter>, key: &str) -> Result<crate::store::ObjectReceipt, Error> {
+    crate::panics::catch(move || w.finish())
+        .map_err(|m| {
+            Error::Internal(format!(
+                "completing {key}: the store panicked: {m}; its upload was aborted"
+            ))
+        })?
+        .map_err(Error::from)
 }

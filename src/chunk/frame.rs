@@ -5,7 +5,7 @@
 //! `zstd -d` passes over it: one entry per frame (compressed size, decompressed size, checksum),
 //! then a 9-byte footer.
 
-use crate::bundle::FormatError;
+use crate::format::FormatError;
 
 /// Magic of the skippable frame that holds the seek table.
 pub const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
@@ -48,6 +48,13 @@ pub fn encode_seek_table(entries: &[SeekEntry]) -> Vec<u8> {
     out.push(DESCRIPTOR_CHECKSUMS);
     out.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
     out
+}
+
+/// The most a [`parse_seek_table`] of `table_bytes` bytes allocates: one 12-byte entry for each
+/// 12 bytes of the table, so never more than the table itself, or an error message of at most
+/// 256 bytes (the fuzz target `seek_table` asserts it with a counting allocator).
+pub fn seek_table_memory_bound(table_bytes: u64) -> u64 {
+    table_bytes.max(256)
 }
 
 /// Parses a whole seek-table skippable frame.

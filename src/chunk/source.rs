@@ -142,6 +142,12 @@ impl<'d> ChunkSource<'d> {
         Ok(data)
     }
 
+    /// [`crate::format::index::alloc_digest`] of the ranges [`Self::data_ranges`] found in the
+    /// chunk that starts at `start`.
+    pub fn alloc_digest(&self, start: u64) -> u64 {
+        crate::format::index::alloc_digest(start, &self.ranges)
+    }
+
     /// Fills `buf` (resized to the chunk length) with chunk [start, end) after
     /// [`Self::data_ranges`] for the same range. Returns the bytes read from the disk.
     pub fn fill(&self, start: u64, end: u64, buf: &mut ChunkBuf) -> Result<u64, crate::Error> {

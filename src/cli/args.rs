@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use winbundle::bundle::Layout;
+use winbundle::format::Layout;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +51,9 @@ pub enum Command {
     /// bundle leaves; S3 bills their parts until they are aborted), or old partial files of a
     /// local store.
     Cleanup(CleanupArgs),
+    /// Make an EBS snapshot of a bundle's whole disk (as `restore --disk` writes it) through
+    /// the EBS direct APIs; incremental on the parent bundle's snapshot.
+    Snapshot(Box<SnapshotArgs>),
     /// Serve the EC2 Query API (BundleInstance, DescribeBundleTasks, CancelBundleTask) so the
     /// aws-cli, boto3 and the SDKs drive winbundle with only --endpoint-url.
     Serve(ServeArgs),
@@ -89,6 +92,8 @@ pub struct CleanupArgs {
     /// How to print the uploads found.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +123,8 @@ pub struct DescribeArgs {
     pub filters: Vec<String>,
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
     /// Folder of the task files (default: $XDG_STATE_HOME/winbundle/tasks).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -129,6 +136,8 @@ pub struct CancelArgs {
     pub bundle_id: String,
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
     /// Folder of the task files (default: $XDG_STATE_HOME/winbundle/tasks).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
@@ -211,6 +220,8 @@ pub struct UploadPolicyArgs {
     pub size: Option<String>,
     #[arg(long, value_enum, default_value = "json")]
     pub output: PolicyOutput,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +266,7 @@ pub struct LiveArgs {
 }
 
 fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    let d = super::policy::parse_duration(s)?;
+    let d = parse_duration(s)?;
     d.to_std()
         .ok()
         .filter(|d| !d.is_zero())
@@ -274,6 +285,8 @@ pub struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
 }
 
 /// Where a bundle is stored.
@@ -379,14 +392,20 @@ pub struct BundleArgs {
     /// Reuse a parent bundle made of another instance.
     #[arg(long)]
     pub force_parent: bool,
+    /// Incremental bundle: read and hash every chunk, as a full bundle does, instead of only
+    /// the chunks the volume's metadata says changed; report every chunk where the metadata
+    /// and the data disagree (a write that bypassed the file system).
+    #[arg(long)]
+    pub rehash: bool,
+    /// Incremental bundle: make every N-th bundle of a chain a --rehash (the chain counts the
+    /// bundles that took chunks on the metadata's word since the last full read).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rehash_every: Option<u32>,
     /// How to print the final bundle task.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
-    /// Write the final bundle task (in the --output format, UTF-8) to this file instead of
-    /// standard output, so nothing has to be piped: in PowerShell a pipe (`| Tee-Object`)
-    /// re-encodes the output and makes Ctrl-C kill winbundle before it cleans up.
-    #[arg(long, value_name = "PATH")]
-    pub output_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
     /// No progress bar and no notes on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -399,9 +418,15 @@ pub struct BundleArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// File (or block device) to write the raw volume to; `-` for standard output.
-    #[arg(long, short)]
-    pub output: PathBuf,
+    /// File (or block device) to write the raw volume to; `-` for standard output. With
+    /// --disk also `s3://BUCKET/KEY`: the image streams into an S3 multipart upload there (the
+    /// store options say how to reach S3), complete only when the upload completes.
+    #[arg(long, short, required_unless_present = "output_key")]
+    pub output: Option<PathBuf>,
+    /// With --disk: write the image into this key of the bundle's bucket (S3 or
+    /// --local-store) instead of --output.
+    #[arg(long, value_name = "KEY", requires = "disk", conflicts_with = "output")]
+    pub output_key: Option<String>,
     /// Replace OUTPUT if it is an existing file.
     #[arg(long)]
     pub force: bool,
@@ -418,8 +443,9 @@ pub struct RestoreArgs {
     /// the system partitions and C:, each at its original offset.
     #[arg(long)]
     pub disk: bool,
-    /// With --disk: `raw`, or `vhd` (a fixed VHD: the raw disk plus a 512-byte footer, for
-    /// Hyper-V and EC2 VM import).
+    /// With --disk: `raw`; `vhd` (a fixed VHD: the raw disk plus a 512-byte footer, for
+    /// Hyper-V and EC2 VM Import); `vmdk` (stream-optimized, deflated grains, zero grains left
+    /// out: what VM Import prefers); `vhdx` (dynamic, zero blocks left unallocated).
     #[arg(long, value_enum, default_value = "raw", requires = "disk")]
     pub format: DiskFormatArg,
     /// Decompression threads (default: the number of cores; twice that for a file or device
@@ -429,6 +455,8 @@ pub struct RestoreArgs {
     /// Print the result as JSON (on stderr when OUTPUT is `-`).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -438,6 +466,8 @@ pub struct RestoreArgs {
 pub enum DiskFormatArg {
     Raw,
     Vhd,
+    Vmdk,
+    Vhdx,
 }
 
 #[derive(Args, Debug)]
@@ -460,6 +490,8 @@ pub struct LsArgs {
     /// Print the entries (every fact) and what was fetched as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
 }
 
 #[derive(Args, Debug)]
@@ -483,6 +515,8 @@ pub struct ExtractArgs {
     /// Print what was extracted and fetched as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -508,16 +542,101 @@ pub struct VerifyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
     #[arg(long, short)]
     pub quiet: bool,
 }
 
 /// `90s`, `30m`, `24h`, `7d` (or plain seconds) → seconds.
 fn parse_age(s: &str) -> Result<u64, String> {
-    let d = super::policy::parse_duration(s)?;
+    let d = parse_duration(s)?;
     u64::try_from(d.num_seconds()).map_err(|_| format!("{s:?}: an age cannot be negative"))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
     winbundle::units::parse_size(s)
+}
+
+/// `24h`, `90m`, `2d`, `3600s`, `3600`.
+pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: i64 = t[..split]
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 24h, 90m, 2d)"))?;
+    match &t[split..] {
+        "" | "s" => Ok(chrono::Duration::seconds(n)),
+        "m" => Ok(chrono::Duration::minutes(n)),
+        "h" => Ok(chrono::Duration::hours(n)),
+        "d" => Ok(chrono::Duration::days(n)),
+        u => Err(format!("unknown duration unit {u:?} in {s:?} (use s, m, h or d)")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Build on this snapshot of the parent bundle (default: the one the parent's
+    /// PREFIX.snapshot.json records, when the bundle is incremental); only blocks of changed
+    /// chunks are sent.
+    #[arg(long, value_name = "SNAPSHOT_ID")]
+    pub parent_snapshot: Option<String>,
+    /// A full snapshot even when the bundle is incremental on a snapshotted parent.
+    #[arg(long, conflicts_with = "parent_snapshot")]
+    pub full: bool,
+    /// The snapshot's description (default: winbundle BUNDLE_ID (INSTANCE_ID)).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A tag KEY=VALUE for the snapshot. Repeatable.
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// StartSnapshot's client token (default: the pending run's, recorded in
+    /// PREFIX.snapshot.json, else a new one).
+    #[arg(long)]
+    pub client_token: Option<String>,
+    /// Do not take up the pending snapshot an interrupted run recorded: start a new one.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// Make a new snapshot even if PREFIX.snapshot.json records a completed one.
+    #[arg(long)]
+    pub again: bool,
+    /// Minutes EBS waits for CompleteSnapshot before failing the snapshot (10-4320; default
+    /// sized to the data: twice its time at 2 MiB/s, plus 10 minutes).
+    #[arg(long)]
+    pub timeout_minutes: Option<i32>,
+    /// EBS direct APIs endpoint, e.g. a test server (AWS_ENDPOINT_URL_EBS is honoured too).
+    #[arg(long, value_name = "URL")]
+    pub ebs_endpoint_url: Option<String>,
+    /// Blocks sent at once.
+    #[arg(long, default_value_t = winbundle::ebs::client::DEFAULT_CONCURRENCY)]
+    pub ebs_concurrency: usize,
+    /// Attempts per EBS request, the first included (throttling, 5xx, timeouts are retried
+    /// with backoff).
+    #[arg(long, default_value_t = winbundle::ebs::client::DEFAULT_MAX_ATTEMPTS)]
+    pub ebs_max_attempts: u32,
+    /// Folder for the temporary disk image (sparse: it takes the bundle's data size; default:
+    /// the system's temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Decompression threads (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub out: super::output::OutputFileArgs,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `KEY=VALUE`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s}: a tag is KEY=VALUE")),
+    }
 }

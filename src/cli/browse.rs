@@ -10,15 +10,15 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::output::write_sparse;
-use winbundle::bundle::read::{OpenedBundle, raw_stdout};
-use winbundle::bundle::view::{BundleView, ViewDevice};
 use winbundle::ntfs::NtfsVolume;
 use winbundle::ntfs::catalog::{
     ATTRIBUTE_NAMES, FIRST_USER_RECORD, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix,
 };
 use winbundle::ntfs::content::FileStream;
 use winbundle::ntfs::exclude::normalise;
+use winbundle::read::opened::{OpenedBundle, raw_stdout};
+use winbundle::read::output::write_sparse;
+use winbundle::read::view::{BundleView, ViewDevice};
 use winbundle::source::DiskFile;
 use winbundle::store::ObjectStore;
 use winbundle::units::human;
@@ -172,12 +172,12 @@ fn long_line(name: &str, i: &FileInfo) -> String {
 }
 
 pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let output = super::output::Output::new(&a.out)?;
     let started = std::time::Instant::now();
     let b = Browse::open(&a.store, cancel)?;
     let vol = b.volume()?;
     let mut entries = Vec::new();
     let mut not_read: Vec<(String, String)> = Vec::new();
-    let mut out = std::io::stdout().lock();
     let mut run = || -> Result<(), Error> {
         let (path, info) = resolve(&vol, &a.path)?;
         if !info.is_dir {
@@ -220,9 +220,10 @@ pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             "NotRead": not_read.iter().map(|(p, r)| json!({"Path": p, "Reason": r})).collect::<Vec<_>>(),
             "Fetched": b.fetched(),
         });
-        let _ = writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        output.emit(&super::output::json_doc(&v))?;
         return Ok(code);
     }
+    let mut doc = String::new();
     for (p, n, i) in &entries {
         let shown = escape(if a.recursive { p.as_str() } else { n.as_str() });
         let line = if a.long {
@@ -232,10 +233,10 @@ pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         } else {
             shown.to_string()
         };
-        if writeln!(out, "{line}").is_err() {
-            break; // a closed pipe (`| head`)
-        }
+        doc.push_str(&line);
+        doc.push('\n');
     }
+    output.emit(&doc)?; // a closed pipe (`| head`) is not an error
     if !not_read.is_empty() {
         eprintln!(
             "winbundle: {} entries could not be read (listed above, damaged); everything else is listed",
@@ -422,6 +423,24 @@ fn guarded<T>(read: impl FnOnce() -> Result<T, winbundle::ntfs::NtfsError>) -> R
             "the NTFS reader stopped on a damaged structure ({why}); the volume is damaged there: run `chkdsk /f` on it"
         )),
     }
+}
+
+/// One read of `path` for `cat`, guarded as `ls` and `extract` guard theirs: an error of the NTFS
+/// layer, or a panic that escapes it, names the path (a damaged volume, exit 3); the panic is not
+/// printed.
+fn of_path<T>(path: &str, read: impl FnOnce() -> Result<T, winbundle::ntfs::NtfsError>) -> Result<T, Error> {
+    use winbundle::ntfs::NtfsError;
+    let named = |problem: String| NtfsError::Path {
+        path: path.to_string(),
+        problem,
+    };
+    let e = match winbundle::panics::catch(read) {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e @ (NtfsError::Path { .. } | NtfsError::Source(_)))) => e,
+        Ok(Err(e)) => named(e.to_string()),
+        Err(why) => named(format!("the NTFS reader stopped on a damaged structure ({why})")),
+    };
+    Err(Error::ntfs_at(0)(e))
 }
 
 /// `text` with every non-printable character escaped as `ls -b` does (`\n`, `\t`, `\033`,
@@ -702,6 +721,7 @@ fn set_times(path: &Path, info: &FileInfo, is_dir: bool) {
 }
 
 pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let output = super::output::Output::new(&a.out)?;
     let started = std::time::Instant::now();
     let b = Browse::open(&a.store, cancel)?;
     let vol = b.volume()?;
@@ -739,7 +759,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let pairs = |v: &[(String, String)]| -> Vec<serde_json::Value> {
         v.iter().map(|(p, r)| json!({"Path": p, "Reason": r})).collect()
     };
-    if a.json {
+    if a.json || output.to_file() {
         let v = json!({
             "BundleId": b.view.bundle().manifest.bundle_id,
             "Output": a.output,
@@ -752,7 +772,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             "Fetched": b.fetched(),
             "Seconds": started.elapsed().as_secs_f64(),
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        output.emit(&super::output::json_doc(&v))?;
     }
     if !a.quiet && !a.json {
         for (p, r) in &done.skipped {
@@ -814,7 +834,9 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                 problem: "encrypted with EFS: the bundle holds only ciphertext, which needs the user's key (restore the volume and read the file in Windows as that user)".into(),
             });
         }
-        let mut stream = FileStream::open(&vol, info.record, a.stream.as_deref(), &path).map_err(Error::ntfs_at(0))?;
+        let mut stream = of_path(&path, || {
+            FileStream::open(&vol, info.record, a.stream.as_deref(), &path)
+        })?;
         let mut out = raw_stdout()?;
         let size = stream.size();
         let piece = b.view.read_ahead().clamp(1 << 20, 64 << 20);
@@ -826,7 +848,7 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             }
             let n = (size - at).min(piece) as usize;
             buf.resize(n, 0);
-            stream.read_at(at, &mut buf).map_err(Error::ntfs_at(0))?;
+            of_path(&path, || stream.read_at(at, &mut buf))?;
             match out.write_all(&buf) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),

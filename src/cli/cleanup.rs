@@ -9,8 +9,10 @@ use winbundle::Error;
 use winbundle::store::Upload;
 
 use super::args::{CleanupArgs, OutputFormat};
+use super::output::{Output, json_doc};
 
 pub fn run(a: CleanupArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let out = Output::new(&a.out)?;
     if a.output == OutputFormat::Xml {
         return Err(Error::InvalidParameter {
             parameter: "--output",
@@ -49,6 +51,7 @@ pub fn run(a: CleanupArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         };
         rows.push((u.clone(), age(&u), action));
     }
+    let mut doc = String::new();
     match a.output {
         OutputFormat::Json | OutputFormat::Xml => {
             let v = json!({
@@ -63,22 +66,27 @@ pub fn run(a: CleanupArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                 })).collect::<Vec<_>>(),
                 "Aborted": rows.iter().filter(|r| r.2 == "aborted").count(),
             });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            doc = json_doc(&v);
         }
         OutputFormat::Text => {
             for (u, _, action) in &rows {
-                println!(
-                    "UPLOAD\t{}\t{}\t{}\t{action}",
+                doc.push_str(&format!(
+                    "UPLOAD\t{}\t{}\t{}\t{action}\n",
                     u.key,
                     u.upload_id,
                     u.initiated.as_deref().unwrap_or("-")
-                );
+                ));
             }
             if rows.is_empty() {
-                println!("no unfinished uploads under {} in {}", a.store.prefix, store.location());
+                doc = format!(
+                    "no unfinished uploads under {} in {}\n",
+                    a.store.prefix,
+                    store.location()
+                );
             }
         }
     }
+    out.emit(&doc)?;
     match failed {
         Some(e) => Err(e.into()),
         None => Ok(0),

@@ -11,6 +11,7 @@ use winbundle::source::{DiskFile, SourceError};
 use winbundle::units::human;
 
 use super::args::{InspectArgs, VolumeArgs};
+use super::output::{Output, json_doc};
 
 pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
     PlanOptions {
@@ -22,6 +23,7 @@ pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
 }
 
 pub fn run(args: InspectArgs) -> Result<i32, Error> {
+    let out = Output::new(&args.out)?;
     // A live volume is read directly: inspect reports, it makes no snapshot.
     let opts = LiveOptions {
         snapshot: args.live.snapshot,
@@ -38,7 +40,7 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
                 | SourceError::AmbiguousRoot { .. }
                 | SourceError::BadPartitionChoice { .. },
             ),
-        ) => return no_root(&opened.disk, &e, args.json),
+        ) => return no_root(&opened.disk, &e, args.json, &out),
         Err(e) => return Err(e),
     };
     let snapshot = match (&live, args.live.snapshot) {
@@ -59,12 +61,13 @@ pub fn run(args: InspectArgs) -> Result<i32, Error> {
         if let Some(s) = &snapshot {
             v["live"] = json!({"snapshot": args.live.snapshot, "plan": s, "read_stats": opened.disk.read_stats()});
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out.emit(&json_doc(&v))?;
     } else {
-        print!("{}", to_text(&plan));
+        let mut doc = to_text(&plan);
         if let Some(s) = &snapshot {
-            println!("Snapshot:        {s}");
+            doc.push_str(&format!("Snapshot:        {s}\n"));
         }
+        out.emit(&doc)?;
     }
     Ok(0)
 }
@@ -101,7 +104,7 @@ fn to_json(plan: &Plan<'_>) -> serde_json::Value {
 
 /// What `inspect` shows of a disk on which no root volume can be chosen: everything found, then
 /// why; the exit status is the error's (the one `bundle-instance` would end with).
-fn no_root(disk: &DiskFile, e: &Error, json: bool) -> Result<i32, Error> {
+fn no_root(disk: &DiskFile, e: &Error, json: bool, out: &Output) -> Result<i32, Error> {
     let (table, parts) = layout::survey(disk)?;
     let hint = e.hint_in_inspect();
     if json {
@@ -119,15 +122,20 @@ fn no_root(disk: &DiskFile, e: &Error, json: bool) -> Result<i32, Error> {
         if let Some(h) = &hint {
             v["root_problem"]["Hint"] = h.clone().into();
         }
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out.emit(&json_doc(&v))?;
     } else {
-        print!("{}", table_text(disk, &table, &parts, None));
-        println!();
-        println!("Root volume:     none: {e}");
+        out.emit(&format!(
+            "{}\nRoot volume:     none: {e}\n",
+            table_text(disk, &table, &parts, None)
+        ))?;
     }
-    eprintln!("winbundle: error ({}): {e}", e.code());
+    eprintln!(
+        "winbundle: error ({}): {}",
+        e.code(),
+        super::browse::escape(&e.to_string())
+    );
     if let Some(h) = hint {
-        eprintln!("  hint: {h}");
+        eprintln!("  hint: {}", super::browse::escape(&h));
     }
     Ok(e.exit_code())
 }

@@ -5,18 +5,32 @@ use std::io::Write;
 
 use tracing_subscriber::EnvFilter;
 
-/// Where log lines go: stderr, with the progress bar out of the way.
+/// Where log lines go: stderr, with the progress bar out of the way, each line escaped.
 struct AroundTheBar;
 
 impl Write for AroundTheBar {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        super::progress::suspended(|| std::io::stderr().write_all(buf))?;
+        let line = escaped_line(buf);
+        super::progress::suspended(|| std::io::stderr().write_all(line.as_bytes()))?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
     }
+}
+
+/// One formatted log event as it reaches the terminal: names from a volume or a manifest, keys,
+/// panic messages (anything a line may hold) with their non-printable characters escaped as
+/// text output escapes them (`\033`, `\n`), so a log line cannot set the window title or fake
+/// another line; only the event's own final newline stays.
+fn escaped_line(buf: &[u8]) -> String {
+    let text = String::from_utf8_lossy(buf);
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (text.as_ref(), ""),
+    };
+    format!("{}{end}", super::browse::escape(body))
 }
 
 /// Directives always added: aws-sigv4 logs canonical requests and signatures at debug and trace.
@@ -45,4 +59,14 @@ pub fn init(verbose: u8) {
         .with_ansi(false)
         .with_target(true)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_keep_only_their_own_newline() {
+        let line = super::escaped_line(b"INFO parent p (bun-\x1b]0;X\x07\nfake line): 3 chunks\n");
+        assert_eq!(line, "INFO parent p (bun-\\033]0;X\\007\\nfake line): 3 chunks\n");
+        assert_eq!(super::escaped_line(b"plain"), "plain");
+    }
 }

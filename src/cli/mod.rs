@@ -6,12 +6,15 @@ mod args;
 mod browse;
 mod bundle;
 mod cleanup;
+mod disk_image;
 mod docs;
 mod inspect;
 mod log;
+mod output;
 mod policy;
 mod progress;
 mod restore;
+mod snapshot;
 mod tasks;
 
 use std::sync::Arc;
@@ -92,18 +95,29 @@ fn open_bucket(
     })
 }
 
+/// How long a second Ctrl-C lets the run release its snapshot and abort its uploads.
+const SECOND_CTRL_C_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A flag set by Ctrl-C / SIGTERM; long jobs poll it and stop cleanly.
 fn cancel_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let _ = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C: stop now, but first abort and release any Volume Shadow Copy
-            // backup (bounded), so that no snapshot set stays "in progress" for other requesters.
-            winbundle::source::snapshot::quit_after_release(std::time::Duration::from_secs(5));
+            // A second Ctrl-C: every wait on VSS stops now, and the run has at most
+            // SECOND_CTRL_C_BOUND to abort and release its Volume Shadow Copy backup (so that no
+            // snapshot set stays "in progress" for other requesters), abort its uploads and
+            // save its task as failed. It ends the process itself when done (exit 130).
+            let end = std::time::Instant::now() + SECOND_CTRL_C_BOUND;
+            eprintln!(
+                "\nwinbundle: quitting: releasing the snapshot and aborting uploads first (at most {} s)...",
+                SECOND_CTRL_C_BOUND.as_secs()
+            );
+            winbundle::source::snapshot::quit_after_release(SECOND_CTRL_C_BOUND);
+            std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
             std::process::exit(130);
         }
-        eprintln!("\nwinbundle: stopping (press Ctrl-C again to quit at once)...");
+        eprintln!("\nwinbundle: stopping (press Ctrl-C again to quit within 5 s)...");
     });
     flag
 }
@@ -124,6 +138,7 @@ pub fn run() -> i32 {
         Command::DescribeBundleTasks(a) => tasks::describe(a),
         Command::CancelBundleTask(a) => tasks::cancel(a),
         Command::Cleanup(a) => cleanup::run(a, &cancel_flag()),
+        Command::Snapshot(a) => snapshot::run(*a, &cancel_flag()),
         Command::Serve(a) => winbundle::api::serve(
             &a.config,
             &winbundle::api::ServeOptions {
@@ -156,6 +171,7 @@ fn wants_json(c: &Command) -> bool {
         Command::DescribeBundleTasks(a) => a.output == O::Json,
         Command::CancelBundleTask(a) => a.output == O::Json,
         Command::Cleanup(a) => a.output == O::Json,
+        Command::Snapshot(a) => a.output == O::Json,
         Command::Serve(_) | Command::Completions(_) | Command::Man(_) => false,
     }
 }

@@ -6,7 +6,7 @@ use winbundle::Error;
 use winbundle::store::post::policy::{self, PolicyError, Signing, UploadPolicy};
 use winbundle::store::post::{Journal, PostStore, PostTarget};
 
-use super::args::{PolicyArgs, PolicyOutput, StoreArgs, UploadPolicyArgs};
+use super::args::{PolicyArgs, PolicyOutput, StoreArgs, UploadPolicyArgs, parse_duration};
 
 fn missing(what: &str) -> Error {
     PolicyError {
@@ -23,22 +23,6 @@ trait IntoError {
 impl IntoError for PolicyError {
     fn into_error(self) -> Error {
         Error::Store(self.into())
-    }
-}
-
-/// `24h`, `90m`, `2d`, `3600s`, `3600`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: i64 = t[..split]
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 24h, 90m, 2d)"))?;
-    match &t[split..] {
-        "" | "s" => Ok(Duration::seconds(n)),
-        "m" => Ok(Duration::minutes(n)),
-        "h" => Ok(Duration::hours(n)),
-        "d" => Ok(Duration::days(n)),
-        u => Err(format!("unknown duration unit {u:?} in {s:?} (use s, m, h or d)")),
     }
 }
 
@@ -156,14 +140,9 @@ fn acl_choice(acl: Option<&str>, version: u8) -> Result<Option<String>, Error> {
     }
 }
 
-pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
-    winbundle::store::names::check_bucket(&a.bucket)?;
-    winbundle::store::names::check_prefix(&a.prefix)?;
-    let sak = a
-        .owner_sak
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| missing("--owner-sak (or AWS_SECRET_ACCESS_KEY)"))?;
+/// When the policy expires (`--expires-at`, or now plus `--expires`): refused when not in the
+/// future, with a warning when a bundle of the size given would outlast it.
+fn expiry(a: &UploadPolicyArgs) -> Result<DateTime<Utc>, Error> {
     let expires: DateTime<Utc> = match &a.expires_at {
         Some(t) => DateTime::parse_from_rfc3339(t)
             .map_err(|e| Error::InvalidParameter {
@@ -194,7 +173,7 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
             ),
         });
     }
-    if let Some(size) = bundle_size(&a)? {
+    if let Some(size) = bundle_size(a)? {
         let seconds = size as f64 / ASSUMED_THROUGHPUT as f64;
         let finish = now + Duration::seconds(seconds.ceil() as i64);
         if expires <= finish {
@@ -208,6 +187,19 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
             );
         }
     }
+    Ok(expires)
+}
+
+pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
+    let out = super::output::Output::new(&a.out)?;
+    winbundle::store::names::check_bucket(&a.bucket)?;
+    winbundle::store::names::check_prefix(&a.prefix)?;
+    let sak = a
+        .owner_sak
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| missing("--owner-sak (or AWS_SECRET_ACCESS_KEY)"))?;
+    let expires = expiry(&a)?;
     let acl = acl_choice(a.acl.as_deref(), a.signature_version)?;
     let region = match a.signature_version {
         4 => Some(resolve_region(a.region.as_deref(), a.profile.as_deref()).ok_or_else(region_required)?),
@@ -253,16 +245,17 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
                 v["Region"] = c.region.clone().into();
                 v["Credential"] = c.to_string().into();
             }
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            out.emit(&super::output::json_doc(&v))?;
         }
         PolicyOutput::Text => {
-            println!("UPLOADPOLICY\t{}", made.base64);
-            println!("UPLOADPOLICYSIGNATURE\t{}", made.signature);
-            println!("EXPIRATION\t{expiration}");
-            println!("SIGNATUREVERSION\t{}", a.signature_version);
+            let mut doc = format!(
+                "UPLOADPOLICY\t{}\nUPLOADPOLICYSIGNATURE\t{}\nEXPIRATION\t{expiration}\nSIGNATUREVERSION\t{}\n",
+                made.base64, made.signature, a.signature_version
+            );
             if let Some(c) = &made.credential {
-                println!("CREDENTIAL\t{c}");
+                doc.push_str(&format!("CREDENTIAL\t{c}\n"));
             }
+            out.emit(&doc)?;
         }
     }
     Ok(0)
@@ -375,9 +368,13 @@ pub fn post_store(
     if let Some((dir, resume)) = journal {
         post = post.with_journal(Journal::open(dir, &url, &store.bucket, &store.prefix, resume)?);
     }
-    let keys = winbundle::bundle::Keys::new(&store.prefix);
-    post.check_policy(&[keys.manifest(), keys.part(0), keys.part(9999)], part_size, None)
+    let keys = winbundle::format::Keys::new(&store.prefix);
+    let warnings = post
+        .check_policy(&[keys.manifest(), keys.part(0), keys.part(9999)], part_size, None)
         .map_err(IntoError::into_error)?;
+    for w in warnings {
+        eprintln!("winbundle: warning: {}", super::browse::escape(&w));
+    }
     post.probe(&keys.part(0))?;
     Ok(Some(post))
 }

@@ -5,10 +5,11 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
-use winbundle::bundle::read::{OpenedBundle, ReadStats, RestoreTarget};
+use winbundle::read::{OpenedBundle, ReadStats, RestoreTarget};
 use winbundle::units::human;
 
 use super::args::{RestoreArgs, VerifyArgs};
+use super::output::{Output, json_doc};
 use super::progress::Bar;
 use winbundle::bundle::create::default_threads;
 
@@ -32,24 +33,30 @@ fn summary(b: &OpenedBundle<'_>, s: &ReadStats) -> serde_json::Value {
 /// disk needs several in flight (bench/README.md, "Restore against `zstd -d`").
 fn restore_threads(args: &RestoreArgs) -> usize {
     let cores = default_threads(None);
-    let direct = args.output.as_os_str() != "-" && !args.buffered;
+    let direct = args.output.as_deref().is_some_and(|o| o.as_os_str() != "-") && !args.buffered;
     args.threads.unwrap_or(if direct { 2 * cores } else { cores })
 }
 
 pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let out = Output::new(&args.out)?;
+    if super::disk_image::streams_image(&args) {
+        return super::disk_image::run(&args, cancel, &out);
+    }
+    // clap requires --output unless --output-key, which streams_image takes.
+    let output = args.output.clone().unwrap_or_default();
     let store = super::open_store(&args.store, false, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
     }
     if args.disk {
-        return restore_disk(&args, &bundle, cancel);
+        return restore_disk(&args, &output, &bundle, cancel, &out);
     }
-    let target = if args.output.as_os_str() == "-" {
+    let target = if output.as_os_str() == "-" {
         RestoreTarget::Stdout
     } else {
         RestoreTarget::File {
-            path: args.output.clone(),
+            path: output.clone(),
             force: args.force,
             assume_zeroed: args.assume_zeroed,
             direct: !args.buffered,
@@ -59,19 +66,16 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
     let stats = bundle.restore(&target, restore_threads(&args), &bar, cancel)?;
     let v = summary(&bundle, &stats);
     let to_stdout = !matches!(target, RestoreTarget::Stdout);
-    if args.json {
-        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        if to_stdout {
-            println!("{text}")
-        } else {
-            eprintln!("{text}")
-        }
+    if out.to_file() || (args.json && to_stdout) {
+        out.emit(&json_doc(&v))?;
+    } else if args.json {
+        eprint!("{}", json_doc(&v));
     } else if !args.quiet {
         eprintln!(
             "restored {} ({} bytes) to {}: {} chunks, {}",
             human(bundle.manifest.volume_size),
             bundle.manifest.volume_size,
-            args.output.display(),
+            output.display(),
             stats.chunks,
             match stats.parts_verified {
                 0 => "every frame checked against the chunk index".to_string(),
@@ -83,22 +87,25 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
 }
 
 /// `restore --disk`: the whole disk, bootable.
-fn restore_disk(args: &RestoreArgs, bundle: &OpenedBundle<'_>, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
-    use winbundle::bundle::disk::{DiskFormat, restore};
-    if args.output.as_os_str() == "-" {
+fn restore_disk(
+    args: &RestoreArgs,
+    output: &std::path::Path,
+    bundle: &OpenedBundle<'_>,
+    cancel: &Arc<AtomicBool>,
+    out: &Output,
+) -> Result<i32, Error> {
+    use winbundle::read::disk::{DiskFormat, restore};
+    if output.as_os_str() == "-" {
         return Err(Error::InvalidParameter {
             parameter: "--output",
             message: "--disk writes a file or a block device, not standard output".into(),
         });
     }
-    let format = match args.format {
-        super::args::DiskFormatArg::Raw => DiskFormat::Raw,
-        super::args::DiskFormatArg::Vhd => DiskFormat::Vhd,
-    };
+    let format = super::disk_image::format_of(args.format);
     let bar = Bar::new(args.quiet, "restoring disk");
     let r = restore(
         bundle,
-        &args.output,
+        output,
         format,
         args.force,
         !args.buffered,
@@ -112,10 +119,10 @@ fn restore_disk(args: &RestoreArgs, bundle: &OpenedBundle<'_>, cancel: &Arc<Atom
         .iter()
         .map(|p| json!({"Index": p.index, "Offset": p.offset, "Length": p.length, "Role": p.role}))
         .collect();
-    if args.json {
+    if args.json || out.to_file() {
         let v = json!({
             "BundleId": bundle.manifest.bundle_id,
-            "Output": args.output,
+            "Output": output,
             "Format": if format == DiskFormat::Vhd { "vhd" } else { "raw" },
             "DiskSize": r.disk.disk_size,
             "FileSize": r.size,
@@ -124,14 +131,14 @@ fn restore_disk(args: &RestoreArgs, bundle: &OpenedBundle<'_>, cancel: &Arc<Atom
             "DroppedPartitions": r.disk.dropped_partitions,
             "WrittenBytes": r.written_bytes,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        out.emit(&json_doc(&v))?;
     } else if !args.quiet {
         eprintln!(
             "restored the disk ({}, {} bytes, {} table) to {}: {}; left out: {}",
             human(r.disk.disk_size),
             r.size,
             r.disk.partition_table,
-            args.output.display(),
+            output.display(),
             r.disk
                 .kept_partitions
                 .iter()
@@ -154,6 +161,7 @@ fn restore_disk(args: &RestoreArgs, bundle: &OpenedBundle<'_>, cancel: &Arc<Atom
 }
 
 pub fn run_verify(args: VerifyArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
+    let out = Output::new(&args.out)?;
     let store = super::open_store(&args.store, false, false, cancel)?;
     let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
     if args.store.local_store.is_none() {
@@ -164,15 +172,15 @@ pub fn run_verify(args: VerifyArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Err
     if args.json {
         let mut v = summary(&bundle, &stats);
         v["Valid"] = json!(true);
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-    } else if !args.quiet {
-        println!(
-            "OK: {} objects, {} parts and {} chunks verified; bundle SHA-256 {}",
+        out.emit(&json_doc(&v))?;
+    } else if !args.quiet || out.to_file() {
+        out.emit(&format!(
+            "OK: {} objects, {} parts and {} chunks verified; bundle SHA-256 {}\n",
             bundle.manifest.data.objects.len(),
             stats.parts_verified,
             stats.chunks,
             bundle.manifest.bundle_sha256
-        );
+        ))?;
     }
     Ok(0)
 }

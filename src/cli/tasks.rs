@@ -8,12 +8,14 @@ use winbundle::task::store::{self, TaskStore};
 use winbundle::task::{describe_xml, new_request_id};
 
 use super::args::{CancelArgs, DescribeArgs, OutputFormat};
+use super::output::{Output, json_doc};
 
 pub fn open(dir: &Option<PathBuf>) -> Result<TaskStore, Error> {
     Ok(TaskStore::open(&dir.clone().unwrap_or_else(store::default_dir))?)
 }
 
 pub fn describe(a: DescribeArgs) -> Result<i32, Error> {
+    let out = Output::new(&a.out)?;
     let ts = open(&a.state_dir)?;
     let filters = a
         .filters
@@ -36,29 +38,22 @@ pub fn describe(a: DescribeArgs) -> Result<i32, Error> {
         .filter(|t| a.bundle_ids.is_empty() || a.bundle_ids.contains(&t.bundle_id))
         .filter(|t| store::matches(t, &filters))
         .collect();
-    match a.output {
-        OutputFormat::Json => {
-            let v = json!({"BundleTasks": tasks.iter().map(|t| t.to_json()).collect::<Vec<_>>()});
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        OutputFormat::Xml => print!("{}", describe_xml(&tasks, &new_request_id())),
-        OutputFormat::Text => tasks.iter().for_each(|t| print!("{}", t.to_text())),
-    }
+    out.emit(&match a.output {
+        OutputFormat::Json => json_doc(&json!({"BundleTasks": tasks.iter().map(|t| t.to_json()).collect::<Vec<_>>()})),
+        OutputFormat::Xml => describe_xml(&tasks, &new_request_id()),
+        OutputFormat::Text => tasks.iter().map(|t| t.to_text()).collect(),
+    })?;
     Ok(0)
 }
 
 pub fn cancel(a: CancelArgs) -> Result<i32, Error> {
+    let out = Output::new(&a.out)?;
     let ts = open(&a.state_dir)?;
     let task = ts.request_cancel(&a.bundle_id)?;
-    match a.output {
-        OutputFormat::Json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"BundleTask": task.to_json()})).unwrap_or_default()
-            )
-        }
-        OutputFormat::Xml => print!("{}", task.to_cancel_xml(&new_request_id())),
-        OutputFormat::Text => print!("{}", task.to_text()),
-    }
+    out.emit(&match a.output {
+        OutputFormat::Json => json_doc(&json!({"BundleTask": task.to_json()})),
+        OutputFormat::Xml => task.to_cancel_xml(&new_request_id()),
+        OutputFormat::Text => task.to_text(),
+    })?;
     Ok(0)
 }

@@ -104,6 +104,7 @@ impl<'v, 'd> FileStream<'v, 'd> {
     /// Fills `buf` from byte `offset` of the stream (which must hold that many bytes).
     /// A panic in a decoder (LZNT1 is the `lznt1` crate's) is caught as [`NtfsError::Panic`].
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), NtfsError> {
+        crate::panics::inject("file-read"); // outside the wall: tests the callers' own
         super::guard::contain(self.record, "$DATA", || self.read_at_unguarded(offset, buf))
     }
 

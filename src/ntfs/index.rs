@@ -18,9 +18,10 @@ use std::collections::HashSet;
 
 use super::NtfsError;
 use super::guard::mark;
+use super::mft::Extents;
 use super::mft::read_runs;
 use super::record::{self, ATTR_FILE_NAME, u16_at, u32_at, u64_at};
-use super::volume::NtfsVolume;
+use crate::source::DiskFile;
 
 pub const ATTR_INDEX_ROOT: u32 = 0x90;
 pub const ATTR_INDEX_ALLOCATION: u32 = 0xa0;
@@ -82,9 +83,18 @@ struct Allocation {
     vcn_bytes: u64,
 }
 
+/// What the index walk needs of a volume ([`super::NtfsVolume`] is one): a record's attribute
+/// extents, the disk under the volume, and the cluster size.
+pub trait Records {
+    fn extents(&self, record: u64, ty: u32, name: &[u8]) -> Result<Option<Extents>, NtfsError>;
+    /// The disk, and the volume's byte offset on it.
+    fn disk(&self) -> (&DiskFile, u64);
+    fn cluster_size(&self) -> u64;
+}
+
 /// Walks the `$I30` index of directory `dir` in index order.
-pub struct Walk<'a, 'd> {
-    vol: &'a NtfsVolume<'d>,
+pub struct Walk<'a> {
+    vol: &'a dyn Records,
     dir: u64,
     alloc: Option<Allocation>,
     block_size: usize,
@@ -93,7 +103,7 @@ pub struct Walk<'a, 'd> {
 }
 
 /// Every entry of directory `dir`'s index, in index (collation) order.
-pub fn entries(vol: &NtfsVolume<'_>, dir: u64) -> Result<Vec<IndexEntry>, NtfsError> {
+pub fn entries(vol: &dyn Records, dir: u64) -> Result<Vec<IndexEntry>, NtfsError> {
     mark(dir, "$INDEX_ROOT", 0);
     let root = vol
         .extents(dir, ATTR_INDEX_ROOT, &I30)?
@@ -136,7 +146,7 @@ pub fn entries(vol: &NtfsVolume<'_>, dir: u64) -> Result<Vec<IndexEntry>, NtfsEr
     Ok(walk.out)
 }
 
-impl Walk<'_, '_> {
+impl Walk<'_> {
     /// The entries of one node whose index header is at `hdr` in `buf`, subtrees included.
     fn node(&mut self, buf: &[u8], hdr: usize, node: Node, depth: usize) -> Result<(), NtfsError> {
         if depth > MAX_DEPTH {
@@ -260,7 +270,7 @@ impl Walk<'_, '_> {
         mark(node.record, node.structure, at);
         let mut buf = vec![0u8; block_size];
         let (disk, offset) = self.vol.disk();
-        let cluster = u64::from(self.vol.facts().cluster_size);
+        let cluster = self.vol.cluster_size();
         let runs = &self.alloc.as_ref().map(|a| &a.runs[..]).unwrap_or_default();
         read_runs(disk, offset, cluster, runs, at, &mut buf)?;
         if &buf[0..4] != b"INDX" {
@@ -285,7 +295,7 @@ impl Walk<'_, '_> {
                     "an index entry has a subnode but the directory has no $INDEX_ALLOCATION",
                 )
             })?;
-        let cluster = u64::from(self.vol.facts().cluster_size);
+        let cluster = self.vol.cluster_size();
         let covered = x.runs.last().map_or(0, |r| r.vcn + r.count).saturating_mul(cluster);
         let vcn_bytes = if self.block_size as u64 >= cluster {
             cluster

@@ -11,12 +11,14 @@
 
 pub mod bitmap;
 pub mod catalog;
+pub mod changes;
 pub mod content;
 pub mod exclude;
 pub mod guard;
 pub mod index;
 pub mod mft;
 pub mod record;
+pub mod utf16;
 pub mod volume;
 
 pub use bitmap::AllocationMap;

@@ -164,7 +164,7 @@ impl<'d> NtfsVolume<'d> {
         Ok(self
             .extents(VOLUME_RECORD, ATTR_VOLUME_NAME, &[])?
             .and_then(|x| x.value)
-            .map(|v| super::catalog::name_from_utf16(&v)))
+            .map(|v| super::utf16::name_from_utf16(&v)))
     }
 
     fn upper(&self, u: u16) -> u16 {
@@ -241,8 +241,38 @@ impl<'d> NtfsVolume<'d> {
         (self.disk, self.offset)
     }
 
+    /// Where `$MFT`'s records are.
+    pub fn mft(&self) -> &MftMap {
+        &self.map
+    }
+
+    /// `$Bitmap` as an allocation map, nothing excluded.
+    pub fn plain_allocation_map(&self) -> Result<super::AllocationMap<'d>, NtfsError> {
+        let bitmap = self.file_data(BITMAP_RECORD)?;
+        super::AllocationMap::new(
+            self.disk,
+            self.offset,
+            u64::from(self.facts.cluster_size),
+            self.facts.cluster_count,
+            &bitmap,
+            Vec::new(),
+        )
+    }
+
     /// The unnamed `$DATA` stream of a record.
     pub fn file_data(&self, record: u64) -> Result<FileData, NtfsError> {
         contain(record, "$DATA", || self.map.file_data(self.disk, record))
+    }
+}
+
+impl super::index::Records for NtfsVolume<'_> {
+    fn extents(&self, record: u64, ty: u32, name: &[u8]) -> Result<Option<super::mft::Extents>, NtfsError> {
+        NtfsVolume::extents(self, record, ty, name)
+    }
+    fn disk(&self) -> (&DiskFile, u64) {
+        NtfsVolume::disk(self)
+    }
+    fn cluster_size(&self) -> u64 {
+        u64::from(self.facts().cluster_size)
     }
 }

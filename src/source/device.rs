@@ -71,7 +71,7 @@ pub struct FileDevice(pub File);
 
 impl Device for FileDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        super::disk::read_exact_at(&self.0, buf, offset)
+        super::fileio::read_exact_at(&self.0, buf, offset)
     }
 }
 

@@ -9,47 +9,7 @@ use super::partition::{Partition, PartitionTable, PartitionType, read_table};
 use super::{DiskFile, SourceError};
 use crate::ntfs::NtfsVolume;
 
-/// The file system a partition's first sector announces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FileSystem {
-    Ntfs,
-    Fat,
-    Exfat,
-    Refs,
-    Bitlocker,
-    Unknown,
-}
-
-impl std::fmt::Display for FileSystem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FileSystem::Ntfs => "NTFS",
-            FileSystem::Fat => "FAT",
-            FileSystem::Exfat => "exFAT",
-            FileSystem::Refs => "ReFS",
-            FileSystem::Bitlocker => "BitLocker",
-            FileSystem::Unknown => "unknown",
-        })
-    }
-}
-
-/// Recognises a file system from its boot sector.
-pub fn detect_fs(sector: &[u8]) -> FileSystem {
-    if sector.len() < 512 {
-        return FileSystem::Unknown;
-    }
-    match &sector[3..11] {
-        b"NTFS    " => FileSystem::Ntfs,
-        b"EXFAT   " => FileSystem::Exfat,
-        b"-FVE-FS-" => FileSystem::Bitlocker,
-        b"ReFS\0\0\0\0" => FileSystem::Refs,
-        _ if &sector[82..87] == b"FAT32" || &sector[54..59] == b"FAT12" || &sector[54..59] == b"FAT16" => {
-            FileSystem::Fat
-        }
-        _ => FileSystem::Unknown,
-    }
-}
+pub use super::filesystem::{FileSystem, detect_fs};
 
 /// A partition and what was found on it.
 #[derive(Debug, Clone)]
@@ -189,31 +149,38 @@ pub fn survey(disk: &DiskFile) -> Result<(PartitionTable, Vec<PartitionInfo>), S
     Ok((table, partitions))
 }
 
+/// The partition `--partition` names, if it can be the root volume.
+fn forced_root(parts: &[PartitionInfo], index: u32) -> Result<RootChoice, SourceError> {
+    let Some(p) = parts.iter().find(|p| p.partition.index == index) else {
+        let have: Vec<String> = parts.iter().map(|p| p.partition.index.to_string()).collect();
+        return Err(SourceError::BadPartitionChoice {
+            index,
+            reason: format!("no such partition (this disk has {})", have.join(", ")),
+        });
+    };
+    if p.fs != FileSystem::Ntfs {
+        return Err(SourceError::BadPartitionChoice {
+            index,
+            reason: format!("it holds {}, not NTFS", p.fs),
+        });
+    }
+    if let Some(e) = &p.error {
+        return Err(SourceError::BadPartitionChoice {
+            index,
+            reason: e.clone(),
+        });
+    }
+    Ok(RootChoice {
+        index,
+        reason: "chosen with --partition".into(),
+    })
+}
+
+/// The root volume: the one `--partition` names, else the NTFS volume that holds
+/// `\Windows\System32`, else the only NTFS volume; an error says why none can be chosen.
 fn choose_root(path: &Path, parts: &[PartitionInfo], forced: Option<u32>) -> Result<RootChoice, SourceError> {
     if let Some(index) = forced {
-        let Some(p) = parts.iter().find(|p| p.partition.index == index) else {
-            let have: Vec<String> = parts.iter().map(|p| p.partition.index.to_string()).collect();
-            return Err(SourceError::BadPartitionChoice {
-                index,
-                reason: format!("no such partition (this disk has {})", have.join(", ")),
-            });
-        };
-        if p.fs != FileSystem::Ntfs {
-            return Err(SourceError::BadPartitionChoice {
-                index,
-                reason: format!("it holds {}, not NTFS", p.fs),
-            });
-        }
-        if let Some(e) = &p.error {
-            return Err(SourceError::BadPartitionChoice {
-                index,
-                reason: e.clone(),
-            });
-        }
-        return Ok(RootChoice {
-            index,
-            reason: "chosen with --partition".into(),
-        });
+        return forced_root(parts, index);
     }
     let windows: Vec<&PartitionInfo> = parts.iter().filter(|p| p.has_windows).collect();
     match windows.len() {

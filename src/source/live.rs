@@ -112,7 +112,7 @@ impl Default for LiveOptions {
         Self {
             snapshot: SnapshotMode::Vss,
             snapshot_timeout: DEFAULT_SNAPSHOT_TIMEOUT,
-            snapshotter: super::snapshot::platform(),
+            snapshotter: platform_snapshotter(),
             require_writers: false,
         }
     }
@@ -296,6 +296,23 @@ fn check_privileges(live: &LiveSource) -> Result<(), SourceError> {
 #[cfg(not(windows))]
 fn check_privileges(_live: &LiveSource) -> Result<(), SourceError> {
     Ok(())
+}
+
+/// This platform's snapshotter: VSS on Windows, none elsewhere (in debug builds, the fake that
+/// `WINBUNDLE_FAKE_SNAPSHOT` asks for: see [`super::fake_snapshot`]).
+fn platform_snapshotter() -> std::sync::Arc<dyn super::snapshot::Snapshotter> {
+    #[cfg(debug_assertions)]
+    if let Some(fake) = super::fake_snapshot::from_env() {
+        return std::sync::Arc::new(fake);
+    }
+    #[cfg(windows)]
+    {
+        std::sync::Arc::new(super::windows::vss::Vss)
+    }
+    #[cfg(not(windows))]
+    {
+        std::sync::Arc::new(super::snapshot::NoSnapshots)
+    }
 }
 
 #[cfg(test)]

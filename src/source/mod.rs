@@ -5,6 +5,10 @@
 
 pub mod device;
 pub mod disk;
+#[cfg(debug_assertions)]
+pub mod fake_snapshot;
+mod fileio;
+pub mod filesystem;
 pub mod layout;
 pub mod live;
 pub mod partition;

@@ -173,7 +173,7 @@ pub fn read_table(disk: &DiskFile) -> Result<PartitionTable, SourceError> {
 /// MBR): their OEM names, and for FAT also a sound BIOS parameter block, since "FAT32" could
 /// in principle sit in an MBR's boot code.
 fn bare_other_fs(first: &[u8]) -> bool {
-    use super::layout::{FileSystem, detect_fs};
+    use super::filesystem::{FileSystem, detect_fs};
     match detect_fs(first) {
         FileSystem::Bitlocker | FileSystem::Exfat | FileSystem::Refs => true,
         FileSystem::Fat => {
@@ -483,7 +483,7 @@ fn starts_with_known_fs(disk: &DiskFile, p: &Partition) -> bool {
     if p.offset.checked_add(512).is_none_or(|e| e > disk.size()) || disk.read_exact_at(&mut s, p.offset).is_err() {
         return false;
     }
-    super::layout::detect_fs(&s) != super::FileSystem::Unknown
+    super::filesystem::detect_fs(&s) != super::filesystem::FileSystem::Unknown
 }
 
 fn read_mbr(disk: &DiskFile, first: &[u8]) -> Result<PartitionTable, SourceError> {

@@ -298,18 +298,6 @@ impl Snapshotter for NoSnapshots {
     }
 }
 
-/// This platform's snapshotter: VSS on Windows, none elsewhere.
-pub fn platform() -> std::sync::Arc<dyn Snapshotter> {
-    #[cfg(windows)]
-    {
-        std::sync::Arc::new(super::windows::vss::Vss)
-    }
-    #[cfg(not(windows))]
-    {
-        std::sync::Arc::new(NoSnapshots)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -366,6 +366,7 @@ impl ObjectWriter for LocalWriter {
             }
         }
         self.file.sync_data().map_err(LocalStore::io("sync", &self.key))?;
+        crate::panics::inject("store-finish");
         fs::rename(&self.tmp, &self.path).map_err(LocalStore::io("rename", &self.key))?;
         Ok(ObjectReceipt {
             resumed: std::mem::take(&mut self.resumed),
@@ -378,7 +379,20 @@ impl ObjectWriter for LocalWriter {
     }
 
     fn abort(self: Box<Self>) {
-        let _ = fs::remove_file(&self.tmp);
+        // Dropping removes the partial file.
+    }
+}
+
+/// A writer dropped before its object was finished (a failure in `finish`, a panic anywhere)
+/// removes its partial file, as an abort does: only a killed process leaves one to resume.
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        match fs::remove_file(&self.tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("cannot remove {}: {e}", self.tmp.display());
+            }
+            _ => {}
+        }
     }
 }
 

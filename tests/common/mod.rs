@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use winbundle::bundle::Layout;
 use winbundle::bundle::create::{BundleOutcome, BundleRequest, bundle_instance};
 use winbundle::bundle::plan::{Plan, PlanOptions};
-use winbundle::bundle::read::{OpenedBundle, RestoreTarget};
+use winbundle::format::Layout;
 use winbundle::progress::NoProgress;
+use winbundle::read::{OpenedBundle, RestoreTarget};
 use winbundle::source::DiskFile;
 use winbundle::store::LocalStore;
 
@@ -61,6 +61,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         parent: None,
         force_parent: false,
         from_parent: Default::default(),
+        rehash: Default::default(),
     }
 }
 

@@ -79,9 +79,6 @@ async fn throttle(f: &ProxyFaults, n: usize) {
 
 async fn serve(client: TcpStream, server: TcpStream, f: Arc<ProxyFaults>) {
     let reset_at = f.reset_after_request_bytes.load(Ordering::SeqCst);
-    let reset = reset_at > 0 && take(&f.resets);
-    let stall = take(&f.stalls);
-    let cut = take(&f.cut_responses);
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
     let f2 = f.clone();
@@ -94,8 +91,10 @@ async fn serve(client: TcpStream, server: TcpStream, f: Arc<ProxyFaults>) {
                 Ok(n) => n,
             };
             let mut n = n;
-            if reset && sent + n as u64 >= reset_at {
-                n = (reset_at - sent) as usize;
+            // A reset is taken from the budget only by a connection that reaches the threshold,
+            // so short requests (create, complete, list) never use one up.
+            if reset_at > 0 && sent + n as u64 >= reset_at && take(&f2.resets) {
+                n = reset_at.saturating_sub(sent) as usize;
                 let _ = sw.write_all(&buf[..n]).await;
                 f2.injected.lock().unwrap().push("reset");
                 return true; // reset
@@ -118,11 +117,13 @@ async fn serve(client: TcpStream, server: TcpStream, f: Arc<ProxyFaults>) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if first && stall {
+            // Stalls and cuts, like resets, are taken from their budgets only by a response
+            // that is really there.
+            if first && take(&f3.stalls) {
                 f3.injected.lock().unwrap().push("stall");
                 tokio::time::sleep(Duration::from_millis(f3.stall_ms.load(Ordering::SeqCst))).await;
             }
-            if first && cut {
+            if first && take(&f3.cut_responses) {
                 f3.injected.lock().unwrap().push("cut");
                 let _ = cw.write_all(&buf[..n.min(20)]).await;
                 return;

@@ -52,8 +52,15 @@ pub struct Faults {
     /// Accept this many more CreateMultipartUpload requests, then answer 403 AccessDenied
     /// (None: no limit).
     pub creates_left: Mutex<Option<u32>>,
+    /// Accept this many more UploadPart requests, then answer 403 AccessDenied (None: no
+    /// limit): an upload cut short after some parts were stored.
+    pub parts_left: Mutex<Option<u32>>,
     /// Request body bytes received, by operation.
     pub bytes_in: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Operations seen with their keys (`GetObject bkt/p.manifest.json`), in order.
+    pub requests: Mutex<Vec<String>>,
+    /// Operations the server answered with a 2xx status, in order.
+    pub succeeded: Mutex<Vec<String>>,
 }
 
 /// An unfinished multipart upload, as ListMultipartUploads and ListParts report it.
@@ -167,6 +174,7 @@ impl Faults {
         if !resp.status().is_success() {
             return;
         }
+        self.succeeded.lock().unwrap().push(op.to_string());
         let mut uploads = self.uploads.lock().unwrap();
         let id = query_param(query, "uploadId").unwrap_or_default();
         match op {
@@ -233,6 +241,11 @@ impl Faults {
         self.log.lock().unwrap().iter().filter(|o| *o == op).count()
     }
 
+    /// Operations `op` the server answered with a 2xx status.
+    pub fn count_succeeded(&self, op: &str) -> usize {
+        self.succeeded.lock().unwrap().iter().filter(|o| *o == op).count()
+    }
+
     /// Request body bytes received by operation `op`.
     pub fn bytes_in(&self, op: &str) -> u64 {
         self.bytes_in.lock().unwrap().get(op).copied().unwrap_or(0)
@@ -241,6 +254,8 @@ impl Faults {
     /// Forgets the operations and bytes seen so far.
     pub fn reset_counts(&self) {
         self.log.lock().unwrap().clear();
+        self.requests.lock().unwrap().clear();
+        self.succeeded.lock().unwrap().clear();
         self.bytes_in.lock().unwrap().clear();
     }
 }
@@ -301,6 +316,11 @@ impl Service<http::Request<Incoming>> for Faulty {
                 op = "UploadPartCopy";
             }
             faults.log.lock().unwrap().push(op.to_string());
+            faults
+                .requests
+                .lock()
+                .unwrap()
+                .push(format!("{op} {}", percent_decode(path.trim_start_matches('/'))));
             let len: u64 = req
                 .headers()
                 .get("content-length")
@@ -326,6 +346,7 @@ impl Service<http::Request<Incoming>> for Faulty {
             let allowance = match op {
                 "PostObject" => Some(&faults.posts_left),
                 "CreateMultipartUpload" => Some(&faults.creates_left),
+                "UploadPart" => Some(&faults.parts_left),
                 _ => None,
             };
             if allowance.is_some_and(|left| !take_allowed(left)) {

@@ -26,7 +26,7 @@ use super::{DiskFile, SourceError};
 /// Makes System32 the only folder later `LoadLibrary` calls search (the process runs elevated:
 /// a DLL planted beside the executable or in the current directory must never be loaded).
 /// DLLs the executable imports are resolved before `main`; those that are not KnownDLLs are
-/// named in the README, and the executable belongs in an administrators-only folder.
+/// named in docs/windows.md, and the executable belongs in an administrators-only folder.
 pub fn restrict_dll_search() {
     // SAFETY: a documented flag; the call only changes the process's DLL search path.
     unsafe { SetDefaultDllDirectories(LOAD_LIBRARY_SEARCH_SYSTEM32) };

@@ -471,24 +471,54 @@ impl Snapshotter for Vss {
         let deadline = Instant::now() + timeout;
         let api = load()?;
         let com = Com::init();
-        // Writers and the VSS service call back into this process: let them (once per process).
-        // SAFETY: documented arguments; RPC_E_TOO_LATE means it was already done.
-        let hr = unsafe {
-            CoInitializeSecurity(
-                std::ptr::null_mut(),
-                -1,
-                std::ptr::null(),
-                std::ptr::null(),
-                6, // RPC_C_AUTHN_LEVEL_PKT_PRIVACY
-                3, // RPC_C_IMP_LEVEL_IMPERSONATE
-                std::ptr::null(),
-                0x20, // EOAC_STATIC_CLOAKING
-                std::ptr::null(),
-            )
-        };
-        if hr < 0 && hr != RPC_E_TOO_LATE {
-            return Err(failed("CoInitializeSecurity", hr, "COM security could not be set up"));
-        }
+        allow_callbacks()?;
+        let mut c = Components::from_factory(&api, com)?;
+        c.begin_backup(deadline, cancel)?;
+        c.start_snapshot_set(deadline, cancel)?;
+        let snapshot_id = c.add_volume(volume_root)?;
+        c.prepare(deadline, cancel)?;
+        // Writers that fail here without failing the backup leave only crash-consistent data.
+        let mut writers = c.writer_statuses(deadline, cancel)?;
+        c.do_snapshot_set(deadline, cancel)?;
+        merge_writers(&mut writers, c.writer_statuses(deadline, cancel)?);
+        let device = c.device(&api, snapshot_id)?;
+        Ok(Box::new(VssSnapshot {
+            components: Some(c),
+            snapshot_id,
+            device,
+            writers,
+        }))
+    }
+}
+
+/// Lets writers and the VSS service call back into this process (CoInitializeSecurity, once per
+/// process).
+fn allow_callbacks() -> Result<(), SnapshotError> {
+    // SAFETY: documented arguments; RPC_E_TOO_LATE means it was already done.
+    let hr = unsafe {
+        CoInitializeSecurity(
+            std::ptr::null_mut(),
+            -1,
+            std::ptr::null(),
+            std::ptr::null(),
+            6, // RPC_C_AUTHN_LEVEL_PKT_PRIVACY
+            3, // RPC_C_IMP_LEVEL_IMPERSONATE
+            std::ptr::null(),
+            0x20, // EOAC_STATIC_CLOAKING
+            std::ptr::null(),
+        )
+    };
+    if hr < 0 && hr != RPC_E_TOO_LATE {
+        return Err(failed("CoInitializeSecurity", hr, "COM security could not be set up"));
+    }
+    Ok(())
+}
+
+/// The steps of [`Vss::create`], in Microsoft's order. A failure returns at once; dropping the
+/// object then releases it (aborting the backup once it is prepared).
+impl Components {
+    /// A new IVssBackupComponents from the DLL's factory, holding this thread's COM membership.
+    fn from_factory(api: &Api, com: Com) -> Result<Self, SnapshotError> {
         let mut this = std::ptr::null_mut();
         // SAFETY: the factory's documented signature; out-pointer to a local.
         let hr = unsafe { (api.create)(&mut this) };
@@ -499,30 +529,41 @@ impl Snapshotter for Vss {
                 "the Volume Shadow Copy Service cannot be used here",
             ));
         }
-        let mut c = Components {
+        Ok(Components {
             this,
             prepared: false,
             _open: OpenBackup::new(),
             _com: com,
-        };
-        let v = c.vtbl();
+        })
+    }
+
+    /// InitializeForBackup, a backup context, a copy backup (writers keep their history), then
+    /// the writers' metadata.
+    fn begin_backup(&self, deadline: Instant, cancel: &AtomicBool) -> Result<(), SnapshotError> {
+        let v = self.vtbl();
         // SAFETY (all calls below): live object, documented arguments, out-pointers to locals.
         check("InitializeForBackup", unsafe {
-            (v.initialize_for_backup)(c.this, std::ptr::null())
+            (v.initialize_for_backup)(self.this, std::ptr::null())
         })?;
-        check("SetContext", unsafe { (v.set_context)(c.this, VSS_CTX_BACKUP) })?;
+        check("SetContext", unsafe { (v.set_context)(self.this, VSS_CTX_BACKUP) })?;
         check("SetBackupState", unsafe {
-            (v.set_backup_state)(c.this, false, false, VSS_BT_COPY, false)
+            (v.set_backup_state)(self.this, false, false, VSS_BT_COPY, false)
         })?;
         let mut op = std::ptr::null_mut();
-        let hr = unsafe { (v.gather_writer_metadata)(c.this, &mut op) };
-        c.wait("GatherWriterMetadata", hr, op, deadline, cancel)?;
+        let hr = unsafe { (v.gather_writer_metadata)(self.this, &mut op) };
+        self.wait("GatherWriterMetadata", hr, op, deadline, cancel)
+    }
+
+    /// StartSnapshotSet, tried again every 5 s while another set is being made (until the
+    /// deadline, or a cancel).
+    fn start_snapshot_set(&self, deadline: Instant, cancel: &AtomicBool) -> Result<(), SnapshotError> {
+        let v = self.vtbl();
         let mut set_id = GUID_NULL;
         loop {
-            let hr = unsafe { (v.start_snapshot_set)(c.this, &mut set_id) };
+            // SAFETY: live object, out-pointer to a local.
+            let hr = unsafe { (v.start_snapshot_set)(self.this, &mut set_id) };
             if hr != VSS_E_SNAPSHOT_SET_IN_PROGRESS || Instant::now() + Duration::from_secs(5) > deadline {
-                check("StartSnapshotSet", hr)?;
-                break;
+                return check("StartSnapshotSet", hr);
             }
             // Another set is being made: try again in 5 s, seeing a cancel meanwhile.
             let retry = Instant::now() + Duration::from_secs(5);
@@ -537,23 +578,40 @@ impl Snapshotter for Vss {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+
+    /// AddToSnapshotSet for the volume: the snapshot's id.
+    fn add_volume(&self, volume_root: &str) -> Result<GUID, SnapshotError> {
+        let v = self.vtbl();
         let root = wide(volume_root);
         let mut snapshot_id = GUID_NULL;
+        // SAFETY: live object, a NUL-terminated name, out-pointer to a local.
         check("AddToSnapshotSet", unsafe {
-            (v.add_to_snapshot_set)(c.this, root.as_ptr(), GUID_NULL, &mut snapshot_id)
+            (v.add_to_snapshot_set)(self.this, root.as_ptr(), GUID_NULL, &mut snapshot_id)
         })?;
+        Ok(snapshot_id)
+    }
+
+    /// PrepareForBackup; from here on, a failure aborts the backup.
+    fn prepare(&mut self, deadline: Instant, cancel: &AtomicBool) -> Result<(), SnapshotError> {
+        let v = self.vtbl();
         let mut op = std::ptr::null_mut();
-        let hr = unsafe { (v.prepare_for_backup)(c.this, &mut op) };
-        c.prepared = true;
-        c.wait("PrepareForBackup", hr, op, deadline, cancel)?;
-        // Writers that fail here without failing the backup leave only crash-consistent data.
-        let mut writers = c.writer_statuses(deadline, cancel)?;
+        // SAFETY: live object, out-pointer to a local.
+        let hr = unsafe { (v.prepare_for_backup)(self.this, &mut op) };
+        self.prepared = true;
+        self.wait("PrepareForBackup", hr, op, deadline, cancel)
+    }
+
+    /// DoSnapshotSet; when it fails (and was not cancelled), the error names the failed writers.
+    fn do_snapshot_set(&self, deadline: Instant, cancel: &AtomicBool) -> Result<(), SnapshotError> {
+        let v = self.vtbl();
         let mut op = std::ptr::null_mut();
-        let hr = unsafe { (v.do_snapshot_set)(c.this, &mut op) };
-        if let Err(mut e) = c.wait("DoSnapshotSet", hr, op, deadline, cancel) {
+        // SAFETY: live object, out-pointer to a local.
+        let hr = unsafe { (v.do_snapshot_set)(self.this, &mut op) };
+        if let Err(mut e) = self.wait("DoSnapshotSet", hr, op, deadline, cancel) {
             let writers = match cancel.load(Ordering::SeqCst) {
                 true => String::new(),
-                false => c.failed_writers(Instant::now() + Duration::from_secs(30), cancel),
+                false => self.failed_writers(Instant::now() + Duration::from_secs(30), cancel),
             };
             if !writers.is_empty() {
                 e.message = format!("{}; {writers}", e.message);
@@ -561,24 +619,23 @@ impl Snapshotter for Vss {
             }
             return Err(e);
         }
-        merge_writers(&mut writers, c.writer_statuses(deadline, cancel)?);
+        Ok(())
+    }
+
+    /// The snapshot's device name (GetSnapshotProperties).
+    fn device(&self, api: &Api, snapshot_id: GUID) -> Result<String, SnapshotError> {
+        let v = self.vtbl();
         // SAFETY: a zeroed VSS_SNAPSHOT_PROP, freed with the DLL's own function.
-        let device = unsafe {
+        unsafe {
             let mut prop: SnapshotProp = std::mem::zeroed();
             check(
                 "GetSnapshotProperties",
-                (v.get_snapshot_properties)(c.this, snapshot_id, &mut prop),
+                (v.get_snapshot_properties)(self.this, snapshot_id, &mut prop),
             )?;
             let d = from_wide(prop.snapshot_device_object);
             (api.free_prop)(&mut prop);
-            d
-        };
-        Ok(Box::new(VssSnapshot {
-            components: Some(c),
-            snapshot_id,
-            device,
-            writers,
-        }))
+            Ok(d)
+        }
     }
 }
 

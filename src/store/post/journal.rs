@@ -103,7 +103,7 @@ impl Journal {
         let earlier = earlier.map(|(m, _)| m);
         let vouched = earlier.iter().flat_map(|m| m.keys().cloned()).collect();
         Ok(Self {
-            manifest_key: crate::bundle::Keys::new(prefix).manifest(),
+            manifest_key: crate::format::Keys::new(prefix).manifest(),
             vouched: Mutex::new(vouched),
             earlier: Mutex::new(earlier.unwrap_or_default()),
             file: Mutex::new(Some(file)),

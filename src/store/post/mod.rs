@@ -292,6 +292,7 @@ impl ObjectWriter for PostWriter {
     }
 
     fn finish(self: Box<Self>) -> Result<ObjectReceipt, StoreError> {
+        crate::panics::inject("store-finish");
         if let Some(e) = self.shared.failed() {
             return Err(e);
         }
@@ -408,6 +409,11 @@ fn post(s: &Shared, key: &str, data: Vec<u8>, stored: Option<Stored>) -> Result<
     Ok(())
 }
 
+/// A redirect answer (3xx): never followed, an error of its own.
+fn r3xx(status: u16) -> bool {
+    (300..400).contains(&status)
+}
+
 /// One POST Object, retried on 5xx and connection failures with backoff.
 fn post_once(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
     let t = &s.target;
@@ -442,9 +448,22 @@ fn post_once(s: &Shared, key: &str, data: Vec<u8>) -> Result<(), StoreError> {
             }
             Ok(r) => {
                 let status = r.status().as_u16();
+                let to = r
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .map(str::to_string);
                 let text = r.text().unwrap_or_default();
-                let code = xml_field(&text, "Code").unwrap_or_else(|| format!("HTTP{status}"));
-                let message = xml_field(&text, "Message").unwrap_or_else(|| format!("HTTP {status}"));
+                let (code, message) = match (xml_field(&text, "Code"), xml_field(&text, "Message")) {
+                    (c, _) if r3xx(status) => (
+                        c.unwrap_or_else(|| super::s3::error::redirect_code(status).into()),
+                        super::s3::error::redirect_message(status, to.as_deref()),
+                    ),
+                    (c, m) => (
+                        c.unwrap_or_else(|| format!("HTTP{status}")),
+                        m.unwrap_or_else(|| format!("HTTP {status}")),
+                    ),
+                };
                 let err = StoreError::S3 {
                     op: t.op(),
                     location: location.clone(),

@@ -562,7 +562,8 @@ impl UploadPolicy {
     pub fn broad_key_warning(&self) -> Option<String> {
         self.field("key").find_map(|c| match c {
             Condition::StartsWith { prefix, .. } if !prefix.ends_with('.') => Some(format!(
-                "the upload policy's key condition is starts-with {prefix:?} (as the aws-cli and EC2 make it): besides this bundle's {prefix}.* objects, its holder can write any key that starts with {prefix:?}, such as {prefix}2.manifest.json or {prefix}x/..., and so replace another bundle's objects; policies from `winbundle upload-policy` are limited to {prefix:?}."
+                "the upload policy's key condition is starts-with {prefix:?} (as the aws-cli and EC2 make it): besides this bundle's {prefix}.* objects, its holder can write any key that starts with {prefix:?}, such as {prefix}2.manifest.json or {prefix}x/..., and so replace another bundle's objects; policies from `winbundle upload-policy` are limited to {:?}.",
+                format!("{prefix}.")
             )),
             _ => None,
         })

@@ -25,9 +25,9 @@ where
                     "Forbidden".to_string(),
                     "HTTP 403: wrong credentials, or no permission for this bucket and key".to_string(),
                 ),
-                (None, 301 | 307) => (
-                    "PermanentRedirect".to_string(),
-                    format!("HTTP {status}: the bucket is in another region"),
+                (None, 300..=399) => (
+                    redirect_code(status).to_string(),
+                    redirect_message(status, se.raw().headers().get("location")),
                 ),
                 (None, s) => ("Unknown".to_string(), format!("HTTP {s}")),
             };
@@ -59,6 +59,24 @@ where
     }
 }
 
+/// The error code of a redirect without an error body (S3's own for 301 and 307).
+pub fn redirect_code(status: u16) -> &'static str {
+    match status {
+        301 => "PermanentRedirect",
+        307 => "TemporaryRedirect",
+        _ => "Redirect",
+    }
+}
+
+/// What a redirect answer means: winbundle follows none (neither the S3 client nor the
+/// upload-policy POST client), so the request would not go where the server points.
+pub fn redirect_message(status: u16, location: Option<&str>) -> String {
+    let to = location.map_or_else(|| "elsewhere".to_string(), |l| format!("to {l:?}"));
+    format!(
+        "HTTP {status}: the server redirected the request {to}, and winbundle follows no redirect (S3 answers a request itself; a 301 means the bucket is in another region)"
+    )
+}
+
 /// An error and its causes on one line.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -80,7 +98,9 @@ pub fn hint(code: &str) -> Option<&'static str> {
         "Forbidden" => {
             "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or --profile) and that the key may access this bucket"
         }
-        "PermanentRedirect" => "pass the bucket's --region",
+        "PermanentRedirect" | "TemporaryRedirect" | "Redirect" => {
+            "pass the bucket's --region, and an --endpoint-url that answers for the bucket itself (not a redirecting front)"
+        }
         "AccessDenied" => {
             "the credentials may not write or read this bucket and prefix: check the key's policy or the bucket policy"
         }
@@ -97,7 +117,7 @@ pub fn hint(code: &str) -> Option<&'static str> {
         "NoSuchKey" | "NotFound" => "check --bucket and --prefix; a bundle without its manifest is incomplete",
         "EntityTooSmall" => "a part is below the server's minimum: raise --part-size (at least 5 MiB)",
         "InvalidRequest" | "NotImplemented" => {
-            "the server rejected a request feature: see docs (MinIO/Garage settings) in the README"
+            "the server rejected a request feature: see docs/s3-servers.md (MinIO, Garage)"
         }
         _ => return None,
     })

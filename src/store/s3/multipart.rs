@@ -420,6 +420,7 @@ impl ObjectWriter for MultipartWriter {
             .iter()
             .map(|p| p.e_tag().unwrap_or_default().to_string())
             .collect();
+        crate::panics::inject("store-finish");
         let i = self.inner.clone();
         let r = i.run("CompleteMultipartUpload", async {
             i.client

@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::FormatError;
-use super::index::{chunk_hash, frame_hash};
-use super::read::OpenedBundle;
+use super::opened::OpenedBundle;
 use crate::Error;
 use crate::chunk::frame::{ZeroFrame, frame_checksum};
+use crate::format::FormatError;
+use crate::format::index::{chunk_hash, frame_hash};
 use crate::source::device::Device;
 
 /// Decompressed chunks kept, by default: 128 MiB of 4 MiB chunks.

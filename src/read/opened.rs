@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::index::{ChunkIndex, chunk_hash, frame_hash};
-use super::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use super::output::{self, ChunkSink};
-use super::{FormatError, Keys};
 use crate::Error;
 use crate::chunk::frame::{SeekEntry, ZeroFrame, frame_checksum, parse_seek_table};
 use crate::chunk::ordered::{BufPool, ordered_map};
+use crate::format::index::{ChunkIndex, chunk_hash, frame_hash};
+use crate::format::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::format::{FormatError, Keys};
 use crate::progress::Progress;
 use crate::store::ObjectStore;
 
@@ -160,7 +160,7 @@ impl<'s> OpenedBundle<'s> {
         };
         // The index of `chunk_count` chunks is one zstd frame of at most this many bytes: checked
         // before it is read (a frame does not grow much past its content).
-        let limit = super::index::max_size(self.manifest.chunk_count);
+        let limit = crate::format::index::max_size(self.manifest.chunk_count, self.manifest.source.ntfs.mft_records);
         let stored = self.store.size(&info.key)?;
         if stored != info.size || stored > limit {
             return Err(FormatError::Index(format!(
@@ -181,7 +181,7 @@ impl<'s> OpenedBundle<'s> {
             )));
         }
         let m = &self.manifest;
-        let index = ChunkIndex::decode(&bytes, m.chunk_count)?;
+        let index = ChunkIndex::decode(&bytes, m.chunk_count, m.source.ntfs.mft_records)?;
         let seek: Vec<(u32, u32)> = self.seek.iter().map(|e| (e.compressed, e.raw)).collect();
         index.check(m.chunk_size, m.volume_size, &seek)?;
         Ok(Some(index))
@@ -240,7 +240,7 @@ impl<'s> OpenedBundle<'s> {
     }
 
     /// The data object holding stream byte `offset`, and where it starts in the stream.
-    pub fn object_at(&self, offset: u64) -> (&super::manifest::ObjectInfo, u64) {
+    pub fn object_at(&self, offset: u64) -> (&crate::format::manifest::ObjectInfo, u64) {
         let i = self.object_offsets.partition_point(|&o| o <= offset).saturating_sub(1);
         (&self.manifest.data.objects[i], self.object_offsets[i])
     }
@@ -309,226 +309,101 @@ impl<'s> OpenedBundle<'s> {
         mut out: Output<'_>,
     ) -> Result<ReadStats, Error> {
         let started = Instant::now();
-        let full = check == Check::Full;
         let hash_parts = check != Check::Frames;
-        // The shared all-zero frame (the free space of a volume): recognised by its bytes and
-        // handed on as zeros without decompressing 4 MiB each time. `out` is told (true), so a
-        // file restore leaves a hole without scanning the bytes.
-        let chunk_size = self.manifest.chunk_size as usize;
-        let zero = ZeroFrame::new(chunk_size, self.manifest.compression.level).ok();
         let mut zeros_buf = Vec::new();
-        let zeros: &[u8] = output::aligned(&mut zeros_buf, if zero.is_some() { chunk_size } else { 0 });
-        let zero_hash = self.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
-        let hash_of = |i: u64| {
-            self.index
-                .as_ref()
-                .filter(|_| full)
-                .map(|idx| idx.entries[i as usize].hash)
-        };
-        let frame_hash_of = |i: u64| {
-            self.index
-                .as_ref()
-                .filter(|_| check != Check::Parts)
-                .and_then(|idx| idx.entries[i as usize].frame_hash)
-        };
-        let frames = BufPool::default();
-        let raws = BufPool::default();
+        let decoder = Decoder::new(self, check, out.positional(), &mut zeros_buf);
+        let units = &self.fetch_units();
+        // Memory: `fetchers` units being fetched, as many waiting their turn, one in the channel
+        // and one being read: 2 × fetchers + 2 units, recycled through `pool`.
+        let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Vec<u8>, Error>>(1);
+        let pool = &BufPool::default();
         let mut stats = ReadStats::default();
-        let mut offsets = Vec::with_capacity(self.seek.len());
-        let mut off = 0u64;
-        for e in &self.seek {
-            offsets.push(off);
-            off += e.compressed as u64;
-        }
-        let positional = match &out {
-            Output::Positional(w) => Some(*w),
-            _ => None,
-        };
-        let count = self.seek.len() as u64;
-        let fetchers = self.fetchers;
-        // Fetch units: each part whole (its SHA-256 computed by the fetcher that read it, so
-        // parts are hashed in parallel), or, for parts over WHOLE_PART, pieces of FETCH_BLOCK
-        // hashed in stream order.
-        let mut units: Vec<(u64, u64, Option<usize>)> = Vec::new();
+        let (parts_verified, bundle_digest) = std::thread::scope(|scope| {
+            let fetched = scope.spawn(move || self.fetch(units, hash_parts, cancel, pool, block_tx));
+            let mut cursor = BlockCursor::new(block_rx, pool);
+            let decoded = decoder.run(threads, progress, cancel, &mut cursor, &mut out, &mut stats);
+            // The fetchers stop once nobody reads what they send.
+            drop(cursor);
+            join_fetchers(fetched, decoded)
+        })?;
+        self.check_digests(hash_parts, parts_verified, bundle_digest)?;
+        Ok(self.finish_stats(stats, check, parts_verified, started))
+    }
+
+    /// The fetch units: each part whole (its SHA-256 computed by the fetcher that read it, so
+    /// parts are hashed in parallel), or, for parts over WHOLE_PART, pieces of FETCH_BLOCK
+    /// hashed in stream order.
+    fn fetch_units(&self) -> Vec<FetchUnit> {
+        let mut units = Vec::new();
         for (n, p) in self.parts.iter().enumerate() {
             if p.size <= WHOLE_PART {
-                units.push((p.stream_offset, p.size, Some(n)));
+                units.push(FetchUnit {
+                    start: p.stream_offset,
+                    len: p.size,
+                    whole: Some(n),
+                });
             } else {
                 let mut at = 0;
                 while at < p.size {
-                    units.push((p.stream_offset + at, (p.size - at).min(FETCH_BLOCK), None));
+                    units.push(FetchUnit {
+                        start: p.stream_offset + at,
+                        len: (p.size - at).min(FETCH_BLOCK),
+                        whole: None,
+                    });
                     at += FETCH_BLOCK;
                 }
             }
         }
-        let units = &units;
-        // Memory: `fetchers` units being fetched, as many waiting their turn, one in the channel
-        // and one being read: 2 × fetchers + 2 units, recycled through `pool`.
-        let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Vec<u8>, Error>>(1);
-        let pool = BufPool::default();
-        let pool = &pool;
-        let (parts_verified, bundle_digest) = std::thread::scope(|scope| {
-            // Fetchers: the stream unit by unit, several at once, handed on in order; each part's
-            // digest checked in order, and the bundle digest over them.
-            let fetched = scope.spawn(move || {
-                let mut bundle = Sha256::new();
-                let mut verified = 0u64;
-                let mut serial: Option<(usize, u64, Sha256)> = None; // a large part being hashed
-                let mut next_part = 0usize;
-                let mut check_part = |n: usize, digest: [u8; 32], bundle: &mut Sha256| -> Result<(), Error> {
-                    let p = &self.parts[n];
-                    if n != next_part || digest != p.sha256 {
-                        return Err(integrity(self.describe_part(p)));
-                    }
-                    bundle.update(digest);
-                    verified += 1;
-                    next_part += 1;
-                    Ok(())
-                };
-                let sent = ordered_map(
-                    units.len() as u64,
-                    fetchers,
-                    fetchers,
-                    cancel,
-                    Ok,
-                    || Ok(()),
-                    |_, k, _| {
-                        let (start, len, whole) = units[k as usize];
-                        let mut buf = pool.take();
-                        buf.resize(len as usize, 0);
-                        self.read_stream(start, &mut buf)?;
-                        let digest: Option<[u8; 32]> =
-                            whole.filter(|_| hash_parts).map(|_| Sha256::digest(&buf).into());
-                        Ok((buf, digest))
-                    },
-                    |k, (block, digest)| {
-                        let (start, len, whole) = units[k as usize];
-                        match (whole, digest) {
-                            _ if !hash_parts => {}
-                            (Some(n), Some(d)) => check_part(n, d, &mut bundle)?,
-                            _ => {
-                                // A piece of a large part: hashed here, in stream order.
-                                let n = self.parts.partition_point(|p| p.stream_offset + p.size <= start);
-                                let (_, done, h) = serial.get_or_insert_with(|| (n, 0, Sha256::new()));
-                                h.update(&block);
-                                *done += len;
-                                if *done == self.parts[n].size {
-                                    let (n, _, h) = serial.take().unwrap_or((n, 0, Sha256::new()));
-                                    check_part(n, h.finalize().into(), &mut bundle)?;
-                                }
-                            }
-                        }
-                        block_tx.send(Ok(block)).map_err(|_| Error::Cancelled)
-                    },
-                );
-                if let Err(e) = sent {
-                    let _ = block_tx.send(Err(e));
-                    return None;
+        units
+    }
+
+    /// The fetchers: the stream unit by unit, several at once, handed on in order through
+    /// `blocks`; with `hash_parts`, each part's digest checked in order, and the bundle digest
+    /// over them. Returns the parts checked and the bundle digest, or None once it has sent
+    /// its error down `blocks`.
+    fn fetch(
+        &self,
+        units: &[FetchUnit],
+        hash_parts: bool,
+        cancel: &AtomicBool,
+        pool: &BufPool,
+        blocks: crossbeam_channel::Sender<Result<Vec<u8>, Error>>,
+    ) -> Option<(u64, Sha256)> {
+        let mut parts = PartChecker::new(self);
+        let sent = ordered_map(
+            units.len() as u64,
+            self.fetchers,
+            self.fetchers,
+            cancel,
+            Ok,
+            || Ok(()),
+            |_, k, _| self.fetch_unit(units[k as usize], hash_parts, pool),
+            |k, (block, digest)| {
+                if hash_parts {
+                    parts.check_unit(units[k as usize], digest, &block)?;
                 }
-                Some((verified, bundle))
-            });
-            let mut cursor = BlockCursor {
-                rx: block_rx,
-                block: Vec::new(),
-                pos: 0,
-                pool,
-            };
-            let decoded = ordered_map(
-                count,
-                threads,
-                2 * threads + 2,
-                cancel,
-                |i| {
-                    let e = self.seek[i as usize];
-                    let mut buf = frames.take();
-                    buf.resize(e.compressed as usize, 0);
-                    cursor.read_exact(&mut buf)?;
-                    progress.read(buf.len() as u64);
-                    if i + 1 == count {
-                        // The seek table ends the stream; its part digest is checked like any.
-                        let mut table = vec![0u8; self.manifest.data.seek_table_size as usize];
-                        cursor.read_exact(&mut table)?;
-                    }
-                    Ok(buf)
-                },
-                || zstd::bulk::Decompressor::new().map_err(|e| Error::Compress(e.to_string())),
-                |dec, i, frame| {
-                    let e = self.seek[i as usize];
-                    let fail = |why: String| {
-                        let (key, at) = self.locate(offsets[i as usize]);
-                        integrity(format!("chunk {i} (object {key}, byte {at}): {why}"))
-                    };
-                    if frame_checksum(&frame) != e.checksum {
-                        return Err(fail("its frame checksum differs from the seek table".into()));
-                    }
-                    if frame_hash_of(i).is_some_and(|h| h != frame_hash(&frame)) {
-                        return Err(fail("its bytes' BLAKE3 differs from the chunk index".into()));
-                    }
-                    if e.raw as usize == chunk_size && zero.as_ref().is_some_and(|z| z.bytes == frame) {
-                        if hash_of(i).is_some_and(|h| Some(h) != zero_hash) {
-                            return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
-                        }
-                        frames.give(frame);
-                        return Ok((Vec::new(), true, 0, 0));
-                    }
-                    let mut raw = raws.take();
-                    let decompress = |dec: &mut zstd::bulk::Decompressor<'_>, out: &mut [u8]| {
-                        let n = dec
-                            .decompress_to_buffer(&frame, out)
-                            .map_err(|err| fail(format!("zstd: {err}")))?;
-                        if n != e.raw as usize {
-                            return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
-                        }
-                        if hash_of(i).is_some_and(|h| h != chunk_hash(&out[..n])) {
-                            return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));
-                        }
-                        Ok(())
-                    };
-                    // Files and devices are written here, by the worker threads, each chunk at
-                    // its own offset, from a page-aligned window (a direct write needs one).
-                    if let Some(write) = positional {
-                        let window = output::aligned(&mut raw, e.raw as usize);
-                        decompress(dec, window)?;
-                        frames.give(frame);
-                        let written = write(i, window, false)?;
-                        raws.give(raw);
-                        return Ok((Vec::new(), false, e.raw as u64, written));
-                    }
-                    raw.resize(e.raw as usize, 0);
-                    decompress(dec, &mut raw)?;
-                    frames.give(frame);
-                    let len = raw.len() as u64;
-                    Ok((raw, false, len, 0))
-                },
-                |i, (raw, is_zero, len, written)| {
-                    stats.written_bytes += written;
-                    match &mut out {
-                        Output::Ordered(write) if is_zero => write(i, zeros)?,
-                        Output::Ordered(write) => write(i, &raw)?,
-                        Output::Positional(write) if is_zero => stats.written_bytes += write(i, zeros, true)?,
-                        _ => {}
-                    }
-                    if is_zero {
-                        stats.volume_bytes += zeros.len() as u64;
-                    } else {
-                        stats.volume_bytes += len;
-                    }
-                    // (Positional writers gave their buffer back already: an empty one here
-                    // would bury the pooled ones and make every chunk allocate anew.)
-                    if raw.capacity() > 0 {
-                        raws.give(raw);
-                    }
-                    Ok(())
-                },
-            );
-            // The fetchers stop once nobody reads what they send.
-            drop(cursor);
-            let fetched = fetched
-                .join()
-                .map_err(|_| Error::Internal("a fetcher thread panicked".into()))?;
-            decoded?;
-            fetched.ok_or_else(|| Error::Internal("the fetchers stopped without an error".into()))
-        })?;
+                blocks.send(Ok(block)).map_err(|_| Error::Cancelled)
+            },
+        );
+        if let Err(e) = sent {
+            let _ = blocks.send(Err(e));
+            return None;
+        }
+        Some(parts.finish())
+    }
+
+    /// Reads one fetch unit into a buffer from `pool`; a whole part's SHA-256 with it if `hash`.
+    fn fetch_unit(&self, unit: FetchUnit, hash: bool, pool: &BufPool) -> Result<(Vec<u8>, Option<[u8; 32]>), Error> {
+        let mut buf = pool.take();
+        buf.resize(unit.len as usize, 0);
+        self.read_stream(unit.start, &mut buf)?;
+        let digest: Option<[u8; 32]> = unit.whole.filter(|_| hash).map(|_| Sha256::digest(&buf).into());
+        Ok((buf, digest))
+    }
+
+    /// With part digests checked (`hash_parts`): that every part was read, and that the bundle
+    /// digest over them is the manifest's.
+    fn check_digests(&self, hash_parts: bool, parts_verified: u64, bundle_digest: Sha256) -> Result<(), Error> {
         if hash_parts && parts_verified != self.parts.len() as u64 {
             return Err(integrity(format!(
                 "only {parts_verified} of {} parts were read",
@@ -542,6 +417,12 @@ impl<'s> OpenedBundle<'s> {
                 self.manifest.bundle_sha256
             )));
         }
+        Ok(())
+    }
+
+    /// Logs what the read checked and fills in the rest of its `stats`.
+    fn finish_stats(&self, mut stats: ReadStats, check: Check, parts_verified: u64, started: Instant) -> ReadStats {
+        let count = self.seek.len() as u64;
         tracing::info!(
             "{} chunks{} checked ({} bytes of stream) in {:.2} s",
             count,
@@ -562,7 +443,7 @@ impl<'s> OpenedBundle<'s> {
         };
         stats.stream_bytes = self.manifest.data.stream_size;
         stats.elapsed = started.elapsed();
-        Ok(stats)
+        stats
     }
 
     /// Checks everything, writes nothing.
@@ -723,7 +604,7 @@ pub fn get_manifest(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, Error
 
 /// The most memory `OpenedBundle::open` then `verify` or `restore` with `threads` threads and
 /// `fetchers` requests at once allocate for a bundle whose manifest is `manifest_bytes` long
-/// and says `m` (the formula README.md "Reading bundles: limits" documents):
+/// and says `m` (the formula docs/file-access.md, "Reading bundles: limits", documents):
 /// 32 MiB + 16 × the manifest + 256 bytes a chunk (seek table, index, offsets) + 160 bytes a
 /// part + (2 × fetchers + 3) fetch units of min(stream, 32 MiB) + (2 × threads + 2) frames of
 /// min(stream, …) + (2 × threads + 5) chunks of min(chunk size, volume). Every term is bounded
@@ -794,6 +675,324 @@ enum Output<'a> {
     Positional(&'a PositionalWrite<'a>),
 }
 
+impl<'a> Output<'a> {
+    /// The writer the worker threads call, for a positional output.
+    fn positional(&self) -> Option<&'a PositionalWrite<'a>> {
+        match self {
+            Output::Positional(w) => Some(*w),
+            _ => None,
+        }
+    }
+}
+
+/// Waits for the fetchers: a panic in them first, then the decoders' error, then theirs (sent
+/// down the channel, so the decoders saw it); else the parts they checked and the bundle digest.
+fn join_fetchers(
+    fetched: std::thread::ScopedJoinHandle<'_, Option<(u64, Sha256)>>,
+    decoded: Result<(), Error>,
+) -> Result<(u64, Sha256), Error> {
+    let fetched = fetched
+        .join()
+        .map_err(|_| Error::Internal("a fetcher thread panicked".into()))?;
+    decoded?;
+    fetched.ok_or_else(|| Error::Internal("the fetchers stopped without an error".into()))
+}
+
+/// Stream bytes one fetcher reads with one request.
+#[derive(Debug, Clone, Copy)]
+struct FetchUnit {
+    start: u64,
+    len: u64,
+    /// The part it is, when it is a whole part (else a piece of a large one).
+    whole: Option<usize>,
+}
+
+/// Checks each part's SHA-256 against the manifest, in stream order, and makes the bundle
+/// digest over them.
+struct PartChecker<'b, 's> {
+    bundle: &'b OpenedBundle<'s>,
+    /// The bundle digest: SHA-256 over the parts' digests.
+    digest: Sha256,
+    verified: u64,
+    next_part: usize,
+    /// A large part being hashed piece by piece: its number, bytes so far, and hash.
+    serial: Option<(usize, u64, Sha256)>,
+}
+
+impl<'b, 's> PartChecker<'b, 's> {
+    fn new(bundle: &'b OpenedBundle<'s>) -> Self {
+        Self {
+            bundle,
+            digest: Sha256::new(),
+            verified: 0,
+            next_part: 0,
+            serial: None,
+        }
+    }
+
+    /// Checks a fetched unit: a whole part by the `digest` its fetcher computed, a piece of a
+    /// large part by hashing it here, the part checked once its last piece is in.
+    fn check_unit(&mut self, unit: FetchUnit, digest: Option<[u8; 32]>, block: &[u8]) -> Result<(), Error> {
+        match (unit.whole, digest) {
+            (Some(n), Some(d)) => self.check_part(n, d),
+            _ => {
+                // A piece of a large part: hashed here, in stream order.
+                let parts = &self.bundle.parts;
+                let n = parts.partition_point(|p| p.stream_offset + p.size <= unit.start);
+                let (_, done, h) = self.serial.get_or_insert_with(|| (n, 0, Sha256::new()));
+                h.update(block);
+                *done += unit.len;
+                if *done == parts[n].size {
+                    let (n, _, h) = self.serial.take().unwrap_or((n, 0, Sha256::new()));
+                    self.check_part(n, h.finalize().into())?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks part `n`'s digest (the error names its object, bytes and chunks) and that it is
+    /// the next part; adds it to the bundle digest.
+    fn check_part(&mut self, n: usize, digest: [u8; 32]) -> Result<(), Error> {
+        let p = &self.bundle.parts[n];
+        if n != self.next_part || digest != p.sha256 {
+            return Err(integrity(self.bundle.describe_part(p)));
+        }
+        self.digest.update(digest);
+        self.verified += 1;
+        self.next_part += 1;
+        Ok(())
+    }
+
+    /// The parts checked and the bundle digest.
+    fn finish(self) -> (u64, Sha256) {
+        (self.verified, self.digest)
+    }
+}
+
+/// A chunk decoded, on its way to [`Decoder::deliver`].
+struct Decoded {
+    /// Its bytes, for an ordered output (empty: a positional writer has written them, or it
+    /// is the shared all-zero chunk).
+    raw: Vec<u8>,
+    /// It is the shared all-zero frame, not decompressed.
+    zero: bool,
+    /// Its length.
+    len: u64,
+    /// Bytes a positional writer wrote.
+    written: u64,
+}
+
+/// Turns the stream's frames into chunks: reads each from the fetched blocks, checks and
+/// decompresses it on a worker thread, and hands it to the output in chunk order.
+struct Decoder<'a, 's> {
+    bundle: &'a OpenedBundle<'s>,
+    check: Check,
+    chunk_size: usize,
+    /// The shared all-zero frame (the free space of a volume): recognised by its bytes and
+    /// handed on as zeros without decompressing 4 MiB each time. The output is told (true), so
+    /// a file restore leaves a hole without scanning the bytes.
+    zero: Option<ZeroFrame>,
+    /// The all-zero chunk (page-aligned; empty without `zero`).
+    zeros: &'a [u8],
+    zero_hash: Option<[u8; 32]>,
+    /// Stream offset of each frame.
+    offsets: Vec<u64>,
+    /// A positional output, which the worker threads write to.
+    positional: Option<&'a PositionalWrite<'a>>,
+    frames: BufPool,
+    raws: BufPool,
+}
+
+impl<'a, 's> Decoder<'a, 's> {
+    /// A decoder for `bundle`'s frames; `zeros_buf` holds the all-zero chunk it hands on.
+    fn new(
+        bundle: &'a OpenedBundle<'s>,
+        check: Check,
+        positional: Option<&'a PositionalWrite<'a>>,
+        zeros_buf: &'a mut Vec<u8>,
+    ) -> Self {
+        let chunk_size = bundle.manifest.chunk_size as usize;
+        let zero = ZeroFrame::new(chunk_size, bundle.manifest.compression.level).ok();
+        let zeros: &[u8] = output::aligned(zeros_buf, if zero.is_some() { chunk_size } else { 0 });
+        let zero_hash = bundle.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
+        let mut offsets = Vec::with_capacity(bundle.seek.len());
+        let mut off = 0u64;
+        for e in &bundle.seek {
+            offsets.push(off);
+            off += e.compressed as u64;
+        }
+        Self {
+            bundle,
+            check,
+            chunk_size,
+            zero,
+            zeros,
+            zero_hash,
+            offsets,
+            positional,
+            frames: BufPool::default(),
+            raws: BufPool::default(),
+        }
+    }
+
+    /// Reads, decodes and delivers every frame: `threads` decompressing, 2 × threads + 2
+    /// frames in flight.
+    fn run(
+        &self,
+        threads: usize,
+        progress: &dyn Progress,
+        cancel: &AtomicBool,
+        cursor: &mut BlockCursor<'_>,
+        out: &mut Output<'_>,
+        stats: &mut ReadStats,
+    ) -> Result<(), Error> {
+        ordered_map(
+            self.bundle.seek.len() as u64,
+            threads,
+            2 * threads + 2,
+            cancel,
+            |i| self.read_frame(cursor, i, progress),
+            || zstd::bulk::Decompressor::new().map_err(|e| Error::Compress(e.to_string())),
+            |dec, i, frame| self.decode_frame(dec, i, frame),
+            |i, decoded| self.deliver(i, decoded, out, stats),
+        )
+    }
+
+    /// Reads frame `i`'s bytes from the stream (after the last, the seek table too).
+    fn read_frame(&self, cursor: &mut BlockCursor<'_>, i: u64, progress: &dyn Progress) -> Result<Vec<u8>, Error> {
+        let e = self.bundle.seek[i as usize];
+        let mut buf = self.frames.take();
+        buf.resize(e.compressed as usize, 0);
+        cursor.read_exact(&mut buf)?;
+        progress.read(buf.len() as u64);
+        if i + 1 == self.bundle.seek.len() as u64 {
+            // The seek table ends the stream; its part digest is checked like any.
+            let mut table = vec![0u8; self.bundle.manifest.data.seek_table_size as usize];
+            cursor.read_exact(&mut table)?;
+        }
+        Ok(buf)
+    }
+
+    /// Checks frame `i` (checksum, BLAKE3 as `check` says) and decompresses it; a positional
+    /// output gets it written here, by the worker thread.
+    fn decode_frame(&self, dec: &mut zstd::bulk::Decompressor<'_>, i: u64, frame: Vec<u8>) -> Result<Decoded, Error> {
+        let e = self.bundle.seek[i as usize];
+        if frame_checksum(&frame) != e.checksum {
+            return Err(self.fail(i, "its frame checksum differs from the seek table".into()));
+        }
+        if self.frame_hash_of(i).is_some_and(|h| h != frame_hash(&frame)) {
+            return Err(self.fail(i, "its bytes' BLAKE3 differs from the chunk index".into()));
+        }
+        if e.raw as usize == self.chunk_size && self.zero.as_ref().is_some_and(|z| z.bytes == frame) {
+            if self.hash_of(i).is_some_and(|h| Some(h) != self.zero_hash) {
+                return Err(self.fail(i, "its plaintext's BLAKE3 differs from the chunk index".into()));
+            }
+            self.frames.give(frame);
+            return Ok(Decoded {
+                raw: Vec::new(),
+                zero: true,
+                len: 0,
+                written: 0,
+            });
+        }
+        let mut raw = self.raws.take();
+        // Files and devices are written here, by the worker threads, each chunk at its own
+        // offset, from a page-aligned window (a direct write needs one).
+        if let Some(write) = self.positional {
+            let window = output::aligned(&mut raw, e.raw as usize);
+            self.decompress(dec, i, &frame, window)?;
+            self.frames.give(frame);
+            let written = write(i, window, false)?;
+            self.raws.give(raw);
+            return Ok(Decoded {
+                raw: Vec::new(),
+                zero: false,
+                len: e.raw as u64,
+                written,
+            });
+        }
+        raw.resize(e.raw as usize, 0);
+        self.decompress(dec, i, &frame, &mut raw)?;
+        self.frames.give(frame);
+        let len = raw.len() as u64;
+        Ok(Decoded {
+            raw,
+            zero: false,
+            len,
+            written: 0,
+        })
+    }
+
+    /// Decompresses frame `i` into `out` (its exact size) and checks its plaintext's BLAKE3
+    /// when `check` says.
+    fn decompress(
+        &self,
+        dec: &mut zstd::bulk::Decompressor<'_>,
+        i: u64,
+        frame: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), Error> {
+        let raw = self.bundle.seek[i as usize].raw;
+        let n = dec
+            .decompress_to_buffer(frame, out)
+            .map_err(|err| self.fail(i, format!("zstd: {err}")))?;
+        if n != raw as usize {
+            return Err(self.fail(i, format!("decompressed to {n} bytes, expected {raw}")));
+        }
+        if self.hash_of(i).is_some_and(|h| h != chunk_hash(&out[..n])) {
+            return Err(self.fail(i, "its plaintext's BLAKE3 differs from the chunk index".into()));
+        }
+        Ok(())
+    }
+
+    /// Hands chunk `i` to the output (in chunk order) and counts it in `stats`.
+    fn deliver(&self, i: u64, d: Decoded, out: &mut Output<'_>, stats: &mut ReadStats) -> Result<(), Error> {
+        stats.written_bytes += d.written;
+        match out {
+            Output::Ordered(write) if d.zero => write(i, self.zeros)?,
+            Output::Ordered(write) => write(i, &d.raw)?,
+            Output::Positional(write) if d.zero => stats.written_bytes += write(i, self.zeros, true)?,
+            _ => {}
+        }
+        if d.zero {
+            stats.volume_bytes += self.zeros.len() as u64;
+        } else {
+            stats.volume_bytes += d.len;
+        }
+        // (Positional writers gave their buffer back already: an empty one here would bury the
+        // pooled ones and make every chunk allocate anew.)
+        if d.raw.capacity() > 0 {
+            self.raws.give(d.raw);
+        }
+        Ok(())
+    }
+
+    /// The plaintext BLAKE3 chunk `i` must have, when the read checks plaintexts (`Full`).
+    fn hash_of(&self, i: u64) -> Option<[u8; 32]> {
+        self.bundle
+            .index
+            .as_ref()
+            .filter(|_| self.check == Check::Full)
+            .map(|idx| idx.entries[i as usize].hash)
+    }
+
+    /// The BLAKE3 frame `i`'s bytes must have, unless the read checks parts instead (`Parts`).
+    fn frame_hash_of(&self, i: u64) -> Option<[u8; 32]> {
+        self.bundle
+            .index
+            .as_ref()
+            .filter(|_| self.check != Check::Parts)
+            .and_then(|idx| idx.entries[i as usize].frame_hash)
+    }
+
+    /// An integrity error about chunk `i`, naming its object and byte.
+    fn fail(&self, i: u64, why: String) -> Error {
+        let (key, at) = self.bundle.locate(self.offsets[i as usize]);
+        integrity(format!("chunk {i} (object {key}, byte {at}): {why}"))
+    }
+}
+
 /// Standard output as a plain file handle: Rust's `Stdout` is line-buffered and scans every
 /// write for a newline, gigabytes of it here.
 pub fn raw_stdout() -> Result<File, Error> {
@@ -818,7 +1017,17 @@ struct BlockCursor<'p> {
     pool: &'p BufPool,
 }
 
-impl BlockCursor<'_> {
+impl<'p> BlockCursor<'p> {
+    /// A cursor over the blocks `rx` delivers, giving each back to `pool` once read.
+    fn new(rx: crossbeam_channel::Receiver<Result<Vec<u8>, Error>>, pool: &'p BufPool) -> Self {
+        Self {
+            rx,
+            block: Vec::new(),
+            pos: 0,
+            pool,
+        }
+    }
+
     fn read_exact(&mut self, mut buf: &mut [u8]) -> Result<(), Error> {
         while !buf.is_empty() {
             if self.pos == self.block.len() {
