@@ -90,6 +90,17 @@ impl Volume {
 
     /// `bundle-instance` of the volume under `prefix` with `extra` flags: its JSON output.
     fn bundle(&self, prefix: &str, extra: &[&str]) -> serde_json::Value {
+        let o = self.run_bundle(prefix, extra);
+        assert!(
+            o.status.success(),
+            "bundle {prefix} {extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// `bundle-instance` of the volume under `prefix` with `extra` flags, whatever its outcome.
+    fn run_bundle(&self, prefix: &str, extra: &[&str]) -> std::process::Output {
         let store = self.store();
         let state = self.dir.path().join("state");
         let mut args = vec![
@@ -109,13 +120,7 @@ impl Volume {
             "1MiB",
         ];
         args.extend_from_slice(extra);
-        let o = winbundle(&args);
-        assert!(
-            o.status.success(),
-            "bundle {prefix} {extra:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice(&o.stdout).unwrap()
+        winbundle(&args)
     }
 
     fn object(&self, key: &str) -> Vec<u8> {
@@ -307,24 +312,7 @@ fn a_parent_without_record_digests_falls_back_to_rehash_with_a_note() {
     m["index"]["size"] = bytes.len().into();
     m["index"]["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)).into();
     std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
-    let store = vol.store();
-    let state = vol.dir.path().join("state");
-    let o = winbundle(&[
-        "bundle-instance",
-        vol.img.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "bkt",
-        "--prefix",
-        "o/1",
-        "--instance-id",
-        INSTANCE,
-        "--parent",
-        "o/0",
-    ]);
+    let o = vol.run_bundle("o/1", &["--parent", "o/0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no record digests"), "{err}");
@@ -365,24 +353,7 @@ fn a_record_the_scan_cannot_parse_makes_a_rehash_with_a_note() {
     let first = u64::from(u16::from_le_bytes([header[0x14], header[0x15]]));
     std::os::unix::fs::FileExt::write_all_at(&f, &3u32.to_le_bytes(), at + first + 4).unwrap();
     drop(f);
-    let store = vol.store();
-    let state = vol.dir.path().join("state");
-    let o = winbundle(&[
-        "bundle-instance",
-        vol.img.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "bkt",
-        "--prefix",
-        "d/1",
-        "--instance-id",
-        INSTANCE,
-        "--parent",
-        "d/0",
-    ]);
+    let o = vol.run_bundle("d/1", &["--parent", "d/0"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(

@@ -253,6 +253,8 @@ const OTHER_TOOLS_FLAGS: &[(&str, &str)] = &[
     ("--license-type", "aws ec2 import-image"),
     ("--release", "cargo"),
     ("--target", "cargo"),
+    ("--bin", "cargo build"),
+    ("--example", "cargo build"),
     ("--test", "cargo test"),
     ("--nocapture", "the test harness"),
     ("--path", "cargo install"),

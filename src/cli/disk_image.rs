@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde_json::json;
 use winbundle::Error;
+use winbundle::format::disk::DiskInfo;
 use winbundle::read::OpenedBundle;
 use winbundle::read::disk::DiskFormat;
 use winbundle::read::image::{Target, write_image};
@@ -146,6 +147,33 @@ fn target_of(
     })
 }
 
+/// The JSON document of a disk restore, whatever its format and target.
+pub(super) fn disk_json(
+    bundle_id: &str,
+    output: serde_json::Value,
+    format: DiskFormat,
+    disk: &DiskInfo,
+    size: u64,
+    written_bytes: u64,
+) -> serde_json::Value {
+    let kept: Vec<serde_json::Value> = disk
+        .kept_partitions
+        .iter()
+        .map(|p| json!({"Index": p.index, "Offset": p.offset, "Length": p.length, "Role": p.role}))
+        .collect();
+    json!({
+        "BundleId": bundle_id,
+        "Output": output,
+        "Format": format_name(format),
+        "DiskSize": disk.disk_size,
+        "FileSize": size,
+        "PartitionTable": disk.partition_table.to_string(),
+        "KeptPartitions": kept,
+        "DroppedPartitions": disk.dropped_partitions,
+        "WrittenBytes": written_bytes,
+    })
+}
+
 /// What was written: a JSON document, or a line on standard error.
 fn report(
     args: &RestoreArgs,
@@ -157,23 +185,7 @@ fn report(
     r: &winbundle::read::image::ImageRestore,
 ) -> Result<(), Error> {
     if args.json || out.to_file() {
-        let kept: Vec<serde_json::Value> = r
-            .disk
-            .kept_partitions
-            .iter()
-            .map(|p| json!({"Index": p.index, "Offset": p.offset, "Length": p.length, "Role": p.role}))
-            .collect();
-        let v = json!({
-            "BundleId": bundle_id,
-            "Output": output,
-            "Format": format_name(format),
-            "DiskSize": r.disk.disk_size,
-            "FileSize": r.size,
-            "PartitionTable": r.disk.partition_table.to_string(),
-            "KeptPartitions": kept,
-            "DroppedPartitions": r.disk.dropped_partitions,
-            "WrittenBytes": r.written_bytes,
-        });
+        let v = disk_json(bundle_id, json!(output), format, &r.disk, r.size, r.written_bytes);
         out.emit(&json_doc(&v))?;
     } else if !args.quiet {
         eprintln!(

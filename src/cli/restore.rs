@@ -94,7 +94,7 @@ fn restore_disk(
     cancel: &Arc<AtomicBool>,
     out: &Output,
 ) -> Result<i32, Error> {
-    use winbundle::read::disk::{DiskFormat, restore};
+    use winbundle::read::disk::restore;
     if output.as_os_str() == "-" {
         return Err(Error::InvalidParameter {
             parameter: "--output",
@@ -113,24 +113,15 @@ fn restore_disk(
         &bar,
         cancel,
     )?;
-    let kept: Vec<serde_json::Value> = r
-        .disk
-        .kept_partitions
-        .iter()
-        .map(|p| json!({"Index": p.index, "Offset": p.offset, "Length": p.length, "Role": p.role}))
-        .collect();
     if args.json || out.to_file() {
-        let v = json!({
-            "BundleId": bundle.manifest.bundle_id,
-            "Output": output,
-            "Format": if format == DiskFormat::Vhd { "vhd" } else { "raw" },
-            "DiskSize": r.disk.disk_size,
-            "FileSize": r.size,
-            "PartitionTable": r.disk.partition_table.to_string(),
-            "KeptPartitions": kept,
-            "DroppedPartitions": r.disk.dropped_partitions,
-            "WrittenBytes": r.written_bytes,
-        });
+        let v = super::disk_image::disk_json(
+            &bundle.manifest.bundle_id,
+            json!(output),
+            format,
+            &r.disk,
+            r.size,
+            r.written_bytes,
+        );
         out.emit(&json_doc(&v))?;
     } else if !args.quiet {
         eprintln!(
