@@ -175,6 +175,7 @@ fn s3_store(endpoint: &str) -> S3Store {
         no_resume: false,
         read_timeout: None,
         initial_backoff: Some(std::time::Duration::from_millis(50)),
+        sse: Default::default(),
     };
     S3Store::connect("bkt", &opts).unwrap()
 }

@@ -329,6 +329,25 @@ pub struct S3Args {
     /// connections are retried with backoff; access and signature errors never are).
     #[arg(long, default_value_t = winbundle::store::s3::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
+    /// Have S3 encrypt the objects written: `AES256` (SSE-S3) or `aws:kms` (SSE-KMS).
+    #[arg(long, value_enum, value_name = "ALGORITHM", conflicts_with = "sse_c_key_file")]
+    pub sse: Option<SseArg>,
+    /// The KMS key for `--sse aws:kms` (key id, ARN or alias; default: the account's aws/s3 key).
+    #[arg(long, value_name = "ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
+    /// Encrypt (and read) the objects with this customer key (SSE-C): a file of 32 bytes, or of
+    /// 64 hex digits or base64 of 32 bytes. S3 keeps no copy: without the key the bundle is lost.
+    #[arg(long, value_name = "FILE")]
+    pub sse_c_key_file: Option<PathBuf>,
+}
+
+/// Server-side encryption asked of S3 when objects are created.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseArg {
+    #[value(name = "AES256")]
+    Aes256,
+    #[value(name = "aws:kms")]
+    AwsKms,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -35,7 +35,11 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     }
     let outcome = bundle_with_progress(&req, store.as_ref(), &tasks, args.quiet, cancel);
     announce(&args, &outcome);
-    let summary = outcome.result.as_ref().ok().map(|(m, s)| summary(&req, &outcome, m, s));
+    let summary = outcome.result.as_ref().ok().map(|(m, s)| {
+        let mut v = summary(&req, &outcome, m, s);
+        v["ServerSideEncryption"] = store.server_side_encryption().unwrap_or(Value::Null);
+        v
+    });
     let doc = output_document(args.output, &outcome, summary.as_ref());
     if let Some(code) = write_output(&out, &doc, &outcome, args.output) {
         return Ok(code);

@@ -12,7 +12,7 @@ use winbundle::read::OpenedBundle;
 use winbundle::read::disk::DiskFormat;
 use winbundle::read::image::{Target, write_image};
 use winbundle::store::ObjectStore;
-use winbundle::store::s3::{S3Options, S3Store};
+use winbundle::store::s3::S3Store;
 use winbundle::units::human;
 
 use super::args::{DiskFormatArg, RestoreArgs};
@@ -113,20 +113,7 @@ fn target_of(
         },
         (None, Some(url)) if url.starts_with("s3://") => {
             let (bucket, key) = s3_url(url)?;
-            let s3 = &args.store.s3;
-            let opts = S3Options {
-                region: s3.region.clone(),
-                endpoint_url: s3.endpoint_url.clone(),
-                profile: s3.profile.clone(),
-                force_path_style: s3.force_path_style,
-                concurrency: s3.concurrency,
-                max_attempts: s3.max_attempts,
-                credentials: None,
-                cancel: Some(cancel.clone()),
-                no_resume: false,
-                read_timeout: None,
-                initial_backoff: None,
-            };
+            let opts = super::s3_options(&args.store.s3, false, cancel)?;
             // Like the bundle's store, it lives until the process ends.
             let dest: &'static dyn ObjectStore = Box::leak(Box::new(S3Store::connect(bucket, &opts)?));
             Target::Store {

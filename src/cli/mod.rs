@@ -76,22 +76,50 @@ fn open_bucket(
 ) -> Result<Box<dyn ObjectStore>, Error> {
     Ok(match &a.local_store {
         Some(dir) => Box::new(LocalStore::open(dir, &a.bucket, create)?.with_resume(!no_resume)),
-        None => {
-            let opts = S3Options {
-                region: a.s3.region.clone(),
-                endpoint_url: a.s3.endpoint_url.clone(),
-                profile: a.s3.profile.clone(),
-                force_path_style: a.s3.force_path_style,
-                concurrency: a.s3.concurrency,
-                max_attempts: a.s3.max_attempts,
-                credentials: None,
-                cancel: Some(cancel.clone()),
-                no_resume,
-                read_timeout: None,
-                initial_backoff: None,
-            };
-            Box::new(S3Store::connect(&a.bucket, &opts)?)
-        }
+        None => Box::new(S3Store::connect(&a.bucket, &s3_options(&a.s3, no_resume, cancel)?)?),
+    })
+}
+
+/// How to reach S3, from the command line.
+pub fn s3_options(s3: &args::S3Args, no_resume: bool, cancel: &Arc<AtomicBool>) -> Result<S3Options, Error> {
+    use winbundle::store::s3::sse::{CustomerKey, ServerSide, SseOptions};
+    let server_side = s3.sse.map(|a| match a {
+        args::SseArg::Aes256 => ServerSide::S3,
+        args::SseArg::AwsKms => ServerSide::Kms {
+            key_id: s3.sse_kms_key_id.clone(),
+        },
+    });
+    if s3.sse_kms_key_id.is_some() && s3.sse != Some(args::SseArg::AwsKms) {
+        return Err(Error::InvalidParameter {
+            parameter: "--sse-kms-key-id",
+            message: "a KMS key goes with --sse aws:kms".into(),
+        });
+    }
+    let customer_key = s3
+        .sse_c_key_file
+        .as_deref()
+        .map(CustomerKey::from_file)
+        .transpose()
+        .map_err(|message| Error::InvalidParameter {
+            parameter: "--sse-c-key-file",
+            message,
+        })?;
+    Ok(S3Options {
+        region: s3.region.clone(),
+        endpoint_url: s3.endpoint_url.clone(),
+        profile: s3.profile.clone(),
+        force_path_style: s3.force_path_style,
+        concurrency: s3.concurrency,
+        max_attempts: s3.max_attempts,
+        credentials: None,
+        cancel: Some(cancel.clone()),
+        no_resume,
+        read_timeout: None,
+        initial_backoff: None,
+        sse: SseOptions {
+            server_side,
+            customer_key,
+        },
     })
 }
 

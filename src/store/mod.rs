@@ -204,6 +204,10 @@ pub trait ObjectWriter: Send {
 pub trait ObjectStore: Send + Sync {
     /// Where this is, for messages (`local folder /x/bucket`, `s3://bucket`).
     fn location(&self) -> String;
+    /// How the store encrypts what it writes, when asked to (S3's SSE), for the JSON summary.
+    fn server_side_encryption(&self) -> Option<serde_json::Value> {
+        None
+    }
     fn exists(&self, key: &str) -> Result<bool, StoreError>;
     fn size(&self, key: &str) -> Result<u64, StoreError>;
     /// Reads `buf.len()` bytes of `key` from `offset`.

@@ -61,6 +61,108 @@ pub struct Faults {
     pub requests: Mutex<Vec<String>>,
     /// Operations the server answered with a 2xx status, in order.
     pub succeeded: Mutex<Vec<String>>,
+    /// SSE-C as AWS enforces it (s3s-fs has none): the key MD5 each object (`bucket/key`) was
+    /// created with. Requests on such an object need the same key; other objects refuse one.
+    /// The bytes on disk stay plain: a test double of the headers' contract, not of the cipher.
+    pub sse_c: Mutex<std::collections::BTreeMap<String, String>>,
+    /// `x-amz-server-side-encryption` and the KMS key id of each request that sent them:
+    /// `CreateMultipartUpload bkt/p.image.zst AES256 -`.
+    pub sse_requests: Mutex<Vec<String>>,
+}
+
+/// The SSE-C headers of a request, checked as AWS checks them: (key MD5) when present, or the
+/// message of an InvalidArgument answer.
+fn sse_c_of(headers: &http::HeaderMap, prefix: &str) -> Result<Option<String>, &'static str> {
+    use base64::Engine as _;
+    let h = |n: &str| {
+        headers
+            .get(format!("{prefix}{n}"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (alg, key, md5) = (h("algorithm"), h("key"), h("key-MD5").or_else(|| h("key-md5")));
+    if alg.is_none() && key.is_none() && md5.is_none() {
+        return Ok(None);
+    }
+    if alg.as_deref() != Some("AES256") {
+        return Err("The encryption algorithm must be AES256.");
+    }
+    let raw = key
+        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+        .filter(|k| k.len() == 32)
+        .ok_or("The secret key was invalid for the specified algorithm.")?;
+    let want = base64::engine::general_purpose::STANDARD.encode(<md5::Md5 as md5::Digest>::digest(&raw));
+    if md5.as_deref() != Some(want.as_str()) {
+        return Err("The calculated MD5 hash of the key did not match the hash that was provided.");
+    }
+    Ok(Some(want))
+}
+
+impl Faults {
+    /// Refuses a request whose SSE-C headers do not fit the object, as AWS does; records the
+    /// key of objects created with one, and the SSE-S3/KMS headers of every request.
+    fn check_sse(&self, op: &str, path: &str, headers: &http::HeaderMap) -> Option<http::Response<s3s::Body>> {
+        let (bucket, key) = bucket_key(path);
+        let object = format!("{bucket}/{key}");
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        if headers.contains_key("x-amz-server-side-encryption") {
+            self.sse_requests.lock().unwrap().push(format!(
+                "{op} {object} {} {}",
+                h("x-amz-server-side-encryption"),
+                h("x-amz-server-side-encryption-aws-kms-key-id")
+            ));
+        }
+        let given = match sse_c_of(headers, "x-amz-server-side-encryption-customer-") {
+            Ok(g) => g,
+            Err(m) => return Some(s3_error(400, "InvalidArgument", m)),
+        };
+        let mut objects = self.sse_c.lock().unwrap();
+        match op {
+            "PutObject" | "CreateMultipartUpload" => {
+                match &given {
+                    Some(md5) => objects.insert(object, md5.clone()),
+                    None => objects.remove(&object),
+                };
+                None
+            }
+            "UploadPartCopy" => {
+                let src = headers
+                    .get("x-amz-copy-source")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let src = percent_decode(src.trim_start_matches('/'));
+                let given_src = match sse_c_of(headers, "x-amz-copy-source-server-side-encryption-customer-") {
+                    Ok(g) => g,
+                    Err(m) => return Some(s3_error(400, "InvalidArgument", m)),
+                };
+                (objects.get(&src) != given_src.as_ref() || objects.get(&object) != given.as_ref()).then(|| {
+                    s3_error(
+                        400,
+                        "InvalidRequest",
+                        "The SSE-C parameters of the copy source or target do not match the objects.",
+                    )
+                })
+            }
+            "UploadPart" | "CompleteMultipartUpload" | "GetObject" | "HeadObject" => {
+                // A key for an object stored without one: AWS refuses it too, but a missing
+                // object must still answer 404, and this table does not know which exist.
+                let stored = objects.get(&object)?;
+                if Some(stored) == given.as_ref() || (op == "CompleteMultipartUpload" && given.is_none()) {
+                    return None;
+                }
+                Some(if op == "HeadObject" {
+                    http::Response::builder().status(400).body(s3s::Body::empty()).unwrap()
+                } else {
+                    s3_error(
+                        400,
+                        "InvalidRequest",
+                        "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.",
+                    )
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// An unfinished multipart upload, as ListMultipartUploads and ListParts report it.
@@ -338,6 +440,9 @@ impl Service<http::Request<Incoming>> for Faulty {
             if let Some(resp) = faults.answer_listing(op, &path, &query) {
                 return Ok(resp);
             }
+            if let Some(resp) = faults.check_sse(op, &path, req.headers()) {
+                return Ok(resp);
+            }
             let headers = req.headers().clone();
             let delay = faults.post_delay_ms.load(Ordering::SeqCst);
             if op == "PostObject" && delay > 0 {
@@ -438,6 +543,7 @@ impl TestS3 {
             read_timeout: None,
             // Short retry delays keep the fault tests quick; the default is 1 s.
             initial_backoff: Some(std::time::Duration::from_millis(100)),
+            sse: Default::default(),
         }
     }
 

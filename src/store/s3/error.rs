@@ -25,6 +25,10 @@ where
                     "Forbidden".to_string(),
                     "HTTP 403: wrong credentials, or no permission for this bucket and key".to_string(),
                 ),
+                (None, 400) => (
+                    "BadRequest".to_string(),
+                    "HTTP 400: the server refused the request (an object stored with a customer key, SSE-C, answers so when the key is missing or wrong)".to_string(),
+                ),
                 (None, 300..=399) => (
                     redirect_code(status).to_string(),
                     redirect_message(status, se.raw().headers().get("location")),
@@ -117,8 +121,9 @@ pub fn hint(code: &str) -> Option<&'static str> {
         "NoSuchKey" | "NotFound" => "check --bucket and --prefix; a bundle without its manifest is incomplete",
         "EntityTooSmall" => "a part is below the server's minimum: raise --part-size (at least 5 MiB)",
         "InvalidRequest" | "NotImplemented" => {
-            "the server rejected a request feature: see docs/s3-servers.md (MinIO, Garage)"
+            "the server rejected a request feature: see docs/s3-servers.md (MinIO, Garage); objects stored with a customer key need the same --sse-c-key-file to be read"
         }
+        "BadRequest" => "if the bundle was written with --sse-c-key-file, pass the same key file to read it",
         _ => return None,
     })
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod log;
 pub mod multipart;
 pub mod signing;
+pub mod sse;
 pub mod uploads;
 
 use std::future::Future;
@@ -88,6 +89,8 @@ pub struct S3Options {
     /// First retry delay (doubling, with jitter, up to 20 s); default 1 s, so the default five
     /// attempts ride out a server restart of several seconds.
     pub initial_backoff: Option<Duration>,
+    /// Server-side encryption of the objects written (and, with a customer key, read).
+    pub sse: sse::SseOptions,
 }
 
 pub(crate) struct Inner {
@@ -104,6 +107,7 @@ pub(crate) struct Inner {
     /// The server has answered an UploadPartCopy: later objects' first copies need not wait
     /// for their answer (`--layout runs` starts most objects with one).
     pub copy_works: AtomicBool,
+    pub sse: sse::SseOptions,
 }
 
 impl Inner {
@@ -216,6 +220,7 @@ impl S3Store {
                 resume: !opts.no_resume,
                 leftovers: Mutex::default(),
                 copy_works: AtomicBool::new(false),
+                sse: opts.sse.clone(),
             }),
         })
     }
@@ -223,7 +228,8 @@ impl S3Store {
     fn head(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let i = &self.inner;
         i.run("HeadObject", async {
-            match i.client.head_object().bucket(&i.bucket).key(key).send().await {
+            let req = sse::with_sse_c!(i.client.head_object().bucket(&i.bucket).key(key), i.sse);
+            match req.send().await {
                 Ok(o) => Ok(Some(o.content_length().unwrap_or(0).max(0) as u64)),
                 Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
                 Err(e) => Err(convert("HeadObject", &i.bucket, key, e)),
@@ -240,6 +246,10 @@ pub(crate) fn b64(digest: &[u8; 32]) -> String {
 impl ObjectStore for S3Store {
     fn location(&self) -> String {
         format!("s3://{} at {}", self.inner.bucket, self.inner.endpoint)
+    }
+
+    fn server_side_encryption(&self) -> Option<serde_json::Value> {
+        self.inner.sse.describe()
     }
 
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
@@ -263,24 +273,17 @@ impl ObjectStore for S3Store {
         let mut last = None;
         for _ in 0..3 {
             let r = i.run("GetObject", async {
-                let out = i
-                    .client
-                    .get_object()
-                    .bucket(&i.bucket)
-                    .key(key)
-                    .range(&range)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                            StoreError::NotFound {
-                                key: key.to_string(),
-                                location: self.location(),
-                            }
-                        } else {
-                            convert("GetObject", &i.bucket, key, e)
+                let req = i.client.get_object().bucket(&i.bucket).key(key).range(&range);
+                let out = sse::with_sse_c!(req, i.sse).send().await.map_err(|e| {
+                    if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                        StoreError::NotFound {
+                            key: key.to_string(),
+                            location: self.location(),
                         }
-                    })?;
+                    } else {
+                        convert("GetObject", &i.bucket, key, e)
+                    }
+                })?;
                 // Straight into the caller's buffer, chunk by chunk: no collected copy.
                 let mut body = out.body;
                 let mut filled = 0usize;
@@ -320,8 +323,7 @@ impl ObjectStore for S3Store {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let body = ByteStream::from(bytes.to_vec());
         i.run("PutObject", async {
-            i.client
-                .put_object()
+            sse::with_sse_create!(i.client.put_object(), i.sse)
                 .bucket(&i.bucket)
                 .key(key)
                 .body(body)

@@ -423,8 +423,7 @@ impl ObjectWriter for MultipartWriter {
         crate::panics::inject("store-finish");
         let i = self.inner.clone();
         let r = i.run("CompleteMultipartUpload", async {
-            i.client
-                .complete_multipart_upload()
+            crate::store::s3::sse::with_sse_c!(i.client.complete_multipart_upload(), i.sse)
                 .bucket(&i.bucket)
                 .key(&self.key)
                 .upload_id(&upload_id)
@@ -479,9 +478,7 @@ async fn upload_id(inner: &Inner, key: &str, upload: &Upload) -> Result<String, 
 }
 
 async fn create_upload(inner: &Inner, key: &str) -> Result<String, StoreError> {
-    let out = inner
-        .client
-        .create_multipart_upload()
+    let out = crate::store::s3::sse::with_sse_create!(inner.client.create_multipart_upload(), inner.sse)
         .bucket(&inner.bucket)
         .key(key)
         .checksum_algorithm(ChecksumAlgorithm::Sha256)
@@ -509,9 +506,7 @@ async fn upload_part(
 ) -> Result<(CompletedPart, u64), StoreError> {
     let len = body.len();
     let checksum = b64(sha256);
-    let out = inner
-        .client
-        .upload_part()
+    let out = crate::store::s3::sse::with_sse_c!(inner.client.upload_part(), inner.sse)
         .bucket(&inner.bucket)
         .key(key)
         .upload_id(upload_id)
@@ -554,9 +549,12 @@ async fn copy_part(
     source: &CopySource,
 ) -> Result<Done, StoreError> {
     let range = source.range_header();
-    let out = inner
-        .client
-        .upload_part_copy()
+    let (alg, key_b64, md5) = inner.sse.c_headers();
+    let req = crate::store::s3::sse::with_sse_c!(inner.client.upload_part_copy(), inner.sse)
+        .set_copy_source_sse_customer_algorithm(alg)
+        .set_copy_source_sse_customer_key(key_b64)
+        .set_copy_source_sse_customer_key_md5(md5);
+    let out = req
         .bucket(&inner.bucket)
         .key(key)
         .upload_id(upload_id)
@@ -612,9 +610,7 @@ async fn copy_part(
 async fn hash_range(inner: &Inner, source: &CopySource) -> Result<[u8; 32], StoreError> {
     let range = source.range_header();
     let location = format!("{}/{}", inner.bucket, source.key);
-    let out = inner
-        .client
-        .get_object()
+    let out = crate::store::s3::sse::with_sse_c!(inner.client.get_object(), inner.sse)
         .bucket(&inner.bucket)
         .key(&source.key)
         .range(&range)

@@ -1,0 +1,306 @@
+//! Server-side encryption on S3 (`--sse AES256|aws:kms`, `--sse-kms-key-id`,
+//! `--sse-c-key-file`), against the in-process server, which enforces SSE-C's contract as AWS
+//! does: an object created with a customer key answers only requests that carry the same key.
+//! tests/e2e.sh runs the same against Garage (which really encrypts with SSE-C) and moto.
+
+mod common;
+#[path = "common/s3server.rs"]
+mod s3server;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::*;
+use s3server::TestS3;
+
+/// `winbundle ARGS` against the test server, with its credentials.
+fn cli(s3: &TestS3, state: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .env("XDG_STATE_HOME", state)
+        .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
+        .env_remove("AWS_PROFILE")
+        .args(args)
+        .args(["--endpoint-url", &s3.endpoint, "--region", "us-east-1"])
+        .output()
+        .unwrap()
+}
+
+fn ok(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn a_customer_key_encrypts_every_object_and_every_read_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = fixture("gpt-disk.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let key_file = dir.path().join("sse-c.key");
+    let raw: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37).wrapping_add(11));
+    std::fs::write(&key_file, raw).unwrap();
+    let key_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, raw);
+    let kf = key_file.to_str().unwrap();
+    let s = src.to_str().unwrap();
+
+    let o = cli(
+        &s3,
+        &state,
+        &[
+            "bundle-instance",
+            s,
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "c/0",
+            "--sse-c-key-file",
+            kf,
+        ],
+    );
+    let out = ok(&o);
+    assert_eq!(out["Bundle"]["ServerSideEncryption"]["Mode"], "SSE-C", "{out}");
+    // Every object of the bundle was created with the key.
+    let objects = s3.faults.sse_c.lock().unwrap().clone();
+    for k in [
+        "c/0.manifest.json",
+        "c/0.image.zst",
+        "c/0.index.zst",
+        "c/0.disk.image.zst",
+    ] {
+        assert!(objects.contains_key(&format!("bkt/{k}")), "{k} not SSE-C: {objects:?}");
+    }
+    // The key is in no output, no task file.
+    let mut seen = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    for f in walk(&state) {
+        seen += &String::from_utf8_lossy(&std::fs::read(f).unwrap());
+    }
+    assert!(
+        !seen.contains(&key_b64) && !seen.contains(&hex::encode(raw)),
+        "the key leaked"
+    );
+
+    // Without the key nothing can be read: the error says what to pass.
+    let restored = dir.path().join("disk.img");
+    let r = restored.to_str().unwrap();
+    let o = cli(
+        &s3,
+        &state,
+        &["restore", "--disk", "--bucket", "bkt", "--prefix", "c/0", "--output", r],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "read without the key: {err}");
+    assert!(err.contains("--sse-c-key-file"), "{err}");
+    // A wrong key neither.
+    let wrong = dir.path().join("wrong.key");
+    std::fs::write(&wrong, [9u8; 32]).unwrap();
+    let w = wrong.to_str().unwrap();
+    let o = cli(
+        &s3,
+        &state,
+        &["verify", "--bucket", "bkt", "--prefix", "c/0", "--sse-c-key-file", w],
+    );
+    assert!(!o.status.success());
+
+    // With it: verify, restore --disk equal to a local bundle's, ls and cat.
+    ok(&cli(
+        &s3,
+        &state,
+        &["verify", "--bucket", "bkt", "--prefix", "c/0", "--sse-c-key-file", kf],
+    ));
+    let args = [
+        "restore",
+        "--disk",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "c/0",
+        "--output",
+        r,
+        "--sse-c-key-file",
+        kf,
+    ];
+    ok(&cli(&s3, &state, &args));
+    let local = dir.path().join("local");
+    bundle(&request(&src, "c/0"), &local).result.unwrap();
+    let from_local = dir.path().join("local.img");
+    let l = from_local.to_str().unwrap();
+    ok(&cli_local_prefix(&local, "c/0", &["restore", "--disk", "--output", l]));
+    assert!(std::fs::read(&restored).unwrap() == std::fs::read(&from_local).unwrap());
+    let o = cli(
+        &s3,
+        &state,
+        &["ls", "--bucket", "bkt", "--prefix", "c/0", "--sse-c-key-file", kf, "/"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A disk image exported to S3 with the key, read back through the key.
+    let args = [
+        "restore",
+        "--disk",
+        "--format",
+        "vmdk",
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "c/0",
+        "--output",
+        "s3://bkt/export/c0.vmdk",
+        "--sse-c-key-file",
+        kf,
+    ];
+    ok(&cli(&s3, &state, &args));
+    assert!(s3.faults.sse_c.lock().unwrap().contains_key("bkt/export/c0.vmdk"));
+
+    // An incremental child copies its parent's parts on the server: source and target both
+    // under the key (the server refuses a copy whose SSE-C headers do not fit either).
+    s3.faults.reset_counts();
+    let args = [
+        "bundle-instance",
+        s,
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "c/1",
+        "--parent",
+        "c/0",
+        "--layout",
+        "runs",
+        "--sse-c-key-file",
+        kf,
+    ];
+    let out = ok(&cli(&s3, &state, &args));
+    assert!(out["Bundle"]["Parent"]["CopiedParts"].as_u64().unwrap() > 0, "{out}");
+    assert!(s3.faults.count_succeeded("UploadPartCopy") > 0);
+    ok(&cli(
+        &s3,
+        &state,
+        &["verify", "--bucket", "bkt", "--prefix", "c/1", "--sse-c-key-file", kf],
+    ));
+}
+
+#[test]
+fn sse_s3_and_kms_are_asked_for_on_every_object_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = fixture("bare-volume.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let s = src.to_str().unwrap();
+    let out = ok(&cli(
+        &s3,
+        &state,
+        &[
+            "bundle-instance",
+            s,
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "s/0",
+            "--sse",
+            "AES256",
+        ],
+    ));
+    assert_eq!(out["Bundle"]["ServerSideEncryption"]["Mode"], "AES256", "{out}");
+    let args = [
+        "bundle-instance",
+        s,
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "k/0",
+        "--sse",
+        "aws:kms",
+        "--sse-kms-key-id",
+        "alias/winbundle",
+    ];
+    let out = ok(&cli(&s3, &state, &args));
+    assert_eq!(
+        out["Bundle"]["ServerSideEncryption"]["KmsKeyId"], "alias/winbundle",
+        "{out}"
+    );
+    let seen = s3.faults.sse_requests.lock().unwrap().clone();
+    for (prefix, want) in [("s/0", "AES256 -"), ("k/0", "aws:kms alias/winbundle")] {
+        for (op, key) in [
+            ("CreateMultipartUpload", "image.zst"),
+            ("PutObject", "index.zst"),
+            ("PutObject", "manifest.json"),
+        ] {
+            let line = format!("{op} bkt/{prefix}.{key} {want}");
+            assert!(seen.contains(&line), "{line} not in {seen:#?}");
+        }
+    }
+    // Reads need nothing.
+    ok(&cli(&s3, &state, &["verify", "--bucket", "bkt", "--prefix", "k/0"]));
+    // A KMS key without aws:kms, and both kinds at once, are refused before any request.
+    let o = cli(
+        &s3,
+        &state,
+        &[
+            "bundle-instance",
+            s,
+            "--bucket",
+            "bkt",
+            "--prefix",
+            "x/0",
+            "--sse-kms-key-id",
+            "k",
+        ],
+    );
+    assert!(!o.status.success());
+    let key_file = dir.path().join("k");
+    std::fs::write(&key_file, [1u8; 32]).unwrap();
+    let args = [
+        "bundle-instance",
+        s,
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "x/0",
+        "--sse",
+        "AES256",
+        "--sse-c-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let o = cli(&s3, &state, &args);
+    assert!(!o.status.success());
+    assert!(!s3.faults.requests.lock().unwrap().iter().any(|r| r.contains("x/0")));
+}
+
+#[test]
+fn a_key_file_that_is_not_a_key_is_refused_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = fixture("bare-volume.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let key_file = dir.path().join("k");
+    std::fs::write(&key_file, "my-passphrase-is-not-a-key\n").unwrap();
+    let args = [
+        "bundle-instance",
+        src.to_str().unwrap(),
+        "--bucket",
+        "bkt",
+        "--prefix",
+        "x/0",
+        "--sse-c-key-file",
+        key_file.to_str().unwrap(),
+    ];
+    let o = cli(&s3, &state, &args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--sse-c-key-file") && err.contains("head -c 32"), "{err}");
+    assert!(!err.contains("passphrase"), "{err}");
+    assert!(s3.faults.requests.lock().unwrap().is_empty());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
