@@ -162,6 +162,7 @@ fn v4(
         now,
         expires: now + expires_in,
         max_object: policy::MAX_POST_OBJECT,
+        extra: &[],
     });
     let b64 = policy::encode(&text);
     let sig = policy::sign_v4(secret, &policy::Credential::new(akid, now, region), &b64);

@@ -871,6 +871,7 @@ fn sigv4_policies_work_through_the_same_three_fields() {
             now,
             expires: now + chrono::Duration::hours(24),
             max_object: policy::MAX_POST_OBJECT,
+            extra: &[],
         });
         let b64 = policy::encode(&text);
         let sig = policy::sign_v4(SECRET_KEY, &policy::Credential::new(akid, now, region), &b64);

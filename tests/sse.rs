@@ -304,3 +304,117 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `upload-policy --sse` makes every POST carry the encryption fields (the server refuses a
+/// form without them), bundle-instance sends what the policy requires by itself, and a `--sse`
+/// or customer key the policy cannot carry is refused before any request.
+#[test]
+fn a_policy_made_with_sse_makes_every_upload_ask_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let src = fixture("bare-volume.img", dir.path());
+    let s3 = TestS3::start(&["bkt"]);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args([
+            "upload-policy",
+            "--owner-akid",
+            s3server::ACCESS_KEY,
+            "--owner-sak",
+            s3server::SECRET_KEY,
+        ])
+        .args(["--bucket", "bkt", "--prefix", "enc/win", "--region", "us-east-1"])
+        .args(["--sse", "aws:kms", "--sse-kms-key-id", "alias/bundles"])
+        .output()
+        .unwrap();
+    let made = ok(&o);
+    let fields = made["Fields"].as_object().unwrap();
+    assert_eq!(fields["x-amz-server-side-encryption"], "aws:kms", "{made}");
+    assert_eq!(
+        fields["x-amz-server-side-encryption-aws-kms-key-id"], "alias/bundles",
+        "{made}"
+    );
+    let text = made["Policy"].as_str().unwrap();
+    assert!(
+        text.contains(r#"{"x-amz-server-side-encryption": "aws:kms"}"#),
+        "{text}"
+    );
+    // The server holds the form to the policy: without the encryption field it refuses it.
+    let post = |fields: &serde_json::Map<String, serde_json::Value>| {
+        let boundary = "wb-sse-test";
+        let mut body = String::new();
+        let pairs = fields.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap()));
+        for (name, value) in std::iter::once(("key", "enc/win.probe")).chain(pairs) {
+            body += &format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n");
+        }
+        body += &format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\nx\r\n--{boundary}--\r\n"
+        );
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("{}/bkt", s3.endpoint))
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .body(body)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    };
+    let (status, body) = post(fields);
+    assert!(status < 300, "{status} {body}");
+    let mut without = fields.clone();
+    without.remove("x-amz-server-side-encryption");
+    let (status, body) = post(&without);
+    // AWS answers 403 AccessDenied, s3s 400 InvalidPolicyDocument naming the field.
+    assert!(
+        matches!(status, 400 | 403) && body.contains("x-amz-server-side-encryption"),
+        "{status} {body}"
+    );
+    let (pol, sig) = (
+        made["UploadPolicy"].as_str().unwrap(),
+        made["UploadPolicySignature"].as_str().unwrap(),
+    );
+    let policy_args = |prefix: &'static str| {
+        vec![
+            "bundle-instance".to_string(),
+            src.to_str().unwrap().to_string(),
+            "--bucket".into(),
+            "bkt".into(),
+            "--prefix".into(),
+            prefix.into(),
+            "--owner-akid".into(),
+            s3server::ACCESS_KEY.into(),
+            "--upload-policy".into(),
+            pol.into(),
+            "--upload-policy-signature".into(),
+            sig.into(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&s3, &state, &args)
+    };
+    let out = ok(&run(policy_args("enc/win")));
+    assert_eq!(out["Bundle"]["ServerSideEncryption"]["Mode"], "aws:kms", "{out}");
+    assert_eq!(
+        out["Bundle"]["ServerSideEncryption"]["KmsKeyId"], "alias/bundles",
+        "{out}"
+    );
+    ok(&cli(&s3, &state, &["verify", "--bucket", "bkt", "--prefix", "enc/win"]));
+
+    // --sse that is not the policy's, and a customer key: refused, nothing sent.
+    s3.faults.reset_counts();
+    let mut args = policy_args("enc/win");
+    args.extend(["--sse".into(), "AES256".into()]);
+    let o = run(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("fixes the server-side encryption") && err.contains("aws:kms"),
+        "{err}"
+    );
+    let key = dir.path().join("k");
+    std::fs::write(&key, [3u8; 32]).unwrap();
+    let mut args = policy_args("enc/win");
+    args.extend(["--sse-c-key-file".into(), key.to_str().unwrap().into()]);
+    let o = run(args);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(s3.faults.count("PostObject"), 0);
+}

@@ -218,6 +218,13 @@ pub struct UploadPolicyArgs {
     /// The size of the disk the policy is for (`500GiB`), instead of --source.
     #[arg(long, value_name = "SIZE")]
     pub size: Option<String>,
+    /// Require every upload to ask S3 for this server-side encryption: `AES256` (SSE-S3) or
+    /// `aws:kms` (SSE-KMS). bundle-instance sends the fields the policy requires by itself.
+    #[arg(long, value_enum, value_name = "ALGORITHM")]
+    pub sse: Option<SseArg>,
+    /// The KMS key every upload must name with `--sse aws:kms`.
+    #[arg(long, value_name = "ID", requires = "sse")]
+    pub sse_kms_key_id: Option<String>,
     #[arg(long, value_enum, default_value = "json")]
     pub output: PolicyOutput,
     #[command(flatten)]

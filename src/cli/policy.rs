@@ -6,7 +6,7 @@ use winbundle::Error;
 use winbundle::store::post::policy::{self, PolicyError, Signing, UploadPolicy};
 use winbundle::store::post::{Journal, PostStore, PostTarget};
 
-use super::args::{PolicyArgs, PolicyOutput, StoreArgs, UploadPolicyArgs, parse_duration};
+use super::args::{PolicyArgs, PolicyOutput, SseArg, StoreArgs, UploadPolicyArgs, parse_duration};
 
 fn missing(what: &str) -> Error {
     PolicyError {
@@ -72,6 +72,8 @@ struct Spec<'a> {
     akid: &'a str,
     region: Option<&'a str>,
     expires: DateTime<Utc>,
+    /// Server-side encryption fields every upload must carry.
+    sse: &'a [(String, String)],
 }
 
 fn make_policy(spec: &Spec<'_>, sak: &str) -> Result<Made, Error> {
@@ -83,13 +85,14 @@ fn make_policy(spec: &Spec<'_>, sak: &str) -> Result<Made, Error> {
         akid,
         region,
         expires,
+        sse,
     } = *spec;
     // Every key of the bundle starts with `PREFIX.`: a holder of the policy can write only
     // those, not `PREFIX2.manifest.json` nor `PREFIX/...` (another bundle's objects).
     let own = format!("{prefix}.");
     let prefix = own.as_str();
     if version == 2 {
-        let text = policy::v2_policy(bucket, prefix, acl, expires);
+        let text = policy::v2_policy(bucket, prefix, acl, sse, expires);
         let base64 = policy::encode(&text);
         let signature = policy::sign(sak, &base64);
         return Ok(Made {
@@ -110,6 +113,7 @@ fn make_policy(spec: &Spec<'_>, sak: &str) -> Result<Made, Error> {
         now,
         expires,
         max_object: policy::MAX_POST_OBJECT,
+        extra: sse,
     });
     let base64 = policy::encode(&text);
     let credential = policy::Credential::new(akid, now, region);
@@ -201,6 +205,12 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
         .ok_or_else(|| missing("--owner-sak (or AWS_SECRET_ACCESS_KEY)"))?;
     let expires = expiry(&a)?;
     let acl = acl_choice(a.acl.as_deref(), a.signature_version)?;
+    if a.sse_kms_key_id.is_some() && a.sse != Some(SseArg::AwsKms) {
+        return Err(Error::InvalidParameter {
+            parameter: "--sse-kms-key-id",
+            message: "a KMS key goes with --sse aws:kms".into(),
+        });
+    }
     let region = match a.signature_version {
         4 => Some(resolve_region(a.region.as_deref(), a.profile.as_deref()).ok_or_else(region_required)?),
         _ => None,
@@ -213,6 +223,7 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
         akid: &a.owner_akid,
         region: region.as_deref(),
         expires,
+        sse: &sse_fields(a.sse, a.sse_kms_key_id.as_deref()),
     };
     let made = make_policy(&spec, sak)?;
     let parsed = UploadPolicy::parse(&made.base64).map_err(IntoError::into_error)?;
@@ -296,6 +307,65 @@ fn human_duration(seconds: f64) -> String {
     }
 }
 
+/// The form fields (and policy conditions) of server-side encryption.
+fn sse_fields(sse: Option<SseArg>, kms_key: Option<&str>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    match sse {
+        Some(SseArg::Aes256) => out.push(("x-amz-server-side-encryption".into(), "AES256".into())),
+        Some(SseArg::AwsKms) => {
+            out.push(("x-amz-server-side-encryption".into(), "aws:kms".into()));
+            if let Some(k) = kms_key {
+                out.push(("x-amz-server-side-encryption-aws-kms-key-id".into(), k.to_string()));
+            }
+        }
+        None => {}
+    }
+    out
+}
+
+/// A policy fixes the server-side encryption of every upload (the form can carry no field it
+/// does not name): `--sse` must be what it requires, and SSE-C is not for policies.
+fn check_sse(parsed: &UploadPolicy, s3: &super::args::S3Args) -> Result<(), Error> {
+    if s3.sse_c_key_file.is_some() {
+        return Err(Error::InvalidParameter {
+            parameter: "--sse-c-key-file",
+            message: "upload-policy mode cannot send a customer key (the policy holder would need it to read the bundle back, and a POST form carries it in the clear to every part); use --sse AES256 or aws:kms in the policy (`winbundle upload-policy --sse …`), or bundle with credentials".into(),
+        });
+    }
+    let required: Vec<(String, String)> = parsed
+        .conditions
+        .iter()
+        .filter_map(|c| match c {
+            policy::Condition::Eq { field, value }
+                if field.to_ascii_lowercase().starts_with("x-amz-server-side-encryption") =>
+            {
+                Some((field.to_ascii_lowercase(), value.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let asked = sse_fields(s3.sse, s3.sse_kms_key_id.as_deref());
+    if s3.sse.is_some() && asked != required {
+        let shown = |f: &[(String, String)]| match f.is_empty() {
+            true => "none".to_string(),
+            false => f
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        return Err(Error::InvalidParameter {
+            parameter: "--sse",
+            message: format!(
+                "the upload policy fixes the server-side encryption of every upload ({}), and --sse asks for {}: drop --sse (the policy's own choice is sent), or ask the bucket owner for a policy made with `winbundle upload-policy --sse …`",
+                shown(&required),
+                shown(&asked)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The POST store when bundle-instance was given a policy (or the owner's secret key), else None.
 /// The policy is decoded and checked here, before the disk is opened. With `journal` (a folder,
 /// and whether to resume), the store keeps the journal that lets an interrupted run resume.
@@ -334,6 +404,7 @@ pub fn post_store(
                 akid,
                 region: region.as_deref(),
                 expires: Utc::now() + Duration::hours(24),
+                sse: &sse_fields(store.s3.sse, store.s3.sse_kms_key_id.as_deref()),
             };
             let made = make_policy(&spec, sak)?;
             (made.base64, made.signature)
@@ -341,6 +412,7 @@ pub fn post_store(
         (None, None, None) => return Ok(None),
     };
     let parsed = UploadPolicy::parse(&b64).map_err(IntoError::into_error)?;
+    check_sse(&parsed, &store.s3)?;
     // The signer: a version 4 policy names its access key and region, which must agree with
     // --owner-akid and --region when they are given, and stand in for them when not.
     let policy_region = parsed

@@ -55,14 +55,24 @@ fn missing(message: impl Into<String>) -> PolicyError {
 
 /// The policy text the aws-cli generates for `ec2 bundle-instance` (byte for byte).
 pub fn aws_cli_policy(bucket: &str, prefix: &str, expires: DateTime<Utc>) -> String {
-    v2_policy(bucket, prefix, Some(BUNDLE_ACL), expires)
+    v2_policy(bucket, prefix, Some(BUNDLE_ACL), &[], expires)
 }
 
 /// A version 2 policy in the aws-cli's layout; with `acl` None the acl condition is left out
 /// (for buckets whose ACLs are disabled).
-pub fn v2_policy(bucket: &str, prefix: &str, acl: Option<&str>, expires: DateTime<Utc>) -> String {
+pub fn v2_policy(
+    bucket: &str,
+    prefix: &str,
+    acl: Option<&str>,
+    extra: &[(String, String)],
+    expires: DateTime<Utc>,
+) -> String {
     let expiration = expires.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let acl = acl.map(|a| format!("{{\"acl\": \"{a}\"}},")).unwrap_or_default();
+    let mut acl = acl.map(|a| format!("{{\"acl\": \"{a}\"}},")).unwrap_or_default();
+    for (field, value) in extra {
+        let q = |s: &str| Value::String(s.to_string()).to_string();
+        acl += &format!("{{{}: {}}},", q(field), q(value));
+    }
     // The aws-cli builds this with string formatting, not a JSON encoder: so do we.
     format!(
         "{{\"expiration\": \"{expiration}\",\"conditions\": [{{\"bucket\": \"{bucket}\"}},{acl}[\"starts-with\", \"$key\", \"{prefix}\"]]}}"
@@ -176,6 +186,9 @@ pub struct V4Request<'a> {
     pub expires: DateTime<Utc>,
     /// The content-length-range maximum (one object).
     pub max_object: u64,
+    /// More fields every upload must carry with exactly this value (server-side encryption:
+    /// `x-amz-server-side-encryption`, `x-amz-server-side-encryption-aws-kms-key-id`).
+    pub extra: &'a [(String, String)],
 }
 
 /// A version 4 policy text: bucket, key prefix, the ACL if any, a content-length-range, and the
@@ -188,6 +201,9 @@ pub fn v4_policy(r: &V4Request<'_>) -> String {
     ];
     if let Some(acl) = r.acl {
         conditions.push(format!("{{\"acl\": {}}}", q(acl)));
+    }
+    for (field, value) in r.extra {
+        conditions.push(format!("{{{}: {}}}", q(field), q(value)));
     }
     conditions.push(format!("[\"content-length-range\", 0, {}]", r.max_object));
     conditions.push(format!("{{\"x-amz-algorithm\": \"{}\"}}", signing::ALGORITHM));
@@ -733,6 +749,7 @@ mod tests {
             now,
             expires: now + Duration::hours(24),
             max_object: MAX_POST_OBJECT,
+            extra: &[],
         };
         let text = v4_policy(&req);
         assert_eq!(
@@ -798,6 +815,7 @@ mod tests {
                 now: signed,
                 expires,
                 max_object: MAX_POST_OBJECT,
+                extra: &[],
             });
             UploadPolicy::parse(&encode(&text)).unwrap()
         };
