@@ -555,6 +555,36 @@ s3_wrong_secret() { # name: AuthFailure-like refusal, non-zero exit, no manifest
   [ "$rc" != 0 ] && grep -q '"State": "failed"' "$work/task.json" && grep -q "hint:" "$work/err.txt"
 }
 
+garage_sse_c() { # SSE-C on Garage: every object under the key; the aws-cli reads it only with the key; restore --disk = the local one; an incremental child's copies under the key
+  local ep ak sk region key="$work/sse-c.key"
+  server_vars garage
+  export AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk
+  head -c 32 /dev/urandom >"$key"
+  local s3=(--endpoint-url "$ep" --region "$region" --bucket e2e-bucket) k=(--sse-c-key-file "$key")
+  local api=(aws --endpoint-url "$ep" --region "$region" s3api)
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" "${s3[@]}" --prefix sse/mon "${k[@]}" -q >"$work/sse.json" 2>"$work/sse.err"
+  grep -q '"Mode": "SSE-C"' "$work/sse.json"
+  ! grep -qF "$(base64 -w0 "$key")" "$work/sse.json" "$work/sse.err"
+  # The server refuses a read without the key (HTTP 400), and gives the object with it.
+  ! "${api[@]}" get-object --bucket e2e-bucket --key sse/mon.manifest.json "$work/sse-manifest.json" >/dev/null 2>&1
+  "${api[@]}" get-object --bucket e2e-bucket --key sse/mon.manifest.json --sse-customer-algorithm AES256 \
+    --sse-customer-key "fileb://$key" "$work/sse-manifest.json" >/dev/null
+  grep -q '"format": "winbundle"' "$work/sse-manifest.json"
+  local rc=0
+  "$wb" verify "${s3[@]}" --prefix sse/mon -q 2>"$work/err.txt" || rc=$?
+  [ "$rc" != 0 ] && grep -q -- "--sse-c-key-file" "$work/err.txt"
+  "$wb" verify "${s3[@]}" --prefix sse/mon "${k[@]}" -q >/dev/null
+  "$wb" restore --disk "${s3[@]}" --prefix sse/mon "${k[@]}" --output "$work/sse.disk" --force -q
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket --prefix sse/local \
+    --local-store "$work/sse-local" -q >/dev/null
+  "$wb" restore --disk --bucket e2e-bucket --prefix sse/local --local-store "$work/sse-local" --output "$work/sse-local.disk" --force -q
+  cmp "$work/sse.disk" "$work/sse-local.disk"
+  # An incremental child (--layout runs): parts copied on the server, source and target under the key.
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" "${s3[@]}" --prefix sse/tue --parent sse/mon --layout runs "${k[@]}" -q >"$work/sse-tue.json"
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["Bundle"]["Parent"]; print("copied parts:", p["CopiedParts"]); assert p["CopiedParts"] > 0, p' "$work/sse-tue.json"
+  "$wb" verify "${s3[@]}" --prefix sse/tue "${k[@]}" -q >/dev/null
+}
+
 # --- winbundle serve: the EC2 Query API driven by the aws-cli, curl and boto3 -----------------
 huge_volume() { # a 1 GiB NTFS volume holding 640 MiB of random data: a bundle that runs for seconds
   truncate -s 1G "$work/huge.img"
@@ -1083,6 +1113,7 @@ if [[ " ${servers[*]} " == *" garage "* ]]; then
   check "garage: a SigV2 upload policy is refused with the server's code and a hint to use version 4" garage_policy_refused
   check "garage: a source with an unreadable stretch (FUSE, EIO): exit 3 naming offset and partition, upload aborted" source_eio
   check "garage: the server killed and restarted mid-bundle: retried through, or failed cleanly and completed by the next run" garage_restart
+  check "garage: SSE-C: every object under the customer key, aws s3api reads it only with the key, restore --disk = local, an incremental child's server-side copies under the key" garage_sse_c
   check "garage: SIGKILL at 10 random moments, each run again: resumed (every stored part reused), restore = source, no unfinished upload" garage_kill_resume
 fi
 for server in "${servers[@]}"; do
