@@ -13,6 +13,7 @@
 pub mod api;
 pub mod bundle;
 pub mod chunk;
+pub mod crypt;
 pub mod ebs;
 pub mod error;
 pub mod format;
