@@ -253,18 +253,3 @@ fn live_sources_without_a_snapshot_and_whole_disks() {
     assert!(log.lines().is_empty(), "no snapshot was asked for: {:?}", log.lines());
     let _ = NoProgress;
 }
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}

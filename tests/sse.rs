@@ -26,6 +26,13 @@ fn cli(s3: &TestS3, state: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `bundle-instance SRC --bucket bkt --prefix PREFIX EXTRA…` against the test server.
+fn bundle_to(s3: &TestS3, state: &Path, src: &str, prefix: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["bundle-instance", src, "--bucket", "bkt", "--prefix", prefix];
+    args.extend_from_slice(extra);
+    cli(s3, state, &args)
+}
+
 fn ok(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
@@ -44,20 +51,7 @@ fn a_customer_key_encrypts_every_object_and_every_read_needs_it() {
     let kf = key_file.to_str().unwrap();
     let s = src.to_str().unwrap();
 
-    let o = cli(
-        &s3,
-        &state,
-        &[
-            "bundle-instance",
-            s,
-            "--bucket",
-            "bkt",
-            "--prefix",
-            "c/0",
-            "--sse-c-key-file",
-            kf,
-        ],
-    );
+    let o = bundle_to(&s3, &state, s, "c/0", &["--sse-c-key-file", kf]);
     let out = ok(&o);
     assert_eq!(out["Bundle"]["ServerSideEncryption"]["Mode"], "SSE-C", "{out}");
     // Every object of the bundle was created with the key.
@@ -90,7 +84,10 @@ fn a_customer_key_encrypts_every_object_and_every_read_needs_it() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "read without the key: {err}");
-    assert!(err.contains("StorageError") && err.contains("--sse-c-key-file"), "{err}");
+    assert!(
+        err.contains("StorageError") && err.contains("--sse-c-key-file"),
+        "{err}"
+    );
     // A wrong key neither.
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, [9u8; 32]).unwrap();
@@ -155,21 +152,13 @@ fn a_customer_key_encrypts_every_object_and_every_read_needs_it() {
     // An incremental child copies its parent's parts on the server: source and target both
     // under the key (the server refuses a copy whose SSE-C headers do not fit either).
     s3.faults.reset_counts();
-    let args = [
-        "bundle-instance",
+    let out = ok(&bundle_to(
+        &s3,
+        &state,
         s,
-        "--bucket",
-        "bkt",
-        "--prefix",
         "c/1",
-        "--parent",
-        "c/0",
-        "--layout",
-        "runs",
-        "--sse-c-key-file",
-        kf,
-    ];
-    let out = ok(&cli(&s3, &state, &args));
+        &["--parent", "c/0", "--layout", "runs", "--sse-c-key-file", kf],
+    ));
     assert!(out["Bundle"]["Parent"]["CopiedParts"].as_u64().unwrap() > 0, "{out}");
     assert!(s3.faults.count_succeeded("UploadPartCopy") > 0);
     ok(&cli(
@@ -186,34 +175,15 @@ fn sse_s3_and_kms_are_asked_for_on_every_object_created() {
     let src = fixture("bare-volume.img", dir.path());
     let s3 = TestS3::start(&["bkt"]);
     let s = src.to_str().unwrap();
-    let out = ok(&cli(
+    let out = ok(&bundle_to(&s3, &state, s, "s/0", &["--sse", "AES256"]));
+    assert_eq!(out["Bundle"]["ServerSideEncryption"]["Mode"], "AES256", "{out}");
+    let out = ok(&bundle_to(
         &s3,
         &state,
-        &[
-            "bundle-instance",
-            s,
-            "--bucket",
-            "bkt",
-            "--prefix",
-            "s/0",
-            "--sse",
-            "AES256",
-        ],
-    ));
-    assert_eq!(out["Bundle"]["ServerSideEncryption"]["Mode"], "AES256", "{out}");
-    let args = [
-        "bundle-instance",
         s,
-        "--bucket",
-        "bkt",
-        "--prefix",
         "k/0",
-        "--sse",
-        "aws:kms",
-        "--sse-kms-key-id",
-        "alias/winbundle",
-    ];
-    let out = ok(&cli(&s3, &state, &args));
+        &["--sse", "aws:kms", "--sse-kms-key-id", "alias/winbundle"],
+    ));
     assert_eq!(
         out["Bundle"]["ServerSideEncryption"]["KmsKeyId"], "alias/winbundle",
         "{out}"
@@ -232,36 +202,17 @@ fn sse_s3_and_kms_are_asked_for_on_every_object_created() {
     // Reads need nothing.
     ok(&cli(&s3, &state, &["verify", "--bucket", "bkt", "--prefix", "k/0"]));
     // A KMS key without aws:kms, and both kinds at once, are refused before any request.
-    let o = cli(
-        &s3,
-        &state,
-        &[
-            "bundle-instance",
-            s,
-            "--bucket",
-            "bkt",
-            "--prefix",
-            "x/0",
-            "--sse-kms-key-id",
-            "k",
-        ],
-    );
+    let o = bundle_to(&s3, &state, s, "x/0", &["--sse-kms-key-id", "k"]);
     assert!(!o.status.success());
     let key_file = dir.path().join("k");
     std::fs::write(&key_file, [1u8; 32]).unwrap();
-    let args = [
-        "bundle-instance",
+    let o = bundle_to(
+        &s3,
+        &state,
         s,
-        "--bucket",
-        "bkt",
-        "--prefix",
         "x/0",
-        "--sse",
-        "AES256",
-        "--sse-c-key-file",
-        key_file.to_str().unwrap(),
-    ];
-    let o = cli(&s3, &state, &args);
+        &["--sse", "AES256", "--sse-c-key-file", key_file.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     assert!(!s3.faults.requests.lock().unwrap().iter().any(|r| r.contains("x/0")));
 }
@@ -274,35 +225,13 @@ fn a_key_file_that_is_not_a_key_is_refused_without_showing_it() {
     let s3 = TestS3::start(&["bkt"]);
     let key_file = dir.path().join("k");
     std::fs::write(&key_file, "my-passphrase-is-not-a-key\n").unwrap();
-    let args = [
-        "bundle-instance",
-        src.to_str().unwrap(),
-        "--bucket",
-        "bkt",
-        "--prefix",
-        "x/0",
-        "--sse-c-key-file",
-        key_file.to_str().unwrap(),
-    ];
-    let o = cli(&s3, &state, &args);
+    let (s, k) = (src.to_str().unwrap(), key_file.to_str().unwrap());
+    let o = bundle_to(&s3, &state, s, "x/0", &["--sse-c-key-file", k]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--sse-c-key-file") && err.contains("head -c 32"), "{err}");
     assert!(!err.contains("passphrase"), "{err}");
     assert!(s3.faults.requests.lock().unwrap().is_empty());
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// `upload-policy --sse` makes every POST carry the encryption fields (the server refuses a

@@ -336,3 +336,17 @@ pub fn index_allocation_runs(img: &Path, path: &str) -> (u64, Vec<winbundle::ntf
     let runs = record::decode_runs(&rec[nr.mapping_pairs..alloc.offset + alloc.length], 0, 1 << 20, 0).unwrap();
     (folder, runs)
 }
+
+/// Every file below `dir` (none when it does not exist).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
