@@ -80,21 +80,29 @@ fn open_bucket(
     })
 }
 
-/// How to reach S3, from the command line.
-pub fn s3_options(s3: &args::S3Args, no_resume: bool, cancel: &Arc<AtomicBool>) -> Result<S3Options, Error> {
-    use winbundle::store::s3::sse::{CustomerKey, ServerSide, SseOptions};
-    let server_side = s3.sse.map(|a| match a {
-        args::SseArg::Aes256 => ServerSide::S3,
-        args::SseArg::AwsKms => ServerSide::Kms {
-            key_id: s3.sse_kms_key_id.clone(),
-        },
-    });
-    if s3.sse_kms_key_id.is_some() && s3.sse != Some(args::SseArg::AwsKms) {
-        return Err(Error::InvalidParameter {
+/// The server-side encryption `--sse` and `--sse-kms-key-id` ask for.
+pub fn server_side(
+    sse: Option<args::SseArg>,
+    kms_key_id: Option<&str>,
+) -> Result<Option<winbundle::store::s3::sse::ServerSide>, Error> {
+    use winbundle::store::s3::sse::ServerSide;
+    match (sse, kms_key_id) {
+        (Some(args::SseArg::AwsKms), key) => Ok(Some(ServerSide::Kms {
+            key_id: key.map(str::to_string),
+        })),
+        (_, Some(_)) => Err(Error::InvalidParameter {
             parameter: "--sse-kms-key-id",
             message: "a KMS key goes with --sse aws:kms".into(),
-        });
+        }),
+        (Some(args::SseArg::Aes256), None) => Ok(Some(ServerSide::S3)),
+        (None, None) => Ok(None),
     }
+}
+
+/// How to reach S3, from the command line.
+pub fn s3_options(s3: &args::S3Args, no_resume: bool, cancel: &Arc<AtomicBool>) -> Result<S3Options, Error> {
+    use winbundle::store::s3::sse::{CustomerKey, SseOptions};
+    let server_side = server_side(s3.sse, s3.sse_kms_key_id.as_deref())?;
     let customer_key = s3
         .sse_c_key_file
         .as_deref()

@@ -205,12 +205,7 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
         .ok_or_else(|| missing("--owner-sak (or AWS_SECRET_ACCESS_KEY)"))?;
     let expires = expiry(&a)?;
     let acl = acl_choice(a.acl.as_deref(), a.signature_version)?;
-    if a.sse_kms_key_id.is_some() && a.sse != Some(SseArg::AwsKms) {
-        return Err(Error::InvalidParameter {
-            parameter: "--sse-kms-key-id",
-            message: "a KMS key goes with --sse aws:kms".into(),
-        });
-    }
+    let sse = sse_fields(a.sse, a.sse_kms_key_id.as_deref())?;
     let region = match a.signature_version {
         4 => Some(resolve_region(a.region.as_deref(), a.profile.as_deref()).ok_or_else(region_required)?),
         _ => None,
@@ -223,7 +218,7 @@ pub fn run(a: UploadPolicyArgs) -> Result<i32, Error> {
         akid: &a.owner_akid,
         region: region.as_deref(),
         expires,
-        sse: &sse_fields(a.sse, a.sse_kms_key_id.as_deref()),
+        sse: &sse,
     };
     let made = make_policy(&spec, sak)?;
     let parsed = UploadPolicy::parse(&made.base64).map_err(IntoError::into_error)?;
@@ -307,20 +302,11 @@ fn human_duration(seconds: f64) -> String {
     }
 }
 
-/// The form fields (and policy conditions) of server-side encryption.
-fn sse_fields(sse: Option<SseArg>, kms_key: Option<&str>) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    match sse {
-        Some(SseArg::Aes256) => out.push(("x-amz-server-side-encryption".into(), "AES256".into())),
-        Some(SseArg::AwsKms) => {
-            out.push(("x-amz-server-side-encryption".into(), "aws:kms".into()));
-            if let Some(k) = kms_key {
-                out.push(("x-amz-server-side-encryption-aws-kms-key-id".into(), k.to_string()));
-            }
-        }
-        None => {}
-    }
-    out
+/// The form fields (and policy conditions) of the server-side encryption the flags ask for.
+fn sse_fields(sse: Option<SseArg>, kms_key_id: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+    Ok(super::server_side(sse, kms_key_id)?
+        .map(|s| s.fields())
+        .unwrap_or_default())
 }
 
 /// A policy fixes the server-side encryption of every upload (the form can carry no field it
@@ -332,23 +318,13 @@ fn check_sse(parsed: &UploadPolicy, s3: &super::args::S3Args) -> Result<(), Erro
             message: "upload-policy mode cannot send a customer key (the policy holder would need it to read the bundle back, and a POST form carries it in the clear to every part); use --sse AES256 or aws:kms in the policy (`winbundle upload-policy --sse …`), or bundle with credentials".into(),
         });
     }
-    let required: Vec<(String, String)> = parsed
-        .conditions
-        .iter()
-        .filter_map(|c| match c {
-            policy::Condition::Eq { field, value }
-                if field.to_ascii_lowercase().starts_with("x-amz-server-side-encryption") =>
-            {
-                Some((field.to_ascii_lowercase(), value.clone()))
-            }
-            _ => None,
-        })
-        .collect();
-    let asked = sse_fields(s3.sse, s3.sse_kms_key_id.as_deref());
-    if s3.sse.is_some() && asked != required {
-        let shown = |f: &[(String, String)]| match f.is_empty() {
-            true => "none".to_string(),
-            false => f
+    let required = parsed.server_side();
+    let asked = super::server_side(s3.sse, s3.sse_kms_key_id.as_deref())?;
+    if asked.is_some() && asked != required {
+        let shown = |s: &Option<winbundle::store::s3::sse::ServerSide>| match s {
+            None => "none".to_string(),
+            Some(s) => s
+                .fields()
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect::<Vec<_>>()
@@ -404,7 +380,7 @@ pub fn post_store(
                 akid,
                 region: region.as_deref(),
                 expires: Utc::now() + Duration::hours(24),
-                sse: &sse_fields(store.s3.sse, store.s3.sse_kms_key_id.as_deref()),
+                sse: &sse_fields(store.s3.sse, store.s3.sse_kms_key_id.as_deref())?,
             };
             let made = make_policy(&spec, sak)?;
             (made.base64, made.signature)

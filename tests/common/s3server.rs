@@ -62,7 +62,8 @@ pub struct Faults {
     /// Operations the server answered with a 2xx status, in order.
     pub succeeded: Mutex<Vec<String>>,
     /// SSE-C as AWS enforces it (s3s-fs has none): the key MD5 each object (`bucket/key`) was
-    /// created with. Requests on such an object need the same key; other objects refuse one.
+    /// created with. Requests on such an object need the same key (AWS also refuses a key for
+    /// an object stored without one; this table does not, so that a missing object answers 404).
     /// The bytes on disk stay plain: a test double of the headers' contract, not of the cipher.
     pub sse_c: Mutex<std::collections::BTreeMap<String, String>>,
     /// `x-amz-server-side-encryption` and the KMS key id of each request that sent them:
@@ -80,7 +81,7 @@ fn sse_c_of(headers: &http::HeaderMap, prefix: &str) -> Result<Option<String>, &
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let (alg, key, md5) = (h("algorithm"), h("key"), h("key-MD5").or_else(|| h("key-md5")));
+    let (alg, key, md5) = (h("algorithm"), h("key"), h("key-MD5"));
     if alg.is_none() && key.is_none() && md5.is_none() {
         return Ok(None);
     }

@@ -527,17 +527,7 @@ impl ObjectStore for PostStore {
 
     /// What the policy makes every upload ask for.
     fn server_side_encryption(&self) -> Option<serde_json::Value> {
-        let field = |name: &str| {
-            self.shared.target.policy.conditions.iter().find_map(|c| match c {
-                policy::Condition::Eq { field, value } if field.eq_ignore_ascii_case(name) => Some(value.clone()),
-                _ => None,
-            })
-        };
-        let mode = field("x-amz-server-side-encryption")?;
-        Some(match field("x-amz-server-side-encryption-aws-kms-key-id") {
-            Some(k) => serde_json::json!({"Mode": mode, "KmsKeyId": k}),
-            None => serde_json::json!({"Mode": mode}),
-        })
+        self.shared.target.policy.server_side().map(|s| s.describe())
     }
 
     /// A policy cannot look: assume nothing is there.

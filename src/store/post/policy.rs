@@ -68,9 +68,9 @@ pub fn v2_policy(
     expires: DateTime<Utc>,
 ) -> String {
     let expiration = expires.to_rfc3339_opts(SecondsFormat::Micros, true);
+    let q = |s: &str| Value::String(s.to_string()).to_string();
     let mut acl = acl.map(|a| format!("{{\"acl\": \"{a}\"}},")).unwrap_or_default();
     for (field, value) in extra {
-        let q = |s: &str| Value::String(s.to_string()).to_string();
         acl += &format!("{{{}: {}}},", q(field), q(value));
     }
     // The aws-cli builds this with string formatting, not a JSON encoder: so do we.
@@ -353,6 +353,17 @@ impl UploadPolicy {
         self.conditions.iter().filter(move |c| match c {
             Condition::Eq { field, .. } | Condition::StartsWith { field, .. } => field.eq_ignore_ascii_case(name),
             Condition::LengthRange { .. } => false,
+        })
+    }
+
+    /// The server-side encryption the policy makes every upload ask for (its exact conditions
+    /// on `x-amz-server-side-encryption` and the KMS key id).
+    pub fn server_side(&self) -> Option<crate::store::s3::sse::ServerSide> {
+        crate::store::s3::sse::ServerSide::from_fields(|name| {
+            self.field(name).find_map(|c| match c {
+                Condition::Eq { value, .. } => Some(value.clone()),
+                _ => None,
+            })
         })
     }
 

@@ -24,12 +24,45 @@ pub enum ServerSide {
     Kms { key_id: Option<String> },
 }
 
+const SSE_FIELD: &str = "x-amz-server-side-encryption";
+const KMS_KEY_FIELD: &str = "x-amz-server-side-encryption-aws-kms-key-id";
+
 impl ServerSide {
     /// The header value.
     pub fn algorithm(&self) -> &'static str {
         match self {
             ServerSide::S3 => "AES256",
             ServerSide::Kms { .. } => "aws:kms",
+        }
+    }
+
+    /// The headers that ask for it, which are also the POST form fields (and upload-policy
+    /// conditions) that do.
+    pub fn fields(&self) -> Vec<(String, String)> {
+        let mut out = vec![(SSE_FIELD.to_string(), self.algorithm().to_string())];
+        if let ServerSide::Kms { key_id: Some(k) } = self {
+            out.push((KMS_KEY_FIELD.to_string(), k.clone()));
+        }
+        out
+    }
+
+    /// What those fields ask for, given a lookup of their values (an upload policy's exact
+    /// conditions); `None` when they ask for nothing this knows.
+    pub fn from_fields(value: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        match value(SSE_FIELD)?.as_str() {
+            "AES256" => Some(ServerSide::S3),
+            "aws:kms" => Some(ServerSide::Kms {
+                key_id: value(KMS_KEY_FIELD),
+            }),
+            _ => None,
+        }
+    }
+
+    /// For the JSON summary: `{"Mode": "AES256"}` or `{"Mode": "aws:kms", "KmsKeyId": …}`.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            ServerSide::S3 => serde_json::json!({"Mode": "AES256"}),
+            ServerSide::Kms { key_id } => serde_json::json!({"Mode": "aws:kms", "KmsKeyId": key_id}),
         }
     }
 }
@@ -112,10 +145,7 @@ impl SseOptions {
         if let Some(k) = &self.customer_key {
             return Some(serde_json::json!({"Mode": "SSE-C", "CustomerKeyMd5": k.md5_b64}));
         }
-        self.server_side.as_ref().map(|s| match s {
-            ServerSide::S3 => serde_json::json!({"Mode": "AES256"}),
-            ServerSide::Kms { key_id } => serde_json::json!({"Mode": "aws:kms", "KmsKeyId": key_id}),
-        })
+        self.server_side.as_ref().map(ServerSide::describe)
     }
 
     /// (algorithm, key, key MD5) of SSE-C, each `None` without a customer key.
@@ -191,6 +221,22 @@ mod tests {
         ] {
             assert_eq!(CustomerKey::parse(bad), None);
         }
+    }
+
+    #[test]
+    fn the_fields_asked_for_read_back_as_the_same_encryption() {
+        for s in [
+            ServerSide::S3,
+            ServerSide::Kms { key_id: None },
+            ServerSide::Kms {
+                key_id: Some("alias/x".into()),
+            },
+        ] {
+            let fields = s.fields();
+            let lookup = |n: &str| fields.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+            assert_eq!(ServerSide::from_fields(lookup), Some(s));
+        }
+        assert_eq!(ServerSide::from_fields(|_| Some("aws:kms:dsse".into())), None);
     }
 
     #[test]
