@@ -5,6 +5,7 @@
 //! Exit statuses: 1 runtime failure, 2 bad usage or parameters, 3 the source is damaged or
 //! unsupported, 4 a bundle failed verification (damaged or tampered), 130 cancelled.
 
+use crate::crypt::CryptError;
 use crate::format::FormatError;
 use crate::ntfs::NtfsError;
 use crate::source::SourceError;
@@ -54,6 +55,9 @@ pub enum Error {
     /// local system cannot hold).
     #[error("{path}: {problem}")]
     Unreadable { path: String, problem: String },
+    /// Encryption: recipients, identities, data keys, sealed frames.
+    #[error(transparent)]
+    Crypt(#[from] crate::crypt::CryptError),
     /// A failure after which objects remain in a store that cannot delete them.
     #[error("{message}")]
     Incomplete {
@@ -106,6 +110,10 @@ impl Error {
             Error::Task(t) => t.code(),
             Error::Config(_) => "InvalidParameterValue",
             Error::Ebs(e) => e.code(),
+            Error::Crypt(CryptError::Recipient { .. } | CryptError::Identity { .. }) => "InvalidParameterValue",
+            Error::Crypt(CryptError::Locked { .. } | CryptError::NoMatchingIdentity) => "AccessDenied",
+            Error::Crypt(CryptError::KeyFile(_) | CryptError::Frame { .. }) => "IntegrityError",
+            Error::Crypt(CryptError::ChainStore { .. }) => "InternalError",
         }
     }
 
@@ -164,6 +172,18 @@ impl Error {
                 "fix the configuration file (docs/serve.md has a complete example), then start the server again".into()
             }
             Error::Ebs(e) => return e.hint(),
+            Error::Crypt(CryptError::NoMatchingIdentity) => {
+                "pass the identity whose public key was given to --encrypt-to; `age-keygen -y KEY_FILE` prints an age identity's public key, `ssh-keygen -y -f KEY` an SSH key's".into()
+            }
+            Error::Crypt(CryptError::Recipient { .. }) => {
+                "make a key pair with `age-keygen -o key.txt` (its public key is printed) and pass `--encrypt-to age1…`, or an SSH public key line (`--encrypt-to-file ~/.ssh/id_ed25519.pub`)".into()
+            }
+            Error::Crypt(CryptError::KeyFile(_) | CryptError::Frame { .. }) => {
+                "the stored bundle is damaged or was modified: bundle the instance again".into()
+            }
+            Error::Crypt(CryptError::ChainStore { .. }) => {
+                "check the task folder's permissions (--state-dir); remove the damaged key file to start a new chain".into()
+            }
             Error::Store(StoreError::S3 { op, code, .. })
                 if *op == crate::store::post::POST_V2 || *op == crate::store::post::POST_V4 =>
             {
@@ -215,6 +235,9 @@ impl Error {
             Error::Store(StoreError::Policy(_)) => 2,
             Error::Config(_) => 2,
             Error::Ebs(e) => e.exit_code(),
+            Error::Crypt(CryptError::KeyFile(_) | CryptError::Frame { .. }) => 4,
+            Error::Crypt(CryptError::ChainStore { .. }) => 1,
+            Error::Crypt(_) => 2,
             _ => 1,
         }
     }

@@ -46,7 +46,7 @@ fn full(src: &Path, prefix: &str) -> BundleRequest {
 }
 
 fn restores_from_s3(store: &dyn ObjectStore, prefix: &str, src: &Path, dir: &Path) {
-    let b = OpenedBundle::open(store, prefix).unwrap();
+    let b = OpenedBundle::open(store, prefix, &Default::default()).unwrap();
     b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
     let out = dir.join(format!("{}.restored", prefix.replace('/', "_")));
     restore_from(store, prefix, &out).unwrap();
@@ -79,7 +79,7 @@ fn changed_chunks_are_sent_and_the_rest_copied_on_the_server() {
     assert!(sizes[..sizes.len() - 1].iter().all(|&s| s >= 5 << 20), "{sizes:?}");
     // What was sent: the changed frames (the clusters' chunks and $Bitmap's), each in a part
     // padded to 5 MiB with the frames around it, and the seek table.
-    let index = |prefix: &str| OpenedBundle::open(&store, prefix).unwrap().index.unwrap().entries;
+    let index = |prefix: &str| OpenedBundle::open(&store, prefix, &Default::default()).unwrap().index.unwrap().entries;
     let (before, after) = (index("win/mon"), index("win/tue"));
     let differ = before.iter().zip(&after).filter(|(a, b)| a.hash != b.hash).count() as u64;
     assert!(differ > changed.len() as u64 / 2, "{differ} chunks changed");
@@ -236,7 +236,7 @@ fn the_disk_stream_is_copied_when_unchanged_and_written_when_not() {
 /// bundle of `src` (as it is now) gives.
 fn same_disk_as_full(store: &dyn ObjectStore, prefix: &str, src: &Path, dir: &Path) {
     let disk_of = |prefix: &str| {
-        let b = OpenedBundle::open(store, prefix).unwrap();
+        let b = OpenedBundle::open(store, prefix, &Default::default()).unwrap();
         b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
         let out = dir.join(format!("{}.disk", prefix.replace('/', "_")));
         let raw = winbundle::read::disk::DiskFormat::Raw;
@@ -298,7 +298,7 @@ fn stream_of(store: &dyn ObjectStore, m: &winbundle::format::manifest::Manifest)
 
 /// Compressed bytes of the frames of `after` whose plaintext `before` did not have there.
 fn changed_frames(store: &dyn ObjectStore, before: &str, after: &str) -> u64 {
-    let index = |prefix: &str| OpenedBundle::open(store, prefix).unwrap().index.unwrap().entries;
+    let index = |prefix: &str| OpenedBundle::open(store, prefix, &Default::default()).unwrap().index.unwrap().entries;
     let (b, a) = (index(before), index(after));
     b.iter()
         .zip(&a)
@@ -438,7 +438,7 @@ fn a_runs_object_whose_upload_cannot_be_created_fails_and_leaves_nothing() {
 }
 
 fn delete_bundle(store: &dyn ObjectStore, prefix: &str) {
-    let gone = OpenedBundle::open(store, prefix).unwrap().manifest;
+    let gone = OpenedBundle::open(store, prefix, &Default::default()).unwrap().manifest;
     for o in &gone.data.objects {
         store.delete(&o.key).unwrap();
     }

@@ -60,7 +60,7 @@ fn readers_allocate_within_the_documented_bound_whatever_the_manifest_says() {
     // A real bundle: open, verify, restore within the formula.
     let bound = memory_bound(text.len() as u64, &m, 2, 2);
     let (r, peak) = peak_of(|| {
-        let b = OpenedBundle::open(&store, "b")?;
+        let b = OpenedBundle::open(&store, "b", &Default::default())?;
         b.verify(2, &NoProgress, &AtomicBool::new(false))
     });
     r.unwrap();
@@ -88,14 +88,14 @@ fn readers_allocate_within_the_documented_bound_whatever_the_manifest_says() {
         let mut v: serde_json::Value = serde_json::from_slice(&text).unwrap();
         edit(&mut v);
         std::fs::write(&key, serde_json::to_vec(&v).unwrap()).unwrap();
-        let (r, peak) = peak_of(|| OpenedBundle::open(&store, "b").map(|_| ()));
+        let (r, peak) = peak_of(|| OpenedBundle::open(&store, "b", &Default::default()).map(|_| ()));
         assert!(r.is_err());
         assert!(peak < 1 << 20, "a refused manifest allocated {peak} bytes");
     }
     let mut big = text.clone();
     big.resize(64 << 20, b' ');
     std::fs::write(&key, &big).unwrap();
-    let (r, peak) = peak_of(|| OpenedBundle::open(&store, "b").map(|_| ()));
+    let (r, peak) = peak_of(|| OpenedBundle::open(&store, "b", &Default::default()).map(|_| ()));
     assert!(r.is_err());
     assert!(peak < 1 << 20, "a 64 MiB manifest was read: {peak} bytes");
 }

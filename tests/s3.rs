@@ -58,7 +58,7 @@ fn many_parts_to_s3_restore_and_verify_like_the_local_store() {
     assert_eq!(s3.faults.count("UploadPart"), o.parts_sha256.len());
     assert_eq!(s3.faults.count("CompleteMultipartUpload"), 1);
     // Verify and restore from S3.
-    let b = OpenedBundle::open(&store, "win/many").unwrap();
+    let b = OpenedBundle::open(&store, "win/many", &Default::default()).unwrap();
     b.verify(2, &NoProgress, &AtomicBool::new(false)).unwrap();
     let from_s3 = dir.path().join("from-s3.img");
     restore_from(&store, "win/many", &from_s3).unwrap();
@@ -314,7 +314,7 @@ fn wrong_secret_and_missing_bucket_fail_fast_with_their_codes() {
         "{e}"
     );
     assert!(started.elapsed().as_secs() < 10, "not retried: {:?}", started.elapsed());
-    let e = OpenedBundle::open(&s3.store("nothing-here"), "x").err().unwrap();
+    let e = OpenedBundle::open(&s3.store("nothing-here"), "x", &Default::default()).err().unwrap();
     assert!(e.to_string().contains("x.manifest.json"), "{e}");
 }
 
@@ -391,7 +391,7 @@ fn an_interrupted_bundle_resumes_sending_only_what_is_missing() {
     let local = dir.path().join("local");
     let (clean, _) = bundle(&req, &local).result.unwrap();
     let s3_store = s3.store("bkt");
-    let resumed = OpenedBundle::open(&s3_store, "resume/a").unwrap();
+    let resumed = OpenedBundle::open(&s3_store, "resume/a", &Default::default()).unwrap();
     assert_eq!(resumed.manifest.bundle_sha256, clean.bundle_sha256);
 }
 
@@ -801,7 +801,7 @@ fn a_manifest_naming_other_keys_of_the_bucket_is_refused_before_any_get() {
         }
         store.put("b.manifest.json", &serde_json::to_vec(&m).unwrap()).unwrap();
         s3.faults.reset_counts();
-        let e = OpenedBundle::open(&store, "b").err().unwrap();
+        let e = OpenedBundle::open(&store, "b", &Default::default()).err().unwrap();
         assert!(
             matches!(e, Error::Format(winbundle::format::FormatError::Manifest { .. })),
             "{bad}: {e}"

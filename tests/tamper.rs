@@ -233,7 +233,7 @@ fn restore_refuses_to_replace_a_file_without_force() {
     let out = dir.path().join("exists.img");
     std::fs::write(&out, b"keep me").unwrap();
     let s = winbundle::store::LocalStore::open(&store, "test-bucket", false).unwrap();
-    let b = winbundle::read::OpenedBundle::open(&s, "b").unwrap();
+    let b = winbundle::read::OpenedBundle::open(&s, "b", &Default::default()).unwrap();
     let target = winbundle::read::RestoreTarget::File {
         path: out.clone(),
         force: false,

@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     let store = Memory(objects);
     let base = NOW.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
-    let opened = OpenedBundle::open(&store, "p");
+    let opened = OpenedBundle::open(&store, "p", &Default::default());
     if let Ok(b) = &opened {
         let _ = b.verify(1, &NoProgress, &AtomicBool::new(false));
     }

@@ -226,6 +226,7 @@ impl Api {
             force_parent: false,
             from_parent: Default::default(),
             rehash: Default::default(),
+            encrypt: None,
         };
         validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
         Ok(request)

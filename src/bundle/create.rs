@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
+use super::encrypt::{BundleKey, EncryptTo};
 use super::parent::Parent;
 pub use super::parent::ParentChoice;
 use super::plan::{Plan, PlanOptions};
@@ -82,6 +83,8 @@ pub struct BundleRequest {
     pub from_parent: FromParent,
     /// `--rehash`, `--rehash-every`: when an incremental bundle reads every chunk.
     pub rehash: super::detect::RehashOptions,
+    /// `--encrypt-to`, `--encrypt-to-file`: seal the bundle for these recipients.
+    pub encrypt: Option<EncryptTo>,
 }
 
 /// Settings an incremental bundle takes from its parent.
@@ -150,6 +153,9 @@ pub fn validate(req: &BundleRequest) -> Result<(), Error> {
         task::check_instance_id(id).map_err(|m| invalid("--instance-id", m))?;
     }
     check_settings(req)?;
+    if let Some(e) = &req.encrypt {
+        e.check()?;
+    }
     if req.threads == 0 || req.threads > 256 {
         return Err(invalid("--threads", format!("{}: use 1 to 256", req.threads)));
     }
@@ -293,8 +299,12 @@ fn run(
     name_instance(task, notes, opened.live, &plan);
     make_room(store, req)?;
     let (req, mut parent) = adopt_parent(store, req, &task.instance_id, notes)?;
+    let bundle_key = (req.encrypt.as_ref())
+        .map(|e| super::encrypt::choose_key(e, parent.as_ref(), &req.bucket, &req.prefix))
+        .transpose()?;
     let mut detection = detect_changes(&plan, parent.as_mut(), &req, notes)?;
-    let env = Env::new(&req, parent.as_ref(), store, progress, cancel, started);
+    let mut env = Env::new(&req, parent.as_ref(), store, progress, cancel, started);
+    env.key = bundle_key.as_ref();
     let sizes = size_stream(&env, &plan)?;
     preflight(&env, &plan, &sizes, notes)?;
     announce(&env, &sizes, task, on_update)?;
@@ -302,6 +312,7 @@ fn run(
     record_volume_stream(&env, &mut stats, finished.reuse, notes);
     let mut written = Written::new(store, &finished.data);
     let disk_info = write_disk_stream(&env, &plan, &sizes, &mut stats, notes, &mut written)?;
+    let encryption = store_key_object(&env, &mut written)?;
     let mut chunk_index = finished.index;
     chunk_index.records = detection.records.take();
     let index = store_index(&env, &chunk_index, &mut written)?;
@@ -312,9 +323,13 @@ fn run(
         index,
         disk: disk_info,
         detection,
+        encryption,
     };
     let manifest = build_manifest(&env, task, &plan, &stats, streams, opened.writers);
     store_manifest(&env, &manifest, &written)?;
+    if let Some(c) = req.encrypt.as_ref().and_then(|e| e.chain.as_ref()) {
+        c.clear_pending(&req.bucket, &req.prefix);
+    }
     stats.source_reads = opened.disk.read_stats();
     notes.warnings.extend(finished.resumed.note.clone());
     stats.resumed = finished.resumed;
@@ -332,6 +347,8 @@ struct Env<'a> {
     cancel: &'a AtomicBool,
     /// When the run started (before the source was opened).
     started: std::time::Instant,
+    /// The data key the bundle is sealed under (an encrypted bundle).
+    key: Option<&'a BundleKey>,
 }
 
 impl<'a> Env<'a> {
@@ -351,7 +368,13 @@ impl<'a> Env<'a> {
             progress,
             cancel,
             started,
+            key: None,
         }
+    }
+
+    /// The cipher that seals the frames, in an encrypted bundle.
+    fn cipher(&self) -> Option<&'a crate::crypt::FrameCipher> {
+        self.key.map(|k| &k.cipher)
     }
 }
 
@@ -400,6 +423,8 @@ struct Streams {
     disk: Option<DiskInfo>,
     /// How the changed chunks were found (its record digests already in the index).
     detection: super::detect::Detection,
+    /// The key object of an encrypted bundle.
+    encryption: Option<crate::format::manifest::EncryptionInfo>,
 }
 
 /// Opens the source (a live volume through its snapshot) and notes its warnings, the VSS
@@ -484,11 +509,34 @@ fn adopt_parent<'r, 's>(
     let Some(choice) = &req.parent else {
         return Ok((Cow::Borrowed(req), None));
     };
-    let opened = open_parent(store, req, choice, instance_id)?;
+    let opened = match open_parent(store, req, choice, instance_id) {
+        Err(Error::Crypt(crate::crypt::CryptError::Locked { prefix, key_id })) => {
+            return match &req.encrypt {
+                Some(e) => {
+                    notes.warnings.push(format!(
+                        "the data key {key_id} of the parent bundle {prefix} is not kept on this machine{}: a new chain starts here (a full bundle, with a new key); bundles made here from now on build on it",
+                        e.chain.as_ref().map(|c| format!(" (in {})", c.dir().display())).unwrap_or_default()
+                    ));
+                    Ok((Cow::Borrowed(req), None))
+                }
+                None => Err(invalid(
+                    "--parent",
+                    format!(
+                        "the parent bundle {prefix} is encrypted: a bundle built on it must be encrypted too; pass --encrypt-to (or --encrypt-to-file) with its recipients, or bundle without --parent"
+                    ),
+                )),
+            };
+        }
+        r => r?,
+    };
     let req = match follow_parent(req, &opened)? {
         Some(adopted) => Cow::Owned(adopted),
         None => Cow::Borrowed(req),
     };
+    if let Some(why) = req.encrypt.as_ref().and_then(|e| super::encrypt::parent_refusal(e, &opened)) {
+        notes.warnings.push(why);
+        return Ok((req, None));
+    }
     let parent = reusable_parent(store, &req, opened, notes)?;
     Ok((req, parent))
 }
@@ -538,11 +586,14 @@ fn size_stream(env: &Env<'_>, plan: &Plan<'_>) -> Result<Sizes, Error> {
 fn preflight(env: &Env<'_>, plan: &Plan<'_>, sizes: &Sizes, notes: &mut Notes) -> Result<(), Error> {
     let keys = &env.keys;
     let max_parts = sizes.bound.div_ceil(sizes.part_size).max(1) as u32;
-    let planned_keys = match env.req.layout {
+    let mut planned_keys = match env.req.layout {
         Layout::Single => vec![keys.manifest(), keys.index(), keys.image()],
         Layout::Parts => vec![keys.manifest(), keys.index(), keys.part(0), keys.part(max_parts - 1)],
         Layout::Runs => vec![keys.manifest(), keys.index(), keys.run_object(0)],
     };
+    if env.key.is_some() {
+        planned_keys.push(keys.data_key());
+    }
     notes.warnings.extend(env.store.preflight(
         &planned_keys,
         sizes.part_size,
@@ -612,7 +663,8 @@ fn write_volume_stream(
     std::thread::scope(|scope| -> Result<_, Error> {
         let copies = parent.filter(|p| !crate::chunk::Reuse::reads_frames(*p));
         let fetcher = copies.map(|p| super::fetch::Fetcher::start(scope, p, FETCH_THREADS));
-        let mut writer = StreamWriter::new(store, env.keys.clone(), req.layout, sizes.part_size, env.progress);
+        let mut writer = StreamWriter::new(store, env.keys.clone(), req.layout, sizes.part_size, env.progress)
+            .sealed(env.key.is_some());
         if let Some(p) = copies {
             writer = writer.copy_from(super::writer::Copying {
                 parent: p,
@@ -626,7 +678,7 @@ fn write_volume_stream(
             writer = writer.copy_locally_from(p);
         }
         let reuse = parent.map(|p| p as &dyn crate::chunk::Reuse);
-        let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, env.progress, env.cancel) {
+        let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, env.cipher(), env.progress, env.cancel) {
             Ok(s) => s,
             Err(e) => {
                 writer.abort();
@@ -720,6 +772,7 @@ fn write_disk_stream(
         part_size: sizes.part_size,
         chunk_size: req.chunk_size,
         level: req.level,
+        cipher: env.cipher(),
     };
     let parent_disk = env.parent.and_then(|p| p.bundle.manifest.disk.as_ref());
     let (d, copied) =
@@ -742,7 +795,12 @@ fn write_disk_stream(
 fn store_index(env: &Env<'_>, index: &ChunkIndex, written: &mut Written<'_>) -> Result<IndexInfo, Error> {
     let keys = &env.keys;
     env.store.flush()?;
-    let index_bytes = index.encode();
+    let mut index_bytes = index.encode();
+    if let Some(c) = env.cipher() {
+        let mut sealed = Vec::new();
+        c.seal(&index_bytes, &mut sealed);
+        index_bytes = sealed;
+    }
     let stored_index = if env.cancel.load(std::sync::atomic::Ordering::SeqCst) {
         Err(Error::Cancelled)
     } else {
@@ -763,6 +821,21 @@ fn store_index(env: &Env<'_>, index: &ChunkIndex, written: &mut Written<'_>) -> 
     })
 }
 
+/// Stores an encrypted bundle's key object (its data key wrapped for the recipients), once the
+/// data is stored; None for a plaintext bundle.
+fn store_key_object(
+    env: &Env<'_>,
+    written: &mut Written<'_>,
+) -> Result<Option<crate::format::manifest::EncryptionInfo>, Error> {
+    let (Some(enc), Some(key)) = (&env.req.encrypt, env.key) else {
+        return Ok(None);
+    };
+    let object = env.keys.data_key();
+    let stored = super::encrypt::store_key_object(env.store, &object, enc, key).inspect_err(|_| written.undo())?;
+    written.add([object]);
+    Ok(Some(stored))
+}
+
 /// The manifest of the finished bundle.
 fn build_manifest(
     env: &Env<'_>,
@@ -775,7 +848,9 @@ fn build_manifest(
     let req = env.req;
     Manifest {
         format: FORMAT_NAME.into(),
-        format_version: if streams.disk.is_some() {
+        format_version: if streams.encryption.is_some() {
+            crate::format::manifest::FORMAT_VERSION_ENCRYPTED
+        } else if streams.disk.is_some() {
             FORMAT_VERSION_DISK
         } else if streams.data.objects.iter().any(|o| o.part_sizes.is_some()) {
             FORMAT_VERSION_PART_SIZES
@@ -824,6 +899,7 @@ fn build_manifest(
         excluded_partitions: excluded_partitions(plan),
         excluded_files: plan.exclusions.items.clone(),
         snapshot: writers.map(|writers| crate::format::manifest::SnapshotInfo { writers }),
+        encryption: streams.encryption,
     }
 }
 
@@ -933,7 +1009,8 @@ fn open_parent<'s>(
             "--layout parts stores each part as an object of its own, which a server-side copy cannot fill from a range of the parent: use --layout single (the default) for incremental bundles",
         ));
     }
-    super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent)
+    let keyring = req.encrypt.as_ref().map(EncryptTo::keyring).unwrap_or_default();
+    super::parent::open(store, choice, &req.prefix, instance_id, req.force_parent, &keyring)
 }
 
 /// The request with the parent's chunk size and zstd level, each where the user did not choose

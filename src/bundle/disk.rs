@@ -11,6 +11,7 @@ use super::writer::StreamWriter;
 use crate::Error;
 use crate::chunk::frame::ChunkCompressor;
 use crate::chunk::pipeline::{ChunkFrame, FrameBytes, FrameSink};
+use crate::crypt::FrameCipher;
 use crate::format::Keys;
 use crate::format::disk::{DiskInfo, DiskRegion, KeptPartition};
 use crate::format::index::{chunk_hash, frame_hash};
@@ -124,11 +125,13 @@ fn read_chunks(
     disk: &DiskFile,
     dp: &DiskPlan,
     chunk_size: usize,
+    cipher: Option<&FrameCipher>,
     mut each: impl FnMut(u64, &[u8], [u8; 32]) -> Result<(), Error>,
 ) -> Result<(Vec<DiskRegion>, u64, String), Error> {
     let mut plain = vec![0u8; chunk_size];
     let mut regions = Vec::new();
-    let mut digest = blake3::Hasher::new();
+    // Encrypted: keyed, so that the digest in the clear tests no guess of the plaintext.
+    let mut digest = cipher.map_or_else(blake3::Hasher::new, FrameCipher::digest_hasher);
     let mut index = 0u64;
     let cs = chunk_size as u64;
     for (what, offset, length) in &dp.regions {
@@ -162,6 +165,8 @@ pub struct StreamSettings<'a> {
     pub part_size: u64,
     pub chunk_size: usize,
     pub level: i32,
+    /// Seals the frames (an encrypted bundle).
+    pub cipher: Option<&'a FrameCipher>,
 }
 
 /// Writes the disk stream of `dp` from `disk` under `P.disk`: each region read in chunks,
@@ -170,20 +175,27 @@ fn compress_stream(s: &StreamSettings<'_>, disk: &DiskFile, dp: &DiskPlan) -> Re
     let (store, prefix, layout, part_size, chunk_size, level) =
         (s.store, s.prefix, s.layout, s.part_size, s.chunk_size, s.level);
     let keys = Keys::new(&format!("{prefix}.disk"));
-    let mut w = StreamWriter::new(store, keys, layout, part_size, &NoProgress);
+    let mut w = StreamWriter::new(store, keys, layout, part_size, &NoProgress).sealed(s.cipher.is_some());
     let result = (|| {
         let mut comp = ChunkCompressor::new(level).map_err(|e| Error::Compress(e.to_string()))?;
-        let mut frame = Vec::new();
-        read_chunks(disk, dp, chunk_size, |index, plain, hash| {
+        let (mut frame, mut sealed) = (Vec::new(), Vec::new());
+        read_chunks(disk, dp, chunk_size, s.cipher, |index, plain, hash| {
             comp.compress(plain, &mut frame)
                 .map_err(|e| Error::Compress(e.to_string()))?;
+            let stored = match s.cipher {
+                Some(c) => {
+                    c.seal(&frame, &mut sealed);
+                    &sealed
+                }
+                None => &frame,
+            };
             w.frame(ChunkFrame {
                 index,
-                bytes: FrameBytes::New(&frame),
+                bytes: FrameBytes::New(stored),
                 raw_len: chunk_size as u32,
                 zero: false,
                 hash,
-                frame_hash: frame_hash(&frame),
+                frame_hash: frame_hash(stored),
                 alloc: None,
             })
         })
@@ -233,7 +245,7 @@ pub fn write_stream(
             && p.kept_partitions == dp.kept
             && p.dropped_partitions == dp.dropped
     }) {
-        let (regions, chunks, digest) = read_chunks(disk, dp, s.chunk_size, |_, _, _| Ok(()))?;
+        let (regions, chunks, digest) = read_chunks(disk, dp, s.chunk_size, s.cipher, |_, _, _| Ok(()))?;
         if from.regions == regions && from.chunk_count == chunks && from.plain_blake3.as_deref() == Some(&*digest) {
             let data = copy_stream(s.store, s.prefix, &from.data)?;
             return Ok((DiskInfo { data, ..from.clone() }, true));

@@ -8,6 +8,7 @@
 pub mod create;
 pub mod detect;
 pub mod disk;
+pub mod encrypt;
 mod fetch;
 pub mod parent;
 pub mod plan;

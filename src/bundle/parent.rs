@@ -107,6 +107,7 @@ pub fn open<'s>(
     prefix: &str,
     instance_id: &str,
     force: bool,
+    keyring: &crate::crypt::keyring::Keyring,
 ) -> Result<Parent<'s>, Error> {
     let parent_prefix = match choice {
         ParentChoice::Prefix(p) => p.clone(),
@@ -117,11 +118,13 @@ pub fn open<'s>(
             "{parent_prefix} is the prefix of the new bundle itself: name an earlier bundle"
         )));
     }
-    let bundle = OpenedBundle::open(store, &parent_prefix).map_err(|e| {
+    let bundle = OpenedBundle::open(store, &parent_prefix, keyring).map_err(|e| {
         refuse(format!(
             "the parent bundle {parent_prefix} cannot be used: {e} (check --parent and the store, or bundle without --parent)"
         ))
     })?;
+    // Encrypted, and this machine does not keep its key: the caller decides (a new chain).
+    bundle.require_key(&parent_prefix)?;
     let m = &bundle.manifest;
     if m.instance_id != instance_id && !force {
         return Err(refuse(format!(

@@ -148,6 +148,8 @@ pub struct StreamWriter<'a> {
     objects: u32,
     /// Objects being completed in the background, oldest first.
     finishing: VecDeque<Finishing>,
+    /// The frames are sealed (an encrypted bundle): their seek-table checksums are 0.
+    sealed: bool,
 }
 
 /// A finished data stream.
@@ -200,7 +202,15 @@ impl<'a> StreamWriter<'a> {
             local_parent: None,
             objects: 0,
             finishing: VecDeque::new(),
+            sealed: false,
         }
+    }
+
+    /// The frames it receives are sealed (an encrypted bundle): the seek table records 0 for
+    /// each checksum, which inside a seal would tell an observer a hash of the plaintext.
+    pub fn sealed(mut self, sealed: bool) -> Self {
+        self.sealed = sealed;
+        self
     }
 
     /// Has the store copy runs of the parent's frames on the server.
@@ -753,7 +763,9 @@ impl FrameSink for StreamWriter<'_> {
             f.bytes = FrameBytes::Copied(next);
         }
         let (length, checksum) = match &f.bytes {
-            FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => (b.len() as u32, frame_checksum(b)),
+            FrameBytes::New(b) | FrameBytes::Reused { bytes: b, .. } => {
+                (b.len() as u32, if self.sealed { 0 } else { frame_checksum(b) })
+            }
             FrameBytes::Copied(from) => (from.length, from.checksum),
         };
         self.seek.push(SeekEntry {

@@ -14,6 +14,7 @@ use super::ordered::{BufPool, Pool, ordered_map};
 use super::source::ChunkBuf;
 use super::source::ChunkSource;
 use crate::Error;
+use crate::crypt::FrameCipher;
 use crate::format::index::{chunk_hash, frame_hash};
 use crate::progress::Progress;
 
@@ -211,44 +212,28 @@ fn decompresses_to(frame: &[u8], plain: &[u8]) -> bool {
     })
 }
 
-/// Compresses one chunk into a new frame (in `out`, a recycled buffer).
-fn compress(
-    compressor: &mut ChunkCompressor,
-    index: u64,
-    data: &[u8],
-    hash: [u8; 32],
-    repaired: bool,
-    mut out: Vec<u8>,
-) -> Result<Frame, Error> {
-    compressor
-        .compress(data, &mut out)
-        .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
-    Ok(Frame::Data {
-        frame_hash: frame_hash(&out),
-        bytes: out,
-        raw_len: data.len() as u32,
-        hash,
-        repaired,
-    })
-}
-
 /// Runs the pipeline over every chunk of `source`. With `reuse`, a chunk whose plaintext an
-/// earlier bundle holds is not compressed: its frame is that bundle's.
+/// earlier bundle holds is not compressed: its frame is that bundle's. With `cipher` (an
+/// encrypted bundle), every new frame is sealed after it is compressed, and frame hashes are
+/// of the sealed bytes, as stored; reused frames are the earlier bundle's sealed ones (the
+/// same data key, so the same bytes).
 pub fn run_pipeline(
     source: &mut ChunkSource<'_>,
     cfg: PipelineConfig,
     sink: &mut dyn FrameSink,
     reuse: Option<&dyn Reuse>,
+    cipher: Option<&FrameCipher>,
     progress: &dyn Progress,
     cancel: &AtomicBool,
 ) -> Result<PipelineStats, Error> {
     let started = Instant::now();
     let image_len = source.image_len();
     let chunks = image_len.div_ceil(cfg.chunk_size as u64);
-    let zeros = ZeroChunk::new(cfg)?;
+    let zeros = ZeroChunk::new(cfg, cipher)?;
     let shared = Shared {
         cfg,
         reuse,
+        cipher,
         inputs: Pool::default(),
         outputs: BufPool::default(),
         compress_nanos: AtomicU64::new(0),
@@ -287,8 +272,14 @@ struct ZeroChunk {
 }
 
 impl ZeroChunk {
-    fn new(cfg: PipelineConfig) -> Result<Self, Error> {
-        let frame = ZeroFrame::new(cfg.chunk_size, cfg.level).map_err(compress_err)?;
+    fn new(cfg: PipelineConfig, cipher: Option<&FrameCipher>) -> Result<Self, Error> {
+        let mut frame = ZeroFrame::new(cfg.chunk_size, cfg.level).map_err(compress_err)?;
+        if let Some(c) = cipher {
+            let mut sealed = Vec::new();
+            c.seal(&frame.bytes, &mut sealed);
+            frame.bytes = sealed;
+            frame.checksum = 0;
+        }
         let hash = chunk_hash(&vec![0u8; cfg.chunk_size]);
         let frame_hash = frame_hash(&frame.bytes);
         Ok(Self {
@@ -311,6 +302,8 @@ struct ReadTally {
 struct Shared<'a> {
     cfg: PipelineConfig,
     reuse: Option<&'a dyn Reuse>,
+    /// Seals new frames (an encrypted bundle).
+    cipher: Option<&'a FrameCipher>,
     inputs: Pool<ChunkBuf>,
     outputs: BufPool,
     compress_nanos: AtomicU64,
@@ -460,10 +453,10 @@ impl Shared<'_> {
                     hash,
                     frame_hash,
                 }),
-                None => compress(compressor, index, data, hash, false, self.outputs.take()),
+                None => self.compress(compressor, index, data, hash, false),
             },
             Some((r, frame)) => self.reuse_read(r, frame, compressor, index, data, hash),
-            None => compress(compressor, index, data, hash, false, self.outputs.take()),
+            None => self.compress(compressor, index, data, hash, false),
         }
     }
 
@@ -499,8 +492,35 @@ impl Shared<'_> {
             })
         } else {
             self.outputs.give(bytes);
-            compress(compressor, index, data, hash, true, self.outputs.take())
+            self.compress(compressor, index, data, hash, true)
         }
+    }
+
+    /// Compresses one chunk into a new frame (a recycled buffer), sealed in an encrypted bundle.
+    fn compress(
+        &self,
+        compressor: &mut ChunkCompressor,
+        index: u64,
+        data: &[u8],
+        hash: [u8; 32],
+        repaired: bool,
+    ) -> Result<Frame, Error> {
+        let mut out = self.outputs.take();
+        compressor
+            .compress(data, &mut out)
+            .map_err(|e| Error::Compress(format!("chunk {index}: {e}")))?;
+        if let Some(c) = self.cipher {
+            let mut sealed = self.outputs.take();
+            c.seal(&out, &mut sealed);
+            self.outputs.give(std::mem::replace(&mut out, sealed));
+        }
+        Ok(Frame::Data {
+            frame_hash: frame_hash(&out),
+            bytes: out,
+            raw_len: data.len() as u32,
+            hash,
+            repaired,
+        })
     }
 
     /// The writer's step: counts the frame, hands it to `sink` in chunk order, and gives its

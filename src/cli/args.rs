@@ -348,6 +348,16 @@ pub struct S3Args {
     pub sse_c_key_file: Option<PathBuf>,
 }
 
+/// What opens an encrypted bundle.
+#[derive(Args, Debug, Clone, Default)]
+pub struct IdentityArgs {
+    /// An age identity file (age-keygen's) or an unencrypted SSH private key (ed25519, RSA)
+    /// that opens an encrypted bundle. Repeatable; WINBUNDLE_IDENTITY names one too. Never
+    /// needed for a plaintext bundle.
+    #[arg(long, value_name = "FILE", env = "WINBUNDLE_IDENTITY", hide_env_values = true)]
+    pub identity: Vec<PathBuf>,
+}
+
 /// Server-side encryption asked of S3 when objects are created.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SseArg {
@@ -427,6 +437,15 @@ pub struct BundleArgs {
     /// bundles that took chunks on the metadata's word since the last full read).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rehash_every: Option<u32>,
+    /// Encrypt the bundle for this recipient: an age public key (`age1…`, from age-keygen) or
+    /// an SSH public key line (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable: any one recipient's
+    /// identity opens the bundle. The bundler needs no secret.
+    #[arg(long, value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+    /// Encrypt the bundle for the recipients in this file, one per line (`#` comments; age's
+    /// recipients-file format, or an SSH `.pub` file). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub encrypt_to_file: Vec<PathBuf>,
     /// How to print the final bundle task.
     #[arg(long, value_enum, default_value = "json")]
     pub output: OutputFormat,
@@ -444,6 +463,8 @@ pub struct BundleArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// File (or block device) to write the raw volume to; `-` for standard output. With
     /// --disk also `s3://BUCKET/KEY`: the image streams into an S3 multipart upload there (the
     /// store options say how to reach S3), complete only when the upload completes.
@@ -500,6 +521,8 @@ pub enum DiskFormatArg {
 pub struct LsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Folder or file inside the volume (`\Windows\System32` or `/Windows/System32`, any
     /// case); the root when left out.
     #[arg(default_value = "\\")]
@@ -524,6 +547,8 @@ pub struct LsArgs {
 pub struct ExtractArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Files or folders inside the volume; each lands in OUTPUT under its own name (`\` puts
     /// the whole volume's tree there).
     #[arg(required = true)]
@@ -551,6 +576,8 @@ pub struct ExtractArgs {
 pub struct CatArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// The file inside the volume.
     pub path: String,
     /// Write this alternate data stream instead of the file's contents.
@@ -562,9 +589,16 @@ pub struct CatArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Decompression threads (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also open every frame of an encrypted bundle and check its plaintext (needs --identity
+    /// or WINBUNDLE_IDENTITY; an identity given does this anyway). Without an identity, only
+    /// the stored bytes are checked against the manifest's digests.
+    #[arg(long)]
+    pub decrypt: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -604,6 +638,8 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
 pub struct SnapshotArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Build on this snapshot of the parent bundle (default: the one the parent's
     /// PREFIX.snapshot.json records, when the bundle is incremental); only blocks of changed
     /// chunks are sent.

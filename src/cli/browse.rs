@@ -23,7 +23,7 @@ use winbundle::source::DiskFile;
 use winbundle::store::ObjectStore;
 use winbundle::units::human;
 
-use super::args::{CatArgs, ExtractArgs, LsArgs, StoreArgs};
+use super::args::{CatArgs, ExtractArgs, IdentityArgs, LsArgs, StoreArgs};
 
 const ENCRYPTED: u32 = 0x4000;
 
@@ -34,12 +34,13 @@ struct Browse {
 }
 
 impl Browse {
-    fn open(a: &StoreArgs, cancel: &Arc<AtomicBool>) -> Result<Self, Error> {
+    fn open(a: &StoreArgs, id: &IdentityArgs, cancel: &Arc<AtomicBool>) -> Result<Self, Error> {
+        let keyring = super::keyring(id)?;
         let store = super::open_store(a, false, false, cancel)?;
         // The view is a device of a DiskFile, which lives as long as the process: so does the
         // store it reads from.
         let store: &'static dyn ObjectStore = Box::leak(store);
-        let bundle = OpenedBundle::open(store, &a.prefix)?;
+        let bundle = OpenedBundle::open_readable(store, &a.prefix, &keyring)?;
         let fetchers = match a.local_store {
             Some(_) => 4,
             None => a.s3.concurrency.clamp(1, 16),
@@ -174,7 +175,7 @@ fn long_line(name: &str, i: &FileInfo) -> String {
 pub fn ls(a: LsArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let output = super::output::Output::new(&a.out)?;
     let started = std::time::Instant::now();
-    let b = Browse::open(&a.store, cancel)?;
+    let b = Browse::open(&a.store, &a.identity, cancel)?;
     let vol = b.volume()?;
     let mut entries = Vec::new();
     let mut not_read: Vec<(String, String)> = Vec::new();
@@ -723,7 +724,7 @@ fn set_times(path: &Path, info: &FileInfo, is_dir: bool) {
 pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let output = super::output::Output::new(&a.out)?;
     let started = std::time::Instant::now();
-    let b = Browse::open(&a.store, cancel)?;
+    let b = Browse::open(&a.store, &a.identity, cancel)?;
     let vol = b.volume()?;
     let mut x = Extractor {
         b: &b,
@@ -810,7 +811,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
 
 pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let started = std::time::Instant::now();
-    let b = Browse::open(&a.store, cancel)?;
+    let b = Browse::open(&a.store, &a.identity, cancel)?;
     let vol = b.volume()?;
     let run = || -> Result<(), Error> {
         let (path, info) = resolve(&vol, &a.path)?;

@@ -9,7 +9,9 @@ use winbundle::bundle::create::{
     BundleOutcome, BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, FromParent, ParentChoice,
     default_threads, validate,
 };
+use winbundle::bundle::encrypt::EncryptTo;
 use winbundle::chunk::PipelineStats;
+use winbundle::crypt::chain::ChainKeys;
 use winbundle::format::manifest::Manifest;
 use winbundle::progress::Progress;
 use winbundle::store::ObjectStore;
@@ -27,8 +29,8 @@ use super::progress::Bar;
 /// prints the final task with the bundle's summary.
 pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let out = Output::new(&args.out)?;
-    let req = request(&args);
     let tasks = super::tasks::open(&args.state_dir)?;
+    let req = request(&args, &tasks)?;
     let (req, store) = open_target(req, &args, &tasks, cancel)?;
     if let Some(id) = &req.instance_id {
         tasks.check_not_running(id, "")?;
@@ -48,8 +50,8 @@ pub fn run(args: BundleArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
 }
 
 /// The bundle request the arguments ask for (before a policy upload sets its layout).
-fn request(args: &BundleArgs) -> BundleRequest {
-    BundleRequest {
+fn request(args: &BundleArgs, tasks: &TaskStore) -> Result<BundleRequest, Error> {
+    Ok(BundleRequest {
         source: args.source.clone(),
         bucket: args.store.bucket.clone(),
         prefix: args.store.prefix.clone(),
@@ -84,7 +86,20 @@ fn request(args: &BundleArgs) -> BundleRequest {
             always: args.rehash,
             every: args.rehash_every,
         },
+        encrypt: encrypt_to(args, tasks)?,
+    })
+}
+
+/// `--encrypt-to` and the recipients of `--encrypt-to-file`, with the task folder's chain keys.
+fn encrypt_to(args: &BundleArgs, tasks: &TaskStore) -> Result<Option<EncryptTo>, Error> {
+    let mut recipients = args.encrypt_to.clone();
+    for f in &args.encrypt_to_file {
+        recipients.extend(winbundle::crypt::recipient_lines(f)?);
     }
+    Ok((!recipients.is_empty()).then(|| EncryptTo {
+        recipients,
+        chain: Some(ChainKeys::in_task_dir(tasks.dir())),
+    }))
 }
 
 /// Sets up the policy upload if one is given, validates the request, and opens the store the

@@ -86,9 +86,10 @@ fn open_bundle(
     args: &RestoreArgs,
     cancel: &Arc<AtomicBool>,
 ) -> Result<(&'static dyn ObjectStore, OpenedBundle<'static>, usize), Error> {
+    let keyring = super::keyring(&args.identity)?;
     let store = super::open_store(&args.store, false, false, cancel)?;
     let store: &'static dyn ObjectStore = Box::leak(store);
-    let mut bundle = OpenedBundle::open(store, &args.store.prefix)?;
+    let mut bundle = OpenedBundle::open_readable(store, &args.store.prefix, &keyring)?;
     let fetchers = match args.store.local_store {
         Some(_) => 4,
         None => args.store.s3.concurrency.clamp(1, 16),

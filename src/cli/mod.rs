@@ -55,6 +55,11 @@ pub fn report(e: &Error, json: bool) -> i32 {
     e.exit_code()
 }
 
+/// The identities `--identity` and WINBUNDLE_IDENTITY name, read and checked.
+pub fn keyring(id: &args::IdentityArgs) -> Result<winbundle::crypt::keyring::Keyring, Error> {
+    Ok(winbundle::crypt::keyring::Keyring::from_identity_files(&id.identity)?)
+}
+
 /// Opens the store the arguments name: a local folder, or S3. `no_resume`: start data objects
 /// afresh; `cancel` ends any wait on a server at once.
 pub fn open_store(

@@ -44,8 +44,9 @@ pub fn run_restore(args: RestoreArgs, cancel: &Arc<AtomicBool>) -> Result<i32, E
     }
     // clap requires --output unless --output-key, which streams_image takes.
     let output = args.output.clone().unwrap_or_default();
+    let keyring = super::keyring(&args.identity)?;
     let store = super::open_store(&args.store, false, false, cancel)?;
-    let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
+    let mut bundle = OpenedBundle::open_readable(store.as_ref(), &args.store.prefix, &keyring)?;
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
     }
@@ -153,8 +154,19 @@ fn restore_disk(
 
 pub fn run_verify(args: VerifyArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let out = Output::new(&args.out)?;
+    let keyring = super::keyring(&args.identity)?;
+    if args.decrypt && args.identity.identity.is_empty() {
+        return Err(Error::InvalidParameter {
+            parameter: "--decrypt",
+            message: "it needs the identity that opens the bundle: pass --identity FILE (or set WINBUNDLE_IDENTITY)"
+                .into(),
+        });
+    }
     let store = super::open_store(&args.store, false, false, cancel)?;
-    let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix)?;
+    let mut bundle = OpenedBundle::open(store.as_ref(), &args.store.prefix, &keyring)?;
+    if args.decrypt {
+        bundle.require_key(&args.store.prefix)?;
+    }
     if args.store.local_store.is_none() {
         bundle.set_fetchers(args.store.s3.concurrency);
     }

@@ -21,8 +21,9 @@ use super::progress::Bar;
 
 pub fn run(a: SnapshotArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let out = Output::new(&a.out)?;
+    let keyring = super::keyring(&a.identity)?;
     let store = super::open_store(&a.store, false, false, cancel)?;
-    let mut bundle = OpenedBundle::open(store.as_ref(), &a.store.prefix)?;
+    let mut bundle = OpenedBundle::open_readable(store.as_ref(), &a.store.prefix, &keyring)?;
     if a.store.local_store.is_none() {
         bundle.set_fetchers(a.store.s3.concurrency);
     }
@@ -35,6 +36,7 @@ pub fn run(a: SnapshotArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         cancel: Some(cancel.clone()),
     })?;
     let req = SnapshotRequest {
+        keyring,
         prefix: a.store.prefix.clone(),
         description: a.description.clone(),
         tags: a.tags.clone(),

@@ -1,23 +1,26 @@
-//! Client-side encryption of bundles (issue 30), the building blocks: a bundle's **data key**,
-//! wrapped for its recipients as a standard age file, and the **frame cipher** that seals each
-//! stored frame under keys derived from it.
-//!
-//! Not yet wired into bundling and reading; docs/bundle-format.md will specify the format once
-//! it is. What these pieces fix:
+//! Client-side encryption of bundles: a bundle's **data key**, wrapped for its recipients as a
+//! standard age file, and the **frame cipher** that seals each stored frame under keys derived
+//! from it; the [`keyring`] readers open bundles with, and the [`chain`] keys a bundler keeps so
+//! that an encrypted incremental bundle shares its parent's key. docs/bundle-format.md
+//! ("Encrypted bundles") is the specification. What this module fixes:
 //!
 //! * The data key is 32 random bytes. `wrap` makes an age file (X25519 `age1…` or SSH
 //!   ed25519/RSA recipients) whose plaintext is the key as 64 lowercase hex digits and a
 //!   newline, so `age -d -i key.txt P.key.age` recovers it with the standard CLI.
 //! * Keys derived by HKDF-SHA256 (no salt) from the data key, by `info`:
 //!   `winbundle frame key v1` (the AES-256-GCM-SIV key), `winbundle nonce key v1` (the key of
-//!   the keyed BLAKE3 that makes nonces) and `winbundle key id v1` (8 bytes, shown as hex: which
-//!   key a bundle uses, without revealing it).
+//!   the keyed BLAKE3 that makes nonces), `winbundle digest key v1` (the key of the keyed BLAKE3
+//!   of the disk stream's `plain_blake3`) and `winbundle key id v1` (8 bytes, shown as hex:
+//!   which key a bundle uses, without revealing it).
 //! * A sealed frame is `nonce (12) | AES-256-GCM-SIV ciphertext of the frame | tag (16)`, with
 //!   associated data `winbundle frame v1`. The nonce is the first 12 bytes of the keyed BLAKE3
 //!   of the frame: the same frame always seals to the same bytes (an incremental child reuses
 //!   its parent's sealed frames, and equals a full bundle), and two different frames get
 //!   different nonces but for a 2^-96 chance, which GCM-SIV (RFC 8452, nonce-misuse resistant)
 //!   survives anyway. What it tells an observer: the sizes, and which sealed frames are equal.
+
+pub mod chain;
+pub mod keyring;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -47,6 +50,12 @@ pub enum CryptError {
     NoMatchingIdentity,
     #[error("sealed frame of {len} bytes: {problem}")]
     Frame { len: usize, problem: &'static str },
+    #[error(
+        "the bundle {prefix} is encrypted (data key {key_id}): pass --identity FILE (or set WINBUNDLE_IDENTITY) with the age identity or SSH private key it was made for"
+    )]
+    Locked { prefix: String, key_id: String },
+    #[error("the chain key store {path}: {problem}")]
+    ChainStore { path: String, problem: String },
 }
 
 /// A bundle's data key. Wiped from memory when dropped; never printed.
@@ -131,9 +140,15 @@ impl DataKey {
         self.derive("winbundle frame key v1", &mut aead_key);
         let mut nonce_key = [0u8; 32];
         self.derive("winbundle nonce key v1", &mut nonce_key);
+        let mut digest_key = [0u8; 32];
+        self.derive("winbundle digest key v1", &mut digest_key);
         let aead = Aes256GcmSiv::new(&aead_key.into());
         aead_key.zeroize();
-        FrameCipher { aead, nonce_key }
+        FrameCipher {
+            aead,
+            nonce_key,
+            digest_key,
+        }
     }
 }
 
@@ -142,15 +157,29 @@ impl DataKey {
 pub struct FrameCipher {
     aead: Aes256GcmSiv,
     nonce_key: [u8; 32],
+    digest_key: [u8; 32],
 }
 
 impl Drop for FrameCipher {
     fn drop(&mut self) {
         self.nonce_key.zeroize();
+        self.digest_key.zeroize();
+    }
+}
+
+impl std::fmt::Debug for FrameCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameCipher")
     }
 }
 
 impl FrameCipher {
+    /// The BLAKE3 hasher, keyed, of digests an encrypted bundle stores in the clear over its
+    /// plaintext (the disk stream's `plain_blake3`): no one without the key can test a guess.
+    pub fn digest_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.digest_key)
+    }
+
     /// `frame` sealed into `out` (cleared first).
     pub fn seal(&self, frame: &[u8], out: &mut Vec<u8>) {
         let hash = blake3::keyed_hash(&self.nonce_key, frame);
@@ -233,15 +262,27 @@ pub fn parse_recipient(text: &str) -> Result<Box<dyn age::Recipient + Send>, Cry
 /// The recipients of a file: one per line; blank lines and `#` comments are skipped (age's
 /// recipients-file format).
 pub fn read_recipients_file(path: &Path) -> Result<Vec<Box<dyn age::Recipient + Send>>, CryptError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CryptError::Recipient {
+    recipient_lines(path)?.iter().map(|l| parse_recipient(l)).collect()
+}
+
+/// The lines of a recipients file that name recipients (not checked), or an error naming the
+/// file when it cannot be read or names none.
+pub fn recipient_lines(path: &Path) -> Result<Vec<String>, CryptError> {
+    let bad = |problem: String| CryptError::Recipient {
         shown: path.display().to_string(),
-        problem: format!("cannot read the recipients file: {e}"),
-    })?;
-    text.lines()
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read the recipients file: {e}")))?;
+    let lines: Vec<String> = text
+        .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(parse_recipient)
-        .collect()
+        .map(String::from)
+        .collect();
+    if lines.is_empty() {
+        return Err(bad("the recipients file names no recipient".into()));
+    }
+    Ok(lines)
 }
 
 /// The identities in a file: an age identity file (`AGE-SECRET-KEY-1…` lines, as age-keygen

@@ -59,6 +59,8 @@ pub struct SnapshotRequest {
     pub threads: usize,
     /// Where the temporary disk image goes (default: the system's temporary folder).
     pub work_dir: Option<PathBuf>,
+    /// Opens an encrypted bundle's parent (its chunk index says which chunks changed).
+    pub keyring: crate::crypt::keyring::Keyring,
 }
 
 /// What was made.
@@ -158,7 +160,7 @@ fn parent_of<'s>(
         }
         (_, None) => Ok(None),
         (_, Some(rec)) => {
-            let parent = OpenedBundle::open(store, &p.prefix)
+            let parent = OpenedBundle::open_readable(store, &p.prefix, &req.keyring)
                 .map_err(|e| EbsError::Refused(format!("the parent bundle {} cannot be read ({e})", p.prefix)))?;
             if parent.manifest.bundle_id != p.bundle_id {
                 return Err(EbsError::Refused(format!(

@@ -23,6 +23,11 @@ impl Keys {
         format!("{}.index.zst", self.prefix)
     }
 
+    /// An encrypted bundle's data key, wrapped for its recipients as an age file.
+    pub fn data_key(&self) -> String {
+        format!("{}.key.age", self.prefix)
+    }
+
     /// The data stream as one object (`--layout single`).
     pub fn image(&self) -> String {
         format!("{}.image.zst", self.prefix)

@@ -16,6 +16,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT_VERSION_PART_SIZES: u32 = 2;
 /// Version 3: the disk around C: (partition table, system partitions) kept as `disk`.
 pub const FORMAT_VERSION_DISK: u32 = 3;
+/// Version 4: an encrypted bundle (`encryption`): every stored frame and the chunk index are
+/// sealed under a data key wrapped for the bundle's recipients. Readers of versions 1 to 3
+/// refuse it by its version; it may describe the disk around C: and list part sizes.
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 4;
 
 /// The largest manifest a reader reads (its size is checked before it is read). A manifest
 /// takes about 70 bytes per part, and a stream at most 10,000 parts per object: far below.
@@ -67,7 +71,37 @@ pub struct Manifest {
     /// A live volume read from a Volume Shadow Copy: how its writers fared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotInfo>,
+    /// How the bundle is encrypted (format version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
 }
+
+/// An encrypted bundle's scheme and wrapped data key (docs/bundle-format.md, "Encrypted
+/// bundles").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EncryptionInfo {
+    /// [`ENCRYPTION_SCHEME`]: what seals the frames and wraps the key.
+    pub scheme: String,
+    /// The data key, as an age file (`P.key.age`).
+    pub key_object: KeyObject,
+    /// 16 hex digits naming the data key (HKDF of it): equal along a chain that shares one.
+    pub key_id: String,
+}
+
+/// The stored age file that holds a bundle's data key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyObject {
+    pub key: String,
+    pub size: u64,
+    /// SHA-256 (hex) of the object.
+    pub sha256: String,
+}
+
+/// The one encryption scheme: the data key wrapped by age (X25519 or SSH recipients), each
+/// frame sealed by AES-256-GCM-SIV under keys derived from it by HKDF-SHA256.
+pub const ENCRYPTION_SCHEME: &str = "age-wrapped-key+aes-256-gcm-siv-v1";
+/// The largest key object a reader reads: an age header of a few hundred bytes per recipient.
+pub const MAX_KEY_OBJECT_BYTES: u64 = 1 << 20;
 
 /// The snapshot a live volume was read from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,13 +224,15 @@ impl Manifest {
         if m.format != FORMAT_NAME {
             return Err(bad(format!("format is {:?}, not {FORMAT_NAME:?}", m.format)));
         }
-        if !(FORMAT_VERSION..=FORMAT_VERSION_DISK).contains(&m.format_version) {
+        if !(FORMAT_VERSION..=FORMAT_VERSION_ENCRYPTED).contains(&m.format_version) {
             return Err(bad(format!(
-                "format version {} is not supported by this winbundle (it reads versions {FORMAT_VERSION} to {FORMAT_VERSION_DISK}); use a matching winbundle release",
+                "format version {} is not supported by this winbundle (it reads versions {FORMAT_VERSION} to {FORMAT_VERSION_ENCRYPTED}); use a matching winbundle release",
                 m.format_version
             )));
         }
-        if m.disk.is_some() != (m.format_version == FORMAT_VERSION_DISK) {
+        check_encryption(&m, &bad)?;
+        let encrypted = m.format_version == FORMAT_VERSION_ENCRYPTED;
+        if !encrypted && m.disk.is_some() != (m.format_version == FORMAT_VERSION_DISK) {
             return Err(bad(format!(
                 "format version {} {} the disk around C:",
                 m.format_version,
@@ -253,6 +289,15 @@ impl Manifest {
         if let Some(disk) = &self.disk {
             check_object_keys(&disk.data, &keys.disk(), "disk stream ", &bad)?;
         }
+        if let Some(k) = &self.encryption
+            && k.key_object.key != keys.data_key()
+        {
+            return Err(bad(format!(
+                "it names the key object {:?}, which is not this bundle's ({:?}): a manifest names only its own bundle's objects",
+                k.key_object.key,
+                keys.data_key()
+            )));
+        }
         if let Some(i) = &self.index
             && i.key != keys.index()
         {
@@ -264,6 +309,44 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// Version 4 and `encryption` go together; the scheme is the one this winbundle knows, and an
+/// encrypted bundle has a chunk index (sealed, like its frames).
+fn check_encryption(m: &Manifest, bad: &dyn Fn(String) -> FormatError) -> Result<(), FormatError> {
+    let encrypted = m.format_version == FORMAT_VERSION_ENCRYPTED;
+    let Some(e) = &m.encryption else {
+        return match encrypted {
+            true => Err(bad("format version 4 (encrypted) but no `encryption` section".into())),
+            false => Ok(()),
+        };
+    };
+    if !encrypted {
+        return Err(bad(format!(
+            "format version {} does not have encryption, but the manifest has an `encryption` section",
+            m.format_version
+        )));
+    }
+    if e.scheme != ENCRYPTION_SCHEME {
+        return Err(bad(format!(
+            "encryption scheme {:?} is not one this winbundle reads ({ENCRYPTION_SCHEME:?}); use a matching winbundle release",
+            e.scheme
+        )));
+    }
+    let k = &e.key_object;
+    if k.sha256.len() != 64 || hex::decode(&k.sha256).is_err() || k.size == 0 || k.size > MAX_KEY_OBJECT_BYTES {
+        return Err(bad(format!(
+            "key object {} has a malformed SHA-256 or an impossible size ({} bytes)",
+            k.key, k.size
+        )));
+    }
+    if e.key_id.len() != 16 || hex::decode(&e.key_id).is_err() {
+        return Err(bad(format!("key id {:?} is not 16 hex digits", e.key_id)));
+    }
+    if m.index.is_none() {
+        return Err(bad("an encrypted bundle must name its chunk index".into()));
+    }
+    Ok(())
 }
 
 /// The objects of a data stream have the keys its layout gives under `keys`, in order.

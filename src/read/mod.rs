@@ -9,6 +9,7 @@
 
 pub mod disk;
 pub mod disk_source;
+pub mod frames;
 pub mod image;
 pub mod image_out;
 pub mod opened;

@@ -17,10 +17,13 @@ use sha2::{Digest, Sha256};
 
 use super::output::{self, ChunkSink};
 use crate::Error;
-use crate::chunk::frame::{SeekEntry, ZeroFrame, frame_checksum, parse_seek_table};
+use super::frames::{Opened, StoredFrames};
+use crate::chunk::frame::{SeekEntry, parse_seek_table};
 use crate::chunk::ordered::{BufPool, ordered_map};
-use crate::format::index::{ChunkIndex, chunk_hash, frame_hash};
-use crate::format::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::crypt::keyring::Keyring;
+use crate::crypt::{CryptError, FrameCipher};
+use crate::format::index::{ChunkIndex, chunk_hash};
+use crate::format::manifest::{MAX_KEY_OBJECT_BYTES, MAX_MANIFEST_BYTES, Manifest};
 use crate::format::{FormatError, Keys};
 use crate::progress::Progress;
 use crate::store::ObjectStore;
@@ -52,6 +55,8 @@ pub struct OpenedBundle<'s> {
     parts: Vec<PartSpan>,
     /// Requests that read the stream at once.
     fetchers: usize,
+    /// An encrypted bundle's frame cipher, when its data key was unlocked.
+    cipher: Option<FrameCipher>,
 }
 
 /// What a read did.
@@ -64,22 +69,65 @@ pub struct ReadStats {
     /// Bytes actually written (zeros are skipped in sparse files).
     pub written_bytes: u64,
     /// What was checked: "full" (part digests, bundle digest, frame checksums and hashes,
-    /// plaintext hashes) or "frames" (every frame's bytes against the chunk index, and its
-    /// checksum).
+    /// plaintext hashes), "frames" (every frame's bytes against the chunk index, and its
+    /// checksum), "parts" (part digests and frame checksums), or "stored" (an encrypted bundle
+    /// without its key: part digests, the bundle digest, the index and key objects' digests).
     pub checked: &'static str,
     pub elapsed: Duration,
 }
 
 impl<'s> OpenedBundle<'s> {
     /// Reads the manifest of `prefix` and the seek table; checks that every object is there
-    /// with its recorded size.
-    pub fn open(store: &'s dyn ObjectStore, prefix: &str) -> Result<Self, Error> {
+    /// with its recorded size. An encrypted bundle's data key is unlocked with `keyring` (a
+    /// key object no identity in it opens is an error); with an empty keyring it stays locked:
+    /// only its stored bytes can be checked ([`Self::verify`]), and the chunk index is not read.
+    pub fn open(store: &'s dyn ObjectStore, prefix: &str, keyring: &Keyring) -> Result<Self, Error> {
         let keys = Keys::new(prefix);
         let key = keys.manifest();
         let bytes = get_manifest(store, &key)?;
         let manifest = Manifest::parse(&key, &bytes)?;
         manifest.check_keys(&keys)?;
-        Self::from_manifest(store, manifest)
+        let cipher = unlock(store, &manifest, keyring)?;
+        Self::from_manifest(store, manifest, cipher)
+    }
+
+    /// [`Self::open`], then [`Self::require_key`]: for readers of the plaintext.
+    pub fn open_readable(store: &'s dyn ObjectStore, prefix: &str, keyring: &Keyring) -> Result<Self, Error> {
+        let b = Self::open(store, prefix, keyring)?;
+        b.require_key(prefix)?;
+        Ok(b)
+    }
+
+    /// True for an encrypted bundle (format version 4).
+    pub fn encrypted(&self) -> bool {
+        self.manifest.encryption.is_some()
+    }
+
+    /// An error naming what to pass when the bundle is encrypted and its key was not unlocked.
+    pub fn require_key(&self, prefix: &str) -> Result<(), Error> {
+        match (&self.manifest.encryption, &self.cipher) {
+            (Some(e), None) => Err(CryptError::Locked {
+                prefix: prefix.to_string(),
+                key_id: e.key_id.clone(),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// How this bundle's stored frames are checked and opened.
+    pub(crate) fn stored_frames(&self) -> StoredFrames {
+        StoredFrames::new(
+            self.manifest.chunk_size as usize,
+            self.manifest.compression.level,
+            self.encrypted(),
+            self.cipher.clone(),
+        )
+    }
+
+    /// The frame cipher of an encrypted bundle whose key was unlocked.
+    pub fn cipher(&self) -> Option<&FrameCipher> {
+        self.cipher.as_ref()
     }
 
     /// The disk stream around C: (format 3), opened like a bundle of its own: its objects, seek
@@ -96,13 +144,13 @@ impl<'s> OpenedBundle<'s> {
         m.bundle_sha256 = d.bundle_sha256;
         m.index = None;
         m.parent = None;
-        let mut b = Self::from_manifest(self.store, m)?;
+        let mut b = Self::from_manifest(self.store, m, self.cipher.clone())?;
         b.fetchers = self.fetchers;
         Ok(Some(b))
     }
 
     /// Opens the data stream a parsed manifest describes.
-    fn from_manifest(store: &'s dyn ObjectStore, manifest: Manifest) -> Result<Self, Error> {
+    fn from_manifest(store: &'s dyn ObjectStore, manifest: Manifest, cipher: Option<FrameCipher>) -> Result<Self, Error> {
         let mut object_offsets = Vec::new();
         let mut parts = Vec::new();
         let mut offset = 0u64;
@@ -139,6 +187,7 @@ impl<'s> OpenedBundle<'s> {
             object_offsets,
             parts,
             fetchers: 2,
+            cipher,
         };
         let d = &b.manifest.data;
         // Its size was checked against the chunk count (at most MAX_CHUNKS) and the objects'
@@ -160,7 +209,8 @@ impl<'s> OpenedBundle<'s> {
         };
         // The index of `chunk_count` chunks is one zstd frame of at most this many bytes: checked
         // before it is read (a frame does not grow much past its content).
-        let limit = crate::format::index::max_size(self.manifest.chunk_count, self.manifest.source.ntfs.mft_records);
+        let limit = crate::format::index::max_size(self.manifest.chunk_count, self.manifest.source.ntfs.mft_records)
+            + crate::crypt::OVERHEAD as u64;
         let stored = self.store.size(&info.key)?;
         if stored != info.size || stored > limit {
             return Err(FormatError::Index(format!(
@@ -181,7 +231,18 @@ impl<'s> OpenedBundle<'s> {
             )));
         }
         let m = &self.manifest;
-        let index = ChunkIndex::decode(&bytes, m.chunk_count, m.source.ntfs.mft_records)?;
+        let mut opened = Vec::new();
+        let bytes = match (&m.encryption, &self.cipher) {
+            (None, _) => &bytes,
+            // Locked: its digest is checked, its contents stay sealed.
+            (Some(_), None) => return Ok(None),
+            (Some(_), Some(c)) => {
+                c.open(&bytes, &mut opened)
+                    .map_err(|e| integrity(format!("the chunk index {}: {e}", info.key)))?;
+                &opened
+            }
+        };
+        let index = ChunkIndex::decode(bytes, m.chunk_count, m.source.ntfs.mft_records)?;
         let seek: Vec<(u32, u32)> = self.seek.iter().map(|e| (e.compressed, e.raw)).collect();
         index.check(m.chunk_size, m.volume_size, &seek)?;
         Ok(Some(index))
@@ -287,6 +348,9 @@ impl<'s> OpenedBundle<'s> {
     /// digests (with frame hashes) and the plaintext hashes see the same bytes again; `verify`
     /// checks those too.
     fn check_for(&self, restore: bool) -> Check {
+        if self.encrypted() && self.cipher.is_none() {
+            return Check::Stored;
+        }
         let frame_hashes = self
             .index
             .as_ref()
@@ -430,6 +494,9 @@ impl<'s> OpenedBundle<'s> {
                 Check::Full => format!(", {parts_verified} parts and every plaintext"),
                 Check::Parts => format!(" and {parts_verified} parts"),
                 Check::Frames => " (every frame against the chunk index)".to_string(),
+                Check::Stored => format!(
+                    " and {parts_verified} parts (encrypted, no identity given: the stored bytes only)"
+                ),
             },
             self.manifest.data.stream_size,
             started.elapsed().as_secs_f64()
@@ -440,6 +507,7 @@ impl<'s> OpenedBundle<'s> {
             Check::Full => "full",
             Check::Parts => "parts",
             Check::Frames => "frames",
+            Check::Stored => "stored",
         };
         stats.stream_bytes = self.manifest.data.stream_size;
         stats.elapsed = started.elapsed();
@@ -451,10 +519,18 @@ impl<'s> OpenedBundle<'s> {
         let disk = self.disk_stream()?;
         let extra = disk.as_ref().map_or(0, |d| d.manifest.data.stream_size);
         progress.start(self.manifest.data.stream_size + extra);
-        let mut r = self.stream(threads, progress, cancel, Check::Full, Output::Nothing);
+        let check = match self.check_for(false) {
+            Check::Stored => Check::Stored,
+            _ => Check::Full,
+        };
+        let mut r = self.stream(threads, progress, cancel, check, Output::Nothing);
         // The disk around C: too (its part digests and frame checksums).
         if let (Ok(stats), Some(d)) = (&mut r, &disk) {
-            match d.stream(threads, progress, cancel, Check::Parts, Output::Nothing) {
+            let disk_check = match check {
+                Check::Stored => Check::Stored,
+                _ => Check::Parts,
+            };
+            match d.stream(threads, progress, cancel, disk_check, Output::Nothing) {
                 Ok(s) => {
                     stats.parts_verified += s.parts_verified;
                     stats.stream_bytes += s.stream_bytes;
@@ -587,6 +663,32 @@ impl<'s> OpenedBundle<'s> {
     }
 }
 
+/// An encrypted bundle's frame cipher: its key object read and checked against the manifest
+/// (size, SHA-256) whenever the bundle is encrypted, then unlocked with `keyring`. None for a
+/// plaintext bundle, or an encrypted one the keyring has nothing for (locked).
+fn unlock(store: &dyn ObjectStore, m: &Manifest, keyring: &Keyring) -> Result<Option<FrameCipher>, Error> {
+    let Some(e) = &m.encryption else {
+        return Ok(None);
+    };
+    let k = &e.key_object;
+    let size = store.size(&k.key)?;
+    if size != k.size || size > MAX_KEY_OBJECT_BYTES {
+        return Err(integrity(format!(
+            "the key object {} is {size} bytes, the manifest says {}",
+            k.key, k.size
+        )));
+    }
+    let bytes = store.get(&k.key)?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if digest != k.sha256 {
+        return Err(integrity(format!(
+            "the key object {} has SHA-256 {digest}, the manifest says {}",
+            k.key, k.sha256
+        )));
+    }
+    Ok(keyring.unlock(&e.key_id, &bytes)?.map(|key| key.frame_cipher()))
+}
+
 /// Reads the manifest `key`, refusing one over [`MAX_MANIFEST_BYTES`] by its size, unread.
 pub fn get_manifest(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, Error> {
     let size = store.size(key)?;
@@ -658,6 +760,9 @@ enum Check {
     /// Frame hashes (BLAKE3, against the chunk index the manifest's digest covers) and frame
     /// checksums.
     Frames,
+    /// An encrypted bundle without its key: part digests and the bundle digest (the index and
+    /// key objects' digests were checked when it was opened); frames are not opened.
+    Stored,
 }
 
 /// Writes chunk `i` in chunk order.
@@ -788,12 +893,12 @@ struct Decoded {
 struct Decoder<'a, 's> {
     bundle: &'a OpenedBundle<'s>,
     check: Check,
-    chunk_size: usize,
-    /// The shared all-zero frame (the free space of a volume): recognised by its bytes and
-    /// handed on as zeros without decompressing 4 MiB each time. The output is told (true), so
-    /// a file restore leaves a hole without scanning the bytes.
-    zero: Option<ZeroFrame>,
-    /// The all-zero chunk (page-aligned; empty without `zero`).
+    /// Checks and opens the stored frames. The shared all-zero frame (the free space of a
+    /// volume) is recognised by its bytes and handed on as zeros without decompressing 4 MiB
+    /// each time. The output is told (true), so a file restore leaves a hole without scanning
+    /// the bytes.
+    frames_in: StoredFrames,
+    /// The all-zero chunk (page-aligned; empty without a known zero frame).
     zeros: &'a [u8],
     zero_hash: Option<[u8; 32]>,
     /// Stream offset of each frame.
@@ -813,8 +918,9 @@ impl<'a, 's> Decoder<'a, 's> {
         zeros_buf: &'a mut Vec<u8>,
     ) -> Self {
         let chunk_size = bundle.manifest.chunk_size as usize;
-        let zero = ZeroFrame::new(chunk_size, bundle.manifest.compression.level).ok();
-        let zeros: &[u8] = output::aligned(zeros_buf, if zero.is_some() { chunk_size } else { 0 });
+        let frames_in = bundle.stored_frames();
+        let zero = frames_in.zero_frame().is_some();
+        let zeros: &[u8] = output::aligned(zeros_buf, if zero { chunk_size } else { 0 });
         let zero_hash = bundle.index.as_ref().map(|_| chunk_hash(&vec![0u8; chunk_size]));
         let mut offsets = Vec::with_capacity(bundle.seek.len());
         let mut off = 0u64;
@@ -825,8 +931,7 @@ impl<'a, 's> Decoder<'a, 's> {
         Self {
             bundle,
             check,
-            chunk_size,
-            zero,
+            frames_in,
             zeros,
             zero_hash,
             offsets,
@@ -876,33 +981,55 @@ impl<'a, 's> Decoder<'a, 's> {
 
     /// Checks frame `i` (checksum, BLAKE3 as `check` says) and decompresses it; a positional
     /// output gets it written here, by the worker thread.
-    fn decode_frame(&self, dec: &mut zstd::bulk::Decompressor<'_>, i: u64, frame: Vec<u8>) -> Result<Decoded, Error> {
+    fn decode_frame(&self, dec: &mut zstd::bulk::Decompressor<'_>, i: u64, stored: Vec<u8>) -> Result<Decoded, Error> {
         let e = self.bundle.seek[i as usize];
-        if frame_checksum(&frame) != e.checksum {
-            return Err(self.fail(i, "its frame checksum differs from the seek table".into()));
-        }
-        if self.frame_hash_of(i).is_some_and(|h| h != frame_hash(&frame)) {
-            return Err(self.fail(i, "its bytes' BLAKE3 differs from the chunk index".into()));
-        }
-        if e.raw as usize == self.chunk_size && self.zero.as_ref().is_some_and(|z| z.bytes == frame) {
-            if self.hash_of(i).is_some_and(|h| Some(h) != self.zero_hash) {
-                return Err(self.fail(i, "its plaintext's BLAKE3 differs from the chunk index".into()));
-            }
-            self.frames.give(frame);
+        if self.check == Check::Stored {
+            // Sealed, without the key: its bytes were hashed with their part.
+            self.frames.give(stored);
             return Ok(Decoded {
                 raw: Vec::new(),
-                zero: true,
-                len: 0,
+                zero: false,
+                len: e.raw as u64,
                 written: 0,
             });
         }
+        let mut scratch = self.frames.take();
+        let result = self.decode_opened(dec, i, e, &stored, &mut scratch);
+        self.frames.give(scratch);
+        self.frames.give(stored);
+        result
+    }
+
+    /// [`Self::decode_frame`] of a frame checked and opened (sealed ones into `scratch`).
+    fn decode_opened(
+        &self,
+        dec: &mut zstd::bulk::Decompressor<'_>,
+        i: u64,
+        e: SeekEntry,
+        stored: &[u8],
+        scratch: &mut Vec<u8>,
+    ) -> Result<Decoded, Error> {
+        let frame = match self.frames_in.open(stored, e, self.frame_hash_of(i), scratch) {
+            Err(why) => return Err(self.fail(i, why)),
+            Ok(Opened::Zero) => {
+                if self.hash_of(i).is_some_and(|h| Some(h) != self.zero_hash) {
+                    return Err(self.fail(i, "its plaintext's BLAKE3 differs from the chunk index".into()));
+                }
+                return Ok(Decoded {
+                    raw: Vec::new(),
+                    zero: true,
+                    len: 0,
+                    written: 0,
+                });
+            }
+            Ok(Opened::Frame(f)) => f,
+        };
         let mut raw = self.raws.take();
         // Files and devices are written here, by the worker threads, each chunk at its own
         // offset, from a page-aligned window (a direct write needs one).
         if let Some(write) = self.positional {
             let window = output::aligned(&mut raw, e.raw as usize);
-            self.decompress(dec, i, &frame, window)?;
-            self.frames.give(frame);
+            self.decompress(dec, i, frame, window)?;
             let written = write(i, window, false)?;
             self.raws.give(raw);
             return Ok(Decoded {
@@ -913,8 +1040,7 @@ impl<'a, 's> Decoder<'a, 's> {
             });
         }
         raw.resize(e.raw as usize, 0);
-        self.decompress(dec, i, &frame, &mut raw)?;
-        self.frames.give(frame);
+        self.decompress(dec, i, frame, &mut raw)?;
         let len = raw.len() as u64;
         Ok(Decoded {
             raw,

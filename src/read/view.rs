@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::frames::{Opened, StoredFrames};
 use super::opened::OpenedBundle;
 use crate::Error;
-use crate::chunk::frame::{ZeroFrame, frame_checksum};
 use crate::format::FormatError;
-use crate::format::index::{chunk_hash, frame_hash};
+use crate::format::index::chunk_hash;
 use crate::source::device::Device;
 
 /// Decompressed chunks kept, by default: 128 MiB of 4 MiB chunks.
@@ -52,7 +52,8 @@ pub struct BundleView {
     bundle: OpenedBundle<'static>,
     /// Stream offset of each frame.
     offsets: Vec<u64>,
-    zero_frame: Option<Vec<u8>>,
+    /// Checks and opens the frames (sealed ones too, with the bundle's key).
+    frames_in: StoredFrames,
     zeros: Arc<Vec<u8>>,
     cache: Mutex<Cache>,
     cache_limit: u64,
@@ -76,12 +77,9 @@ impl BundleView {
         }
         offsets.push(off);
         let chunk_size = bundle.manifest.chunk_size as usize;
-        let zero_frame = ZeroFrame::new(chunk_size, bundle.manifest.compression.level)
-            .ok()
-            .map(|z| z.bytes);
         Self {
             offsets,
-            zero_frame,
+            frames_in: bundle.stored_frames(),
             zeros: Arc::new(vec![0u8; chunk_size]),
             cache: Mutex::new(Cache {
                 chunks: HashMap::new(),
@@ -188,8 +186,8 @@ impl BundleView {
         Ok(())
     }
 
-    /// Checks frame `i` and returns its plaintext.
-    fn check_frame(&self, dec: &mut zstd::bulk::Decompressor<'_>, i: u64, frame: &[u8]) -> Result<Arc<Vec<u8>>, Error> {
+    /// Checks frame `i` (its stored bytes) and returns its plaintext.
+    fn check_frame(&self, dec: &mut zstd::bulk::Decompressor<'_>, i: u64, stored: &[u8]) -> Result<Arc<Vec<u8>>, Error> {
         let e = self.bundle.seek[i as usize];
         let entry = self.bundle.index.as_ref().map(|x| &x.entries[i as usize]);
         let fail = |why: String| -> Error {
@@ -199,24 +197,20 @@ impl BundleView {
             }
             .into()
         };
-        if frame_checksum(frame) != e.checksum {
-            return Err(fail("its frame checksum differs from the seek table".into()));
-        }
-        if entry.and_then(|x| x.frame_hash).is_some_and(|h| h != frame_hash(frame)) {
-            return Err(fail("its bytes' BLAKE3 differs from the chunk index".into()));
-        }
-        let zero = self.zero_frame.as_deref() == Some(frame) && e.raw as usize == self.zeros.len();
-        let plain = if zero {
-            self.zeros.clone()
-        } else {
+        let mut scratch = Vec::new();
+        let plain = match self.frames_in.open(stored, e, entry.and_then(|x| x.frame_hash), &mut scratch) {
+            Err(why) => return Err(fail(why)),
+            Ok(Opened::Zero) => self.zeros.clone(),
+            Ok(Opened::Frame(frame)) => {
             let mut raw = Vec::with_capacity(e.raw as usize);
             let n = dec
                 .decompress_to_buffer(frame, &mut raw)
                 .map_err(|err| fail(format!("zstd: {err}")))?;
-            if n != e.raw as usize {
-                return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                if n != e.raw as usize {
+                    return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
+                }
+                Arc::new(raw)
             }
-            Arc::new(raw)
         };
         if entry.is_some_and(|x| x.hash != chunk_hash(&plain)) {
             return Err(fail("its plaintext's BLAKE3 differs from the chunk index".into()));

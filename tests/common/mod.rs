@@ -62,6 +62,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
         force_parent: false,
         from_parent: Default::default(),
         rehash: Default::default(),
+        encrypt: None,
     }
 }
 
@@ -81,7 +82,7 @@ pub fn restore_from(
     prefix: &str,
     out: &Path,
 ) -> Result<(), winbundle::Error> {
-    let mut b = OpenedBundle::open(store, prefix)?;
+    let mut b = OpenedBundle::open(store, prefix, &Default::default())?;
     b.set_fetchers(4);
     let target = RestoreTarget::File {
         path: out.to_path_buf(),
@@ -95,7 +96,7 @@ pub fn restore_from(
 
 pub fn verify(store_dir: &Path, prefix: &str) -> Result<(), winbundle::Error> {
     let store = LocalStore::open(store_dir, "test-bucket", false)?;
-    let b = OpenedBundle::open(&store, prefix)?;
+    let b = OpenedBundle::open(&store, prefix, &Default::default())?;
     b.verify(2, &NoProgress, &AtomicBool::new(false))?;
     Ok(())
 }
