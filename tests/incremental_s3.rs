@@ -79,7 +79,13 @@ fn changed_chunks_are_sent_and_the_rest_copied_on_the_server() {
     assert!(sizes[..sizes.len() - 1].iter().all(|&s| s >= 5 << 20), "{sizes:?}");
     // What was sent: the changed frames (the clusters' chunks and $Bitmap's), each in a part
     // padded to 5 MiB with the frames around it, and the seek table.
-    let index = |prefix: &str| OpenedBundle::open(&store, prefix, &Default::default()).unwrap().index.unwrap().entries;
+    let index = |prefix: &str| {
+        OpenedBundle::open(&store, prefix, &Default::default())
+            .unwrap()
+            .index
+            .unwrap()
+            .entries
+    };
     let (before, after) = (index("win/mon"), index("win/tue"));
     let differ = before.iter().zip(&after).filter(|(a, b)| a.hash != b.hash).count() as u64;
     assert!(differ > changed.len() as u64 / 2, "{differ} chunks changed");
@@ -298,7 +304,13 @@ fn stream_of(store: &dyn ObjectStore, m: &winbundle::format::manifest::Manifest)
 
 /// Compressed bytes of the frames of `after` whose plaintext `before` did not have there.
 fn changed_frames(store: &dyn ObjectStore, before: &str, after: &str) -> u64 {
-    let index = |prefix: &str| OpenedBundle::open(store, prefix, &Default::default()).unwrap().index.unwrap().entries;
+    let index = |prefix: &str| {
+        OpenedBundle::open(store, prefix, &Default::default())
+            .unwrap()
+            .index
+            .unwrap()
+            .entries
+    };
     let (b, a) = (index(before), index(after));
     b.iter()
         .zip(&a)

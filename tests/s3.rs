@@ -314,7 +314,9 @@ fn wrong_secret_and_missing_bucket_fail_fast_with_their_codes() {
         "{e}"
     );
     assert!(started.elapsed().as_secs() < 10, "not retried: {:?}", started.elapsed());
-    let e = OpenedBundle::open(&s3.store("nothing-here"), "x", &Default::default()).err().unwrap();
+    let e = OpenedBundle::open(&s3.store("nothing-here"), "x", &Default::default())
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("x.manifest.json"), "{e}");
 }
 

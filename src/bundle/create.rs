@@ -533,7 +533,11 @@ fn adopt_parent<'r, 's>(
         Some(adopted) => Cow::Owned(adopted),
         None => Cow::Borrowed(req),
     };
-    if let Some(why) = req.encrypt.as_ref().and_then(|e| super::encrypt::parent_refusal(e, &opened)) {
+    if let Some(why) = req
+        .encrypt
+        .as_ref()
+        .and_then(|e| super::encrypt::parent_refusal(e, &opened))
+    {
         notes.warnings.push(why);
         return Ok((req, None));
     }
@@ -678,7 +682,15 @@ fn write_volume_stream(
             writer = writer.copy_locally_from(p);
         }
         let reuse = parent.map(|p| p as &dyn crate::chunk::Reuse);
-        let stats = match run_pipeline(&mut source, cfg, &mut writer, reuse, env.cipher(), env.progress, env.cancel) {
+        let stats = match run_pipeline(
+            &mut source,
+            cfg,
+            &mut writer,
+            reuse,
+            env.cipher(),
+            env.progress,
+            env.cancel,
+        ) {
             Ok(s) => s,
             Err(e) => {
                 writer.abort();

@@ -86,7 +86,12 @@ pub fn parent_refusal(enc: &EncryptTo, parent: &Parent<'_>) -> Option<String> {
 /// The key this run seals under: the parent's (a chain continues), else the one an
 /// interrupted run of this bundle used (so its stored parts match again), else a new one,
 /// kept in the chain store for the bundles that build on this one.
-pub fn choose_key(enc: &EncryptTo, parent: Option<&Parent<'_>>, bucket: &str, prefix: &str) -> Result<BundleKey, Error> {
+pub fn choose_key(
+    enc: &EncryptTo,
+    parent: Option<&Parent<'_>>,
+    bucket: &str,
+    prefix: &str,
+) -> Result<BundleKey, Error> {
     let fingerprint = enc.fingerprint();
     let from_parent = parent
         .and_then(|p| p.bundle.manifest.encryption.as_ref())
@@ -111,7 +116,11 @@ pub fn choose_key(enc: &EncryptTo, parent: Option<&Parent<'_>>, bucket: &str, pr
     if let Some(c) = &enc.chain {
         c.set_pending(bucket, prefix, &key.id())?;
     }
-    tracing::info!("encrypted for {} recipients under data key {}", enc.recipients.len(), key.id());
+    tracing::info!(
+        "encrypted for {} recipients under data key {}",
+        enc.recipients.len(),
+        key.id()
+    );
     Ok(BundleKey {
         cipher: key.frame_cipher(),
         key,

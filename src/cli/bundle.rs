@@ -305,6 +305,12 @@ fn summary(req: &BundleRequest, outcome: &BundleOutcome, m: &Manifest, s: &Pipel
             "SinceRehash": p.since_rehash,
         })),
         "InstanceIdDerived": outcome.instance_id_derived,
+        "Encryption": m.encryption.as_ref().map(|e| json!({
+            "Scheme": e.scheme,
+            "KeyId": e.key_id,
+            "KeyObject": e.key_object.key,
+            "Recipients": req.encrypt.as_ref().map_or(0, |r| r.recipients.len()),
+        })),
         "Snapshot": m.snapshot.as_ref().map(|s| json!({
             "Writers": s.writers.iter().map(|w| json!({
                 "Name": w.name,

@@ -178,11 +178,16 @@ pub fn run_verify(args: VerifyArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Err
         out.emit(&json_doc(&v))?;
     } else if !args.quiet || out.to_file() {
         out.emit(&format!(
-            "OK: {} objects, {} parts and {} chunks verified; bundle SHA-256 {}\n",
+            "OK: {} objects, {} parts and {} chunks verified; bundle SHA-256 {}{}\n",
             bundle.manifest.data.objects.len(),
             stats.parts_verified,
             stats.chunks,
-            bundle.manifest.bundle_sha256
+            bundle.manifest.bundle_sha256,
+            if stats.checked == "stored" {
+                " (encrypted, no identity given: the stored bytes were checked against the manifest's digests; pass --identity to check every plaintext too)"
+            } else {
+                ""
+            }
         ))?;
     }
     Ok(0)

@@ -227,7 +227,11 @@ mod protect {
         if ok == 0 || output.pbData.is_null() {
             return Err(format!(
                 "DPAPI {} failed ({})",
-                if protect { "CryptProtectData" } else { "CryptUnprotectData" },
+                if protect {
+                    "CryptProtectData"
+                } else {
+                    "CryptUnprotectData"
+                },
                 std::io::Error::last_os_error()
             ));
         }

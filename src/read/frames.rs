@@ -29,15 +29,17 @@ pub struct StoredFrames {
 
 impl StoredFrames {
     pub fn new(chunk_size: usize, level: i32, sealed: bool, cipher: Option<FrameCipher>) -> Self {
-        let zero = ZeroFrame::new(chunk_size, level).ok().and_then(|z| match (&cipher, sealed) {
-            (_, false) => Some(z.bytes),
-            (Some(c), true) => {
-                let mut out = Vec::new();
-                c.seal(&z.bytes, &mut out);
-                Some(out)
-            }
-            (None, true) => None,
-        });
+        let zero = ZeroFrame::new(chunk_size, level)
+            .ok()
+            .and_then(|z| match (&cipher, sealed) {
+                (_, false) => Some(z.bytes),
+                (Some(c), true) => {
+                    let mut out = Vec::new();
+                    c.seal(&z.bytes, &mut out);
+                    Some(out)
+                }
+                (None, true) => None,
+            });
         Self {
             sealed,
             cipher,

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::frames::{Opened, StoredFrames};
 use super::output::{self, ChunkSink};
 use crate::Error;
-use super::frames::{Opened, StoredFrames};
 use crate::chunk::frame::{SeekEntry, parse_seek_table};
 use crate::chunk::ordered::{BufPool, ordered_map};
 use crate::crypt::keyring::Keyring;
@@ -150,7 +150,11 @@ impl<'s> OpenedBundle<'s> {
     }
 
     /// Opens the data stream a parsed manifest describes.
-    fn from_manifest(store: &'s dyn ObjectStore, manifest: Manifest, cipher: Option<FrameCipher>) -> Result<Self, Error> {
+    fn from_manifest(
+        store: &'s dyn ObjectStore,
+        manifest: Manifest,
+        cipher: Option<FrameCipher>,
+    ) -> Result<Self, Error> {
         let mut object_offsets = Vec::new();
         let mut parts = Vec::new();
         let mut offset = 0u64;
@@ -494,9 +498,8 @@ impl<'s> OpenedBundle<'s> {
                 Check::Full => format!(", {parts_verified} parts and every plaintext"),
                 Check::Parts => format!(" and {parts_verified} parts"),
                 Check::Frames => " (every frame against the chunk index)".to_string(),
-                Check::Stored => format!(
-                    " and {parts_verified} parts (encrypted, no identity given: the stored bytes only)"
-                ),
+                Check::Stored =>
+                    format!(" and {parts_verified} parts (encrypted, no identity given: the stored bytes only)"),
             },
             self.manifest.data.stream_size,
             started.elapsed().as_secs_f64()

@@ -187,7 +187,12 @@ impl BundleView {
     }
 
     /// Checks frame `i` (its stored bytes) and returns its plaintext.
-    fn check_frame(&self, dec: &mut zstd::bulk::Decompressor<'_>, i: u64, stored: &[u8]) -> Result<Arc<Vec<u8>>, Error> {
+    fn check_frame(
+        &self,
+        dec: &mut zstd::bulk::Decompressor<'_>,
+        i: u64,
+        stored: &[u8],
+    ) -> Result<Arc<Vec<u8>>, Error> {
         let e = self.bundle.seek[i as usize];
         let entry = self.bundle.index.as_ref().map(|x| &x.entries[i as usize]);
         let fail = |why: String| -> Error {
@@ -198,14 +203,17 @@ impl BundleView {
             .into()
         };
         let mut scratch = Vec::new();
-        let plain = match self.frames_in.open(stored, e, entry.and_then(|x| x.frame_hash), &mut scratch) {
+        let plain = match self
+            .frames_in
+            .open(stored, e, entry.and_then(|x| x.frame_hash), &mut scratch)
+        {
             Err(why) => return Err(fail(why)),
             Ok(Opened::Zero) => self.zeros.clone(),
             Ok(Opened::Frame(frame)) => {
-            let mut raw = Vec::with_capacity(e.raw as usize);
-            let n = dec
-                .decompress_to_buffer(frame, &mut raw)
-                .map_err(|err| fail(format!("zstd: {err}")))?;
+                let mut raw = Vec::with_capacity(e.raw as usize);
+                let n = dec
+                    .decompress_to_buffer(frame, &mut raw)
+                    .map_err(|err| fail(format!("zstd: {err}")))?;
                 if n != e.raw as usize {
                     return Err(fail(format!("decompressed to {n} bytes, expected {}", e.raw)));
                 }
