@@ -585,6 +585,47 @@ garage_sse_c() { # SSE-C on Garage: every object under the key; the aws-cli read
   "$wb" verify "${s3[@]}" --prefix sse/tue "${k[@]}" -q >/dev/null
 }
 
+s3_encrypted() { # name: --encrypt-to two recipients; either identity restores = local; verify without one; an encrypted child's sealed frames copied on the server; age -d opens the key object; the Python decryptor restores the objects fetched with the aws-cli; an upload-policy bundle encrypted too
+  local name=$1 ep ak sk region d="$work/enc-$1"
+  server_vars "$name"
+  export AWS_ACCESS_KEY_ID=$ak AWS_SECRET_ACCESS_KEY=$sk
+  mkdir -p "$d/store/e2e-bucket/enc"
+  age-keygen -o "$d/a.txt" 2>/dev/null
+  ssh-keygen -q -t ed25519 -N "" -C e2e -f "$d/id_ed25519"
+  local s3=(--endpoint-url "$ep" --region "$region" --bucket e2e-bucket) to=(--encrypt-to "$(age-keygen -y "$d/a.txt")" --encrypt-to-file "$d/id_ed25519.pub")
+  local state=(--state-dir "$d/tasks")
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" "${s3[@]}" --prefix enc/mon --layout runs "${to[@]}" "${state[@]}" -q >"$d/mon.json"
+  grep -q '"KeyId"' "$d/mon.json"
+  "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" "${s3[@]}" --prefix enc/tue --parent enc/mon --layout runs "${to[@]}" "${state[@]}" -q >"$d/tue.json"
+  python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["Bundle"]["Parent"]; print("copied bytes:", p["CopiedBytes"]); assert p["ReusedChunks"] > 0, p' "$d/tue.json"
+  local_reference
+  local p id
+  for p in mon tue; do
+    "$wb" verify "${s3[@]}" --prefix "enc/$p" --json >"$d/verify.json"
+    grep -q '"Checked": "stored"' "$d/verify.json"
+    for id in "$d/a.txt" "$d/id_ed25519"; do
+      "$wb" restore "${s3[@]}" --prefix "enc/$p" --identity "$id" --output "$d/$p.img" --force -q
+      cmp "$d/$p.img" "$work/local.img"
+    done
+  done
+  local rc=0
+  "$wb" restore "${s3[@]}" --prefix enc/mon --output "$d/x.img" -q 2>"$d/err.txt" || rc=$?
+  [ "$rc" = 2 ] && grep -q -- "--identity" "$d/err.txt" && [ ! -e "$d/x.img" ]
+  # Independent tools: the aws-cli fetches the objects, age opens the key, Python decrypts.
+  aws --endpoint-url "$ep" --region "$region" s3 cp --recursive --quiet "s3://e2e-bucket/enc/" "$d/store/e2e-bucket/enc/"
+  [ "$(age -d -i "$d/a.txt" "$d/store/e2e-bucket/enc/tue.key.age" | tr -d '\n' | wc -c)" = 64 ]
+  python3 "$root/tests/decrypt_bundle.py" "$d/store" e2e-bucket enc/tue "$d/id_ed25519" "$d/py.img"
+  cmp "$d/py.img" "$work/local.img"
+  # Upload-policy mode: the bundler holds no secret at all, and still encrypts.
+  local out
+  out=$("$wb" upload-policy --bucket e2e-bucket --prefix enc/policy --owner-akid "$ak" --owner-sak "$sk" --region "$region" --output text)
+  env -u AWS_SECRET_ACCESS_KEY -u AWS_ACCESS_KEY_ID "$wb" bundle-instance "$root/testdata/gpt-disk.img.zst" --bucket e2e-bucket \
+    --prefix enc/policy --endpoint-url "$ep" --owner-akid "$ak" --upload-policy "$(awk '/^UPLOADPOLICY\t/ {print $2}' <<<"$out")" \
+    --upload-policy-signature "$(awk '/^UPLOADPOLICYSIGNATURE/ {print $2}' <<<"$out")" --part-size 1MiB "${to[@]}" "${state[@]}" -q >/dev/null
+  "$wb" restore "${s3[@]}" --prefix enc/policy --identity "$d/a.txt" --output "$d/policy.img" --force -q
+  cmp "$d/policy.img" "$work/local.img"
+}
+
 s3s_sse_ignored() { # s3s-fs implements no server-side encryption: it takes the headers, stores plain bytes, answers reads without a key
   local ep ak sk region key="$work/s3s-sse.key"
   server_vars s3s
@@ -1111,6 +1152,7 @@ for server in "${servers[@]}"; do
   check "$server: many parts (48 MiB of random data in 5 MiB parts), restore to stdout" s3_many_parts "$server"
   check "$server: a wrong secret key fails with a failed task and a hint" s3_wrong_secret "$server"
   check "$server: incremental bundle: unchanged runs copied on the server (UploadPartCopy), object = a full bundle's (--layout runs: its objects concatenated), restores without its parent" s3_incremental "$server"
+  check "$server: encrypted bundles (--encrypt-to age and SSH keys): either identity restores = local, verify without one, an encrypted child, age -d and the Python decryptor on the fetched objects, upload-policy mode" s3_encrypted "$server"
   if [ "$(id -u)" = 0 ] && [ -e /dev/fuse ]; then
     check "$server: ls -R and extract of a bundle on the server = the source's C: mounted by ntfs-3g; cat of a compressed file" s3_browse "$server"
   else

@@ -1325,3 +1325,57 @@ fn a_panicking_request_handler_answers_500_and_the_server_goes_on() {
     );
     assert!(!log.contains("panicked at"), "{log}");
 }
+
+#[test]
+fn serve_encrypts_for_its_recipients_and_a_request_adds_its_own() {
+    use age::secrecy::ExposeSecret;
+    let s3 = TestS3::start(&["bkt"]);
+    let st = setup(&s3, "");
+    let (server_id, caller_id) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+    let text = std::fs::read_to_string(&st.config).unwrap().replace(
+        "part_size = \"1MiB\"\n",
+        &format!("part_size = \"1MiB\"\nencrypt_to = [\"{}\"]\n", server_id.to_public()),
+    );
+    std::fs::write(&st.config, text).unwrap();
+    let server = Server::start(&st.config, &st.state);
+    let c = server.client();
+    // A request's recipient that is no key: refused, naming the parameter.
+    let mut params = bundle_params(INSTANCE, "bkt", "win/enc");
+    params.push(("EncryptTo.1", "age1notakey".into()));
+    expect(c.post(&refs(&params)), 400, "InvalidParameterValue", "EncryptTo.N");
+    params.pop();
+    params.push(("EncryptTo.1", caller_id.to_public().to_string()));
+    let r = c.post(&refs(&params));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r.task_field("bundleId");
+    let done = c.wait_for(&id, &["complete", "failed"], Duration::from_secs(60));
+    assert_eq!(done.task_field("state"), "complete", "{}", done.body);
+    // Both the server's and the caller's identity open it; nothing does without one.
+    let store = s3.store("bkt");
+    let plain = winbundle::read::OpenedBundle::open(&store, "win/enc", &Default::default()).unwrap();
+    assert_eq!(plain.manifest.format_version, 4);
+    assert!(plain.require_key("win/enc").is_err());
+    let dir = tempfile::tempdir().unwrap();
+    for (n, who) in [server_id, caller_id].iter().enumerate() {
+        let file = dir.path().join(format!("id{n}.txt"));
+        std::fs::write(&file, who.to_string().expose_secret()).unwrap();
+        let keyring = winbundle::crypt::keyring::Keyring::from_identity_files(&[file]).unwrap();
+        let b = winbundle::read::OpenedBundle::open_readable(&store, "win/enc", &keyring).unwrap();
+        let out = dir.path().join(format!("restored{n}.img"));
+        let target = winbundle::read::RestoreTarget::File {
+            path: out.clone(),
+            force: true,
+            assume_zeroed: false,
+            direct: false,
+        };
+        b.restore(&target, 2, &winbundle::progress::NoProgress, &Default::default())
+            .unwrap();
+        assert_restored_matches(&st.source, &request(&st.source, "x").plan, &out);
+    }
+    // The chain key is kept in the server's task folder, owner-only.
+    let kept: Vec<_> = walk(&st.state.join("keys"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+}

@@ -16,6 +16,8 @@ use super::sigv4::{self, Expect, Incoming};
 use crate::bundle::create::{
     Assigned, BundleRequest, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PART_SIZE, default_threads, validate,
 };
+use crate::bundle::encrypt::EncryptTo;
+use crate::crypt::chain::ChainKeys;
 use crate::format::Keys;
 use crate::format::manifest::Layout;
 use crate::store::names;
@@ -170,14 +172,12 @@ impl Api {
             .check_signer(Some(q.akid), None)
             .map_err(|e| ApiError::invalid(AKID, &e.message))?;
         let keys = Keys::new(q.prefix);
+        let mut planned = vec![keys.manifest(), keys.part(0), keys.part(9999)];
+        if !q.encrypt_to.is_empty() || !self.config.bundle.encrypt_to.is_empty() {
+            planned.push(keys.data_key());
+        }
         let warnings = policy
-            .check(
-                q.bucket,
-                &[keys.manifest(), keys.part(0), keys.part(9999)],
-                part_size,
-                Utc::now(),
-                None,
-            )
+            .check(q.bucket, &planned, part_size, Utc::now(), None)
             .map_err(|e| ApiError::invalid(POLICY, &e.message))?;
         let target = PostTarget::new(
             PostTarget::url_for(
@@ -226,10 +226,21 @@ impl Api {
             force_parent: false,
             from_parent: Default::default(),
             rehash: Default::default(),
-            encrypt: None,
+            encrypt: self.encrypt_to(q),
         };
         validate(&request).map_err(|e| ApiError::internal(format!("the server's [bundle] settings: {e}")))?;
         Ok(request)
+    }
+
+    /// The recipients of the bundle: `[bundle] encrypt_to` and the request's `EncryptTo.N`;
+    /// None when there are none (a plaintext bundle). Chain keys live in the task folder.
+    fn encrypt_to(&self, q: &BundleParams<'_>) -> Option<EncryptTo> {
+        let mut recipients = self.config.bundle.encrypt_to.clone();
+        recipients.extend(q.encrypt_to.iter().cloned());
+        (!recipients.is_empty()).then(|| EncryptTo {
+            recipients,
+            chain: Some(ChainKeys::in_task_dir(self.tasks.dir())),
+        })
     }
 
     /// Admits a bundle of the instance: refused while the server stops or while a task of the
@@ -365,6 +376,8 @@ const PREFIX: &str = "Storage.S3.Prefix";
 const AKID: &str = "Storage.S3.AWSAccessKeyId";
 const POLICY: &str = "Storage.S3.UploadPolicy";
 const SIGNATURE: &str = "Storage.S3.UploadPolicySignature";
+const ENCRYPT_TO: &str = "EncryptTo";
+const ENCRYPT_TO_PREFIX: &str = "EncryptTo.";
 
 /// BundleInstance's parameters, each checked on its own (the policy is returned beside them).
 struct BundleParams<'a> {
@@ -374,12 +387,18 @@ struct BundleParams<'a> {
     prefix: &'a str,
     akid: &'a str,
     signature: &'a str,
+    /// `EncryptTo.N`: recipients this bundle is encrypted for, besides `[bundle] encrypt_to`
+    /// (a winbundle extension: EC2's BundleInstance has no such parameter).
+    encrypt_to: Vec<String>,
 }
 
 /// Reads and checks BundleInstance's parameters in order, each failure naming its parameter;
 /// decodes the upload policy and checks the signature's shape.
 fn bundle_params(p: &Params) -> Result<(BundleParams<'_>, UploadPolicy), ApiError> {
-    p.only(&["InstanceId", BUCKET, PREFIX, AKID, POLICY, SIGNATURE], &[])?;
+    p.only(
+        &["InstanceId", BUCKET, PREFIX, AKID, POLICY, SIGNATURE],
+        &[ENCRYPT_TO_PREFIX],
+    )?;
     let dry = p.flag("DryRun")?;
     let instance_id = p.required("InstanceId")?;
     task::check_instance_id(instance_id)
@@ -395,6 +414,10 @@ fn bundle_params(p: &Params) -> Result<(BundleParams<'_>, UploadPolicy), ApiErro
     policy
         .check_signature_shape(signature)
         .map_err(|e| ApiError::invalid(SIGNATURE, &e.message))?;
+    let encrypt_to = p.list(ENCRYPT_TO, 16, 4096)?;
+    for r in &encrypt_to {
+        crate::crypt::parse_recipient(r).map_err(|e| ApiError::invalid(&format!("{ENCRYPT_TO}.N"), &e.to_string()))?;
+    }
     let q = BundleParams {
         dry,
         instance_id,
@@ -402,6 +425,7 @@ fn bundle_params(p: &Params) -> Result<(BundleParams<'_>, UploadPolicy), ApiErro
         prefix,
         akid,
         signature,
+        encrypt_to,
     };
     Ok((q, policy))
 }

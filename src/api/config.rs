@@ -116,6 +116,10 @@ pub struct BundleSettings {
     /// Replace a bundle that already exists under the prefix (a policy upload cannot check).
     #[serde(default)]
     pub overwrite: bool,
+    /// Encrypt every bundle for these recipients (age `age1…` keys, SSH public key lines);
+    /// a request's `EncryptTo.N` adds to them.
+    #[serde(default)]
+    pub encrypt_to: Vec<String>,
 }
 
 /// A caller allowed to use the API.
@@ -239,6 +243,9 @@ impl Config {
         }
         if self.region.is_empty() || !self.region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return Err(bad("region", format!("{:?} is not a region name", self.region)));
+        }
+        for (i, r) in self.bundle.encrypt_to.iter().enumerate() {
+            crate::crypt::parse_recipient(r).map_err(|e| bad(&format!("bundle.encrypt_to[{i}]"), e.to_string()))?;
         }
         let mut ids = BTreeSet::new();
         for (i, inst) in self.instances.iter().enumerate() {

@@ -86,6 +86,12 @@ impl DataKey {
             .expect("HKDF-SHA256 gives up to 8160 bytes");
     }
 
+    /// The key as its key object holds it: 64 lowercase hex digits (what `age -d` prints).
+    /// For recovery and tests; never log it.
+    pub fn to_hex(&self) -> zeroize::Zeroizing<String> {
+        zeroize::Zeroizing::new(hex::encode(self.0))
+    }
+
     /// 16 hex digits that name the key (HKDF `winbundle key id v1`), safe to show and record.
     pub fn id(&self) -> String {
         let mut id = [0u8; 8];
