@@ -26,14 +26,15 @@ fn identity(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, id.to_public().to_string())
 }
 
-/// `winbundle ARGS` with its task folder under `state`.
+/// `winbundle ARGS`; `bundle-instance` with its task folder (and chain keys) in `state`
+/// (`--state-dir`: on Windows the default is under %LOCALAPPDATA%, which tests share).
 fn wb(state: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
-        .env("XDG_STATE_HOME", state)
-        .env_remove("WINBUNDLE_IDENTITY")
-        .args(args)
-        .output()
-        .unwrap()
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
+    cmd.env_remove("WINBUNDLE_IDENTITY").args(args);
+    if args.first() == Some(&"bundle-instance") {
+        cmd.arg("--state-dir").arg(state);
+    }
+    cmd.output().unwrap()
 }
 
 fn ok(o: &Output) -> Value {
@@ -181,7 +182,7 @@ fn either_recipient_reads_everything_and_the_plaintext_equals_a_plain_bundle() {
     };
     assert_eq!(ls("plain", &[]), ls("enc", &["--identity", ida]));
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"));
-    cmd.env("WINBUNDLE_IDENTITY", &s.b.0).env("XDG_STATE_HOME", &s.state);
+    cmd.env("WINBUNDLE_IDENTITY", &s.b.0);
     let cat = cmd
         .args([
             "cat",
@@ -468,13 +469,15 @@ fn an_encrypted_chain_on_s3_copies_sealed_frames_on_the_server() {
     fill_free_clusters(Path::new(&s.src), 0x2545f4914f6cdd1d, &|cl| cl % 4096 != 77);
     let s3 = s3server::TestS3::start(&["bkt"]);
     let cli = |args: &[&str]| {
+        let state = ["--state-dir", s.state.to_str().unwrap()];
+        let state: &[&str] = if args[0] == "bundle-instance" { &state } else { &[] };
         std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
-            .env("XDG_STATE_HOME", &s.state)
             .env("AWS_ACCESS_KEY_ID", s3server::ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", s3server::SECRET_KEY)
             .env_remove("AWS_PROFILE")
             .env_remove("WINBUNDLE_IDENTITY")
             .args(args)
+            .args(state)
             .args(["--endpoint-url", &s3.endpoint, "--region", "us-east-1"])
             .output()
             .unwrap()

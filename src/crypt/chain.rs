@@ -291,6 +291,13 @@ mod tests {
             assert_eq!(mode(&keys.dir().join(format!("{}.key", key.id()))), 0o600);
             assert_eq!(mode(keys.dir()), 0o700);
         }
+        // On Windows the file is sealed with DPAPI: the key is not in it as written.
+        #[cfg(windows)]
+        {
+            let raw = std::fs::read(keys.dir().join(format!("{}.key", key.id()))).unwrap();
+            assert!(raw.starts_with(b"DPAPI1\n"));
+            assert!(!String::from_utf8_lossy(&raw).contains(key.to_hex().as_str()));
+        }
         keys.set_pending("b", "p/x", &key.id()).unwrap();
         assert_eq!(keys.pending("b", "p/x"), Some(key.id()));
         assert_eq!(keys.pending("b", "p/y"), None);
@@ -299,6 +306,9 @@ mod tests {
         // A damaged file is an error naming it, never a key.
         std::fs::write(keys.dir().join(format!("{}.key", key.id())), b"junk").unwrap();
         let e = keys.load(&key.id()).err().unwrap().to_string();
-        assert!(e.contains(".key") && e.contains("not a chain key file"), "{e}");
+        assert!(
+            e.contains(".key") && (e.contains("not a chain key file") || e.contains("DPAPI")),
+            "{e}"
+        );
     }
 }
