@@ -25,7 +25,7 @@ pub mod keyring;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -189,21 +189,17 @@ impl FrameCipher {
     /// `frame` sealed into `out` (cleared first).
     pub fn seal(&self, frame: &[u8], out: &mut Vec<u8>) {
         let hash = blake3::keyed_hash(&self.nonce_key, frame);
-        let nonce = &hash.as_bytes()[..NONCE_LEN];
-        let sealed = self
-            .aead
-            .encrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: frame,
-                    aad: FRAME_AAD,
-                },
-            )
-            .expect("AES-GCM-SIV seals any frame under 64 GiB");
+        let nonce = Nonce::from_slice(&hash.as_bytes()[..NONCE_LEN]);
+        // Encrypted in place in `out`: one copy of the frame, no allocation once `out` is big.
         out.clear();
-        out.reserve(NONCE_LEN + sealed.len());
+        out.reserve(frame.len() + OVERHEAD);
         out.extend_from_slice(nonce);
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(frame);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(nonce, FRAME_AAD, &mut out[NONCE_LEN..])
+            .expect("AES-GCM-SIV seals any frame under 64 GiB");
+        out.extend_from_slice(&tag);
     }
 
     /// The frame inside `sealed`, into `out` (cleared first); an error when it was not sealed
@@ -217,21 +213,23 @@ impl FrameCipher {
             });
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let plain = self
-            .aead
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: FRAME_AAD,
-                },
-            )
-            .map_err(|_| CryptError::Frame {
+        let (ciphertext, tag) = body.split_at(body.len() - TAG_LEN);
+        out.clear();
+        out.extend_from_slice(ciphertext);
+        let opened = self.aead.decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            FRAME_AAD,
+            out,
+            aes_gcm_siv::Tag::from_slice(tag),
+        );
+        if opened.is_err() {
+            // Nothing of an unauthenticated plaintext is handed on.
+            out.clear();
+            return Err(CryptError::Frame {
                 len,
                 problem: "its authentication tag does not match: it was changed, or sealed under another data key",
-            })?;
-        out.clear();
-        out.extend_from_slice(&plain);
+            });
+        }
         Ok(())
     }
 }

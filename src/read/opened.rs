@@ -712,7 +712,7 @@ pub fn get_manifest(store: &dyn ObjectStore, key: &str) -> Result<Vec<u8>, Error
 /// and says `m` (the formula docs/file-access.md, "Reading bundles: limits", documents):
 /// 32 MiB + 16 × the manifest + 256 bytes a chunk (seek table, index, offsets) + 160 bytes a
 /// part + (2 × fetchers + 3) fetch units of min(stream, 32 MiB) + (2 × threads + 2) frames of
-/// min(stream, …) + (2 × threads + 5) chunks of min(chunk size, volume). Every term is bounded
+/// min(stream, …) (3 × threads + 2 for an encrypted bundle) + (2 × threads + 5) chunks of min(chunk size, volume). Every term is bounded
 /// by the manifest's checked numbers, which `open` checks against the stored objects' sizes.
 pub fn memory_bound(manifest_bytes: u64, m: &Manifest, threads: usize, fetchers: usize) -> u64 {
     let (t, f) = (threads.max(1) as u64, fetchers.max(1) as u64);
@@ -729,12 +729,14 @@ pub fn memory_bound(manifest_bytes: u64, m: &Manifest, threads: usize, fetchers:
     let chunk = m
         .chunk_size
         .min(m.volume_size.max(disk.map_or(0, |d| d.stream_plain_size)));
+    // An encrypted bundle's workers each hold one opened frame besides the sealed ones.
+    let frames = if m.encryption.is_some() { 3 * t + 2 } else { 2 * t + 2 };
     (32u64 << 20)
         .saturating_add(manifest_bytes.saturating_mul(16))
         .saturating_add(chunks.saturating_mul(256))
         .saturating_add(parts.saturating_mul(160))
         .saturating_add((2 * f + 3).saturating_mul(stream.min(WHOLE_PART)))
-        .saturating_add((2 * t + 2).saturating_mul(stream))
+        .saturating_add(frames.saturating_mul(stream))
         .saturating_add((2 * t + 5).saturating_mul(chunk + super::output::ALIGN as u64))
 }
 
