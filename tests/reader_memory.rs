@@ -66,6 +66,27 @@ fn readers_allocate_within_the_documented_bound_whatever_the_manifest_says() {
     r.unwrap();
     assert!(peak <= bound, "verify allocated {peak} bytes, the bound is {bound}");
 
+    // An encrypted bundle of the same volume, verified with its identity (every frame opened).
+    let id = age::x25519::Identity::generate();
+    let id_file = dir.path().join("id.txt");
+    std::fs::write(&id_file, age::secrecy::ExposeSecret::expose_secret(&id.to_string())).unwrap();
+    let mut req = common::request(&src, "e");
+    req.encrypt = Some(winbundle::bundle::encrypt::EncryptTo {
+        recipients: vec![id.to_public().to_string()],
+        chain: None,
+    });
+    common::bundle(&req, &store_dir).result.unwrap();
+    let text_e = std::fs::read(store_dir.join("test-bucket/e.manifest.json")).unwrap();
+    let me = Manifest::parse("e.manifest.json", &text_e).unwrap();
+    let keyring = winbundle::crypt::keyring::Keyring::from_identity_files(&[id_file]).unwrap();
+    let bound = memory_bound(text_e.len() as u64, &me, 2, 2);
+    let (r, peak) = peak_of(|| {
+        let b = OpenedBundle::open_readable(&store, "e", &keyring)?;
+        b.verify(2, &NoProgress, &AtomicBool::new(false))
+    });
+    assert_eq!(r.unwrap().checked, "full");
+    assert!(peak <= bound, "verify of the encrypted bundle allocated {peak} bytes, the bound is {bound}");
+
     // Hostile numbers: refused after allocating about the manifest, not what it claims.
     let edits: [&dyn Fn(&mut serde_json::Value); 4] = [
         &|m| m["data"]["seek_table_size"] = serde_json::json!(3u64 << 30),
