@@ -403,7 +403,6 @@ fn tampering_is_caught_by_the_digests_without_a_key_and_by_the_aead_tag_with_one
         &["key object was replaced"],
     );
     // A version-4 manifest without its encryption section is refused as such.
-    let mut m = m;
     m.as_object_mut().unwrap().remove("encryption");
     write_manifest(&s, "enc", &m);
     fails(&s.run("verify", "enc", &[]), 4, &["format version 4", "encryption"]);

@@ -85,7 +85,10 @@ fn readers_allocate_within_the_documented_bound_whatever_the_manifest_says() {
         b.verify(2, &NoProgress, &AtomicBool::new(false))
     });
     assert_eq!(r.unwrap().checked, "full");
-    assert!(peak <= bound, "verify of the encrypted bundle allocated {peak} bytes, the bound is {bound}");
+    assert!(
+        peak <= bound,
+        "verify of the encrypted bundle allocated {peak} bytes, the bound is {bound}"
+    );
 
     // Hostile numbers: refused after allocating about the manifest, not what it claims.
     let edits: [&dyn Fn(&mut serde_json::Value); 4] = [

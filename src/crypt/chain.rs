@@ -93,7 +93,7 @@ impl ChainKeys {
     /// user only.
     pub fn save(&self, key: &DataKey, recipients: &str) -> Result<(), CryptError> {
         let path = self.key_path(&key.id());
-        let mut text = format!("{HEADER}\nkey {}\nrecipients {recipients}\n", hex::encode(&key.0)).into_bytes();
+        let mut text = format!("{HEADER}\nkey {}\nrecipients {recipients}\n", key.to_hex().as_str()).into_bytes();
         let sealed = protect::seal(&text);
         text.zeroize();
         let sealed = sealed.map_err(|e| self.err(&path, e))?;
