@@ -1,7 +1,7 @@
 //! The encryption building blocks (src/crypt) against independent tools: the data key wrapped
 //! by winbundle is opened by the `age` CLI with an age-keygen identity and with an ssh-keygen
 //! ed25519 key; a key the `age` CLI wrapped is opened by winbundle; a frame sealed by winbundle
-//! is opened by Python's `cryptography` (HKDF-SHA256, AES-256-GCM-SIV) written from the rules in
+//! is opened by Python's `cryptography` (HKDF-SHA256, AES-256-GCM) written from the rules in
 //! src/crypt/mod.rs alone.
 //!
 //! Not under Wine: age, ssh-keygen and python3 are host tools.
@@ -89,11 +89,11 @@ fn python_cryptography_opens_a_sealed_frame_from_the_rules_alone() {
 import sys
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 key = bytes.fromhex(sys.argv[1])
 frame_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"winbundle frame key v1").derive(key)
 sealed = open(sys.argv[2], "rb").read()
-plain = AESGCMSIV(frame_key).decrypt(sealed[:12], sealed[12:], b"winbundle frame v1")
+plain = AESGCM(frame_key).decrypt(sealed[:12], sealed[12:], b"winbundle frame v1")
 open(sys.argv[3], "wb").write(plain)
 "#;
     let out = dir.path().join("plain");

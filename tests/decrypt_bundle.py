@@ -6,7 +6,7 @@ docs/bundle-format.md ("Encrypted bundles") alone: no winbundle code.
 
 reads the bundle from a local store (objects at DIR/BUCKET/KEY), opens its data key with the
 `age` CLI and IDENTITY, checks every part's SHA-256 and the bundle digest, opens every sealed
-frame with AES-256-GCM-SIV (Python's `cryptography`), and pipes the frames through `zstd -d` into
+frame with AES-256-GCM (Python's `cryptography`), and pipes the frames through `zstd -d` into
 OUTPUT: the raw volume. Exit status 0 on success; a message and 1 on any mismatch.
 """
 
@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
@@ -54,7 +54,7 @@ def main():
     data_key = bytes.fromhex(text.strip())
     if hkdf(data_key, "winbundle key id v1", 8).hex() != enc["key_id"]:
         fail("the data key does not have the manifest's key id")
-    aead = AESGCMSIV(hkdf(data_key, "winbundle frame key v1", 32))
+    aead = AESGCM(hkdf(data_key, "winbundle frame key v1", 32))
 
     # The stream: the objects in order; every part's SHA-256, then the digest over them.
     d = m["data"]

@@ -98,8 +98,9 @@ pub struct KeyObject {
 }
 
 /// The one encryption scheme: the data key wrapped by age (X25519 or SSH recipients), each
-/// frame sealed by AES-256-GCM-SIV under keys derived from it by HKDF-SHA256.
-pub const ENCRYPTION_SCHEME: &str = "age-wrapped-key+aes-256-gcm-siv-v1";
+/// frame sealed by AES-256-GCM with a synthetic nonce, under keys derived from it by
+/// HKDF-SHA256.
+pub const ENCRYPTION_SCHEME: &str = "age-wrapped-key+aes-256-gcm-synthetic-nonce-v1";
 /// The largest key object a reader reads: an age header of a few hundred bytes per recipient.
 pub const MAX_KEY_OBJECT_BYTES: u64 = 1 << 20;
 
