@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Encrypted bundles against plaintext ones, side by side in one run, alternating, ROUNDS times:
-# bundle-instance of IMAGE to a local store with and without --encrypt-to, then restore of each.
+# bundle-instance of IMAGE to a local store with and without --encrypt-to, an incremental bundle
+# of the same IMAGE on each (--parent: every frame reused), then restore of each.
 # Prints each wall and CPU time (user + system, GNU time), the medians and the ratios
 # encrypted/plain, and the stored bytes. Benchmarks report; they never fail on speed.
 #   bench/encrypt.sh IMAGE [ROUNDS]     (WINBUNDLE: the binary; default target/release/winbundle)
@@ -17,6 +18,7 @@ cat "$img" >/dev/null # warm the page cache for both
 timed() { # name cmd...: appends "wall cpu" to $work/NAME
   local name=$1
   shift
+  sync # the previous run's writes flushed first, not during this one
   /usr/bin/time -f "%e %U %S" -o "$work/t" "$@" >/dev/null
   read -r wall user sys <"$work/t"
   echo "$wall $(python3 -c "print(round($user + $sys, 2))")" >>"$work/$name"
@@ -32,6 +34,11 @@ for r in $(seq 1 "$rounds"); do
   done
   for v in plain enc; do
     extra=()
+    [ "$v" = enc ] && extra=(--encrypt-to "$recipient" --state-dir "$work/state-$v")
+    timed "incremental-$v" "$wb" bundle-instance "$img" --bucket bench-bucket --prefix q --parent p --local-store "$work/store-$v" -q "${extra[@]}"
+  done
+  for v in plain enc; do
+    extra=()
     [ "$v" = enc ] && extra=(--identity "$work/key.txt")
     timed "restore-$v" "$wb" restore --bucket bench-bucket --prefix p --local-store "$work/store-$v" -o "$work/out-$v.img" --force -q "${extra[@]}"
     rm -f "$work/out-$v.img"
@@ -43,7 +50,7 @@ import statistics, sys
 w = sys.argv[1]
 def med(name, col):
     return statistics.median(float(l.split()[col]) for l in open(f"{w}/{name}"))
-for op in ("bundle", "restore"):
+for op in ("bundle", "incremental", "restore"):
     for col, what in ((0, "wall"), (1, "cpu")):
         p, e = med(f"{op}-plain", col), med(f"{op}-enc", col)
         print(f"{op} {what}: median plain {p:.2f}s encrypted {e:.2f}s: encrypted/plain = {e / p:.3f}")
