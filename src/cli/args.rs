@@ -563,6 +563,12 @@ pub struct ExtractArgs {
     /// Replace files that already exist in OUTPUT.
     #[arg(long)]
     pub force: bool,
+    /// Symbolic links, junctions and mount points: `link` makes a symbolic link where Windows
+    /// has one (absolute targets on this volume point under OUTPUT), never followed; `copy`
+    /// writes the contents of a link's target when it is a file on this volume; `skip` leaves
+    /// them out.
+    #[arg(long, value_enum, default_value = "link")]
+    pub links: super::links::LinksArg,
     /// Print what was extracted and fetched as JSON.
     #[arg(long)]
     pub json: bool,

@@ -24,6 +24,8 @@ use winbundle::store::ObjectStore;
 use winbundle::units::human;
 
 use super::args::{CatArgs, ExtractArgs, IdentityArgs, LsArgs, StoreArgs};
+use super::links::{self, LinksArg};
+use winbundle::ntfs::reparse::Reparse;
 
 const ENCRYPTED: u32 = 0x4000;
 
@@ -132,7 +134,8 @@ fn entry_json(path: &str, name: &str, i: &FileInfo, excluded: bool) -> serde_jso
     json!({
         "Path": path,
         "Name": name,
-        "Type": if i.is_dir { "directory" } else { "file" },
+        "Type": links::entry_type(i),
+        "Reparse": links::reparse_json(i),
         "Size": i.size,
         "Attributes": attrs,
         "Created": filetime_rfc3339(i.created),
@@ -157,9 +160,10 @@ fn long_line(name: &str, i: &FileInfo) -> String {
         i.size.to_string()
     };
     let mut line = format!("{} {when} {size:>14} {name}", attribute_letters(i.attributes));
-    if i.is_dir {
+    if i.is_dir && i.reparse.as_ref().and_then(Reparse::entry_type).is_none() {
         line.push('\\');
     }
+    line.push_str(&escape(&links::long_suffix(i)));
     for s in &i.streams {
         line.push_str(&format!(
             "\n{:10} {:19} {:>14} {name}:{}",
@@ -487,6 +491,8 @@ fn local_name(name: &str) -> Result<&str, String> {
 struct Extracted {
     files: u64,
     folders: u64,
+    /// Symbolic links made (for links and junctions, `--links link`).
+    links: u64,
     bytes: u64,
     /// Left out when the bundle was made: (path, why).
     skipped: Vec<(String, String)>,
@@ -549,8 +555,10 @@ impl Extractor<'_, '_> {
                 let Some(Some(dir)) = dests.get(parent).cloned() else {
                     return Ok(false);
                 };
+                // A link or junction to a folder is not entered: it is an entry of its own.
+                let plain_dir = info.reparse.as_ref().and_then(Reparse::entry_type).is_none();
                 match local_name(name) {
-                    Ok(n) if info.is_dir && self.b.excluded(path).is_none() => {
+                    Ok(n) if info.is_dir && plain_dir && self.b.excluded(path).is_none() => {
                         dests.insert(path.to_string(), Some(dir.join(n)));
                     }
                     Ok(n) => self.entry(path, info, &dir.join(n))?,
@@ -587,6 +595,15 @@ impl Extractor<'_, '_> {
             ));
             return Ok(());
         }
+        if let Some(r) = info.reparse.as_ref().filter(|_| self.args.stream.is_none()) {
+            if let Some(why) = links::why_no_contents(r) {
+                self.done.failed.push((path.to_string(), why));
+                return Ok(());
+            }
+            if r.entry_type().is_some() {
+                return self.link(path, info, r, dest);
+            }
+        }
         if info.attributes & ENCRYPTED != 0 {
             self.done.failed.push((
                 path.to_string(),
@@ -615,15 +632,7 @@ impl Extractor<'_, '_> {
             }
             None => dest.to_path_buf(),
         };
-        if dest.exists() && !self.args.force {
-            return Err(Error::InvalidParameter {
-                parameter: "--output",
-                message: format!(
-                    "{} already exists: pass --force to replace it, or extract into another folder",
-                    dest.display()
-                ),
-            });
-        }
+        self.make_room(&dest)?;
         let e = match winbundle::panics::catch(|| self.file(path, info, &dest)) {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
@@ -647,6 +656,86 @@ impl Extractor<'_, '_> {
             e => return Err(e),
         }
         Ok(())
+    }
+
+    /// Refuses to replace what is at `dest` without --force; with it, removes a link there, so
+    /// that nothing is ever written through one (a link made earlier, or left by someone).
+    fn make_room(&self, dest: &Path) -> Result<(), Error> {
+        let Ok(meta) = std::fs::symlink_metadata(dest) else {
+            return Ok(());
+        };
+        if !self.args.force {
+            return Err(Error::InvalidParameter {
+                parameter: "--output",
+                message: format!(
+                    "{} already exists: pass --force to replace it, or extract into another folder",
+                    dest.display()
+                ),
+            });
+        }
+        if meta.file_type().is_symlink() {
+            let _ = std::fs::remove_file(dest).or_else(|_| std::fs::remove_dir(dest));
+        }
+        Ok(())
+    }
+
+    /// A symbolic link, junction or mount point, as `--links` says.
+    fn link(&mut self, path: &str, info: &FileInfo, r: &Reparse, dest: &Path) -> Result<(), Error> {
+        let kind = links::entry_type(info);
+        match self.args.links {
+            LinksArg::Skip => {
+                self.done
+                    .skipped
+                    .push((path.to_string(), format!("a {kind} (--links skip)")));
+                Ok(())
+            }
+            LinksArg::Link => {
+                // Targets on this volume point under OUTPUT, by an absolute path: a link is
+                // read from its own folder.
+                let output = std::path::absolute(&self.args.output).unwrap_or_else(|_| self.args.output.clone());
+                let Some(target) = links::local_target(r, &output) else {
+                    return Ok(());
+                };
+                self.make_room(dest)?;
+                match links::make_link(&target, dest, info.is_dir) {
+                    Ok(()) => {
+                        self.done.links += 1;
+                        Ok(())
+                    }
+                    Err(e) => {
+                        self.done.failed.push((
+                            path.to_string(),
+                            format!(
+                                "a {kind} to {}: the symbolic link could not be made ({e}){}",
+                                target.display(),
+                                if cfg!(windows) {
+                                    "; on Windows that takes Developer Mode or an elevated prompt, or pass --links skip or copy"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        ));
+                        Ok(())
+                    }
+                }
+            }
+            LinksArg::Copy => {
+                let found = links::volume_target(r, path).and_then(|t| {
+                    let (t, ti) = resolve(self.vol, &t).ok()?;
+                    (!ti.is_dir && ti.reparse.is_none()).then_some((t, ti))
+                });
+                match found {
+                    Some((t, ti)) => self.entry(&t, &ti, dest),
+                    None => {
+                        self.done.failed.push((
+                            path.to_string(),
+                            format!("a {kind}: --links copy copies only a link to a plain file on this volume (a folder's link could lead back into itself); pass --links link"),
+                        ));
+                        Ok(())
+                    }
+                }
+            }
+        }
     }
 
     fn file(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
@@ -766,6 +855,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             "Output": a.output,
             "Files": done.files,
             "Folders": done.folders,
+            "Links": done.links,
             "Bytes": done.bytes,
             "Skipped": pairs(&done.skipped),
             "Failed": pairs(&done.failed),
@@ -785,10 +875,11 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     }
     if !a.quiet && !a.json {
         eprintln!(
-            "extracted {} files ({}) and {} folders to {}; fetched {} of the bundle's {} ({} frames, {} requests)",
+            "extracted {} files ({}), {} folders and {} links to {}; fetched {} of the bundle's {} ({} frames, {} requests)",
             done.files,
             human(done.bytes),
             done.folders,
+            done.links,
             escape(&a.output.display().to_string()),
             human(s.fetched_bytes),
             human(s.stream_bytes),
@@ -815,6 +906,18 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let vol = b.volume()?;
     let run = || -> Result<(), Error> {
         let (path, info) = resolve(&vol, &a.path)?;
+        if let Some(r) = info.reparse.as_ref().filter(|_| a.stream.is_none()) {
+            let why = match r.entry_type() {
+                Some(kind) if links::why_no_contents(r).is_none() => Some(format!(
+                    "a {kind}{}: cat reads files; cat its target",
+                    links::long_suffix(&info)
+                )),
+                _ => links::why_no_contents(r),
+            };
+            if let Some(problem) = why {
+                return Err(Error::Unreadable { path, problem });
+            }
+        }
         if info.is_dir && a.stream.is_none() {
             return Err(Error::InvalidParameter {
                 parameter: "PATH",

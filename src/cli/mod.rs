@@ -9,6 +9,7 @@ mod cleanup;
 mod disk_image;
 mod docs;
 mod inspect;
+mod links;
 mod log;
 mod output;
 mod policy;

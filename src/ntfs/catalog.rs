@@ -52,6 +52,8 @@ pub struct FileInfo {
     pub links: u16,
     /// Alternate data streams.
     pub streams: Vec<StreamInfo>,
+    /// Its reparse point, when it has one (links, junctions, WOF, cloud files, ...).
+    pub reparse: Option<super::reparse::Reparse>,
 }
 
 /// A directory entry: one name of a record.
@@ -118,6 +120,11 @@ impl NtfsVolume<'_> {
                 }
             }
         }
+        let reparse = if attributes & 0x400 != 0 {
+            Some(self.reparse_point(n, attributes)?)
+        } else {
+            None
+        };
         let mut size = 0;
         let mut streams = Vec::new();
         for name in names {
@@ -144,7 +151,36 @@ impl NtfsVolume<'_> {
             attributes,
             links,
             streams,
+            reparse,
         })
+    }
+
+    /// The reparse point of record `n` (whose attribute flags say it has one): resident, or in
+    /// clusters (at most 16 KiB, as NTFS allows).
+    fn reparse_point(&self, n: u64, attributes: u32) -> Result<super::reparse::Reparse, NtfsError> {
+        use super::reparse::{ATTR_REPARSE_POINT, Reparse};
+        let Some(x) = self.extents(n, ATTR_REPARSE_POINT, &[])? else {
+            return Ok(Reparse::Damaged {
+                tag: 0,
+                problem: "the reparse-point attribute flag is set but the record has no $REPARSE_POINT".into(),
+            });
+        };
+        if let Some(v) = x.value {
+            return Ok(Reparse::parse(&v, attributes));
+        }
+        if x.size > 16 << 10 {
+            return Ok(Reparse::Damaged {
+                tag: 0,
+                problem: format!(
+                    "a $REPARSE_POINT of {} bytes is larger than NTFS allows (16 KiB)",
+                    x.size
+                ),
+            });
+        }
+        let mut buf = vec![0u8; x.size as usize];
+        let (disk, offset) = self.disk();
+        super::mft::read_runs(disk, offset, u64::from(self.facts().cluster_size), &x.runs, 0, &mut buf)?;
+        Ok(Reparse::parse(&buf, attributes))
     }
 
     /// The entries of directory record `dir` with their facts, in index order. `system`: also

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod index;
 pub mod mft;
 pub mod record;
+pub mod reparse;
 pub mod utf16;
 pub mod volume;
 

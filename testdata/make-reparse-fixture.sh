@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Makes testdata/reparse-volume.img.zst: a bare NTFS volume holding the reparse points a C:
+# written by Windows has, with real reparse data written through ntfs-3g's
+# `system.ntfs_reparse_data` extended attribute (the REPARSE_DATA_BUFFER layouts of winnt.h):
+#   \Target\file.txt, \Target\dir\inner.txt   plain file and folder the links point at
+#   \rel-link.txt        symbolic link, relative: ..\Target\file.txt seen from the root's child
+#   \abs-link.txt        symbolic link, absolute: \??\C:\Target\file.txt
+#   \other-drive.txt     symbolic link to \??\D:\data\x.txt (another volume)
+#   \junction            junction (mount-point tag) to \??\C:\Target\dir
+#   \mountpoint          volume mount point \??\Volume{…}\
+#   \wof-xpress4k.txt, \wof-lzx.txt   WOF-compressed files: reparse tag WOF, the data compressed by
+#                        wimlib (libwim15, through Python ctypes: an XPRESS/LZX compressor that is
+#                        not winbundle's) into the WofCompressedData stream, the unnamed stream
+#                        sparse with the uncompressed size
+#   \cloud-only.txt      cloud placeholder (CLOUD_6), offline and recall-on-data-access: no data
+#   \cloud-local.txt     cloud file whose data is on the volume
+#   \dedup.bin           deduplicated file (DEDUP tag)
+#   \appexec.exe         an App Execution Alias (APPEXECLINK), a tag winbundle does not read
+# Writes testdata/reparse-volume.expected.json: what each file holds, for the tests.
+# Needs root, FUSE (/dev/fuse), ntfs-3g, attr (setfattr), python3, libwim15, zstd.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+mnt="$work/mnt"
+mkdir -p "$mnt"
+trap 'mountpoint -q "$mnt" && umount "$mnt"; rm -rf "$work"' EXIT
+img="$work/reparse-volume.img"
+truncate -s $((16 * 1024 * 1024)) "$img"
+mkntfs -F -Q -q -L Reparse -c 4096 "$img" 2>/dev/null
+ntfs-3g -o rw,streams_interface=windows "$img" "$mnt"
+
+mkdir -p "$mnt/Target/dir"
+echo "the file the links point at" >"$mnt/Target/file.txt"
+echo "inside the junction's target" >"$mnt/Target/dir/inner.txt"
+: >"$mnt/rel-link.txt" >"$mnt/abs-link.txt" >"$mnt/other-drive.txt" >"$mnt/cloud-only.txt"
+: >"$mnt/dedup.bin" >"$mnt/appexec.exe"
+mkdir "$mnt/junction" "$mnt/mountpoint"
+echo "a cloud file whose data is here" >"$mnt/cloud-local.txt"
+
+# The reparse buffers and the WOF data, made by Python from the winnt.h layouts.
+python3 - "$mnt" "$work" <<'PY'
+import ctypes, json, os, struct, subprocess, sys
+mnt, work = sys.argv[1], sys.argv[2]
+
+def buf(tag, data):
+    return struct.pack("<IHH", tag, len(data), 0) + data
+
+def link(tag, sub, pr, flags=None):
+    s, p = sub.encode("utf-16-le"), pr.encode("utf-16-le")
+    head = struct.pack("<HHHH", 0, len(s), len(s), len(p))
+    if flags is not None:
+        head += struct.pack("<I", flags)
+    return buf(tag, head + s + p)
+
+def setrp(path, data):
+    subprocess.run(["setfattr", "-h", "-n", "system.ntfs_reparse_data", "-v", "0x" + data.hex(),
+                    os.path.join(mnt, path)], check=True)
+
+def setattrib(path, flags):
+    subprocess.run(["setfattr", "-h", "-n", "system.ntfs_attrib_be", "-v", "0x%08x" % flags,
+                    os.path.join(mnt, path)], check=True)
+
+SYMLINK, MOUNT_POINT, WOF, DEDUP = 0xA000000C, 0xA0000003, 0x80000017, 0x80000013
+setrp("rel-link.txt", link(SYMLINK, "Target\\file.txt", "Target\\file.txt", 1))
+setrp("abs-link.txt", link(SYMLINK, "\\??\\C:\\Target\\file.txt", "C:\\Target\\file.txt", 0))
+setrp("other-drive.txt", link(SYMLINK, "\\??\\D:\\data\\x.txt", "D:\\data\\x.txt", 0))
+setrp("junction", link(MOUNT_POINT, "\\??\\C:\\Target\\dir", "C:\\Target\\dir"))
+vol = "\\??\\Volume{0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0}\\"
+setrp("mountpoint", link(MOUNT_POINT, vol, ""))
+setrp("cloud-only.txt", buf(0x9000601A, b"\x01\x00\x00\x00placeholder"))
+setattrib("cloud-only.txt", 0x20 | 0x1000 | 0x400000)
+setrp("cloud-local.txt", buf(0x9000601A, b"\x01\x00\x00\x00in sync"))
+setrp("dedup.bin", buf(DEDUP, b"\x00" * 16))
+setrp("appexec.exe", buf(0x8000001B, struct.pack("<I", 3) + "Microsoft.App\0".encode("utf-16-le")))
+
+# WOF: wimlib compresses each chunk; the stream is a table of chunk end offsets (u32 for files
+# under 4 GiB, one per chunk but the last), then the chunks, each stored raw when it does not
+# shrink. The unnamed stream keeps the uncompressed size (sparse).
+wim = ctypes.CDLL("libwim.so.15")
+expected = {}
+def wof(name, ctype, algorithm, chunk):
+    data = b"".join(b"line %d of a WOF-compressed system file\r\n" % i for i in range(3000))
+    data += os.urandom(5000) + b"\x00" * 20000 + b"tail of the file\r\n"
+    comp = ctypes.c_void_p()
+    assert wim.wimlib_create_compressor(ctype, chunk, 0, ctypes.byref(comp)) == 0
+    chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
+    bodies = []
+    for c in chunks:
+        out = ctypes.create_string_buffer(len(c))
+        n = wim.wimlib_compress(c, len(c), out, len(c) - 1, comp)
+        bodies.append(out.raw[:n] if 0 < n < len(c) else c)
+    wim.wimlib_free_compressor(comp)
+    ends, at = [], 0
+    for b in bodies:
+        at += len(b)
+        ends.append(at)
+    stream = b"".join(struct.pack("<I", e) for e in ends[:-1]) + b"".join(bodies)
+    path = os.path.join(mnt, name)
+    with open(path + ":WofCompressedData", "wb") as f:
+        f.write(stream)
+    with open(path, "wb") as f:
+        f.truncate(len(data))
+    setrp(name, buf(WOF, struct.pack("<IIII", 1, 2, 1, algorithm)))
+    setattrib(name, 0x20 | 0x200 | 0x400)
+    with open(os.path.join(work, name), "wb") as f:
+        f.write(data)
+    expected[name] = {"size": len(data), "sha256": __import__("hashlib").sha256(data).hexdigest()}
+wof("wof-xpress4k.txt", 1, 0, 4096)   # WIMLIB_COMPRESSION_TYPE_XPRESS, FILE_PROVIDER_COMPRESSION_XPRESS4K
+wof("wof-lzx.txt", 2, 1, 32768)       # WIMLIB_COMPRESSION_TYPE_LZX, FILE_PROVIDER_COMPRESSION_LZX
+with open(os.path.join(work, "expected.json"), "w") as f:
+    json.dump(expected, f, indent=1, sort_keys=True)
+PY
+sync
+umount "$mnt"
+ntfsfix -d "$img" >/dev/null 2>&1 || true
+zstd -q -19 -f "$img" -o "$here/reparse-volume.img.zst"
+cp "$work/expected.json" "$here/reparse-volume.expected.json"
+ls -l "$here/reparse-volume.img.zst"

@@ -1,0 +1,265 @@
+//! Reparse points as Windows writes them (testdata/reparse-volume.img, made by
+//! testdata/make-reparse-fixture.sh through ntfs-3g's `system.ntfs_reparse_data`): `ls` names
+//! each kind with its target, tag or algorithm; `extract` makes links (never followed), copies
+//! or skips them as `--links` says, extracts cloud files whose data is on the volume, and lists
+//! every other reparse point as not extracted, never writing an empty or zeroed file for it;
+//! `cat` refuses them with the reason.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+use serde_json::Value;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    store: String,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let src = fixture("reparse-volume.img", &root);
+    let store = root.join("store");
+    let req = request(&src, "r");
+    bundle(&req, &store).result.unwrap();
+    Setup {
+        _dir: dir,
+        store: store.to_str().unwrap().to_string(),
+        root,
+    }
+}
+
+impl Setup {
+    fn run(&self, cmd: &str, extra: &[&str]) -> Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_winbundle"))
+            .args([
+                cmd,
+                "--bucket",
+                "test-bucket",
+                "--prefix",
+                "r",
+                "--local-store",
+                &self.store,
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn ls_names_every_kind_with_its_target_tag_or_algorithm() {
+    let s = setup();
+    let o = s.run("ls", &["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let by_name = |n: &str| -> Value {
+        v["Entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["Name"] == n)
+            .unwrap_or_else(|| panic!("{n} not listed"))
+            .clone()
+    };
+    let expect = [
+        ("rel-link.txt", "symlink", "SYMLINK", Some("Target\\file.txt")),
+        ("abs-link.txt", "symlink", "SYMLINK", Some("\\??\\C:\\Target\\file.txt")),
+        ("other-drive.txt", "symlink", "SYMLINK", Some("\\??\\D:\\data\\x.txt")),
+        ("junction", "junction", "MOUNT_POINT", Some("\\??\\C:\\Target\\dir")),
+        (
+            "mountpoint",
+            "mount-point",
+            "MOUNT_POINT",
+            Some("\\??\\Volume{0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0}\\"),
+        ),
+        ("wof-xpress4k.txt", "file", "WOF", None),
+        ("wof-lzx.txt", "file", "WOF", None),
+        ("cloud-only.txt", "file", "CLOUD_6", None),
+        ("cloud-local.txt", "file", "CLOUD_6", None),
+        ("dedup.bin", "file", "DEDUP", None),
+        ("appexec.exe", "reparse", "APPEXECLINK", None),
+        ("Target", "directory", "", None),
+    ];
+    for (name, ty, tag, target) in expect {
+        let e = by_name(name);
+        assert_eq!(e["Type"], ty, "{name}: {e}");
+        if tag.is_empty() {
+            assert_eq!(e["Reparse"], Value::Null, "{name}");
+        } else {
+            assert_eq!(e["Reparse"]["Tag"], tag, "{name}: {e}");
+        }
+        if let Some(t) = target {
+            assert_eq!(e["Reparse"]["Target"], t, "{name}");
+        }
+    }
+    assert_eq!(by_name("rel-link.txt")["Reparse"]["Relative"], true);
+    assert_eq!(by_name("abs-link.txt")["Reparse"]["PrintName"], "C:\\Target\\file.txt");
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reparse-volume.expected.json")).unwrap(),
+    )
+    .unwrap();
+    for (name, algo) in [("wof-xpress4k.txt", "XPRESS4K"), ("wof-lzx.txt", "LZX")] {
+        let e = by_name(name);
+        assert_eq!(e["Reparse"]["Algorithm"], algo);
+        assert_eq!(e["Reparse"]["UncompressedSize"], expected[name]["size"], "{name}");
+        assert_eq!(e["Streams"][0]["Name"], "WofCompressedData");
+    }
+    assert_eq!(by_name("cloud-only.txt")["Reparse"]["DataOnVolume"], false);
+    assert_eq!(by_name("cloud-local.txt")["Reparse"]["DataOnVolume"], true);
+    // The text listing says the same.
+    let o = s.run("ls", &["--long"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "junction -> C:\\Target\\dir",
+        "rel-link.txt -> Target\\file.txt",
+        "wof-lzx.txt  [WOF LZX]",
+        "cloud-only.txt  [CLOUD_6 placeholder, cloud-only]",
+        "dedup.bin  [deduplicated]",
+        "appexec.exe  [reparse point APPEXECLINK]",
+    ] {
+        assert!(text.contains(line), "{line:?} not in:\n{text}");
+    }
+}
+
+/// `extract \ --links MODE` into a new folder: (its JSON, the folder).
+fn extract(s: &Setup, mode: &str) -> (Value, PathBuf) {
+    let out = s.root.join(format!("out-{mode}"));
+    let o = s.run(
+        "extract",
+        &["\\", "-o", out.to_str().unwrap(), "--links", mode, "--json"],
+    );
+    // Reparse points it cannot read are not extracted: exit 1, each listed.
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    (serde_json::from_slice(&o.stdout).unwrap(), out)
+}
+
+fn not_extracted(v: &Value) -> Vec<(String, String)> {
+    let mut f: Vec<(String, String)> = v["Failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["Path"].as_str().unwrap().into(), x["Reason"].as_str().unwrap().into()))
+        .collect();
+    f.sort();
+    f
+}
+
+#[test]
+fn extract_makes_links_never_writes_unreadable_reparse_points_and_lists_them() {
+    let s = setup();
+    let (v, out) = extract(&s, "link");
+    let failed = not_extracted(&v);
+    let names: Vec<&str> = failed.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "\\appexec.exe",
+            "\\cloud-only.txt",
+            "\\dedup.bin",
+            "\\wof-lzx.txt",
+            "\\wof-xpress4k.txt"
+        ]
+    );
+    for (p, why) in &failed {
+        let word = match p.as_str() {
+            "\\appexec.exe" => "APPEXECLINK",
+            "\\cloud-only.txt" => "cloud-only",
+            "\\dedup.bin" => "DEDUP",
+            _ => "WOF-compressed",
+        };
+        assert!(why.contains(word), "{p}: {why}");
+        // Never an empty or zeroed file in its place.
+        assert!(std::fs::symlink_metadata(out.join(&p[1..])).is_err(), "{p} was written");
+    }
+    assert_eq!(v["Links"], 5, "{v}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("cloud-local.txt")).unwrap(),
+        "a cloud file whose data is here\n"
+    );
+    #[cfg(unix)]
+    {
+        let out_abs = std::path::absolute(&out).unwrap();
+        let link = |n: &str| std::fs::read_link(out.join(n)).unwrap();
+        assert_eq!(link("rel-link.txt"), PathBuf::from("Target/file.txt"));
+        assert_eq!(link("abs-link.txt"), out_abs.join("Target/file.txt"));
+        assert_eq!(link("junction"), out_abs.join("Target/dir"));
+        assert_eq!(link("other-drive.txt"), PathBuf::from("\\??\\D:\\data\\x.txt"));
+        // The absolute link leads to the extracted target, the junction into its folder.
+        assert_eq!(
+            std::fs::read_to_string(out.join("abs-link.txt")).unwrap(),
+            "the file the links point at\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(out.join("junction/inner.txt")).unwrap(),
+            "inside the junction's target\n"
+        );
+    }
+    // Again with --force: the links are replaced, nothing is written through them.
+    let o = s.run("extract", &["\\", "-o", out.to_str().unwrap(), "--force", "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(out.join("Target/file.txt")).unwrap(),
+        "the file the links point at\n"
+    );
+}
+
+#[test]
+fn links_can_be_skipped_or_copied() {
+    let s = setup();
+    let (v, out) = extract(&s, "skip");
+    assert_eq!(v["Links"], 0);
+    let skipped: Vec<&str> = v["Skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["Path"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 5, "{v}");
+    assert!(std::fs::symlink_metadata(out.join("junction")).is_err());
+
+    let (v, out) = extract(&s, "copy");
+    for n in ["abs-link.txt", "rel-link.txt"] {
+        let m = std::fs::symlink_metadata(out.join(n)).unwrap();
+        assert!(m.is_file(), "{n} is a copy, not a link");
+        assert_eq!(
+            std::fs::read_to_string(out.join(n)).unwrap(),
+            "the file the links point at\n"
+        );
+    }
+    // A folder's link, or a target on another volume, is not copied: listed with why.
+    let failed = not_extracted(&v);
+    for p in ["\\junction", "\\mountpoint", "\\other-drive.txt"] {
+        let why = &failed
+            .iter()
+            .find(|(f, _)| f == p)
+            .unwrap_or_else(|| panic!("{p}: {failed:?}"))
+            .1;
+        assert!(why.contains("--links copy copies only"), "{why}");
+    }
+}
+
+#[test]
+fn cat_refuses_links_and_unreadable_reparse_points_with_the_reason() {
+    let s = setup();
+    for (p, words) in [
+        ("\\abs-link.txt", "a symlink -> C:\\Target\\file.txt"),
+        ("\\junction", "a junction"),
+        ("\\wof-lzx.txt", "WOF-compressed (LZX)"),
+        ("\\cloud-only.txt", "cloud-only"),
+        ("\\dedup.bin", "DEDUP"),
+        ("\\appexec.exe", "APPEXECLINK"),
+    ] {
+        let o = s.run("cat", &[p]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_ne!(o.status.code(), Some(0), "{p}");
+        assert!(err.contains(words), "{p}: {err}");
+        assert!(o.stdout.is_empty(), "{p}");
+    }
+    let o = s.run("cat", &["\\cloud-local.txt"]);
+    assert_eq!(o.stdout, b"a cloud file whose data is here\n");
+}
