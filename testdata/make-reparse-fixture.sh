@@ -8,7 +8,7 @@
 #   \other-drive.txt     symbolic link to \??\D:\data\x.txt (another volume)
 #   \junction            junction (mount-point tag) to \??\C:\Target\dir
 #   \mountpoint          volume mount point \??\Volume{…}\
-#   \wof-xpress4k.txt, \wof-lzx.txt   WOF-compressed files: reparse tag WOF, the data compressed by
+#   \wof-xpress4k.txt, \wof-xpress16k.txt, \wof-lzx.txt   WOF-compressed files: reparse tag WOF, the data compressed by
 #                        wimlib (libwim15, through Python ctypes: an XPRESS/LZX compressor that is
 #                        not winbundle's) into the WofCompressedData stream, the unnamed stream
 #                        sparse with the uncompressed size
@@ -106,6 +106,7 @@ def wof(name, ctype, algorithm, chunk):
         f.write(data)
     expected[name] = {"size": len(data), "sha256": __import__("hashlib").sha256(data).hexdigest()}
 wof("wof-xpress4k.txt", 1, 0, 4096)   # WIMLIB_COMPRESSION_TYPE_XPRESS, FILE_PROVIDER_COMPRESSION_XPRESS4K
+wof("wof-xpress16k.txt", 1, 3, 16384) # XPRESS in 16 KiB chunks, FILE_PROVIDER_COMPRESSION_XPRESS16K
 wof("wof-lzx.txt", 2, 1, 32768)       # WIMLIB_COMPRESSION_TYPE_LZX, FILE_PROVIDER_COMPRESSION_LZX
 with open(os.path.join(work, "expected.json"), "w") as f:
     json.dump(expected, f, indent=1, sort_keys=True)

@@ -51,6 +51,12 @@ impl Setup {
     }
 }
 
+/// What the fixture script wrote into the WOF files: size and SHA-256 of the data.
+fn expected() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reparse-volume.expected.json");
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
 #[test]
 fn ls_names_every_kind_with_its_target_tag_or_algorithm() {
     let s = setup();
@@ -78,6 +84,7 @@ fn ls_names_every_kind_with_its_target_tag_or_algorithm() {
             Some("\\??\\Volume{0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0}\\"),
         ),
         ("wof-xpress4k.txt", "file", "WOF", None),
+        ("wof-xpress16k.txt", "file", "WOF", None),
         ("wof-lzx.txt", "file", "WOF", None),
         ("cloud-only.txt", "file", "CLOUD_6", None),
         ("cloud-local.txt", "file", "CLOUD_6", None),
@@ -99,11 +106,12 @@ fn ls_names_every_kind_with_its_target_tag_or_algorithm() {
     }
     assert_eq!(by_name("rel-link.txt")["Reparse"]["Relative"], true);
     assert_eq!(by_name("abs-link.txt")["Reparse"]["PrintName"], "C:\\Target\\file.txt");
-    let expected: Value = serde_json::from_slice(
-        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reparse-volume.expected.json")).unwrap(),
-    )
-    .unwrap();
-    for (name, algo) in [("wof-xpress4k.txt", "XPRESS4K"), ("wof-lzx.txt", "LZX")] {
+    let expected = expected();
+    for (name, algo) in [
+        ("wof-xpress4k.txt", "XPRESS4K"),
+        ("wof-xpress16k.txt", "XPRESS16K"),
+        ("wof-lzx.txt", "LZX"),
+    ] {
         let e = by_name(name);
         assert_eq!(e["Reparse"]["Algorithm"], algo);
         assert_eq!(e["Reparse"]["UncompressedSize"], expected[name]["size"], "{name}");
@@ -157,26 +165,31 @@ fn extract_makes_links_never_writes_unreadable_reparse_points_and_lists_them() {
     let names: Vec<&str> = failed.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         names,
-        [
-            "\\appexec.exe",
-            "\\cloud-only.txt",
-            "\\dedup.bin",
-            "\\wof-lzx.txt",
-            "\\wof-xpress4k.txt"
-        ]
+        ["\\appexec.exe", "\\cloud-only.txt", "\\dedup.bin", "\\wof-lzx.txt",]
     );
     for (p, why) in &failed {
         let word = match p.as_str() {
             "\\appexec.exe" => "APPEXECLINK",
             "\\cloud-only.txt" => "cloud-only",
             "\\dedup.bin" => "DEDUP",
-            _ => "WOF-compressed",
+            _ => "WOF-compressed (LZX)",
         };
         assert!(why.contains(word), "{p}: {why}");
         // Never an empty or zeroed file in its place.
         assert!(std::fs::symlink_metadata(out.join(&p[1..])).is_err(), "{p} was written");
     }
     assert_eq!(v["Links"], 5, "{v}");
+    // The XPRESS WOF files are decompressed: their data is what wimlib compressed.
+    let expected = expected();
+    for name in ["wof-xpress4k.txt", "wof-xpress16k.txt"] {
+        let got = std::fs::read(out.join(name)).unwrap();
+        assert_eq!(got.len() as u64, expected[name]["size"].as_u64().unwrap());
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&got)),
+            expected[name]["sha256"],
+            "{name}"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(out.join("cloud-local.txt")).unwrap(),
         "a cloud file whose data is here\n"
@@ -250,6 +263,7 @@ fn cat_refuses_links_and_unreadable_reparse_points_with_the_reason() {
         ("\\abs-link.txt", "a symlink -> C:\\Target\\file.txt"),
         ("\\junction", "a junction"),
         ("\\wof-lzx.txt", "WOF-compressed (LZX)"),
+        ("\\wof-lzx.txt", "not this yet"),
         ("\\cloud-only.txt", "cloud-only"),
         ("\\dedup.bin", "DEDUP"),
         ("\\appexec.exe", "APPEXECLINK"),
@@ -262,4 +276,11 @@ fn cat_refuses_links_and_unreadable_reparse_points_with_the_reason() {
     }
     let o = s.run("cat", &["\\cloud-local.txt"]);
     assert_eq!(o.stdout, b"a cloud file whose data is here\n");
+    // A WOF file compressed with XPRESS reads as its data (wimlib compressed it).
+    let o = s.run("cat", &["\\wof-xpress4k.txt"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&o.stdout)),
+        expected()["wof-xpress4k.txt"]["sha256"]
+    );
 }

@@ -1,13 +1,13 @@
 //! A bare NTFS volume from outside, read the way `winbundle ls`, `extract` and `cat` read the one
 //! inside a bundle: the directory tree (indexes, file records, attribute lists), every entry's
-//! facts, and the first bytes of every data stream (resident, runs, sparse, LZNT1-compressed
-//! units, named streams); and the change scan of an incremental bundle (every record parsed
+//! facts (reparse points included), and the first bytes of every data stream (resident, runs,
+//! sparse, LZNT1-compressed units, named streams, WOF-compressed files' XPRESS chunks); and the change scan of an incremental bundle (every record parsed
 //! against a parent that has none of them: `ntfs::changes::scan`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use winbundle::ntfs::NtfsVolume;
-use winbundle::ntfs::content::FileStream;
+use winbundle::ntfs::wof::Contents;
 use winbundle::source::DiskFile;
 
 #[path = "bytes_device.rs"]
@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             }
             let names = std::iter::once(None).chain(e.info.streams.iter().map(|s| Some(s.name.as_str())));
             for name in names {
-                let Ok(mut s) = FileStream::open(&vol, e.info.record, name, &e.name) else { continue };
+                let Ok(mut s) = Contents::open(&vol, &e.info, name, &e.name) else { continue };
                 let mut at = 0u64;
                 // The first 256 KiB (a hostile record may claim any size).
                 while at < s.size().min(256 << 10) {

@@ -14,8 +14,8 @@ use winbundle::ntfs::NtfsVolume;
 use winbundle::ntfs::catalog::{
     ATTRIBUTE_NAMES, FIRST_USER_RECORD, FileInfo, attribute_letters, filetime_rfc3339, filetime_to_unix,
 };
-use winbundle::ntfs::content::FileStream;
 use winbundle::ntfs::exclude::normalise;
+use winbundle::ntfs::wof::Contents;
 use winbundle::read::opened::{OpenedBundle, raw_stdout};
 use winbundle::read::output::write_sparse;
 use winbundle::read::view::{BundleView, ViewDevice};
@@ -740,7 +740,7 @@ impl Extractor<'_, '_> {
 
     fn file(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
         let mut stream =
-            FileStream::open(self.vol, info.record, self.args.stream.as_deref(), path).map_err(Error::ntfs_at(0))?;
+            Contents::open(self.vol, info, self.args.stream.as_deref(), path).map_err(Error::ntfs_at(0))?;
         let f = File::create(dest).map_err(|e| io_err(dest, "create", e))?;
         let size = stream.size();
         let piece = self.b.view.read_ahead().clamp(1 << 20, 64 << 20);
@@ -938,9 +938,7 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
                 problem: "encrypted with EFS: the bundle holds only ciphertext, which needs the user's key (restore the volume and read the file in Windows as that user)".into(),
             });
         }
-        let mut stream = of_path(&path, || {
-            FileStream::open(&vol, info.record, a.stream.as_deref(), &path)
-        })?;
+        let mut stream = of_path(&path, || Contents::open(&vol, &info, a.stream.as_deref(), &path))?;
         let mut out = raw_stdout()?;
         let size = stream.size();
         let piece = b.view.read_ahead().clamp(1 << 20, 64 << 20);

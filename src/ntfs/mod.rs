@@ -21,6 +21,7 @@ pub mod record;
 pub mod reparse;
 pub mod utf16;
 pub mod volume;
+pub mod wof;
 
 pub use bitmap::AllocationMap;
 pub use exclude::{Exclusion, ExclusionSet};
