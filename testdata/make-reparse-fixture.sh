@@ -8,7 +8,8 @@
 #   \other-drive.txt     symbolic link to \??\D:\data\x.txt (another volume)
 #   \junction            junction (mount-point tag) to \??\C:\Target\dir
 #   \mountpoint          volume mount point \??\Volume{…}\
-#   \wof-xpress4k.txt, \wof-xpress16k.txt, \wof-lzx.txt   WOF-compressed files: reparse tag WOF, the data compressed by
+#   \wof-xpress4k.txt, \wof-xpress16k.txt, \wof-lzx.txt, \wof-lzx-code.exe, \wof-xpress8k-code.exe
+#                        WOF-compressed files (the .exe ones hold the start of /bin/ls: x86 code): reparse tag WOF, the data compressed by
 #                        wimlib (libwim15, through Python ctypes: an XPRESS/LZX compressor that is
 #                        not winbundle's) into the WofCompressedData stream, the unnamed stream
 #                        sparse with the uncompressed size
@@ -78,9 +79,10 @@ setrp("appexec.exe", buf(0x8000001B, struct.pack("<I", 3) + "Microsoft.App\0".en
 # shrink. The unnamed stream keeps the uncompressed size (sparse).
 wim = ctypes.CDLL("libwim.so.15")
 expected = {}
-def wof(name, ctype, algorithm, chunk):
-    data = b"".join(b"line %d of a WOF-compressed system file\r\n" % i for i in range(3000))
-    data += os.urandom(5000) + b"\x00" * 20000 + b"tail of the file\r\n"
+def wof(name, ctype, algorithm, chunk, data=None):
+    if data is None:
+        data = b"".join(b"line %d of a WOF-compressed system file\r\n" % i for i in range(3000))
+        data += os.urandom(5000) + b"\x00" * 20000 + b"tail of the file\r\n"
     comp = ctypes.c_void_p()
     assert wim.wimlib_create_compressor(ctype, chunk, 0, ctypes.byref(comp)) == 0
     chunks = [data[i:i + chunk] for i in range(0, len(data), chunk)]
@@ -108,6 +110,11 @@ def wof(name, ctype, algorithm, chunk):
 wof("wof-xpress4k.txt", 1, 0, 4096)   # WIMLIB_COMPRESSION_TYPE_XPRESS, FILE_PROVIDER_COMPRESSION_XPRESS4K
 wof("wof-xpress16k.txt", 1, 3, 16384) # XPRESS in 16 KiB chunks, FILE_PROVIDER_COMPRESSION_XPRESS16K
 wof("wof-lzx.txt", 2, 1, 32768)       # WIMLIB_COMPRESSION_TYPE_LZX, FILE_PROVIDER_COMPRESSION_LZX
+# x86-64 machine code (calls: the E8 translation; mixed statistics: aligned-offset blocks).
+with open("/bin/ls", "rb") as f:
+    code = f.read()[:200000]
+wof("wof-lzx-code.exe", 2, 1, 32768, code)
+wof("wof-xpress8k-code.exe", 1, 2, 8192, code)
 with open(os.path.join(work, "expected.json"), "w") as f:
     json.dump(expected, f, indent=1, sort_keys=True)
 PY

@@ -111,6 +111,8 @@ fn ls_names_every_kind_with_its_target_tag_or_algorithm() {
         ("wof-xpress4k.txt", "XPRESS4K"),
         ("wof-xpress16k.txt", "XPRESS16K"),
         ("wof-lzx.txt", "LZX"),
+        ("wof-lzx-code.exe", "LZX"),
+        ("wof-xpress8k-code.exe", "XPRESS8K"),
     ] {
         let e = by_name(name);
         assert_eq!(e["Reparse"]["Algorithm"], algo);
@@ -163,25 +165,25 @@ fn extract_makes_links_never_writes_unreadable_reparse_points_and_lists_them() {
     let (v, out) = extract(&s, "link");
     let failed = not_extracted(&v);
     let names: Vec<&str> = failed.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(
-        names,
-        ["\\appexec.exe", "\\cloud-only.txt", "\\dedup.bin", "\\wof-lzx.txt",]
-    );
+    assert_eq!(names, ["\\appexec.exe", "\\cloud-only.txt", "\\dedup.bin"]);
     for (p, why) in &failed {
         let word = match p.as_str() {
             "\\appexec.exe" => "APPEXECLINK",
             "\\cloud-only.txt" => "cloud-only",
             "\\dedup.bin" => "DEDUP",
-            _ => "WOF-compressed (LZX)",
+            _ => unreachable!(),
         };
         assert!(why.contains(word), "{p}: {why}");
         // Never an empty or zeroed file in its place.
         assert!(std::fs::symlink_metadata(out.join(&p[1..])).is_err(), "{p} was written");
     }
     assert_eq!(v["Links"], 5, "{v}");
-    // The XPRESS WOF files are decompressed: their data is what wimlib compressed.
+    // The WOF files are decompressed (XPRESS and LZX): their data is what wimlib compressed.
     let expected = expected();
-    for name in ["wof-xpress4k.txt", "wof-xpress16k.txt"] {
+    let names: Vec<String> = expected.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(names.len(), 5);
+    for name in &names {
+        let name = name.as_str();
         let got = std::fs::read(out.join(name)).unwrap();
         assert_eq!(got.len() as u64, expected[name]["size"].as_u64().unwrap());
         assert_eq!(
@@ -262,8 +264,6 @@ fn cat_refuses_links_and_unreadable_reparse_points_with_the_reason() {
     for (p, words) in [
         ("\\abs-link.txt", "a symlink -> C:\\Target\\file.txt"),
         ("\\junction", "a junction"),
-        ("\\wof-lzx.txt", "WOF-compressed (LZX)"),
-        ("\\wof-lzx.txt", "not this yet"),
         ("\\cloud-only.txt", "cloud-only"),
         ("\\dedup.bin", "DEDUP"),
         ("\\appexec.exe", "APPEXECLINK"),
@@ -276,11 +276,14 @@ fn cat_refuses_links_and_unreadable_reparse_points_with_the_reason() {
     }
     let o = s.run("cat", &["\\cloud-local.txt"]);
     assert_eq!(o.stdout, b"a cloud file whose data is here\n");
-    // A WOF file compressed with XPRESS reads as its data (wimlib compressed it).
-    let o = s.run("cat", &["\\wof-xpress4k.txt"]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&o.stdout)),
-        expected()["wof-xpress4k.txt"]["sha256"]
-    );
+    // WOF files read as their data (wimlib compressed it: XPRESS 4K, 8K, 16K, LZX).
+    for (name, want) in expected().as_object().unwrap() {
+        let o = s.run("cat", &[&format!("\\{name}")]);
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&o.stdout)),
+            want["sha256"],
+            "{name}"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use winbundle::ntfs::catalog::FileInfo;
-use winbundle::ntfs::reparse::{Reparse, WofAlgorithm};
+use winbundle::ntfs::reparse::Reparse;
 
 /// `--links`: what `extract` makes of symbolic links, junctions and mount points.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,20 +78,20 @@ pub fn long_suffix(i: &FileInfo) -> String {
 }
 
 /// Why an entry's contents cannot be given (by `cat`, or `extract` as a file), when they cannot:
-/// WOF-compressed with LZX (not decoded yet) or by WIMBoot, cloud-only, deduplicated, another
+/// WOF-backed by a WIM file (WIMBoot), cloud-only, deduplicated, another
 /// tag, a damaged buffer.
 /// Links are handled apart. Never written as an empty or zeroed file.
 pub fn why_no_contents(r: &Reparse) -> Option<String> {
     Some(match r {
         Reparse::Symlink { .. } | Reparse::Junction { .. } | Reparse::MountPoint { .. } => return None,
         Reparse::Cloud { on_volume: true, .. } => return None,
-        Reparse::Wof {
-            algorithm: Some(WofAlgorithm::Xpress4k | WofAlgorithm::Xpress8k | WofAlgorithm::Xpress16k),
-            ..
-        } => return None,
-        Reparse::Wof { algorithm, .. } => format!(
-            "WOF-compressed ({}): this winbundle decompresses XPRESS4K, XPRESS8K and XPRESS16K but not this yet; restore the volume and read it in Windows, or use wimlib",
-            algorithm.map_or("WIMBoot or an unknown provider".to_string(), |a| a.name().to_string())
+        Reparse::Wof { algorithm: Some(_), .. } => return None,
+        Reparse::Wof { provider, .. } => format!(
+            "WOF-backed by {} (not compressed in place: its data is elsewhere, in a WIM file for WIMBoot); restore the volume and read it in Windows",
+            match provider {
+                1 => "WIMBoot".to_string(),
+                p => format!("provider {p}"),
+            }
         ),
         Reparse::Cloud { tag, .. } => format!(
             "a cloud-only placeholder ({}): its data is not on the volume but with the sync provider (OneDrive or another)",

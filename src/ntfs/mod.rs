@@ -16,6 +16,7 @@ pub mod content;
 pub mod exclude;
 pub mod guard;
 pub mod index;
+pub mod lzx;
 pub mod mft;
 pub mod record;
 pub mod reparse;

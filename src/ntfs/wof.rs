@@ -5,9 +5,8 @@
 //! the first starts (u32 entries for files under 4 GiB, else u64), counted from the table's end.
 //! (Layout as wimlib documents and writes it.)
 //!
-//! XPRESS Huffman chunks are decoded by the `xpress-huffman` crate (MS-XCA 2.2.4), checked here
-//! against wimlib's compressor (testdata/make-reparse-fixture.sh). LZX chunks are not decoded
-//! yet: reading one is an error that says so.
+//! XPRESS Huffman chunks are decoded by the `xpress-huffman` crate (MS-XCA 2.2.4), LZX chunks by
+//! [`super::lzx`]; both are checked against wimlib's compressor (testdata/make-reparse-fixture.sh).
 
 use super::NtfsError;
 use super::content::FileStream;
@@ -136,15 +135,18 @@ impl<'v, 'd> WofStream<'v, 'd> {
         match self.algorithm {
             WofAlgorithm::Xpress4k | WofAlgorithm::Xpress8k | WofAlgorithm::Xpress16k => {
                 xpress_huffman::decompress(&stored, want)
-                    .map_err(|e| self.fail(format!("chunk {n} does not decompress (XPRESS Huffman: {e}): the file is damaged")))
+                    .map_err(|e| {
+                        self.fail(format!(
+                            "chunk {n} does not decompress (XPRESS Huffman: {e}): the file is damaged"
+                        ))
+                    })
                     .and_then(|d| match d.len() == want {
                         true => Ok(d),
                         false => Err(self.fail(format!("chunk {n} decompressed to {} bytes, not {want}", d.len()))),
                     })
             }
-            WofAlgorithm::Lzx => Err(self.fail(
-                "WOF-compressed with LZX, which this winbundle does not decompress yet (XPRESS4K, XPRESS8K and XPRESS16K it does); restore the volume and read it in Windows, or use wimlib".into(),
-            )),
+            WofAlgorithm::Lzx => super::lzx::decompress(&stored, want)
+                .map_err(|e| self.fail(format!("chunk {n} does not decompress (LZX: {e}): the file is damaged"))),
         }
     }
 
