@@ -214,6 +214,29 @@ fn streams_attribute_lists_compression_times_and_flags() {
         &["extract", "/resident.txt", "-o", out.to_str().unwrap(), "--force"],
     );
     assert!(forced.status.success());
+    // Read-only (and on Windows hidden and system) as the volume has it; --force replaces it.
+    for _ in 0..2 {
+        let x = run(
+            &store,
+            &["extract", "/hidden-system-readonly.txt", "-o", out.to_str().unwrap(), "--force"],
+        );
+        assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
+        let m = std::fs::metadata(out.join("hidden-system-readonly.txt")).unwrap();
+        assert!(m.permissions().readonly());
+        #[cfg(windows)]
+        {
+            use std::os::windows::fs::MetadataExt;
+            assert_eq!(m.file_attributes() & 0x7, 0x7, "read-only, hidden, system");
+        }
+    }
+    #[cfg(windows)]
+    {
+        // Alternate data streams come along as streams of the file.
+        assert_eq!(
+            std::fs::read(out.join("Streams/with-ads.txt:Zone.Identifier")).unwrap(),
+            b"a small stream\n"
+        );
+    }
     // --stream on extract writes NAME:STREAM.
     let s = run(
         &store,

@@ -673,7 +673,9 @@ impl Extractor<'_, '_> {
                 ),
             });
         }
-        if meta.file_type().is_symlink() {
+        // A link is removed, never written through; a read-only file (as an earlier extract
+        // left it) too, so that it can be written again.
+        if meta.file_type().is_symlink() || (meta.is_file() && meta.permissions().readonly()) {
             let _ = std::fs::remove_file(dest).or_else(|_| std::fs::remove_dir(dest));
         }
         Ok(())
@@ -739,10 +741,43 @@ impl Extractor<'_, '_> {
     }
 
     fn file(&mut self, path: &str, info: &FileInfo, dest: &Path) -> Result<(), Error> {
-        let mut stream =
-            Contents::open(self.vol, info, self.args.stream.as_deref(), path).map_err(Error::ntfs_at(0))?;
+        let size = self.copy_stream(path, info, self.args.stream.as_deref(), dest)?;
+        if self.args.stream.is_none() {
+            // On Windows the alternate data streams come along, as streams of the file (a WOF
+            // file's compressed data is its contents, not a stream to keep).
+            #[cfg(windows)]
+            for s in &info.streams {
+                let wof = matches!(info.reparse, Some(Reparse::Wof { .. })) && s.name == winbundle::ntfs::wof::WOF_STREAM;
+                if wof {
+                    continue;
+                }
+                let Ok(name) = local_name(&s.name) else {
+                    self.done.failed.push((
+                        format!("{path}:{}", s.name),
+                        "the stream's name is not a valid part of a file name here".into(),
+                    ));
+                    continue;
+                };
+                let mut with = dest.as_os_str().to_owned();
+                with.push(format!(":{name}"));
+                self.copy_stream(path, info, Some(&s.name), Path::new(&with))?;
+            }
+        }
+        set_times(dest, info, false);
+        if self.args.stream.is_none() {
+            set_attributes(dest, info.attributes);
+        }
+        self.done.files += 1;
+        self.done.bytes += size;
+        Ok(())
+    }
+
+    /// Writes the stream `stream` of `info`'s file (its contents without one) to `dest`;
+    /// returns its size.
+    fn copy_stream(&mut self, path: &str, info: &FileInfo, stream: Option<&str>, dest: &Path) -> Result<u64, Error> {
+        let mut contents = Contents::open(self.vol, info, stream, path).map_err(Error::ntfs_at(0))?;
         let f = File::create(dest).map_err(|e| io_err(dest, "create", e))?;
-        let size = stream.size();
+        let size = contents.size();
         let piece = self.b.view.read_ahead().clamp(1 << 20, 64 << 20);
         let mut at = 0u64;
         while at < size {
@@ -751,16 +786,12 @@ impl Extractor<'_, '_> {
             }
             let n = (size - at).min(piece) as usize;
             self.buf.resize(n, 0);
-            stream.read_at(at, &mut self.buf[..n]).map_err(Error::ntfs_at(0))?;
+            contents.read_at(at, &mut self.buf[..n]).map_err(Error::ntfs_at(0))?;
             write_sparse(&f, &self.buf[..n], at).map_err(|e| io_err(dest, "write", e))?;
             at += n as u64;
         }
         f.set_len(size).map_err(|e| io_err(dest, "write", e))?;
-        drop(f);
-        set_times(dest, info, false);
-        self.done.files += 1;
-        self.done.bytes += size;
-        Ok(())
+        Ok(size)
     }
 }
 
@@ -769,6 +800,38 @@ fn io_err(path: &Path, what: &str, source: std::io::Error) -> Error {
         context: format!("cannot {what} {}", path.display()),
         source,
     }
+}
+
+/// Gives an extracted file the entry's read-only flag (on Windows also hidden, system and
+/// archive). Best effort, after its times (a read-only file cannot be opened to set them).
+fn set_attributes(path: &Path, attributes: u32) {
+    const READONLY: u32 = 0x1;
+    #[cfg(windows)]
+    {
+        use std::os::windows::ffi::OsStrExt;
+        // FILE_ATTRIBUTE_READONLY, HIDDEN, SYSTEM, ARCHIVE; NORMAL when none is set.
+        let kept = match attributes & 0x27 {
+            0 => 0x80,
+            a => a,
+        };
+        let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+        // SAFETY: a NUL-terminated UTF-16 path that lives across the call.
+        if unsafe { windows_sys::Win32::Storage::FileSystem::SetFileAttributesW(wide.as_ptr(), kept) } == 0 {
+            tracing::debug!("{}: attributes not set: {}", path.display(), std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(windows))]
+    if attributes & READONLY != 0
+        && let Ok(m) = std::fs::metadata(path)
+    {
+        let mut p = m.permissions();
+        p.set_readonly(true);
+        if let Err(e) = std::fs::set_permissions(path, p) {
+            tracing::debug!("{}: read-only not set: {e}", path.display());
+        }
+    }
+    #[cfg(windows)]
+    let _ = READONLY;
 }
 
 /// Gives `path` the entry's modification and access times (and on Windows its creation time).
