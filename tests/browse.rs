@@ -218,7 +218,13 @@ fn streams_attribute_lists_compression_times_and_flags() {
     for _ in 0..2 {
         let x = run(
             &store,
-            &["extract", "/hidden-system-readonly.txt", "-o", out.to_str().unwrap(), "--force"],
+            &[
+                "extract",
+                "/hidden-system-readonly.txt",
+                "-o",
+                out.to_str().unwrap(),
+                "--force",
+            ],
         );
         assert!(x.status.success(), "{}", String::from_utf8_lossy(&x.stderr));
         let m = std::fs::metadata(out.join("hidden-system-readonly.txt")).unwrap();

@@ -747,7 +747,8 @@ impl Extractor<'_, '_> {
             // file's compressed data is its contents, not a stream to keep).
             #[cfg(windows)]
             for s in &info.streams {
-                let wof = matches!(info.reparse, Some(Reparse::Wof { .. })) && s.name == winbundle::ntfs::wof::WOF_STREAM;
+                let wof =
+                    matches!(info.reparse, Some(Reparse::Wof { .. })) && s.name == winbundle::ntfs::wof::WOF_STREAM;
                 if wof {
                     continue;
                 }
@@ -817,7 +818,11 @@ fn set_attributes(path: &Path, attributes: u32) {
         let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
         // SAFETY: a NUL-terminated UTF-16 path that lives across the call.
         if unsafe { windows_sys::Win32::Storage::FileSystem::SetFileAttributesW(wide.as_ptr(), kept) } == 0 {
-            tracing::debug!("{}: attributes not set: {}", path.display(), std::io::Error::last_os_error());
+            tracing::debug!(
+                "{}: attributes not set: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
         }
     }
     #[cfg(not(windows))]
