@@ -513,10 +513,7 @@ fn adopt_parent<'r, 's>(
         Err(Error::Crypt(crate::crypt::CryptError::Locked { prefix, key_id })) => {
             return match &req.encrypt {
                 Some(e) => {
-                    notes.warnings.push(format!(
-                        "the data key {key_id} of the parent bundle {prefix} is not kept on this machine{}: a new chain starts here (a full bundle, with a new key); bundles made here from now on build on it",
-                        e.chain.as_ref().map(|c| format!(" (in {})", c.dir().display())).unwrap_or_default()
-                    ));
+                    notes.warnings.push(super::encrypt::key_not_kept(e, &key_id, &prefix));
                     Ok((Cow::Borrowed(req), None))
                 }
                 None => Err(invalid(

@@ -66,21 +66,24 @@ pub fn parent_refusal(enc: &EncryptTo, parent: &Parent<'_>) -> Option<String> {
     };
     let kept = enc.chain.as_ref().and_then(|c| c.load(&e.key_id).ok().flatten());
     match kept {
-        None => Some(format!(
-            "the data key {} of the parent bundle {} is not kept on this machine{}: a new chain starts here (a full bundle, with a new key); bundles made here from now on build on it",
-            e.key_id,
-            parent.prefix,
-            enc.chain
-                .as_ref()
-                .map(|c| format!(" (in {})", c.dir().display()))
-                .unwrap_or_default()
-        )),
+        None => Some(key_not_kept(enc, &e.key_id, &parent.prefix)),
         Some(k) if k.recipients != enc.fingerprint() => Some(format!(
             "the parent bundle {} was encrypted for other recipients than this one: a new chain starts here (a full bundle, with a new key), so that a recipient taken out cannot read what comes after",
             parent.prefix
         )),
         Some(_) => None,
     }
+}
+
+/// The note for a parent whose data key this machine does not keep: a new chain starts.
+pub fn key_not_kept(enc: &EncryptTo, key_id: &str, parent: &str) -> String {
+    format!(
+        "the data key {key_id} of the parent bundle {parent} is not kept on this machine{}: a new chain starts here (a full bundle, with a new key); bundles made here from now on build on it",
+        enc.chain
+            .as_ref()
+            .map(|c| format!(" (in {})", c.dir().display()))
+            .unwrap_or_default()
+    )
 }
 
 /// The key this run seals under: the parent's (a chain continues), else the one an

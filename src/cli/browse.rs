@@ -975,13 +975,10 @@ pub fn cat(a: CatArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
     let run = || -> Result<(), Error> {
         let (path, info) = resolve(&vol, &a.path)?;
         if let Some(r) = info.reparse.as_ref().filter(|_| a.stream.is_none()) {
-            let why = match r.entry_type() {
-                Some(kind) if links::why_no_contents(r).is_none() => Some(format!(
-                    "a {kind}{}: cat reads files; cat its target",
-                    links::long_suffix(&info)
-                )),
-                _ => links::why_no_contents(r),
-            };
+            let why = links::why_no_contents(r).or_else(|| {
+                r.entry_type()
+                    .map(|kind| format!("a {kind}{}: cat reads files; cat its target", links::long_suffix(&info)))
+            });
             if let Some(problem) = why {
                 return Err(Error::Unreadable { path, problem });
             }

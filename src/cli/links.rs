@@ -125,16 +125,11 @@ pub fn local_target(r: &Reparse, output: &Path) -> Option<PathBuf> {
     let plain = target.strip_prefix("\\??\\").unwrap_or(target);
     let on_c = plain.len() >= 2 && plain[..2].eq_ignore_ascii_case("c:");
     if on_c {
-        // `..` stops at the volume's root, as it does on Windows: never above `output`.
-        let mut parts: Vec<&str> = Vec::new();
-        for part in plain[2..].split('\\').filter(|s| !s.is_empty() && *s != ".") {
-            if part == ".." {
-                parts.pop();
-            } else {
-                parts.push(part);
-            }
-        }
-        return Some(parts.iter().fold(output.to_path_buf(), |p, part| p.join(part)));
+        return Some(
+            parts(&plain[2..])
+                .iter()
+                .fold(output.to_path_buf(), |p, part| p.join(part)),
+        );
     }
     Some(PathBuf::from(target))
 }
@@ -157,15 +152,21 @@ pub fn volume_target(r: &Reparse, link_path: &str) -> Option<String> {
         }
         plain[2..].to_string()
     };
+    Some(format!("\\{}", parts(&joined).join("\\")))
+}
+
+/// The names of a volume path from its root, `.` dropped and `..` applied; `..` stops at the
+/// root, as it does on Windows (so a target never leads above `--output`).
+fn parts(path: &str) -> Vec<&str> {
     let mut parts: Vec<&str> = Vec::new();
-    for part in joined.split('\\').filter(|s| !s.is_empty() && *s != ".") {
+    for part in path.split('\\').filter(|s| !s.is_empty() && *s != ".") {
         if part == ".." {
             parts.pop();
         } else {
             parts.push(part);
         }
     }
-    Some(format!("\\{}", parts.join("\\")))
+    parts
 }
 
 #[cfg(windows)]

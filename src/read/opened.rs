@@ -998,9 +998,15 @@ impl<'a, 's> Decoder<'a, 's> {
                 written: 0,
             });
         }
-        let mut scratch = self.frames.take();
+        // A sealed frame is opened into a second buffer; a plain one is read where it is.
+        let mut scratch = match self.bundle.encrypted() {
+            true => self.frames.take(),
+            false => Vec::new(),
+        };
         let result = self.decode_opened(dec, i, e, &stored, &mut scratch);
-        self.frames.give(scratch);
+        if scratch.capacity() > 0 {
+            self.frames.give(scratch);
+        }
         self.frames.give(stored);
         result
     }
