@@ -17,7 +17,11 @@
 #   \cloud-local.txt     cloud file whose data is on the volume
 #   \dedup.bin           deduplicated file (DEDUP tag)
 #   \appexec.exe         an App Execution Alias (APPEXECLINK), a tag winbundle does not read
-# Writes testdata/reparse-volume.expected.json: what each file holds, for the tests.
+#   security descriptors (through ntfs-3g's `system.ntfs_acl`): a protected DACL with a deny entry
+#   and a user owner on \Target\file.txt, inheritable entries on \Target\dir, an audit list
+#   (SACL) on \Target\dir\inner.txt, a null DACL on \cloud-local.txt
+# Writes testdata/reparse-volume.expected.json: what each file holds, for the tests, and
+# testdata/reparse-volume.acls.json: each path's descriptor as ntfs-3g reads it back (hex).
 # Needs root, FUSE (/dev/fuse), ntfs-3g, attr (setfattr), python3, libwim15, zstd.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -74,6 +78,45 @@ setrp("cloud-local.txt", buf(0x9000601A, b"\x01\x00\x00\x00in sync"))
 setrp("dedup.bin", buf(DEDUP, b"\x00" * 16))
 setrp("appexec.exe", buf(0x8000001B, struct.pack("<I", 3) + "Microsoft.App\0".encode("utf-16-le")))
 
+# Security descriptors, self-relative (winnt.h): header, then owner, group, SACL, DACL.
+def sid(text):
+    p = [int(x) for x in text.split("-")[1:]]
+    return struct.pack("<BB", p[0], len(p) - 2) + p[1].to_bytes(6, "big") + b"".join(struct.pack("<I", x) for x in p[2:])
+def ace(kind, flags, mask, who):
+    w = sid(who)
+    return struct.pack("<BBHI", kind, flags, 8 + len(w), mask) + w
+def acl(*aces):
+    body = b"".join(aces)
+    return struct.pack("<BBHHH", 2, 0, 8 + len(body), len(aces), 0) + body
+def descriptor(control, owner, group, sacl=None, dacl=None):
+    parts, offsets, at = [], [], 20
+    for x in (sid(owner), sid(group), sacl, dacl):
+        if x is None:
+            offsets.append(0)
+            continue
+        offsets.append(at)
+        parts.append(x)
+        at += len(x)
+    control |= 0x8000 | (0x10 if sacl is not None else 0) | (0x4 if dacl is not None else 0)
+    return struct.pack("<BBHIIII", 1, 0, control, *offsets) + b"".join(parts)
+def setacl(path, data):
+    subprocess.run(["setfattr", "-h", "-n", "system.ntfs_acl", "-v", "0x" + data.hex(),
+                    os.path.join(mnt, path)], check=True)
+USER = "S-1-5-21-1004336348-1177238915-682003330-1001"
+USERS = "S-1-5-21-1004336348-1177238915-682003330-513"
+ALLOWED, DENIED, AUDIT = 0, 1, 2
+FULL, READ, WRITE = 0x1F01FF, 0x120089, 0x100116
+setacl("Target/file.txt", descriptor(0x1000, USER, USERS, dacl=acl(
+    ace(DENIED, 0, WRITE, "S-1-1-0"), ace(ALLOWED, 0, FULL, USER), ace(ALLOWED, 0, READ, "S-1-5-32-545"))))
+setacl("Target/dir", descriptor(0x0400, "S-1-5-32-544", "S-1-5-18", dacl=acl(
+    ace(ALLOWED, 0x3, FULL, "S-1-5-18"), ace(ALLOWED, 0xB, 0x10000000, "S-1-3-0"),
+    ace(ALLOWED, 0, 0x1200A9, "S-1-5-32-545"))))
+setacl("Target/dir/inner.txt", descriptor(0x0400, "S-1-5-32-544", "S-1-5-18",
+    sacl=acl(ace(AUDIT, 0xC0, FULL, "S-1-1-0")), dacl=acl(ace(ALLOWED, 0x10, FULL, "S-1-5-18"))))
+null_dacl = bytearray(descriptor(0, "S-1-5-32-544", "S-1-5-18"))
+null_dacl[2] |= 0x4  # DACL present, at offset 0: a null DACL (everyone may do anything)
+setacl("cloud-local.txt", bytes(null_dacl))
+
 # WOF: wimlib compresses each chunk; the stream is a table of chunk end offsets (u32 for files
 # under 4 GiB, one per chunk but the last), then the chunks, each stored raw when it does not
 # shrink. The unnamed stream keeps the uncompressed size (sparse).
@@ -117,10 +160,23 @@ wof("wof-lzx-code.exe", 2, 1, 32768, code)
 wof("wof-xpress8k-code.exe", 1, 2, 8192, code)
 with open(os.path.join(work, "expected.json"), "w") as f:
     json.dump(expected, f, indent=1, sort_keys=True)
+
+# Every entry's descriptor as ntfs-3g reads it from $Secure: the reference for --acls.
+acls = {}
+for top, dirs, files in os.walk(mnt):
+    for name in ([""] if top == mnt else []) + dirs + files:
+        full = os.path.join(top, name) if name else top
+        rel = "\\" + ("" if full == mnt else os.path.relpath(full, mnt).replace("/", "\\"))
+        # getfattr asks for the size first (Python's growing buffer gets EIO on the root's 4 KiB one).
+        acls[rel] = subprocess.run(["getfattr", "-h", "--only-values", "-n", "system.ntfs_acl", full],
+                                   check=True, capture_output=True).stdout.hex()
+with open(os.path.join(work, "acls.json"), "w") as f:
+    json.dump(acls, f, indent=1, sort_keys=True)
 PY
 sync
 umount "$mnt"
 ntfsfix -d "$img" >/dev/null 2>&1 || true
 zstd -q -19 -f "$img" -o "$here/reparse-volume.img.zst"
 cp "$work/expected.json" "$here/reparse-volume.expected.json"
+cp "$work/acls.json" "$here/reparse-volume.acls.json"
 ls -l "$here/reparse-volume.img.zst"

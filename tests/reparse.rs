@@ -287,3 +287,140 @@ fn cat_refuses_links_and_unreadable_reparse_points_with_the_reason() {
         );
     }
 }
+
+/// Each entry's security descriptor as ntfs-3g read it from the fixture's `$Secure`.
+fn acls() -> std::collections::BTreeMap<String, Vec<u8>> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/reparse-volume.acls.json");
+    let v: std::collections::BTreeMap<String, String> = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v.into_iter().map(|(k, h)| (k, hex::decode(h).unwrap())).collect()
+}
+
+/// What `--acls` gives a descriptor: every file and folder extracted (links are made, not
+/// given one; reparse points it cannot read are not extracted).
+fn secured(v: &Value) -> Vec<(String, Vec<u8>)> {
+    let links = ["\\rel-link.txt", "\\abs-link.txt", "\\other-drive.txt", "\\junction", "\\mountpoint"];
+    let failed: Vec<String> = not_extracted(v).into_iter().map(|(p, _)| p).collect();
+    let s: Vec<(String, Vec<u8>)> = acls()
+        .into_iter()
+        .filter(|(p, _)| !links.contains(&p.as_str()) && !failed.contains(p))
+        .collect();
+    // The distinct ones the fixture gave: a protected DACL with a user owner, inheritable
+    // entries, an audit list, a null DACL; and the root's.
+    for p in ["\\", "\\Target\\file.txt", "\\Target\\dir", "\\Target\\dir\\inner.txt", "\\cloud-local.txt"] {
+        assert!(s.iter().any(|(q, _)| q == p), "{p} is checked");
+    }
+    s
+}
+
+fn extract_acls(s: &Setup, out: &Path) -> Value {
+    let o = s.run("extract", &["\\", "-o", out.to_str().unwrap(), "--acls", "--json"]);
+    // The three reparse points it cannot read: exit 1, and nothing else.
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["AclsNotApplied"], serde_json::json!([]), "{v}");
+    assert_eq!(v["AclNotes"], serde_json::json!([]), "{v}");
+    assert_eq!(not_extracted(&v).len(), 3, "{v}");
+    v
+}
+
+/// An NTFS volume made by mkntfs and mounted by ntfs-3g, unmounted when dropped.
+#[cfg(target_os = "linux")]
+struct Mounted(PathBuf);
+
+#[cfg(target_os = "linux")]
+impl Mounted {
+    fn new(dir: &Path) -> Self {
+        let img = dir.join("target.img");
+        std::fs::File::create(&img).unwrap().set_len(32 << 20).unwrap();
+        let o = std::process::Command::new("mkntfs")
+            .args(["-F", "-Q", "-q"])
+            .arg(&img)
+            .output()
+            .expect("mkntfs (Debian package ntfs-3g) must be installed");
+        assert!(o.status.success(), "mkntfs: {}", String::from_utf8_lossy(&o.stderr));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let o = std::process::Command::new("ntfs-3g")
+            .arg(&img)
+            .arg(&mnt)
+            .output()
+            .expect("ntfs-3g (Debian package ntfs-3g) must be installed");
+        assert!(o.status.success(), "ntfs-3g mount (needs root and /dev/fuse): {}", String::from_utf8_lossy(&o.stderr));
+        Mounted(mnt)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn acls_land_on_an_ntfs_3g_volume_as_the_source_has_them_and_are_refused_elsewhere() {
+    let s = setup();
+    // A file system that cannot hold them: refused before anything is written.
+    let plain = s.root.join("plain");
+    let o = s.run("extract", &["\\", "-o", plain.to_str().unwrap(), "--acls"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("system.ntfs_acl") && err.contains("ntfs-3g"), "{err}");
+    assert_eq!(std::fs::read_dir(&plain).unwrap().count(), 0, "nothing was extracted");
+
+    let m = Mounted::new(&s.root);
+    let out = m.0.join("x");
+    let v = extract_acls(&s, &out);
+    for (p, want) in secured(&v) {
+        let local = out.join(p.trim_start_matches('\\').replace('\\', "/"));
+        let o = std::process::Command::new("getfattr")
+            .args(["-h", "--only-values", "-n", "system.ntfs_acl"])
+            .arg(&local)
+            .output()
+            .expect("getfattr (Debian package attr) must be installed");
+        assert!(o.status.success(), "{p}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(hex::encode(&o.stdout), hex::encode(&want), "{p}: the descriptor ntfs-3g reads back");
+    }
+}
+
+/// Owner, group, SACL and DACL of a self-relative descriptor, each as its bytes (the layout
+/// around them is the writer's choice).
+#[cfg(windows)]
+fn parts(d: &[u8]) -> [Option<Vec<u8>>; 4] {
+    let at = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap()) as usize;
+    let sid = |o: usize| (o != 0).then(|| d[o..o + 8 + 4 * usize::from(d[o + 1])].to_vec());
+    let acl = |o: usize| (o != 0).then(|| d[o..o + usize::from(u16::from_le_bytes([d[o + 2], d[o + 3]]))].to_vec());
+    [sid(at(4)), sid(at(8)), acl(at(12)), acl(at(16))]
+}
+
+#[cfg(windows)]
+#[test]
+fn acls_are_applied_with_set_file_security() {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Security::GetFileSecurityW;
+    let s = setup();
+    let out = s.root.join("out-acls");
+    let v = extract_acls(&s, &out);
+    for (p, want) in secured(&v) {
+        let local = out.join(p.trim_start_matches('\\'));
+        let wide: Vec<u16> = local.as_os_str().encode_wide().chain([0]).collect();
+        // OWNER, GROUP, DACL, and SACL when the source has one.
+        let sacl = u16::from_le_bytes([want[2], want[3]]) & 0x10 != 0;
+        let what = 1 | 2 | 4 | if sacl { 8 } else { 0 };
+        let mut got = vec![0u8; 64 << 10];
+        let mut need = 0u32;
+        // SAFETY: a NUL-terminated path; the buffer and its length are one allocation.
+        let ok = unsafe { GetFileSecurityW(wide.as_ptr(), what, got.as_mut_ptr().cast(), got.len() as u32, &mut need) };
+        assert_ne!(ok, 0, "{p}: GetFileSecurityW: {}", std::io::Error::last_os_error());
+        let control = |d: &[u8]| u16::from_le_bytes([d[2], d[3]]) & 0x1414;
+        assert_eq!(control(&got), control(&want), "{p}: DACL/SACL present, protected, auto-inherited");
+        let (g, w) = (parts(&got), parts(&want));
+        assert_eq!(g[0], w[0], "{p}: owner");
+        assert_eq!(g[1], w[1], "{p}: group");
+        assert_eq!(g[3], w[3], "{p}: DACL");
+        if sacl {
+            assert_eq!(g[2], w[2], "{p}: SACL");
+        }
+    }
+}

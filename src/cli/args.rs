@@ -569,6 +569,11 @@ pub struct ExtractArgs {
     /// them out.
     #[arg(long, value_enum, default_value = "link")]
     pub links: super::links::LinksArg,
+    /// Give each file and folder its security descriptor from the volume (owner, group,
+    /// permissions, audit entries): on Windows, and on Linux onto an NTFS volume mounted by
+    /// ntfs-3g. Owners and audit entries take an elevated prompt on Windows.
+    #[arg(long, conflicts_with = "stream")]
+    pub acls: bool,
     /// Print what was extracted and fetched as JSON.
     #[arg(long)]
     pub json: bool,

@@ -501,6 +501,8 @@ struct Extracted {
     failed: Vec<(String, String)>,
     /// Could not be read: the volume is damaged there (a record, an index, a cycle): (path, why).
     damaged: Vec<(String, String)>,
+    /// Extracted, but its security descriptor (`--acls`) could not be applied: (path, why).
+    unsecured: Vec<(String, String)>,
 }
 
 struct Extractor<'a, 'v> {
@@ -510,6 +512,8 @@ struct Extractor<'a, 'v> {
     cancel: &'a AtomicBool,
     done: Extracted,
     buf: Vec<u8>,
+    /// With `--acls`: what gives each file its descriptor.
+    acls: Option<super::acls::AclWriter>,
 }
 
 impl Extractor<'_, '_> {
@@ -573,6 +577,7 @@ impl Extractor<'_, '_> {
                 if let Some(Some(dest)) = dests.remove(path) {
                     self.done.folders += 1;
                     set_times(&dest, info, true);
+                    self.secure(path, info, &dest);
                 }
                 Ok(true)
             }
@@ -767,10 +772,21 @@ impl Extractor<'_, '_> {
         set_times(dest, info, false);
         if self.args.stream.is_none() {
             set_attributes(dest, info.attributes);
+            self.secure(path, info, dest);
         }
         self.done.files += 1;
         self.done.bytes += size;
         Ok(())
+    }
+
+    /// With `--acls`, gives `dest` the descriptor of `info`'s file: last, after its contents,
+    /// times and attributes (the descriptor may deny this process the right to write them).
+    fn secure(&mut self, path: &str, info: &FileInfo, dest: &Path) {
+        if let Some(acls) = self.acls.as_mut()
+            && let Err(why) = acls.apply(self.vol, info, dest)
+        {
+            self.done.unsecured.push((path.to_string(), why));
+        }
     }
 
     /// Writes the stream `stream` of `info`'s file (its contents without one) to `dest`;
@@ -890,9 +906,13 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         cancel,
         done: Extracted::default(),
         buf: Vec::new(),
+        acls: None,
     };
     let run = |x: &mut Extractor<'_, '_>| -> Result<(), Error> {
         std::fs::create_dir_all(&a.output).map_err(|e| io_err(&a.output, "make the folder", e))?;
+        if a.acls {
+            x.acls = Some(super::acls::AclWriter::open(&vol, &a.output)?);
+        }
         for p in &a.paths {
             let (path, info) = resolve(&vol, p)?;
             let dest = match path.rsplit('\\').next() {
@@ -911,6 +931,7 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         Ok(())
     };
     run(&mut x).map_err(|e| b.explain(e))?;
+    let acl_notes = x.acls.as_ref().map(|w| w.notes()).unwrap_or_default();
     let done = x.done;
     b.log_fetched(started);
     let s = b.view.stats();
@@ -928,6 +949,8 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             "Skipped": pairs(&done.skipped),
             "Failed": pairs(&done.failed),
             "Damaged": pairs(&done.damaged),
+            "AclsNotApplied": pairs(&done.unsecured),
+            "AclNotes": acl_notes,
             "Fetched": b.fetched(),
             "Seconds": started.elapsed().as_secs_f64(),
         });
@@ -955,13 +978,19 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
             s.requests
         );
     }
+    for (p, r) in &done.unsecured {
+        eprintln!("winbundle: security descriptor not applied: {}: {}", escape(p), escape(r));
+    }
+    for n in &acl_notes {
+        eprintln!("winbundle: {n}");
+    }
     let not_done = done.failed.len() + done.damaged.len();
     if not_done > 0 {
         eprintln!("winbundle: {not_done} entries could not be extracted (listed above); everything else was");
     }
     Ok(if !done.damaged.is_empty() {
         NOT_READ_EXIT
-    } else if !done.failed.is_empty() {
+    } else if !done.failed.is_empty() || !done.unsecured.is_empty() || !acl_notes.is_empty() {
         NOT_EXTRACTED_EXIT
     } else {
         0

@@ -2,6 +2,7 @@
 //! terminal progress bar. Prints errors with their cause and a hint, and returns exit statuses
 //! (0 ok, 1 failure, 2 usage, 3 damaged source, 4 damaged bundle, 130 cancelled).
 
+mod acls;
 mod args;
 mod browse;
 mod bundle;

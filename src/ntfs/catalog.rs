@@ -54,6 +54,8 @@ pub struct FileInfo {
     pub streams: Vec<StreamInfo>,
     /// Its reparse point, when it has one (links, junctions, WOF, cloud files, ...).
     pub reparse: Option<super::reparse::Reparse>,
+    /// Its descriptor's id in `$Secure` (0: none, as in NTFS 1.x's short `$STANDARD_INFORMATION`).
+    pub security_id: u32,
 }
 
 /// A directory entry: one name of a record.
@@ -152,6 +154,11 @@ impl NtfsVolume<'_> {
             links,
             streams,
             reparse,
+            security_id: if v.len() >= 0x38 {
+                u32::from_le_bytes([v[0x34], v[0x35], v[0x36], v[0x37]])
+            } else {
+                0
+            },
         })
     }
 

@@ -20,6 +20,7 @@ pub mod lzx;
 pub mod mft;
 pub mod record;
 pub mod reparse;
+pub mod security;
 pub mod utf16;
 pub mod volume;
 pub mod wof;
