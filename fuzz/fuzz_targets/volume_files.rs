@@ -1,7 +1,8 @@
 //! A bare NTFS volume from outside, read the way `winbundle ls`, `extract` and `cat` read the one
 //! inside a bundle: the directory tree (indexes, file records, attribute lists), every entry's
 //! facts (reparse points included), and the first bytes of every data stream (resident, runs,
-//! sparse, LZNT1-compressed units, named streams, WOF-compressed files' XPRESS chunks); and the change scan of an incremental bundle (every record parsed
+//! sparse, LZNT1-compressed units, named streams, WOF-compressed files' XPRESS chunks), every
+//! entry's security descriptor (`$Secure:$SDS`, or its own, as `extract --acls` reads them); and the change scan of an incremental bundle (every record parsed
 //! against a parent that has none of them: `ntfs::changes::scan`).
 #![no_main]
 
@@ -19,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let disk = DiskFile::from_device("fuzz.img".into(), Box::new(Bytes(data.to_vec())), len);
     let Ok(vol) = NtfsVolume::open(&disk, 0, len) else { return };
     let _ = winbundle::ntfs::changes::scan(&vol, Some(&[]), 1 << 20);
+    let descriptors = vol.security_descriptors().ok();
     let mut seen = std::collections::HashSet::from([5u64]);
     let mut dirs = vec![5u64];
     let mut entries = 0;
@@ -32,6 +34,11 @@ fuzz_target!(|data: &[u8]| {
             }
             if e.info.is_dir && seen.insert(e.info.record) {
                 dirs.push(e.info.record);
+            }
+            if let Some(all) = &descriptors
+                && let Ok(Some(d)) = vol.descriptor_of(e.info.record, e.info.security_id, all)
+            {
+                let _ = d.owner();
             }
             let names = std::iter::once(None).chain(e.info.streams.iter().map(|s| Some(s.name.as_str())));
             for name in names {

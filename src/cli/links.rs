@@ -189,9 +189,16 @@ pub fn make_link(target: &Path, dest: &Path, is_dir: bool) -> std::io::Result<()
     #[cfg(windows)]
     {
         if is_dir {
-            std::os::windows::fs::symlink_dir(target, dest)
+            std::os::windows::fs::symlink_dir(target, dest)?;
         } else {
-            std::os::windows::fs::symlink_file(target, dest)
+            std::os::windows::fs::symlink_file(target, dest)?;
+        }
+        // Checked: Wine's CreateSymbolicLinkW reports success and makes nothing.
+        match std::fs::symlink_metadata(dest) {
+            Ok(m) if m.file_type().is_symlink() => Ok(()),
+            _ => Err(std::io::Error::other(
+                "the system reported the link made, but none is there",
+            )),
         }
     }
 }
