@@ -58,6 +58,9 @@ pub enum Error {
     /// Encryption: recipients, identities, data keys, sealed frames.
     #[error(transparent)]
     Crypt(#[from] crate::crypt::CryptError),
+    /// `--require-ec2-ready`, and the volume's Windows will not boot on EC2 (or that is not known).
+    #[error("the Windows on this volume is not ready for EC2: {0}")]
+    NotEc2Ready(String),
     /// A failure after which objects remain in a store that cannot delete them.
     #[error("{message}")]
     Incomplete {
@@ -108,6 +111,7 @@ impl Error {
             Error::Unreadable { .. } => "UnsupportedOperation",
             Error::Incomplete { code, .. } => code,
             Error::Task(t) => t.code(),
+            Error::NotEc2Ready(_) => "NotEc2Ready",
             Error::Config(_) => "InvalidParameterValue",
             Error::Ebs(e) => e.code(),
             Error::Crypt(CryptError::Recipient { .. } | CryptError::Identity { .. }) => "InvalidParameterValue",
@@ -122,6 +126,9 @@ impl Error {
     /// (Inspect, which is what most hints point to, has its own wording: see `hint_in_inspect`.)
     pub fn hint(&self) -> Option<String> {
         Some(match self {
+            Error::NotEc2Ready(_) => {
+                "install what is missing (the page named says how) and image again, or leave out --require-ec2-ready; `winbundle inspect SOURCE` shows the assessment".into()
+            }
             Error::Source(SourceError::Open { .. }) => {
                 "check the path; a block device needs read permission (run as root or add yourself to group disk)".into()
             }

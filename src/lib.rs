@@ -3,6 +3,7 @@
 //!
 //! The data flows through the modules in this order:
 //! [`source`] (disk, partitions, which one is C:) → [`ntfs`] (allocation map, exclusions) →
+//! [`guest`] (the Windows on it, from its registry: name, EC2 readiness, what it leaves out) →
 //! [`chunk`] (read allocated clusters, compress, in parallel) → [`bundle`] (the write path:
 //! plan, stream writer, parts, manifest) → [`store`] (where the objects go); [`read`] reads a
 //! bundle back (verify, restore, ranged reads for ls/extract/cat). [`format`] defines what both
@@ -17,6 +18,7 @@ pub mod crypt;
 pub mod ebs;
 pub mod error;
 pub mod format;
+pub mod guest;
 pub mod ntfs;
 pub mod panics;
 pub mod progress;

@@ -20,6 +20,8 @@ fn analyse(path: &Path, excludes: &[&str]) -> Result<(), Error> {
         excludes: excludes.iter().map(|s| s.to_string()).collect(),
         default_excludes: true,
         volume_only: false,
+        keep_shadow_copies: false,
+        require_ec2_ready: false,
     };
     Plan::analyse(&disk, &opts).map(|_| ())
 }

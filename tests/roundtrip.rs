@@ -190,6 +190,8 @@ fn exclusions_can_be_turned_off_and_added() {
         excludes: vec!["/Windows/System32/kernel32.dll".into(), "\\frag".into()],
         default_excludes: false,
         volume_only: false,
+        keep_shadow_copies: false,
+        require_ec2_ready: false,
     };
     let (m, _) = bundle(&req, &store).result.unwrap();
     assert_eq!(m.excluded_files.len(), 2);
@@ -254,6 +256,8 @@ fn lookups_inside_a_directory_whose_index_spans_two_records() {
         excludes: vec!["\\many\\s13999".into(), "\\many\\s1".into()],
         default_excludes: false,
         volume_only: false,
+        keep_shadow_copies: false,
+        require_ec2_ready: false,
     };
     let plan = winbundle::bundle::plan::Plan::analyse(&disk, &opts).unwrap();
     assert!(

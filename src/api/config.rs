@@ -151,6 +151,9 @@ pub struct Instance {
     pub exclude: Vec<String>,
     #[serde(default)]
     pub no_default_excludes: bool,
+    /// Keep the storage of the volume's earlier shadow copies (left out by default).
+    #[serde(default)]
+    pub keep_shadow_copies: bool,
     /// This instance's compression threads and zstd level, instead of `[bundle]`'s (a disk
     /// that shares its machine with running work may need fewer threads).
     pub threads: Option<usize>,
@@ -164,6 +167,8 @@ impl Instance {
             excludes: self.exclude.clone(),
             default_excludes: !self.no_default_excludes,
             volume_only: false,
+            keep_shadow_copies: self.keep_shadow_copies,
+            require_ec2_ready: false,
         }
     }
 }

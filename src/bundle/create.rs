@@ -909,6 +909,7 @@ fn build_manifest(
         excluded_files: plan.exclusions.items.clone(),
         snapshot: writers.map(|writers| crate::format::manifest::SnapshotInfo { writers }),
         encryption: streams.encryption,
+        windows: plan.windows.clone(),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::Error;
 use crate::chunk::ChunkSource;
-use crate::ntfs::exclude::{DEFAULT_EXCLUDES, ExclusionOrigin, resolve};
+use crate::ntfs::exclude::{DEFAULT_EXCLUDES, ExclusionReason, resolve};
 use crate::ntfs::mft::FileData;
 use crate::ntfs::volume::BITMAP_RECORD;
 use crate::ntfs::{AllocationMap, ExclusionSet, NtfsFacts, NtfsVolume};
@@ -19,6 +19,10 @@ pub struct PlanOptions {
     pub default_excludes: bool,
     /// Keep only C:, not the partition table and system partitions around it.
     pub volume_only: bool,
+    /// Keep the storage of earlier shadow copies (left out with the default exclusions).
+    pub keep_shadow_copies: bool,
+    /// Refuse unless the volume's Windows boots on some EC2 instance family.
+    pub require_ec2_ready: bool,
 }
 
 /// The analysed source.
@@ -27,6 +31,8 @@ pub struct Plan<'d> {
     pub layout: DiskLayout,
     pub facts: NtfsFacts,
     pub exclusions: ExclusionSet,
+    /// The Windows on the volume, from its registry; `None` when it holds none.
+    pub windows: Option<crate::guest::WindowsFacts>,
     bitmap: FileData,
     /// Bytes of allocated clusters.
     pub allocated_bytes: u64,
@@ -46,15 +52,40 @@ impl<'d> Plan<'d> {
         let root = layout.root().partition.clone();
         let at = Error::ntfs_at(root.offset);
         let vol = NtfsVolume::open(disk, root.offset, root.length).map_err(&at)?;
-        let mut paths: Vec<(String, ExclusionOrigin)> = Vec::new();
-        if opts.default_excludes {
-            paths.extend(
-                DEFAULT_EXCLUDES
-                    .iter()
-                    .map(|p| (p.to_string(), ExclusionOrigin::Default)),
-            );
+        let windows = crate::guest::read(&vol, &layout.table.kind);
+        if opts.require_ec2_ready {
+            match windows.as_ref().map(|w| (w.ec2.as_ref(), &w.notes)) {
+                Some((Some(e), _)) if e.ready => {}
+                Some((Some(e), _)) => return Err(Error::NotEc2Ready(e.summary())),
+                Some((None, notes)) => {
+                    return Err(Error::NotEc2Ready(format!(
+                        "its registry could not be read, so readiness is not known ({})",
+                        notes.join("; ")
+                    )));
+                }
+                None => {
+                    return Err(Error::NotEc2Ready(
+                        "the volume holds no Windows (no \\Windows\\System32\\config)".into(),
+                    ));
+                }
+            }
         }
-        paths.extend(opts.excludes.iter().map(|p| (p.clone(), ExclusionOrigin::User)));
+        let mut paths: Vec<(String, ExclusionReason)> = Vec::new();
+        if opts.default_excludes {
+            paths.extend(DEFAULT_EXCLUDES.iter().map(|p| (p.to_string(), ExclusionReason::Default)));
+            // The page files the registry names on this volume, and earlier shadow copies.
+            let named = windows.iter().flat_map(|w| &w.page_files).filter_map(|p| p.path.clone());
+            for p in named {
+                if !paths.iter().any(|(q, _)| q.eq_ignore_ascii_case(&p)) {
+                    paths.push((p, ExclusionReason::Registry));
+                }
+            }
+            if !opts.keep_shadow_copies {
+                let storage = crate::guest::leave_out::shadow_storage(&vol);
+                paths.extend(storage.into_iter().map(|p| (p, ExclusionReason::ShadowCopies)));
+            }
+        }
+        paths.extend(opts.excludes.iter().map(|p| (p.clone(), ExclusionReason::User)));
         let exclusions = resolve(&vol, &paths).map_err(&at)?;
         let bitmap = vol.file_data(BITMAP_RECORD).map_err(&at)?;
         let facts = vol.facts().clone();
@@ -63,6 +94,7 @@ impl<'d> Plan<'d> {
             layout,
             facts,
             exclusions,
+            windows,
             bitmap,
             allocated_bytes: 0,
             excluded_bytes: 0,

@@ -247,9 +247,19 @@ pub struct VolumeArgs {
     /// as zeros; the files stay). Repeatable.
     #[arg(long, value_name = "PATH")]
     pub exclude: Vec<String>,
-    /// Keep \pagefile.sys, \swapfile.sys and \hiberfil.sys (left out by default).
+    /// Keep what is left out by default: \pagefile.sys, \swapfile.sys, \hiberfil.sys, the
+    /// page files the volume's registry names, and the storage of earlier shadow copies.
     #[arg(long)]
     pub no_default_excludes: bool,
+    /// Keep the storage of the volume's earlier shadow copies (\System Volume
+    /// Information\*{3808876b-…}), left out by default. A restored volume has no earlier
+    /// shadow copies without it.
+    #[arg(long)]
+    pub keep_shadow_copies: bool,
+    /// Refuse (exit 1, NotEc2Ready) unless the volume's registry shows a Windows that boots on
+    /// some EC2 instance family (docs/ec2-readiness.md); `inspect` shows the assessment.
+    #[arg(long)]
+    pub require_ec2_ready: bool,
     /// Keep only C:, not the partition table and the system partitions (EFI, MSR, recovery,
     /// System Reserved) that `restore --disk` needs to rebuild a bootable disk.
     #[arg(long)]

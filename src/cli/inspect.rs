@@ -19,6 +19,8 @@ pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
         excludes: v.exclude.clone(),
         default_excludes: !v.no_default_excludes,
         volume_only: v.volume_only,
+        keep_shadow_copies: v.keep_shadow_copies,
+        require_ec2_ready: v.require_ec2_ready,
     }
 }
 
@@ -86,6 +88,7 @@ fn to_json(plan: &Plan<'_>) -> serde_json::Value {
         "root": {"index": l.root.index, "reason": l.root.reason, "offset": l.root().partition.offset, "size": plan.image_len},
         "ntfs": plan.facts,
         "allocated_bytes": plan.allocated_bytes,
+        "windows": plan.windows,
         "excluded_files": plan.exclusions.items,
         "excluded_bytes": plan.excluded_bytes,
         "excluded_partitions": excluded_partitions(plan),
@@ -100,6 +103,45 @@ fn to_json(plan: &Plan<'_>) -> serde_json::Value {
             Err(why) => json!({"kept": false, "reason": why}),
         },
     })
+}
+
+/// The Windows on the volume: its name, EC2 readiness, page files, and what could not be read.
+fn windows_text(w: &winbundle::guest::WindowsFacts, line: &mut impl FnMut(String)) {
+    let id = &w.identity;
+    line(format!("Windows:         {}", id.summary()));
+    if let Some(n) = &id.computer_name {
+        line(format!("  computer name  {n}"));
+    }
+    if let Some(t) = &id.last_shutdown {
+        line(format!("  last shutdown  {t}"));
+    }
+    if let Some(b) = &id.boot_mode {
+        line(format!("  boot mode      {b}"));
+    }
+    if let Some(e) = &w.ec2 {
+        line(format!("  EC2            {}", e.summary()));
+        for c in &e.components {
+            line(format!(
+                "    {:<24} {}",
+                c.name,
+                match (&c.service, c.installed) {
+                    (Some(s), true) => format!("installed (service {s})"),
+                    (_, true) => "installed".into(),
+                    _ => "not installed".into(),
+                }
+            ));
+        }
+    }
+    for p in &w.page_files {
+        match (&p.path, &p.note) {
+            (Some(path), _) => line(format!("  page file      {} ({path} on this volume)", p.registry)),
+            (None, Some(n)) => line(format!("  page file      {} ({n})", p.registry)),
+            (None, None) => line(format!("  page file      {}", p.registry)),
+        }
+    }
+    for n in &w.notes {
+        line(format!("  note: {n}"));
+    }
 }
 
 /// What `inspect` shows of a disk on which no root volume can be chosen: everything found, then
@@ -283,19 +325,23 @@ fn to_text(plan: &Plan<'_>) -> String {
         line("  none".into());
     }
     for x in &plan.exclusions.items {
+        let why = x.reason.map(|r| r.as_str()).unwrap_or("default");
         if x.found {
             line(format!(
-                "  {:<28} {:>10} ({} allocated, {} file{}, {:?})",
+                "  {:<28} {:>10} ({} allocated, {} file{}, {why})",
                 x.path,
                 human(x.size),
                 human(x.allocated_bytes),
                 x.files,
                 if x.files == 1 { "" } else { "s" },
-                x.origin
             ));
         } else {
-            line(format!("  {:<28} not present ({:?})", x.path, x.origin));
+            line(format!("  {:<28} not present ({why})", x.path));
         }
+    }
+    if let Some(w) = &plan.windows {
+        line(String::new());
+        windows_text(w, &mut line);
     }
     line(String::new());
     line(format!(

@@ -74,6 +74,10 @@ pub struct Manifest {
     /// How the bundle is encrypted (format version 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionInfo>,
+    /// The Windows on the volume, from its registry: its name, EC2 readiness, page files.
+    /// Absent when the volume holds no Windows; readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<crate::guest::WindowsFacts>,
 }
 
 /// An encrypted bundle's scheme and wrapped data key (docs/bundle-format.md, "Encrypted

@@ -20,11 +20,47 @@ pub enum ExclusionOrigin {
     User,
 }
 
+/// Why a path is left out, in more detail than [`ExclusionOrigin`] (which readers of older
+/// manifests know): `default` (the page, swap and hibernation files by name), `registry` (a
+/// page file the volume's registry names), `shadow-copies` (the storage of earlier shadow
+/// copies), `user` (`--exclude`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExclusionReason {
+    Default,
+    Registry,
+    ShadowCopies,
+    User,
+}
+
+impl ExclusionReason {
+    /// Its name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExclusionReason::Default => "default",
+            ExclusionReason::Registry => "registry",
+            ExclusionReason::ShadowCopies => "shadow-copies",
+            ExclusionReason::User => "user",
+        }
+    }
+
+    /// The origin older readers know: the user's, or winbundle's own default.
+    pub fn origin(self) -> ExclusionOrigin {
+        match self {
+            ExclusionReason::User => ExclusionOrigin::User,
+            _ => ExclusionOrigin::Default,
+        }
+    }
+}
+
 /// One excluded path and what it saves.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Exclusion {
     pub path: String,
     pub origin: ExclusionOrigin,
+    /// Why (absent in manifests written before it was recorded: then `origin` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ExclusionReason>,
     /// False when the path does not exist on the volume (nothing to leave out).
     pub found: bool,
     /// Files under the path (1 for a file).
@@ -50,11 +86,11 @@ pub fn normalise(path: &str) -> String {
 }
 
 /// Resolves `paths` on `vol`.
-pub fn resolve(vol: &NtfsVolume<'_>, paths: &[(String, ExclusionOrigin)]) -> Result<ExclusionSet, NtfsError> {
+pub fn resolve(vol: &NtfsVolume<'_>, paths: &[(String, ExclusionReason)]) -> Result<ExclusionSet, NtfsError> {
     let mut set = ExclusionSet::default();
     let mut seen_records = HashSet::new();
     let cluster = vol.facts().cluster_size as u64;
-    for (path, origin) in paths {
+    for (path, reason) in paths {
         let path = normalise(path);
         if path == "\\" {
             return Err(NtfsError::Path {
@@ -64,7 +100,8 @@ pub fn resolve(vol: &NtfsVolume<'_>, paths: &[(String, ExclusionOrigin)]) -> Res
         }
         let mut item = Exclusion {
             path: path.clone(),
-            origin: *origin,
+            origin: reason.origin(),
+            reason: Some(*reason),
             found: false,
             files: 0,
             size: 0,

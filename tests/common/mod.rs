@@ -49,6 +49,8 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
             excludes: Vec::new(),
             default_excludes: true,
             volume_only: false,
+            keep_shadow_copies: false,
+            require_ec2_ready: false,
         },
         chunk_size: 1 << 20,
         level: 1,
