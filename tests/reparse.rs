@@ -336,7 +336,13 @@ fn acls() -> std::collections::BTreeMap<String, Vec<u8>> {
 /// What `--acls` gives a descriptor: every file and folder extracted (links are made, not
 /// given one; reparse points it cannot read are not extracted).
 fn secured(v: &Value) -> Vec<(String, Vec<u8>)> {
-    let links = ["\\rel-link.txt", "\\abs-link.txt", "\\other-drive.txt", "\\junction", "\\mountpoint"];
+    let links = [
+        "\\rel-link.txt",
+        "\\abs-link.txt",
+        "\\other-drive.txt",
+        "\\junction",
+        "\\mountpoint",
+    ];
     let failed: Vec<String> = not_extracted(v).into_iter().map(|(p, _)| p).collect();
     let s: Vec<(String, Vec<u8>)> = acls()
         .into_iter()
@@ -344,7 +350,13 @@ fn secured(v: &Value) -> Vec<(String, Vec<u8>)> {
         .collect();
     // The distinct ones the fixture gave: a protected DACL with a user owner, inheritable
     // entries, an audit list, a null DACL; and the root's.
-    for p in ["\\", "\\Target\\file.txt", "\\Target\\dir", "\\Target\\dir\\inner.txt", "\\cloud-local.txt"] {
+    for p in [
+        "\\",
+        "\\Target\\file.txt",
+        "\\Target\\dir",
+        "\\Target\\dir\\inner.txt",
+        "\\cloud-local.txt",
+    ] {
         assert!(s.iter().any(|(q, _)| q == p), "{p} is checked");
     }
     s
@@ -358,7 +370,9 @@ fn extract_acls(s: &Setup, out: &Path) -> Value {
     assert_eq!(v["AclsNotApplied"], serde_json::json!([]), "{v}");
     assert_eq!(v["AclNotes"], serde_json::json!([]), "{v}");
     // (Under Wine the links too: it makes none; see makes_links.)
-    let unreadable = not_extracted(&v).into_iter().filter(|(_, why)| !why.contains("none is there"));
+    let unreadable = not_extracted(&v)
+        .into_iter()
+        .filter(|(_, why)| !why.contains("none is there"));
     assert_eq!(unreadable.count(), 3, "{v}");
     v
 }
@@ -385,7 +399,11 @@ impl Mounted {
             .arg(&mnt)
             .output()
             .expect("ntfs-3g (Debian package ntfs-3g) must be installed");
-        assert!(o.status.success(), "ntfs-3g mount (needs root and /dev/fuse): {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "ntfs-3g mount (needs root and /dev/fuse): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         Mounted(mnt)
     }
 }
@@ -420,7 +438,11 @@ fn acls_land_on_an_ntfs_3g_volume_as_the_source_has_them_and_are_refused_elsewhe
             .output()
             .expect("getfattr (Debian package attr) must be installed");
         assert!(o.status.success(), "{p}: {}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(hex::encode(&o.stdout), hex::encode(&want), "{p}: the descriptor ntfs-3g reads back");
+        assert_eq!(
+            hex::encode(&o.stdout),
+            hex::encode(&want),
+            "{p}: the descriptor ntfs-3g reads back"
+        );
     }
 }
 
@@ -472,7 +494,9 @@ fn acls_are_applied_with_set_file_security() {
     // Every call succeeded: nothing is listed as not applied.
     let v = extract_acls(&s, &out);
     if !keeps_descriptors(&s.root) {
-        println!("this system does not keep security descriptors (Wine): compared on Windows, and on Linux through ntfs-3g");
+        println!(
+            "this system does not keep security descriptors (Wine): compared on Windows, and on Linux through ntfs-3g"
+        );
         return;
     }
     for (p, want) in secured(&v) {
@@ -484,10 +508,22 @@ fn acls_are_applied_with_set_file_security() {
         let mut got = vec![0u8; 64 << 10];
         let mut need = 0u32;
         // SAFETY: a NUL-terminated path; the buffer and its length are one allocation.
-        let ok = unsafe { GetFileSecurityW(wide.as_ptr(), what, got.as_mut_ptr().cast(), got.len() as u32, &mut need) };
+        let ok = unsafe {
+            GetFileSecurityW(
+                wide.as_ptr(),
+                what,
+                got.as_mut_ptr().cast(),
+                got.len() as u32,
+                &mut need,
+            )
+        };
         assert_ne!(ok, 0, "{p}: GetFileSecurityW: {}", std::io::Error::last_os_error());
         let control = |d: &[u8]| u16::from_le_bytes([d[2], d[3]]) & 0x1414;
-        assert_eq!(control(&got), control(&want), "{p}: DACL/SACL present, protected, auto-inherited");
+        assert_eq!(
+            control(&got),
+            control(&want),
+            "{p}: DACL/SACL present, protected, auto-inherited"
+        );
         let (g, w) = (parts(&got), parts(&want));
         assert_eq!(g[0], w[0], "{p}: owner");
         assert_eq!(g[1], w[1], "{p}: group");

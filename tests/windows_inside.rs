@@ -33,7 +33,10 @@ fn make(dir: &Path, variant: &str) -> PathBuf {
 }
 
 fn winbundle(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_winbundle")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_winbundle"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn inspect(img: &Path, extra: &[&str]) -> Value {
@@ -52,7 +55,11 @@ fn hivexget(hive: &Path, key: &str, name: &str) -> String {
         .arg(name)
         .output()
         .expect("hivexget (Debian package libhivex-bin) must be installed");
-    assert!(o.status.success(), "hivexget {key} {name}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "hivexget {key} {name}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap().trim_end().to_string()
 }
 
@@ -79,13 +86,27 @@ fn same_as_hivexget(img: &Path, w: &Value) {
     let cs = format!("\\ControlSet{:03}", select.parse::<u32>().unwrap());
     assert_eq!(
         w["computer_name"],
-        hivexget(&system, &format!("{cs}\\Control\\ComputerName\\ComputerName"), "ComputerName").as_str()
+        hivexget(
+            &system,
+            &format!("{cs}\\Control\\ComputerName\\ComputerName"),
+            "ComputerName"
+        )
+        .as_str()
     );
     assert_eq!(
         w["architecture"],
-        hivexget(&system, &format!("{cs}\\Control\\Session Manager\\Environment"), "PROCESSOR_ARCHITECTURE").as_str()
+        hivexget(
+            &system,
+            &format!("{cs}\\Control\\Session Manager\\Environment"),
+            "PROCESSOR_ARCHITECTURE"
+        )
+        .as_str()
     );
-    let paging = hivexget(&system, &format!("{cs}\\Control\\Session Manager\\Memory Management"), "PagingFiles");
+    let paging = hivexget(
+        &system,
+        &format!("{cs}\\Control\\Session Manager\\Memory Management"),
+        "PagingFiles",
+    );
     let named: Vec<&str> = w["page_files"]
         .as_array()
         .unwrap()
@@ -103,7 +124,12 @@ fn exclusions(v: &Value) -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .filter(|x| x["found"] == true)
-        .map(|x| (x["path"].as_str().unwrap().to_string(), x["reason"].as_str().unwrap().to_string()))
+        .map(|x| {
+            (
+                x["path"].as_str().unwrap().to_string(),
+                x["reason"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -213,7 +239,10 @@ fn a_client_without_ec2_drivers_is_not_ready_and_require_ec2_ready_refuses_it() 
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("NotEc2Ready") && err.contains("ENA"), "{err}");
-    assert!(!store.join("test-bucket/c.manifest.json").exists(), "nothing was written");
+    assert!(
+        !store.join("test-bucket/c.manifest.json").exists(),
+        "nothing was written"
+    );
     // inspect refuses the same way (a CI gate before any upload).
     let o = winbundle(&["inspect", img.to_str().unwrap(), "--require-ec2-ready"]);
     assert_eq!(o.status.code(), Some(1));
@@ -253,6 +282,9 @@ fn a_missing_damaged_or_dirty_hive_is_a_note_and_the_bundle_goes_on() {
         ]);
         assert!(o.status.success(), "{variant}: {}", String::from_utf8_lossy(&o.stderr));
         // The shadow-copy storage is found without the registry.
-        assert!(exclusions(&v).iter().any(|(p, r)| p == CATALOG && r == "shadow-copies"), "{variant}");
+        assert!(
+            exclusions(&v).iter().any(|(p, r)| p == CATALOG && r == "shadow-copies"),
+            "{variant}"
+        );
     }
 }

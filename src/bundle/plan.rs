@@ -72,9 +72,16 @@ impl<'d> Plan<'d> {
         }
         let mut paths: Vec<(String, ExclusionReason)> = Vec::new();
         if opts.default_excludes {
-            paths.extend(DEFAULT_EXCLUDES.iter().map(|p| (p.to_string(), ExclusionReason::Default)));
+            paths.extend(
+                DEFAULT_EXCLUDES
+                    .iter()
+                    .map(|p| (p.to_string(), ExclusionReason::Default)),
+            );
             // The page files the registry names on this volume, and earlier shadow copies.
-            let named = windows.iter().flat_map(|w| &w.page_files).filter_map(|p| p.path.clone());
+            let named = windows
+                .iter()
+                .flat_map(|w| &w.page_files)
+                .filter_map(|p| p.path.clone());
             for p in named {
                 if !paths.iter().any(|(q, _)| q.eq_ignore_ascii_case(&p)) {
                     paths.push((p, ExclusionReason::Registry));

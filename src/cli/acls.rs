@@ -188,7 +188,10 @@ mod windows {
             if OpenProcessToken(GetCurrentProcess(), TOKEN_ADJUST_PRIVILEGES | TOKEN_QUERY, &mut token) == 0 {
                 return false;
             }
-            let mut luid = LUID { LowPart: 0, HighPart: 0 };
+            let mut luid = LUID {
+                LowPart: 0,
+                HighPart: 0,
+            };
             let mut ok = LookupPrivilegeValueW(std::ptr::null(), name.as_ptr(), &mut luid) != 0;
             if ok {
                 let tp = TOKEN_PRIVILEGES {

@@ -979,7 +979,11 @@ pub fn extract(a: ExtractArgs, cancel: &Arc<AtomicBool>) -> Result<i32, Error> {
         );
     }
     for (p, r) in &done.unsecured {
-        eprintln!("winbundle: security descriptor not applied: {}: {}", escape(p), escape(r));
+        eprintln!(
+            "winbundle: security descriptor not applied: {}: {}",
+            escape(p),
+            escape(r)
+        );
     }
     for n in &acl_notes {
         eprintln!("winbundle: {n}");

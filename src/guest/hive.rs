@@ -105,9 +105,6 @@ impl Hive {
         let Some(bytes) = read_file(vol, path, MAX_HIVE)? else {
             return Ok(None);
         };
-        if bytes.get(..4) != Some(b"regf") {
-            return Err("not a registry hive (no \"regf\" signature)".into());
-        }
         let mut notes = Vec::new();
         let mut logs = Vec::new();
         if dirty(&bytes) {
@@ -118,13 +115,26 @@ impl Hive {
                     Err(e) => notes.push(format!("{path}.{ext} not read: {e}")),
                 }
             }
-            if logs.is_empty() {
-                notes.push(format!(
-                    "{path} was not written back cleanly and has no transaction logs: read as it is, without its last changes"
-                ));
-            }
         }
-        let with_logs = !logs.is_empty();
+        let mut h = Hive::parse(path, bytes, logs)?;
+        notes.append(&mut h.notes);
+        h.notes = notes;
+        Ok(Some(h))
+    }
+
+    /// Parses a hive's bytes, with its transaction logs' when it is dirty. `path` names it in
+    /// notes and errors.
+    pub fn parse(path: &str, bytes: Vec<u8>, logs: Vec<Vec<u8>>) -> Result<Hive, String> {
+        if bytes.get(..4) != Some(b"regf") {
+            return Err("not a registry hive (no \"regf\" signature)".into());
+        }
+        let mut notes = Vec::new();
+        if dirty(&bytes) && logs.is_empty() {
+            notes.push(format!(
+                "{path} was not written back cleanly and has no transaction logs: read as it is, without its last changes"
+            ));
+        }
+        let with_logs = dirty(&bytes) && !logs.is_empty();
         let build = |logs: Vec<Vec<u8>>| {
             crate::panics::catch(|| {
                 let mut b = ParserBuilder::from_file(Cursor::new(bytes.clone()));
@@ -136,20 +146,22 @@ impl Hive {
             .map_err(|p| format!("the parser stopped ({p})"))
             .and_then(|r| r.map_err(|e| e.to_string()))
         };
-        let parser = match build(logs) {
+        let parser = match build(if with_logs { logs } else { Vec::new() }) {
             Ok(p) => p,
             // Logs that cannot be applied: the base alone, said so.
             Err(e) if with_logs => {
-                notes.push(format!("{path}: its transaction logs could not be applied ({e}): read without them"));
+                notes.push(format!(
+                    "{path}: its transaction logs could not be applied ({e}): read without them"
+                ));
                 build(Vec::new())?
             }
             Err(e) => return Err(e),
         };
-        Ok(Some(Hive {
+        Ok(Hive {
             parser,
             path: path.to_string(),
             notes,
-        }))
+        })
     }
 
     fn key(&mut self, key: &str) -> Option<CellKeyNode> {
@@ -171,8 +183,7 @@ impl Hive {
             return Vec::new();
         };
         let parser = &mut self.parser;
-        crate::panics::catch(|| k.read_sub_keys(parser).into_iter().map(|s| s.key_name).collect())
-            .unwrap_or_default()
+        crate::panics::catch(|| k.read_sub_keys(parser).into_iter().map(|s| s.key_name).collect()).unwrap_or_default()
     }
 
     /// The names and values of `key`'s values.

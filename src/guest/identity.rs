@@ -87,7 +87,12 @@ fn shutdown_time(v: Value) -> Option<String> {
 }
 
 /// Reads the identity from whichever hives could be opened.
-pub fn read(system: Option<&mut Hive>, software: Option<&mut Hive>, cs: Option<&str>, boot_mode: Option<&str>) -> Identity {
+pub fn read(
+    system: Option<&mut Hive>,
+    software: Option<&mut Hive>,
+    cs: Option<&str>,
+    boot_mode: Option<&str>,
+) -> Identity {
     let mut id = Identity {
         boot_mode: boot_mode.map(str::to_string),
         ..Identity::default()

@@ -123,11 +123,7 @@ mod tests {
         ];
         for (entry, want) in cases {
             let got = parse_entry(entry);
-            assert_eq!(
-                got.as_ref().map(|(d, p)| (*d, p.as_str())),
-                want,
-                "{entry:?}"
-            );
+            assert_eq!(got.as_ref().map(|(d, p)| (*d, p.as_str())), want, "{entry:?}");
         }
     }
 }

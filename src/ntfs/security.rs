@@ -41,10 +41,16 @@ impl Descriptor {
     /// self-relative flag, and an owner, a group and access lists that lie inside it.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() < 20 {
-            return Err(format!("{} bytes is shorter than a descriptor's header (20)", bytes.len()));
+            return Err(format!(
+                "{} bytes is shorter than a descriptor's header (20)",
+                bytes.len()
+            ));
         }
         if bytes.len() > MAX_DESCRIPTOR {
-            return Err(format!("{} bytes is larger than any descriptor Windows writes", bytes.len()));
+            return Err(format!(
+                "{} bytes is larger than any descriptor Windows writes",
+                bytes.len()
+            ));
         }
         if bytes[0] != 1 {
             return Err(format!("revision {} (only 1 exists)", bytes[0]));
@@ -59,7 +65,10 @@ impl Descriptor {
                 sid_len(bytes, at).map_err(|e| format!("its {what}: {e}"))?;
             }
         }
-        for (what, flag, at) in [("SACL", SE_SACL_PRESENT, d.offset(12)), ("DACL", SE_DACL_PRESENT, d.offset(16))] {
+        for (what, flag, at) in [
+            ("SACL", SE_SACL_PRESENT, d.offset(12)),
+            ("DACL", SE_DACL_PRESENT, d.offset(16)),
+        ] {
             if control & flag != 0 && at != 0 {
                 check_acl(bytes, at).map_err(|e| format!("its {what}: {e}"))?;
             }
@@ -110,7 +119,10 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// The length of the SID at `at`, checked to lie inside `b`.
 fn sid_len(b: &[u8], at: usize) -> Result<usize, String> {
     if at < 20 || at + 8 > b.len() {
-        return Err(format!("a SID at byte {at} lies outside the descriptor ({} bytes)", b.len()));
+        return Err(format!(
+            "a SID at byte {at} lies outside the descriptor ({} bytes)",
+            b.len()
+        ));
     }
     if b[at] != 1 {
         return Err(format!("a SID of revision {} (only 1 exists)", b[at]));
@@ -144,7 +156,10 @@ fn sid_string(b: &[u8], at: usize) -> String {
 /// Checks the ACL at `at`: revision 2 or 4, inside the descriptor, its ACEs inside it.
 fn check_acl(b: &[u8], at: usize) -> Result<(), String> {
     if at < 20 || at + 8 > b.len() {
-        return Err(format!("the list at byte {at} lies outside the descriptor ({} bytes)", b.len()));
+        return Err(format!(
+            "the list at byte {at} lies outside the descriptor ({} bytes)",
+            b.len()
+        ));
     }
     if !matches!(b[at], 2 | 4) {
         return Err(format!("revision {} (2 and 4 exist)", b[at]));
@@ -224,13 +239,20 @@ impl NtfsVolume<'_> {
         let Some(x) = self.extents(SECURE_RECORD, ATTR_DATA, &name)? else {
             return Ok(Descriptors::index(Vec::new()));
         };
-        Ok(Descriptors::index(self.attribute_bytes(SECURE_RECORD, "$Secure:$SDS", x, MAX_SDS)?))
+        Ok(Descriptors::index(self.attribute_bytes(
+            SECURE_RECORD,
+            "$Secure:$SDS",
+            x,
+            MAX_SDS,
+        )?))
     }
 
     /// The descriptor of record `n`: its own `$SECURITY_DESCRIPTOR` when it has one, else the
     /// one its security id names in `all`. `None` when it has neither.
     pub fn descriptor_of(&self, n: u64, security_id: u32, all: &Descriptors) -> Result<Option<Descriptor>, String> {
-        let own = self.extents(n, ATTR_SECURITY_DESCRIPTOR, &[]).map_err(|e| e.to_string())?;
+        let own = self
+            .extents(n, ATTR_SECURITY_DESCRIPTOR, &[])
+            .map_err(|e| e.to_string())?;
         if let Some(x) = own {
             let bytes = self
                 .attribute_bytes(n, "$SECURITY_DESCRIPTOR", x, MAX_DESCRIPTOR as u64)
@@ -247,7 +269,13 @@ impl NtfsVolume<'_> {
 
     /// An attribute's bytes (resident, or read from its clusters; past the valid data length,
     /// zeros), refused above `max` bytes.
-    fn attribute_bytes(&self, n: u64, what: &'static str, x: super::mft::Extents, max: u64) -> Result<Vec<u8>, NtfsError> {
+    fn attribute_bytes(
+        &self,
+        n: u64,
+        what: &'static str,
+        x: super::mft::Extents,
+        max: u64,
+    ) -> Result<Vec<u8>, NtfsError> {
         if let Some(v) = x.value {
             return Ok(v);
         }
