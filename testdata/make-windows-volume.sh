@@ -5,7 +5,10 @@
 # VARIANT:
 #   server   Windows Server 2022 Datacenter (Server), AMD64, ENA + AWSNVMe + EC2Launch v2 services;
 #            page files ?:\pagefile.sys, C:\Temp\pagefile2.sys and D:\pagefile.sys (another drive);
-#            shadow-copy storage (the catalog and a diff area) in \System Volume Information
+#            shadow-copy storage (the catalog and a diff area) in \System Volume Information;
+#            FilesNotToSnapshot and FilesNotToBackup with patterns of every kind (variables,
+#            $UserProfile$ over two profiles, /s, wildcards, another drive, an unknown variable)
+#            and files they match and files they do not
 #   client   Windows 11 Pro (Client), AMD64, none of the EC2 drivers; page file ?:\pagefile.sys
 #   damaged  as server, but SYSTEM is a hive header followed by garbage
 #   missing  as server, but there is no SYSTEM hive
@@ -71,6 +74,20 @@ system += [
     }),
     ("ControlSet002\\Services\\ena", {"Start": 3}),
 ]
+if server:
+    system += [
+        (cs + "\\Control\\BackupRestore\\FilesNotToSnapshot", {
+            "WUA": ["%windir%\\SoftwareDistribution\\*.* /s"],
+            "OutlookOST": ["$UserProfile$\\AppData\\Local\\Microsoft\\Outlook\\*.ost"],
+            "FVE": ["$AllVolumes$\\System Volume Information\\FVE.{e40ad34d-dae9-4bc7-95bd-b16218c10f72}.*"],
+        }),
+        (cs + "\\Control\\BackupRestore\\FilesNotToBackup", {
+            "Temporary Files": ["%TEMP%\\* /s"],
+            "Internet Explorer": ["%UserProfile%\\index.dat /s"],
+            "Other drive": ["D:\\data\\* /s"],
+            "Unknown": ["%NOSUCHVARIABLE%\\x.log"],
+        }),
+    ]
 software = [("Microsoft\\Windows NT\\CurrentVersion", {
     "ProductName": "Windows Server 2022 Datacenter" if server else "Windows 10 Pro",
     "EditionID": "ServerDatacenter" if server else "Professional",
@@ -81,6 +98,14 @@ software = [("Microsoft\\Windows NT\\CurrentVersion", {
     "InstallationType": "Server" if server else "Client",
     "SystemRoot": "C:\\Windows",
 })]
+software += [
+    ("Microsoft\\Windows NT\\CurrentVersion\\ProfileList\\S-1-5-18",
+     {"ProfileImagePath": "%systemroot%\\system32\\config\\systemprofile"}),
+    ("Microsoft\\Windows NT\\CurrentVersion\\ProfileList\\S-1-5-21-1004336348-1177238915-682003330-1001",
+     {"ProfileImagePath": "%SystemDrive%\\Users\\alice"}),
+    ("Microsoft\\Windows NT\\CurrentVersion\\ProfileList\\S-1-5-21-1004336348-1177238915-682003330-1002",
+     {"ProfileImagePath": "C:\\Users\\bob"}),
+]
 reg(work + "/system.reg", system)
 reg(work + "/software.reg", software)
 PY
@@ -116,6 +141,19 @@ if [ "$variant" != client ]; then
   head -c 16384 /dev/urandom >"$svi/{3808876b-c176-4e48-b7ae-04046e6cc752}"
   head -c $((3 << 20)) /dev/urandom >"$svi/{5c1a5f2e-8d3b-11ee-9a7a-0800200c9a66}{3808876b-c176-4e48-b7ae-04046e6cc752}"
   echo "kept" >"$svi/tracking.log"
+  head -c 4096 /dev/urandom >"$svi/FVE.{e40ad34d-dae9-4bc7-95bd-b16218c10f72}.1"
+  # What the lists match, and neighbours they do not.
+  mkdir -p "$mnt/Windows/SoftwareDistribution/Download/x" "$mnt/Windows/Temp" \
+    "$mnt/Users/alice/AppData/Local/Microsoft/Outlook" "$mnt/Users/bob/AppData/Local/Microsoft/Outlook" \
+    "$mnt/Users/alice/deep/er" "$mnt/Windows/system32/config/systemprofile"
+  head -c $((1 << 20)) /dev/urandom >"$mnt/Windows/SoftwareDistribution/Download/x/update.cab"
+  head -c 8192 /dev/urandom >"$mnt/Windows/SoftwareDistribution/ReportingEvents.log"
+  head -c 65536 /dev/urandom >"$mnt/Windows/Temp/setup.tmp"
+  head -c 524288 /dev/urandom >"$mnt/Users/alice/AppData/Local/Microsoft/Outlook/alice.ost"
+  echo "a personal folder file: kept" >"$mnt/Users/alice/AppData/Local/Microsoft/Outlook/alice.pst"
+  head -c 262144 /dev/urandom >"$mnt/Users/bob/AppData/Local/Microsoft/Outlook/bob.OST"
+  head -c 1000 /dev/urandom >"$mnt/Users/alice/deep/er/index.dat"
+  echo "kept" >"$mnt/Users/alice/index.dat.keep"
 fi
 umount "$mnt"
 cp "$work/SOFTWARE" "$out.SOFTWARE"

@@ -22,6 +22,7 @@ fn analyse(path: &Path, excludes: &[&str]) -> Result<(), Error> {
         volume_only: false,
         keep_shadow_copies: false,
         require_ec2_ready: false,
+        exclude_windows_lists: false,
     };
     Plan::analyse(&disk, &opts).map(|_| ())
 }

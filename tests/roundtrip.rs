@@ -192,6 +192,7 @@ fn exclusions_can_be_turned_off_and_added() {
         volume_only: false,
         keep_shadow_copies: false,
         require_ec2_ready: false,
+        exclude_windows_lists: false,
     };
     let (m, _) = bundle(&req, &store).result.unwrap();
     assert_eq!(m.excluded_files.len(), 2);
@@ -258,6 +259,7 @@ fn lookups_inside_a_directory_whose_index_spans_two_records() {
         volume_only: false,
         keep_shadow_copies: false,
         require_ec2_ready: false,
+        exclude_windows_lists: false,
     };
     let plan = winbundle::bundle::plan::Plan::analyse(&disk, &opts).unwrap();
     assert!(

@@ -179,6 +179,8 @@ fn a_server_is_named_found_ready_for_nitro_and_its_page_files_and_shadow_copies_
     let o = winbundle(&[
         "bundle-instance",
         img.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("tasks").to_str().unwrap(),
         "--local-store",
         s,
         "--bucket",
@@ -228,6 +230,8 @@ fn a_client_without_ec2_drivers_is_not_ready_and_require_ec2_ready_refuses_it() 
     let o = winbundle(&[
         "bundle-instance",
         img.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("tasks").to_str().unwrap(),
         "--local-store",
         store.to_str().unwrap(),
         "--bucket",
@@ -272,6 +276,8 @@ fn a_missing_damaged_or_dirty_hive_is_a_note_and_the_bundle_goes_on() {
         let o = winbundle(&[
             "bundle-instance",
             img.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("tasks").to_str().unwrap(),
             "--local-store",
             store.to_str().unwrap(),
             "--bucket",
@@ -287,4 +293,108 @@ fn a_missing_damaged_or_dirty_hive_is_a_note_and_the_bundle_goes_on() {
             "{variant}"
         );
     }
+}
+
+#[test]
+fn files_not_to_snapshot_and_backup_are_resolved_listed_and_left_out_only_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make(dir.path(), "server");
+    let v = inspect(&img, &[]);
+    let lists = v["windows"]["lists"].as_array().unwrap().clone();
+    // Every pattern the registry holds (as hivexget reads it) is listed.
+    let system = side(&img, "SYSTEM");
+    for (list, name) in [
+        ("FilesNotToSnapshot", "WUA"),
+        ("FilesNotToSnapshot", "OutlookOST"),
+        ("FilesNotToSnapshot", "FVE"),
+        ("FilesNotToBackup", "Temporary Files"),
+        ("FilesNotToBackup", "Internet Explorer"),
+        ("FilesNotToBackup", "Other drive"),
+        ("FilesNotToBackup", "Unknown"),
+    ] {
+        let raw = hivexget(
+            &system,
+            &format!("\\ControlSet001\\Control\\BackupRestore\\{list}"),
+            name,
+        );
+        let e = lists
+            .iter()
+            .find(|e| e["list"] == list && e["name"] == name)
+            .unwrap_or_else(|| panic!("{list} {name} listed"));
+        assert_eq!(e["pattern"], raw.as_str(), "{name}");
+    }
+    let entry = |name: &str| lists.iter().find(|e| e["name"] == name).unwrap().clone();
+    // %windir%\SoftwareDistribution\*.* /s: the whole folder (two files in it and below).
+    assert_eq!(
+        entry("WUA")["paths"],
+        serde_json::json!(["\\Windows\\SoftwareDistribution"])
+    );
+    assert_eq!(entry("WUA")["files"], 2);
+    assert_eq!(entry("WUA")["size"], (1 << 20) + 8192);
+    // $UserProfile$ over both profiles of ProfileList; *.ost matches .OST, not .pst.
+    assert_eq!(
+        entry("OutlookOST")["paths"],
+        serde_json::json!([
+            "\\Users\\alice\\AppData\\Local\\Microsoft\\Outlook\\alice.ost",
+            "\\Users\\bob\\AppData\\Local\\Microsoft\\Outlook\\bob.OST"
+        ])
+    );
+    assert_eq!(entry("OutlookOST")["size"], 524288 + 262144);
+    // %UserProfile%\index.dat /s: found below the profile, index.dat.keep not.
+    assert_eq!(
+        entry("Internet Explorer")["paths"],
+        serde_json::json!(["\\Users\\alice\\deep\\er\\index.dat"])
+    );
+    assert_eq!(
+        entry("Temporary Files")["paths"],
+        serde_json::json!(["\\Windows\\Temp"])
+    );
+    assert!(
+        entry("Other drive")["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("another drive")
+    );
+    assert!(entry("Unknown")["notes"][0].as_str().unwrap().contains("does not know"));
+    // Not left out by default.
+    assert!(!exclusions(&v).iter().any(|(_, r)| r == "windows-lists"));
+
+    // With --exclude-windows-lists: left out with their reason, and a bundle shows them so.
+    let store = dir.path().join("store");
+    let o = winbundle(&[
+        "bundle-instance",
+        img.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("tasks").to_str().unwrap(),
+        "--local-store",
+        store.to_str().unwrap(),
+        "--bucket",
+        "test-bucket",
+        "--prefix",
+        "l",
+        "--exclude-windows-lists",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(store.join("test-bucket/l.manifest.json")).unwrap()).unwrap();
+    let listed: Vec<String> = exclusions(&serde_json::json!({"excluded_files": manifest["excluded_files"]}))
+        .into_iter()
+        .filter(|(_, r)| r == "windows-lists")
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    let o = common::cli_local_prefix(
+        &store,
+        "l",
+        &["ls", "\\Users\\alice\\AppData\\Local\\Microsoft\\Outlook", "--json"],
+    );
+    let ls: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let flags: Vec<(&str, bool)> = ls["Entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["Name"].as_str().unwrap(), e["Excluded"] == true))
+        .collect();
+    assert_eq!(flags, [("alice.ost", true), ("alice.pst", false)]);
 }

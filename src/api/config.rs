@@ -154,6 +154,9 @@ pub struct Instance {
     /// Keep the storage of the volume's earlier shadow copies (left out by default).
     #[serde(default)]
     pub keep_shadow_copies: bool,
+    /// Leave out what the volume's FilesNotToSnapshot and FilesNotToBackup match.
+    #[serde(default)]
+    pub exclude_windows_lists: bool,
     /// This instance's compression threads and zstd level, instead of `[bundle]`'s (a disk
     /// that shares its machine with running work may need fewer threads).
     pub threads: Option<usize>,
@@ -169,6 +172,7 @@ impl Instance {
             volume_only: false,
             keep_shadow_copies: self.keep_shadow_copies,
             require_ec2_ready: false,
+            exclude_windows_lists: self.exclude_windows_lists,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct PlanOptions {
     pub keep_shadow_copies: bool,
     /// Refuse unless the volume's Windows boots on some EC2 instance family.
     pub require_ec2_ready: bool,
+    /// Leave out what `FilesNotToSnapshot` and `FilesNotToBackup` match.
+    pub exclude_windows_lists: bool,
 }
 
 /// The analysed source.
@@ -90,6 +92,13 @@ impl<'d> Plan<'d> {
             if !opts.keep_shadow_copies {
                 let storage = crate::guest::leave_out::shadow_storage(&vol);
                 paths.extend(storage.into_iter().map(|p| (p, ExclusionReason::ShadowCopies)));
+            }
+        }
+        if opts.exclude_windows_lists {
+            for p in windows.iter().flat_map(|w| &w.lists).flat_map(|l| &l.paths) {
+                if !paths.iter().any(|(q, _)| q.eq_ignore_ascii_case(p)) {
+                    paths.push((p.clone(), ExclusionReason::WindowsLists));
+                }
             }
         }
         paths.extend(opts.excludes.iter().map(|p| (p.clone(), ExclusionReason::User)));

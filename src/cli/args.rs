@@ -260,6 +260,11 @@ pub struct VolumeArgs {
     /// some EC2 instance family (docs/ec2-readiness.md); `inspect` shows the assessment.
     #[arg(long)]
     pub require_ec2_ready: bool,
+    /// Also leave out what the volume's own FilesNotToSnapshot and FilesNotToBackup lists match
+    /// (`inspect` shows them). Their files are imaged as zeros, not deleted as Windows' own
+    /// snapshots show them.
+    #[arg(long)]
+    pub exclude_windows_lists: bool,
     /// Keep only C:, not the partition table and the system partitions (EFI, MSR, recovery,
     /// System Reserved) that `restore --disk` needs to rebuild a bootable disk.
     #[arg(long)]

@@ -21,6 +21,7 @@ pub fn plan_options(v: &VolumeArgs) -> PlanOptions {
         volume_only: v.volume_only,
         keep_shadow_copies: v.keep_shadow_copies,
         require_ec2_ready: v.require_ec2_ready,
+        exclude_windows_lists: v.exclude_windows_lists,
     }
 }
 
@@ -137,6 +138,20 @@ fn windows_text(w: &winbundle::guest::WindowsFacts, line: &mut impl FnMut(String
             (Some(path), _) => line(format!("  page file      {} ({path} on this volume)", p.registry)),
             (None, Some(n)) => line(format!("  page file      {} ({n})", p.registry)),
             (None, None) => line(format!("  page file      {}", p.registry)),
+        }
+    }
+    for l in &w.lists {
+        line(format!(
+            "  {:<19}{} = {}: {} file{}, {}",
+            l.list,
+            l.name,
+            l.pattern,
+            l.files,
+            if l.files == 1 { "" } else { "s" },
+            human(l.size)
+        ));
+        for n in &l.notes {
+            line(format!("    note: {n}"));
         }
     }
     for n in &w.notes {

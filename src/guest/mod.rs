@@ -10,6 +10,7 @@ pub mod ec2;
 pub mod hive;
 pub mod identity;
 pub mod leave_out;
+pub mod lists;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,9 @@ pub struct WindowsFacts {
     pub page_files: Vec<leave_out::PageFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2: Option<ec2::Readiness>,
+    /// `FilesNotToSnapshot` and `FilesNotToBackup`, each pattern with what it matches here.
+    #[serde(default)]
+    pub lists: Vec<lists::ListEntry>,
     /// What could not be read, and what was read with a caveat.
     #[serde(default)]
     pub notes: Vec<String>,
@@ -91,6 +95,8 @@ pub fn read(vol: &NtfsVolume<'_>, table: &TableKind) -> Option<WindowsFacts> {
     if let (Some(h), Some(cs)) = (system.as_mut(), cs_key.as_deref()) {
         f.page_files = leave_out::page_files(h, cs, vol, f.identity.system_drive.as_deref());
         f.ec2 = Some(ec2::assess(h, cs, vol, &f.identity));
+        let context = lists::Context::read(software.as_mut(), f.identity.system_drive.as_deref());
+        f.lists = lists::read(h, cs, &context, vol);
     }
     Some(f)
 }

@@ -23,13 +23,15 @@ pub enum ExclusionOrigin {
 /// Why a path is left out, in more detail than [`ExclusionOrigin`] (which readers of older
 /// manifests know): `default` (the page, swap and hibernation files by name), `registry` (a
 /// page file the volume's registry names), `shadow-copies` (the storage of earlier shadow
-/// copies), `user` (`--exclude`).
+/// copies), `windows-lists` (`FilesNotToSnapshot`/`FilesNotToBackup`, `--exclude-windows-lists`),
+/// `user` (`--exclude`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExclusionReason {
     Default,
     Registry,
     ShadowCopies,
+    WindowsLists,
     User,
 }
 
@@ -40,6 +42,7 @@ impl ExclusionReason {
             ExclusionReason::Default => "default",
             ExclusionReason::Registry => "registry",
             ExclusionReason::ShadowCopies => "shadow-copies",
+            ExclusionReason::WindowsLists => "windows-lists",
             ExclusionReason::User => "user",
         }
     }
@@ -47,7 +50,7 @@ impl ExclusionReason {
     /// The origin older readers know: the user's, or winbundle's own default.
     pub fn origin(self) -> ExclusionOrigin {
         match self {
-            ExclusionReason::User => ExclusionOrigin::User,
+            ExclusionReason::User | ExclusionReason::WindowsLists => ExclusionOrigin::User,
             _ => ExclusionOrigin::Default,
         }
     }

@@ -51,6 +51,7 @@ pub fn request(source: &Path, prefix: &str) -> BundleRequest {
             volume_only: false,
             keep_shadow_copies: false,
             require_ec2_ready: false,
+            exclude_windows_lists: false,
         },
         chunk_size: 1 << 20,
         level: 1,

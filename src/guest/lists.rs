@@ -1,0 +1,325 @@
+//! Windows' own lists of what its snapshots and backups leave out: `FilesNotToSnapshot` and
+//! `FilesNotToBackup` under `SYSTEM\<control set>\Control\BackupRestore`. Each value holds
+//! patterns such as `%windir%\SoftwareDistribution\*.* /s` or `$UserProfile$\…\*.ost`; they are
+//! resolved here against the volume: variables (`%windir%`, `%SystemRoot%`, `%ProgramData%`,
+//! `%TEMP%`, `$UserProfile$` for every profile in `ProfileList`, `$AllVolumes$`, ...), a
+//! trailing `/s` (also in every folder below), and `*`/`?` wildcards in the last component.
+//!
+//! `inspect` lists what each matches with sizes; `--exclude-windows-lists` leaves the matches
+//! out of the bundle.
+
+use serde::{Deserialize, Serialize};
+
+use super::hive::Hive;
+use crate::ntfs::NtfsVolume;
+
+/// A walk for one pattern visits at most this many entries.
+const MAX_VISITS: usize = 1_000_000;
+
+/// One pattern of one list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ListEntry {
+    /// `FilesNotToSnapshot` or `FilesNotToBackup`.
+    pub list: String,
+    /// The value's name (`WUA`, `Temporary Files`).
+    pub name: String,
+    /// The pattern as the registry holds it.
+    pub pattern: String,
+    /// Files it matches on this volume, and their size.
+    pub files: u64,
+    pub size: u64,
+    /// What it matches: files, or a whole folder for `FOLDER\* /s` (root-relative).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    /// Why part of it was not resolved (another drive, an unknown variable, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// What the variables of the lists stand for on this volume (root-relative, no drive).
+pub struct Context {
+    /// `\Windows`, from `SystemRoot`.
+    pub windows: String,
+    /// The system drive's letter (`C`).
+    pub drive: char,
+    /// Every profile folder in `ProfileList` (`\Users\alice`).
+    pub profiles: Vec<String>,
+}
+
+impl Context {
+    /// From SOFTWARE's `SystemRoot` and `ProfileList`, when it could be opened.
+    pub fn read(software: Option<&mut Hive>, system_drive: Option<&str>) -> Context {
+        let drive = system_drive
+            .and_then(|d| d.chars().next())
+            .unwrap_or('C')
+            .to_ascii_uppercase();
+        let mut c = Context {
+            windows: "\\Windows".into(),
+            drive,
+            profiles: Vec::new(),
+        };
+        let Some(h) = software else { return c };
+        let cv = "Microsoft\\Windows NT\\CurrentVersion";
+        if let Some(root) = h.value(cv, "SystemRoot").and_then(|v| v.as_str().map(str::to_string))
+            && let Some(p) = c.local(&root)
+        {
+            c.windows = p;
+        }
+        for sid in h.subkeys(&format!("{cv}\\ProfileList")) {
+            let path = h
+                .value(&format!("{cv}\\ProfileList\\{sid}"), "ProfileImagePath")
+                .and_then(|v| v.as_str().map(str::to_string));
+            if let Some(p) = path.and_then(|p| c.local(&c.expand_fixed(&p)))
+                && !c.profiles.iter().any(|q| q.eq_ignore_ascii_case(&p))
+            {
+                c.profiles.push(p);
+            }
+        }
+        c
+    }
+
+    /// `C:\x` or `\x` on this volume as `\x`; `None` on another drive.
+    fn local(&self, path: &str) -> Option<String> {
+        let b = path.as_bytes();
+        let rest = if b.len() >= 2 && b[1] == b':' {
+            if !(b[0] as char).eq_ignore_ascii_case(&self.drive) {
+                return None;
+            }
+            &path[2..]
+        } else {
+            path
+        };
+        Some(crate::ntfs::exclude::normalise(rest))
+    }
+
+    /// Replaces the variables with one value each (all but the per-profile ones).
+    fn expand_fixed(&self, pattern: &str) -> String {
+        let windows = format!("{}:{}", self.drive, self.windows);
+        let mut s = pattern.to_string();
+        for (var, with) in [
+            ("%windir%", windows.as_str()),
+            ("%systemroot%", windows.as_str()),
+            ("%systemdrive%", ""),
+            ("$allvolumes$", ""),
+            ("%programdata%", "\\ProgramData"),
+            ("%allusersprofile%", "\\ProgramData"),
+            ("%programfiles%", "\\Program Files"),
+            // The backup service's own: the system's temporary folder.
+            ("%temp%", &format!("{windows}\\Temp")),
+            ("%tmp%", &format!("{windows}\\Temp")),
+        ] {
+            s = replace_ci(&s, var, with);
+        }
+        s
+    }
+
+    /// The patterns `pattern` stands for: one per profile when it names the user's profile.
+    fn expand(&self, pattern: &str) -> Vec<String> {
+        let s = self.expand_fixed(pattern);
+        let lower = s.to_ascii_lowercase();
+        let per_user = [
+            ("$userprofile$", ""),
+            ("%userprofile%", ""),
+            ("%localappdata%", "\\AppData\\Local"),
+            ("%appdata%", "\\AppData\\Roaming"),
+        ];
+        let Some((var, tail)) = per_user.iter().find(|(v, _)| lower.contains(v)) else {
+            return vec![s];
+        };
+        self.profiles
+            .iter()
+            .map(|p| replace_ci(&s, var, &format!("{p}{tail}")))
+            .collect()
+    }
+}
+
+/// `s` with every case-insensitive `var` replaced by `with`.
+fn replace_ci(s: &str, var: &str, with: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.to_ascii_lowercase().find(var) {
+        out.push_str(&rest[..i]);
+        out.push_str(with);
+        rest = &rest[i + var.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Windows wildcard match, case-insensitive: `*` any run, `?` one character; `*.*` is `*`.
+pub fn wildcard(pattern: &str, name: &str) -> bool {
+    let pattern = if pattern == "*.*" { "*" } else { pattern };
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let n: Vec<char> = name.to_lowercase().chars().collect();
+    // Iterative matcher with one backtrack point: linear in practice, never exponential.
+    let (mut i, mut j) = (0usize, 0usize);
+    let (mut star, mut mark) = (None, 0usize);
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == n[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some(i);
+            mark = j;
+            i += 1;
+        } else if let Some(s) = star {
+            i = s + 1;
+            mark += 1;
+            j = mark;
+        } else {
+            return false;
+        }
+    }
+    while i < p.len() && p[i] == '*' {
+        i += 1;
+    }
+    i == p.len()
+}
+
+/// Resolves one pattern on the volume: what it matches, or why it matches nothing here.
+fn resolve(vol: &NtfsVolume<'_>, c: &Context, raw: &str) -> (Vec<String>, Vec<String>) {
+    let mut paths = Vec::new();
+    let mut notes = Vec::new();
+    let mut text = raw.trim();
+    let mut recursive = false;
+    if text.len() >= 3 && text[text.len() - 3..].eq_ignore_ascii_case(" /s") {
+        recursive = true;
+        text = text[..text.len() - 3].trim_end();
+    }
+    for expanded in c.expand(text) {
+        if expanded.contains('%') || expanded.contains('$') {
+            notes.push(format!("{expanded}: a variable winbundle does not know"));
+            continue;
+        }
+        let Some(local) = c.local(&expanded) else {
+            notes.push(format!("{expanded}: on another drive, not on this volume"));
+            continue;
+        };
+        let (dir, name) = match local.rsplit_once('\\') {
+            Some((d, n)) if !n.is_empty() => (if d.is_empty() { "\\" } else { d }, n),
+            _ => continue,
+        };
+        let Ok(Some(found)) = vol.lookup(dir) else { continue };
+        if !found.is_dir {
+            continue;
+        }
+        if recursive && (name == "*" || name == "*.*") {
+            // FOLDER\* /s: the whole folder.
+            if dir == "\\" {
+                notes.push(format!("{raw}: would leave out the whole volume; ignored"));
+            } else {
+                paths.push(dir.to_string());
+            }
+            continue;
+        }
+        let mut stack = vec![(dir.to_string(), found.record)];
+        let mut visits = 0usize;
+        while let Some((at, record)) = stack.pop() {
+            let Ok(entries) = vol.list_dir(record) else { continue };
+            for (n, r, is_dir) in entries {
+                visits += 1;
+                if visits > MAX_VISITS {
+                    notes.push(format!(
+                        "{raw}: more than {MAX_VISITS} entries under {dir}; the rest not matched"
+                    ));
+                    stack.clear();
+                    break;
+                }
+                if r < crate::ntfs::catalog::FIRST_USER_RECORD {
+                    continue;
+                }
+                let path = if at == "\\" {
+                    format!("\\{n}")
+                } else {
+                    format!("{at}\\{n}")
+                };
+                if is_dir {
+                    if recursive {
+                        stack.push((path, r));
+                    }
+                } else if wildcard(name, &n) && !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+    (paths, notes)
+}
+
+/// Reads both lists from SYSTEM and resolves every pattern on the volume, with sizes.
+pub fn read(h: &mut Hive, cs: &str, c: &Context, vol: &NtfsVolume<'_>) -> Vec<ListEntry> {
+    let mut out = Vec::new();
+    for list in ["FilesNotToSnapshot", "FilesNotToBackup"] {
+        let key = format!("{cs}\\Control\\BackupRestore\\{list}");
+        for (name, value) in h.values(&key) {
+            for pattern in value.strings() {
+                if pattern.trim().is_empty() {
+                    continue;
+                }
+                let (paths, notes) = resolve(vol, c, &pattern);
+                let (mut files, mut size) = (0, 0);
+                let reason = crate::ntfs::exclude::ExclusionReason::WindowsLists;
+                let wanted: Vec<(String, _)> = paths.iter().map(|p| (p.clone(), reason)).collect();
+                if let Ok(set) = crate::ntfs::exclude::resolve(vol, &wanted) {
+                    for x in set.items {
+                        files += x.files;
+                        size += x.size;
+                    }
+                }
+                out.push(ListEntry {
+                    list: list.into(),
+                    name: name.clone(),
+                    pattern,
+                    files,
+                    size,
+                    paths,
+                    notes,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_as_windows_does() {
+        for (p, n, want) in [
+            ("*.*", "README", true),
+            ("*.ost", "alice.OST", true),
+            ("*.ost", "alice.pst", false),
+            ("FVE.{e40ad34d}.*", "fve.{E40AD34D}.1", true),
+            ("index.dat", "index.dat", true),
+            ("index.dat", "index.dat.keep", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*a*b*c*", "xxaxxbxxcxx", true),
+            ("*a*b*c*", "xxaxxcxxbxx", false),
+        ] {
+            assert_eq!(wildcard(p, n), want, "{p} {n}");
+        }
+    }
+
+    #[test]
+    fn variables_expand_per_profile_and_drive() {
+        let c = Context {
+            windows: "\\Windows".into(),
+            drive: 'C',
+            profiles: vec!["\\Users\\alice".into(), "\\Users\\bob".into()],
+        };
+        assert_eq!(c.expand("%windir%\\x\\*.* /s"), ["C:\\Windows\\x\\*.* /s"]);
+        assert_eq!(
+            c.expand("$UserProfile$\\a\\*.ost"),
+            ["\\Users\\alice\\a\\*.ost", "\\Users\\bob\\a\\*.ost"]
+        );
+        assert_eq!(
+            c.expand("%LOCALAPPDATA%\\t"),
+            ["\\Users\\alice\\AppData\\Local\\t", "\\Users\\bob\\AppData\\Local\\t"]
+        );
+        assert_eq!(c.local("D:\\x"), None);
+        assert_eq!(c.local("c:\\x\\y"), Some("\\x\\y".into()));
+    }
+}
