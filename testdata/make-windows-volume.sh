@@ -13,6 +13,8 @@
 #   damaged  as server, but SYSTEM is a hive header followed by garbage
 #   missing  as server, but there is no SYSTEM hive
 #   dirty    as server, but SYSTEM's sequence numbers differ (not written back) and no logs
+#   logged   as server, but SYSTEM is dirty: it names the computer WIN-EARLY-LOG, and its
+#            SYSTEM.LOG1 (testdata/make-hive-log.py) holds the change to WIN-AFTER-LOG
 # The hives are made by testdata/make-hive.py (an empty hive) and filled by hivexregedit
 # --merge (Debian libwin-hivex-perl): a writer that is not winbundle's. Leaves OUT.SYSTEM and
 # OUT.SOFTWARE beside the image (the hives as written) for an independent reader (hivexget).
@@ -64,7 +66,8 @@ if server:
 system = [("Select", {"Current": 1, "Default": 1, "LastKnownGood": 2})]
 system += [(cs + "\\Services\\" + s, {"Start": start, "Type": 1}) for s, start in services.items()]
 system += [
-    (cs + "\\Control\\ComputerName\\ComputerName", {"ComputerName": "WIN-SRV2022" if server else "DESKTOP-11PRO"}),
+    (cs + "\\Control\\ComputerName\\ComputerName", {"ComputerName": "WIN-AFTER-LOG" if variant == "logged"
+        else "WIN-SRV2022" if server else "DESKTOP-11PRO"}),
     (cs + "\\Control\\Session Manager\\Environment", {"PROCESSOR_ARCHITECTURE": "AMD64"}),
     (cs + "\\Control\\Windows", {"ShutdownTime": (133_500_000_000_000_000).to_bytes(8, "little")}),
     (cs + "\\Control\\Session Manager\\Memory Management", {
@@ -114,6 +117,15 @@ for h in SYSTEM SOFTWARE; do
   hivexregedit --merge "$work/$h" "$work/$(echo $h | tr A-Z a-z).reg"
 done
 case $variant in
+  logged)
+    # The state before the change: the same hive with the name's bytes as they were (same length).
+    python3 -c "
+import sys; b = open(sys.argv[1], 'rb').read()
+old, new = 'WIN-AFTER-LOG'.encode('utf-16-le'), 'WIN-EARLY-LOG'.encode('utf-16-le')
+assert b.count(old) == 1
+open(sys.argv[2], 'wb').write(b.replace(old, new))" "$work/SYSTEM" "$work/SYSTEM.old"
+    python3 "$here/make-hive-log.py" "$work/SYSTEM.old" "$work/SYSTEM" "$work/SYSTEM.dirty" "$work/SYSTEM.LOG1"
+    mv "$work/SYSTEM.dirty" "$work/SYSTEM" ;;
   damaged) python3 -c "
 import sys; b = bytearray(open(sys.argv[1], 'rb').read())
 b[4096:] = bytes((i * 131 + 7) % 251 for i in range(len(b) - 4096))
@@ -132,6 +144,7 @@ mkntfs -F -Q -q -L Windows -c 4096 "$out" 2>/dev/null
 ntfs-3g "$out" "$mnt"
 mkdir -p "$mnt/Windows/System32/config" "$mnt/Temp" "$mnt/System Volume Information" "$mnt/Users/Public"
 [ "$variant" = missing ] || cp "$work/SYSTEM" "$mnt/Windows/System32/config/SYSTEM"
+[ "$variant" != logged ] || cp "$work/SYSTEM.LOG1" "$mnt/Windows/System32/config/SYSTEM.LOG1"
 cp "$work/SOFTWARE" "$mnt/Windows/System32/config/SOFTWARE"
 head -c $((1 << 20)) /dev/urandom >"$mnt/pagefile.sys"
 echo "user data that stays" >"$mnt/Users/Public/notes.txt"
@@ -158,3 +171,4 @@ fi
 umount "$mnt"
 cp "$work/SOFTWARE" "$out.SOFTWARE"
 [ "$variant" = missing ] || cp "$work/SYSTEM" "$out.SYSTEM"
+[ "$variant" != logged ] || cp "$work/SYSTEM.LOG1" "$out.SYSTEM.LOG1"

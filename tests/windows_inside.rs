@@ -398,3 +398,40 @@ fn files_not_to_snapshot_and_backup_are_resolved_listed_and_left_out_only_on_req
         .collect();
     assert_eq!(flags, [("alice.ost", true), ("alice.pst", false)]);
 }
+
+#[test]
+fn a_dirty_hive_is_read_with_its_transaction_log_applied_as_regipy_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = make(dir.path(), "logged");
+    let w = inspect(&img, &[])["windows"].clone();
+    assert_eq!(w["notes"], serde_json::json!([]), "the log applies");
+    // regipy (an independent reader and log replayer) on the same hive and log.
+    let (hive, log) = (side(&img, "SYSTEM"), side(&img, "SYSTEM.LOG1"));
+    let script = r#"
+import shutil, sys
+from regipy.recovery import apply_transaction_logs
+from regipy.registry import RegistryHive
+key = "\\ControlSet001\\Control\\ComputerName\\ComputerName"
+shutil.copy(sys.argv[1], sys.argv[3])
+apply_transaction_logs(sys.argv[3], sys.argv[2], restored_hive_path=sys.argv[3] + ".restored", verbose=False)
+print(RegistryHive(sys.argv[1]).get_key(key).get_value("ComputerName"))
+print(RegistryHive(sys.argv[3] + ".restored").get_key(key).get_value("ComputerName"))
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script])
+        .arg(&hive)
+        .arg(&log)
+        .arg(dir.path().join("copy.SYSTEM"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "regipy (pip install regipy) must be installed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
+    let (base, replayed) = out.trim().split_once('\n').unwrap();
+    assert_eq!(base, "WIN-EARLY-LOG", "the hive alone");
+    assert_eq!(replayed, "WIN-AFTER-LOG", "with its log");
+    assert_eq!(w["computer_name"], replayed);
+}

@@ -92,6 +92,25 @@ pub fn read_file(vol: &NtfsVolume<'_>, path: &str, max: u64) -> Result<Option<Ve
     Ok(Some(buf))
 }
 
+/// Why a transaction log must not be handed to the parser: an entry that would grow the hive
+/// past [`MAX_HIVE`] (the parser allocates what an entry's hive-bins size says). Entries are
+/// `HvLE` blocks at 512-byte boundaries after the log's 512-byte base block.
+fn log_problem(log: &[u8]) -> Option<String> {
+    let mut at = 512;
+    while at + 24 <= log.len() {
+        if &log[at..at + 4] == b"HvLE" {
+            let bins = u32::from_le_bytes([log[at + 16], log[at + 17], log[at + 18], log[at + 19]]);
+            if u64::from(bins) > MAX_HIVE {
+                return Some(format!(
+                    "an entry at byte {at} grows the hive to {bins} bytes, more than the {MAX_HIVE} a hive may have"
+                ));
+            }
+        }
+        at += 512;
+    }
+    None
+}
+
 /// Whether a hive's base block says it was not written back cleanly (its two sequence
 /// numbers differ): its last changes are in its logs.
 fn dirty(bytes: &[u8]) -> bool {
@@ -110,7 +129,7 @@ impl Hive {
         if dirty(&bytes) {
             for ext in ["LOG1", "LOG2"] {
                 match read_file(vol, &format!("{path}.{ext}"), MAX_HIVE) {
-                    Ok(Some(log)) if !log.is_empty() => logs.push(log),
+                    Ok(Some(log)) if !log.is_empty() => logs.push((format!("{path}.{ext}"), log)),
                     Ok(_) => {}
                     Err(e) => notes.push(format!("{path}.{ext} not read: {e}")),
                 }
@@ -124,11 +143,21 @@ impl Hive {
 
     /// Parses a hive's bytes, with its transaction logs' when it is dirty. `path` names it in
     /// notes and errors.
-    pub fn parse(path: &str, bytes: Vec<u8>, logs: Vec<Vec<u8>>) -> Result<Hive, String> {
+    pub fn parse(path: &str, bytes: Vec<u8>, logs: Vec<(String, Vec<u8>)>) -> Result<Hive, String> {
         if bytes.get(..4) != Some(b"regf") {
             return Err("not a registry hive (no \"regf\" signature)".into());
         }
         let mut notes = Vec::new();
+        let logs: Vec<Vec<u8>> = logs
+            .into_iter()
+            .filter_map(|(name, log)| match log_problem(&log) {
+                None => Some(log),
+                Some(p) => {
+                    notes.push(format!("{name} not applied: {p}"));
+                    None
+                }
+            })
+            .collect();
         if dirty(&bytes) && logs.is_empty() {
             notes.push(format!(
                 "{path} was not written back cleanly and has no transaction logs: read as it is, without its last changes"
