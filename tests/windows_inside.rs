@@ -39,6 +39,25 @@ fn winbundle(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Bundles `img` into the local store `dir/store`, under `prefix` (task files in `dir/tasks`).
+fn bundle(dir: &Path, img: &Path, prefix: &str, extra: &[&str]) -> Output {
+    let (store, tasks) = (dir.join("store"), dir.join("tasks"));
+    let mut args = vec![
+        "bundle-instance",
+        img.to_str().unwrap(),
+        "--state-dir",
+        tasks.to_str().unwrap(),
+        "--local-store",
+        store.to_str().unwrap(),
+        "--bucket",
+        "test-bucket",
+        "--prefix",
+        prefix,
+    ];
+    args.extend(extra);
+    winbundle(&args)
+}
+
 fn inspect(img: &Path, extra: &[&str]) -> Value {
     let mut args = vec!["inspect", img.to_str().unwrap(), "--json"];
     args.extend(extra);
@@ -175,21 +194,7 @@ fn a_server_is_named_found_ready_for_nitro_and_its_page_files_and_shadow_copies_
 
     // A bundle: the same facts in its manifest; the left-out files are there, their contents not.
     let store = dir.path().join("store");
-    let s = store.to_str().unwrap();
-    let o = winbundle(&[
-        "bundle-instance",
-        img.to_str().unwrap(),
-        "--state-dir",
-        dir.path().join("tasks").to_str().unwrap(),
-        "--local-store",
-        s,
-        "--bucket",
-        "test-bucket",
-        "--prefix",
-        "w",
-        "--require-ec2-ready",
-        "-q",
-    ]);
+    let o = bundle(dir.path(), &img, "w", &["--require-ec2-ready", "-q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(store.join("test-bucket/w.manifest.json")).unwrap()).unwrap();
@@ -227,19 +232,7 @@ fn a_client_without_ec2_drivers_is_not_ready_and_require_ec2_ready_refuses_it() 
     assert_eq!(exclusions(&v), [("\\pagefile.sys".to_string(), "default".to_string())]);
 
     let store = dir.path().join("store");
-    let o = winbundle(&[
-        "bundle-instance",
-        img.to_str().unwrap(),
-        "--state-dir",
-        dir.path().join("tasks").to_str().unwrap(),
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "test-bucket",
-        "--prefix",
-        "c",
-        "--require-ec2-ready",
-    ]);
+    let o = bundle(dir.path(), &img, "c", &["--require-ec2-ready"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("NotEc2Ready") && err.contains("ENA"), "{err}");
@@ -272,20 +265,7 @@ fn a_missing_damaged_or_dirty_hive_is_a_note_and_the_bundle_goes_on() {
             assert!(w["ec2"].is_null(), "{variant}");
             assert!(w["computer_name"].is_null(), "{variant}");
         }
-        let store = dir.path().join(format!("store-{variant}"));
-        let o = winbundle(&[
-            "bundle-instance",
-            img.to_str().unwrap(),
-            "--state-dir",
-            dir.path().join("tasks").to_str().unwrap(),
-            "--local-store",
-            store.to_str().unwrap(),
-            "--bucket",
-            "test-bucket",
-            "--prefix",
-            "d",
-            "-q",
-        ]);
+        let o = bundle(dir.path(), &img, variant, &["-q"]);
         assert!(o.status.success(), "{variant}: {}", String::from_utf8_lossy(&o.stderr));
         // The shadow-copy storage is found without the registry.
         assert!(
@@ -361,20 +341,7 @@ fn files_not_to_snapshot_and_backup_are_resolved_listed_and_left_out_only_on_req
 
     // With --exclude-windows-lists: left out with their reason, and a bundle shows them so.
     let store = dir.path().join("store");
-    let o = winbundle(&[
-        "bundle-instance",
-        img.to_str().unwrap(),
-        "--state-dir",
-        dir.path().join("tasks").to_str().unwrap(),
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "test-bucket",
-        "--prefix",
-        "l",
-        "--exclude-windows-lists",
-        "-q",
-    ]);
+    let o = bundle(dir.path(), &img, "l", &["--exclude-windows-lists", "-q"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(store.join("test-bucket/l.manifest.json")).unwrap()).unwrap();
