@@ -83,6 +83,10 @@ if server:
             "WUA": ["%windir%\\SoftwareDistribution\\*.* /s"],
             "OutlookOST": ["$UserProfile$\\AppData\\Local\\Microsoft\\Outlook\\*.ost"],
             "FVE": ["$AllVolumes$\\System Volume Information\\FVE.{e40ad34d-dae9-4bc7-95bd-b16218c10f72}.*"],
+            # Careless or hostile: never \Windows or a profile whole, never the hives, never a
+            # file that has another name elsewhere.
+            "Careless": ["%windir%\\* /s", "$UserProfile$\\* /s", "%windir%\\System32\\config\\*",
+                         "%ProgramData%\\Cache\\* /s"],
         }),
         (cs + "\\Control\\BackupRestore\\FilesNotToBackup", {
             "Temporary Files": ["%TEMP%\\* /s"],
@@ -167,6 +171,10 @@ if [ "$variant" != client ]; then
   head -c 262144 /dev/urandom >"$mnt/Users/bob/AppData/Local/Microsoft/Outlook/bob.OST"
   head -c 1000 /dev/urandom >"$mnt/Users/alice/deep/er/index.dat"
   echo "kept" >"$mnt/Users/alice/index.dat.keep"
+  mkdir -p "$mnt/ProgramData/Cache" "$mnt/Windows/System32"
+  echo "a library with two names" >"$mnt/Windows/System32/shared.dll"
+  ln "$mnt/Windows/System32/shared.dll" "$mnt/ProgramData/Cache/shared.dll"
+  head -c 4096 /dev/urandom >"$mnt/ProgramData/Cache/blob.bin"
 fi
 umount "$mnt"
 cp "$work/SOFTWARE" "$out.SOFTWARE"

@@ -336,6 +336,24 @@ fn files_not_to_snapshot_and_backup_are_resolved_listed_and_left_out_only_on_req
             .contains("another drive")
     );
     assert!(entry("Unknown")["notes"][0].as_str().unwrap().contains("does not know"));
+    // Careless or hostile patterns: never \Windows or a profile whole, never the hives, never
+    // a file that has another name (a hard link from System32) elsewhere.
+    let careless: Vec<&Value> = lists.iter().filter(|e| e["name"] == "Careless").collect();
+    assert_eq!(careless.len(), 4);
+    let paths: Vec<&Value> = careless
+        .iter()
+        .flat_map(|e| e["paths"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(paths, [&serde_json::json!("\\ProgramData\\Cache\\blob.bin")]);
+    let notes = serde_json::to_string(&careless).unwrap();
+    for n in [
+        "\\\\Windows: not left out whole",
+        "\\\\Users\\\\alice: not left out whole",
+        "config\\\\SYSTEM: not left out",
+        "shared.dll: not left out: it has other names",
+    ] {
+        assert!(notes.contains(n), "{n} in {notes}");
+    }
     // Not left out by default.
     assert!(!exclusions(&v).iter().any(|(_, r)| r == "windows-lists"));
 
@@ -350,7 +368,7 @@ fn files_not_to_snapshot_and_backup_are_resolved_listed_and_left_out_only_on_req
         .filter(|(_, r)| r == "windows-lists")
         .map(|(p, _)| p)
         .collect();
-    assert_eq!(listed.len(), 6, "{listed:?}");
+    assert_eq!(listed.len(), 7, "{listed:?}");
     let o = common::cli_local_prefix(
         &store,
         "l",

@@ -54,7 +54,7 @@ impl<'d> Plan<'d> {
         let root = layout.root().partition.clone();
         let at = Error::ntfs_at(root.offset);
         let vol = NtfsVolume::open(disk, root.offset, root.length).map_err(&at)?;
-        let windows = crate::guest::read(&vol, &layout.table.kind);
+        let mut windows = crate::guest::read(&vol, &layout.table.kind);
         if opts.require_ec2_ready {
             match windows.as_ref().map(|w| (w.ec2.as_ref(), &w.notes)) {
                 Some((Some(e), _)) if e.ready => {}
@@ -101,6 +101,22 @@ impl<'d> Plan<'d> {
                 }
             }
         }
+        // What the volume's own registry and files named is left out only where it can be: a
+        // path the exclusion walk refuses (damaged there, NTFS metadata) stays, with a note.
+        paths.retain(|(p, reason)| {
+            if matches!(reason, ExclusionReason::Default | ExclusionReason::User) {
+                return true;
+            }
+            match resolve(&vol, &[(p.clone(), *reason)]) {
+                Ok(_) => true,
+                Err(e) => {
+                    if let Some(w) = windows.as_mut() {
+                        w.notes.push(format!("{p} is not left out: {e}"));
+                    }
+                    false
+                }
+            }
+        });
         paths.extend(opts.excludes.iter().map(|p| (p.clone(), ExclusionReason::User)));
         let exclusions = resolve(&vol, &paths).map_err(&at)?;
         let bitmap = vol.file_data(BITMAP_RECORD).map_err(&at)?;

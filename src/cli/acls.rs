@@ -217,7 +217,17 @@ mod windows {
     /// Sets `d` on `path`. Returns whether the owner and group, and the audit list, had to be
     /// left out for want of a privilege.
     pub fn set(path: &Path, d: &Descriptor, any_owner: bool, audit: bool) -> Result<(bool, bool), String> {
-        let p = wide(path.as_os_str());
+        // A `\\?\` path: beyond MAX_PATH too, as std::fs wrote the file.
+        let abs = std::path::absolute(path).map_err(|e| e.to_string())?;
+        let text = abs.as_os_str().to_string_lossy();
+        let long = if text.starts_with(r"\\") {
+            abs.as_os_str().to_owned()
+        } else {
+            let mut s = std::ffi::OsString::from(r"\\?\");
+            s.push(abs.as_os_str());
+            s
+        };
+        let p = wide(&long);
         let mut what = DACL_SECURITY_INFORMATION;
         if d.has_owner() {
             what |= OWNER_SECURITY_INFORMATION;
@@ -241,10 +251,14 @@ mod windows {
         match set(what) {
             Ok(()) => Ok((false, audit_skipped)),
             // Without SeRestorePrivilege an owner other than oneself is refused
-            // (ERROR_INVALID_OWNER, or access denied): the permissions alone, then.
+            // (ERROR_INVALID_OWNER, or access denied): without the owner, then without the
+            // group too.
             Err(e) if !any_owner && matches!(e.raw_os_error(), Some(1307 | 5)) => {
-                let rest = what & !(OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION);
-                set(rest).map_err(|e| format!("SetFileSecurityW: {e}"))?;
+                let no_owner = what & !OWNER_SECURITY_INFORMATION;
+                if set(no_owner).is_ok() {
+                    return Ok((true, audit_skipped));
+                }
+                set(no_owner & !GROUP_SECURITY_INFORMATION).map_err(|e| format!("SetFileSecurityW: {e}"))?;
                 Ok((true, audit_skipped))
             }
             Err(e) => Err(format!("SetFileSecurityW: {e}")),

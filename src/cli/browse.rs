@@ -577,7 +577,10 @@ impl Extractor<'_, '_> {
                 if let Some(Some(dest)) = dests.remove(path) {
                     self.done.folders += 1;
                     set_times(&dest, info, true);
-                    self.secure(path, info, &dest);
+                    // OUTPUT itself (for `\`) is the user's folder: it keeps its own descriptor.
+                    if dest != self.args.output {
+                        self.secure(path, info, &dest);
+                    }
                 }
                 Ok(true)
             }

@@ -107,7 +107,9 @@ fn to_json(plan: &Plan<'_>) -> serde_json::Value {
 }
 
 /// The Windows on the volume: its name, EC2 readiness, page files, and what could not be read.
-fn windows_text(w: &winbundle::guest::WindowsFacts, line: &mut impl FnMut(String)) {
+/// Every line is escaped: names and patterns come from the volume's registry.
+fn windows_text(w: &winbundle::guest::WindowsFacts, out: &mut impl FnMut(String)) {
+    let mut line = |t: String| out(super::browse::escape(&t).into_owned());
     let id = &w.identity;
     line(format!("Windows:         {}", id.summary()));
     if let Some(n) = &id.computer_name {

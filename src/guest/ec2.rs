@@ -30,7 +30,8 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
     pub installed: bool,
-    /// The service's `Start` (0 boot, 1 system, 2 automatic, 3 on demand, 4 disabled).
+    /// The service's `Start` (0 boot, 1 system, 2 automatic, 3 on demand, 4 disabled: then it
+    /// counts as not installed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<u32>,
 }
@@ -89,11 +90,13 @@ fn service(h: &mut Hive, cs: &str, name: &str, services: &[&str]) -> Component {
     for s in services {
         let key = format!("{cs}\\Services\\{s}");
         if h.has_key(&key) {
+            let start = h.value(&key, "Start").and_then(|v| v.as_u32());
             return Component {
                 name: name.into(),
                 service: Some((*s).into()),
-                installed: true,
-                start: h.value(&key, "Start").and_then(|v| v.as_u32()),
+                // Start 4: disabled, as good as absent.
+                installed: start != Some(4),
+                start,
             };
         }
     }

@@ -1,21 +1,18 @@
 //! A registry hive read offline from the volume, with no mount and no Windows: the file through
-//! the NTFS reader, parsed by the `notatin` crate, with its transaction logs (`.LOG1`, `.LOG2`)
-//! applied when the hive is dirty. Every call into the parser runs inside a panic wall: a
-//! damaged or hostile hive is a note, never a failure.
+//! the NTFS reader, parsed by [`super::regf`] (every structure bounds-checked: a hostile hive
+//! is a note, never a failure, a hang or a panic), with its transaction logs (`.LOG1`, `.LOG2`)
+//! replayed when the hive is dirty.
 
-use std::io::Cursor;
-
-use notatin::cell_key_node::CellKeyNode;
-use notatin::cell_key_value::CellKeyValue;
-use notatin::cell_value::CellValue;
-use notatin::parser::Parser;
-use notatin::parser_builder::ParserBuilder;
-
+use super::regf::{RawValue, Regf};
 use crate::ntfs::NtfsVolume;
 use crate::ntfs::wof::Contents;
 
 /// A hive file larger than this is not read (SOFTWARE is rarely over 200 MB).
-const MAX_HIVE: u64 = 1 << 30;
+const MAX_HIVE: u64 = 512 << 20;
+/// A transaction log larger than this is not read.
+const MAX_LOG: u64 = 64 << 20;
+/// The data of one key's values read at once, at most (the lists hold a few short strings).
+const VALUES_BUDGET: usize = 16 << 20;
 
 /// One registry value, as the facts need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,22 +49,35 @@ impl Value {
     }
 }
 
-fn content(v: &CellKeyValue) -> Option<Value> {
-    match v.get_content().0 {
-        CellValue::String(s) => Some(Value::String(s)),
-        CellValue::MultiString(v) => Some(Value::Strings(v)),
-        CellValue::U32(d) => Some(Value::Dword(d)),
-        CellValue::I32(d) => Some(Value::Dword(d as u32)),
-        CellValue::U64(q) => Some(Value::Qword(q)),
-        CellValue::I64(q) => Some(Value::Qword(q as u64)),
-        CellValue::Binary(b) => Some(Value::Binary(b)),
-        CellValue::None | CellValue::Error => None,
+/// A value in the types the facts use (strings, numbers, bytes).
+fn content(v: RawValue) -> Option<Value> {
+    let utf16 = |d: &[u8]| -> Vec<u16> { d.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect() };
+    match v.kind {
+        // REG_SZ, REG_EXPAND_SZ: up to the first NUL.
+        1 | 2 => {
+            let u = utf16(&v.data);
+            let end = u.iter().position(|&c| c == 0).unwrap_or(u.len());
+            Some(Value::String(String::from_utf16_lossy(&u[..end])))
+        }
+        // REG_MULTI_SZ: NUL-separated, ended by an empty string.
+        7 => Some(Value::Strings(
+            utf16(&v.data)
+                .split(|&c| c == 0)
+                .map(String::from_utf16_lossy)
+                .take_while(|s| !s.is_empty())
+                .collect(),
+        )),
+        4 if v.data.len() >= 4 => Some(Value::Dword(u32::from_le_bytes(v.data[..4].try_into().ok()?))),
+        5 if v.data.len() >= 4 => Some(Value::Dword(u32::from_be_bytes(v.data[..4].try_into().ok()?))),
+        11 if v.data.len() >= 8 => Some(Value::Qword(u64::from_le_bytes(v.data[..8].try_into().ok()?))),
+        3 => Some(Value::Binary(v.data)),
+        _ => None,
     }
 }
 
 /// An open hive.
 pub struct Hive {
-    parser: Parser,
+    regf: Regf,
     /// Which file it is (`\Windows\System32\config\SYSTEM`).
     pub path: String,
     /// What was noticed reading it (a dirty hive read without its logs, ...).
@@ -85,36 +95,11 @@ pub fn read_file(vol: &NtfsVolume<'_>, path: &str, max: u64) -> Result<Option<Ve
     let info = vol.stat(found.record).map_err(|e| e.to_string())?;
     let mut c = Contents::open(vol, &info, None, path).map_err(|e| e.to_string())?;
     if c.size() > max {
-        return Err(format!("{} bytes, more than the {max} a hive may have", c.size()));
+        return Err(format!("{} bytes, more than the {max} it may have", c.size()));
     }
     let mut buf = vec![0u8; c.size() as usize];
     c.read_at(0, &mut buf).map_err(|e| e.to_string())?;
     Ok(Some(buf))
-}
-
-/// Why a transaction log must not be handed to the parser: an entry that would grow the hive
-/// past [`MAX_HIVE`] (the parser allocates what an entry's hive-bins size says). Entries are
-/// `HvLE` blocks at 512-byte boundaries after the log's 512-byte base block.
-fn log_problem(log: &[u8]) -> Option<String> {
-    let mut at = 512;
-    while at + 24 <= log.len() {
-        if &log[at..at + 4] == b"HvLE" {
-            let bins = u32::from_le_bytes([log[at + 16], log[at + 17], log[at + 18], log[at + 19]]);
-            if u64::from(bins) > MAX_HIVE {
-                return Some(format!(
-                    "an entry at byte {at} grows the hive to {bins} bytes, more than the {MAX_HIVE} a hive may have"
-                ));
-            }
-        }
-        at += 512;
-    }
-    None
-}
-
-/// Whether a hive's base block says it was not written back cleanly (its two sequence
-/// numbers differ): its last changes are in its logs.
-fn dirty(bytes: &[u8]) -> bool {
-    bytes.len() >= 12 && bytes[4..8] != bytes[8..12]
 }
 
 impl Hive {
@@ -126,9 +111,9 @@ impl Hive {
         };
         let mut notes = Vec::new();
         let mut logs = Vec::new();
-        if dirty(&bytes) {
+        if super::regf::dirty(&bytes) {
             for ext in ["LOG1", "LOG2"] {
-                match read_file(vol, &format!("{path}.{ext}"), MAX_HIVE) {
+                match read_file(vol, &format!("{path}.{ext}"), MAX_LOG) {
                     Ok(Some(log)) if !log.is_empty() => logs.push((format!("{path}.{ext}"), log)),
                     Ok(_) => {}
                     Err(e) => notes.push(format!("{path}.{ext} not read: {e}")),
@@ -141,95 +126,71 @@ impl Hive {
         Ok(Some(h))
     }
 
-    /// Parses a hive's bytes, with its transaction logs' when it is dirty. `path` names it in
-    /// notes and errors.
-    pub fn parse(path: &str, bytes: Vec<u8>, logs: Vec<(String, Vec<u8>)>) -> Result<Hive, String> {
-        if bytes.get(..4) != Some(b"regf") {
-            return Err("not a registry hive (no \"regf\" signature)".into());
-        }
+    /// Parses a hive's bytes, replaying its transaction logs when it is dirty. `path` names it
+    /// in notes and errors.
+    pub fn parse(path: &str, mut bytes: Vec<u8>, logs: Vec<(String, Vec<u8>)>) -> Result<Hive, String> {
         let mut notes = Vec::new();
-        let logs: Vec<Vec<u8>> = logs
-            .into_iter()
-            .filter_map(|(name, log)| match log_problem(&log) {
-                None => Some(log),
-                Some(p) => {
-                    notes.push(format!("{name} not applied: {p}"));
-                    None
+        if super::regf::dirty(&bytes) {
+            let names: Vec<String> = logs.iter().map(|(n, _)| n.clone()).collect();
+            let logs: Vec<Vec<u8>> = logs.into_iter().map(|(_, l)| l).collect();
+            let before = bytes.clone();
+            match super::regf::replay(&mut bytes, &logs, MAX_HIVE as usize) {
+                Ok(0) if logs.is_empty() => notes.push(format!(
+                    "{path} was not written back cleanly and has no transaction logs: read as it is, without its last changes"
+                )),
+                Ok(0) => notes.push(format!(
+                    "{path} was not written back cleanly and its logs ({}) hold none of its last changes: read as it is",
+                    names.join(", ")
+                )),
+                Ok(_) => {}
+                Err(e) => {
+                    bytes = before;
+                    notes.push(format!(
+                        "{path}: its transaction logs ({}) could not be replayed ({e}): read without them",
+                        names.join(", ")
+                    ));
                 }
-            })
-            .collect();
-        if dirty(&bytes) && logs.is_empty() {
-            notes.push(format!(
-                "{path} was not written back cleanly and has no transaction logs: read as it is, without its last changes"
-            ));
-        }
-        let with_logs = dirty(&bytes) && !logs.is_empty();
-        let build = |logs: Vec<Vec<u8>>| {
-            crate::panics::catch(|| {
-                let mut b = ParserBuilder::from_file(Cursor::new(bytes.clone()));
-                for l in logs {
-                    b.with_transaction_log(Cursor::new(l));
-                }
-                b.build()
-            })
-            .map_err(|p| format!("the parser stopped ({p})"))
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        };
-        let parser = match build(if with_logs { logs } else { Vec::new() }) {
-            Ok(p) => p,
-            // Logs that cannot be applied: the base alone, said so.
-            Err(e) if with_logs => {
-                notes.push(format!(
-                    "{path}: its transaction logs could not be applied ({e}): read without them"
-                ));
-                build(Vec::new())?
             }
-            Err(e) => return Err(e),
-        };
+        }
         Ok(Hive {
-            parser,
+            regf: Regf::new(bytes)?,
             path: path.to_string(),
             notes,
         })
     }
 
-    fn key(&mut self, key: &str) -> Option<CellKeyNode> {
-        let parser = &mut self.parser;
-        crate::panics::catch(|| parser.get_key(key, false).ok().flatten())
-            .ok()
-            .flatten()
-    }
-
     /// The value `name` of `key` (`ControlSet001\Control`), when both exist and it reads.
     pub fn value(&mut self, key: &str, name: &str) -> Option<Value> {
-        let k = self.key(key)?;
-        crate::panics::catch(|| content(&k.get_value(name)?)).ok().flatten()
+        let k = self.regf.key(key)?;
+        content(self.regf.value(k, name)?)
     }
 
     /// The names of `key`'s subkeys.
     pub fn subkeys(&mut self, key: &str) -> Vec<String> {
-        let Some(mut k) = self.key(key) else {
+        let Some(k) = self.regf.key(key) else {
             return Vec::new();
         };
-        let parser = &mut self.parser;
-        crate::panics::catch(|| k.read_sub_keys(parser).into_iter().map(|s| s.key_name).collect()).unwrap_or_default()
+        self.regf
+            .subkeys(k)
+            .into_iter()
+            .filter_map(|s| self.regf.name(s))
+            .collect()
     }
 
     /// The names and values of `key`'s values.
     pub fn values(&mut self, key: &str) -> Vec<(String, Value)> {
-        let Some(k) = self.key(key) else {
+        let Some(k) = self.regf.key(key) else {
             return Vec::new();
         };
-        crate::panics::catch(|| {
-            k.value_iter()
-                .filter_map(|v| Some((v.get_pretty_name(), content(&v)?)))
-                .collect()
-        })
-        .unwrap_or_default()
+        self.regf
+            .values(k, VALUES_BUDGET)
+            .into_iter()
+            .filter_map(|(n, v)| Some((n, content(v)?)))
+            .collect()
     }
 
     /// Whether `key` exists.
     pub fn has_key(&mut self, key: &str) -> bool {
-        self.key(key).is_some()
+        self.regf.key(key).is_some()
     }
 }

@@ -11,6 +11,8 @@ use crate::ntfs::NtfsVolume;
 /// The Volume Shadow Copy storage GUID: the catalog is named by it, each diff area ends in it.
 pub const SHADOW_STORAGE_GUID: &str = "{3808876b-c176-4e48-b7ae-04046e6cc752}";
 pub const SYSTEM_VOLUME_INFORMATION: &str = "\\System Volume Information";
+/// Page-file entries read, at most (Windows allows 16).
+const MAX_PAGE_FILES: usize = 64;
 
 /// A page file the registry names.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,16 +52,19 @@ pub fn parse_entry(entry: &str) -> Option<(char, String)> {
 
 /// The page files `Memory Management` names, each placed on this volume or not.
 /// `system_drive`: this volume's letter (`C:`), from `SystemRoot`; `C:` when unknown.
-pub fn page_files(h: &mut Hive, cs: &str, _vol: &NtfsVolume<'_>, system_drive: Option<&str>) -> Vec<PageFile> {
+/// A page file on this volume is left out only when it is a file there (not a folder) outside
+/// `\Windows` (a hostile or mistaken entry must not zero a system file).
+pub fn page_files(h: &mut Hive, cs: &str, vol: &NtfsVolume<'_>, system_drive: Option<&str>) -> Vec<PageFile> {
     let key = format!("{cs}\\Control\\Session Manager\\Memory Management");
     let here = system_drive
         .and_then(|d| d.chars().next())
         .unwrap_or('C')
         .to_ascii_uppercase();
     let mut out: Vec<PageFile> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for name in ["PagingFiles", "ExistingPageFiles"] {
         for entry in h.value(&key, name).map(|v| v.strings()).unwrap_or_default() {
-            if entry.trim().is_empty() {
+            if entry.trim().is_empty() || out.len() >= MAX_PAGE_FILES {
                 continue;
             }
             let Some((drive, path)) = parse_entry(&entry) else {
@@ -71,17 +76,29 @@ pub fn page_files(h: &mut Hive, cs: &str, _vol: &NtfsVolume<'_>, system_drive: O
                 continue;
             };
             let this = drive == '?' || drive == here;
-            let dup = out.iter().any(|p| match (&p.path, this) {
-                (Some(q), true) => q.eq_ignore_ascii_case(&path),
-                _ => p.registry.eq_ignore_ascii_case(entry.trim()),
-            });
-            if dup {
+            let key = if this {
+                path.to_lowercase()
+            } else {
+                entry.trim().to_lowercase()
+            };
+            if !seen.insert(key) {
                 continue;
             }
+            let note = if !this {
+                Some(format!("on drive {drive}:, not on this volume ({here}:)"))
+            } else if path.to_lowercase().starts_with("\\windows\\") {
+                Some("inside \\Windows: not left out (a page file is never a system file)".into())
+            } else {
+                match vol.lookup(&path) {
+                    Ok(Some(f)) if !f.is_dir => None,
+                    Ok(Some(_)) => Some("a folder, not a page file: not left out".into()),
+                    _ => Some("not on the volume".into()),
+                }
+            };
             out.push(PageFile {
                 registry: entry.trim().to_string(),
-                path: this.then(|| path.clone()),
-                note: (!this).then(|| format!("on drive {drive}:, not on this volume ({here}:)")),
+                path: (this && note.is_none()).then(|| path.clone()),
+                note,
             });
         }
     }

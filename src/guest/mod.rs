@@ -1,7 +1,8 @@
 //! The Windows installed on the root volume, read from its own registry with no mount: which
 //! Windows it is ([`identity`]), whether it will boot on EC2's instance types ([`ec2`]), and
 //! what Windows itself leaves out of its snapshots: the page files its registry names and the
-//! storage of its earlier shadow copies ([`leave_out`]). The hives are read by [`hive`].
+//! storage of its earlier shadow copies ([`leave_out`]), and what its own snapshot and backup
+//! lists match ([`lists`]). The hives are read by [`hive`] over [`regf`].
 //!
 //! Nothing here fails a bundle: a missing, damaged or hostile hive is a note, and the facts it
 //! would have given are absent.
@@ -11,6 +12,7 @@ pub mod hive;
 pub mod identity;
 pub mod leave_out;
 pub mod lists;
+pub mod regf;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,7 @@ use super::{NtfsError, guard};
 use crate::source::DiskFile;
 
 /// MFT record number of the root directory.
-const ROOT_RECORD: u64 = 5;
+pub const ROOT_RECORD: u64 = 5;
 /// MFT record number of `$Bitmap`.
 pub const BITMAP_RECORD: u64 = 6;
 /// MFT record number of `$Volume` and its `$VOLUME_NAME` attribute.
