@@ -23,6 +23,7 @@ for t in "${targets[@]}"; do
   [ "$t" = disk_image ] && max_len=$((4 << 20))
   [ "$t" = bundle_read ] && max_len=$((1 << 20))
   [ "$t" = volume_files ] && max_len=$((2 << 20))
+  [ "$t" = registry_hive ] && max_len=$((1 << 20))
   echo "fuzz: $t for ${secs}s"
   if ! cargo fuzz run --release "$t" "corpus/$t" -- -max_total_time="$secs" -max_len="$max_len" \
       -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 2>"$here/$t.log"; then

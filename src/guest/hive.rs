@@ -133,7 +133,8 @@ impl Hive {
         if super::regf::dirty(&bytes) {
             let names: Vec<String> = logs.iter().map(|(n, _)| n.clone()).collect();
             let logs: Vec<Vec<u8>> = logs.into_iter().map(|(_, l)| l).collect();
-            let before = bytes.clone();
+            // (The replay checks every entry before it changes a byte: on an error the hive is
+            // as it was.)
             match super::regf::replay(&mut bytes, &logs, MAX_HIVE as usize) {
                 Ok(0) if logs.is_empty() => notes.push(format!(
                     "{path} was not written back cleanly and has no transaction logs: read as it is, without its last changes"
@@ -144,7 +145,6 @@ impl Hive {
                 )),
                 Ok(_) => {}
                 Err(e) => {
-                    bytes = before;
                     notes.push(format!(
                         "{path}: its transaction logs ({}) could not be replayed ({e}): read without them",
                         names.join(", ")

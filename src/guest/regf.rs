@@ -131,7 +131,7 @@ impl Regf {
     }
 
     /// The subkeys of `k`, in list order (at most what its lists hold: an `ri` list naming
-    /// the same list twice is read once).
+    /// the same list twice is read once, a key listed twice is one subkey).
     pub fn subkeys(&self, k: Key) -> Vec<Key> {
         let mut out = Vec::new();
         let Some(nk) = self.cell(k.0, b"nk") else { return out };
@@ -160,7 +160,8 @@ impl Regf {
                 if ri {
                     self.list_items(at as usize, false, out, seen);
                 }
-            } else if self.cell(at as usize, b"nk").is_some() {
+            } else if self.cell(at as usize, b"nk").is_some() && seen.insert(at as usize) {
+                // (`seen` holds list and key offsets: a key listed twice is one subkey.)
                 out.push(Key(at as usize));
             }
         }
