@@ -148,15 +148,15 @@ impl Regf {
         }
         let Some(c) = self.any_cell(offset) else { return };
         let count = usize::from(u16_at(c, 2).unwrap_or(0));
-        let (step, sig) = (c.get(..2).unwrap_or_default(), c.get(..2));
-        let stride = match step {
+        let sig = c.get(..2).unwrap_or_default();
+        let stride = match sig {
             b"lf" | b"lh" => 8,
             b"li" | b"ri" => 4,
             _ => return,
         };
         for i in 0..count {
             let Some(at) = u32_at(c, 4 + i * stride) else { break };
-            if sig == Some(b"ri") {
+            if sig == b"ri" {
                 if ri {
                     self.list_items(at as usize, false, out, seen);
                 }
@@ -309,6 +309,9 @@ fn entries(log: &[u8], which: usize, max_bins: usize) -> Result<Vec<Entry>, Stri
     if log.len() < 512 || &log[..4] != b"regf" {
         return Err("not a transaction log (no \"regf\" base block)".into());
     }
+    if log.get(512..516) == Some(b"DIRT") {
+        return Err("a log in the format of Windows 8 and earlier (DIRT), which winbundle does not replay".into());
+    }
     let mut out = Vec::new();
     let mut at = 512;
     while at + 40 <= log.len() && &log[at..at + 4] == b"HvLE" {
@@ -426,5 +429,95 @@ mod tests {
         assert_eq!(r.key("a\\b"), None);
         assert_eq!(r.value_names(r.root()), Vec::<String>::new());
         assert_eq!(r.value(r.root(), "x"), None);
+    }
+
+    /// A dirty hive (sequence 6/5) whose bins hold a root key, and a log entry for it.
+    fn dirty_hive() -> Vec<u8> {
+        let mut h = vec![0u8; BINS + 4096];
+        h[..4].copy_from_slice(b"regf");
+        h[4..8].copy_from_slice(&6u32.to_le_bytes());
+        h[8..12].copy_from_slice(&5u32.to_le_bytes());
+        h[20..24].copy_from_slice(&1u32.to_le_bytes());
+        h[24..28].copy_from_slice(&5u32.to_le_bytes());
+        h[36..40].copy_from_slice(&0x20u32.to_le_bytes());
+        h[BINS + 0x20..BINS + 0x24].copy_from_slice(&(-96i32).to_le_bytes());
+        h[BINS + 0x24..BINS + 0x26].copy_from_slice(b"nk");
+        h
+    }
+
+    fn log(sequence: u32, bins: u32, pages: &[(u32, Vec<u8>)]) -> Vec<u8> {
+        let mut e = b"HvLE".to_vec();
+        let body: usize = pages.iter().map(|(_, p)| 8 + p.len()).sum();
+        let size = (40 + body).div_ceil(512) * 512;
+        for v in [size as u32, 0, sequence, bins, pages.len() as u32] {
+            e.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(&[0; 16]);
+        for (at, p) in pages {
+            e.extend_from_slice(&at.to_le_bytes());
+            e.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        }
+        for (_, p) in pages {
+            e.extend_from_slice(p);
+        }
+        e.resize(size, 0);
+        let h1 = marvin32(&e[40..]);
+        e[24..32].copy_from_slice(&h1.to_le_bytes());
+        let h2 = marvin32(&e[..32]);
+        e[32..40].copy_from_slice(&h2.to_le_bytes());
+        let mut l = vec![0u8; 512];
+        l[..4].copy_from_slice(b"regf");
+        l.extend(e);
+        l
+    }
+
+    #[test]
+    fn logs_replay_in_sequence_and_hostile_ones_change_nothing() {
+        let page = |b: u8| {
+            let mut p = dirty_hive()[BINS..].to_vec();
+            p[0x100] = b;
+            p
+        };
+        // One entry: applied, the hive clean after.
+        let mut h = dirty_hive();
+        assert_eq!(replay(&mut h, &[log(5, 4096, &[(0, page(7))])], 1 << 20), Ok(1));
+        assert_eq!((h[BINS + 0x100], &h[4..8]), (7, &h[8..12]));
+        // Two logs, entries 5 and 6, the second growing the bins: both, in order.
+        let mut h = dirty_hive();
+        let grown = log(6, 8192, &[(4096, vec![9u8; 4096])]);
+        assert_eq!(replay(&mut h, &[grown, log(5, 4096, &[(0, page(7))])], 1 << 20), Ok(2));
+        assert_eq!(h.len(), BINS + 8192);
+        assert_eq!((h[BINS + 0x100], h[BINS + 4096]), (7, 9));
+        // A gap in the sequence, a stale entry, a broken hash: nothing applied.
+        for l in [log(7, 4096, &[(0, page(7))]), log(4, 4096, &[(0, page(7))])] {
+            let mut h = dirty_hive();
+            assert_eq!(replay(&mut h, &[l], 1 << 20), Ok(0));
+            assert_eq!(h, dirty_hive());
+        }
+        let mut bad = log(5, 4096, &[(0, page(7))]);
+        bad[512 + 600] ^= 1;
+        let mut h = dirty_hive();
+        assert_eq!(replay(&mut h, &[bad], 1 << 20), Ok(0));
+        // Refused before any byte changes: growth past the limit, a page outside the bins, the
+        // old format.
+        let cases: [(Vec<u8>, &str); 3] = [
+            (log(5, 1 << 30, &[]), "at most"),
+            (log(5, 4096, &[(4000, vec![1u8; 512])]), "outside"),
+            (
+                {
+                    let mut l = vec![0u8; 1024];
+                    l[..4].copy_from_slice(b"regf");
+                    l[512..516].copy_from_slice(b"DIRT");
+                    l
+                },
+                "Windows 8 and earlier",
+            ),
+        ];
+        for (l, want) in cases {
+            let mut h = dirty_hive();
+            let e = replay(&mut h, &[l], 1 << 20).unwrap_err();
+            assert!(e.contains(want), "{want}: {e}");
+            assert_eq!(h, dirty_hive());
+        }
     }
 }
