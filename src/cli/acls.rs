@@ -172,9 +172,9 @@ mod windows {
 
     use windows_sys::Win32::Foundation::{CloseHandle, ERROR_NOT_ALL_ASSIGNED, GetLastError, HANDLE, LUID};
     use windows_sys::Win32::Security::{
-        AdjustTokenPrivileges, DACL_SECURITY_INFORMATION, GROUP_SECURITY_INFORMATION, LUID_AND_ATTRIBUTES,
-        LookupPrivilegeValueW, OWNER_SECURITY_INFORMATION, SACL_SECURITY_INFORMATION, SE_PRIVILEGE_ENABLED,
-        SetFileSecurityW, TOKEN_ADJUST_PRIVILEGES, TOKEN_PRIVILEGES, TOKEN_QUERY,
+        AdjustTokenPrivileges, DACL_SECURITY_INFORMATION, GROUP_SECURITY_INFORMATION, LABEL_SECURITY_INFORMATION,
+        LUID_AND_ATTRIBUTES, LookupPrivilegeValueW, OWNER_SECURITY_INFORMATION, SACL_SECURITY_INFORMATION,
+        SE_PRIVILEGE_ENABLED, SetFileSecurityW, TOKEN_ADJUST_PRIVILEGES, TOKEN_PRIVILEGES, TOKEN_QUERY,
     };
     use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
@@ -235,8 +235,13 @@ mod windows {
         if d.has_group() {
             what |= GROUP_SECURITY_INFORMATION;
         }
-        let audit_skipped = d.has_sacl() && !audit;
-        if d.has_sacl() && audit {
+        // Mandatory labels (integrity levels) live in the SACL but need no privilege; the
+        // audit entries there need SeSecurityPrivilege.
+        if d.has_sacl() {
+            what |= LABEL_SECURITY_INFORMATION;
+        }
+        let audit_skipped = d.has_audit_entries() && !audit;
+        if d.has_audit_entries() && audit {
             what |= SACL_SECURITY_INFORMATION;
         }
         let set = |what| {

@@ -101,6 +101,28 @@ impl Descriptor {
         self.control() & SE_SACL_PRESENT != 0
     }
 
+    /// Whether its SACL holds audit entries (any but mandatory labels, ACE type 0x11, which
+    /// need no privilege to set).
+    pub fn has_audit_entries(&self) -> bool {
+        let at = self.offset(12);
+        if !self.has_sacl() || at == 0 {
+            return false;
+        }
+        let b = &self.0;
+        let (size, count) = (usize::from(u16_at(b, at + 2)), usize::from(u16_at(b, at + 4)));
+        let mut pos = at + 8;
+        for _ in 0..count {
+            if pos + 4 > at + size {
+                break;
+            }
+            if b[pos] != 0x11 {
+                return true;
+            }
+            pos += usize::from(u16_at(b, pos + 2));
+        }
+        false
+    }
+
     /// The owner as a SID string (`S-1-5-32-544`), when it has one.
     pub fn owner(&self) -> Option<String> {
         let at = self.offset(4);
@@ -343,6 +365,33 @@ mod tests {
         e.extend_from_slice(sd);
         e.resize(e.len().div_ceil(16) * 16, 0);
         e
+    }
+
+    /// `sample()` with a SACL of one ACE of type `kind` appended.
+    fn with_sacl(kind: u8) -> Vec<u8> {
+        let mut d = sample();
+        let at = d.len();
+        let wd = [1u8, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        let ace_len = 8 + wd.len();
+        d.extend_from_slice(&[2, 0]);
+        d.extend_from_slice(&((8 + ace_len) as u16).to_le_bytes());
+        d.extend_from_slice(&[1, 0, 0, 0]);
+        d.extend_from_slice(&[kind, 0]);
+        d.extend_from_slice(&(ace_len as u16).to_le_bytes());
+        d.extend_from_slice(&1u32.to_le_bytes());
+        d.extend_from_slice(&wd);
+        d[12..16].copy_from_slice(&(at as u32).to_le_bytes());
+        d[2] |= SE_SACL_PRESENT as u8;
+        d
+    }
+
+    #[test]
+    fn a_sacl_of_labels_only_has_no_audit_entries() {
+        let label = Descriptor::parse(&with_sacl(0x11)).unwrap();
+        assert!(label.has_sacl() && !label.has_audit_entries());
+        let audit = Descriptor::parse(&with_sacl(0x02)).unwrap();
+        assert!(audit.has_audit_entries());
+        assert!(!Descriptor::parse(&sample()).unwrap().has_audit_entries());
     }
 
     #[test]
