@@ -41,21 +41,15 @@ fn winbundle(args: &[&str]) -> Output {
 
 /// Bundles `img` into the local store `dir/store`, under `prefix` (task files in `dir/tasks`).
 fn bundle(dir: &Path, img: &Path, prefix: &str, extra: &[&str]) -> Output {
-    let (store, tasks) = (dir.join("store"), dir.join("tasks"));
+    let tasks = dir.join("tasks");
     let mut args = vec![
         "bundle-instance",
         img.to_str().unwrap(),
         "--state-dir",
         tasks.to_str().unwrap(),
-        "--local-store",
-        store.to_str().unwrap(),
-        "--bucket",
-        "test-bucket",
-        "--prefix",
-        prefix,
     ];
     args.extend(extra);
-    winbundle(&args)
+    common::cli_local_prefix(&dir.join("store"), prefix, &args)
 }
 
 fn inspect(img: &Path, extra: &[&str]) -> Value {
