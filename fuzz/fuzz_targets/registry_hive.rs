@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let split = (usize::from(u16::from_le_bytes([data[0], data[1]])) << 4).min(data.len() - 2);
     let (hive, log) = data[2..].split_at(split);
     let logs = if log.is_empty() { Vec::new() } else { vec![("fuzz.LOG1".to_string(), log.to_vec())] };
-    let Ok(mut h) = Hive::parse("fuzz", hive.to_vec(), logs) else { return };
+    let Ok(h) = Hive::parse("fuzz", hive.to_vec(), logs) else { return };
     let _ = h.value("Select", "Current");
     for key in [
         "ControlSet001\\Control\\Session Manager\\Memory Management",

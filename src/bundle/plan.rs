@@ -101,10 +101,11 @@ impl<'d> Plan<'d> {
                 }
             }
         }
-        // What the volume's own registry and files named is left out only where it can be: a
-        // path the exclusion walk refuses (damaged there, NTFS metadata) stays, with a note.
+        // What the volume's registry and files named is left out only where it can be: a path
+        // the exclusion walk refuses (damaged there) stays, with a note. (The lists' matches
+        // were checked this way when they were resolved.)
         paths.retain(|(p, reason)| {
-            if matches!(reason, ExclusionReason::Default | ExclusionReason::User) {
+            if !matches!(reason, ExclusionReason::Registry | ExclusionReason::ShadowCopies) {
                 return true;
             }
             match resolve(&vol, &[(p.clone(), *reason)]) {

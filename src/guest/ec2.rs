@@ -86,7 +86,7 @@ impl Readiness {
 }
 
 /// The first of `services` that exists under the control set's `Services`.
-fn service(h: &mut Hive, cs: &str, name: &str, services: &[&str]) -> Component {
+fn service(h: &Hive, cs: &str, name: &str, services: &[&str]) -> Component {
     for s in services {
         let key = format!("{cs}\\Services\\{s}");
         if h.has_key(&key) {
@@ -109,7 +109,7 @@ fn service(h: &mut Hive, cs: &str, name: &str, services: &[&str]) -> Component {
 }
 
 /// Assesses the volume's Windows.
-pub fn assess(h: &mut Hive, cs: &str, vol: &NtfsVolume<'_>, id: &Identity) -> Readiness {
+pub fn assess(h: &Hive, cs: &str, vol: &NtfsVolume<'_>, id: &Identity) -> Readiness {
     let ena = service(h, cs, "ENA network driver", &["ena"]);
     let nvme = service(h, cs, "NVMe storage driver", &["AWSNVMe", "stornvme"]);
     let pv_storage = service(h, cs, "AWS PV storage driver", &["xenvbd"]);

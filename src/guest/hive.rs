@@ -78,8 +78,6 @@ fn content(v: RawValue) -> Option<Value> {
 /// An open hive.
 pub struct Hive {
     regf: Regf,
-    /// Which file it is (`\Windows\System32\config\SYSTEM`).
-    pub path: String,
     /// What was noticed reading it (a dirty hive read without its logs, ...).
     pub notes: Vec<String>,
 }
@@ -154,19 +152,18 @@ impl Hive {
         }
         Ok(Hive {
             regf: Regf::new(bytes)?,
-            path: path.to_string(),
             notes,
         })
     }
 
     /// The value `name` of `key` (`ControlSet001\Control`), when both exist and it reads.
-    pub fn value(&mut self, key: &str, name: &str) -> Option<Value> {
+    pub fn value(&self, key: &str, name: &str) -> Option<Value> {
         let k = self.regf.key(key)?;
         content(self.regf.value(k, name)?)
     }
 
     /// The names of `key`'s subkeys.
-    pub fn subkeys(&mut self, key: &str) -> Vec<String> {
+    pub fn subkeys(&self, key: &str) -> Vec<String> {
         let Some(k) = self.regf.key(key) else {
             return Vec::new();
         };
@@ -178,7 +175,7 @@ impl Hive {
     }
 
     /// The names and values of `key`'s values.
-    pub fn values(&mut self, key: &str) -> Vec<(String, Value)> {
+    pub fn values(&self, key: &str) -> Vec<(String, Value)> {
         let Some(k) = self.regf.key(key) else {
             return Vec::new();
         };
@@ -190,7 +187,7 @@ impl Hive {
     }
 
     /// Whether `key` exists.
-    pub fn has_key(&mut self, key: &str) -> bool {
+    pub fn has_key(&self, key: &str) -> bool {
         self.regf.key(key).is_some()
     }
 }

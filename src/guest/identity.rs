@@ -69,7 +69,7 @@ impl Identity {
     }
 }
 
-fn string(h: &mut Hive, key: &str, name: &str) -> Option<String> {
+fn string(h: &Hive, key: &str, name: &str) -> Option<String> {
     match h.value(key, name)? {
         Value::String(s) if !s.is_empty() => Some(s),
         _ => None,
@@ -87,12 +87,7 @@ fn shutdown_time(v: Value) -> Option<String> {
 }
 
 /// Reads the identity from whichever hives could be opened.
-pub fn read(
-    system: Option<&mut Hive>,
-    software: Option<&mut Hive>,
-    cs: Option<&str>,
-    boot_mode: Option<&str>,
-) -> Identity {
+pub fn read(system: Option<&Hive>, software: Option<&Hive>, cs: Option<&str>, boot_mode: Option<&str>) -> Identity {
     let mut id = Identity {
         boot_mode: boot_mode.map(str::to_string),
         ..Identity::default()

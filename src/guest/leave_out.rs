@@ -54,7 +54,7 @@ pub fn parse_entry(entry: &str) -> Option<(char, String)> {
 /// `system_drive`: this volume's letter (`C:`), from `SystemRoot`; `C:` when unknown.
 /// A page file on this volume is left out only when it is a file there (not a folder) outside
 /// `\Windows` (a hostile or mistaken entry must not zero a system file).
-pub fn page_files(h: &mut Hive, cs: &str, vol: &NtfsVolume<'_>, system_drive: Option<&str>) -> Vec<PageFile> {
+pub fn page_files(h: &Hive, cs: &str, vol: &NtfsVolume<'_>, system_drive: Option<&str>) -> Vec<PageFile> {
     let key = format!("{cs}\\Control\\Session Manager\\Memory Management");
     let here = system_drive
         .and_then(|d| d.chars().next())

@@ -52,7 +52,7 @@ pub struct Context {
 
 impl Context {
     /// From SOFTWARE's `SystemRoot` and `ProfileList`, when it could be opened.
-    pub fn read(software: Option<&mut Hive>, system_drive: Option<&str>) -> Context {
+    pub fn read(software: Option<&Hive>, system_drive: Option<&str>) -> Context {
         let drive = system_drive
             .and_then(|d| d.chars().next())
             .unwrap_or('C')
@@ -373,7 +373,7 @@ fn resolve(vol: &NtfsVolume<'_>, c: &Context, raw: &str, visits: &mut usize) -> 
 
 /// Reads both lists from SYSTEM and resolves every pattern on the volume, with sizes. A match
 /// the exclusion code cannot leave out (damaged there) is dropped, with a note.
-pub fn read(h: &mut Hive, cs: &str, c: &Context, vol: &NtfsVolume<'_>) -> Vec<ListEntry> {
+pub fn read(h: &Hive, cs: &str, c: &Context, vol: &NtfsVolume<'_>) -> Vec<ListEntry> {
     let mut out = Vec::new();
     let mut visits = MAX_VISITS;
     for list in ["FilesNotToSnapshot", "FilesNotToBackup"] {

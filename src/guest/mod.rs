@@ -79,9 +79,9 @@ pub fn read(vol: &NtfsVolume<'_>, table: &TableKind) -> Option<WindowsFacts> {
         return None;
     }
     let mut f = WindowsFacts::default();
-    let mut system = open(vol, SYSTEM_HIVE, &mut f.notes);
-    let mut software = open(vol, SOFTWARE_HIVE, &mut f.notes);
-    let cs = system.as_mut().and_then(|h| {
+    let system = open(vol, SYSTEM_HIVE, &mut f.notes);
+    let software = open(vol, SOFTWARE_HIVE, &mut f.notes);
+    let cs = system.as_ref().and_then(|h| {
         let n = h.value("Select", "Current").and_then(|v| v.as_u32())?;
         let key = format!("ControlSet{n:03}");
         h.has_key(&key).then_some((n, key))
@@ -93,11 +93,11 @@ pub fn read(vol: &NtfsVolume<'_>, table: &TableKind) -> Option<WindowsFacts> {
     }
     f.control_set = cs.as_ref().map(|c| c.0);
     let cs_key = cs.map(|c| c.1);
-    f.identity = identity::read(system.as_mut(), software.as_mut(), cs_key.as_deref(), boot_mode(table));
-    if let (Some(h), Some(cs)) = (system.as_mut(), cs_key.as_deref()) {
+    f.identity = identity::read(system.as_ref(), software.as_ref(), cs_key.as_deref(), boot_mode(table));
+    if let (Some(h), Some(cs)) = (system.as_ref(), cs_key.as_deref()) {
         f.page_files = leave_out::page_files(h, cs, vol, f.identity.system_drive.as_deref());
         f.ec2 = Some(ec2::assess(h, cs, vol, &f.identity));
-        let context = lists::Context::read(software.as_mut(), f.identity.system_drive.as_deref());
+        let context = lists::Context::read(software.as_ref(), f.identity.system_drive.as_deref());
         f.lists = lists::read(h, cs, &context, vol);
     }
     Some(f)

@@ -172,10 +172,7 @@ impl NtfsVolume<'_> {
                 problem: "the reparse-point attribute flag is set but the record has no $REPARSE_POINT".into(),
             });
         };
-        if let Some(v) = x.value {
-            return Ok(Reparse::parse(&v, attributes));
-        }
-        if x.size > 16 << 10 {
+        if x.size > 16 << 10 && x.value.is_none() {
             return Ok(Reparse::Damaged {
                 tag: 0,
                 problem: format!(
@@ -184,9 +181,7 @@ impl NtfsVolume<'_> {
                 ),
             });
         }
-        let mut buf = vec![0u8; x.size as usize];
-        let (disk, offset) = self.disk();
-        super::mft::read_runs(disk, offset, u64::from(self.facts().cluster_size), &x.runs, 0, &mut buf)?;
+        let buf = self.attribute_bytes(n, "$REPARSE_POINT", x, 16 << 10)?;
         Ok(Reparse::parse(&buf, attributes))
     }
 

@@ -288,40 +288,6 @@ impl NtfsVolume<'_> {
         }
         all.get(security_id).map(Some)
     }
-
-    /// An attribute's bytes (resident, or read from its clusters; past the valid data length,
-    /// zeros), refused above `max` bytes.
-    fn attribute_bytes(
-        &self,
-        n: u64,
-        what: &'static str,
-        x: super::mft::Extents,
-        max: u64,
-    ) -> Result<Vec<u8>, NtfsError> {
-        if let Some(v) = x.value {
-            return Ok(v);
-        }
-        if x.size > max {
-            return Err(NtfsError::Structure {
-                record: n,
-                structure: what,
-                offset: 0,
-                problem: format!("{} bytes is more than the {max} it may hold; run `chkdsk /f`", x.size),
-            });
-        }
-        let mut buf = vec![0u8; x.size as usize];
-        let valid = x.initialized_size.min(x.size) as usize;
-        let (disk, offset) = self.disk();
-        super::mft::read_runs(
-            disk,
-            offset,
-            u64::from(self.facts().cluster_size),
-            &x.runs,
-            0,
-            &mut buf[..valid],
-        )?;
-        Ok(buf)
-    }
 }
 
 #[cfg(test)]

@@ -224,6 +224,40 @@ impl<'d> NtfsVolume<'d> {
         contain(n, "attribute", || self.map.extents(self.disk, n, ty, name))
     }
 
+    /// An attribute's bytes (resident, or read from its clusters; past the valid data length,
+    /// zeros), refused above `max` bytes.
+    pub(super) fn attribute_bytes(
+        &self,
+        n: u64,
+        what: &'static str,
+        x: super::mft::Extents,
+        max: u64,
+    ) -> Result<Vec<u8>, NtfsError> {
+        if let Some(v) = x.value {
+            return Ok(v);
+        }
+        if x.size > max {
+            return Err(NtfsError::Structure {
+                record: n,
+                structure: what,
+                offset: 0,
+                problem: format!("{} bytes is more than the {max} it may hold; run `chkdsk /f`", x.size),
+            });
+        }
+        let mut buf = vec![0u8; x.size as usize];
+        let valid = x.initialized_size.min(x.size) as usize;
+        let (disk, offset) = self.disk();
+        read_runs(
+            disk,
+            offset,
+            u64::from(self.facts().cluster_size),
+            &x.runs,
+            0,
+            &mut buf[..valid],
+        )?;
+        Ok(buf)
+    }
+
     /// The bytes of a record's `$ATTRIBUTE_LIST`.
     pub(super) fn attribute_list(
         &self,
